@@ -1,0 +1,198 @@
+#include "apiserver/app.hpp"
+
+#include <boost/json.hpp>
+#include <prometheus/counter.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "apiserver/auth/api_keys.hpp"
+#include "core/db.hpp"
+#include "core/errors.hpp"
+#include "core/log.hpp"
+#include "core/metrics.hpp"
+#include "core/migrate.hpp"
+
+namespace spillway {
+namespace {
+
+http::Response FromApiError(const ApiError& e, const std::string& request_id) {
+  auto r = http::ErrorResponse(e.status, e.code, e.what(), request_id);
+  if (!e.retry_after.empty()) r.headers.emplace_back("Retry-After", e.retry_after);
+  if (e.status == 401) r.headers.emplace_back("WWW-Authenticate", "Bearer");
+  return r;
+}
+
+bool IsJsonContentType(const std::string& value) {
+  std::string v = value.substr(0, value.find(';'));
+  while (!v.empty() && v.back() == ' ') v.pop_back();
+  std::transform(v.begin(), v.end(), v.begin(), [](unsigned char c) { return std::tolower(c); });
+  return v == "application/json";
+}
+
+bool HasBodyMethod(const std::string& m) { return m == "POST" || m == "PUT" || m == "PATCH"; }
+
+}  // namespace
+
+ApiDispatcher::ApiDispatcher(const Config& config, Database& db, Metrics& metrics)
+    : config_(config), db_(db), router_(ApiRoutes()) {
+  requests_ = &prometheus::BuildCounter()
+                   .Name("http_requests_total")
+                   .Help("HTTP requests answered, by route pattern, method and status code")
+                   .Register(metrics.registry());
+  durations_ = &prometheus::BuildHistogram()
+                    .Name("http_request_duration_seconds")
+                    .Help("Time from a request's first byte to its response written, by route pattern")
+                    .Register(metrics.registry());
+}
+
+void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
+  auto match = router_.Find(request.method, request.path);
+  if (!match.route) {
+    if (match.allowed.empty()) {
+      respond(http::ErrorResponse(404, "not_found", "no route for " + request.path, request.request_id));
+      return;
+    }
+    std::string allow;
+    for (const auto& m : match.allowed) allow += (allow.empty() ? "" : ", ") + m;
+    auto r = http::ErrorResponse(405, "method_not_allowed",
+                                 request.method + " is not allowed here; allowed: " + allow, request.request_id);
+    r.headers.emplace_back("Allow", allow);
+    respond(std::move(r));
+    return;
+  }
+  const Route* route = match.route;
+  if (route->pattern == "/v1/openapi.yaml") {  // static, needs no database
+    http::Response r;
+    r.content_type = "application/yaml";
+    r.body = OpenApiDocument();
+    r.route = route->pattern;
+    respond(std::move(r));
+    return;
+  }
+  auto shared = std::make_shared<http::Request>(std::move(request));
+  auto params = std::make_shared<std::map<std::string, std::string>>(std::move(match.params));
+  db_.Submit(Database::Job{
+      [this, route, shared, params, respond](pqxx::connection& conn) {
+        respond(Run(conn, *route, std::move(*params), *shared));
+      },
+      [shared, respond, route](const ApiError& e) {
+        auto r = FromApiError(e, shared->request_id);
+        r.route = route->pattern;
+        respond(std::move(r));
+      }});
+}
+
+http::Response ApiDispatcher::Run(pqxx::connection& conn, const Route& route,
+                                  std::map<std::string, std::string> params, const http::Request& request) {
+  http::Response out;
+  try {
+    Principal principal;
+    if (route.roles != kUnauthenticated) {
+      principal = Authenticate(conn, request.Header("authorization"));
+      if (!(route.roles & principal.role_bit))
+        throw ApiError(403, "forbidden",
+                       "a " + principal.role + " key may not call " + route.method + " " + route.pattern);
+    }
+    boost::json::value body;
+    if (HasBodyMethod(request.method) && !request.body.empty()) {
+      if (!IsJsonContentType(request.Header("content-type")))
+        throw ApiError(415, "unsupported_media_type", "the body must be sent as Content-Type: application/json");
+      boost::system::error_code ec;
+      body = boost::json::parse(request.body, ec);
+      if (ec) throw ApiError(400, "invalid_json", "the body is not valid JSON: " + ec.message());
+    } else if (route.body == Body::kRequired) {
+      throw ApiError(400, "body_required", "this request needs a JSON body");
+    }
+    Ctx ctx{request, std::move(params), std::move(body), std::move(principal), conn, config_};
+    if (!route.tenant_param.empty()) ctx.RequireTenant(ctx.Param(route.tenant_param));
+    Reply reply = route.handler(ctx);
+    out.status = reply.status;
+    out.body = boost::json::serialize(reply.body);
+    out.headers = std::move(reply.headers);
+  } catch (const ApiError& e) {
+    out = FromApiError(e, request.request_id);
+  } catch (const std::exception& e) {
+    if (IsUnavailable(e)) {
+      ApiError unavailable(503, "database_unavailable", "the database is unavailable; retry shortly");
+      unavailable.retry_after = "1";
+      out = FromApiError(unavailable, request.request_id);
+      log::Warn("database unavailable during request", {{"request_id", request.request_id}, {"error", e.what()}});
+    } else {
+      out = http::ErrorResponse(500, "internal", "internal error; quote the request id when reporting it",
+                                request.request_id);
+      log::Error("request failed", {{"request_id", request.request_id}, {"route", route.pattern},
+                                    {"error", e.what()}});
+    }
+  }
+  out.route = route.pattern;
+  return out;
+}
+
+void ApiDispatcher::Finished(const http::Request& request, const http::Response& response, double seconds) {
+  const std::string code = std::to_string(response.status);
+  requests_->Add({{"route", response.route}, {"method", request.method}, {"code", code}}).Increment();
+  durations_
+      ->Add({{"route", response.route}},
+            prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10})
+      .Observe(seconds);
+  if (log::Enabled(log::Level::kInfo))
+    log::Info("request", {{"request_id", request.request_id},
+                          {"method", request.method},
+                          {"route", response.route},
+                          {"path", request.path},
+                          {"status", response.status},
+                          {"duration_us", static_cast<std::int64_t>(seconds * 1e6)}});
+}
+
+AdminDispatcher::AdminDispatcher(Database& db, Metrics& metrics, std::function<bool()> draining)
+    : db_(db), metrics_(metrics), draining_(std::move(draining)) {}
+
+void AdminDispatcher::Dispatch(http::Request request, http::Responder respond) {
+  auto json = [](int status, boost::json::object o) {
+    http::Response r;
+    r.status = status;
+    r.body = boost::json::serialize(o);
+    return r;
+  };
+  const bool known = request.path == "/metrics" || request.path == "/healthz" || request.path == "/readyz";
+  if (!known) {
+    respond(http::ErrorResponse(404, "not_found", "no route for " + request.path, request.request_id));
+    return;
+  }
+  if (request.method != "GET") {
+    auto r = http::ErrorResponse(405, "method_not_allowed", "only GET is allowed here", request.request_id);
+    r.headers.emplace_back("Allow", "GET");
+    respond(std::move(r));
+    return;
+  }
+  if (request.path == "/metrics") {
+    http::Response r;
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    r.body = metrics_.Render();
+    respond(std::move(r));
+  } else if (request.path == "/healthz") {
+    respond(json(200, {{"status", "ok"}}));
+  } else if (draining_()) {
+    respond(json(503, {{"status", "draining"}}));
+  } else {
+    db_.Submit(Database::Job{
+        [respond, json](pqxx::connection& conn) {
+          try {
+            const auto status = CheckSchema(conn, EmbeddedMigrations());
+            if (status.current()) {
+              respond(json(200, {{"status", "ready"}, {"database", "ok"}, {"schema", "current"}}));
+            } else {
+              respond(json(503, {{"status", "not_ready"}, {"database", "ok"}, {"schema", "behind"},
+                                 {"pending_migrations", status.pending.size()}}));
+            }
+          } catch (const std::exception& e) {
+            respond(json(503, {{"status", "not_ready"}, {"database", "unreachable"}, {"error", e.what()}}));
+          }
+        },
+        [respond, json](const ApiError& e) {
+          respond(json(503, {{"status", "not_ready"}, {"database", e.code == "database_busy" ? "busy" : "unreachable"}}));
+        }});
+  }
+}
+
+}  // namespace spillway

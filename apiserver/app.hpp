@@ -1,0 +1,58 @@
+#pragma once
+#include <memory>
+#include <string>
+
+#include "apiserver/http/message.hpp"
+#include "apiserver/router.hpp"
+#include "core/config.hpp"
+
+namespace prometheus {
+class Registry;
+template <typename T>
+class Family;
+class Counter;
+class Histogram;
+}  // namespace prometheus
+
+namespace spillway {
+
+class Database;
+class Metrics;
+
+// The route table: every public API route with the roles that may call it.
+std::vector<Route> ApiRoutes();
+// apiserver/openapi.yaml, compiled in.
+const std::string& OpenApiDocument();
+
+// Serves the public API: routes, authenticates and runs each request's handler on a database
+// worker; logs one JSON line and records metrics per response.
+class ApiDispatcher : public http::Dispatcher {
+ public:
+  ApiDispatcher(const Config& config, Database& db, Metrics& metrics);
+  void Dispatch(http::Request request, http::Responder respond) override;
+  void Finished(const http::Request& request, const http::Response& response, double seconds) override;
+
+ private:
+  http::Response Run(pqxx::connection& conn, const Route& route, std::map<std::string, std::string> params,
+                     const http::Request& request);
+  const Config& config_;
+  Database& db_;
+  Router router_;
+  prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Histogram>* durations_;
+};
+
+// The admin listener: /metrics, /healthz, /readyz (database reachable and schema current).
+class AdminDispatcher : public http::Dispatcher {
+ public:
+  AdminDispatcher(Database& db, Metrics& metrics, std::function<bool()> draining);
+  void Dispatch(http::Request request, http::Responder respond) override;
+  void Finished(const http::Request&, const http::Response&, double) override {}
+
+ private:
+  Database& db_;
+  Metrics& metrics_;
+  std::function<bool()> draining_;
+};
+
+}  // namespace spillway

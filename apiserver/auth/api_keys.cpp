@@ -1,0 +1,73 @@
+#include "apiserver/auth/api_keys.hpp"
+
+#include "core/crypto.hpp"
+#include "core/db.hpp"
+#include "core/errors.hpp"
+#include "core/ids.hpp"
+
+namespace spillway {
+namespace {
+
+constexpr std::string_view kTokenPrefix = "spw_";
+constexpr size_t kIdChars = 26, kSecretChars = 43;
+
+const Statement kAuthKey{"auth_key", R"sql(
+SELECT k.tenant_id, k.role, encode(k.secret_hash, 'hex'), k.revoked_at IS NOT NULL, t.status, t.is_operator,
+       k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds'
+FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+WHERE k.id = $1)sql"};
+
+// last_used_at is kept to the minute, so a hot key costs one write a minute, not one per request.
+const Statement kTouchKey{"touch_key", "UPDATE api_keys SET last_used_at = now() WHERE id = $1"};
+
+ApiError Unauthenticated(const std::string& message) { return ApiError(401, "unauthenticated", message); }
+
+}  // namespace
+
+GeneratedKey GenerateApiKey() {
+  GeneratedKey k;
+  k.id = NewId("key");
+  const std::string secret = Base64UrlEncode(RandomBytes(32));
+  k.token = std::string(kTokenPrefix) + k.id.substr(4) + "_" + secret;
+  k.secret_hash = Sha256Hex(secret);
+  return k;
+}
+
+std::optional<ParsedKey> ParseApiKey(const std::string& token) {
+  if (token.size() != kTokenPrefix.size() + kIdChars + 1 + kSecretChars) return std::nullopt;
+  if (token.compare(0, kTokenPrefix.size(), kTokenPrefix) != 0) return std::nullopt;
+  if (token[kTokenPrefix.size() + kIdChars] != '_') return std::nullopt;
+  ParsedKey p{"key_" + token.substr(kTokenPrefix.size(), kIdChars), token.substr(token.size() - kSecretChars)};
+  if (!IsValidId(p.id, "key")) return std::nullopt;
+  return p;
+}
+
+Principal Authenticate(pqxx::connection& conn, const std::string& authorization) {
+  if (authorization.empty()) throw Unauthenticated("an API key is required: Authorization: Bearer <key>");
+  if (authorization.size() < 7 || strncasecmp(authorization.c_str(), "Bearer ", 7) != 0)
+    throw Unauthenticated("the Authorization header must be: Bearer <key>");
+  const auto parsed = ParseApiKey(authorization.substr(7));
+  if (!parsed) throw Unauthenticated("the API key is malformed");
+  const std::string presented = Sha256Hex(parsed->secret);
+
+  pqxx::nontransaction tx(conn);
+  const auto rows = tx.exec_prepared(kAuthKey.name, parsed->id);
+  // Compare against something even for an unknown id, so timing says nothing about which ids exist.
+  const std::string stored = rows.empty() ? std::string(64, '0') : rows[0][2].as<std::string>();
+  const bool match = ConstantTimeEquals(presented, stored);
+  if (rows.empty() || !match || rows[0][3].as<bool>())
+    throw Unauthenticated("the API key is not valid (unknown or revoked)");
+  const auto& row = rows[0];
+  if (row[4].as<std::string>() != "active")
+    throw ApiError(403, "tenant_suspended", "this key's tenant is suspended");
+  if (row[6].as<bool>()) tx.exec_prepared(kTouchKey.name, parsed->id);
+  Principal p;
+  p.key_id = parsed->id;
+  p.tenant_id = row[0].as<std::string>();
+  p.role = row[1].as<std::string>();
+  p.role_bit = RoleBit(p.role);
+  p.is_operator = row[5].as<bool>();
+  return p;
+}
+
+}  // namespace spillway

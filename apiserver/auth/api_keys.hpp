@@ -1,0 +1,29 @@
+#pragma once
+#include <optional>
+#include <pqxx/pqxx>
+#include <string>
+
+#include "apiserver/context.hpp"
+
+namespace spillway {
+
+// An API key as shown once to its owner: "spw_<26 id chars>_<43 chars of a 256-bit secret>".
+// The server keeps only the key id and SHA-256 of the secret.
+struct GeneratedKey {
+  std::string id;           // "key_…"
+  std::string token;        // the whole secret string
+  std::string secret_hash;  // hex SHA-256 of the secret
+};
+GeneratedKey GenerateApiKey();
+
+struct ParsedKey {
+  std::string id;
+  std::string secret;
+};
+std::optional<ParsedKey> ParseApiKey(const std::string& token);
+
+// Resolves "Authorization: Bearer <key>" to its principal: 401 for a missing, malformed, unknown
+// or revoked key; 403 tenant_suspended for a key of a suspended tenant.
+Principal Authenticate(pqxx::connection& conn, const std::string& authorization);
+
+}  // namespace spillway

@@ -1,0 +1,48 @@
+#include "apiserver/context.hpp"
+
+#include <charconv>
+
+#include "core/errors.hpp"
+
+namespace spillway {
+
+unsigned RoleBit(const std::string& role) {
+  if (role == "admin") return kAdmin;
+  if (role == "finance") return kFinance;
+  if (role == "operator") return kOperator;
+  if (role == "member") return kMember;
+  return 0;
+}
+
+const char* RoleName(unsigned bit) {
+  switch (bit) {
+    case kAdmin: return "admin";
+    case kFinance: return "finance";
+    case kOperator: return "operator";
+    case kMember: return "member";
+  }
+  return "unknown";
+}
+
+void Ctx::RequireTenant(const std::string& tenant_id) const {
+  // Another tenant's resource is 404, never 403: a member cannot even learn that it exists.
+  if (principal.role_bit == kMember && tenant_id != principal.tenant_id)
+    throw ApiError(404, "not_found", "no such tenant");
+}
+
+std::string Ctx::Query(const std::string& name) const {
+  auto it = request.query.find(name);
+  return it == request.query.end() ? std::string() : it->second;
+}
+
+int Ctx::Limit(int dflt, int max) const {
+  const std::string text = Query("limit");
+  if (text.empty()) return dflt;
+  int v = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || p != text.data() + text.size() || v < 1 || v > max)
+    throw ApiError(400, "invalid_parameter", "limit must be an integer from 1 to " + std::to_string(max));
+  return v;
+}
+
+}  // namespace spillway

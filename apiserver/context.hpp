@@ -1,0 +1,57 @@
+#pragma once
+// What a handler sees: plain types only (no Beast). Handlers run on a database worker thread.
+#include <boost/json/value.hpp>
+#include <pqxx/pqxx>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "apiserver/http/message.hpp"
+#include "core/config.hpp"
+
+namespace spillway {
+
+enum Role : unsigned { kAdmin = 1, kFinance = 2, kOperator = 4, kMember = 8 };
+constexpr unsigned kAnyRole = kAdmin | kFinance | kOperator | kMember;
+constexpr unsigned kUnauthenticated = 0;  // a route anyone may call, without a key
+
+unsigned RoleBit(const std::string& role);  // 0 when unknown
+const char* RoleName(unsigned bit);
+
+struct Principal {
+  std::string key_id;
+  std::string tenant_id;
+  std::string role;
+  unsigned role_bit = 0;
+  bool is_operator = false;  // the key belongs to the operator's own tenant
+};
+
+struct Ctx {
+  const http::Request& request;
+  std::map<std::string, std::string> params;  // from the path pattern
+  boost::json::value body;                    // null when the request had none
+  Principal principal;
+  pqxx::connection& conn;
+  const Config& config;
+
+  const std::string& Param(const std::string& name) const { return params.at(name); }
+  // 404 unless the caller may see tenant `tenant_id` (a member only its own; other roles all).
+  void RequireTenant(const std::string& tenant_id) const;
+  // ?limit= (1..max, default dflt), 400 on anything else.
+  int Limit(int dflt = 50, int max = 200) const;
+  // ?name=, empty when absent.
+  std::string Query(const std::string& name) const;
+};
+
+struct Reply {
+  int status = 200;
+  boost::json::value body;
+  std::vector<std::pair<std::string, std::string>> headers = {};
+};
+
+using Handler = Reply (*)(Ctx&);
+
+}  // namespace spillway

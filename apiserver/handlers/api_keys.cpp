@@ -1,0 +1,111 @@
+#include "apiserver/handlers/api_keys.hpp"
+
+#include <boost/json.hpp>
+
+#include "apiserver/audit.hpp"
+#include "apiserver/auth/api_keys.hpp"
+#include "core/db.hpp"
+#include "core/errors.hpp"
+#include "core/ids.hpp"
+#include "core/json.hpp"
+
+namespace spillway::handlers {
+namespace {
+
+#define SPW_KEY_COLUMNS \
+  "id, tenant_id, role, name, (extract(epoch FROM created_at) * 1000)::bigint, " \
+  "(extract(epoch FROM revoked_at) * 1000)::bigint, (extract(epoch FROM last_used_at) * 1000)::bigint"
+
+const Statement kInsertKey{"insert_api_key",
+                           "INSERT INTO api_keys (id, tenant_id, role, name, secret_hash) "
+                           "VALUES ($1, $2, $3, NULLIF($4, ''), decode($5, 'hex')) RETURNING " SPW_KEY_COLUMNS};
+const Statement kTenantKind{"tenant_kind", "SELECT is_operator FROM tenants WHERE id = $1"};
+const Statement kGetKey{"get_api_key", "SELECT " SPW_KEY_COLUMNS " FROM api_keys WHERE id = $1"};
+const Statement kListKeys{"list_api_keys",
+                          "SELECT " SPW_KEY_COLUMNS " FROM api_keys WHERE tenant_id = $1 AND id > $2 "
+                          "ORDER BY id LIMIT $3"};
+const Statement kRevokeKey{"revoke_api_key",
+                           "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) "
+                           "WHERE id = $1 AND tenant_id = $2 RETURNING " SPW_KEY_COLUMNS};
+
+boost::json::value OptTime(const pqxx::field& f) {
+  if (f.is_null()) return nullptr;
+  return boost::json::value(FormatTime(TimeMs(std::chrono::milliseconds(f.as<std::int64_t>()))));
+}
+
+boost::json::object KeyJson(const pqxx::row& r) {
+  boost::json::object o{{"id", r[0].as<std::string>()},
+                        {"tenant_id", r[1].as<std::string>()},
+                        {"role", r[2].as<std::string>()},
+                        {"name", r[3].is_null() ? boost::json::value(nullptr) : boost::json::value(r[3].as<std::string>())},
+                        {"created_at", OptTime(r[4])},
+                        {"revoked_at", OptTime(r[5])},
+                        {"last_used_at", OptTime(r[6])}};
+  return o;
+}
+
+// A missing tenant is 404; a customer tenant may hold member keys only.
+bool TenantIsOperator(pqxx::transaction_base& tx, const std::string& tenant_id) {
+  const auto rows = IsValidId(tenant_id, "ten") ? tx.exec_prepared(kTenantKind.name, tenant_id) : pqxx::result();
+  if (rows.empty()) throw ApiError(404, "not_found", "no such tenant");
+  return rows[0][0].as<bool>();
+}
+
+}  // namespace
+
+IssuedKey IssueApiKey(pqxx::transaction_base& tx, const std::string& tenant_id, const std::string& role,
+                      const std::string& name) {
+  const auto key = GenerateApiKey();
+  tx.exec_prepared(kInsertKey.name, key.id, tenant_id, role, name, key.secret_hash);
+  return {key.id, key.token};
+}
+
+Reply CreateApiKey(Ctx& ctx) {
+  const std::string& tenant_id = ctx.Param("id");
+  const auto& body = RequireObject(ctx.body);
+  OnlyKeys(body, {"role", "name"});
+  const std::string role = ReqString(body, "role", 20);
+  if (!RoleBit(role))
+    throw ApiError(422, "validation_failed", "role: must be one of admin, finance, operator, member");
+  const std::string name = OptString(body, "name", 200).value_or("");
+
+  pqxx::work tx(ctx.conn);
+  if (!TenantIsOperator(tx, tenant_id) && role != "member")
+    throw ApiError(422, "role_not_allowed", "a customer tenant's keys can only have the member role");
+  const auto issued = IssueApiKey(tx, tenant_id, role, name);
+  Audit(tx, ctx, tenant_id, "api_key.create", issued.id);
+  const auto row = tx.exec_prepared(kGetKey.name, issued.id);
+  tx.commit();
+  auto json = KeyJson(row[0]);
+  json["secret"] = issued.token;  // shown this once; only its hash is kept
+  return {201, std::move(json)};
+}
+
+Reply ListApiKeys(Ctx& ctx) {
+  const std::string& tenant_id = ctx.Param("id");
+  const int limit = ctx.Limit();
+  const std::string cursor = ctx.Query("cursor");
+  if (!cursor.empty() && !IsValidId(cursor, "key"))
+    throw ApiError(400, "invalid_parameter", "cursor is not one this API returned");
+  pqxx::nontransaction tx(ctx.conn);
+  TenantIsOperator(tx, tenant_id);
+  const auto rows = tx.exec_prepared(kListKeys.name, tenant_id, cursor, limit + 1);
+  boost::json::array data;
+  for (size_t i = 0; i < rows.size() && i < static_cast<size_t>(limit); ++i) data.push_back(KeyJson(rows[i]));
+  boost::json::value next = nullptr;
+  if (rows.size() > static_cast<size_t>(limit)) next = rows[limit - 1][0].as<std::string>();
+  return {200, boost::json::object{{"data", std::move(data)}, {"next_cursor", next}}};
+}
+
+Reply RevokeApiKey(Ctx& ctx) {
+  const std::string& tenant_id = ctx.Param("id");
+  const std::string& key_id = ctx.Param("key_id");
+  pqxx::work tx(ctx.conn);
+  const auto rows = IsValidId(key_id, "key") ? tx.exec_prepared(kRevokeKey.name, key_id, tenant_id) : pqxx::result();
+  if (rows.empty()) throw ApiError(404, "not_found", "no such API key");
+  Audit(tx, ctx, tenant_id, "api_key.revoke", key_id);
+  tx.commit();
+  return {200, KeyJson(rows[0])};
+}
+
+}  // namespace spillway::handlers

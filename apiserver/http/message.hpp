@@ -1,0 +1,51 @@
+#pragma once
+// Plain request/response types: what the transport hands to the rest of the server. No Beast here.
+#include <functional>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace spillway::http {
+
+struct Request {
+  std::string method;                          // "GET"
+  std::string target;                          // as received
+  std::string path;                            // percent-decoded, no query
+  std::map<std::string, std::string> query;    // percent-decoded
+  std::map<std::string, std::string> headers;  // lower-case names
+  std::string body;
+  std::string request_id;
+  std::string Header(const std::string& lower_name) const {
+    auto it = headers.find(lower_name);
+    return it == headers.end() ? std::string() : it->second;
+  }
+};
+
+struct Response {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string route = "unmatched";  // route pattern, for metrics and logs
+};
+
+using Responder = std::function<void(Response)>;
+
+// What a listener serves. Dispatch may answer on any thread; Finished is called once per response
+// written (including the transport's own 400/408/413/431), for logs and metrics.
+class Dispatcher {
+ public:
+  virtual ~Dispatcher() = default;
+  virtual void Dispatch(Request request, Responder respond) = 0;
+  virtual void Finished(const Request& request, const Response& response, double seconds) = 0;
+};
+
+// The one error body: {"error":{"code","message","request_id"}}.
+Response ErrorResponse(int status, const std::string& code, const std::string& message,
+                       const std::string& request_id);
+// A valid client-supplied X-Request-Id, or a new one.
+std::string RequestIdFrom(const std::string& supplied);
+std::string PercentDecode(const std::string& s, bool plus_is_space);
+
+}  // namespace spillway::http

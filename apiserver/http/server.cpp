@@ -1,0 +1,337 @@
+#include "apiserver/http/server.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <thread>
+
+#include "apiserver/http/beast.hpp"
+#include "core/log.hpp"
+
+namespace spillway::http {
+using namespace detail;
+
+namespace {
+
+struct SessionState {
+  std::atomic<bool> busy{false};        // a complete request is being served
+  beast::tcp_stream* stream = nullptr;  // touched only on the session's strand
+};
+
+struct Listener {
+  ListenerOptions options;
+  Dispatcher* dispatcher;
+  tcp::acceptor acceptor;
+  std::unique_ptr<ssl::context> tls;
+};
+
+Request ToRequest(const bhttp::request<bhttp::string_body>& in) {
+  Request r;
+  r.method = std::string(in.method_string());
+  r.target = std::string(in.target());
+  const auto q = r.target.find('?');
+  r.path = PercentDecode(r.target.substr(0, q), false);
+  if (q != std::string::npos) {
+    const std::string qs = r.target.substr(q + 1);
+    size_t start = 0;
+    while (start <= qs.size()) {
+      size_t amp = qs.find('&', start);
+      if (amp == std::string::npos) amp = qs.size();
+      const std::string part = qs.substr(start, amp - start);
+      if (!part.empty()) {
+        const auto eq = part.find('=');
+        r.query[PercentDecode(part.substr(0, eq), true)] =
+            eq == std::string::npos ? std::string() : PercentDecode(part.substr(eq + 1), true);
+      }
+      start = amp + 1;
+    }
+  }
+  for (const auto& f : in) {
+    std::string name(f.name_string());
+    std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+    auto& slot = r.headers[name];
+    slot = slot.empty() ? std::string(f.value()) : slot + ", " + std::string(f.value());
+  }
+  r.body = in.body();
+  r.request_id = RequestIdFrom(r.Header("x-request-id"));
+  return r;
+}
+
+}  // namespace
+
+struct Runtime::Impl {
+  explicit Impl(int n) : threads(n), signals(ioc, SIGINT, SIGTERM) {}
+
+  net::io_context ioc;
+  int threads;
+  net::signal_set signals;
+  std::vector<std::unique_ptr<Listener>> listeners;
+  std::atomic<bool> draining{false};
+  std::mutex mu;
+  std::set<std::shared_ptr<SessionState>> sessions;
+
+  void BeginDrain() {
+    if (draining.exchange(true)) return;
+    log::Info("shutting down: refusing new connections, draining requests in flight");
+    for (auto& l : listeners)
+      net::post(l->acceptor.get_executor(), [l = l.get()] {
+        beast::error_code ec;
+        l->acceptor.close(ec);
+      });
+    std::lock_guard lk(mu);
+    for (const auto& st : sessions)
+      if (!st->busy) CancelSession(st);
+  }
+
+  // Ends a session that is between requests; runs on its strand so it cannot race the session.
+  static void CancelSession(const std::shared_ptr<SessionState>& st) {
+    if (!st->stream) return;
+    net::post(st->stream->get_executor(), [st] {
+      if (st->stream && !st->busy) st->stream->cancel();
+    });
+  }
+
+  net::awaitable<void> AcceptLoop(Listener& l) {
+    for (;;) {
+      auto [ec, socket] = co_await l.acceptor.async_accept(net::make_strand(ioc), net::as_tuple(net::use_awaitable));
+      if (draining || ec == net::error::operation_aborted) co_return;
+      if (ec) {
+        log::Warn("accept failed", {{"listener", l.options.name}, {"error", ec.message()}});
+        net::steady_timer t(co_await net::this_coro::executor, std::chrono::milliseconds(50));
+        co_await t.async_wait(net::use_awaitable);
+        continue;
+      }
+      socket.set_option(tcp::no_delay(true), ec);
+      auto ex = socket.get_executor();
+      net::co_spawn(ex, Connection(l, std::move(socket)), net::detached);
+    }
+  }
+
+  net::awaitable<void> Connection(Listener& l, tcp::socket socket) {
+    auto st = std::make_shared<SessionState>();
+    {
+      std::lock_guard lk(mu);
+      sessions.insert(st);
+    }
+    try {
+      if (l.tls) {
+        beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *l.tls);
+        st->stream = &beast::get_lowest_layer(stream);
+        st->stream->expires_after(l.options.header_timeout);
+        auto [ec] = co_await stream.async_handshake(ssl::stream_base::server, net::as_tuple(net::use_awaitable));
+        if (!ec) {
+          co_await Serve(l, stream, *st);
+          st->stream->expires_after(std::chrono::seconds(2));
+          co_await stream.async_shutdown(net::as_tuple(net::use_awaitable));
+        } else {
+          log::Debug("tls handshake failed", {{"listener", l.options.name}, {"error", ec.message()}});
+        }
+      } else {
+        beast::tcp_stream stream(std::move(socket));
+        st->stream = &stream;
+        co_await Serve(l, stream, *st);
+        beast::error_code ec;
+        stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+      }
+    } catch (const std::exception& e) {
+      log::Error("session failed", {{"listener", l.options.name}, {"error", e.what()}});
+    }
+    st->stream = nullptr;
+    std::lock_guard lk(mu);
+    sessions.erase(st);
+  }
+
+  template <class Stream>
+  net::awaitable<void> Write(Listener& l, Stream& stream, const Request& req, Response res, bool keep_alive,
+                             std::chrono::steady_clock::time_point started) {
+    bhttp::response<bhttp::string_body> out;
+    out.version(11);
+    out.result(static_cast<unsigned>(res.status));
+    out.set(bhttp::field::server, "spillway");
+    out.set(bhttp::field::content_type, res.content_type);
+    out.set("X-Request-Id", req.request_id);
+    for (const auto& [k, v] : res.headers) out.set(k, v);
+    out.body() = std::move(res.body);
+    out.keep_alive(keep_alive);
+    out.prepare_payload();
+    beast::get_lowest_layer(stream).expires_after(l.options.body_timeout);
+    co_await bhttp::async_write(stream, out, net::as_tuple(net::use_awaitable));
+    res.body.clear();
+    l.dispatcher->Finished(req, res,
+                           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  }
+
+  template <class Stream>
+  net::awaitable<void> Serve(Listener& l, Stream& stream, SessionState& st) {
+    auto& tcp_layer = beast::get_lowest_layer(stream);
+    beast::flat_buffer buffer(l.options.max_body_bytes + 64 * 1024);
+    for (;;) {
+      st.busy = false;
+      if (draining) co_return;
+      if (buffer.size() == 0) {
+        // Idle between requests: wait for the first byte under the idle timeout, so the header
+        // deadline below measures only how long the request itself takes to arrive.
+        tcp_layer.expires_after(l.options.idle_timeout);
+        auto [ec, n] = co_await stream.async_read_some(buffer.prepare(8192), net::as_tuple(net::use_awaitable));
+        if (ec) co_return;
+        buffer.commit(n);
+      }
+      const auto started = std::chrono::steady_clock::now();
+      bhttp::request_parser<bhttp::string_body> parser;
+      parser.header_limit(16 * 1024);
+      parser.body_limit(l.options.max_body_bytes);
+      Request meta;
+      meta.request_id = RequestIdFrom("");
+      auto fail = [&](int status, const char* code, const std::string& message) {
+        if (parser.is_header_done()) meta = ToRequest(parser.get());
+        return ErrorResponse(status, code, message, meta.request_id);
+      };
+
+      tcp_layer.expires_after(l.options.header_timeout);
+      auto [hec, hn] = co_await bhttp::async_read_header(stream, buffer, parser, net::as_tuple(net::use_awaitable));
+      if (!hec) {
+        const auto& h = parser.get();
+        if (beast::iequals(h[bhttp::field::expect], "100-continue")) {
+          bhttp::response<bhttp::empty_body> cont{bhttp::status::continue_, 11};
+          co_await bhttp::async_write(stream, cont, net::as_tuple(net::use_awaitable));
+        }
+        tcp_layer.expires_after(l.options.body_timeout);
+        std::tie(hec, hn) = co_await bhttp::async_read(stream, buffer, parser, net::as_tuple(net::use_awaitable));
+      }
+      if (hec) {
+        Response err;
+        if (hec == bhttp::error::end_of_stream || hec == net::error::eof ||
+            hec == net::error::connection_reset || hec == net::error::operation_aborted) {
+          co_return;
+        } else if (hec == beast::error::timeout) {
+          err = fail(408, "request_timeout", "the request did not arrive in time");
+          tcp_layer.expires_after(std::chrono::seconds(1));  // a slow client gets no more time to read
+        } else if (hec == bhttp::error::body_limit) {
+          const std::string why =
+              "the request body is larger than " + std::to_string(l.options.max_body_bytes) + " bytes";
+          err = fail(413, "payload_too_large", why);
+        } else if (hec == bhttp::error::header_limit) {
+          err = fail(431, "headers_too_large", "the request headers are too large");
+        } else {
+          err = fail(400, "bad_request", "malformed HTTP request");
+        }
+        if (hec != beast::error::timeout) tcp_layer.expires_after(l.options.body_timeout);
+        st.busy = true;
+        co_await Write(l, stream, meta, std::move(err), false, started);
+        co_return;
+      }
+
+      st.busy = true;
+      tcp_layer.expires_never();
+      Request req = ToRequest(parser.get());
+      Request copy = req;
+      copy.body.clear();
+      Response res = co_await net::async_initiate<decltype(net::use_awaitable), void(Response)>(
+          [&l](auto handler, Request r) {
+            auto ex = net::get_associated_executor(handler);
+            auto h = std::make_shared<decltype(handler)>(std::move(handler));
+            l.dispatcher->Dispatch(std::move(r), [h, ex](Response resp) {
+              net::post(ex, [h, resp = std::move(resp)]() mutable { (*h)(std::move(resp)); });
+            });
+          },
+          net::use_awaitable, std::move(req));
+      const bool keep_alive = parser.get().keep_alive() && !draining;
+      co_await Write(l, stream, copy, std::move(res), keep_alive, started);
+      if (!keep_alive) co_return;
+    }
+  }
+};
+
+Runtime::Runtime(int io_threads) : impl_(std::make_unique<Impl>(io_threads)) {}
+Runtime::~Runtime() = default;
+
+std::uint16_t Runtime::AddListener(const ListenerOptions& options, Dispatcher& dispatcher) {
+  beast::error_code ec;
+  auto address = net::ip::make_address(options.listen.host, ec);
+  tcp::endpoint endpoint;
+  if (!ec) {
+    endpoint = tcp::endpoint(address, options.listen.port);
+  } else {
+    tcp::resolver resolver(impl_->ioc);
+    auto results = resolver.resolve(options.listen.host, std::to_string(options.listen.port), ec);
+    if (ec || results.empty())
+      throw std::runtime_error(options.name + ": cannot resolve listen address " + options.listen.host);
+    endpoint = results.begin()->endpoint();
+  }
+  auto l = std::make_unique<Listener>(Listener{options, &dispatcher, tcp::acceptor(net::make_strand(impl_->ioc)), nullptr});
+  if (options.tls) {
+    l->tls = std::make_unique<ssl::context>(ssl::context::tls_server);
+    SSL_CTX* ctx = l->tls->native_handle();
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+    l->tls->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                        ssl::context::single_dh_use);
+    l->tls->use_certificate_chain_file(options.cert_file, ec);
+    if (ec) throw std::runtime_error("tls.cert_file: cannot load " + options.cert_file + ": " + ec.message());
+    l->tls->use_private_key_file(options.key_file, ssl::context::pem, ec);
+    if (ec) throw std::runtime_error("tls.key_file: cannot load " + options.key_file + ": " + ec.message());
+    if (SSL_CTX_check_private_key(ctx) != 1)
+      throw std::runtime_error("tls.key_file does not match tls.cert_file");
+  }
+  auto& acc = l->acceptor;
+  acc.open(endpoint.protocol(), ec);
+  if (!ec) acc.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) acc.bind(endpoint, ec);
+  if (!ec) acc.listen(net::socket_base::max_listen_connections, ec);
+  if (ec)
+    throw std::runtime_error(options.name + ": cannot listen on " + options.listen.host + ":" +
+                             std::to_string(options.listen.port) + ": " + ec.message());
+  const auto port = acc.local_endpoint().port();
+  Listener& ref = *l;
+  impl_->listeners.push_back(std::move(l));
+  net::co_spawn(ref.acceptor.get_executor(), impl_->AcceptLoop(ref), net::detached);
+  log::Info("listening", {{"listener", options.name}, {"address", options.listen.host}, {"port", port},
+                          {"tls", options.tls}});
+  return port;
+}
+
+void Runtime::Run(Millis shutdown_timeout) {
+  auto& rt = *impl_;
+  rt.signals.async_wait([&rt](const beast::error_code& ec, int) {
+    if (!ec) rt.BeginDrain();
+  });
+  // After the drain starts, stop once no session is left or the shutdown timeout has passed.
+  net::co_spawn(
+      rt.ioc,
+      [&rt, shutdown_timeout]() -> net::awaitable<void> {
+        net::steady_timer timer(co_await net::this_coro::executor);
+        while (!rt.draining) {
+          timer.expires_after(std::chrono::milliseconds(20));
+          co_await timer.async_wait(net::use_awaitable);
+        }
+        const auto deadline = std::chrono::steady_clock::now() + shutdown_timeout;
+        for (;;) {
+          {
+            std::lock_guard lk(rt.mu);
+            if (rt.sessions.empty()) break;
+            for (const auto& st : rt.sessions)
+              if (!st->busy) Impl::CancelSession(st);
+          }
+          if (std::chrono::steady_clock::now() >= deadline) {
+            log::Warn("shutdown timeout passed with requests still in flight");
+            break;
+          }
+          timer.expires_after(std::chrono::milliseconds(20));
+          co_await timer.async_wait(net::use_awaitable);
+        }
+        rt.ioc.stop();
+      },
+      net::detached);
+  std::vector<std::thread> pool;
+  for (int i = 1; i < rt.threads; ++i) pool.emplace_back([&rt] { rt.ioc.run(); });
+  rt.ioc.run();
+  for (auto& t : pool) t.join();
+}
+
+void Runtime::RequestStop() { impl_->BeginDrain(); }
+bool Runtime::Draining() const { return impl_->draining; }
+
+}  // namespace spillway::http

@@ -1,0 +1,44 @@
+#pragma once
+// The HTTP transport: listeners, sessions and TLS on Boost.Beast, behind a header free of Beast.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "apiserver/http/message.hpp"
+#include "core/config.hpp"
+#include "core/duration.hpp"
+
+namespace spillway::http {
+
+struct ListenerOptions {
+  std::string name;  // "api", "api-tls", "admin": for logs
+  HostPort listen;
+  bool tls = false;
+  std::string cert_file, key_file;
+  size_t max_body_bytes = 1 << 20;
+  Millis header_timeout{10000}, body_timeout{30000}, idle_timeout{60000};
+};
+
+class Runtime {
+ public:
+  explicit Runtime(int io_threads);
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  // Binds now (std::runtime_error names the address on failure); serves once Run starts.
+  // Returns the bound port (useful with port 0).
+  std::uint16_t AddListener(const ListenerOptions& options, Dispatcher& dispatcher);
+  // Serves until SIGINT or SIGTERM (or RequestStop), then refuses new connections, lets requests
+  // in flight finish (at most shutdown_timeout), closes idle connections and returns.
+  void Run(Millis shutdown_timeout);
+  void RequestStop();
+  bool Draining() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace spillway::http

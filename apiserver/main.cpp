@@ -1,0 +1,59 @@
+// spillway-apiserver [--config FILE] migrate|serve|bootstrap-admin
+#include <iostream>
+#include <optional>
+#include <string>
+
+#include "apiserver/serve.hpp"
+#include "core/config.hpp"
+#include "core/log.hpp"
+
+extern char** environ;
+
+namespace {
+constexpr const char* kUsage =
+    "usage: spillway-apiserver [--config FILE] <command>\n"
+    "commands:\n"
+    "  migrate          apply the database migrations, then exit\n"
+    "  serve            serve the API and admin listeners and run the controllers\n"
+    "  bootstrap-admin  print a new admin API key (creating the operator tenant if missing)\n";
+}
+
+int main(int argc, char** argv) {
+  std::optional<std::string> config_file;
+  std::string command;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--config" && i + 1 < argc) {
+      config_file = argv[++i];
+    } else if (arg.rfind("--config=", 0) == 0) {
+      config_file = arg.substr(9);
+    } else if (arg == "-h" || arg == "--help") {
+      std::cout << kUsage;
+      return 0;
+    } else if (command.empty() && arg[0] != '-') {
+      command = arg;
+    } else {
+      std::cerr << "spillway-apiserver: unexpected argument " << arg << "\n" << kUsage;
+      return 2;
+    }
+  }
+  if (command != "migrate" && command != "serve" && command != "bootstrap-admin") {
+    std::cerr << (command.empty() ? "spillway-apiserver: no command given\n"
+                                  : "spillway-apiserver: unknown command " + command + "\n")
+              << kUsage;
+    return 2;
+  }
+  try {
+    const auto config = spillway::Config::Load(config_file, environ);
+    spillway::log::Init(config.String("log.level"));
+    if (command == "migrate") return spillway::RunMigrate(config);
+    if (command == "bootstrap-admin") return spillway::RunBootstrapAdmin(config);
+    return spillway::RunServe(config);
+  } catch (const spillway::ConfigError& e) {
+    std::cerr << "spillway-apiserver: config: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "spillway-apiserver: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,41 @@
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "apiserver/context.hpp"
+
+namespace spillway {
+
+enum class Body { kNone, kRequired, kOptional };
+
+// One row of the route table: every route declares who may call it. The auth and BOLA tests
+// iterate this same table.
+struct Route {
+  std::string method;
+  std::string pattern;  // "/v1/tenants/{id}"
+  unsigned roles;       // Role bits; kUnauthenticated for public routes
+  Handler handler;
+  Body body = Body::kNone;
+  std::string tenant_param = {};  // path parameter naming a tenant a member must own, if any
+};
+
+class Router {
+ public:
+  explicit Router(std::vector<Route> routes);
+  struct Match {
+    const Route* route = nullptr;
+    std::map<std::string, std::string> params;
+    std::vector<std::string> allowed;  // methods of routes matching the path, when route is null
+  };
+  Match Find(const std::string& method, const std::string& path) const;
+  const std::vector<Route>& routes() const { return routes_; }
+
+ private:
+  std::vector<Route> routes_;
+  std::vector<std::vector<std::string>> segments_;
+};
+
+std::vector<std::string> SplitPath(const std::string& path);
+
+}  // namespace spillway

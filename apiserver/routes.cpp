@@ -1,0 +1,27 @@
+// The one route table. Every route names the roles that may call it; tests/e2e/auth_walk_test.cpp
+// walks this same table with no key, a wrong-role key and another tenant's key.
+#include "apiserver/app.hpp"
+#include "apiserver/handlers/api_keys.hpp"
+#include "apiserver/handlers/tenants.hpp"
+#include "core/errors.hpp"
+
+namespace spillway {
+namespace {
+Reply NotUsed(Ctx&) { throw ApiError(500, "internal", "served without a handler"); }
+}  // namespace
+
+std::vector<Route> ApiRoutes() {
+  using namespace handlers;
+  return {
+      {"GET", "/v1/openapi.yaml", kUnauthenticated, NotUsed},
+      {"POST", "/v1/tenants", kAdmin, CreateTenant, Body::kRequired},
+      {"GET", "/v1/tenants", kAdmin | kFinance, ListTenants},
+      {"GET", "/v1/tenants/{id}", kAdmin | kFinance | kMember, GetTenant, Body::kNone, "id"},
+      {"PATCH", "/v1/tenants/{id}", kAdmin, UpdateTenant, Body::kRequired, "id"},
+      {"POST", "/v1/tenants/{id}/api-keys", kAdmin, CreateApiKey, Body::kRequired, "id"},
+      {"GET", "/v1/tenants/{id}/api-keys", kAdmin, ListApiKeys, Body::kNone, "id"},
+      {"DELETE", "/v1/tenants/{id}/api-keys/{key_id}", kAdmin, RevokeApiKey, Body::kNone, "id"},
+  };
+}
+
+}  // namespace spillway

@@ -1,0 +1,200 @@
+#include "core/config.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cstring>
+#include <toml++/toml.h>
+
+namespace spillway {
+namespace {
+
+// Environment names that do not follow SPILLWAY_<SECTION>_<KEY>, fixed by ARCHITECTURE.md.
+const std::map<std::string, std::string>& EnvAliases() {
+  static const std::map<std::string, std::string> kAliases = {
+      {"SPILLWAY_DATABASE_URL", "database.url"},
+      {"SPILLWAY_LISTEN", "server.listen"},
+      {"SPILLWAY_ADMIN_LISTEN", "server.admin_listen"},
+      {"SPILLWAY_AGENT_BOOTSTRAP_TOKEN", "agent.bootstrap_token"},
+  };
+  return kAliases;
+}
+
+const KeySpec* FindSpec(const std::string& name) {
+  for (const auto& s : ConfigSchema())
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+bool KnownSection(const std::string& section) {
+  for (const auto& s : ConfigSchema())
+    if (s.name.compare(0, section.size() + 1, section + ".") == 0) return true;
+  return false;
+}
+
+Config::Value ParseValue(const KeySpec& spec, const std::string& text, const std::string& origin) {
+  auto bad = [&](const std::string& why) {
+    return ConfigError(origin + ": " + spec.name + " = \"" + text + "\": " + why);
+  };
+  switch (spec.type) {
+    case KeyType::kString:
+      if (!spec.one_of.empty() &&
+          std::find(spec.one_of.begin(), spec.one_of.end(), text) == spec.one_of.end()) {
+        std::string allowed;
+        for (const auto& v : spec.one_of) allowed += (allowed.empty() ? "" : ", ") + v;
+        throw bad("must be one of " + allowed);
+      }
+      if (spec.listen_address && !ParseHostPort(text)) throw bad("must be HOST:PORT");
+      return text;
+    case KeyType::kInt: {
+      std::int64_t v = 0;
+      auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+      if (ec != std::errc() || p != text.data() + text.size()) throw bad("must be an integer");
+      if (spec.min < spec.max && (v < spec.min || v > spec.max))
+        throw bad("must be between " + std::to_string(spec.min) + " and " + std::to_string(spec.max));
+      return v;
+    }
+    case KeyType::kBool:
+      if (text == "true") return true;
+      if (text == "false") return false;
+      throw bad("must be true or false");
+    case KeyType::kDuration: {
+      auto d = ParseDuration(text);
+      if (!d) throw bad("must be a duration such as 500ms, 10s, 2m or 1h");
+      return *d;
+    }
+  }
+  throw bad("unsupported type");
+}
+
+}  // namespace
+
+const std::vector<KeySpec>& ConfigSchema() {
+  static const std::vector<KeySpec> kSchema = {
+      {"server.listen", KeyType::kString, "0.0.0.0:8080", 0, 0, {}, true},
+      {"server.admin_listen", KeyType::kString, "127.0.0.1:9464", 0, 0, {}, true},
+      {"server.io_threads", KeyType::kInt, "2", 1, 256},
+      {"server.max_body_bytes", KeyType::kInt, "1048576", 1024, 1LL << 30},
+      {"server.header_timeout", KeyType::kDuration, "10s"},
+      {"server.body_timeout", KeyType::kDuration, "30s"},
+      {"server.idle_timeout", KeyType::kDuration, "60s"},
+      {"server.shutdown_timeout", KeyType::kDuration, "20s"},
+      {"tls.enabled", KeyType::kBool, "false"},
+      {"tls.listen", KeyType::kString, "0.0.0.0:8443", 0, 0, {}, true},
+      {"tls.cert_file", KeyType::kString, ""},
+      {"tls.key_file", KeyType::kString, ""},
+      {"database.url", KeyType::kString, "postgresql:///spillway"},
+      {"database.pool_size", KeyType::kInt, "8", 1, 512},
+      {"database.max_queue", KeyType::kInt, "1024", 1, 1 << 20},
+      {"database.acquire_timeout", KeyType::kDuration, "2s"},
+      {"database.connect_timeout", KeyType::kDuration, "3s"},
+      {"database.statement_timeout", KeyType::kDuration, "30s"},
+      {"database.retry_after", KeyType::kDuration, "1s"},
+      {"agent.bootstrap_token", KeyType::kString, ""},
+      {"operator.tenant_name", KeyType::kString, "operator"},
+      {"log.level", KeyType::kString, "info", 0, 0, {"trace", "debug", "info", "warn", "error"}},
+  };
+  return kSchema;
+}
+
+Config Config::Defaults() {
+  Config c;
+  for (const auto& s : ConfigSchema()) c.values_[s.name] = ParseValue(s, s.default_value, "default");
+  return c;
+}
+
+void Config::Set(const std::string& key, const std::string& text, const std::string& origin) {
+  const KeySpec* spec = FindSpec(key);
+  if (!spec) throw ConfigError(origin + ": unknown config key " + key);
+  values_[key] = ParseValue(*spec, text, origin);
+}
+
+Config Config::Load(const std::optional<std::string>& file, char** envp) {
+  Config c = Defaults();
+  if (file) {
+    toml::table root;
+    try {
+      root = toml::parse_file(*file);
+    } catch (const toml::parse_error& e) {
+      throw ConfigError(*file + ":" + std::to_string(e.source().begin.line) + ": " +
+                        std::string(e.description()));
+    }
+    for (const auto& [section, node] : root) {
+      const std::string sec(section.str());
+      const auto* table = node.as_table();
+      if (!table) throw ConfigError(*file + ": unknown config key " + sec + " (expected a [section])");
+      for (const auto& [k, v] : *table) {
+        const std::string name = sec + "." + std::string(k.str());
+        const KeySpec* spec = FindSpec(name);
+        if (!spec) throw ConfigError(*file + ": unknown config key " + name);
+        std::string text;
+        if (auto s = v.value<std::string>(); s && v.is_string() &&
+            (spec->type == KeyType::kString || spec->type == KeyType::kDuration)) {
+          text = *s;
+        } else if (v.is_integer() && spec->type == KeyType::kInt) {
+          text = std::to_string(*v.value<std::int64_t>());
+        } else if (v.is_boolean() && spec->type == KeyType::kBool) {
+          text = *v.value<bool>() ? "true" : "false";
+        } else {
+          static const char* kNames[] = {"a string", "an integer", "true or false",
+                                         "a duration string such as \"10s\""};
+          throw ConfigError(*file + ": " + name + " must be " + kNames[static_cast<int>(spec->type)]);
+        }
+        c.values_[name] = ParseValue(*spec, text, *file);
+      }
+    }
+  }
+  for (char** e = envp; e && *e; ++e) {
+    const char* eq = std::strchr(*e, '=');
+    if (!eq) continue;
+    const std::string var(static_cast<const char*>(*e), eq);
+    const std::string text(eq + 1);
+    if (var.rfind("SPILLWAY_", 0) != 0) continue;
+    if (auto it = EnvAliases().find(var); it != EnvAliases().end()) {
+      c.Set(it->second, text, "environment " + var);
+      continue;
+    }
+    // SPILLWAY_<SECTION>_<KEY>: only variables naming a known section are config; others
+    // (SPILLWAY_TEST_DSN, SPILLWAY_CONFIG, ...) belong to other tools.
+    std::string rest = var.substr(9);
+    std::transform(rest.begin(), rest.end(), rest.begin(), [](unsigned char ch) { return std::tolower(ch); });
+    const auto us = rest.find('_');
+    if (us == std::string::npos) continue;
+    const std::string section = rest.substr(0, us);
+    if (!KnownSection(section)) continue;
+    c.Set(section + "." + rest.substr(us + 1), text, "environment " + var);
+  }
+  return c;
+}
+
+const Config::Value& Config::Get(const std::string& key) const {
+  auto it = values_.find(key);
+  if (it == values_.end()) throw std::logic_error("config key not in schema: " + key);
+  return it->second;
+}
+const std::string& Config::String(const std::string& key) const { return std::get<std::string>(Get(key)); }
+std::int64_t Config::Int(const std::string& key) const { return std::get<std::int64_t>(Get(key)); }
+bool Config::Bool(const std::string& key) const { return std::get<bool>(Get(key)); }
+Millis Config::Duration(const std::string& key) const { return std::get<Millis>(Get(key)); }
+
+std::optional<HostPort> ParseHostPort(const std::string& text) {
+  std::string host, port;
+  if (!text.empty() && text[0] == '[') {
+    const auto close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') return std::nullopt;
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string::npos || text.find(':') != colon) return std::nullopt;
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  if (host.empty() || port.empty()) return std::nullopt;
+  unsigned p = 0;
+  auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+  if (ec != std::errc() || ptr != port.data() + port.size() || p > 65535) return std::nullopt;
+  return HostPort{host, static_cast<std::uint16_t>(p)};
+}
+
+}  // namespace spillway

@@ -1,0 +1,16 @@
+#pragma once
+#include <string>
+#include <string_view>
+
+namespace spillway {
+
+// Cryptographically random bytes (OpenSSL RAND_bytes); throws if the RNG fails.
+std::string RandomBytes(size_t n);
+std::string HexEncode(std::string_view bytes);
+std::string Base64UrlEncode(std::string_view bytes);  // unpadded
+std::string Sha256(std::string_view data);            // raw 32 bytes
+std::string Sha256Hex(std::string_view data);
+// Compares in time independent of where the inputs differ (lengths are not secret).
+bool ConstantTimeEquals(std::string_view a, std::string_view b);
+
+}  // namespace spillway

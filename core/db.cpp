@@ -1,0 +1,175 @@
+#include "core/db.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "core/errors.hpp"
+#include "core/log.hpp"
+
+namespace spillway {
+namespace {
+
+std::vector<const Statement*>& Registry() {
+  static std::vector<const Statement*> statements;
+  return statements;
+}
+
+std::int64_t SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+Statement::Statement(const char* n, const char* s) : name(n), sql(s) { Registry().push_back(this); }
+
+void PrepareAll(pqxx::connection_base& conn) {
+  for (const Statement* s : Registry()) conn.prepare(s->name, s->sql);
+}
+
+bool IsUnavailable(const std::exception& e) {
+  if (dynamic_cast<const pqxx::broken_connection*>(&e)) return true;
+  if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
+    const std::string& state = sql->sqlstate();
+    // 08: connection exception; 57P01-57P03: admin/crash shutdown, cannot connect now.
+    return state.rfind("08", 0) == 0 || state == "57P01" || state == "57P02" || state == "57P03";
+  }
+  return false;
+}
+
+std::string WithConnectTimeout(const std::string& url, Millis timeout) {
+  const auto secs = std::max<std::int64_t>(1, (timeout.count() + 999) / 1000);
+  if (url.rfind("postgres://", 0) == 0 || url.rfind("postgresql://", 0) == 0)
+    return url + (url.find('?') == std::string::npos ? "?" : "&") + "connect_timeout=" + std::to_string(secs);
+  return url + " connect_timeout=" + std::to_string(secs);
+}
+
+Database::Database(DbOptions options, prometheus::Registry& registry) : options_(std::move(options)) {
+  using namespace prometheus;
+  size_gauge_ = &BuildGauge().Name("spillway_db_pool_size").Help("Connections the pool may hold")
+                     .Register(registry).Add({});
+  in_use_gauge_ = &BuildGauge().Name("spillway_db_pool_in_use").Help("Connections running a job now")
+                       .Register(registry).Add({});
+  open_gauge_ = &BuildGauge().Name("spillway_db_pool_open").Help("Connections currently open")
+                     .Register(registry).Add({});
+  queue_gauge_ = &BuildGauge().Name("spillway_db_pool_queue_depth").Help("Jobs waiting for a connection")
+                      .Register(registry).Add({});
+  wait_hist_ = &BuildHistogram().Name("spillway_db_pool_wait_seconds")
+                    .Help("Time a job waited for a connection").Register(registry)
+                    .Add({}, Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                         0.25, 0.5, 1, 2.5, 5});
+  connect_failures_ = &BuildCounter().Name("spillway_db_connect_failures_total")
+                           .Help("Failed attempts to open a database connection").Register(registry).Add({});
+  auto& rejected = BuildCounter().Name("spillway_db_rejected_total")
+                       .Help("Jobs refused with 503, by reason").Register(registry);
+  rejected_busy_ = &rejected.Add({{"reason", "busy"}});
+  rejected_unavailable_ = &rejected.Add({{"reason", "unavailable"}});
+  size_gauge_->Set(options_.pool_size);
+  for (int i = 0; i < options_.pool_size; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+}
+
+Database::~Database() { Stop(); }
+
+void Database::Stop() {
+  {
+    std::lock_guard lk(mu_);
+    if (stopping_ && workers_.empty()) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+}
+
+ApiError Database::Unavailable(const std::string& code, const std::string& message) const {
+  ApiError e(503, code, message);
+  e.retry_after = std::to_string(std::max<std::int64_t>(1, options_.retry_after.count() / 1000));
+  return e;
+}
+
+void Database::Submit(Job job) {
+  {
+    std::lock_guard lk(mu_);
+    if (!stopping_ && queue_.size() < options_.max_queue) {
+      queue_.push_back({std::move(job), std::chrono::steady_clock::now()});
+      queue_gauge_->Set(static_cast<double>(queue_.size()));
+      cv_.notify_one();
+      return;
+    }
+  }
+  rejected_busy_->Increment();
+  job.reject(Unavailable("database_busy", "too many requests are waiting for the database; retry shortly"));
+}
+
+std::unique_ptr<pqxx::connection> Database::Connect() {
+  auto conn = std::make_unique<pqxx::connection>(WithConnectTimeout(options_.url, options_.connect_timeout));
+  pqxx::nontransaction setup(*conn);
+  setup.exec("SET TIME ZONE 'UTC'");
+  setup.exec("SET application_name = 'spillway-apiserver'");
+  setup.exec("SET statement_timeout = " + std::to_string(options_.statement_timeout.count()));
+  setup.commit();
+  PrepareAll(*conn);
+  return conn;
+}
+
+void Database::WorkerLoop() {
+  std::unique_ptr<pqxx::connection> conn;
+  for (;;) {
+    Queued item;
+    {
+      std::unique_lock lk(mu_);
+      cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) break;  // stopping and drained
+      item = std::move(queue_.front());
+      queue_.pop_front();
+      queue_gauge_->Set(static_cast<double>(queue_.size()));
+    }
+    const auto waited = std::chrono::steady_clock::now() - item.enqueued;
+    wait_hist_->Observe(std::chrono::duration<double>(waited).count());
+    if (waited > options_.acquire_timeout) {
+      rejected_busy_->Increment();
+      item.job.reject(Unavailable("database_busy", "no database connection became free in time; retry shortly"));
+      continue;
+    }
+    if (conn && !conn->is_open()) {
+      conn.reset();
+      open_gauge_->Decrement();
+    }
+    if (!conn) {
+      // While the database is down, do not let every job pay a connect attempt.
+      if (SteadyMs() - last_connect_failure_ms_.load() < 250) {
+        rejected_unavailable_->Increment();
+        item.job.reject(Unavailable("database_unavailable", "the database is unavailable; retry shortly"));
+        continue;
+      }
+      try {
+        conn = Connect();
+        open_gauge_->Increment();
+      } catch (const std::exception& e) {
+        conn.reset();
+        last_connect_failure_ms_ = SteadyMs();
+        connect_failures_->Increment();
+        rejected_unavailable_->Increment();
+        log::Warn("database connect failed", {{"error", e.what()}});
+        item.job.reject(Unavailable("database_unavailable", "the database is unavailable; retry shortly"));
+        continue;
+      }
+    }
+    in_use_gauge_->Increment();
+    try {
+      item.job.run(*conn);
+    } catch (const std::exception& e) {
+      log::Error("database job escaped with an exception", {{"error", e.what()}});
+    }
+    in_use_gauge_->Decrement();
+    if (!conn->is_open()) {
+      conn.reset();
+      open_gauge_->Decrement();
+    }
+  }
+  if (conn) open_gauge_->Decrement();
+}
+
+}  // namespace spillway

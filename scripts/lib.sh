@@ -1,0 +1,83 @@
+# Shared by scripts/demo, scripts/test and bench/: install, build, run a private PostgreSQL.
+# Source it; it sets `set -euo pipefail`.
+set -euo pipefail
+
+SPW_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SPW_PG_BIN=/usr/lib/postgresql/15/bin
+
+spw_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+spw_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Debian packages the build, the tests, the demo and the benchmarks need.
+SPW_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git curl ca-certificates
+  libboost1.81-dev libpqxx-dev prometheus-cpp-dev libtomlplusplus-dev libspdlog-dev libfmt-dev libssl-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  postgresql-15 postgresql-client-15 openssl
+)
+
+# Installs whatever of PACKAGES... is missing; runs apt-get update once first.
+spw_install() {
+  local missing=()
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || spw_die "missing packages (${missing[*]}); run as root, or install them with apt-get"
+  spw_log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Debian's postgresql package would create and start a system cluster; we run our own.
+  mkdir -p /etc/postgresql-common
+  [ -f /etc/postgresql-common/createcluster.conf ] || echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
+  # Packages such as nginx and prometheus would start system services; ours start their own.
+  local policy=/usr/sbin/policy-rc.d added=
+  if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' >$policy && chmod +x $policy && added=1; fi
+  local rc=0
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+  [ -n "$added" ] && rm -f $policy
+  [ $rc -eq 0 ] || spw_die "apt-get install failed"
+}
+
+spw_install_deps() { spw_install "${SPW_PACKAGES[@]}"; }
+
+# Configures and builds into build/ (executables in build/bin/). Extra args go to cmake.
+spw_build() {
+  local jobs
+  jobs=$(nproc)
+  local args=(-G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo)
+  [ "${CI:-}" = true ] && args+=(-DSPILLWAY_WERROR=ON)
+  spw_log "building (cmake + ninja, $jobs jobs)"
+  cmake -S "$SPW_ROOT" -B "$SPW_ROOT/build" "${args[@]}" "$@" >/dev/null
+  ninja -C "$SPW_ROOT/build" -j "$jobs"
+}
+
+# PostgreSQL refuses to run as root: the cluster runs as `postgres` when we are root.
+spw_as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# spw_pg_start DATADIR SOCKETDIR PORT: initdb when new, then start; listens on the socket only.
+spw_pg_start() {
+  local data=$1 sock=$2 port=$3
+  mkdir -p "$data" "$sock"
+  if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$data" "$sock"; chmod 700 "$data"; fi
+  spw_as_pg test -x "$data" || spw_die "the postgres user cannot reach $data (a parent directory is private)"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    spw_as_pg "$SPW_PG_BIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+  fi
+  # A cluster killed without a shutdown leaves its pid file; pg_ctl copes when the pid is gone.
+  if spw_as_pg "$SPW_PG_BIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    spw_as_pg "$SPW_PG_BIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null || true
+  fi
+  spw_as_pg "$SPW_PG_BIN/pg_ctl" -D "$data" -w -t 60 -l "$data/server.log" \
+    -o "-c listen_addresses='' -c unix_socket_directories='$sock' -p $port -c max_connections=300 -c fsync=${SPW_PG_FSYNC:-on}" \
+    start >/dev/null || { tail -20 "$data/server.log" >&2; spw_die "PostgreSQL did not start"; }
+}
+
+spw_pg_stop() {
+  local data=$1
+  [ -f "$data/postmaster.pid" ] || return 0
+  spw_as_pg "$SPW_PG_BIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true
+}
