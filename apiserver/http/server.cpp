@@ -207,8 +207,12 @@ struct Runtime::Impl {
             hec == net::error::connection_reset || hec == net::error::operation_aborted) {
           co_return;
         } else if (hec == beast::error::timeout) {
-          err = fail(408, "request_timeout", "the request did not arrive in time");
-          tcp_layer.expires_after(std::chrono::seconds(1));  // a slow client gets no more time to read
+          // tcp_stream has already closed the socket: a slow client is cut off without an answer.
+          // It is still counted and logged as a 408.
+          if (parser.is_header_done()) meta = ToRequest(parser.get());
+          l.dispatcher->Finished(meta, ErrorResponse(408, "request_timeout", "request too slow", meta.request_id),
+                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+          co_return;
         } else if (hec == bhttp::error::body_limit) {
           const std::string why =
               "the request body is larger than " + std::to_string(l.options.max_body_bytes) + " bytes";
@@ -218,7 +222,7 @@ struct Runtime::Impl {
         } else {
           err = fail(400, "bad_request", "malformed HTTP request");
         }
-        if (hec != beast::error::timeout) tcp_layer.expires_after(l.options.body_timeout);
+        tcp_layer.expires_after(l.options.body_timeout);
         st.busy = true;
         co_await Write(l, stream, meta, std::move(err), false, started);
         co_return;

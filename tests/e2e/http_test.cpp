@@ -1,0 +1,152 @@
+// The HTTP core, against the real spillway-apiserver over loopback.
+#include <gtest/gtest.h>
+
+#include <boost/json.hpp>
+#include <thread>
+
+#include "tests/support/test_support.hpp"
+
+using namespace spillway::test;
+using namespace std::chrono_literals;
+
+class HttpCore : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = std::make_unique<TestDb>();
+    server_ = std::make_unique<ApiServer>(db_->dsn(), std::map<std::string, std::string>{
+                                                          {"SPILLWAY_SERVER_HEADER_TIMEOUT", "1s"},
+                                                          {"SPILLWAY_SERVER_BODY_TIMEOUT", "2s"},
+                                                          {"SPILLWAY_SERVER_IDLE_TIMEOUT", "5s"},
+                                                          {"SPILLWAY_SERVER_MAX_BODY_BYTES", "4096"}});
+    ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
+    admin_key_ = BootstrapAdmin(db_->dsn());
+    ASSERT_FALSE(admin_key_.empty());
+  }
+  int port() const { return server_->port(); }
+  std::unique_ptr<TestDb> db_;
+  std::unique_ptr<ApiServer> server_;
+  std::string admin_key_;
+};
+
+namespace {
+boost::json::object ErrorOf(const HttpResponse& r) {
+  return boost::json::parse(r.body).as_object().at("error").as_object();
+}
+}  // namespace
+
+TEST_F(HttpCore, KeepAliveServesManyRequestsOnOneConnection) {
+  HttpConn c(port());
+  ASSERT_TRUE(c.ok());
+  for (int i = 0; i < 5; ++i) {
+    const auto r = c.Call("GET", "/v1/tenants", admin_key_);
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_NE(r.Header("connection"), "close");
+  }
+}
+
+TEST_F(HttpCore, PipelinedRequestsAreAnsweredInOrder) {
+  HttpConn c(port());
+  std::string batch;
+  for (int i = 0; i < 4; ++i)
+    batch += "GET /v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + admin_key_ +
+             "\r\nX-Request-Id: pipe-" + std::to_string(i) + "\r\n\r\n";
+  batch += "GET /nowhere HTTP/1.1\r\nHost: x\r\nX-Request-Id: pipe-4\r\n\r\n";
+  c.SendRaw(batch);  // one write: all five requests arrive before the first answer
+  for (int i = 0; i < 5; ++i) {
+    const auto r = c.Read();
+    ASSERT_TRUE(r) << "response " << i << " missing";
+    EXPECT_EQ(r->Header("x-request-id"), "pipe-" + std::to_string(i));
+    EXPECT_EQ(r->status, i < 4 ? 200 : 404);
+  }
+}
+
+TEST_F(HttpCore, OversizedBodyIs413) {
+  const std::string big = "{\"name\":\"" + std::string(8000, 'x') + "\"}";
+  const auto r = Http(port(), "POST", "/v1/tenants", admin_key_, big);
+  EXPECT_EQ(r.status, 413);
+  EXPECT_EQ(ErrorOf(r).at("code"), "payload_too_large");
+  EXPECT_FALSE(ErrorOf(r).at("request_id").as_string().empty());
+  // Chunked bodies are held to the same limit.
+  HttpConn c(port());
+  std::string req = "POST /v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + admin_key_ +
+                    "\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+  for (int i = 0; i < 10; ++i) req += "400\r\n" + std::string(1024, 'a') + "\r\n";
+  req += "0\r\n\r\n";
+  c.SendRaw(req);
+  const auto chunked = c.Read();
+  ASSERT_TRUE(chunked);
+  EXPECT_EQ(chunked->status, 413);
+}
+
+TEST_F(HttpCore, SlowClientIsCutOffWhileOthersAreServed) {
+  HttpConn slow(port());
+  slow.SendRaw("GET /v1/tenants HTTP/1.1\r\nHost: x\r\n");  // headers never finish
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(Http(port(), "GET", "/v1/tenants", admin_key_).status, 200);
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(slow.ClosedByPeer(10s)) << "the slow client was never cut off";
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 8s);
+
+  // A body that stops arriving is cut off too.
+  HttpConn slow_body(port());
+  slow_body.SendRaw("POST /v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{");
+  EXPECT_TRUE(slow_body.ClosedByPeer(10s));
+  // Both are counted as 408s.
+  const auto m = Http(server_->admin_port(), "GET", "/metrics");
+  EXPECT_NE(m.body.find("code=\"408\",method=\"POST\",route=\"unmatched\"} 1"), std::string::npos) << m.body;
+}
+
+TEST_F(HttpCore, UnknownPathIs404AndWrongMethodIs405WithAllow) {
+  auto r = Http(port(), "GET", "/v1/nothing-here");
+  EXPECT_EQ(r.status, 404);
+  EXPECT_EQ(ErrorOf(r).at("code"), "not_found");
+  r = Http(port(), "PUT", "/v1/tenants", admin_key_, "{}");
+  EXPECT_EQ(r.status, 405);
+  EXPECT_EQ(r.Header("allow"), "POST, GET");
+  EXPECT_EQ(ErrorOf(r).at("code"), "method_not_allowed");
+}
+
+TEST_F(HttpCore, MalformedJsonIs400AndWrongContentTypeIs415) {
+  auto r = Http(port(), "POST", "/v1/tenants", admin_key_, "{\"name\": ");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(ErrorOf(r).at("code"), "invalid_json");
+  r = Http(port(), "POST", "/v1/tenants", admin_key_, "name=x", {{"Content-Type", "application/x-www-form-urlencoded"}});
+  EXPECT_EQ(r.status, 415);
+  EXPECT_EQ(ErrorOf(r).at("code"), "unsupported_media_type");
+  r = Http(port(), "POST", "/v1/tenants", admin_key_, "{\"name\":\"ok-charset\"}",
+           {{"Content-Type", "application/json; charset=utf-8"}});
+  EXPECT_EQ(r.status, 201) << r.body;
+  // Nothing was created by the refused requests.
+  auto c = db_->Connect();
+  EXPECT_EQ(pqxx::nontransaction(*c).exec1("SELECT count(*) FROM tenants WHERE NOT is_operator")[0].as<int>(), 1);
+}
+
+TEST_F(HttpCore, MalformedHttpIs400) {
+  HttpConn c(port());
+  c.SendRaw("GARBAGE\r\n\r\n");
+  const auto r = c.Read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(ErrorOf(*r).at("code"), "bad_request");
+}
+
+TEST_F(HttpCore, RequestIdIsEchoedOrGenerated) {
+  auto r = Http(port(), "GET", "/v1/tenants", admin_key_, "", {{"X-Request-Id", "trace-abc.123"}});
+  EXPECT_EQ(r.Header("x-request-id"), "trace-abc.123");
+  r = Http(port(), "GET", "/v1/tenants", "", "", {{"X-Request-Id", "trace-xyz"}});
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(ErrorOf(r).at("request_id"), "trace-xyz");
+  r = Http(port(), "GET", "/v1/tenants", admin_key_);
+  EXPECT_EQ(r.Header("x-request-id").rfind("req_", 0), 0u);
+  const auto r2 = Http(port(), "GET", "/v1/tenants", admin_key_);
+  EXPECT_NE(r.Header("x-request-id"), r2.Header("x-request-id"));
+}
+
+TEST_F(HttpCore, OpenApiDocumentIsServed) {
+  const auto r = Http(port(), "GET", "/v1/openapi.yaml");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.Header("content-type"), "application/yaml");
+  EXPECT_EQ(r.body.rfind("openapi: 3.1", 0), 0u);
+}

@@ -1,0 +1,343 @@
+#include "tests/support/test_support.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "core/migrate.hpp"
+
+extern char** environ;
+
+namespace spillway::test {
+
+std::string BaseDsn() {
+  const char* dsn = std::getenv("SPILLWAY_TEST_DSN");
+  if (!dsn || !*dsn) {
+    ADD_FAILURE() << "SPILLWAY_TEST_DSN is not set: run the tests with ./scripts/test";
+    throw std::runtime_error("SPILLWAY_TEST_DSN is not set");
+  }
+  return dsn;
+}
+
+namespace {
+std::string RandomSuffix() {
+  static std::mt19937_64 rng{std::random_device{}()};
+  static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+  std::string s;
+  for (int i = 0; i < 10; ++i) s += kChars[rng() % 36];
+  return s;
+}
+}  // namespace
+
+TestDb::TestDb(bool migrate) {
+  admin_dsn_ = BaseDsn();
+  name_ = "spw_test_" + RandomSuffix();
+  dsn_ = admin_dsn_ + " dbname=" + name_;  // libpq: the last dbname wins
+  {
+    pqxx::connection admin(admin_dsn_);
+    pqxx::nontransaction(admin).exec("CREATE DATABASE " + admin.quote_name(name_));
+  }
+  if (migrate) {
+    pqxx::connection c(dsn_);
+    ApplyMigrations(c, EmbeddedMigrations());
+  }
+}
+
+TestDb::~TestDb() {
+  try {
+    pqxx::connection admin(admin_dsn_);
+    pqxx::nontransaction(admin).exec("DROP DATABASE IF EXISTS " + admin.quote_name(name_) + " WITH (FORCE)");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dropping %s: %s\n", name_.c_str(), e.what());
+  }
+}
+
+std::unique_ptr<pqxx::connection> TestDb::Connect() const { return std::make_unique<pqxx::connection>(dsn_); }
+
+// ---------------------------------------------------------------------------------------------
+HttpConn::HttpConn(int port, int tls_min_version, int tls_max_version) {
+  fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd_);
+    fd_ = -1;
+    return;
+  }
+  int one = 1;
+  ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (tls_min_version) {
+    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_security_level(ctx, 0);  // let the test offer old versions, to see them refused
+    SSL_CTX_set_min_proto_version(ctx, tls_min_version);
+    SSL_CTX_set_max_proto_version(ctx, tls_max_version ? tls_max_version : tls_min_version);
+    SSL* ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd_);
+    handshake_ok_ = SSL_connect(ssl) == 1;
+    ssl_ctx_ = ctx;
+    tls_ = ssl;
+  }
+}
+
+HttpConn::~HttpConn() {
+  if (tls_) SSL_free(static_cast<SSL*>(tls_));
+  if (ssl_ctx_) SSL_CTX_free(static_cast<SSL_CTX*>(ssl_ctx_));
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void HttpConn::SendRaw(const std::string& bytes) {
+  size_t off = 0;
+  while (off < bytes.size()) {
+    const int n = tls_ ? SSL_write(static_cast<SSL*>(tls_), bytes.data() + off, static_cast<int>(bytes.size() - off))
+                       : static_cast<int>(::send(fd_, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL));
+    if (n <= 0) return;
+    off += static_cast<size_t>(n);
+  }
+}
+
+int HttpConn::ReadSome(char* buf, int n, std::chrono::milliseconds timeout) {
+  if (tls_ && SSL_pending(static_cast<SSL*>(tls_)) > 0) return SSL_read(static_cast<SSL*>(tls_), buf, n);
+  pollfd p{fd_, POLLIN, 0};
+  if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return -2;  // timeout
+  return tls_ ? SSL_read(static_cast<SSL*>(tls_), buf, n) : static_cast<int>(::recv(fd_, buf, n, 0));
+}
+
+std::optional<HttpResponse> HttpConn::Read(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto remaining = [&] {
+    return std::max<std::chrono::milliseconds>(
+        std::chrono::milliseconds(0),
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()));
+  };
+  char buf[16384];
+  size_t header_end;
+  while ((header_end = buffer_.find("\r\n\r\n")) == std::string::npos) {
+    const int n = ReadSome(buf, sizeof buf, remaining());
+    if (n <= 0) return std::nullopt;
+    buffer_.append(buf, static_cast<size_t>(n));
+  }
+  HttpResponse r;
+  std::istringstream head(buffer_.substr(0, header_end));
+  std::string line;
+  std::getline(head, line);
+  if (line.size() < 12) return std::nullopt;
+  r.status = std::stoi(line.substr(9, 3));
+  size_t content_length = 0;
+  while (std::getline(head, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string name = line.substr(0, colon);
+    for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    std::string value = line.substr(colon + 1);
+    while (!value.empty() && value.front() == ' ') value.erase(0, 1);
+    r.headers[name] = value;
+    if (name == "content-length") content_length = std::stoul(value);
+  }
+  buffer_.erase(0, header_end + 4);
+  while (buffer_.size() < content_length) {
+    const int n = ReadSome(buf, sizeof buf, remaining());
+    if (n <= 0) return std::nullopt;
+    buffer_.append(buf, static_cast<size_t>(n));
+  }
+  r.body = buffer_.substr(0, content_length);
+  buffer_.erase(0, content_length);
+  return r;
+}
+
+bool HttpConn::ClosedByPeer(std::chrono::milliseconds timeout) {
+  char buf[1024];
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    const int n = ReadSome(buf, sizeof buf, std::chrono::milliseconds(100));
+    if (n == 0 || (n < 0 && n != -2)) return true;
+  }
+  return false;
+}
+
+HttpResponse HttpConn::Call(const std::string& method, const std::string& target, const std::string& key,
+                            const std::string& body, std::map<std::string, std::string> headers) {
+  std::string req = method + " " + target + " HTTP/1.1\r\nHost: localhost\r\n";
+  if (!key.empty()) headers.emplace("Authorization", "Bearer " + key);
+  if (!body.empty()) headers.emplace("Content-Type", "application/json");
+  for (const auto& [k, v] : headers) req += k + ": " + v + "\r\n";
+  if (!body.empty() || method == "POST" || method == "PATCH" || method == "PUT")
+    req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  req += "\r\n" + body;
+  SendRaw(req);
+  auto r = Read();
+  if (!r) return HttpResponse{};
+  return *r;
+}
+
+HttpResponse Http(int port, const std::string& method, const std::string& target, const std::string& key,
+                  const std::string& body, std::map<std::string, std::string> headers) {
+  HttpConn c(port);
+  if (!c.ok()) return HttpResponse{};
+  return c.Call(method, target, key, body, std::move(headers));
+}
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// ---------------------------------------------------------------------------------------------
+namespace {
+std::vector<std::string> MergedEnv(const std::map<std::string, std::string>& extra) {
+  std::map<std::string, std::string> env;
+  for (char** e = environ; *e; ++e) {
+    std::string s(*e);
+    const auto eq = s.find('=');
+    if (eq != std::string::npos) env[s.substr(0, eq)] = s.substr(eq + 1);
+  }
+  for (const auto& [k, v] : extra) env[k] = v;
+  std::vector<std::string> out;
+  for (const auto& [k, v] : env) out.push_back(k + "=" + v);
+  return out;
+}
+
+int Spawn(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env, int out_fd,
+          int err_fd) {
+  auto envs = MergedEnv(env);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    if (out_fd >= 0) ::dup2(out_fd, 1);
+    if (err_fd >= 0) ::dup2(err_fd, 2);
+    std::vector<char*> a, e;
+    for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
+    a.push_back(nullptr);
+    for (const auto& s : envs) e.push_back(const_cast<char*>(s.c_str()));
+    e.push_back(nullptr);
+    ::execve(a[0], a.data(), e.data());
+    std::_Exit(127);
+  }
+  return pid;
+}
+}  // namespace
+
+Process::Process(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env) {
+  char tmpl[] = "/tmp/spillway-proc-XXXXXX";
+  const int fd = ::mkstemp(tmpl);
+  log_path_ = tmpl;
+  pid_ = Spawn(argv, env, fd, fd);
+  ::close(fd);
+}
+
+Process::~Process() {
+  if (!exited_) Stop(SIGKILL, std::chrono::seconds(5));
+  ::unlink(log_path_.c_str());
+}
+
+bool Process::Running() {
+  if (exited_) return false;
+  int status;
+  if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+    exited_ = true;
+    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return false;
+  }
+  return true;
+}
+
+int Process::Wait(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (Running()) {
+    if (std::chrono::steady_clock::now() > deadline) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return exit_code_;
+}
+
+int Process::Stop(int sig, std::chrono::milliseconds timeout) {
+  if (!Running()) return exit_code_;
+  ::kill(pid_, sig);
+  const int rc = Wait(timeout);
+  if (rc == -1) {
+    ::kill(pid_, SIGKILL);
+    Wait(std::chrono::seconds(5));
+    return -1;
+  }
+  return rc;
+}
+
+std::string Process::Stderr() const {
+  std::ifstream f(log_path_);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+int RunCommand(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+               std::string* out) {
+  Process p(argv, env);
+  const int rc = p.Wait(std::chrono::seconds(120));
+  if (out) *out = p.Stderr();
+  return rc;
+}
+
+std::string ApiServerBinary() { return SPILLWAY_APISERVER_BIN; }
+
+ApiServer::ApiServer(const std::string& dsn, std::map<std::string, std::string> env) : env_(std::move(env)) {
+  port_ = FreePort();
+  admin_port_ = FreePort();
+  env_["SPILLWAY_DATABASE_URL"] = dsn;
+  env_["SPILLWAY_LISTEN"] = "127.0.0.1:" + std::to_string(port_);
+  env_["SPILLWAY_ADMIN_LISTEN"] = "127.0.0.1:" + std::to_string(admin_port_);
+  env_.emplace("SPILLWAY_DATABASE_POOL_SIZE", "4");
+  process_ = std::make_unique<Process>(std::vector<std::string>{ApiServerBinary(), "serve"}, env_);
+}
+
+ApiServer::~ApiServer() {
+  if (process_->Running()) process_->Stop(SIGTERM);
+}
+
+bool ApiServer::WaitReady(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (!process_->Running()) return false;
+    if (Http(admin_port_, "GET", "/readyz").status == 200) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+std::string BootstrapAdmin(const std::string& dsn) {
+  int fds[2];
+  if (::pipe(fds) != 0) return "";
+  const int pid = Spawn({ApiServerBinary(), "bootstrap-admin"}, {{"SPILLWAY_DATABASE_URL", dsn}}, fds[1], -1);
+  ::close(fds[1]);
+  std::string out;
+  char buf[512];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "bootstrap-admin failed";
+  return out;
+}
+
+}  // namespace spillway::test

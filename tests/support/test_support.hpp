@@ -1,0 +1,116 @@
+#pragma once
+// Helpers for the PostgreSQL and end-to-end tests: a database of the test's own, the real
+// spillway-apiserver as a child process, and a small HTTP/1.1 client over real sockets.
+#include <pqxx/pqxx>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace spillway::test {
+
+// A fresh database built from the migrations, dropped when this goes away. Needs SPILLWAY_TEST_DSN
+// (scripts/test sets it to the throwaway cluster it starts).
+class TestDb {
+ public:
+  explicit TestDb(bool migrate = true);
+  ~TestDb();
+  const std::string& dsn() const { return dsn_; }
+  const std::string& name() const { return name_; }
+  std::unique_ptr<pqxx::connection> Connect() const;
+
+ private:
+  std::string admin_dsn_, name_, dsn_;
+};
+
+std::string BaseDsn();  // SPILLWAY_TEST_DSN; fails the test when unset
+
+struct HttpResponse {
+  int status = 0;
+  std::map<std::string, std::string> headers;  // lower-case names
+  std::string body;
+  std::string Header(const std::string& name) const {
+    auto it = headers.find(name);
+    return it == headers.end() ? "" : it->second;
+  }
+};
+
+// One client connection; plain TCP, or TLS when tls_version is set (e.g. TLS1_3_VERSION).
+class HttpConn {
+ public:
+  explicit HttpConn(int port, int tls_min_version = 0, int tls_max_version = 0);
+  ~HttpConn();
+  bool ok() const { return fd_ >= 0 && (!tls_ || handshake_ok_); }
+  void SendRaw(const std::string& bytes);
+  // Reads one response; nullopt when the connection closed or timed out first.
+  std::optional<HttpResponse> Read(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  HttpResponse Call(const std::string& method, const std::string& target, const std::string& key = "",
+                    const std::string& body = "", std::map<std::string, std::string> headers = {});
+  // True when the server closed the connection (reads EOF) within timeout.
+  bool ClosedByPeer(std::chrono::milliseconds timeout);
+
+ private:
+  int ReadSome(char* buf, int n, std::chrono::milliseconds timeout);
+  int fd_ = -1;
+  void* ssl_ctx_ = nullptr;
+  void* tls_ = nullptr;
+  bool handshake_ok_ = false;
+  std::string buffer_;
+};
+
+// One-shot request on a new connection.
+HttpResponse Http(int port, const std::string& method, const std::string& target, const std::string& key = "",
+                  const std::string& body = "", std::map<std::string, std::string> headers = {});
+
+int FreePort();
+
+// A child process with extra environment variables; stderr goes to a file (shown on failure).
+class Process {
+ public:
+  Process(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env);
+  ~Process();
+  int pid() const { return pid_; }
+  bool Running();
+  // Sends sig and waits for the exit code (-1 on timeout, then the process is killed).
+  int Stop(int sig, std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  int Wait(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  std::string Stderr() const;
+
+ private:
+  int pid_ = -1;
+  int exit_code_ = -1;
+  bool exited_ = false;
+  std::string log_path_;
+};
+
+// Runs a command to completion; returns its exit code and fills out with stdout+stderr.
+int RunCommand(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+               std::string* out);
+
+// The real spillway-apiserver `serve` on free loopback ports, against a database of its own.
+class ApiServer {
+ public:
+  explicit ApiServer(const std::string& dsn, std::map<std::string, std::string> env = {});
+  ~ApiServer();
+  int port() const { return port_; }
+  int admin_port() const { return admin_port_; }
+  Process& process() { return *process_; }
+  std::map<std::string, std::string> Env() const { return env_; }
+  // Waits until /readyz answers 200; false if the process died or the time ran out.
+  bool WaitReady(std::chrono::milliseconds timeout = std::chrono::seconds(20));
+
+ private:
+  std::map<std::string, std::string> env_;
+  int port_, admin_port_;
+  std::unique_ptr<Process> process_;
+};
+
+std::string ApiServerBinary();
+// Runs `spillway-apiserver bootstrap-admin` against dsn and returns the key it prints.
+std::string BootstrapAdmin(const std::string& dsn);
+
+
+}  // namespace spillway::test
