@@ -23,7 +23,7 @@ struct Request {
 };
 
 struct Response {
-  int status = 200;
+  int status = 200;  // never 0: the transport uses 0 for "no answer yet"
   std::string content_type = "application/json";
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <thread>
@@ -190,16 +191,43 @@ struct Runtime::Impl {
         return ErrorResponse(status, code, message, meta.request_id);
       };
 
+      // Parse what is buffered synchronously and read only when the parser needs more: a
+      // pipelined or small request costs no extra trip through the scheduler.
+      parser.eager(true);
+      beast::error_code hec;
+      bool body_phase = false;
       tcp_layer.expires_after(l.options.header_timeout);
-      auto [hec, hn] = co_await bhttp::async_read_header(stream, buffer, parser, net::as_tuple(net::use_awaitable));
-      if (!hec) {
-        const auto& h = parser.get();
-        if (beast::iequals(h[bhttp::field::expect], "100-continue")) {
-          bhttp::response<bhttp::empty_body> cont{bhttp::status::continue_, 11};
-          co_await bhttp::async_write(stream, cont, net::as_tuple(net::use_awaitable));
+      for (;;) {
+        if (buffer.size() > 0) {
+          const auto used = parser.put(buffer.data(), hec);
+          buffer.consume(used);
+          if (hec == bhttp::error::need_more) {
+            hec = {};
+          } else if (hec || parser.is_done()) {
+            break;
+          }
+          if (parser.is_header_done() && !body_phase) {
+            body_phase = true;
+            tcp_layer.expires_after(l.options.body_timeout);
+            if (beast::iequals(parser.get()[bhttp::field::expect], "100-continue")) {
+              bhttp::response<bhttp::empty_body> cont{bhttp::status::continue_, 11};
+              auto [wec, wn] = co_await bhttp::async_write(stream, cont, net::as_tuple(net::use_awaitable));
+              if (wec) co_return;
+            }
+          }
+          if (used > 0 && buffer.size() > 0) continue;
         }
-        tcp_layer.expires_after(l.options.body_timeout);
-        std::tie(hec, hn) = co_await bhttp::async_read(stream, buffer, parser, net::as_tuple(net::use_awaitable));
+        if (buffer.size() >= buffer.max_size()) {
+          hec = bhttp::error::header_limit;
+          break;
+        }
+        auto [rec, rn] = co_await stream.async_read_some(
+            buffer.prepare(std::min<size_t>(8192, buffer.max_size() - buffer.size())), net::as_tuple(net::use_awaitable));
+        if (rec) {
+          hec = rec == net::error::eof ? beast::error_code(bhttp::error::end_of_stream) : rec;
+          break;
+        }
+        buffer.commit(rn);
       }
       if (hec) {
         Response err;
@@ -233,15 +261,51 @@ struct Runtime::Impl {
       Request req = ToRequest(parser.get());
       Request copy = req;
       copy.body.clear();
-      Response res = co_await net::async_initiate<decltype(net::use_awaitable), void(Response)>(
-          [&l](auto handler, Request r) {
-            auto ex = net::get_associated_executor(handler);
-            auto h = std::make_shared<decltype(handler)>(std::move(handler));
-            l.dispatcher->Dispatch(std::move(r), [h, ex](Response resp) {
-              net::post(ex, [h, resp = std::move(resp)]() mutable { (*h)(std::move(resp)); });
-            });
-          },
-          net::use_awaitable, std::move(req));
+      // A dispatcher that answers inside Dispatch (health, 404s) is used directly; one that
+      // answers later, from a database worker, resumes this coroutine on its own strand.
+      struct Pending {
+        std::mutex mu;
+        std::optional<Response> early;
+        std::function<void(Response)> resume;
+      };
+      auto pending = std::make_shared<Pending>();
+      l.dispatcher->Dispatch(std::move(req), [pending](Response resp) {
+        std::unique_lock lk(pending->mu);
+        if (pending->resume) {
+          auto resume = std::move(pending->resume);
+          lk.unlock();
+          resume(std::move(resp));
+        } else {
+          pending->early = std::move(resp);
+        }
+      });
+      Response res;
+      res.status = 0;
+      {
+        std::unique_lock lk(pending->mu);
+        if (pending->early) res = std::move(*pending->early);
+      }
+      if (res.status == 0) {
+        res = co_await net::async_initiate<decltype(net::use_awaitable), void(Response)>(
+            // A raw pointer, not a shared_ptr: GCC 12 destroys some temporaries of a co_await
+            // expression twice, which double-released the capture. The frame owns `pending`.
+            [p = pending.get()](auto handler) {
+              auto* pending = p;
+              auto ex = net::get_associated_executor(handler);
+              auto h = std::make_shared<decltype(handler)>(std::move(handler));
+              std::unique_lock lk(pending->mu);
+              if (pending->early) {
+                Response r = std::move(*pending->early);
+                lk.unlock();
+                net::post(ex, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
+                return;
+              }
+              pending->resume = [h, ex](Response r) {
+                net::post(ex, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
+              };
+            },
+            net::use_awaitable);
+      }
       const bool keep_alive = parser.get().keep_alive() && !draining;
       co_await Write(l, stream, copy, std::move(res), keep_alive, started);
       if (!keep_alive) co_return;
