@@ -11,6 +11,7 @@
 #include "core/log.hpp"
 #include "core/metrics.hpp"
 #include "core/migrate.hpp"
+#include "apiserver/notifier.hpp"
 
 namespace spillway {
 namespace {
@@ -33,8 +34,9 @@ bool HasBodyMethod(const std::string& m) { return m == "POST" || m == "PUT" || m
 
 }  // namespace
 
-ApiDispatcher::ApiDispatcher(const Config& config, Database& db, Metrics& metrics)
-    : config_(config), db_(db), router_(ApiRoutes()) {
+ApiDispatcher::ApiDispatcher(const Config& config, Database& db, Metrics& metrics, FleetMetrics* fleet_metrics,
+                             AssignmentNotifier* notifier)
+    : config_(config), db_(db), fleet_metrics_(fleet_metrics), notifier_(notifier), router_(ApiRoutes()) {
   requests_ = &prometheus::BuildCounter()
                    .Name("http_requests_total")
                    .Help("HTTP requests answered, by route pattern, method and status code")
@@ -69,26 +71,42 @@ void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
     respond(std::move(r));
     return;
   }
-  auto shared = std::make_shared<http::Request>(std::move(request));
-  auto params = std::make_shared<std::map<std::string, std::string>>(std::move(match.params));
+  Submit(route, std::make_shared<http::Request>(std::move(request)),
+         std::make_shared<std::map<std::string, std::string>>(std::move(match.params)), std::move(respond), false);
+}
+
+void ApiDispatcher::Submit(const Route* route, std::shared_ptr<http::Request> request,
+                           std::shared_ptr<std::map<std::string, std::string>> params, http::Responder respond,
+                           bool retry) {
   db_.Submit(Database::Job{
-      [this, route, shared, params, respond](pqxx::connection& conn) {
-        respond(Run(conn, *route, std::move(*params), *shared));
+      [this, route, request, params, respond, retry](pqxx::connection& conn) {
+        Outcome out = Run(conn, *route, *params, *request, retry);
+        if (out.long_poll_host.empty() || !notifier_) {
+          respond(std::move(out.response));
+          return;
+        }
+        // Nothing changed yet: park the request (holding no connection) until the host's
+        // assignments change or the wait ends, then answer from a fresh read.
+        notifier_->Wait(out.long_poll_host, std::chrono::milliseconds(out.long_poll_ms),
+                        [this, route, request, params, respond] { Submit(route, request, params, respond, true); });
       },
-      [shared, respond, route](const ApiError& e) {
-        auto r = FromApiError(e, shared->request_id);
+      [request, respond, route](const ApiError& e) {
+        auto r = FromApiError(e, request->request_id);
         r.route = route->pattern;
         respond(std::move(r));
       }});
 }
 
-http::Response ApiDispatcher::Run(pqxx::connection& conn, const Route& route,
-                                  std::map<std::string, std::string> params, const http::Request& request) {
-  http::Response out;
+ApiDispatcher::Outcome ApiDispatcher::Run(pqxx::connection& conn, const Route& route,
+                                          const std::map<std::string, std::string>& params,
+                                          const http::Request& request, bool long_poll_retry) {
+  Outcome outcome;
+  http::Response& out = outcome.response;
   try {
     Principal principal;
     if (route.roles != kUnauthenticated) {
-      principal = Authenticate(conn, request.Header("authorization"));
+      principal = Authenticate(conn, request.Header("authorization"), route.roles & kBootstrap,
+                               config_.String("agent.bootstrap_token"));
       if (!(route.roles & principal.role_bit))
         throw ApiError(403, "forbidden",
                        "a " + principal.role + " key may not call " + route.method + " " + route.pattern);
@@ -103,9 +121,14 @@ http::Response ApiDispatcher::Run(pqxx::connection& conn, const Route& route,
     } else if (route.body == Body::kRequired) {
       throw ApiError(400, "body_required", "this request needs a JSON body");
     }
-    Ctx ctx{request, std::move(params), std::move(body), std::move(principal), conn, config_};
+    Ctx ctx{request, params, std::move(body), std::move(principal), conn, config_, fleet_metrics_, long_poll_retry};
     if (!route.tenant_param.empty()) ctx.RequireTenant(ctx.Param(route.tenant_param));
     Reply reply = route.handler(ctx);
+    if (!reply.long_poll_host.empty()) {
+      outcome.long_poll_host = reply.long_poll_host;
+      outcome.long_poll_ms = reply.long_poll_ms;
+      return outcome;
+    }
     out.status = reply.status;
     out.body = boost::json::serialize(reply.body);
     out.headers = std::move(reply.headers);
@@ -125,7 +148,7 @@ http::Response ApiDispatcher::Run(pqxx::connection& conn, const Route& route,
     }
   }
   out.route = route.pattern;
-  return out;
+  return outcome;
 }
 
 void ApiDispatcher::Finished(const http::Request& request, const http::Response& response, double seconds) {

@@ -18,6 +18,8 @@ namespace spillway {
 
 class Database;
 class Metrics;
+class AssignmentNotifier;
+struct FleetMetrics;
 
 // The route table: every public API route with the roles that may call it.
 std::vector<Route> ApiRoutes();
@@ -28,15 +30,25 @@ const std::string& OpenApiDocument();
 // worker; logs one JSON line and records metrics per response.
 class ApiDispatcher : public http::Dispatcher {
  public:
-  ApiDispatcher(const Config& config, Database& db, Metrics& metrics);
+  ApiDispatcher(const Config& config, Database& db, Metrics& metrics, FleetMetrics* fleet_metrics = nullptr,
+                AssignmentNotifier* notifier = nullptr);
   void Dispatch(http::Request request, http::Responder respond) override;
   void Finished(const http::Request& request, const http::Response& response, double seconds) override;
 
  private:
-  http::Response Run(pqxx::connection& conn, const Route& route, std::map<std::string, std::string> params,
-                     const http::Request& request);
+  struct Outcome {
+    http::Response response;
+    std::string long_poll_host;  // set: wait for this host's assignments to change, then run again
+    std::int64_t long_poll_ms = 0;
+  };
+  Outcome Run(pqxx::connection& conn, const Route& route, const std::map<std::string, std::string>& params,
+              const http::Request& request, bool long_poll_retry);
+  void Submit(const Route* route, std::shared_ptr<http::Request> request,
+              std::shared_ptr<std::map<std::string, std::string>> params, http::Responder respond, bool retry);
   const Config& config_;
   Database& db_;
+  FleetMetrics* fleet_metrics_;
+  AssignmentNotifier* notifier_;
   Router router_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* durations_;

@@ -14,14 +14,18 @@
 
 namespace spillway {
 
-enum Role : unsigned { kAdmin = 1, kFinance = 2, kOperator = 4, kMember = 8 };
+// kHost: a GPU host's agent (host token); kBootstrap: the agent bootstrap token (registration).
+enum Role : unsigned { kAdmin = 1, kFinance = 2, kOperator = 4, kMember = 8, kHost = 16, kBootstrap = 32 };
 constexpr unsigned kAnyRole = kAdmin | kFinance | kOperator | kMember;
 constexpr unsigned kUnauthenticated = 0;  // a route anyone may call, without a key
 
 unsigned RoleBit(const std::string& role);  // 0 when unknown
 const char* RoleName(unsigned bit);
 
+struct FleetMetrics;
+
 struct Principal {
+  std::string host_id;  // for kHost
   std::string key_id;
   std::string tenant_id;
   std::string role;
@@ -36,6 +40,8 @@ struct Ctx {
   Principal principal;
   pqxx::connection& conn;
   const Config& config;
+  FleetMetrics* fleet_metrics = nullptr;
+  bool long_poll_retry = false;  // the second run of a long-polling handler: answer now
 
   const std::string& Param(const std::string& name) const { return params.at(name); }
   // 404 unless the caller may see tenant `tenant_id` (a member only its own; other roles all).
@@ -50,6 +56,10 @@ struct Reply {
   int status = 200;
   boost::json::value body;
   std::vector<std::pair<std::string, std::string>> headers = {};
+  // A long poll: when set, the dispatcher answers only once this host's assignments change or
+  // long_poll_ms passes, by running the handler again with Ctx::long_poll_retry set.
+  std::string long_poll_host = {};
+  std::int64_t long_poll_ms = 0;
 };
 
 using Handler = Reply (*)(Ctx&);

@@ -2,6 +2,8 @@
 // walks this same table with no key, a wrong-role key and another tenant's key.
 #include "apiserver/app.hpp"
 #include "apiserver/handlers/api_keys.hpp"
+#include "apiserver/handlers/fleet.hpp"
+#include "apiserver/handlers/instances.hpp"
 #include "apiserver/handlers/tenants.hpp"
 #include "core/errors.hpp"
 
@@ -21,6 +23,20 @@ std::vector<Route> ApiRoutes() {
       {"POST", "/v1/tenants/{id}/api-keys", kAdmin, CreateApiKey, Body::kRequired, "id"},
       {"GET", "/v1/tenants/{id}/api-keys", kAdmin, ListApiKeys, Body::kNone, "id"},
       {"DELETE", "/v1/tenants/{id}/api-keys/{key_id}", kAdmin, RevokeApiKey, Body::kNone, "id"},
+      {"GET", "/v1/instance-types", kAnyRole, ListInstanceTypes},
+      {"GET", "/v1/spot-prices", kAnyRole, ListSpotPrices},
+      {"POST", "/v1/instances", kMember, CreateInstance, Body::kRequired},
+      {"GET", "/v1/instances", kMember, ListInstances},
+      {"GET", "/v1/instances/{id}", kMember, GetInstance},
+      {"DELETE", "/v1/instances/{id}", kMember, TerminateInstance},
+      {"GET", "/v1/hosts", kOperator | kAdmin, ListHosts},
+      {"GET", "/v1/hosts/{id}", kOperator | kAdmin, GetHost},
+      {"PATCH", "/v1/hosts/{id}", kOperator | kAdmin, UpdateHost, Body::kRequired},
+      {"GET", "/v1/capacity", kOperator | kAdmin | kFinance, GetCapacity},
+      {"PUT", "/v1/capacity/pools/{region}/{gpu_model}", kOperator | kAdmin, SetPoolCapacity, Body::kRequired},
+      {"POST", "/v1/agent/register", kBootstrap, RegisterAgent, Body::kRequired},
+      {"POST", "/v1/agent/heartbeat", kHost, AgentHeartbeat, Body::kRequired},
+      {"GET", "/v1/agent/assignments", kHost, AgentAssignments},
   };
 }
 

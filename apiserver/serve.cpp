@@ -4,6 +4,10 @@
 #include <iostream>
 
 #include "apiserver/app.hpp"
+#include "apiserver/controllers.hpp"
+#include "apiserver/notifier.hpp"
+#include "apiserver/provisioning/fleet.hpp"
+#include "apiserver/provisioning/fleet_metrics.hpp"
 #include "apiserver/audit.hpp"
 #include "apiserver/handlers/api_keys.hpp"
 #include "apiserver/handlers/tenants.hpp"
@@ -89,8 +93,9 @@ int RunServe(const Config& config) {
     if (!conn) return 1;
     try {
       if (int rc = RequireCurrentSchema(*conn)) return rc;
+      SeedPriceBook(*conn, config);
     } catch (const std::exception& e) {
-      std::cerr << "spillway-apiserver: cannot read the schema version: " << e.what() << "\n";
+      std::cerr << "spillway-apiserver: cannot prepare the database: " << e.what() << "\n";
       return 1;
     }
   }
@@ -105,8 +110,14 @@ int RunServe(const Config& config) {
   db_options.retry_after = config.Duration("database.retry_after");
   Database db(db_options, metrics.registry());
 
+  FleetMetrics fleet_metrics(metrics.registry());
+  AssignmentNotifier notifier(config.String("database.url"), config.Duration("database.connect_timeout"));
+  notifier.Start();
+  Controllers controllers(config, fleet_metrics);
+
   http::Runtime runtime(static_cast<int>(config.Int("server.io_threads")));
-  ApiDispatcher api(config, db, metrics);
+  runtime.OnDrain([&notifier] { notifier.Stop(); });
+  ApiDispatcher api(config, db, metrics, &fleet_metrics, &notifier);
   AdminDispatcher admin(db, metrics, [&runtime] { return runtime.Draining(); });
   try {
     runtime.AddListener(Listener(config, "api", "server.listen"), api);
@@ -126,8 +137,11 @@ int RunServe(const Config& config) {
     std::cerr << "spillway-apiserver: " << e.what() << "\n";
     return std::string(e.what()).rfind("tls.", 0) == 0 ? 2 : 1;
   }
+  controllers.Start();
   log::Info("spillway-apiserver serving", {{"version", SPILLWAY_VERSION}});
   runtime.Run(config.Duration("server.shutdown_timeout"));
+  controllers.Stop();
+  notifier.Stop();
   db.Stop();
   log::Info("spillway-apiserver stopped");
   return 0;

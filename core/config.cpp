@@ -6,6 +6,8 @@
 #include <cstring>
 #include <toml++/toml.h>
 
+#include "core/money.hpp"
+
 namespace spillway {
 namespace {
 
@@ -45,6 +47,9 @@ Config::Value ParseValue(const KeySpec& spec, const std::string& text, const std
         throw bad("must be one of " + allowed);
       }
       if (spec.listen_address && !ParseHostPort(text)) throw bad("must be HOST:PORT");
+      if (spec.check) {
+        if (const std::string why = spec.check(text); !why.empty()) throw bad(why);
+      }
       return text;
     case KeyType::kInt: {
       std::int64_t v = 0;
@@ -65,6 +70,10 @@ Config::Value ParseValue(const KeySpec& spec, const std::string& text, const std
     }
   }
   throw bad("unsupported type");
+}
+
+std::string CheckMoney(const std::string& text) {
+  return ParseMicros(text) ? "" : "must be a decimal USD amount such as \"0.100000\"";
 }
 
 }  // namespace
@@ -91,6 +100,19 @@ const std::vector<KeySpec>& ConfigSchema() {
       {"database.statement_timeout", KeyType::kDuration, "30s"},
       {"database.retry_after", KeyType::kDuration, "1s"},
       {"agent.bootstrap_token", KeyType::kString, ""},
+      {"agent.heartbeat_interval", KeyType::kDuration, "5s"},
+      {"agent.sample_interval", KeyType::kDuration, "10s"},
+      {"fleet.heartbeat_timeout", KeyType::kDuration, "30s"},
+      {"fleet.instance_report_grace", KeyType::kDuration, "60s"},
+      {"fleet.assignment_wait_max", KeyType::kDuration, "60s"},
+      {"spot.reprice_interval", KeyType::kDuration, "30s"},
+      {"spot.preemption_notice", KeyType::kDuration, "120s"},
+      // Checked by the apiserver at start-up (billing/spot_curve.hpp), which names the key too.
+      {"spot.discount_curve", KeyType::kString, "0:10,20:10,80:70,100:70"},
+      {"spot.smoothing_percent", KeyType::kInt, "50", 1, 100},
+      {"spot.floor", KeyType::kString, "0.100000", 0, 0, {}, false, CheckMoney},
+      {"controllers.tick", KeyType::kDuration, "1s"},
+      {"idempotency.ttl", KeyType::kDuration, "24h"},
       {"operator.tenant_name", KeyType::kString, "operator"},
       {"log.level", KeyType::kString, "info", 0, 0, {"trace", "debug", "info", "warn", "error"}},
   };
@@ -100,7 +122,26 @@ const std::vector<KeySpec>& ConfigSchema() {
 Config Config::Defaults() {
   Config c;
   for (const auto& s : ConfigSchema()) c.values_[s.name] = ParseValue(s, s.default_value, "default");
+  toml::table root;
+  try {
+    root = toml::parse(DefaultConfigText());
+  } catch (const toml::parse_error& e) {
+    throw std::logic_error("the built-in config/spillway.toml does not parse: " + std::string(e.description()));
+  }
+  c.LoadTable(&root, "built-in config/spillway.toml");
   return c;
+}
+
+const InstanceType* Config::FindInstanceType(const std::string& name) const {
+  for (const auto& t : instance_types_)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+std::optional<std::int64_t> Config::OnDemandMicros(const std::string& gpu_model) const {
+  for (const auto& p : prices_)
+    if (p.gpu_model == gpu_model) return p.micros_per_gpu_hour;
+  return std::nullopt;
 }
 
 void Config::Set(const std::string& key, const std::string& text, const std::string& origin) {
@@ -119,30 +160,7 @@ Config Config::Load(const std::optional<std::string>& file, char** envp) {
       throw ConfigError(*file + ":" + std::to_string(e.source().begin.line) + ": " +
                         std::string(e.description()));
     }
-    for (const auto& [section, node] : root) {
-      const std::string sec(section.str());
-      const auto* table = node.as_table();
-      if (!table) throw ConfigError(*file + ": unknown config key " + sec + " (expected a [section])");
-      for (const auto& [k, v] : *table) {
-        const std::string name = sec + "." + std::string(k.str());
-        const KeySpec* spec = FindSpec(name);
-        if (!spec) throw ConfigError(*file + ": unknown config key " + name);
-        std::string text;
-        if (auto s = v.value<std::string>(); s && v.is_string() &&
-            (spec->type == KeyType::kString || spec->type == KeyType::kDuration)) {
-          text = *s;
-        } else if (v.is_integer() && spec->type == KeyType::kInt) {
-          text = std::to_string(*v.value<std::int64_t>());
-        } else if (v.is_boolean() && spec->type == KeyType::kBool) {
-          text = *v.value<bool>() ? "true" : "false";
-        } else {
-          static const char* kNames[] = {"a string", "an integer", "true or false",
-                                         "a duration string such as \"10s\""};
-          throw ConfigError(*file + ": " + name + " must be " + kNames[static_cast<int>(spec->type)]);
-        }
-        c.values_[name] = ParseValue(*spec, text, *file);
-      }
-    }
+    c.LoadTable(&root, *file);
   }
   for (char** e = envp; e && *e; ++e) {
     const char* eq = std::strchr(*e, '=');
@@ -165,6 +183,86 @@ Config Config::Load(const std::optional<std::string>& file, char** envp) {
     c.Set(section + "." + rest.substr(us + 1), text, "environment " + var);
   }
   return c;
+}
+
+void Config::LoadTable(const void* table_ptr, const std::string& origin) {
+  const auto& root = *static_cast<const toml::table*>(table_ptr);
+  auto int_field = [&](const toml::table& t, const std::string& where, const char* key, std::int64_t min,
+                       std::int64_t max) {
+    const auto v = t[key].value<std::int64_t>();
+    if (!v || *v < min || *v > max)
+      throw ConfigError(origin + ": " + where + "." + key + " must be an integer from " + std::to_string(min) +
+                        " to " + std::to_string(max));
+    return *v;
+  };
+  auto str_field = [&](const toml::table& t, const std::string& where, const char* key) {
+    const auto v = t[key].value<std::string>();
+    if (!v || v->empty()) throw ConfigError(origin + ": " + where + "." + key + " must be a non-empty string");
+    return *v;
+  };
+  auto check_keys = [&](const toml::table& t, const std::string& where, std::initializer_list<const char*> known) {
+    for (const auto& [k, v] : t) {
+      bool ok = false;
+      for (const char* n : known) ok |= (k.str() == n);
+      if (!ok) throw ConfigError(origin + ": unknown config key " + where + "." + std::string(k.str()));
+    }
+  };
+  for (const auto& [section, node] : root) {
+    const std::string sec(section.str());
+    if (sec == "instance_types" || sec == "on_demand_prices") {
+      const auto* arr = node.as_array();
+      if (!arr) throw ConfigError(origin + ": " + sec + " must be an array of tables ([[" + sec + "]])");
+      if (sec == "instance_types") instance_types_.clear();
+      else prices_.clear();
+      for (size_t i = 0; i < arr->size(); ++i) {
+        const auto* t = arr->get(i)->as_table();
+        const std::string where = sec + "[" + std::to_string(i) + "]";
+        if (!t) throw ConfigError(origin + ": " + where + " must be a table");
+        if (sec == "instance_types") {
+          check_keys(*t, where, {"name", "gpu_model", "gpus", "vcpus", "memory_gib"});
+          InstanceType it{str_field(*t, where, "name"), str_field(*t, where, "gpu_model"),
+                          int_field(*t, where, "gpus", 1, 64), int_field(*t, where, "vcpus", 1, 4096),
+                          int_field(*t, where, "memory_gib", 1, 65536)};
+          if (FindInstanceType(it.name)) throw ConfigError(origin + ": instance type " + it.name + " is defined twice");
+          instance_types_.push_back(it);
+        } else {
+          check_keys(*t, where, {"gpu_model", "price_per_gpu_hour"});
+          const std::string model = str_field(*t, where, "gpu_model");
+          const auto micros = ParseMicros(str_field(*t, where, "price_per_gpu_hour"));
+          if (!micros || *micros <= 0)
+            throw ConfigError(origin + ": " + where + ".price_per_gpu_hour must be a positive USD amount such as \"2.490000\"");
+          if (OnDemandMicros(model)) throw ConfigError(origin + ": the price of " + model + " is defined twice");
+          prices_.push_back({model, *micros});
+        }
+      }
+      continue;
+    }
+    const auto* table = node.as_table();
+    if (!table) throw ConfigError(origin + ": unknown config key " + sec + " (expected a [section])");
+    for (const auto& [k, v] : *table) {
+      const std::string name = sec + "." + std::string(k.str());
+      const KeySpec* spec = FindSpec(name);
+      if (!spec) throw ConfigError(origin + ": unknown config key " + name);
+      std::string text;
+      if (auto str = v.value<std::string>(); str && v.is_string() &&
+          (spec->type == KeyType::kString || spec->type == KeyType::kDuration)) {
+        text = *str;
+      } else if (v.is_integer() && spec->type == KeyType::kInt) {
+        text = std::to_string(*v.value<std::int64_t>());
+      } else if (v.is_boolean() && spec->type == KeyType::kBool) {
+        text = *v.value<bool>() ? "true" : "false";
+      } else {
+        static const char* kNames[] = {"a string", "an integer", "true or false",
+                                       "a duration string such as \"10s\""};
+        throw ConfigError(origin + ": " + name + " must be " + kNames[static_cast<int>(spec->type)]);
+      }
+      values_[name] = ParseValue(*spec, text, origin);
+    }
+  }
+  for (const auto& t : instance_types_)
+    if (!OnDemandMicros(t.gpu_model))
+      throw ConfigError(origin + ": instance type " + t.name + " uses " + t.gpu_model +
+                        ", which has no [[on_demand_prices]] entry");
 }
 
 const Config::Value& Config::Get(const std::string& key) const {

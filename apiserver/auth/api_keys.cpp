@@ -18,6 +18,8 @@ FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
 WHERE k.id = $1)sql"};
 
 // last_used_at is kept to the minute, so a hot key costs one write a minute, not one per request.
+const Statement kAuthHost{"auth_host", "SELECT token_hash FROM hosts WHERE id = $1"};
+
 const Statement kTouchKey{"touch_key", "UPDATE api_keys SET last_used_at = now() WHERE id = $1"};
 
 ApiError Unauthenticated(const std::string& message) { return ApiError(401, "unauthenticated", message); }
@@ -42,11 +44,35 @@ std::optional<ParsedKey> ParseApiKey(const std::string& token) {
   return p;
 }
 
-Principal Authenticate(pqxx::connection& conn, const std::string& authorization) {
+Principal Authenticate(pqxx::connection& conn, const std::string& authorization, bool accepts_bootstrap,
+                       const std::string& bootstrap_token) {
   if (authorization.empty()) throw Unauthenticated("an API key is required: Authorization: Bearer <key>");
   if (authorization.size() < 7 || strncasecmp(authorization.c_str(), "Bearer ", 7) != 0)
     throw Unauthenticated("the Authorization header must be: Bearer <key>");
-  const auto parsed = ParseApiKey(authorization.substr(7));
+  const std::string credential = authorization.substr(7);
+  if (accepts_bootstrap && !bootstrap_token.empty() && ConstantTimeEquals(credential, bootstrap_token)) {
+    Principal p;
+    p.role = "bootstrap";
+    p.role_bit = kBootstrap;
+    return p;
+  }
+  if (credential.rfind("spwh_", 0) == 0) {  // a host token: spwh_<26 id chars>_<43 secret chars>
+    if (credential.size() != 5 + kIdChars + 1 + kSecretChars || credential[5 + kIdChars] != '_')
+      throw Unauthenticated("the host token is malformed");
+    const std::string host_id = "hst_" + credential.substr(5, kIdChars);
+    const std::string presented_hash = Sha256Hex(credential.substr(credential.size() - kSecretChars));
+    pqxx::nontransaction tx(conn);
+    const auto rows = IsValidId(host_id, "hst") ? tx.exec_prepared(kAuthHost.name, host_id) : pqxx::result();
+    const std::string stored = rows.empty() ? std::string(64, '0') : rows[0][0].as<std::string>();
+    if (!ConstantTimeEquals(presented_hash, stored) || rows.empty())
+      throw Unauthenticated("the host token is not valid (unknown, or replaced by a newer registration)");
+    Principal p;
+    p.host_id = host_id;
+    p.role = "host";
+    p.role_bit = kHost;
+    return p;
+  }
+  const auto parsed = ParseApiKey(credential);
   if (!parsed) throw Unauthenticated("the API key is malformed");
   const std::string presented = Sha256Hex(parsed->secret);
 

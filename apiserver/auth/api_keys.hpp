@@ -22,8 +22,11 @@ struct ParsedKey {
 };
 std::optional<ParsedKey> ParseApiKey(const std::string& token);
 
-// Resolves "Authorization: Bearer <key>" to its principal: 401 for a missing, malformed, unknown
-// or revoked key; 403 tenant_suspended for a key of a suspended tenant.
-Principal Authenticate(pqxx::connection& conn, const std::string& authorization);
+// Resolves "Authorization: Bearer <credential>" to its principal: an API key ("spw_…"), a host
+// token ("spwh_…", role kHost) or, where the route takes it, the agent bootstrap token (role
+// kBootstrap). 401 for a missing, malformed, unknown or revoked credential; 403 tenant_suspended for
+// a key of a suspended tenant.
+Principal Authenticate(pqxx::connection& conn, const std::string& authorization, bool accepts_bootstrap = false,
+                       const std::string& bootstrap_token = "");
 
 }  // namespace spillway

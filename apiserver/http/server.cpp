@@ -71,12 +71,14 @@ struct Runtime::Impl {
   net::signal_set signals;
   std::vector<std::unique_ptr<Listener>> listeners;
   std::atomic<bool> draining{false};
+  std::vector<std::function<void()>> drain_hooks;
   std::mutex mu;
   std::set<std::shared_ptr<SessionState>> sessions;
 
   void BeginDrain() {
     if (draining.exchange(true)) return;
     log::Info("shutting down: refusing new connections, draining requests in flight");
+    for (auto& hook : drain_hooks) hook();
     for (auto& l : listeners)
       net::post(l->acceptor.get_executor(), [l = l.get()] {
         beast::error_code ec;
@@ -400,6 +402,7 @@ void Runtime::Run(Millis shutdown_timeout) {
 }
 
 void Runtime::RequestStop() { impl_->BeginDrain(); }
+void Runtime::OnDrain(std::function<void()> hook) { impl_->drain_hooks.push_back(std::move(hook)); }
 bool Runtime::Draining() const { return impl_->draining; }
 
 }  // namespace spillway::http

@@ -35,6 +35,8 @@ class Runtime {
   void Run(Millis shutdown_timeout);
   void RequestStop();
   bool Draining() const;
+  // Runs when the drain begins (before Run's wait): e.g. wake long polls so they answer now.
+  void OnDrain(std::function<void()> hook);
 
  private:
   struct Impl;

@@ -1,0 +1,381 @@
+#include "apiserver/handlers/fleet.hpp"
+
+#include <boost/json.hpp>
+#include <charconv>
+#include <set>
+
+#include "apiserver/audit.hpp"
+#include "apiserver/auth/api_keys.hpp"
+#include "apiserver/provisioning/fleet.hpp"
+#include "billing/spot_curve.hpp"
+#include "core/crypto.hpp"
+#include "core/db.hpp"
+#include "core/errors.hpp"
+#include "core/ids.hpp"
+#include "core/json.hpp"
+#include "core/log.hpp"
+#include "core/money.hpp"
+
+namespace spillway::handlers {
+namespace {
+
+#define SPW_HOST_COLUMNS                                                                                     \
+  "h.id, h.hostname, h.region, h.zone, h.gpu_model, h.gpu_count, h.state, h.health, h.agent_version, "      \
+  "(extract(epoch FROM h.last_heartbeat) * 1000)::bigint, (extract(epoch FROM h.registered_at) * 1000)::bigint, " \
+  "(SELECT count(*) FROM gpu_allocations a WHERE a.host_id = h.id), "                                        \
+  "(SELECT count(*) FROM instances i WHERE i.host_id = h.id AND i.state NOT IN ('terminated', 'failed'))"
+
+const Statement kListHosts{"list_hosts",
+                           "SELECT " SPW_HOST_COLUMNS " FROM hosts h WHERE h.id > $1 AND ($2 = '' OR h.region = $2) "
+                           "AND ($3 = '' OR h.gpu_model = $3) AND ($4 = '' OR h.state = $4) ORDER BY h.id LIMIT $5"};
+const Statement kGetHost{"get_host", "SELECT " SPW_HOST_COLUMNS " FROM hosts h WHERE h.id = $1"};
+const Statement kHostGpus{"host_gpus",
+                          "SELECT g.gpu_index, g.uuid, g.model, g.memory_bytes, a.instance_id FROM gpus g "
+                          "LEFT JOIN gpu_allocations a ON a.host_id = g.host_id AND a.gpu_index = g.gpu_index "
+                          "WHERE g.host_id = $1 ORDER BY g.gpu_index"};
+const Statement kSetHostState{"set_host_state", "UPDATE hosts SET state = $2 WHERE id = $1 RETURNING id"};
+const Statement kPools{"capacity_pools", "SELECT DISTINCT region, gpu_model FROM hosts ORDER BY region, gpu_model"};
+const Statement kSpotHistory{"spot_history", R"sql(
+SELECT region, gpu_model, (extract(epoch FROM effective_from) * 1000000)::bigint, price_micros_per_gpu_hour,
+       on_demand_micros, spare_fraction_ppm, target_micros
+FROM spot_prices
+WHERE ($1 = '' OR region = $1) AND ($2 = '' OR gpu_model = $2)
+  AND effective_from >= to_timestamp($3::bigint / 1000000.0) AND effective_from > to_timestamp($4::bigint / 1000000.0)
+ORDER BY effective_from, region, gpu_model LIMIT $5)sql"};
+const Statement kHostByName{"host_by_name",
+                            "SELECT h.id, ARRAY(SELECT uuid FROM gpus g WHERE g.host_id = h.id ORDER BY uuid)::text "
+                            "FROM hosts h WHERE h.hostname = $1 FOR UPDATE"};
+const Statement kInsertHost{"insert_host", R"sql(
+INSERT INTO hosts (id, hostname, region, zone, gpu_model, gpu_count, token_hash) VALUES ($1, $2, $3, $4, $5, $6, $7))sql"};
+const Statement kInsertGpu{"insert_gpu",
+                           "INSERT INTO gpus (host_id, gpu_index, uuid, model, memory_bytes) VALUES ($1, $2, $3, $4, $5)"};
+const Statement kRotateHost{"rotate_host_token", R"sql(
+UPDATE hosts SET token_hash = $2, region = $3, zone = $4, health = 'up', last_heartbeat = now(),
+       assignment_version = assignment_version + 1
+WHERE id = $1)sql"};
+const Statement kHostVersion{"host_version", "SELECT assignment_version FROM hosts WHERE id = $1"};
+const Statement kAssignments{"host_assignments", R"sql(
+SELECT id, state, gpu_indices, (extract(epoch FROM preempt_at) * 1000)::bigint FROM instances
+WHERE host_id = $1 AND state IN ('provisioning', 'running', 'preempting', 'terminating') ORDER BY id)sql"};
+
+boost::json::value Time(const pqxx::field& f) {
+  if (f.is_null()) return nullptr;
+  return boost::json::value(FormatTime(TimeMs(std::chrono::milliseconds(f.as<std::int64_t>()))));
+}
+
+boost::json::object HostJson(const pqxx::row& r) {
+  return {{"id", r[0].as<std::string>()},
+          {"hostname", r[1].as<std::string>()},
+          {"region", r[2].as<std::string>()},
+          {"zone", r[3].as<std::string>()},
+          {"gpu_model", r[4].as<std::string>()},
+          {"gpu_count", r[5].as<std::int64_t>()},
+          {"state", r[6].as<std::string>()},
+          {"health", r[7].as<std::string>()},
+          {"agent_version", r[8].is_null() ? boost::json::value(nullptr) : boost::json::value(r[8].as<std::string>())},
+          {"last_heartbeat", Time(r[9])},
+          {"registered_at", Time(r[10])},
+          {"gpus_allocated", r[11].as<std::int64_t>()},
+          {"live_instances", r[12].as<std::int64_t>()}};
+}
+
+std::int64_t QueryInt(const Ctx& ctx, const std::string& name, std::int64_t dflt, std::int64_t min, std::int64_t max) {
+  const std::string text = ctx.Query(name);
+  if (text.empty()) return dflt;
+  std::int64_t v = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || p != text.data() + text.size() || v < min || v > max)
+    throw ApiError(400, "invalid_parameter",
+                   name + " must be an integer from " + std::to_string(min) + " to " + std::to_string(max));
+  return v;
+}
+
+boost::json::object PoolJson(pqxx::transaction_base& tx, const PoolState& p) {
+  const auto od = OnDemandPrice(tx, p.gpu_model);
+  const auto spot = CurrentSpotPrice(tx, p.region, p.gpu_model);
+  std::int64_t up_hosts = 0;
+  for (const auto& h : p.hosts) up_hosts += h.placeable;
+  return {{"region", p.region},
+          {"gpu_model", p.gpu_model},
+          {"hosts", static_cast<std::int64_t>(p.hosts.size())},
+          {"placeable_hosts", up_hosts},
+          {"total_gpus", p.total},
+          {"internal_reserved_gpus", p.reserved},
+          {"on_demand_gpus", p.on_demand},
+          {"spot_gpus", p.spot_active + p.spot_leaving},
+          {"spot_gpus_under_notice", p.spot_leaving},
+          {"spare_gpus", p.Spare()},
+          {"spare_fraction", static_cast<double>(SpareFractionPpm(p.Spare(), p.total)) / kPpm},
+          {"on_demand_price_per_gpu_hour", od ? boost::json::value(FormatMicros(*od)) : boost::json::value(nullptr)},
+          {"spot_price_per_gpu_hour", spot ? boost::json::value(FormatMicros(*spot)) : boost::json::value(nullptr)}};
+}
+
+// A host token: "spwh_" + the host id's 26 characters + "_" + a 256-bit secret.
+std::string NewHostToken(const std::string& host_id, std::string* hash) {
+  const std::string secret = Base64UrlEncode(RandomBytes(32));
+  *hash = Sha256Hex(secret);
+  return "spwh_" + host_id.substr(4) + "_" + secret;
+}
+
+}  // namespace
+
+Reply ListHosts(Ctx& ctx) {
+  const int limit = ctx.Limit();
+  const std::string cursor = ctx.Query("cursor"), state = ctx.Query("state");
+  if (!cursor.empty() && !IsValidId(cursor, "hst"))
+    throw ApiError(400, "invalid_parameter", "cursor is not one this API returned");
+  pqxx::nontransaction tx(ctx.conn);
+  const auto rows = tx.exec_prepared(kListHosts.name, cursor, ctx.Query("region"), ctx.Query("gpu_model"), state, limit + 1);
+  boost::json::array data;
+  for (size_t i = 0; i < rows.size() && i < static_cast<size_t>(limit); ++i) data.push_back(HostJson(rows[i]));
+  boost::json::value next = nullptr;
+  if (rows.size() > static_cast<size_t>(limit)) next = rows[limit - 1][0].as<std::string>();
+  return {200, boost::json::object{{"data", std::move(data)}, {"next_cursor", next}}};
+}
+
+Reply GetHost(Ctx& ctx) {
+  const std::string& id = ctx.Param("id");
+  pqxx::nontransaction tx(ctx.conn);
+  const auto rows = IsValidId(id, "hst") ? tx.exec_prepared(kGetHost.name, id) : pqxx::result();
+  if (rows.empty()) throw ApiError(404, "not_found", "no such host");
+  auto json = HostJson(rows[0]);
+  boost::json::array gpus;
+  for (const auto& g : tx.exec_prepared(kHostGpus.name, id))
+    gpus.push_back({{"index", g[0].as<int>()},
+                    {"uuid", g[1].as<std::string>()},
+                    {"model", g[2].as<std::string>()},
+                    {"memory_bytes", g[3].as<std::int64_t>()},
+                    {"instance_id", g[4].is_null() ? boost::json::value(nullptr) : boost::json::value(g[4].as<std::string>())}});
+  json["gpus"] = std::move(gpus);
+  return {200, std::move(json)};
+}
+
+Reply UpdateHost(Ctx& ctx) {
+  const std::string& id = ctx.Param("id");
+  const auto& body = RequireObject(ctx.body);
+  OnlyKeys(body, {"state"});
+  const std::string state = ReqString(body, "state", 20);
+  if (state != "active" && state != "draining" && state != "disabled")
+    throw ApiError(422, "validation_failed", "state: must be active, draining or disabled");
+  pqxx::work tx(ctx.conn);
+  if (!IsValidId(id, "hst") || tx.exec_prepared(kSetHostState.name, id, state).empty())
+    throw ApiError(404, "not_found", "no such host");
+  Audit(tx, ctx, "", "host." + state, id);
+  auto json = HostJson(tx.exec_prepared(kGetHost.name, id)[0]);
+  tx.commit();
+  return {200, std::move(json)};
+}
+
+Reply GetCapacity(Ctx& ctx) {
+  pqxx::work tx(ctx.conn);  // one snapshot for every pool
+  boost::json::array data;
+  for (const auto& r : tx.exec_prepared(kPools.name))
+    data.push_back(PoolJson(tx, LoadPool(tx, r[0].as<std::string>(), r[1].as<std::string>(), false)));
+  return {200, boost::json::object{{"data", std::move(data)}}};
+}
+
+Reply SetPoolCapacity(Ctx& ctx) {
+  const std::string& region = ctx.Param("region");
+  const std::string& model = ctx.Param("gpu_model");
+  const auto& body = RequireObject(ctx.body);
+  OnlyKeys(body, {"internal_reserved_gpus"});
+  const auto reserved = OptInt(body, "internal_reserved_gpus", 0, 1'000'000);
+  if (!reserved) throw ApiError(422, "validation_failed", "internal_reserved_gpus: is required");
+  pqxx::work tx(ctx.conn);
+  FleetContext fc{ctx.config, ctx.fleet_metrics};
+  SetReservation(tx, fc, region, model, *reserved);
+  Audit(tx, ctx, "", "capacity.reserve", region + "/" + model + "=" + std::to_string(*reserved));
+  auto json = PoolJson(tx, LoadPool(tx, region, model, false));
+  tx.commit();
+  // Less spare capacity moves the spot price now rather than at the next reprice.
+  Reprice(ctx.conn, fc, region, model);
+  return {200, std::move(json)};
+}
+
+Reply ListInstanceTypes(Ctx& ctx) {
+  pqxx::work tx(ctx.conn);
+  std::map<std::string, std::vector<PoolState>> by_model;
+  for (const auto& r : tx.exec_prepared(kPools.name))
+    by_model[r[1].as<std::string>()].push_back(LoadPool(tx, r[0].as<std::string>(), r[1].as<std::string>(), false));
+  boost::json::array data;
+  for (const auto& t : ctx.config.instance_types()) {
+    const auto od = OnDemandPrice(tx, t.gpu_model);
+    boost::json::array regions;
+    for (const auto& p : by_model[t.gpu_model]) {
+      std::int64_t fits = 0;  // instances of this type that fit on one host's free GPUs, summed
+      for (const auto& h : p.hosts)
+        if (h.placeable && h.FreeEffective() > 0) fits += h.FreeEffective() / t.gpus;
+      const auto spot = CurrentSpotPrice(tx, p.region, t.gpu_model);
+      const std::int64_t od_room = std::max<std::int64_t>(0, p.total - p.reserved - p.on_demand);
+      regions.push_back({{"region", p.region},
+                         {"spot_price_per_gpu_hour", spot ? boost::json::value(FormatMicros(*spot)) : boost::json::value(nullptr)},
+                         {"free_gpus", std::max<std::int64_t>(0, p.total - p.reserved - p.on_demand - p.spot_active - p.spot_leaving)},
+                         {"available_on_demand", od_room / t.gpus},
+                         {"available_spot", std::min(fits, p.Spare() / t.gpus)}});
+    }
+    data.push_back({{"name", t.name},
+                    {"gpu_model", t.gpu_model},
+                    {"gpus", t.gpus},
+                    {"vcpus", t.vcpus},
+                    {"memory_gib", t.memory_gib},
+                    {"on_demand_price_per_gpu_hour", od ? boost::json::value(FormatMicros(*od)) : boost::json::value(nullptr)},
+                    {"regions", std::move(regions)}});
+  }
+  return {200, boost::json::object{{"data", std::move(data)}}};
+}
+
+Reply ListSpotPrices(Ctx& ctx) {
+  const int limit = ctx.Limit(100, 1000);
+  std::int64_t since_us = (NowMs().time_since_epoch().count() - 24LL * 3600 * 1000) * 1000;
+  if (const std::string since = ctx.Query("since"); !since.empty()) {
+    const auto t = ParseTime(since);
+    if (!t) throw ApiError(400, "invalid_parameter", "since must be an RFC 3339 UTC time such as 2026-11-26T00:00:00Z");
+    since_us = t->time_since_epoch().count() * 1000;
+  }
+  // The cursor is the last row's effective_from in microseconds since the epoch.
+  std::int64_t after_us = 0;
+  if (const std::string cursor = ctx.Query("cursor"); !cursor.empty()) {
+    auto [p, ec] = std::from_chars(cursor.data(), cursor.data() + cursor.size(), after_us);
+    if (ec != std::errc() || p != cursor.data() + cursor.size())
+      throw ApiError(400, "invalid_parameter", "cursor is not one this API returned");
+  }
+  pqxx::nontransaction tx(ctx.conn);
+  const auto rows = tx.exec_prepared(kSpotHistory.name, ctx.Query("region"), ctx.Query("gpu_model"), since_us, after_us, limit + 1);
+  boost::json::array data;
+  for (size_t i = 0; i < rows.size() && i < static_cast<size_t>(limit); ++i) {
+    const auto& r = rows[i];
+    data.push_back({{"region", r[0].as<std::string>()},
+                    {"gpu_model", r[1].as<std::string>()},
+                    {"effective_from", FormatTime(TimeMs(std::chrono::milliseconds(r[2].as<std::int64_t>() / 1000)))},
+                    {"price_per_gpu_hour", FormatMicros(r[3].as<std::int64_t>())},
+                    {"on_demand_price_per_gpu_hour", FormatMicros(r[4].as<std::int64_t>())},
+                    {"spare_fraction", static_cast<double>(r[5].as<std::int64_t>()) / kPpm},
+                    {"target_price_per_gpu_hour", FormatMicros(r[6].as<std::int64_t>())}});
+  }
+  boost::json::value next = nullptr;
+  if (rows.size() > static_cast<size_t>(limit)) next = std::to_string(rows[limit - 1][2].as<std::int64_t>());
+  return {200, boost::json::object{{"data", std::move(data)}, {"next_cursor", next}}};
+}
+
+Reply RegisterAgent(Ctx& ctx) {
+  const auto& body = RequireObject(ctx.body);
+  OnlyKeys(body, {"hostname", "region", "zone", "gpus"});
+  const std::string hostname = ReqString(body, "hostname", 253);
+  const std::string region = ReqString(body, "region", 100);
+  const std::string zone = ReqString(body, "zone", 100);
+  const auto* gpus_v = body.if_contains("gpus");
+  if (!gpus_v || !gpus_v->is_array() || gpus_v->as_array().empty() || gpus_v->as_array().size() > 64)
+    throw ApiError(422, "validation_failed", "gpus: must be a list of 1 to 64 GPUs");
+  struct Gpu {
+    std::int64_t index, memory;
+    std::string uuid, model;
+  };
+  std::vector<Gpu> gpus;
+  std::set<std::int64_t> indices;
+  std::set<std::string> uuids;
+  for (const auto& gv : gpus_v->as_array()) {
+    const auto& g = RequireObject(gv);
+    OnlyKeys(g, {"index", "uuid", "model", "memory_bytes"});
+    const auto index = OptInt(g, "index", 0, 63);
+    if (!index) throw ApiError(422, "validation_failed", "gpus[].index: is required");
+    Gpu gpu{*index, OptInt(g, "memory_bytes", 0, INT64_MAX).value_or(0), ReqString(g, "uuid", 100),
+            ReqString(g, "model", 100)};
+    if (!indices.insert(gpu.index).second || !uuids.insert(gpu.uuid).second)
+      throw ApiError(422, "validation_failed", "gpus: indices and uuids must be unique");
+    if (!gpus.empty() && gpu.model != gpus[0].model)
+      throw ApiError(422, "validation_failed", "gpus: a host's GPUs must all be one model");
+    gpus.push_back(gpu);
+  }
+  const std::string model = gpus[0].model;
+  if (!ctx.config.OnDemandMicros(model))
+    throw ApiError(422, "unknown_gpu_model", "gpus[].model: " + model + " has no on-demand price in the catalog");
+  std::string sorted_uuids = "{";
+  for (auto it = uuids.begin(); it != uuids.end(); ++it) sorted_uuids += (it == uuids.begin() ? "" : ",") + *it;
+  sorted_uuids += "}";
+
+  pqxx::work tx(ctx.conn);
+  const auto existing = tx.exec_prepared(kHostByName.name, hostname);
+  std::string host_id, hash;
+  int status = 201;
+  if (!existing.empty()) {
+    host_id = existing[0][0].as<std::string>();
+    if (existing[0][1].as<std::string>() != sorted_uuids)
+      throw ApiError(409, "host_conflict", "host " + hostname + " is registered with other GPUs");
+    const std::string token = NewHostToken(host_id, &hash);
+    tx.exec_prepared(kRotateHost.name, host_id, hash, region, zone);
+    AuditSystem(tx, "", "host.reregister", host_id);
+    tx.commit();
+    status = 200;
+    log::Info("host registered again; old token revoked", {{"host_id", host_id}, {"hostname", hostname}});
+    return {status, boost::json::object{{"host_id", host_id}, {"host_token", token},
+                                        {"sample_interval_ms", ctx.config.Duration("agent.sample_interval").count()},
+                                        {"heartbeat_interval_ms", ctx.config.Duration("agent.heartbeat_interval").count()}}};
+  }
+  host_id = NewId("hst");
+  const std::string token = NewHostToken(host_id, &hash);
+  tx.exec_prepared(kInsertHost.name, host_id, hostname, region, zone, model, static_cast<std::int64_t>(gpus.size()), hash);
+  for (const auto& g : gpus) {
+    try {
+      tx.exec_prepared(kInsertGpu.name, host_id, g.index, g.uuid, g.model, g.memory);
+    } catch (const pqxx::unique_violation&) {
+      throw ApiError(409, "host_conflict", "GPU " + g.uuid + " is already registered to another host");
+    }
+  }
+  AuditSystem(tx, "", "host.register", host_id);
+  tx.commit();
+  log::Info("host registered", {{"host_id", host_id}, {"hostname", hostname}, {"region", region}, {"gpu_model", model},
+                                {"gpus", static_cast<std::int64_t>(gpus.size())}});
+  // A new pool gets its first spot price at once; an existing pool's price reflects the new GPUs.
+  Reprice(ctx.conn, FleetContext{ctx.config, ctx.fleet_metrics}, region, model);
+  return {status, boost::json::object{{"host_id", host_id}, {"host_token", token},
+                                      {"sample_interval_ms", ctx.config.Duration("agent.sample_interval").count()},
+                                      {"heartbeat_interval_ms", ctx.config.Duration("agent.heartbeat_interval").count()}}};
+}
+
+Reply AgentHeartbeat(Ctx& ctx) {
+  const auto& body = RequireObject(ctx.body);
+  OnlyKeys(body, {"instances", "agent_version"});
+  std::vector<ReportedInstance> reported;
+  if (const auto* list = body.if_contains("instances")) {
+    if (!list->is_array()) throw ApiError(422, "validation_failed", "instances: must be a list");
+    for (const auto& iv : list->as_array()) {
+      const auto& i = RequireObject(iv);
+      ReportedInstance r{ReqString(i, "id", 64), ReqString(i, "state", 20)};
+      if (r.state != "starting" && r.state != "running" && r.state != "stopped" && r.state != "failed")
+        throw ApiError(422, "validation_failed", "instances[].state: must be starting, running, stopped or failed");
+      reported.push_back(std::move(r));
+    }
+  }
+  const std::string version = OptString(body, "agent_version", 64).value_or("");
+  pqxx::work tx(ctx.conn);
+  const auto v = RecordHeartbeat(tx, FleetContext{ctx.config, ctx.fleet_metrics}, ctx.principal.host_id, version, reported);
+  tx.commit();
+  return {200, boost::json::object{{"version", v}}};
+}
+
+Reply AgentAssignments(Ctx& ctx) {
+  const std::int64_t known = QueryInt(ctx, "version", -1, -1, INT64_MAX);
+  const std::int64_t max_wait = ctx.config.Duration("fleet.assignment_wait_max").count() / 1000;
+  const std::int64_t wait = QueryInt(ctx, "wait", 0, 0, max_wait);
+  pqxx::work tx(ctx.conn);  // the version and the list from one snapshot
+  const std::int64_t version = tx.exec_prepared(kHostVersion.name, ctx.principal.host_id)[0][0].as<std::int64_t>();
+  if (version == known && wait > 0 && !ctx.long_poll_retry) {
+    Reply r;
+    r.long_poll_host = ctx.principal.host_id;
+    r.long_poll_ms = wait * 1000;
+    return r;
+  }
+  boost::json::array instances;
+  for (const auto& r : tx.exec_prepared(kAssignments.name, ctx.principal.host_id)) {
+    boost::json::array idx;
+    for (int i : ParseIntArray(r[2].as<std::string>())) idx.push_back(i);
+    instances.push_back({{"id", r[0].as<std::string>()},
+                         {"desired_state", r[1].as<std::string>() == "terminating" ? "stopped" : "running"},
+                         {"gpu_indices", std::move(idx)},
+                         {"preempt_at", Time(r[3])}});
+  }
+  tx.commit();
+  return {200, boost::json::object{{"version", version}, {"instances", std::move(instances)}}};
+}
+
+}  // namespace spillway::handlers

@@ -1,0 +1,43 @@
+#pragma once
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "core/duration.hpp"
+
+namespace spillway {
+
+// Wakes long-polling agents when their host's assignments change. One thread per replica LISTENs on
+// the `spillway_assignments` channel (a trigger notifies on every assignment_version change, from any
+// replica), so a waiting request holds no database connection.
+class AssignmentNotifier {
+ public:
+  AssignmentNotifier(std::string database_url, Millis connect_timeout);
+  ~AssignmentNotifier();
+  void Start();
+  // Wakes every waiter and makes later waits return at once (shutdown).
+  void Stop();
+  // Calls `wake` exactly once: when host_id's assignments change, after `timeout`, or at Stop.
+  void Wait(const std::string& host_id, Millis timeout, std::function<void()> wake);
+
+ private:
+  struct Waiter {
+    std::chrono::steady_clock::time_point deadline;
+    std::function<void()> wake;
+  };
+  void Loop();
+  void Fire(const std::vector<std::string>& hosts, bool all);
+
+  std::string url_;
+  Millis connect_timeout_;
+  std::mutex mu_;
+  std::multimap<std::string, Waiter> waiters_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace spillway

@@ -1,0 +1,485 @@
+#include "apiserver/provisioning/fleet.hpp"
+
+#include <algorithm>
+#include <map>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <set>
+
+#include "apiserver/provisioning/fleet_metrics.hpp"
+#include "billing/spot_curve.hpp"
+#include "core/db.hpp"
+#include "core/errors.hpp"
+#include "core/log.hpp"
+#include "core/money.hpp"
+
+namespace spillway {
+namespace {
+
+const Statement kPoolHostsLocked{"pool_hosts_locked",
+                                 "SELECT id, gpu_count, state, health FROM hosts "
+                                 "WHERE region = $1 AND gpu_model = $2 ORDER BY id FOR UPDATE"};
+const Statement kPoolHosts{"pool_hosts",
+                           "SELECT id, gpu_count, state, health FROM hosts "
+                           "WHERE region = $1 AND gpu_model = $2 ORDER BY id"};
+const Statement kPoolFreeGpus{"pool_free_gpus", R"sql(
+SELECT g.host_id, g.gpu_index FROM gpus g JOIN hosts h ON h.id = g.host_id
+WHERE h.region = $1 AND h.gpu_model = $2
+  AND NOT EXISTS (SELECT 1 FROM gpu_allocations a WHERE a.host_id = g.host_id AND a.gpu_index = g.gpu_index)
+ORDER BY g.host_id, g.gpu_index)sql"};
+const Statement kPoolLiveInstances{"pool_live_instances", R"sql(
+SELECT id, host_id, gpus, market, state, max_price_micros FROM instances
+WHERE region = $1 AND gpu_model = $2 AND state NOT IN ('terminated', 'failed')
+ORDER BY max_price_micros ASC NULLS LAST, created_at DESC, id DESC)sql"};
+const Statement kPoolReserved{"pool_reserved",
+                              "SELECT internal_reserved_gpus FROM pool_reservations WHERE region = $1 AND gpu_model = $2"};
+const Statement kOnDemandPrice{"on_demand_price", R"sql(
+SELECT price_micros_per_gpu_hour FROM prices
+WHERE gpu_model = $1 AND market = 'on_demand' AND effective_from <= now()
+ORDER BY effective_from DESC LIMIT 1)sql"};
+const Statement kCurrentSpot{"current_spot_price", R"sql(
+SELECT price_micros_per_gpu_hour FROM spot_prices WHERE region = $1 AND gpu_model = $2
+ORDER BY effective_from DESC LIMIT 1)sql"};
+const Statement kBumpHost{"bump_host", "UPDATE hosts SET assignment_version = assignment_version + 1 WHERE id = $1"};
+const Statement kAllocate{"allocate_gpu",
+                          "INSERT INTO gpu_allocations (host_id, gpu_index, instance_id) VALUES ($1, $2, $3)"};
+const Statement kSetPlaced{"set_instance_placed", R"sql(
+UPDATE instances SET state = $2, host_id = $3, gpu_indices = $4::integer[], last_reported_at = now(),
+       version = version + 1
+WHERE id = $1)sql"};
+const Statement kPreempt{"preempt_instance", R"sql(
+UPDATE instances SET state = 'preempting', preempt_at = now() + $2::bigint * interval '1 millisecond',
+       preempt_reason = $3, version = version + 1
+WHERE id = $1 AND state IN ('provisioning', 'running')
+RETURNING host_id, region, gpu_model)sql"};
+const Statement kEndInstance{"end_instance", R"sql(
+UPDATE instances SET state = $2, end_reason = $3, ended_at = now(), version = version + 1
+WHERE id = $1 AND state NOT IN ('terminated', 'failed')
+RETURNING host_id)sql"};
+const Statement kFreeGpus{"free_instance_gpus", "DELETE FROM gpu_allocations WHERE instance_id = $1"};
+const Statement kUpsertReservation{"upsert_reservation", R"sql(
+INSERT INTO pool_reservations (region, gpu_model, internal_reserved_gpus) VALUES ($1, $2, $3)
+ON CONFLICT (region, gpu_model) DO UPDATE SET internal_reserved_gpus = EXCLUDED.internal_reserved_gpus,
+                                              updated_at = now())sql"};
+const Statement kHeartbeatHost{"heartbeat_host", R"sql(
+UPDATE hosts SET last_heartbeat = now(), health = 'up', agent_version = NULLIF($2, '')
+WHERE id = $1 RETURNING assignment_version)sql"};
+const Statement kLockHostInstance{"lock_host_instance",
+                                  "SELECT state FROM instances WHERE id = $1 AND host_id = $2 FOR UPDATE"};
+const Statement kReported{"instance_reported", R"sql(
+UPDATE instances SET last_reported_at = now(),
+       state = CASE WHEN $2 AND state = 'provisioning' THEN 'running' ELSE state END,
+       started_at = CASE WHEN $2 AND state = 'provisioning' THEN now() ELSE started_at END,
+       version = version + CASE WHEN $2 AND state = 'provisioning' THEN 1 ELSE 0 END
+WHERE id = $1)sql"};
+const Statement kInsertSpot{"insert_spot_price", R"sql(
+INSERT INTO spot_prices (region, gpu_model, effective_from, price_micros_per_gpu_hour, on_demand_micros,
+                         spare_fraction_ppm, target_micros)
+VALUES ($1, $2, clock_timestamp(), $3, $4, $5, $6))sql"};
+const Statement kAllPools{"all_pools", "SELECT DISTINCT region, gpu_model FROM hosts ORDER BY region, gpu_model"};
+const Statement kSilentHosts{"silent_hosts", R"sql(
+UPDATE hosts SET health = 'down'
+WHERE health = 'up' AND last_heartbeat < now() - $1::bigint * interval '1 millisecond' RETURNING id)sql"};
+const Statement kLiveOnHost{"live_on_host",
+                            "SELECT id FROM instances WHERE host_id = $1 AND state NOT IN ('terminated', 'failed', 'pending')"};
+const Statement kDuePreemptions{"due_preemptions",
+                                "SELECT id FROM instances WHERE state = 'preempting' AND preempt_at <= now() ORDER BY preempt_at"};
+const Statement kPendingInstances{"pending_instances",
+                                  "SELECT id, region, gpu_model, gpus, market, host_id FROM instances "
+                                  "WHERE state = 'pending' ORDER BY created_at, id"};
+const Statement kLockInstanceState{"lock_instance_state", "SELECT state FROM instances WHERE id = $1 FOR UPDATE"};
+const Statement kUnreported{"unreported_instances", R"sql(
+SELECT id, state FROM instances
+WHERE state IN ('provisioning', 'running', 'preempting', 'terminating')
+  AND last_reported_at < now() - $1::bigint * interval '1 millisecond')sql"};
+const Statement kSeedLock{"seed_price_lock", "SELECT pg_advisory_xact_lock(7308324466018009601)"};
+const Statement kInsertPrice{"insert_price",
+                             "INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) "
+                             "VALUES ($1, 'on_demand', $2, now())"};
+const Statement kGaugeInstances{"gauge_instances", "SELECT state, market, count(*) FROM instances GROUP BY state, market"};
+const Statement kGaugeHeartbeat{"gauge_heartbeat",
+                                "SELECT COALESCE(EXTRACT(epoch FROM now() - min(last_heartbeat)), 0)::bigint "
+                                "FROM hosts WHERE health = 'up'"};
+
+bool Live(const std::string& state) { return state != "terminated" && state != "failed"; }
+
+SpotPolicy PolicyFrom(const Config& c) {
+  std::string why;
+  auto curve = SpotCurve::Parse(c.String("spot.discount_curve"), &why);
+  if (!curve) throw std::logic_error("spot.discount_curve was not validated at start-up: " + why);
+  return SpotPolicy{*curve, c.Int("spot.smoothing_percent"), *ParseMicros(c.String("spot.floor"))};
+}
+
+ApiError NoCapacity(const std::string& why) { return ApiError(409, "insufficient_capacity", why); }
+
+}  // namespace
+
+std::vector<int> ParseIntArray(const std::string& s) {
+  std::vector<int> out;
+  int cur = 0;
+  bool in = false;
+  for (char c : s) {
+    if (c >= '0' && c <= '9') {
+      cur = cur * 10 + (c - '0');
+      in = true;
+    } else if (in) {
+      out.push_back(cur);
+      cur = 0;
+      in = false;
+    }
+  }
+  if (in) out.push_back(cur);
+  return out;
+}
+
+std::string IntArrayLiteral(const std::vector<int>& v) {
+  std::string s = "{";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s + "}";
+}
+
+std::int64_t PoolState::Spare() const {
+  return std::max<std::int64_t>(0, total - reserved - on_demand - spot_active - spot_leaving);
+}
+
+PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const std::string& gpu_model, bool lock) {
+  PoolState p;
+  p.region = region;
+  p.gpu_model = gpu_model;
+  std::map<std::string, size_t> index;
+  for (const auto& r : tx.exec_prepared(lock ? kPoolHostsLocked.name : kPoolHosts.name, region, gpu_model)) {
+    HostSlot h;
+    h.id = r[0].as<std::string>();
+    h.gpu_count = r[1].as<std::int64_t>();
+    const std::string state = r[2].as<std::string>(), health = r[3].as<std::string>();
+    h.placeable = state == "active" && health == "up";
+    if (health == "up" && state != "disabled") p.total += h.gpu_count;
+    index[h.id] = p.hosts.size();
+    p.hosts.push_back(std::move(h));
+  }
+  for (const auto& r : tx.exec_prepared(kPoolFreeGpus.name, region, gpu_model))
+    p.hosts[index.at(r[0].as<std::string>())].free.push_back(r[1].as<int>());
+  for (const auto& r : tx.exec_prepared(kPoolLiveInstances.name, region, gpu_model)) {
+    const std::string market = r[3].as<std::string>(), state = r[4].as<std::string>();
+    const std::int64_t gpus = r[2].as<std::int64_t>();
+    if (market == "on_demand") {
+      p.on_demand += gpus;
+    } else if (state == "preempting") {
+      p.spot_leaving += gpus;
+    } else {
+      p.spot_active += gpus;
+      SpotHolder s{r[0].as<std::string>(), r[1].is_null() ? "" : r[1].as<std::string>(), gpus, std::nullopt};
+      if (!r[5].is_null()) s.max_price_micros = r[5].as<std::int64_t>();
+      p.spot.push_back(std::move(s));
+    }
+    if (state == "pending" && !r[1].is_null()) {
+      if (auto it = index.find(r[1].as<std::string>()); it != index.end()) p.hosts[it->second].claimed += gpus;
+    }
+  }
+  const auto res = tx.exec_prepared(kPoolReserved.name, region, gpu_model);
+  if (!res.empty()) p.reserved = res[0][0].as<std::int64_t>();
+  return p;
+}
+
+std::optional<std::int64_t> OnDemandPrice(pqxx::transaction_base& tx, const std::string& gpu_model) {
+  const auto r = tx.exec_prepared(kOnDemandPrice.name, gpu_model);
+  if (r.empty()) return std::nullopt;
+  return r[0][0].as<std::int64_t>();
+}
+
+std::optional<std::int64_t> CurrentSpotPrice(pqxx::transaction_base& tx, const std::string& region,
+                                             const std::string& gpu_model) {
+  const auto r = tx.exec_prepared(kCurrentSpot.name, region, gpu_model);
+  if (r.empty()) return std::nullopt;
+  return r[0][0].as<std::int64_t>();
+}
+
+PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, const std::string& market) {
+  PlacementPlan plan;
+  // Best fit: the placeable host with the fewest free GPUs that still fit.
+  const HostSlot* best = nullptr;
+  for (const auto& h : pool.hosts)
+    if (h.placeable && h.FreeEffective() >= gpus && (!best || h.FreeEffective() < best->FreeEffective())) best = &h;
+
+  if (market == "spot") {
+    if (pool.Spare() < gpus)
+      throw NoCapacity("no spare " + pool.gpu_model + " capacity in " + pool.region + " for " + std::to_string(gpus) +
+                       " spot GPUs (" + std::to_string(pool.Spare()) + " spare)");
+    if (!best) throw NoCapacity("no single host in " + pool.region + " has " + std::to_string(gpus) + " free GPUs");
+    plan.state = "provisioning";
+    plan.host_id = best->id;
+    plan.gpu_indices.assign(best->free.begin(), best->free.begin() + gpus);
+    return plan;
+  }
+
+  const std::int64_t limit = pool.total - pool.reserved;
+  if (pool.on_demand + gpus > limit)
+    throw NoCapacity("the " + pool.gpu_model + " pool in " + pool.region + " has " +
+                     std::to_string(std::max<std::int64_t>(0, limit - pool.on_demand)) +
+                     " GPUs left for on-demand; " + std::to_string(gpus) + " asked");
+  std::set<std::string> chosen;
+  if (best) {
+    plan.state = "provisioning";
+    plan.host_id = best->id;
+    plan.gpu_indices.assign(best->free.begin(), best->free.begin() + gpus);
+  } else {
+    // Make room on one host by preempting its spot instances (cheapest bid first, then newest),
+    // choosing the host that needs the fewest GPUs preempted.
+    std::int64_t best_cost = -1;
+    for (const auto& h : pool.hosts) {
+      if (!h.placeable || h.gpu_count < gpus) continue;
+      std::int64_t have = h.FreeEffective(), cost = 0;
+      std::vector<SpotHolder> victims;
+      for (const auto& s : pool.spot) {
+        if (have >= gpus) break;
+        if (s.host_id != h.id) continue;
+        victims.push_back(s);
+        have += s.gpus;
+        cost += s.gpus;
+      }
+      if (have >= gpus && (best_cost < 0 || cost < best_cost)) {
+        best_cost = cost;
+        plan.host_id = h.id;
+        plan.victims = std::move(victims);
+      }
+    }
+    if (best_cost < 0)
+      throw NoCapacity("no host in " + pool.region + " can hold " + std::to_string(gpus) + " " + pool.gpu_model +
+                       " GPUs, even by preempting spot instances");
+    plan.state = "pending";
+    for (const auto& v : plan.victims) chosen.insert(v.id);
+  }
+  // The pool as a whole must keep its internal reservation: preempt more spot if needed.
+  std::int64_t excess = pool.on_demand + gpus + pool.spot_active - limit;
+  for (const auto& v : plan.victims) excess -= v.gpus;
+  for (const auto& s : pool.spot) {
+    if (excess <= 0) break;
+    if (chosen.count(s.id)) continue;
+    plan.victims.push_back(s);
+    chosen.insert(s.id);
+    excess -= s.gpus;
+  }
+  return plan;
+}
+
+void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const PoolState& pool,
+                    const std::string& instance_id, const PlacementPlan& plan) {
+  (void)pool;
+  for (int idx : plan.gpu_indices) tx.exec_prepared(kAllocate.name, plan.host_id, idx, instance_id);
+  tx.exec_prepared(kSetPlaced.name, instance_id, plan.state, plan.host_id, IntArrayLiteral(plan.gpu_indices));
+  for (const auto& v : plan.victims) PreemptSpot(tx, fc, v.id, "capacity");
+  if (plan.state == "provisioning") BumpHost(tx, plan.host_id);
+}
+
+void BumpHost(pqxx::transaction_base& tx, const std::string& host_id) { tx.exec_prepared(kBumpHost.name, host_id); }
+
+void PreemptSpot(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
+                 const std::string& reason) {
+  const auto r = tx.exec_prepared(kPreempt.name, instance_id, fc.config.Duration("spot.preemption_notice").count(), reason);
+  if (r.empty()) return;  // already leaving or gone
+  if (!r[0][0].is_null()) BumpHost(tx, r[0][0].as<std::string>());
+  if (fc.metrics) fc.metrics->Preempted(r[0][1].as<std::string>(), r[0][2].as<std::string>(), reason);
+  log::Info("spot instance preempted", {{"instance_id", instance_id}, {"reason", reason}});
+}
+
+void EndInstance(pqxx::transaction_base& tx, const std::string& instance_id, const std::string& state,
+                 const std::string& end_reason) {
+  const auto r = tx.exec_prepared(kEndInstance.name, instance_id, state, end_reason);
+  tx.exec_prepared(kFreeGpus.name, instance_id);
+  if (!r.empty() && !r[0][0].is_null()) BumpHost(tx, r[0][0].as<std::string>());
+}
+
+void SetReservation(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& region,
+                    const std::string& gpu_model, std::int64_t reserved) {
+  PoolState pool = LoadPool(tx, region, gpu_model, /*lock=*/true);
+  if (pool.hosts.empty()) throw ApiError(404, "not_found", "no pool " + region + "/" + gpu_model);
+  if (reserved > pool.total - pool.on_demand)
+    throw ApiError(409, "reservation_too_large",
+                   "at most " + std::to_string(pool.total - pool.on_demand) + " GPUs can be reserved: the pool has " +
+                       std::to_string(pool.total) + " and on-demand instances hold " + std::to_string(pool.on_demand));
+  tx.exec_prepared(kUpsertReservation.name, region, gpu_model, reserved);
+  std::int64_t excess = pool.on_demand + pool.spot_active - (pool.total - reserved);
+  for (const auto& s : pool.spot) {  // cheapest bid first, then newest
+    if (excess <= 0) break;
+    PreemptSpot(tx, fc, s.id, "reservation");
+    excess -= s.gpus;
+  }
+}
+
+std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& host_id,
+                             const std::string& agent_version, const std::vector<ReportedInstance>& reported) {
+  (void)fc;
+  const auto h = tx.exec_prepared(kHeartbeatHost.name, host_id, agent_version);
+  if (h.empty()) throw ApiError(401, "unauthenticated", "unknown host");
+  for (const auto& r : reported) {
+    const auto row = tx.exec_prepared(kLockHostInstance.name, r.id, host_id);
+    if (row.empty()) continue;  // not this host's: the agent will see it absent from its assignments
+    const std::string state = row[0][0].as<std::string>();
+    if (!Live(state) || state == "pending") continue;
+    if (r.state == "starting" || r.state == "running") {
+      tx.exec_prepared(kReported.name, r.id, r.state == "running");
+    } else if (r.state == "stopped") {
+      if (state == "terminating") EndInstance(tx, r.id, "terminated", "terminated");
+      else if (state == "preempting") EndInstance(tx, r.id, "terminated", "preempted");
+      else EndInstance(tx, r.id, "failed", "stopped_on_host");
+    } else if (r.state == "failed") {
+      EndInstance(tx, r.id, "failed", "failed_on_host");
+    }
+  }
+  // Re-read: ending an instance above bumps the version the agent should wait on.
+  return tx.exec_params1("SELECT assignment_version FROM hosts WHERE id = $1", host_id)[0].as<std::int64_t>();
+}
+
+int Reprice(pqxx::connection& conn, const FleetContext& fc, const std::string& region, const std::string& gpu_model) {
+  const SpotPolicy policy = PolicyFrom(fc.config);
+  std::vector<std::pair<std::string, std::string>> pools;
+  if (region.empty()) {
+    pqxx::nontransaction read(conn);
+    for (const auto& r : read.exec_prepared(kAllPools.name)) pools.emplace_back(r[0].as<std::string>(), r[1].as<std::string>());
+  } else {
+    pools.emplace_back(region, gpu_model);
+  }
+  int written = 0;
+  for (const auto& [reg, model] : pools) {
+    pqxx::work tx(conn);
+    const PoolState pool = LoadPool(tx, reg, model, /*lock=*/true);
+    const auto od = OnDemandPrice(tx, model);
+    if (!od || pool.total == 0) continue;  // nothing to sell, or no list price to discount
+    const auto previous = CurrentSpotPrice(tx, reg, model);
+    const std::int64_t spare_ppm = SpareFractionPpm(pool.Spare(), pool.total);
+    const std::int64_t target = SpotTarget(*od, spare_ppm, policy.curve);
+    const std::int64_t next = NextSpotPrice(previous, target, *od, policy);
+    if (!previous || *previous != next) {
+      tx.exec_prepared(kInsertSpot.name, reg, model, next, *od, spare_ppm, target);
+      ++written;
+    }
+    for (const auto& s : pool.spot)
+      if (s.max_price_micros && *s.max_price_micros < next) PreemptSpot(tx, fc, s.id, "price");
+    tx.commit();
+  }
+  return written;
+}
+
+int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc) {
+  pqxx::work tx(conn);
+  int n = 0;
+  for (const auto& h : tx.exec_prepared(kSilentHosts.name, fc.config.Duration("fleet.heartbeat_timeout").count())) {
+    const std::string host = h[0].as<std::string>();
+    log::Warn("host missed its heartbeats: marked down", {{"host_id", host}});
+    for (const auto& i : tx.exec_prepared(kLiveOnHost.name, host)) {
+      EndInstance(tx, i[0].as<std::string>(), "failed", "host_down");
+      ++n;
+    }
+  }
+  tx.commit();
+  return n;
+}
+
+int FinishPreemptions(pqxx::connection& conn, const FleetContext&) {
+  pqxx::work tx(conn);
+  int n = 0;
+  for (const auto& r : tx.exec_prepared(kDuePreemptions.name)) {
+    EndInstance(tx, r[0].as<std::string>(), "terminated", "preempted");
+    ++n;
+  }
+  tx.commit();
+  return n;
+}
+
+int PlacePending(pqxx::connection& conn, const FleetContext& fc) {
+  std::vector<std::string> ids;
+  {
+    pqxx::nontransaction read(conn);
+    for (const auto& r : read.exec_prepared(kPendingInstances.name)) ids.push_back(r[0].as<std::string>());
+  }
+  int placed = 0;
+  for (const auto& id : ids) {
+    pqxx::work tx(conn);
+    const auto row = tx.exec_params1("SELECT region, gpu_model, gpus, market, host_id FROM instances WHERE id = $1", id);
+    const std::string region = row[0].as<std::string>(), model = row[1].as<std::string>();
+    const std::int64_t gpus = row[2].as<std::int64_t>();
+    PoolState pool = LoadPool(tx, region, model, /*lock=*/true);
+    if (tx.exec_prepared(kLockInstanceState.name, id)[0][0].as<std::string>() != "pending") continue;
+    PlacementPlan plan;
+    const std::string host = row[4].is_null() ? "" : row[4].as<std::string>();
+    for (auto& h : pool.hosts) {
+      if (h.id != host) continue;
+      h.claimed -= gpus;  // its own claim
+      if (h.placeable && static_cast<std::int64_t>(h.free.size()) >= gpus) {
+        plan.state = "provisioning";
+        plan.host_id = h.id;
+        plan.gpu_indices.assign(h.free.begin(), h.free.begin() + gpus);
+      } else if (!h.placeable) {
+        // Its host went away while it waited: plan again, anywhere in the pool.
+        pool.on_demand -= gpus;
+        try {
+          plan = PlanPlacement(pool, gpus, row[3].as<std::string>());
+        } catch (const ApiError&) {
+          plan = PlacementPlan{};
+        }
+      }
+    }
+    if (plan.state.empty()) continue;
+    ApplyPlacement(tx, fc, pool, id, plan);
+    tx.commit();
+    if (plan.state == "provisioning") ++placed;
+  }
+  return placed;
+}
+
+int FailUnreportedInstances(pqxx::connection& conn, const FleetContext& fc) {
+  pqxx::work tx(conn);
+  int n = 0;
+  for (const auto& r : tx.exec_prepared(kUnreported.name, fc.config.Duration("fleet.instance_report_grace").count())) {
+    const std::string id = r[0].as<std::string>();
+    if (r[1].as<std::string>() == "terminating") EndInstance(tx, id, "terminated", "terminated");
+    else EndInstance(tx, id, "failed", "lost");
+    ++n;
+  }
+  tx.commit();
+  return n;
+}
+
+void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc) {
+  if (!fc.metrics) return;
+  pqxx::work tx(conn);
+  std::vector<std::pair<std::string, std::string>> pools;
+  for (const auto& r : tx.exec_prepared(kAllPools.name)) pools.emplace_back(r[0].as<std::string>(), r[1].as<std::string>());
+  for (const auto& [region, model] : pools) {
+    const PoolState p = LoadPool(tx, region, model, false);
+    auto set = [&](const char* use, std::int64_t v) {
+      fc.metrics->gpus->Add({{"region", region}, {"gpu_model", model}, {"use", use}}).Set(static_cast<double>(v));
+    };
+    const std::int64_t spot = p.spot_active + p.spot_leaving;
+    set("on_demand", p.on_demand);
+    set("spot", spot);
+    set("internal", p.reserved);
+    set("free", std::max<std::int64_t>(0, p.total - p.on_demand - spot - p.reserved));
+    if (const auto price = CurrentSpotPrice(tx, region, model))
+      fc.metrics->spot_price->Add({{"region", region}, {"gpu_model", model}})
+          .Set(static_cast<double>(*price) / static_cast<double>(kPpm));
+  }
+  for (const char* state : {"pending", "provisioning", "running", "terminating", "terminated", "preempting", "failed"})
+    for (const char* market : {"on_demand", "spot"}) fc.metrics->instances->Add({{"state", state}, {"market", market}}).Set(0);
+  for (const auto& r : tx.exec_prepared(kGaugeInstances.name))
+    fc.metrics->instances->Add({{"state", r[0].as<std::string>()}, {"market", r[1].as<std::string>()}})
+        .Set(r[2].as<double>());
+  fc.metrics->heartbeat_age->Set(tx.exec_prepared(kGaugeHeartbeat.name)[0][0].as<double>());
+  tx.commit();
+}
+
+void SeedPriceBook(pqxx::connection& conn, const Config& config) {
+  pqxx::work tx(conn);
+  tx.exec_prepared(kSeedLock.name);
+  for (const auto& p : config.on_demand_prices()) {
+    const auto current = OnDemandPrice(tx, p.gpu_model);
+    if (!current || *current != p.micros_per_gpu_hour) {
+      tx.exec_prepared(kInsertPrice.name, p.gpu_model, p.micros_per_gpu_hour);
+      log::Info("price book: new on-demand price", {{"gpu_model", p.gpu_model},
+                                                     {"price_per_gpu_hour", FormatMicros(p.micros_per_gpu_hour)}});
+    }
+  }
+  tx.commit();
+}
+
+}  // namespace spillway

@@ -1,0 +1,108 @@
+#pragma once
+// The fleet's rules, in SQL transactions: pool accounting, placement, preemption, instance ends,
+// agent heartbeats and the controllers' periodic steps. Handlers and controllers call these with
+// their own transaction, so each change commits whole or not at all.
+#include <pqxx/pqxx>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/config.hpp"
+
+namespace spillway {
+
+struct FleetMetrics;
+
+struct FleetContext {
+  const Config& config;
+  FleetMetrics* metrics = nullptr;  // may be null (tools, tests)
+};
+
+struct HostSlot {
+  std::string id;
+  std::int64_t gpu_count = 0;
+  bool placeable = false;       // state active and health up
+  std::vector<int> free;        // GPU indices with no allocation
+  std::int64_t claimed = 0;     // GPUs promised to pending instances waiting on this host
+  std::int64_t FreeEffective() const { return static_cast<std::int64_t>(free.size()) - claimed; }
+};
+
+struct SpotHolder {
+  std::string id, host_id;
+  std::int64_t gpus = 0;
+  std::optional<std::int64_t> max_price_micros;
+};
+
+// A pool is (region, gpu_model). GPU counts: total on hosts that are up and not disabled; the
+// operator's internal reservation; live on-demand instances; live spot instances (active ones and
+// those leaving under preemption notice).
+struct PoolState {
+  std::string region, gpu_model;
+  std::vector<HostSlot> hosts;
+  std::int64_t total = 0, reserved = 0, on_demand = 0, spot_active = 0, spot_leaving = 0;
+  std::vector<SpotHolder> spot;  // active spot instances, cheapest bid first, then newest
+  std::int64_t Spare() const;
+};
+
+// Reads the pool; with lock=true its hosts are locked FOR UPDATE (in id order), which serialises
+// every change to the pool's allocations.
+PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const std::string& gpu_model, bool lock);
+
+std::optional<std::int64_t> OnDemandPrice(pqxx::transaction_base& tx, const std::string& gpu_model);
+std::optional<std::int64_t> CurrentSpotPrice(pqxx::transaction_base& tx, const std::string& region,
+                                             const std::string& gpu_model);
+
+struct PlacementPlan {
+  std::string state;  // "provisioning" (GPUs allocated now) or "pending" (waiting for preempted spot)
+  std::string host_id;
+  std::vector<int> gpu_indices;
+  std::vector<SpotHolder> victims;  // spot instances to preempt to make room
+};
+// Chooses where an instance of `gpus` GPUs goes (all on one host, best fit); throws ApiError 409
+// insufficient_capacity when it cannot go anywhere. Nothing is written.
+PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, const std::string& market);
+// Writes the plan for an instance row that already exists.
+void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const PoolState& pool,
+                    const std::string& instance_id, const PlacementPlan& plan);
+
+// Tells the host's agent to look at its assignments again.
+void BumpHost(pqxx::transaction_base& tx, const std::string& host_id);
+// A live spot instance enters its notice: state preempting, preempt_at = now + spot.preemption_notice.
+void PreemptSpot(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
+                 const std::string& reason);
+// Ends an instance (terminated or failed) and frees its GPUs.
+void EndInstance(pqxx::transaction_base& tx, const std::string& instance_id, const std::string& state,
+                 const std::string& end_reason);
+
+// PUT /v1/capacity/pools/{region}/{gpu_model}: sets the internal reservation, preempting spot
+// instances as needed; 409 when it exceeds total − on-demand.
+void SetReservation(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& region,
+                    const std::string& gpu_model, std::int64_t reserved);
+
+struct ReportedInstance {
+  std::string id, state;  // starting | running | stopped | failed
+};
+// A heartbeat: marks the host up and moves its instances by what the agent reports.
+std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& host_id,
+                             const std::string& agent_version, const std::vector<ReportedInstance>& reported);
+
+// One spot-pricer pass over one pool (or every pool when region is empty): appends a new price when
+// it changed and preempts spot instances whose max price is now below it. Returns prices written.
+int Reprice(pqxx::connection& conn, const FleetContext& fc, const std::string& region = "",
+            const std::string& gpu_model = "");
+
+// The controllers' periodic steps; each returns how many instances or hosts it changed.
+int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc);
+int FinishPreemptions(pqxx::connection& conn, const FleetContext& fc);
+int PlacePending(pqxx::connection& conn, const FleetContext& fc);
+int FailUnreportedInstances(pqxx::connection& conn, const FleetContext& fc);
+void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc);
+// Inserts the config's on-demand prices into the price book where they differ from the current one.
+void SeedPriceBook(pqxx::connection& conn, const Config& config);
+
+std::vector<int> ParseIntArray(const std::string& pg_array);  // "{0,1}" -> {0, 1}
+std::string IntArrayLiteral(const std::vector<int>& v);       // {0, 1} -> "{0,1}"
+
+}  // namespace spillway

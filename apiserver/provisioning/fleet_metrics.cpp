@@ -1,0 +1,43 @@
+#include "apiserver/provisioning/fleet_metrics.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+namespace spillway {
+
+FleetMetrics::FleetMetrics(prometheus::Registry& r) {
+  using namespace prometheus;
+  gpus = &BuildGauge().Name("spillway_gpus").Help("GPUs per pool by use: on_demand, spot, internal, free").Register(r);
+  instances = &BuildGauge().Name("spillway_instances").Help("Instances by state and market").Register(r);
+  preemptions = &BuildCounter()
+                     .Name("spillway_preemptions_total")
+                     .Help("Spot instances preempted, by pool and reason (reservation, price, capacity)")
+                     .Register(r);
+  heartbeat_age = &BuildGauge()
+                       .Name("spillway_agent_heartbeat_age_seconds")
+                       .Help("Seconds since the stalest heartbeat of a host that is up")
+                       .Register(r)
+                       .Add({});
+  placement_failures = &BuildCounter()
+                            .Name("spillway_placement_failures_total")
+                            .Help("Instance creates refused, by reason")
+                            .Register(r);
+  spot_price = &BuildGauge()
+                    .Name("spillway_spot_price_per_gpu_hour")
+                    .Help("Current spot price per GPU-hour in USD, by pool")
+                    .Register(r);
+  leader = &BuildGauge()
+                .Name("spillway_controller_leader")
+                .Help("1 when this replica runs the controllers (holds the advisory lock)")
+                .Register(r)
+                .Add({});
+}
+
+void FleetMetrics::Preempted(const std::string& region, const std::string& gpu_model, const std::string& reason) {
+  preemptions->Add({{"region", region}, {"gpu_model", gpu_model}, {"reason", reason}}).Increment();
+}
+
+void FleetMetrics::PlacementFailed(const std::string& reason) { placement_failures->Add({{"reason", reason}}).Increment(); }
+
+}  // namespace spillway

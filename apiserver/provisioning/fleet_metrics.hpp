@@ -1,0 +1,30 @@
+#pragma once
+#include <string>
+
+namespace prometheus {
+class Registry;
+template <typename T>
+class Family;
+class Counter;
+class Gauge;
+}  // namespace prometheus
+
+namespace spillway {
+
+// The fleet's Prometheus series (issue: metrics for SREs). Counters move where events happen, in
+// any replica; gauges are refreshed by the elected controller replica.
+struct FleetMetrics {
+  explicit FleetMetrics(prometheus::Registry& registry);
+  void Preempted(const std::string& region, const std::string& gpu_model, const std::string& reason);
+  void PlacementFailed(const std::string& reason);
+
+  prometheus::Family<prometheus::Gauge>* gpus;          // spillway_gpus{region,gpu_model,use}
+  prometheus::Family<prometheus::Gauge>* instances;     // spillway_instances{state,market}
+  prometheus::Family<prometheus::Counter>* preemptions; // spillway_preemptions_total{region,gpu_model,reason}
+  prometheus::Gauge* heartbeat_age;                     // spillway_agent_heartbeat_age_seconds
+  prometheus::Family<prometheus::Counter>* placement_failures;  // spillway_placement_failures_total{reason}
+  prometheus::Family<prometheus::Gauge>* spot_price;    // spillway_spot_price_per_gpu_hour{region,gpu_model}
+  prometheus::Gauge* leader;                            // spillway_controller_leader
+};
+
+}  // namespace spillway

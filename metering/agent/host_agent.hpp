@@ -1,0 +1,67 @@
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/json.hpp"
+#include "metering/agent/runtime.hpp"
+
+namespace spillway::agent {
+
+struct GpuInfo {
+  int index = 0;
+  std::string uuid, model;
+  std::int64_t memory_bytes = 0;
+};
+
+struct HostOptions {
+  std::string api, bootstrap_token, hostname, region, zone;
+  std::vector<GpuInfo> gpus;
+};
+
+// One GPU host's side of PROTOCOL.md: registers (again, with a fresh token, when its token stops
+// working), long-polls its assignments and applies them to its runtime, and heartbeats the actual
+// state of its instances: at the interval the server asked for, and at once when a state changes.
+class HostAgent {
+ public:
+  HostAgent(HostOptions options, RuntimePtr runtime);
+  ~HostAgent();
+  void Start();
+  // Stops every instance and the loops; returns without waiting for a long poll in flight.
+  void Stop();
+  // Deterministic GPU UUIDs for simulated hosts, so a restarted agent is recognised as the same host.
+  static std::string SimulatedUuid(const std::string& hostname, int index);
+
+ private:
+  struct Assigned {
+    std::string desired;  // running | stopped
+    std::vector<int> gpus;
+    std::optional<TimeMs> preempt_at;
+  };
+  bool Register();
+  void PollLoop();
+  void HeartbeatLoop();
+  void Apply(std::int64_t version, std::map<std::string, Assigned> next);
+  std::string Token();
+  void Invalidate(const std::string& token);  // a 401: register again before the next call
+
+  HostOptions options_;
+  RuntimePtr runtime_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::string token_;
+  std::string host_id_;
+  std::chrono::milliseconds heartbeat_interval_{5000};
+  std::int64_t version_ = -1;
+  std::map<std::string, Assigned> assigned_;
+  bool kick_ = false;
+  std::atomic<bool> stopping_{false};
+  std::thread poll_thread_, heartbeat_thread_;
+};
+
+}  // namespace spillway::agent

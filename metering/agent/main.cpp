@@ -1,0 +1,139 @@
+// spillway-agent: one per GPU host (or, with --simulate-hosts N, N simulated hosts in one process).
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/duration.hpp"
+#include "core/log.hpp"
+#include "metering/agent/host_agent.hpp"
+
+using namespace spillway;
+using namespace spillway::agent;
+
+namespace {
+constexpr const char* kUsage =
+    "usage: spillway-agent --api URL --bootstrap-token T [--region R] [--zone Z]\n"
+    "                      [--runtime simulated|exec] [--launcher CMD] [--stop-grace 10s]\n"
+    "                      [--simulate-hosts N --gpu-model M --gpus-per-host G] [--boot-delay 2s]\n"
+    "                      [--hostname NAME] [--log-level info]\n"
+    "  --api              the apiserver, http://HOST:PORT\n"
+    "  --bootstrap-token  the fleet's bootstrap token (or SPILLWAY_AGENT_BOOTSTRAP_TOKEN)\n"
+    "  --runtime          simulated (default): instances boot for --boot-delay, then run;\n"
+    "                     exec: runs `sh -c CMD` per instance with CUDA_VISIBLE_DEVICES and\n"
+    "                     SPILLWAY_INSTANCE_ID set, stopped with SIGTERM, then SIGKILL after --stop-grace\n"
+    "  --simulate-hosts   stand in for N hosts, each with --gpus-per-host GPUs of --gpu-model\n";
+
+int Usage(const std::string& why) {
+  std::cerr << "spillway-agent: " << why << "\n" << kUsage;
+  return 2;
+}
+
+// "H100-80GB" -> 80 GiB; 0 when the name carries no size.
+std::int64_t MemoryOf(const std::string& model) {
+  const auto gb = model.find("GB");
+  if (gb == std::string::npos) return 0;
+  auto start = gb;
+  while (start > 0 && std::isdigit(static_cast<unsigned char>(model[start - 1]))) --start;
+  if (start == gb) return 0;
+  return std::stoll(model.substr(start, gb - start)) * (1LL << 30);
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::map<std::string, std::string> flags = {
+      {"--region", "local"}, {"--zone", ""}, {"--runtime", "simulated"}, {"--stop-grace", "10s"},
+      {"--boot-delay", "2s"}, {"--log-level", "info"}, {"--gpus-per-host", "8"}, {"--simulate-hosts", "0"}};
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help") {
+      std::cout << kUsage;
+      return 0;
+    }
+    std::string value;
+    if (const auto eq = arg.find('='); eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return Usage(arg + " needs a value");
+    }
+    static const std::vector<std::string> kKnown = {
+        "--api", "--bootstrap-token", "--region", "--zone", "--runtime", "--launcher", "--stop-grace",
+        "--simulate-hosts", "--gpu-model", "--gpus-per-host", "--boot-delay", "--hostname", "--log-level"};
+    if (std::find(kKnown.begin(), kKnown.end(), arg) == kKnown.end()) return Usage("unknown option " + arg);
+    flags[arg] = value;
+  }
+  log::Init(flags["--log-level"]);
+  if (!flags.count("--api")) return Usage("--api is required");
+  std::string token = flags.count("--bootstrap-token") ? flags["--bootstrap-token"] : "";
+  if (token.empty())
+    if (const char* env = std::getenv("SPILLWAY_AGENT_BOOTSTRAP_TOKEN")) token = env;
+  if (token.empty()) return Usage("--bootstrap-token (or SPILLWAY_AGENT_BOOTSTRAP_TOKEN) is required");
+  const std::string runtime = flags["--runtime"];
+  if (runtime != "simulated" && runtime != "exec") return Usage("--runtime must be simulated or exec");
+  if (runtime == "exec" && flags["--launcher"].empty()) return Usage("--runtime exec needs --launcher CMD");
+  const auto stop_grace = ParseDuration(flags["--stop-grace"]);
+  const auto boot_delay = ParseDuration(flags["--boot-delay"]);
+  if (!stop_grace || !boot_delay) return Usage("--stop-grace and --boot-delay take durations such as 2s");
+  int hosts = 0, gpus_per_host = 0;
+  try {
+    hosts = std::stoi(flags["--simulate-hosts"]);
+    gpus_per_host = std::stoi(flags["--gpus-per-host"]);
+  } catch (const std::exception&) {
+    return Usage("--simulate-hosts and --gpus-per-host take integers");
+  }
+  if (hosts < 0 || hosts > 1000 || gpus_per_host < 1 || gpus_per_host > 64)
+    return Usage("--simulate-hosts is 0-1000 and --gpus-per-host 1-64");
+  // Without NVML discovery (the metering issue brings the nvml sampler), a real host describes its
+  // GPUs with --gpu-model and --gpus-per-host too.
+  if (!flags.count("--gpu-model")) return Usage("--gpu-model is required (e.g. H100-80GB)");
+  const std::string model = flags["--gpu-model"];
+  std::string base = flags.count("--hostname") ? flags["--hostname"] : "";
+  if (base.empty()) {
+    char name[256] = {0};
+    ::gethostname(name, sizeof name - 1);
+    base = name;
+  }
+  const std::string zone = flags["--zone"].empty() ? flags["--region"] + "-1a" : flags["--zone"];
+
+  // Block the stop signals before any thread starts, then wait for one.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  std::vector<std::unique_ptr<HostAgent>> agents;
+  const int count = hosts == 0 ? 1 : hosts;
+  for (int h = 0; h < count; ++h) {
+    HostOptions o;
+    o.api = flags["--api"];
+    o.bootstrap_token = token;
+    o.region = flags["--region"];
+    o.zone = zone;
+    o.hostname = hosts == 0 ? base : base + "-" + flags["--region"] + "-" + std::to_string(h);
+    for (int g = 0; g < gpus_per_host; ++g)
+      o.gpus.push_back({g, HostAgent::SimulatedUuid(o.hostname, g), model, MemoryOf(model)});
+    RuntimePtr rt;
+    if (runtime == "exec") rt = std::make_unique<ExecRuntime>(flags["--launcher"], *stop_grace);
+    else rt = std::make_unique<SimulatedRuntime>(*boot_delay);
+    agents.push_back(std::make_unique<HostAgent>(std::move(o), std::move(rt)));
+  }
+  for (auto& a : agents) a->Start();
+  log::Info("spillway-agent running", {{"hosts", count}, {"runtime", runtime}, {"gpu_model", model},
+                                       {"region", flags["--region"]}});
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  log::Info("spillway-agent stopping: stopping instances");
+  for (auto& a : agents) a->Stop();
+  // The long polls in flight hold nothing worth waiting for: the server keeps all state.
+  std::_Exit(0);
+}
