@@ -33,7 +33,7 @@ const Statement kListInstances{"list_instances",
 const Statement kLockTenantQuota{"lock_tenant_quota", R"sql(
 SELECT t.gpu_quota, COALESCE((SELECT sum(gpus) FROM instances i
                               WHERE i.tenant_id = t.id AND i.state NOT IN ('terminated', 'failed')), 0)
-FROM tenants t WHERE t.id = $1 FOR UPDATE)sql"};
+FROM tenants t WHERE t.id = $1 FOR NO KEY UPDATE)sql"};
 const Statement kRegionKnown{"region_known", "SELECT EXISTS (SELECT 1 FROM hosts WHERE region = $1)"};
 const Statement kLockInstance{"lock_instance",
                               "SELECT state, host_id, region, gpu_model FROM instances WHERE id = $1 AND tenant_id = $2 FOR UPDATE"};

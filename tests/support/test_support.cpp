@@ -299,6 +299,16 @@ int RunCommand(const std::vector<std::string>& argv, const std::map<std::string,
 }
 
 std::string ApiServerBinary() { return SPILLWAY_APISERVER_BIN; }
+std::string AgentBinary() { return SPILLWAY_AGENT_BIN; }
+
+bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (done()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
 
 ApiServer::ApiServer(const std::string& dsn, std::map<std::string, std::string> env) : env_(std::move(env)) {
   port_ = FreePort();

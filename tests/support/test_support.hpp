@@ -4,6 +4,7 @@
 #include <pqxx/pqxx>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -109,6 +110,9 @@ class ApiServer {
 };
 
 std::string ApiServerBinary();
+std::string AgentBinary();
+// Polls `done` every 50 ms until it holds or `timeout` passes; returns whether it held.
+bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout);
 // Runs `spillway-apiserver bootstrap-admin` against dsn and returns the key it prints.
 std::string BootstrapAdmin(const std::string& dsn);
 

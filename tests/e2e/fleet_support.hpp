@@ -1,0 +1,84 @@
+#pragma once
+// A small fleet for the end-to-end tests: an apiserver with fast controllers, simulated agents,
+// an operator key and a customer tenant with a member key.
+#include <boost/json.hpp>
+
+#include "core/money.hpp"
+#include "tests/support/test_support.hpp"
+
+namespace spillway::test {
+
+inline boost::json::value Json(const HttpResponse& r) { return boost::json::parse(r.body.empty() ? "null" : r.body); }
+inline std::string Str(const boost::json::value& v, const char* k) {
+  const auto& f = v.at(k);
+  return f.is_null() ? "" : std::string(f.as_string());
+}
+
+inline std::map<std::string, std::string> FastFleetEnv() {
+  return {{"SPILLWAY_AGENT_BOOTSTRAP_TOKEN", "test-bootstrap-token"},
+          {"SPILLWAY_AGENT_HEARTBEAT_INTERVAL", "500ms"},
+          {"SPILLWAY_CONTROLLERS_TICK", "200ms"},
+          {"SPILLWAY_SPOT_REPRICE_INTERVAL", "1s"},
+          {"SPILLWAY_SPOT_PREEMPTION_NOTICE", "3s"},
+          {"SPILLWAY_FLEET_HEARTBEAT_TIMEOUT", "3s"},
+          {"SPILLWAY_FLEET_INSTANCE_REPORT_GRACE", "5s"}};
+}
+
+class Fleet {
+ public:
+  Fleet(const TestDb& db, ApiServer& server) : db_(db), server_(server) {
+    admin = BootstrapAdmin(db.dsn());
+    const auto tenants = Json(Call("GET", "/v1/tenants", admin));
+    operator_tenant = Str(tenants.at("data").as_array()[0], "id");
+    operator_key = NewKey(operator_tenant, "operator");
+  }
+  HttpResponse Call(const std::string& method, const std::string& path, const std::string& key,
+                    const std::string& body = "", std::map<std::string, std::string> headers = {}) {
+    return Http(server_.port(), method, path, key, body, std::move(headers));
+  }
+  std::string NewTenant(const std::string& name, int quota) {
+    const auto r = Call("POST", "/v1/tenants", admin,
+                        "{\"name\":\"" + name + "\",\"gpu_quota\":" + std::to_string(quota) + "}");
+    return Str(Json(r), "id");
+  }
+  std::string NewKey(const std::string& tenant, const std::string& role) {
+    const auto r = Call("POST", "/v1/tenants/" + tenant + "/api-keys", admin, "{\"role\":\"" + role + "\"}");
+    return Str(Json(r), "secret");
+  }
+  std::unique_ptr<Process> StartAgent(const std::string& region, const std::string& model, int hosts, int gpus,
+                                      std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {AgentBinary(), "--api", "http://127.0.0.1:" + std::to_string(server_.port()),
+                                     "--bootstrap-token", "test-bootstrap-token", "--region", region,
+                                     "--gpu-model", model, "--gpus-per-host", std::to_string(gpus),
+                                     "--simulate-hosts", std::to_string(hosts), "--boot-delay", "300ms",
+                                     "--hostname", "t" + std::to_string(::getpid()) + "-" + model};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return std::make_unique<Process>(argv, std::map<std::string, std::string>{});
+  }
+  // The pool's entry in GET /v1/capacity (null when absent).
+  boost::json::value Pool(const std::string& region, const std::string& model) {
+    const auto r = Json(Call("GET", "/v1/capacity", operator_key));
+    for (const auto& p : r.at("data").as_array())
+      if (Str(p, "region") == region && Str(p, "gpu_model") == model) return p;
+    return nullptr;
+  }
+  std::int64_t PoolInt(const std::string& region, const std::string& model, const char* field) {
+    const auto p = Pool(region, model);
+    return p.is_null() ? -1 : p.at(field).as_int64();
+  }
+  boost::json::value Instance(const std::string& key, const std::string& id) {
+    return Json(Call("GET", "/v1/instances/" + id, key));
+  }
+  bool WaitState(const std::string& key, const std::string& id, const std::string& state,
+                 std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+    return WaitFor([&] { return Str(Instance(key, id), "state") == state; }, timeout);
+  }
+
+  std::string admin, operator_tenant, operator_key;
+
+ private:
+  const TestDb& db_;
+  ApiServer& server_;
+};
+
+}  // namespace spillway::test
