@@ -29,7 +29,7 @@ FleetMetrics::FleetMetrics(prometheus::Registry& r) {
                     .Register(r);
   leader = &BuildGauge()
                 .Name("spillway_controller_leader")
-                .Help("1 when this replica runs the controllers (holds the advisory lock)")
+                .Help("Whether this replica runs the controllers (holds their advisory lock): 1 or 0")
                 .Register(r)
                 .Add({});
 }

@@ -108,13 +108,14 @@ TEST_F(FleetE2E, TheWholeStory) {
   EXPECT_EQ(pool.at("spot_gpus").as_int64(), 0);
   EXPECT_EQ(pool.at("spare_gpus").as_int64(), 16);
 
-  const auto m = Http(server_->admin_port(), "GET", "/metrics");
+  // Gauges are refreshed by the controllers each tick: allow them one.
   for (const char* want : {"spillway_preemptions_total{gpu_model=\"H100-80GB\",reason=\"reservation\",region=\"us-east\"} 1",
                            "spillway_gpus{gpu_model=\"H100-80GB\",region=\"us-east\",use=\"free\"}",
                            "spillway_instances{market=\"spot\",state=\"terminated\"} 1",
                            "spillway_spot_price_per_gpu_hour{gpu_model=\"H200-141GB\",region=\"us-west\"}",
-                           "spillway_agent_heartbeat_age_seconds", "spillway_controller_leader 1"})
-    EXPECT_NE(m.body.find(want), std::string::npos) << want;
+                           "spillway_agent_heartbeat_age_seconds", "\nspillway_controller_leader 1\n"})
+    EXPECT_TRUE(WaitFor([&] { return Http(server_->admin_port(), "GET", "/metrics").body.find(want) != std::string::npos; }, 5s))
+        << want;
 }
 
 TEST_F(FleetE2E, SpotBelowTheRisingPriceIsPreemptedForPrice) {

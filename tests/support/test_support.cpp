@@ -15,7 +15,9 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -195,15 +197,24 @@ HttpResponse Http(int port, const std::string& method, const std::string& target
 }
 
 int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
+  // The kernel may hand the same free port out twice in a row: never give a port out twice.
+  static std::mutex mu;
+  static std::set<int> given;
+  for (;;) {
+    const int port = [] {
+      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+      socklen_t len = sizeof addr;
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+      ::close(fd);
+      return static_cast<int>(ntohs(addr.sin_port));
+    }();
+    std::lock_guard lk(mu);
+    if (given.insert(port).second) return port;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
