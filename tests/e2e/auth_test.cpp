@@ -6,6 +6,7 @@
 #include <set>
 
 #include "apiserver/app.hpp"
+#include "apiserver/context.hpp"
 #include "core/crypto.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -21,7 +22,8 @@ class Auth : public ::testing::Test {
  protected:
   void SetUp() override {
     db_ = std::make_unique<TestDb>();
-    server_ = std::make_unique<ApiServer>(db_->dsn());
+    server_ = std::make_unique<ApiServer>(db_->dsn(), std::map<std::string, std::string>{
+                                                          {"SPILLWAY_AGENT_BOOTSTRAP_TOKEN", "walk-bootstrap"}});
     ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
     admin_ = BootstrapAdmin(db_->dsn());
     auto ops = Json(Http(port(), "GET", "/v1/tenants", admin_));
@@ -32,6 +34,17 @@ class Auth : public ::testing::Test {
     tenant_b_ = NewTenant("tenant-b");
     member_a_ = NewKey(tenant_a_, "member", &member_a_id_);
     member_b_ = NewKey(tenant_b_, "member");
+    // A host (registered as an agent would) and one instance of tenant A on it.
+    const auto reg = Http(port(), "POST", "/v1/agent/register", "walk-bootstrap",
+                          R"({"hostname":"walk-1","region":"us-east","zone":"us-east-1a","gpus":[)"
+                          R"({"index":0,"uuid":"GPU-walk-0","model":"H100-80GB","memory_bytes":85899345920}]})");
+    ASSERT_EQ(reg.status, 201) << reg.body;
+    host_id_ = Str(Json(reg), "host_id");
+    host_token_ = Str(Json(reg), "host_token");
+    const auto inst = Http(port(), "POST", "/v1/instances", member_a_,
+                           R"({"instance_type":"h100.1x","region":"us-east","market":"on_demand"})");
+    ASSERT_EQ(inst.status, 201) << inst.body;
+    instance_a_ = Str(Json(inst), "id");
   }
   int port() const { return server_->port(); }
   std::string NewTenant(const std::string& name) {
@@ -48,12 +61,13 @@ class Auth : public ::testing::Test {
   std::unique_ptr<TestDb> db_;
   std::unique_ptr<ApiServer> server_;
   std::string admin_, finance_, operator_, member_a_, member_b_, member_a_id_;
-  std::string operator_tenant_, tenant_a_, tenant_b_;
+  std::string operator_tenant_, tenant_a_, tenant_b_, host_id_, host_token_, instance_a_;
 };
 
 TEST_F(Auth, EveryRouteRefusesNoKeyWrongRoleAndOtherTenants) {
-  const std::map<unsigned, std::string*> keys = {
-      {kAdmin, &admin_}, {kFinance, &finance_}, {kOperator, &operator_}, {kMember, &member_b_}};
+  const std::map<unsigned, std::string*> keys = {{kAdmin, &admin_},       {kFinance, &finance_},
+                                                 {kOperator, &operator_}, {kMember, &member_b_},
+                                                 {kHost, &host_token_}};
   int checked = 0;
   for (const auto& route : ApiRoutes()) {
     if (route.roles == kUnauthenticated) continue;
@@ -62,8 +76,12 @@ TEST_F(Auth, EveryRouteRefusesNoKeyWrongRoleAndOtherTenants) {
       const auto at = path.find("{" + param + "}");
       if (at != std::string::npos) path.replace(at, param.size() + 2, value);
     };
-    fill("id", tenant_a_);
+    const bool instances = route.pattern.rfind("/v1/instances", 0) == 0;
+    const bool hosts = route.pattern.rfind("/v1/hosts", 0) == 0;
+    fill("id", instances ? instance_a_ : hosts ? host_id_ : tenant_a_);
     fill("key_id", member_a_id_);
+    fill("region", "us-east");
+    fill("gpu_model", "H100-80GB");
     const std::string body = route.body == Body::kNone ? "" : "{}";
     const std::string what = route.method + " " + route.pattern;
 
@@ -78,7 +96,7 @@ TEST_F(Auth, EveryRouteRefusesNoKeyWrongRoleAndOtherTenants) {
       r = Http(port(), route.method, path, *key, body);
       EXPECT_EQ(r.status, 403) << what << " with a " << RoleName(bit) << " key: " << r.body;
     }
-    if ((route.roles & kMember) && !route.tenant_param.empty()) {
+    if ((route.roles & kMember) && route.pattern.find("{id}") != std::string::npos) {
       r = Http(port(), route.method, path, member_b_, body);  // tenant B's member, tenant A's object
       EXPECT_EQ(r.status, 404) << what << " with another tenant's key: " << r.body;
       r = Http(port(), route.method, path, member_a_, body);  // and A's own member may
@@ -87,7 +105,7 @@ TEST_F(Auth, EveryRouteRefusesNoKeyWrongRoleAndOtherTenants) {
     }
     ++checked;
   }
-  EXPECT_GE(checked, 7);
+  EXPECT_GE(checked, 20);
 }
 
 TEST_F(Auth, RevokedKeyIsRefusedAtOnce) {
