@@ -49,6 +49,8 @@ spw_build() {
   local args=(-G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo)
   [ "${CI:-}" = true ] && args+=(-DSPILLWAY_WERROR=ON)
   spw_log "building (cmake + ninja, $jobs jobs)"
+  # Clones in other folders share ccache's hits.
+  export CCACHE_BASEDIR="$SPW_ROOT"
   cmake -S "$SPW_ROOT" -B "$SPW_ROOT/build" "${args[@]}" "$@" >/dev/null
   ninja -C "$SPW_ROOT/build" -j "$jobs"
 }
