@@ -52,7 +52,9 @@ spw_build() {
   # Clones in other folders share ccache's hits.
   export CCACHE_BASEDIR="$SPW_ROOT"
   cmake -S "$SPW_ROOT" -B "$SPW_ROOT/build" "${args[@]}" "$@" >/dev/null
-  ninja -C "$SPW_ROOT/build" -j "$jobs"
+  # SPW_BUILD_TARGETS limits the build (the demo needs only the two daemons).
+  # shellcheck disable=SC2086
+  ninja -C "$SPW_ROOT/build" -j "$jobs" ${SPW_BUILD_TARGETS:-}
 }
 
 # PostgreSQL refuses to run as root: the cluster runs as `postgres` when we are root.
