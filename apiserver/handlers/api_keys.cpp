@@ -3,6 +3,7 @@
 #include <boost/json.hpp>
 
 #include "apiserver/audit.hpp"
+#include "apiserver/handlers/common.hpp"
 #include "apiserver/auth/api_keys.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"
@@ -28,19 +29,14 @@ const Statement kRevokeKey{"revoke_api_key",
                            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) "
                            "WHERE id = $1 AND tenant_id = $2 RETURNING " SPW_KEY_COLUMNS};
 
-boost::json::value OptTime(const pqxx::field& f) {
-  if (f.is_null()) return nullptr;
-  return boost::json::value(FormatTime(TimeMs(std::chrono::milliseconds(f.as<std::int64_t>()))));
-}
-
 boost::json::object KeyJson(const pqxx::row& r) {
   boost::json::object o{{"id", r[0].as<std::string>()},
                         {"tenant_id", r[1].as<std::string>()},
                         {"role", r[2].as<std::string>()},
-                        {"name", r[3].is_null() ? boost::json::value(nullptr) : boost::json::value(r[3].as<std::string>())},
-                        {"created_at", OptTime(r[4])},
-                        {"revoked_at", OptTime(r[5])},
-                        {"last_used_at", OptTime(r[6])}};
+                        {"name", JsonText(r[3])},
+                        {"created_at", JsonTime(r[4])},
+                        {"revoked_at", JsonTime(r[5])},
+                        {"last_used_at", JsonTime(r[6])}};
   return o;
 }
 
@@ -90,11 +86,7 @@ Reply ListApiKeys(Ctx& ctx) {
   pqxx::nontransaction tx(ctx.conn);
   TenantIsOperator(tx, tenant_id);
   const auto rows = tx.exec_prepared(kListKeys.name, tenant_id, cursor, limit + 1);
-  boost::json::array data;
-  for (size_t i = 0; i < rows.size() && i < static_cast<size_t>(limit); ++i) data.push_back(KeyJson(rows[i]));
-  boost::json::value next = nullptr;
-  if (rows.size() > static_cast<size_t>(limit)) next = rows[limit - 1][0].as<std::string>();
-  return {200, boost::json::object{{"data", std::move(data)}, {"next_cursor", next}}};
+  return {200, Page(rows, limit, KeyJson)};
 }
 
 Reply RevokeApiKey(Ctx& ctx) {

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "apiserver/audit.hpp"
+#include "apiserver/handlers/common.hpp"
 #include "apiserver/auth/api_keys.hpp"
 #include "apiserver/provisioning/fleet.hpp"
 #include "billing/spot_curve.hpp"
@@ -58,10 +59,6 @@ const Statement kAssignments{"host_assignments", R"sql(
 SELECT id, state, gpu_indices, (extract(epoch FROM preempt_at) * 1000)::bigint FROM instances
 WHERE host_id = $1 AND state IN ('provisioning', 'running', 'preempting', 'terminating') ORDER BY id)sql"};
 
-boost::json::value Time(const pqxx::field& f) {
-  if (f.is_null()) return nullptr;
-  return boost::json::value(FormatTime(TimeMs(std::chrono::milliseconds(f.as<std::int64_t>()))));
-}
 
 boost::json::object HostJson(const pqxx::row& r) {
   return {{"id", r[0].as<std::string>()},
@@ -72,9 +69,9 @@ boost::json::object HostJson(const pqxx::row& r) {
           {"gpu_count", r[5].as<std::int64_t>()},
           {"state", r[6].as<std::string>()},
           {"health", r[7].as<std::string>()},
-          {"agent_version", r[8].is_null() ? boost::json::value(nullptr) : boost::json::value(r[8].as<std::string>())},
-          {"last_heartbeat", Time(r[9])},
-          {"registered_at", Time(r[10])},
+          {"agent_version", JsonText(r[8])},
+          {"last_heartbeat", JsonTime(r[9])},
+          {"registered_at", JsonTime(r[10])},
           {"gpus_allocated", r[11].as<std::int64_t>()},
           {"live_instances", r[12].as<std::int64_t>()}};
 }
@@ -126,11 +123,7 @@ Reply ListHosts(Ctx& ctx) {
     throw ApiError(400, "invalid_parameter", "cursor is not one this API returned");
   pqxx::nontransaction tx(ctx.conn);
   const auto rows = tx.exec_prepared(kListHosts.name, cursor, ctx.Query("region"), ctx.Query("gpu_model"), state, limit + 1);
-  boost::json::array data;
-  for (size_t i = 0; i < rows.size() && i < static_cast<size_t>(limit); ++i) data.push_back(HostJson(rows[i]));
-  boost::json::value next = nullptr;
-  if (rows.size() > static_cast<size_t>(limit)) next = rows[limit - 1][0].as<std::string>();
-  return {200, boost::json::object{{"data", std::move(data)}, {"next_cursor", next}}};
+  return {200, Page(rows, limit, HostJson)};
 }
 
 Reply GetHost(Ctx& ctx) {
@@ -145,7 +138,7 @@ Reply GetHost(Ctx& ctx) {
                     {"uuid", g[1].as<std::string>()},
                     {"model", g[2].as<std::string>()},
                     {"memory_bytes", g[3].as<std::int64_t>()},
-                    {"instance_id", g[4].is_null() ? boost::json::value(nullptr) : boost::json::value(g[4].as<std::string>())}});
+                    {"instance_id", JsonText(g[4])}});
   json["gpus"] = std::move(gpus);
   return {200, std::move(json)};
 }
@@ -372,7 +365,7 @@ Reply AgentAssignments(Ctx& ctx) {
     instances.push_back({{"id", r[0].as<std::string>()},
                          {"desired_state", r[1].as<std::string>() == "terminating" ? "stopped" : "running"},
                          {"gpu_indices", std::move(idx)},
-                         {"preempt_at", Time(r[3])}});
+                         {"preempt_at", JsonTime(r[3])}});
   }
   tx.commit();
   return {200, boost::json::object{{"version", version}, {"instances", std::move(instances)}}};

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "apiserver/audit.hpp"
+#include "apiserver/handlers/common.hpp"
 #include "apiserver/provisioning/fleet.hpp"
 #include "apiserver/provisioning/fleet_metrics.hpp"
 #include "core/crypto.hpp"
@@ -57,21 +58,13 @@ UPDATE idempotency_keys SET state = 'done', response_status = $3, response_body 
 WHERE tenant_id = $1 AND key = $2)sql"};
 const Statement kDropIdempotency{"drop_idempotency", "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2"};
 
-boost::json::value Time(const pqxx::field& f) {
-  if (f.is_null()) return nullptr;
-  return boost::json::value(FormatTime(TimeMs(std::chrono::milliseconds(f.as<std::int64_t>()))));
-}
-boost::json::value Text(const pqxx::field& f) {
-  if (f.is_null()) return nullptr;
-  return boost::json::value(f.as<std::string>());
-}
 
 boost::json::object InstanceJson(const pqxx::row& r) {
   boost::json::array indices;
   for (int i : ParseIntArray(r[17].as<std::string>())) indices.push_back(i);
   return {{"id", r[0].as<std::string>()},
           {"tenant_id", r[1].as<std::string>()},
-          {"name", Text(r[2])},
+          {"name", JsonText(r[2])},
           {"instance_type", r[3].as<std::string>()},
           {"region", r[4].as<std::string>()},
           {"market", r[5].as<std::string>()},
@@ -81,13 +74,13 @@ boost::json::object InstanceJson(const pqxx::row& r) {
           {"gpus", r[8].as<std::int64_t>()},
           {"gpu_model", r[16].as<std::string>()},
           {"gpu_indices", std::move(indices)},
-          {"host_id", Text(r[9])},
-          {"created_at", Time(r[10])},
-          {"started_at", Time(r[11])},
-          {"ended_at", Time(r[12])},
-          {"end_reason", Text(r[13])},
-          {"preempt_at", Time(r[14])},
-          {"preempt_reason", Text(r[15])}};
+          {"host_id", JsonText(r[9])},
+          {"created_at", JsonTime(r[10])},
+          {"started_at", JsonTime(r[11])},
+          {"ended_at", JsonTime(r[12])},
+          {"end_reason", JsonText(r[13])},
+          {"preempt_at", JsonTime(r[14])},
+          {"preempt_reason", JsonText(r[15])}};
 }
 
 boost::json::object LoadInstanceJson(pqxx::transaction_base& tx, const std::string& id) {
@@ -243,11 +236,7 @@ Reply ListInstances(Ctx& ctx) {
     throw ApiError(400, "invalid_parameter", "market must be on_demand or spot");
   pqxx::nontransaction tx(ctx.conn);
   const auto rows = tx.exec_prepared(kListInstances.name, ctx.principal.tenant_id, cursor, state, market, limit + 1);
-  boost::json::array data;
-  for (size_t i = 0; i < rows.size() && i < static_cast<size_t>(limit); ++i) data.push_back(InstanceJson(rows[i]));
-  boost::json::value next = nullptr;
-  if (rows.size() > static_cast<size_t>(limit)) next = rows[limit - 1][0].as<std::string>();
-  return {200, boost::json::object{{"data", std::move(data)}, {"next_cursor", next}}};
+  return {200, Page(rows, limit, InstanceJson)};
 }
 
 Reply GetInstance(Ctx& ctx) {

@@ -3,6 +3,7 @@
 #include <boost/json.hpp>
 
 #include "apiserver/audit.hpp"
+#include "apiserver/handlers/common.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"
 #include "core/ids.hpp"
@@ -79,11 +80,7 @@ Reply ListTenants(Ctx& ctx) {
     throw ApiError(400, "invalid_parameter", "status must be active or suspended");
   pqxx::nontransaction tx(ctx.conn);
   const auto rows = tx.exec_prepared(kListTenants.name, cursor, status, limit + 1);
-  boost::json::array data;
-  for (size_t i = 0; i < rows.size() && i < static_cast<size_t>(limit); ++i) data.push_back(TenantJson(rows[i]));
-  boost::json::value next = nullptr;
-  if (rows.size() > static_cast<size_t>(limit)) next = rows[limit - 1][0].as<std::string>();
-  return {200, boost::json::object{{"data", std::move(data)}, {"next_cursor", next}}};
+  return {200, Page(rows, limit, TenantJson)};
 }
 
 Reply GetTenant(Ctx& ctx) {
