@@ -1,0 +1,136 @@
+// PROTOCOL.md's agent side, spoken directly: registration and re-registration, long-polled
+// assignments, heartbeats, and reconciliation of instances a host stops reporting.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <future>
+#include <thread>
+
+#include "tests/e2e/fleet_support.hpp"
+
+using namespace spillway::test;
+using namespace std::chrono_literals;
+
+namespace {
+const std::string kBootstrap = "test-bootstrap-token";
+std::string HostBody(const std::string& hostname, const std::string& uuid_prefix) {
+  std::string gpus;
+  for (int i = 0; i < 2; ++i)
+    gpus += std::string(i ? "," : "") + R"({"index":)" + std::to_string(i) + R"(,"uuid":")" + uuid_prefix +
+            std::to_string(i) + R"(","model":"H100-80GB","memory_bytes":85899345920})";
+  return R"({"hostname":")" + hostname + R"(","region":"eu-north","zone":"eu-north-1a","gpus":[)" + gpus + "]}";
+}
+}  // namespace
+
+class AgentProtocol : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = std::make_unique<TestDb>();
+    server_ = std::make_unique<ApiServer>(db_->dsn(), FastFleetEnv());
+    ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
+    fleet_ = std::make_unique<Fleet>(*db_, *server_);
+    member_ = fleet_->NewKey(fleet_->NewTenant("proto", 8), "member");
+  }
+  HttpResponse Call(const std::string& method, const std::string& path, const std::string& key, const std::string& body = "") {
+    return fleet_->Call(method, path, key, body);
+  }
+  std::unique_ptr<TestDb> db_;
+  std::unique_ptr<ApiServer> server_;
+  std::unique_ptr<Fleet> fleet_;
+  std::string member_;
+};
+
+TEST_F(AgentProtocol, RegistrationIsIdempotentPerHostAndRotatesTheToken) {
+  EXPECT_EQ(Call("POST", "/v1/agent/register", "wrong-token", HostBody("gpu-1", "GPU-a")).status, 401);
+  auto r = Call("POST", "/v1/agent/register", kBootstrap, HostBody("gpu-1", "GPU-a"));
+  ASSERT_EQ(r.status, 201) << r.body;
+  const auto first = Json(r);
+  EXPECT_EQ(first.at("sample_interval_ms").as_int64(), 10000);
+  EXPECT_EQ(first.at("heartbeat_interval_ms").as_int64(), 500);
+  const std::string old_token = Str(first, "host_token");
+  EXPECT_EQ(Call("POST", "/v1/agent/heartbeat", old_token, R"({"instances":[],"agent_version":"t"})").status, 200);
+
+  r = Call("POST", "/v1/agent/register", kBootstrap, HostBody("gpu-1", "GPU-a"));  // same host again
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Str(Json(r), "host_id"), Str(first, "host_id"));
+  const std::string new_token = Str(Json(r), "host_token");
+  EXPECT_NE(new_token, old_token);
+  EXPECT_EQ(Call("POST", "/v1/agent/heartbeat", old_token, R"({"instances":[]})").status, 401);  // revoked
+  EXPECT_EQ(Call("POST", "/v1/agent/heartbeat", new_token, R"({"instances":[]})").status, 200);
+
+  EXPECT_EQ(Call("POST", "/v1/agent/register", kBootstrap, HostBody("gpu-1", "GPU-other")).status, 409);
+  EXPECT_EQ(Call("POST", "/v1/agent/register", kBootstrap, HostBody("gpu-2", "GPU-a")).status, 409);  // GPUs taken
+  EXPECT_EQ(Call("POST", "/v1/agent/register", kBootstrap,
+                 R"({"hostname":"x","region":"r","zone":"z","gpus":[{"index":0,"uuid":"u","model":"TPU"}]})").status,
+            422);
+  EXPECT_EQ(Call("POST", "/v1/agent/heartbeat", new_token, R"({"instances":[{"id":"ins_x","state":"dancing"}]})").status, 422);
+}
+
+TEST_F(AgentProtocol, AssignmentsLongPollWakesOnChangeAndHeartbeatsMoveInstances) {
+  const auto reg = Json(Call("POST", "/v1/agent/register", kBootstrap, HostBody("gpu-1", "GPU-a")));
+  const std::string token = Str(reg, "host_token");
+  auto a = Json(Call("GET", "/v1/agent/assignments?version=-1&wait=20", token));  // a stale version: at once
+  const std::int64_t version = a.at("version").as_int64();
+  EXPECT_EQ(a.at("instances").as_array().size(), 0u);
+
+  // Nothing changes: the poll waits out its `wait`.
+  const auto t0 = std::chrono::steady_clock::now();
+  a = Json(Call("GET", "/v1/agent/assignments?version=" + std::to_string(version) + "&wait=1", token));
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 900ms);
+  EXPECT_EQ(a.at("version").as_int64(), version);
+
+  // A change wakes a waiting poll long before its 20 s are up.
+  auto poll = std::async(std::launch::async, [&] {
+    return Call("GET", "/v1/agent/assignments?version=" + std::to_string(version) + "&wait=20", token);
+  });
+  std::this_thread::sleep_for(300ms);
+  const auto created = Call("POST", "/v1/instances", member_,
+                            R"({"instance_type":"h100.1x","region":"eu-north","market":"on_demand"})");
+  ASSERT_EQ(created.status, 201) << created.body;
+  const std::string id = Str(Json(created), "id");
+  ASSERT_EQ(poll.wait_for(10s), std::future_status::ready) << "the long poll did not wake on the change";
+  a = Json(poll.get());
+  EXPECT_GT(a.at("version").as_int64(), version);
+  ASSERT_EQ(a.at("instances").as_array().size(), 1u);
+  const auto& assigned = a.at("instances").as_array()[0];
+  EXPECT_EQ(Str(assigned, "id"), id);
+  EXPECT_EQ(Str(assigned, "desired_state"), "running");
+  EXPECT_EQ(assigned.at("gpu_indices").as_array().size(), 1u);
+  EXPECT_TRUE(assigned.at("preempt_at").is_null());
+
+  // The host reports it running: the customer sees it running.
+  ASSERT_EQ(Call("POST", "/v1/agent/heartbeat", token, R"({"instances":[{"id":")" + id + R"(","state":"running"}]})").status, 200);
+  EXPECT_EQ(Str(fleet_->Instance(member_, id), "state"), "running");
+  // Terminated by the customer: desired stopped; the host reports it stopped: terminated.
+  ASSERT_EQ(Call("DELETE", "/v1/instances/" + id, member_).status, 200);
+  a = Json(Call("GET", "/v1/agent/assignments?version=" + std::to_string(version) + "&wait=0", token));
+  EXPECT_EQ(Str(a.at("instances").as_array().at(0), "desired_state"), "stopped");
+  ASSERT_EQ(Call("POST", "/v1/agent/heartbeat", token, R"({"instances":[{"id":")" + id + R"(","state":"stopped"}]})").status, 200);
+  EXPECT_EQ(Str(fleet_->Instance(member_, id), "state"), "terminated");
+  a = Json(Call("GET", "/v1/agent/assignments?version=0&wait=0", token));
+  EXPECT_EQ(a.at("instances").as_array().size(), 0u);  // absent: it must not run
+}
+
+TEST_F(AgentProtocol, AnInstanceTheHostStopsReportingIsFailedAfterTheGrace) {
+  const auto reg = Json(Call("POST", "/v1/agent/register", kBootstrap, HostBody("gpu-1", "GPU-a")));
+  const std::string token = Str(reg, "host_token");
+  const auto created = Call("POST", "/v1/instances", member_,
+                            R"({"instance_type":"h100.1x","region":"eu-north","market":"on_demand"})");
+  const std::string id = Str(Json(created), "id");
+  ASSERT_EQ(Call("POST", "/v1/agent/heartbeat", token, R"({"instances":[{"id":")" + id + R"(","state":"running"}]})").status, 200);
+  // The host keeps heartbeating (so it is not down) but no longer mentions the instance.
+  std::atomic<bool> stop{false};
+  std::thread beat([&] {
+    while (!stop) {
+      Call("POST", "/v1/agent/heartbeat", token, R"({"instances":[]})");
+      std::this_thread::sleep_for(300ms);
+    }
+  });
+  const bool failed = fleet_->WaitState(member_, id, "failed", 20s);
+  stop = true;
+  beat.join();
+  ASSERT_TRUE(failed);
+  EXPECT_EQ(Str(fleet_->Instance(member_, id), "end_reason"), "lost");
+  EXPECT_EQ(fleet_->PoolInt("eu-north", "H100-80GB", "on_demand_gpus"), 0);  // its GPU is free again
+  EXPECT_EQ(Str(Json(Call("GET", "/v1/hosts?region=eu-north", fleet_->operator_key)).at("data").as_array().at(0), "health"), "up");
+}
