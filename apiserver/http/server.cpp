@@ -186,19 +186,20 @@ struct Runtime::Impl {
       bhttp::request_parser<bhttp::string_body> parser;
       parser.header_limit(16 * 1024);
       parser.body_limit(l.options.max_body_bytes);
-      Request meta;
-      meta.request_id = RequestIdFrom("");
+      Request meta;  // for requests that fail before they are whole
       auto fail = [&](int status, const char* code, const std::string& message) {
         if (parser.is_header_done()) meta = ToRequest(parser.get());
+        if (meta.request_id.empty()) meta.request_id = RequestIdFrom("");
         return ErrorResponse(status, code, message, meta.request_id);
       };
 
       // Parse what is buffered synchronously and read only when the parser needs more: a
       // pipelined or small request costs no extra trip through the scheduler.
       parser.eager(true);
+      // The header deadline runs from the first read the headers need beyond what is buffered,
+      // the body deadline likewise: a request that arrived whole arms neither timer.
       beast::error_code hec;
-      bool body_phase = false;
-      tcp_layer.expires_after(l.options.header_timeout);
+      bool body_phase = false, header_timer = false, body_timer = false;
       for (;;) {
         if (buffer.size() > 0) {
           const auto used = parser.put(buffer.data(), hec);
@@ -210,7 +211,6 @@ struct Runtime::Impl {
           }
           if (parser.is_header_done() && !body_phase) {
             body_phase = true;
-            tcp_layer.expires_after(l.options.body_timeout);
             if (beast::iequals(parser.get()[bhttp::field::expect], "100-continue")) {
               bhttp::response<bhttp::empty_body> cont{bhttp::status::continue_, 11};
               auto [wec, wn] = co_await bhttp::async_write(stream, cont, net::as_tuple(net::use_awaitable));
@@ -222,6 +222,13 @@ struct Runtime::Impl {
         if (buffer.size() >= buffer.max_size()) {
           hec = bhttp::error::header_limit;
           break;
+        }
+        if (!parser.is_header_done() && !header_timer) {
+          header_timer = true;
+          tcp_layer.expires_after(l.options.header_timeout);
+        } else if (parser.is_header_done() && !body_timer) {
+          body_timer = true;
+          tcp_layer.expires_after(l.options.body_timeout);
         }
         auto [rec, rn] = co_await stream.async_read_some(
             buffer.prepare(std::min<size_t>(8192, buffer.max_size() - buffer.size())), net::as_tuple(net::use_awaitable));
@@ -240,6 +247,7 @@ struct Runtime::Impl {
           // tcp_stream has already closed the socket: a slow client is cut off without an answer.
           // It is still counted and logged as a 408.
           if (parser.is_header_done()) meta = ToRequest(parser.get());
+          if (meta.request_id.empty()) meta.request_id = RequestIdFrom("");
           l.dispatcher->Finished(meta, ErrorResponse(408, "request_timeout", "request too slow", meta.request_id),
                                  std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
           co_return;
@@ -261,8 +269,10 @@ struct Runtime::Impl {
       st.busy = true;
       tcp_layer.expires_never();
       Request req = ToRequest(parser.get());
-      Request copy = req;
-      copy.body.clear();
+      Request copy;  // what Finished needs once req has gone to the dispatcher
+      copy.method = req.method;
+      copy.path = req.path;
+      copy.request_id = req.request_id;
       // A dispatcher that answers inside Dispatch (health, 404s) is used directly; one that
       // answers later, from a database worker, resumes this coroutine on its own strand.
       struct Pending {

@@ -322,12 +322,16 @@ bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds timeou
 }
 
 ApiServer::ApiServer(const std::string& dsn, std::map<std::string, std::string> env) : env_(std::move(env)) {
+  env_["SPILLWAY_DATABASE_URL"] = dsn;
+  env_.emplace("SPILLWAY_DATABASE_POOL_SIZE", "4");
+  Spawn();
+}
+
+void ApiServer::Spawn() {
   port_ = FreePort();
   admin_port_ = FreePort();
-  env_["SPILLWAY_DATABASE_URL"] = dsn;
   env_["SPILLWAY_LISTEN"] = "127.0.0.1:" + std::to_string(port_);
   env_["SPILLWAY_ADMIN_LISTEN"] = "127.0.0.1:" + std::to_string(admin_port_);
-  env_.emplace("SPILLWAY_DATABASE_POOL_SIZE", "4");
   process_ = std::make_unique<Process>(std::vector<std::string>{ApiServerBinary(), "serve"}, env_);
 }
 
@@ -337,8 +341,14 @@ ApiServer::~ApiServer() {
 
 bool ApiServer::WaitReady(std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
+  int respawns = 0;
   while (std::chrono::steady_clock::now() < deadline) {
-    if (!process_->Running()) return false;
+    if (!process_->Running()) {
+      // Another test process took the same free port first: try other ports.
+      if (process_->Stderr().find("cannot listen") == std::string::npos || ++respawns > 3) return false;
+      Spawn();
+      continue;
+    }
     if (Http(admin_port_, "GET", "/readyz").status == 200) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }

@@ -100,10 +100,12 @@ class ApiServer {
   int admin_port() const { return admin_port_; }
   Process& process() { return *process_; }
   std::map<std::string, std::string> Env() const { return env_; }
-  // Waits until /readyz answers 200; false if the process died or the time ran out.
+  // Waits until /readyz answers 200; false if the process died or the time ran out. Ports taken
+  // meanwhile by another process are replaced, so read port() and admin_port() after this.
   bool WaitReady(std::chrono::milliseconds timeout = std::chrono::seconds(20));
 
  private:
+  void Spawn();
   std::map<std::string, std::string> env_;
   int port_, admin_port_;
   std::unique_ptr<Process> process_;
