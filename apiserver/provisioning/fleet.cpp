@@ -166,6 +166,9 @@ PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const 
       p.on_demand += gpus;
     } else if (state == "preempting") {
       p.spot_leaving += gpus;
+      if (!r[1].is_null()) {
+        if (auto it = index.find(r[1].as<std::string>()); it != index.end()) p.hosts[it->second].leaving += gpus;
+      }
     } else {
       p.spot_active += gpus;
       SpotHolder s{r[0].as<std::string>(), r[1].is_null() ? "" : r[1].as<std::string>(), gpus, std::nullopt};
@@ -224,11 +227,12 @@ PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, const std:
     plan.gpu_indices.assign(best->free.begin(), best->free.begin() + gpus);
   } else {
     // Make room on one host by preempting its spot instances (cheapest bid first, then newest),
-    // choosing the host that needs the fewest GPUs preempted.
+    // choosing the host that needs the fewest GPUs preempted; GPUs already under notice count as
+    // coming free.
     std::int64_t best_cost = -1;
     for (const auto& h : pool.hosts) {
       if (!h.placeable || h.gpu_count < gpus) continue;
-      std::int64_t have = h.FreeEffective(), cost = 0;
+      std::int64_t have = h.FreeEffective() + h.leaving, cost = 0;
       std::vector<SpotHolder> victims;
       for (const auto& s : pool.spot) {
         if (have >= gpus) break;

@@ -26,6 +26,7 @@ struct HostSlot {
   bool placeable = false;       // state active and health up
   std::vector<int> free;        // GPU indices with no allocation
   std::int64_t claimed = 0;     // GPUs promised to pending instances waiting on this host
+  std::int64_t leaving = 0;     // GPUs of spot instances under preemption notice (free soon)
   std::int64_t FreeEffective() const { return static_cast<std::int64_t>(free.size()) - claimed; }
 };
 

@@ -256,3 +256,31 @@ TEST_F(FleetE2E, ExecRuntimeRunsTheLauncherWithItsGpusAndStopsIt) {
   agent->Stop(SIGTERM);
   RunCommand({"/bin/rm", "-rf", dir}, {}, nullptr);
 }
+
+TEST_F(FleetE2E, OnDemandWaitsPendingWhileSpotLeavesUnderNotice) {
+  auto agent = fleet_->StartAgent("us-east", "H100-80GB", 1, 8);
+  ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("us-east", "H100-80GB", "total_gpus") == 8; }, 20s));
+  std::vector<std::string> spot;
+  for (int i = 0; i < 8; ++i) spot.push_back(Launch(R"({"instance_type":"h100.1x","region":"us-east","market":"spot"})"));
+  for (const auto& id : spot) ASSERT_TRUE(fleet_->WaitState(member_, id, "running"));
+
+  // The host is full of spot: on-demand takes it, after the spot instances' notice.
+  const std::string od = Launch(R"({"instance_type":"h100.8x","region":"us-east","market":"on_demand"})");
+  auto inst = fleet_->Instance(member_, od);
+  EXPECT_EQ(Str(inst, "state"), "pending");
+  EXPECT_EQ(inst.at("gpu_indices").as_array().size(), 0u);
+  for (const auto& id : spot) {
+    EXPECT_EQ(Str(fleet_->Instance(member_, id), "state"), "preempting");
+    EXPECT_EQ(Str(fleet_->Instance(member_, id), "preempt_reason"), "capacity");
+  }
+  // A new spot instance cannot take the GPUs being freed for it.
+  EXPECT_EQ(Launch(R"({"instance_type":"h100.1x","region":"us-east","market":"spot"})", 409), "insufficient_capacity");
+
+  ASSERT_TRUE(fleet_->WaitState(member_, od, "running", 20s));
+  inst = fleet_->Instance(member_, od);
+  EXPECT_EQ(inst.at("gpu_indices").as_array().size(), 8u);
+  for (const auto& id : spot) {
+    EXPECT_EQ(Str(fleet_->Instance(member_, id), "state"), "terminated");
+    EXPECT_EQ(Str(fleet_->Instance(member_, id), "end_reason"), "preempted");
+  }
+}

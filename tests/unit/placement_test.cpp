@@ -95,3 +95,19 @@ TEST(Placement, OnDemandKeepsTheInternalReservation) {
   p.on_demand = 8;
   EXPECT_EQ(Status([&] { PlanPlacement(p, 1, "on_demand"); }), 409);  // total − reserved is taken
 }
+
+TEST(Placement, GpusUnderNoticeCountAsComingFree) {
+  PoolState p;
+  p.total = 8;
+  p.hosts = {Host("a", 8, {})};
+  p.hosts[0].leaving = 6;  // six GPUs' spot instances are already leaving
+  p.spot_leaving = 6;
+  p.spot_active = 2;
+  p.spot = {{"s", "a", 2, std::nullopt}};
+  auto plan = PlanPlacement(p, 6, "on_demand");
+  EXPECT_EQ(plan.state, "pending");
+  EXPECT_TRUE(plan.victims.empty());  // nothing more needs preempting
+  plan = PlanPlacement(p, 8, "on_demand");
+  ASSERT_EQ(plan.victims.size(), 1u);
+  EXPECT_EQ(plan.victims[0].id, "s");
+}
