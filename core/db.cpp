@@ -108,7 +108,8 @@ std::unique_ptr<pqxx::connection> Database::Connect() {
   pqxx::nontransaction setup(*conn);
   setup.exec("SET TIME ZONE 'UTC'");
   setup.exec("SET application_name = 'spillway-apiserver'");
-  setup.exec("SET statement_timeout = " + std::to_string(options_.statement_timeout.count()));
+  setup.exec_params("SELECT set_config('statement_timeout', $1, false)",
+                    std::to_string(options_.statement_timeout.count()));
   setup.commit();
   PrepareAll(*conn);
   return conn;

@@ -22,22 +22,12 @@ std::string HostBody(const std::string& hostname, const std::string& uuid_prefix
 }
 }  // namespace
 
-class AgentProtocol : public ::testing::Test {
+class AgentProtocol : public FleetTest {
  protected:
-  void SetUp() override {
-    db_ = std::make_unique<TestDb>();
-    server_ = std::make_unique<ApiServer>(db_->dsn(), FastFleetEnv());
-    ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
-    fleet_ = std::make_unique<Fleet>(*db_, *server_);
-    member_ = fleet_->NewKey(fleet_->NewTenant("proto", 8), "member");
-  }
+  void SetUp() override { StartFleet(8); }
   HttpResponse Call(const std::string& method, const std::string& path, const std::string& key, const std::string& body = "") {
     return fleet_->Call(method, path, key, body);
   }
-  std::unique_ptr<TestDb> db_;
-  std::unique_ptr<ApiServer> server_;
-  std::unique_ptr<Fleet> fleet_;
-  std::string member_;
 };
 
 TEST_F(AgentProtocol, RegistrationIsIdempotentPerHostAndRotatesTheToken) {

@@ -1,6 +1,8 @@
 #pragma once
 // A small fleet for the end-to-end tests: an apiserver with fast controllers, simulated agents,
 // an operator key and a customer tenant with a member key.
+#include <gtest/gtest.h>
+
 #include <boost/json.hpp>
 
 #include "core/money.hpp"
@@ -79,6 +81,24 @@ class Fleet {
  private:
   const TestDb& db_;
   ApiServer& server_;
+};
+
+// An apiserver with fast controllers on a database of its own, its Fleet, and a customer tenant
+// (quota `quota`) with a member key.
+class FleetTest : public ::testing::Test {
+ protected:
+  void StartFleet(int quota) {
+    db_ = std::make_unique<TestDb>();
+    server_ = std::make_unique<ApiServer>(db_->dsn(), FastFleetEnv());
+    ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
+    fleet_ = std::make_unique<Fleet>(*db_, *server_);
+    tenant_ = fleet_->NewTenant("customer", quota);
+    member_ = fleet_->NewKey(tenant_, "member");
+  }
+  std::unique_ptr<TestDb> db_;
+  std::unique_ptr<ApiServer> server_;
+  std::unique_ptr<Fleet> fleet_;
+  std::string tenant_, member_;
 };
 
 }  // namespace spillway::test

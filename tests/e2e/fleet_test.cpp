@@ -13,16 +13,9 @@
 using namespace spillway::test;
 using namespace std::chrono_literals;
 
-class FleetE2E : public ::testing::Test {
+class FleetE2E : public FleetTest {
  protected:
-  void SetUp() override {
-    db_ = std::make_unique<TestDb>();
-    server_ = std::make_unique<ApiServer>(db_->dsn(), FastFleetEnv());
-    ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
-    fleet_ = std::make_unique<Fleet>(*db_, *server_);
-    tenant_ = fleet_->NewTenant("customer", 64);
-    member_ = fleet_->NewKey(tenant_, "member");
-  }
+  void SetUp() override { StartFleet(64); }
   void StartAgents() {
     h100_ = fleet_->StartAgent("us-east", "H100-80GB", 2, 8);
     h200_ = fleet_->StartAgent("us-west", "H200-141GB", 1, 8);
@@ -36,11 +29,7 @@ class FleetE2E : public ::testing::Test {
     EXPECT_EQ(r.status, expect) << r.body;
     return r.status == 201 ? Str(Json(r), "id") : Str(Json(r).at("error"), "code");
   }
-  std::unique_ptr<TestDb> db_;
-  std::unique_ptr<ApiServer> server_;
-  std::unique_ptr<Fleet> fleet_;
   std::unique_ptr<Process> h100_, h200_;
-  std::string tenant_, member_;
 };
 
 TEST_F(FleetE2E, TheWholeStory) {

@@ -94,7 +94,7 @@ TEST(DatabasePool, BrokenConnectionIsReplaced) {
               }).get().ran);
   {
     auto admin = db.Connect();
-    pqxx::nontransaction(*admin).exec("SELECT pg_terminate_backend(" + std::to_string(first_pid) + ")");
+    pqxx::nontransaction(*admin).exec_params("SELECT pg_terminate_backend($1)", first_pid);
   }
   // The job that meets the dead connection fails; the next one gets a new connection.
   Submit(pool, [](pqxx::connection& c) {

@@ -51,8 +51,11 @@ TestDb::TestDb(bool migrate) {
   name_ = "spw_test_" + RandomSuffix();
   dsn_ = admin_dsn_ + " dbname=" + name_;  // libpq: the last dbname wins
   {
+    // A database name is an identifier, which SQL cannot take as a parameter: it is generated
+    // here (spw_test_ and random letters) and quoted.
     pqxx::connection admin(admin_dsn_);
-    pqxx::nontransaction(admin).exec("CREATE DATABASE " + admin.quote_name(name_));
+    const std::string create = "CREATE DATABASE " + admin.quote_name(name_);
+    pqxx::nontransaction(admin).exec(create);
   }
   if (migrate) {
     pqxx::connection c(dsn_);
@@ -63,7 +66,8 @@ TestDb::TestDb(bool migrate) {
 TestDb::~TestDb() {
   try {
     pqxx::connection admin(admin_dsn_);
-    pqxx::nontransaction(admin).exec("DROP DATABASE IF EXISTS " + admin.quote_name(name_) + " WITH (FORCE)");
+    const std::string drop = "DROP DATABASE IF EXISTS " + admin.quote_name(name_) + " WITH (FORCE)";
+    pqxx::nontransaction(admin).exec(drop);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dropping %s: %s\n", name_.c_str(), e.what());
   }
