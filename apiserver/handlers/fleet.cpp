@@ -341,7 +341,7 @@ Reply AgentHeartbeat(Ctx& ctx) {
   }
   const std::string version = OptString(body, "agent_version", 64).value_or("");
   pqxx::work tx(ctx.conn);
-  const auto v = RecordHeartbeat(tx, FleetContext{ctx.config, ctx.fleet_metrics}, ctx.principal.host_id, version, reported);
+  const auto v = RecordHeartbeat(tx, ctx.principal.host_id, version, reported);
   tx.commit();
   return {200, boost::json::object{{"version", v}}};
 }

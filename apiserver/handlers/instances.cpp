@@ -148,7 +148,7 @@ std::string CreateIn(pqxx::work& tx, Ctx& ctx, const CreateRequest& req) {
   const std::string id = NewId("ins");
   tx.exec_prepared(kInsertInstance.name, id, ctx.principal.tenant_id, req.name, req.type->name, req.type->gpu_model,
                    req.type->gpus, req.region, req.market, req.max_price);
-  ApplyPlacement(tx, fc, pool, id, plan);
+  ApplyPlacement(tx, fc, id, plan);
   Audit(tx, ctx, ctx.principal.tenant_id, "instance.create", id);
   return id;
 }

@@ -266,9 +266,8 @@ PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, const std:
   return plan;
 }
 
-void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const PoolState& pool,
-                    const std::string& instance_id, const PlacementPlan& plan) {
-  (void)pool;
+void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
+                    const PlacementPlan& plan) {
   for (int idx : plan.gpu_indices) tx.exec_prepared(kAllocate.name, plan.host_id, idx, instance_id);
   tx.exec_prepared(kSetPlaced.name, instance_id, plan.state, plan.host_id, IntArrayLiteral(plan.gpu_indices));
   for (const auto& v : plan.victims) PreemptSpot(tx, fc, v.id, "capacity");
@@ -310,9 +309,8 @@ void SetReservation(pqxx::transaction_base& tx, const FleetContext& fc, const st
   }
 }
 
-std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& host_id,
-                             const std::string& agent_version, const std::vector<ReportedInstance>& reported) {
-  (void)fc;
+std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const std::string& host_id, const std::string& agent_version,
+                             const std::vector<ReportedInstance>& reported) {
   const auto h = tx.exec_prepared(kHeartbeatHost.name, host_id, agent_version);
   if (h.empty()) throw ApiError(401, "unauthenticated", "unknown host");
   for (const auto& r : reported) {
@@ -424,7 +422,7 @@ int PlacePending(pqxx::connection& conn, const FleetContext& fc) {
       }
     }
     if (plan.state.empty()) continue;
-    ApplyPlacement(tx, fc, pool, id, plan);
+    ApplyPlacement(tx, fc, id, plan);
     tx.commit();
     if (plan.state == "provisioning") ++placed;
   }

@@ -65,8 +65,8 @@ struct PlacementPlan {
 // insufficient_capacity when it cannot go anywhere. Nothing is written.
 PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, const std::string& market);
 // Writes the plan for an instance row that already exists.
-void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const PoolState& pool,
-                    const std::string& instance_id, const PlacementPlan& plan);
+void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
+                    const PlacementPlan& plan);
 
 // Tells the host's agent to look at its assignments again.
 void BumpHost(pqxx::transaction_base& tx, const std::string& host_id);
@@ -86,8 +86,8 @@ struct ReportedInstance {
   std::string id, state;  // starting | running | stopped | failed
 };
 // A heartbeat: marks the host up and moves its instances by what the agent reports.
-std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& host_id,
-                             const std::string& agent_version, const std::vector<ReportedInstance>& reported);
+std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const std::string& host_id, const std::string& agent_version,
+                             const std::vector<ReportedInstance>& reported);
 
 // One spot-pricer pass over one pool (or every pool when region is empty): appends a new price when
 // it changed and preempts spot instances whose max price is now below it. Returns prices written.
