@@ -90,14 +90,18 @@ ApiError Database::Unavailable(const std::string& code, const std::string& messa
 }
 
 void Database::Submit(Job job) {
+  bool queued = false;
   {
     std::lock_guard lk(mu_);
     if (!stopping_ && queue_.size() < options_.max_queue) {
       queue_.push_back({std::move(job), std::chrono::steady_clock::now()});
       queue_gauge_->Set(static_cast<double>(queue_.size()));
-      cv_.notify_one();
-      return;
+      queued = true;
     }
+  }
+  if (queued) {
+    cv_.notify_one();  // after unlocking, so the woken worker does not block on the mutex at once
+    return;
   }
   rejected_busy_->Increment();
   job.reject(Unavailable("database_busy", "too many requests are waiting for the database; retry shortly"));
