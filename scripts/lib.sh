@@ -28,14 +28,13 @@ spw_install() {
   spw_log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Debian's postgresql package would create and start a system cluster; we run our own.
-  mkdir -p /etc/postgresql-common
-  [ -f /etc/postgresql-common/createcluster.conf ] || echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
-  # Packages such as nginx and prometheus would start system services; ours start their own.
+  # Packages such as postgresql, nginx and prometheus would start system services; ours run their
+  # own instances (PostgreSQL on a private socket directory), so service starts are declined.
   local policy=/usr/sbin/policy-rc.d added=
   if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' >$policy && chmod +x $policy && added=1; fi
   local rc=0
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+  apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confdef \
+    -o Dpkg::Options::=--force-confold "${missing[@]}" >/dev/null || rc=$?
   [ -n "$added" ] && rm -f $policy
   [ $rc -eq 0 ] || spw_die "apt-get install failed"
 }
