@@ -35,13 +35,14 @@ std::string Ctx::Query(const std::string& name) const {
   return it == request.query.end() ? std::string() : it->second;
 }
 
-int Ctx::Limit(int dflt, int max) const {
-  const std::string text = Query("limit");
+std::int64_t Ctx::QueryInt(const std::string& name, std::int64_t dflt, std::int64_t min, std::int64_t max) const {
+  const std::string text = Query(name);
   if (text.empty()) return dflt;
-  int v = 0;
+  std::int64_t v = 0;
   auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (ec != std::errc() || p != text.data() + text.size() || v < 1 || v > max)
-    throw ApiError(400, "invalid_parameter", "limit must be an integer from 1 to " + std::to_string(max));
+  if (ec != std::errc() || p != text.data() + text.size() || v < min || v > max)
+    throw ApiError(400, "invalid_parameter",
+                   name + " must be an integer from " + std::to_string(min) + " to " + std::to_string(max));
   return v;
 }
 

@@ -46,8 +46,10 @@ struct Ctx {
   const std::string& Param(const std::string& name) const { return params.at(name); }
   // 404 unless the caller may see tenant `tenant_id` (a member only its own; other roles all).
   void RequireTenant(const std::string& tenant_id) const;
-  // ?limit= (1..max, default dflt), 400 on anything else.
-  int Limit(int dflt = 50, int max = 200) const;
+  // ?name= as an integer in [min, max] (dflt when absent), 400 on anything else.
+  std::int64_t QueryInt(const std::string& name, std::int64_t dflt, std::int64_t min, std::int64_t max) const;
+  // ?limit= (1..max, default dflt).
+  int Limit(int dflt = 50, int max = 200) const { return static_cast<int>(QueryInt("limit", dflt, 1, max)); }
   // ?name=, empty when absent.
   std::string Query(const std::string& name) const;
 };

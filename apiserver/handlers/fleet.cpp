@@ -76,17 +76,6 @@ boost::json::object HostJson(const pqxx::row& r) {
           {"live_instances", r[12].as<std::int64_t>()}};
 }
 
-std::int64_t QueryInt(const Ctx& ctx, const std::string& name, std::int64_t dflt, std::int64_t min, std::int64_t max) {
-  const std::string text = ctx.Query(name);
-  if (text.empty()) return dflt;
-  std::int64_t v = 0;
-  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (ec != std::errc() || p != text.data() + text.size() || v < min || v > max)
-    throw ApiError(400, "invalid_parameter",
-                   name + " must be an integer from " + std::to_string(min) + " to " + std::to_string(max));
-  return v;
-}
-
 boost::json::object PoolJson(pqxx::transaction_base& tx, const PoolState& p) {
   const auto od = OnDemandPrice(tx, p.gpu_model);
   const auto spot = CurrentSpotPrice(tx, p.region, p.gpu_model);
@@ -112,6 +101,12 @@ std::string NewHostToken(const std::string& host_id, std::string* hash) {
   const std::string secret = Base64UrlEncode(RandomBytes(32));
   *hash = Sha256Hex(secret);
   return "spwh_" + host_id.substr(4) + "_" + secret;
+}
+
+Reply RegistrationReply(const Ctx& ctx, int status, const std::string& host_id, const std::string& token) {
+  return {status, boost::json::object{{"host_id", host_id}, {"host_token", token},
+                                      {"sample_interval_ms", ctx.config.Duration("agent.sample_interval").count()},
+                                      {"heartbeat_interval_ms", ctx.config.Duration("agent.heartbeat_interval").count()}}};
 }
 
 }  // namespace
@@ -202,7 +197,7 @@ Reply ListInstanceTypes(Ctx& ctx) {
       const std::int64_t od_room = std::max<std::int64_t>(0, p.total - p.reserved - p.on_demand);
       regions.push_back({{"region", p.region},
                          {"spot_price_per_gpu_hour", spot ? boost::json::value(FormatMicros(*spot)) : boost::json::value(nullptr)},
-                         {"free_gpus", std::max<std::int64_t>(0, p.total - p.reserved - p.on_demand - p.spot_active - p.spot_leaving)},
+                         {"free_gpus", p.Spare()},
                          {"available_on_demand", od_room / t.gpus},
                          {"available_spot", std::min(fits, p.Spare() / t.gpus)}});
     }
@@ -289,7 +284,6 @@ Reply RegisterAgent(Ctx& ctx) {
   pqxx::work tx(ctx.conn);
   const auto existing = tx.exec_prepared(kHostByName.name, hostname);
   std::string host_id, hash;
-  int status = 201;
   if (!existing.empty()) {
     host_id = existing[0][0].as<std::string>();
     if (existing[0][1].as<std::string>() != sorted_uuids)
@@ -298,11 +292,8 @@ Reply RegisterAgent(Ctx& ctx) {
     tx.exec_prepared(kRotateHost.name, host_id, hash, region, zone);
     AuditSystem(tx, "", "host.reregister", host_id);
     tx.commit();
-    status = 200;
     log::Info("host registered again; old token revoked", {{"host_id", host_id}, {"hostname", hostname}});
-    return {status, boost::json::object{{"host_id", host_id}, {"host_token", token},
-                                        {"sample_interval_ms", ctx.config.Duration("agent.sample_interval").count()},
-                                        {"heartbeat_interval_ms", ctx.config.Duration("agent.heartbeat_interval").count()}}};
+    return RegistrationReply(ctx, 200, host_id, token);
   }
   host_id = NewId("hst");
   const std::string token = NewHostToken(host_id, &hash);
@@ -320,9 +311,7 @@ Reply RegisterAgent(Ctx& ctx) {
                                 {"gpus", static_cast<std::int64_t>(gpus.size())}});
   // A new pool gets its first spot price at once; an existing pool's price reflects the new GPUs.
   Reprice(ctx.conn, FleetContext{ctx.config, ctx.fleet_metrics}, region, model);
-  return {status, boost::json::object{{"host_id", host_id}, {"host_token", token},
-                                      {"sample_interval_ms", ctx.config.Duration("agent.sample_interval").count()},
-                                      {"heartbeat_interval_ms", ctx.config.Duration("agent.heartbeat_interval").count()}}};
+  return RegistrationReply(ctx, 201, host_id, token);
 }
 
 Reply AgentHeartbeat(Ctx& ctx) {
@@ -347,9 +336,9 @@ Reply AgentHeartbeat(Ctx& ctx) {
 }
 
 Reply AgentAssignments(Ctx& ctx) {
-  const std::int64_t known = QueryInt(ctx, "version", -1, -1, INT64_MAX);
+  const std::int64_t known = ctx.QueryInt("version", -1, -1, INT64_MAX);
   const std::int64_t max_wait = ctx.config.Duration("fleet.assignment_wait_max").count() / 1000;
-  const std::int64_t wait = QueryInt(ctx, "wait", 0, 0, max_wait);
+  const std::int64_t wait = ctx.QueryInt("wait", 0, 0, max_wait);
   pqxx::work tx(ctx.conn);  // the version and the list from one snapshot
   const std::int64_t version = tx.exec_prepared(kHostVersion.name, ctx.principal.host_id)[0][0].as<std::int64_t>();
   if (version == known && wait > 0 && !ctx.long_poll_retry) {

@@ -456,7 +456,7 @@ void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc) {
     set("on_demand", p.on_demand);
     set("spot", spot);
     set("internal", p.reserved);
-    set("free", std::max<std::int64_t>(0, p.total - p.on_demand - spot - p.reserved));
+    set("free", p.Spare());
     if (const auto price = CurrentSpotPrice(tx, region, model))
       fc.metrics->spot_price->Add({{"region", region}, {"gpu_model", model}})
           .Set(static_cast<double>(*price) / static_cast<double>(kPpm));
