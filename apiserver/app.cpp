@@ -35,8 +35,13 @@ bool HasBodyMethod(const std::string& m) { return m == "POST" || m == "PUT" || m
 }  // namespace
 
 ApiDispatcher::ApiDispatcher(const Config& config, Database& db, Metrics& metrics, FleetMetrics* fleet_metrics,
-                             AssignmentNotifier* notifier)
-    : config_(config), db_(db), fleet_metrics_(fleet_metrics), notifier_(notifier), router_(ApiRoutes()) {
+                             AssignmentNotifier* notifier, KeyCache* key_cache)
+    : config_(config),
+      db_(db),
+      fleet_metrics_(fleet_metrics),
+      notifier_(notifier),
+      key_cache_(key_cache),
+      router_(ApiRoutes()) {
   requests_ = &prometheus::BuildCounter()
                    .Name("http_requests_total")
                    .Help("HTTP requests answered, by route pattern, method and status code")
@@ -106,7 +111,7 @@ ApiDispatcher::Outcome ApiDispatcher::Run(pqxx::connection& conn, const Route& r
     Principal principal;
     if (route.roles != kUnauthenticated) {
       principal = Authenticate(conn, request.Header("authorization"), route.roles & kBootstrap,
-                               config_.String("agent.bootstrap_token"));
+                               config_.String("agent.bootstrap_token"), key_cache_);
       if (!(route.roles & principal.role_bit))
         throw ApiError(403, "forbidden",
                        "a " + principal.role + " key may not call " + route.method + " " + route.pattern);
@@ -121,7 +126,8 @@ ApiDispatcher::Outcome ApiDispatcher::Run(pqxx::connection& conn, const Route& r
     } else if (route.body == Body::kRequired) {
       throw ApiError(400, "body_required", "this request needs a JSON body");
     }
-    Ctx ctx{request, params, std::move(body), std::move(principal), conn, config_, fleet_metrics_, long_poll_retry};
+    Ctx ctx{request, params, std::move(body), std::move(principal), conn, config_, fleet_metrics_, long_poll_retry,
+            key_cache_};
     if (!route.tenant_param.empty()) ctx.RequireTenant(ctx.Param(route.tenant_param));
     Reply reply = route.handler(ctx);
     if (!reply.long_poll_host.empty()) {

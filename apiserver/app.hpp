@@ -19,6 +19,7 @@ namespace spillway {
 class Database;
 class Metrics;
 class AssignmentNotifier;
+class KeyCache;
 struct FleetMetrics;
 
 // The route table: every public API route with the roles that may call it.
@@ -31,7 +32,7 @@ const std::string& OpenApiDocument();
 class ApiDispatcher : public http::Dispatcher {
  public:
   ApiDispatcher(const Config& config, Database& db, Metrics& metrics, FleetMetrics* fleet_metrics = nullptr,
-                AssignmentNotifier* notifier = nullptr);
+                AssignmentNotifier* notifier = nullptr, KeyCache* key_cache = nullptr);
   void Dispatch(http::Request request, http::Responder respond) override;
   void Finished(const http::Request& request, const http::Response& response, double seconds) override;
 
@@ -49,6 +50,7 @@ class ApiDispatcher : public http::Dispatcher {
   Database& db_;
   FleetMetrics* fleet_metrics_;
   AssignmentNotifier* notifier_;
+  KeyCache* key_cache_;
   Router router_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* durations_;

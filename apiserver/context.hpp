@@ -23,6 +23,7 @@ unsigned RoleBit(const std::string& role);  // 0 when unknown
 const char* RoleName(unsigned bit);
 
 struct FleetMetrics;
+class KeyCache;
 
 struct Principal {
   std::string host_id;  // for kHost
@@ -42,6 +43,7 @@ struct Ctx {
   const Config& config;
   FleetMetrics* fleet_metrics = nullptr;
   bool long_poll_retry = false;  // the second run of a long-polling handler: answer now
+  KeyCache* key_cache = nullptr;  // told at once of revocations and suspensions committed here
 
   const std::string& Param(const std::string& name) const { return params.at(name); }
   // 404 unless the caller may see tenant `tenant_id` (a member only its own; other roles all).

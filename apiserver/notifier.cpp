@@ -3,7 +3,9 @@
 #include <pqxx/pqxx>
 
 #include <algorithm>
+#include <functional>
 
+#include "apiserver/auth/key_cache.hpp"
 #include "core/db.hpp"
 #include "core/log.hpp"
 
@@ -11,17 +13,17 @@ namespace spillway {
 namespace {
 class Receiver : public pqxx::notification_receiver {
  public:
-  Receiver(pqxx::connection_base& c, std::vector<std::string>* out)
-      : pqxx::notification_receiver(c, "spillway_assignments"), out_(out) {}
-  void operator()(const std::string& payload, int) override { out_->push_back(payload); }
+  Receiver(pqxx::connection_base& c, const char* channel, std::function<void(const std::string&)> on)
+      : pqxx::notification_receiver(c, channel), on_(std::move(on)) {}
+  void operator()(const std::string& payload, int) override { on_(payload); }
 
  private:
-  std::vector<std::string>* out_;
+  std::function<void(const std::string&)> on_;
 };
 }  // namespace
 
-AssignmentNotifier::AssignmentNotifier(std::string url, Millis connect_timeout)
-    : url_(std::move(url)), connect_timeout_(connect_timeout) {}
+AssignmentNotifier::AssignmentNotifier(std::string url, Millis connect_timeout, KeyCache* key_cache)
+    : url_(std::move(url)), connect_timeout_(connect_timeout), key_cache_(key_cache) {}
 
 AssignmentNotifier::~AssignmentNotifier() { Stop(); }
 
@@ -68,9 +70,16 @@ void AssignmentNotifier::Fire(const std::vector<std::string>& hosts, bool all) {
 
 void AssignmentNotifier::Loop() {
   std::unique_ptr<pqxx::connection> conn;
-  std::unique_ptr<Receiver> receiver;
+  std::unique_ptr<Receiver> receiver, auth_receiver;
   std::vector<std::string> changed;
+  auto lost = [&] {
+    if (key_cache_) key_cache_->SetListening(false);
+    auth_receiver.reset();
+    receiver.reset();
+    conn.reset();
+  };
   auto last_attempt = std::chrono::steady_clock::now() - std::chrono::seconds(10);
+  auto last_probe = last_attempt;
   for (;;) {
     {
       std::lock_guard lk(mu_);
@@ -80,22 +89,30 @@ void AssignmentNotifier::Loop() {
       last_attempt = std::chrono::steady_clock::now();
       try {
         conn = std::make_unique<pqxx::connection>(WithConnectTimeout(url_, connect_timeout_));
-        receiver = std::make_unique<Receiver>(*conn, &changed);
+        receiver = std::make_unique<Receiver>(*conn, "spillway_assignments",
+                                              [&changed](const std::string& host) { changed.push_back(host); });
+        if (key_cache_)
+          auth_receiver = std::make_unique<Receiver>(
+              *conn, "spillway_auth", [this](const std::string& what) { key_cache_->OnNotification(what); });
         pqxx::nontransaction(*conn).exec("SELECT 1");  // LISTEN is issued; make sure it took
         Fire({}, true);  // changes while we were not listening would otherwise be missed
+        if (key_cache_) key_cache_->SetListening(true);
       } catch (const std::exception& e) {
-        receiver.reset();
-        conn.reset();
+        lost();
         log::Debug("assignment notifier cannot connect", {{"error", e.what()}});
       }
     }
     if (conn) {
       try {
         conn->await_notification(0, 100'000);
+        // A connection that died quietly would also stop invalidations: look at it now and then.
+        if (std::chrono::steady_clock::now() - last_probe > std::chrono::seconds(5)) {
+          last_probe = std::chrono::steady_clock::now();
+          pqxx::nontransaction(*conn).exec("SELECT 1");
+        }
       } catch (const std::exception& e) {
-        log::Warn("assignment notifier lost its connection", {{"error", e.what()}});
-        receiver.reset();
-        conn.reset();
+        log::Warn("notification listener lost its connection", {{"error", e.what()}});
+        lost();
       }
     } else {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -103,8 +120,7 @@ void AssignmentNotifier::Loop() {
     Fire(changed, false);
     changed.clear();
   }
-  receiver.reset();
-  conn.reset();
+  lost();
 }
 
 }  // namespace spillway

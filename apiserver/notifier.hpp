@@ -11,12 +11,16 @@
 
 namespace spillway {
 
+class KeyCache;
+
 // Wakes long-polling agents when their host's assignments change. One thread per replica LISTENs on
 // the `spillway_assignments` channel (a trigger notifies on every assignment_version change, from any
-// replica), so a waiting request holds no database connection.
+// replica), so a waiting request holds no database connection. On the same connection it LISTENs on
+// `spillway_auth` (API key revoked, tenant suspended) and keeps `key_cache` told, and whether it is
+// listening at all.
 class AssignmentNotifier {
  public:
-  AssignmentNotifier(std::string database_url, Millis connect_timeout);
+  AssignmentNotifier(std::string database_url, Millis connect_timeout, KeyCache* key_cache = nullptr);
   ~AssignmentNotifier();
   void Start();
   // Wakes every waiter and makes later waits return at once (shutdown).
@@ -34,6 +38,7 @@ class AssignmentNotifier {
 
   std::string url_;
   Millis connect_timeout_;
+  KeyCache* key_cache_;
   std::mutex mu_;
   std::multimap<std::string, Waiter> waiters_;
   bool stopping_ = false;

@@ -9,6 +9,7 @@
 #include "apiserver/provisioning/fleet.hpp"
 #include "apiserver/provisioning/fleet_metrics.hpp"
 #include "apiserver/audit.hpp"
+#include "apiserver/auth/key_cache.hpp"
 #include "apiserver/handlers/api_keys.hpp"
 #include "apiserver/handlers/tenants.hpp"
 #include "apiserver/http/server.hpp"
@@ -111,13 +112,15 @@ int RunServe(const Config& config) {
   Database db(db_options, metrics.registry());
 
   FleetMetrics fleet_metrics(metrics.registry());
-  AssignmentNotifier notifier(config.String("database.url"), config.Duration("database.connect_timeout"));
+  KeyCache key_cache(config.Duration("auth.key_cache_ttl"), 100'000, &metrics.registry());
+  AssignmentNotifier notifier(config.String("database.url"), config.Duration("database.connect_timeout"),
+                              config.Duration("auth.key_cache_ttl").count() > 0 ? &key_cache : nullptr);
   notifier.Start();
   Controllers controllers(config, fleet_metrics);
 
   http::Runtime runtime(static_cast<int>(config.Int("server.io_threads")));
   runtime.OnDrain([&notifier] { notifier.Stop(); });
-  ApiDispatcher api(config, db, metrics, &fleet_metrics, &notifier);
+  ApiDispatcher api(config, db, metrics, &fleet_metrics, &notifier, &key_cache);
   AdminDispatcher admin(db, metrics, [&runtime] { return runtime.Draining(); });
   try {
     runtime.AddListener(Listener(config, "api", "server.listen"), api);

@@ -1,5 +1,7 @@
 #include "apiserver/auth/api_keys.hpp"
 
+#include "apiserver/auth/key_cache.hpp"
+
 #include "core/crypto.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"
@@ -45,7 +47,7 @@ std::optional<ParsedKey> ParseApiKey(const std::string& token) {
 }
 
 Principal Authenticate(pqxx::connection& conn, const std::string& authorization, bool accepts_bootstrap,
-                       const std::string& bootstrap_token) {
+                       const std::string& bootstrap_token, KeyCache* cache) {
   if (authorization.empty()) throw Unauthenticated("an API key is required: Authorization: Bearer <key>");
   if (authorization.size() < 7 || strncasecmp(authorization.c_str(), "Bearer ", 7) != 0)
     throw Unauthenticated("the Authorization header must be: Bearer <key>");
@@ -76,6 +78,18 @@ Principal Authenticate(pqxx::connection& conn, const std::string& authorization,
   if (!parsed) throw Unauthenticated("the API key is malformed");
   const std::string presented = Sha256Hex(parsed->secret);
 
+  if (cache) {
+    if (auto hit = cache->Find(parsed->id); hit && ConstantTimeEquals(presented, hit->secret_hash)) {
+      Principal p;
+      p.key_id = parsed->id;
+      p.tenant_id = std::move(hit->tenant_id);
+      p.role = std::move(hit->role);
+      p.role_bit = RoleBit(p.role);
+      p.is_operator = hit->is_operator;
+      return p;
+    }
+  }
+  const std::uint64_t generation = cache ? cache->Generation() : 0;
   pqxx::nontransaction tx(conn);
   const auto rows = tx.exec_prepared(kAuthKey.name, parsed->id);
   // Compare against something even for an unknown id, so timing says nothing about which ids exist.
@@ -93,6 +107,7 @@ Principal Authenticate(pqxx::connection& conn, const std::string& authorization,
   p.role = row[1].as<std::string>();
   p.role_bit = RoleBit(p.role);
   p.is_operator = row[5].as<bool>();
+  if (cache) cache->Store(generation, p.key_id, KeyCache::Entry{stored, p.tenant_id, p.role, p.is_operator});
   return p;
 }
 

@@ -7,6 +7,8 @@
 
 namespace spillway {
 
+class KeyCache;
+
 // An API key as shown once to its owner: "spw_<26 id chars>_<43 chars of a 256-bit secret>".
 // The server keeps only the key id and SHA-256 of the secret.
 struct GeneratedKey {
@@ -25,8 +27,9 @@ std::optional<ParsedKey> ParseApiKey(const std::string& token);
 // Resolves "Authorization: Bearer <credential>" to its principal: an API key ("spw_…"), a host
 // token ("spwh_…", role kHost) or, where the route takes it, the agent bootstrap token (role
 // kBootstrap). 401 for a missing, malformed, unknown or revoked credential; 403 tenant_suspended for
-// a key of a suspended tenant.
+// a key of a suspended tenant. With a cache, a key verified there lately costs no database round
+// trip (see KeyCache for why revocation still takes effect at once).
 Principal Authenticate(pqxx::connection& conn, const std::string& authorization, bool accepts_bootstrap = false,
-                       const std::string& bootstrap_token = "");
+                       const std::string& bootstrap_token = "", KeyCache* cache = nullptr);
 
 }  // namespace spillway

@@ -5,6 +5,7 @@
 #include "apiserver/audit.hpp"
 #include "apiserver/handlers/common.hpp"
 #include "apiserver/auth/api_keys.hpp"
+#include "apiserver/auth/key_cache.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"
 #include "core/ids.hpp"
@@ -97,6 +98,7 @@ Reply RevokeApiKey(Ctx& ctx) {
   if (rows.empty()) throw ApiError(404, "not_found", "no such API key");
   Audit(tx, ctx, tenant_id, "api_key.revoke", key_id);
   tx.commit();
+  if (ctx.key_cache) ctx.key_cache->InvalidateKey(key_id);  // other replicas: the trigger's NOTIFY
   return {200, KeyJson(rows[0])};
 }
 

@@ -3,6 +3,7 @@
 #include <boost/json.hpp>
 
 #include "apiserver/audit.hpp"
+#include "apiserver/auth/key_cache.hpp"
 #include "apiserver/handlers/common.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"
@@ -116,6 +117,7 @@ Reply UpdateTenant(Ctx& ctx) {
   }
   Audit(tx, ctx, id, "tenant.update", id);
   tx.commit();
+  if (!status.empty() && ctx.key_cache) ctx.key_cache->InvalidateTenant(id);  // other replicas: NOTIFY
   return {200, TenantJson(r[0])};
 }
 

@@ -223,3 +223,41 @@ TEST_F(Auth, ListsPageWithCursors) {
   const auto suspended = Http(port(), "GET", "/v1/tenants?status=suspended", admin_);
   EXPECT_EQ(Json(suspended).at("data").as_array().size(), 0u);
 }
+
+// Another replica (or an operator in psql) revokes a key or suspends a tenant: the change reaches
+// this replica's key cache through the spillway_auth notification, without any request to it.
+TEST_F(Auth, RevocationsElsewhereReachTheKeyCache) {
+  ASSERT_TRUE(WaitFor([&] {
+    return Http(server_->admin_port(), "GET", "/metrics").body.find("spillway_auth_key_cache_listening 1") !=
+           std::string::npos;
+  }, std::chrono::seconds(10)));
+  std::string id;
+  const std::string key = NewKey(tenant_b_, "member", &id);
+  ASSERT_EQ(Http(port(), "GET", "/v1/tenants/" + tenant_b_, key).status, 200);  // now remembered
+  ASSERT_EQ(Http(port(), "GET", "/v1/tenants/" + tenant_b_, key).status, 200);
+  auto conn = db_->Connect();
+  pqxx::nontransaction(*conn).exec_params("UPDATE api_keys SET revoked_at = now() WHERE id = $1", id);
+  EXPECT_TRUE(WaitFor([&] { return Http(port(), "GET", "/v1/tenants/" + tenant_b_, key).status == 401; },
+                      std::chrono::seconds(5)));
+  ASSERT_EQ(Http(port(), "GET", "/v1/tenants/" + tenant_b_, member_b_).status, 200);
+  pqxx::nontransaction(*conn).exec_params("UPDATE tenants SET status = 'suspended' WHERE id = $1", tenant_b_);
+  EXPECT_TRUE(WaitFor([&] { return Http(port(), "GET", "/v1/tenants/" + tenant_b_, member_b_).status == 403; },
+                      std::chrono::seconds(5)));
+  // The cache served the repeated reads; the metrics say so.
+  const auto metrics = Http(server_->admin_port(), "GET", "/metrics").body;
+  EXPECT_NE(metrics.find("spillway_auth_key_cache_lookups_total{result=\"hit\"}"), std::string::npos);
+}
+
+// With the cache off every request asks the database: a change made there is refused on the next call.
+TEST(AuthNoCache, EveryRequestAsksTheDatabase) {
+  TestDb db;
+  ApiServer server(db.dsn(), {{"SPILLWAY_AUTH_KEY_CACHE_TTL", "0s"}});
+  ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
+  const std::string admin = BootstrapAdmin(db.dsn());
+  auto tenants = boost::json::parse(Http(server.port(), "GET", "/v1/tenants", admin).body);
+  const std::string tenant(tenants.at("data").as_array()[0].at("id").as_string());
+  ASSERT_EQ(Http(server.port(), "GET", "/v1/tenants/" + tenant, admin).status, 200);
+  auto conn = db.Connect();
+  pqxx::nontransaction(*conn).exec("UPDATE api_keys SET revoked_at = now()");
+  EXPECT_EQ(Http(server.port(), "GET", "/v1/tenants/" + tenant, admin).status, 401);
+}
