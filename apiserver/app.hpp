@@ -1,6 +1,9 @@
 #pragma once
 #include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
+#include <utility>
 
 #include "apiserver/http/message.hpp"
 #include "apiserver/router.hpp"
@@ -54,6 +57,9 @@ class ApiDispatcher : public http::Dispatcher {
   Router router_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* durations_;
+  std::mutex series_mu_;
+  std::unordered_map<std::string, std::pair<prometheus::Counter*, prometheus::Histogram*>> series_;
+  const std::string bootstrap_token_;
 };
 
 // The admin listener: /metrics, /healthz, /readyz (database reachable and schema current).

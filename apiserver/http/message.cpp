@@ -3,6 +3,9 @@
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
 
+#include <cstdint>
+#include <cstring>
+
 #include "core/crypto.hpp"
 
 namespace spillway::http {
@@ -16,11 +19,37 @@ Response ErrorResponse(int status, const std::string& code, const std::string& m
   return r;
 }
 
+namespace {
+// Request ids must be unique, not secret: a per-thread splitmix64 stream seeded from the OS CSPRNG
+// gives 96 bits per id without a trip into OpenSSL (which checks getpid() on every call).
+std::string NewRequestId() {
+  thread_local std::uint64_t state = [] {
+    std::uint64_t seed = 0;
+    const std::string bytes = RandomBytes(sizeof seed);
+    std::memcpy(&seed, bytes.data(), sizeof seed);
+    return seed;
+  }();
+  auto next = [] {
+    std::uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+  };
+  static constexpr char kHex[] = "0123456789abcdef";
+  const std::uint64_t a = next(), b = next();
+  std::string id = "req_";
+  id.resize(4 + 24);
+  for (int i = 0; i < 16; ++i) id[4 + i] = kHex[(a >> (60 - 4 * i)) & 0xF];
+  for (int i = 0; i < 8; ++i) id[20 + i] = kHex[(b >> (60 - 4 * i)) & 0xF];
+  return id;
+}
+}  // namespace
+
 std::string RequestIdFrom(const std::string& supplied) {
   bool ok = !supplied.empty() && supplied.size() <= 128;
   for (unsigned char c : supplied)
     ok &= (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == ':');
-  return ok ? supplied : "req_" + HexEncode(RandomBytes(12));
+  return ok ? supplied : NewRequestId();
 }
 
 std::string PercentDecode(const std::string& s, bool plus_is_space) {
