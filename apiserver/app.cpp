@@ -8,6 +8,7 @@
 #include "apiserver/auth/api_keys.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"
+#include "core/json.hpp"
 #include "core/log.hpp"
 #include "core/metrics.hpp"
 #include "core/migrate.hpp"
@@ -137,7 +138,7 @@ ApiDispatcher::Outcome ApiDispatcher::Run(pqxx::connection& conn, const Route& r
       return outcome;
     }
     out.status = reply.status;
-    out.body = boost::json::serialize(reply.body);
+    out.body = ToJson(reply.body);
     out.headers = std::move(reply.headers);
   } catch (const ApiError& e) {
     out = FromApiError(e, request.request_id);

@@ -1,5 +1,9 @@
 #include "core/json.hpp"
 
+#include <boost/json/serialize.hpp>
+
+#include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <ctime>
 
@@ -92,6 +96,59 @@ void OnlyKeys(const boost::json::object& o, std::initializer_list<std::string_vi
     for (auto a : allowed) ok |= (kv.key() == a);
     if (!ok) throw Invalid(kv.key(), "is not a known field");
   }
+}
+
+namespace {
+void AppendJson(std::string& out, const boost::json::value& v) {
+  switch (v.kind()) {
+    case boost::json::kind::object: {
+      out += '{';
+      bool first = true;
+      for (const auto& kv : v.get_object()) {
+        if (!first) out += ',';
+        first = false;
+        out += boost::json::serialize(boost::json::string_view(kv.key()));
+        out += ':';
+        AppendJson(out, kv.value());
+      }
+      out += '}';
+      break;
+    }
+    case boost::json::kind::array: {
+      out += '[';
+      bool first = true;
+      for (const auto& e : v.get_array()) {
+        if (!first) out += ',';
+        first = false;
+        AppendJson(out, e);
+      }
+      out += ']';
+      break;
+    }
+    case boost::json::kind::double_: {
+      const double d = v.get_double();
+      char buf[64];
+      const auto r = std::isfinite(d) ? std::to_chars(buf, buf + sizeof buf, d, std::chars_format::fixed)
+                                      : std::to_chars_result{buf, std::errc::value_too_large};
+      if (r.ec == std::errc()) {
+        out.append(buf, r.ptr);
+      } else if (std::isfinite(d)) {
+        out += boost::json::serialize(v);  // too long for plain notation: keep the exponent
+      } else {
+        out += "null";
+      }
+      break;
+    }
+    default:
+      out += boost::json::serialize(v);
+  }
+}
+}  // namespace
+
+std::string ToJson(const boost::json::value& v) {
+  std::string out;
+  AppendJson(out, v);
+  return out;
 }
 
 }  // namespace spillway
