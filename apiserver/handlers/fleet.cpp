@@ -154,8 +154,12 @@ Reply UpdateHost(Ctx& ctx) {
   return {200, std::move(json)};
 }
 
+// Reports read several statements; a repeatable-read transaction gives them one snapshot, so a host
+// registering meanwhile is in all of them or in none.
+using Snapshot = pqxx::transaction<pqxx::isolation_level::repeatable_read, pqxx::readwrite_policy::read_only>;
+
 Reply GetCapacity(Ctx& ctx) {
-  pqxx::work tx(ctx.conn);  // one snapshot for every pool
+  Snapshot tx(ctx.conn);
   boost::json::array data;
   for (const auto& r : tx.exec_prepared(kPools.name))
     data.push_back(PoolJson(tx, LoadPool(tx, r[0].as<std::string>(), r[1].as<std::string>(), false)));
@@ -181,7 +185,7 @@ Reply SetPoolCapacity(Ctx& ctx) {
 }
 
 Reply ListInstanceTypes(Ctx& ctx) {
-  pqxx::work tx(ctx.conn);
+  Snapshot tx(ctx.conn);
   std::map<std::string, std::vector<PoolState>> by_model;
   for (const auto& r : tx.exec_prepared(kPools.name))
     by_model[r[1].as<std::string>()].push_back(LoadPool(tx, r[0].as<std::string>(), r[1].as<std::string>(), false));
@@ -339,7 +343,7 @@ Reply AgentAssignments(Ctx& ctx) {
   const std::int64_t known = ctx.QueryInt("version", -1, -1, INT64_MAX);
   const std::int64_t max_wait = ctx.config.Duration("fleet.assignment_wait_max").count() / 1000;
   const std::int64_t wait = ctx.QueryInt("wait", 0, 0, max_wait);
-  pqxx::work tx(ctx.conn);  // the version and the list from one snapshot
+  Snapshot tx(ctx.conn);  // the version and the list from one snapshot
   const std::int64_t version = tx.exec_prepared(kHostVersion.name, ctx.principal.host_id)[0][0].as<std::int64_t>();
   if (version == known && wait > 0 && !ctx.long_poll_retry) {
     Reply r;

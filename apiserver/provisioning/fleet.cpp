@@ -157,8 +157,10 @@ PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const 
     index[h.id] = p.hosts.size();
     p.hosts.push_back(std::move(h));
   }
+  // Under READ COMMITTED each statement has its own snapshot: a host registered since the first
+  // one is not in `index`, and its GPUs are left for the next look at the pool.
   for (const auto& r : tx.exec_prepared(kPoolFreeGpus.name, region, gpu_model))
-    p.hosts[index.at(r[0].as<std::string>())].free.push_back(r[1].as<int>());
+    if (auto it = index.find(r[0].as<std::string>()); it != index.end()) p.hosts[it->second].free.push_back(r[1].as<int>());
   for (const auto& r : tx.exec_prepared(kPoolLiveInstances.name, region, gpu_model)) {
     const std::string market = r[3].as<std::string>(), state = r[4].as<std::string>();
     const std::int64_t gpus = r[2].as<std::int64_t>();

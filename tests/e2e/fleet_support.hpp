@@ -59,7 +59,10 @@ class Fleet {
   }
   // The pool's entry in GET /v1/capacity (null when absent).
   boost::json::value Pool(const std::string& region, const std::string& model) {
-    const auto r = Json(Call("GET", "/v1/capacity", operator_key));
+    const auto res = Call("GET", "/v1/capacity", operator_key);
+    EXPECT_EQ(res.status, 200) << res.body;
+    if (res.status != 200) return nullptr;
+    const auto r = Json(res);
     for (const auto& p : r.at("data").as_array())
       if (Str(p, "region") == region && Str(p, "gpu_model") == model) return p;
     return nullptr;
