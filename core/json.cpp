@@ -2,6 +2,7 @@
 
 #include <boost/json/serialize.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -132,6 +133,8 @@ void AppendJson(std::string& out, const boost::json::value& v) {
                                       : std::to_chars_result{buf, std::errc::value_too_large};
       if (r.ec == std::errc()) {
         out.append(buf, r.ptr);
+        // Keep a whole number recognisably a fraction: 1.0, not 1 (as Python's json writes it).
+        if (std::find(buf, r.ptr, '.') == r.ptr) out += ".0";
       } else if (std::isfinite(d)) {
         out += boost::json::serialize(v);  // too long for plain notation: keep the exponent
       } else {

@@ -17,8 +17,8 @@ std::optional<TimeMs> ParseTime(std::string_view text);
 TimeMs NowMs();
 
 // Serialises like boost::json::serialize, except that a double is written in plain decimal
-// notation ("spare_fraction": 0.62, as PROTOCOL.md shows) rather than as 6.2E-1; NaN and infinities,
-// which JSON cannot carry, are written as null.
+// notation ("spare_fraction": 0.62, as PROTOCOL.md shows; 1.0 for a whole number) rather than as
+// 6.2E-1; NaN and infinities, which JSON cannot carry, are written as null.
 std::string ToJson(const boost::json::value& v);
 
 // Field readers for request bodies; each throws ApiError 422 "validation_failed" naming the field.

@@ -11,8 +11,9 @@ using spillway::ToJson;
 TEST(ToJson, WritesDoublesInPlainNotation) {
   EXPECT_EQ(ToJson(boost::json::object{{"spare_fraction", 0.62}}), R"({"spare_fraction":0.62})");
   EXPECT_EQ(ToJson(boost::json::value(0.4375)), "0.4375");
-  EXPECT_EQ(ToJson(boost::json::value(1.0)), "1");
-  EXPECT_EQ(ToJson(boost::json::value(0.0)), "0");
+  EXPECT_EQ(ToJson(boost::json::value(1.0)), "1.0");
+  EXPECT_EQ(ToJson(boost::json::value(0.0)), "0.0");
+  EXPECT_TRUE(boost::json::parse(ToJson(boost::json::value(1.0))).is_double());
   EXPECT_EQ(ToJson(boost::json::value(-2.5)), "-2.5");
   EXPECT_EQ(ToJson(boost::json::value(1e-6)), "0.000001");
   // Too long for plain notation: the exponent form, which parses back to the same number.
