@@ -80,6 +80,7 @@ void AssignmentNotifier::Loop() {
   };
   auto last_attempt = std::chrono::steady_clock::now() - std::chrono::seconds(10);
   auto last_probe = last_attempt;
+  int listening_pid = 0;
   for (;;) {
     {
       std::lock_guard lk(mu_);
@@ -89,12 +90,14 @@ void AssignmentNotifier::Loop() {
       last_attempt = std::chrono::steady_clock::now();
       try {
         conn = std::make_unique<pqxx::connection>(WithConnectTimeout(url_, connect_timeout_));
+        pqxx::nontransaction(*conn).exec("SET application_name = 'spillway-notifier'");
         receiver = std::make_unique<Receiver>(*conn, "spillway_assignments",
                                               [&changed](const std::string& host) { changed.push_back(host); });
         if (key_cache_)
           auth_receiver = std::make_unique<Receiver>(
               *conn, "spillway_auth", [this](const std::string& what) { key_cache_->OnNotification(what); });
         pqxx::nontransaction(*conn).exec("SELECT 1");  // LISTEN is issued; make sure it took
+        listening_pid = conn->backendpid();
         Fire({}, true);  // changes while we were not listening would otherwise be missed
         if (key_cache_) key_cache_->SetListening(true);
       } catch (const std::exception& e) {
@@ -110,6 +113,10 @@ void AssignmentNotifier::Loop() {
           last_probe = std::chrono::steady_clock::now();
           pqxx::nontransaction(*conn).exec("SELECT 1");
         }
+        // libpqxx 6 may reopen a broken connection by itself; notifications sent in between are
+        // lost, so a different backend counts as a lost connection.
+        if (!conn->is_open() || conn->backendpid() != listening_pid)
+          throw pqxx::broken_connection("the listening connection was reset");
       } catch (const std::exception& e) {
         log::Warn("notification listener lost its connection", {{"error", e.what()}});
         lost();

@@ -261,3 +261,37 @@ TEST(AuthNoCache, EveryRequestAsksTheDatabase) {
   pqxx::nontransaction(*conn).exec("UPDATE api_keys SET revoked_at = now()");
   EXPECT_EQ(Http(server.port(), "GET", "/v1/tenants/" + tenant, admin).status, 401);
 }
+
+// The listening connection dies (PostgreSQL restarted, a network blip): the replica stops trusting
+// its cache, listens again, and later revocations reach it as before.
+TEST_F(Auth, TheKeyCacheRecoversFromLosingItsListener) {
+  auto listening = [&] {
+    return Http(server_->admin_port(), "GET", "/metrics").body.find("spillway_auth_key_cache_listening 1") !=
+           std::string::npos;
+  };
+  ASSERT_TRUE(WaitFor(listening, std::chrono::seconds(10)));
+  std::string id;
+  const std::string key = NewKey(tenant_b_, "member", &id);
+  ASSERT_EQ(Http(port(), "GET", "/v1/tenants/" + tenant_b_, key).status, 200);
+  auto conn = db_->Connect();
+  auto notifier_pids = [&] {
+    std::set<int> pids;
+    for (const auto& r : pqxx::nontransaction(*conn).exec(
+             "SELECT pid FROM pg_stat_activity WHERE application_name = 'spillway-notifier' "
+             "AND datname = current_database()"))
+      pids.insert(r[0].as<int>());
+    return pids;
+  };
+  const auto before = notifier_pids();
+  ASSERT_EQ(before.size(), 1u);
+  pqxx::nontransaction(*conn).exec_params("SELECT pg_terminate_backend($1)", *before.begin());
+  // Back to listening, on a new backend.
+  ASSERT_TRUE(WaitFor([&] {
+    const auto now = notifier_pids();
+    return now.size() == 1 && !now.count(*before.begin()) && listening();
+  }, std::chrono::seconds(10)));
+  ASSERT_EQ(Http(port(), "GET", "/v1/tenants/" + tenant_b_, key).status, 200);  // remembered again
+  pqxx::nontransaction(*conn).exec_params("UPDATE api_keys SET revoked_at = now() WHERE id = $1", id);
+  EXPECT_TRUE(WaitFor([&] { return Http(port(), "GET", "/v1/tenants/" + tenant_b_, key).status == 401; },
+                      std::chrono::seconds(5)));
+}
