@@ -61,8 +61,9 @@ Request ToRequest(const bhttp::request<bhttp::string_body>& in) {
   return r;
 }
 
-// Status line, headers and body, as one string.
-std::string Serialize(const Response& res, const std::string& request_id, bool keep_alive) {
+// Status line, headers and body, as one string. A response to HEAD keeps its Content-Length but
+// sends no body (the client would take the body for the next response).
+std::string Serialize(const Response& res, const std::string& request_id, bool keep_alive, bool head) {
   const auto reason = bhttp::obsolete_reason(static_cast<bhttp::status>(res.status));
   const bool no_body = res.status / 100 == 1 || res.status == 204 || res.status == 304;
   std::string h;
@@ -74,7 +75,7 @@ std::string Serialize(const Response& res, const std::string& request_id, bool k
   if (!no_body) h.append("\r\nContent-Length: ").append(std::to_string(res.body.size()));
   if (!keep_alive) h.append("\r\nConnection: close");
   h.append("\r\n\r\n");
-  if (!no_body) h.append(res.body);
+  if (!no_body && !head) h.append(res.body);
   return h;
 }
 
@@ -177,7 +178,7 @@ struct Runtime::Impl {
     // The whole response in one buffer and one send: cheaper than Beast's serializer, whose
     // many-buffer sequence costs more than the copy. Header values come from our own code (the
     // request id is checked by RequestIdFrom), so no field needs escaping.
-    const std::string out = Serialize(res, req.request_id, keep_alive);
+    const std::string out = Serialize(res, req.request_id, keep_alive, req.method == "HEAD");
     beast::get_lowest_layer(stream).expires_after(l.options.body_timeout);
     co_await net::async_write(stream, net::buffer(out), net::as_tuple(net::use_awaitable));
     res.body.clear();

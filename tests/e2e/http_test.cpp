@@ -60,6 +60,21 @@ TEST_F(HttpCore, PipelinedRequestsAreAnsweredInOrder) {
   }
 }
 
+// HEAD is not served (405), and its answer carries no body, so a keep-alive client reads the next
+// response where it starts.
+TEST_F(HttpCore, AnswerToHeadHasNoBody) {
+  HttpConn c(port());
+  c.SendRaw("HEAD /v1/openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\n");
+  const auto head = c.Read(std::chrono::seconds(10), true);
+  ASSERT_TRUE(head);
+  EXPECT_EQ(head->status, 405);
+  EXPECT_NE(head->Header("allow").find("GET"), std::string::npos);
+  const auto get = c.Read();
+  ASSERT_TRUE(get);
+  EXPECT_EQ(get->status, 200);
+  EXPECT_NE(get->body.find("openapi"), std::string::npos);
+}
+
 TEST_F(HttpCore, OversizedBodyIs413) {
   const std::string big = "{\"name\":\"" + std::string(8000, 'x') + "\"}";
   const auto r = Http(port(), "POST", "/v1/tenants", admin_key_, big);

@@ -125,7 +125,7 @@ int HttpConn::ReadSome(char* buf, int n, std::chrono::milliseconds timeout) {
   return tls_ ? SSL_read(static_cast<SSL*>(tls_), buf, n) : static_cast<int>(::recv(fd_, buf, n, 0));
 }
 
-std::optional<HttpResponse> HttpConn::Read(std::chrono::milliseconds timeout) {
+std::optional<HttpResponse> HttpConn::Read(std::chrono::milliseconds timeout, bool head_request) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   auto remaining = [&] {
     return std::max<std::chrono::milliseconds>(
@@ -158,6 +158,7 @@ std::optional<HttpResponse> HttpConn::Read(std::chrono::milliseconds timeout) {
     if (name == "content-length") content_length = std::stoul(value);
   }
   buffer_.erase(0, header_end + 4);
+  if (head_request) return r;  // a response to HEAD has no body, whatever its Content-Length says
   while (buffer_.size() < content_length) {
     const int n = ReadSome(buf, sizeof buf, remaining());
     if (n <= 0) return std::nullopt;

@@ -46,8 +46,9 @@ class HttpConn {
   ~HttpConn();
   bool ok() const { return fd_ >= 0 && (!tls_ || handshake_ok_); }
   void SendRaw(const std::string& bytes);
-  // Reads one response; nullopt when the connection closed or timed out first.
-  std::optional<HttpResponse> Read(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  // Reads one response (to a HEAD request: without a body); nullopt when the connection closed or
+  // timed out first.
+  std::optional<HttpResponse> Read(std::chrono::milliseconds timeout = std::chrono::seconds(10), bool head_request = false);
   HttpResponse Call(const std::string& method, const std::string& target, const std::string& key = "",
                     const std::string& body = "", std::map<std::string, std::string> headers = {});
   // True when the server closed the connection (reads EOF) within timeout.
