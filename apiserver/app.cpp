@@ -162,17 +162,17 @@ ApiDispatcher::Outcome ApiDispatcher::Run(pqxx::connection& conn, const Route& r
 void ApiDispatcher::Finished(const http::Request& request, const http::Response& response, double seconds) {
   // The series for (route, method, code), looked up once: building label maps and bucket lists for
   // prometheus-cpp on every request cost more than the rest of this function.
+  const std::string code = std::to_string(response.status);
   std::string series;
-  series.reserve(response.route.size() + request.method.size() + 6);
-  series.append(response.route).append(1, ' ').append(request.method).append(1, ' ').append(
-      std::to_string(response.status));
+  series.reserve(response.route.size() + request.method.size() + code.size() + 2);
+  series.append(response.route).append(1, ' ').append(request.method).append(1, ' ').append(code);
   std::pair<prometheus::Counter*, prometheus::Histogram*> m;
   {
     std::lock_guard lk(series_mu_);
     auto it = series_.find(series);
     if (it == series_.end()) {
       auto* counter = &requests_->Add(
-          {{"route", response.route}, {"method", request.method}, {"code", std::to_string(response.status)}});
+          {{"route", response.route}, {"method", request.method}, {"code", code}});
       auto* histogram = &durations_->Add(
           {{"route", response.route}}, prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                                                               0.1, 0.25, 0.5, 1, 2.5, 5, 10});

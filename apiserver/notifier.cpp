@@ -102,7 +102,7 @@ void AssignmentNotifier::Loop() {
         if (key_cache_) key_cache_->SetListening(true);
       } catch (const std::exception& e) {
         lost();
-        log::Debug("assignment notifier cannot connect", {{"error", e.what()}});
+        log::Debug("notification listener cannot connect", {{"error", e.what()}});
       }
     }
     if (conn) {

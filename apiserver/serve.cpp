@@ -112,9 +112,10 @@ int RunServe(const Config& config) {
   Database db(db_options, metrics.registry());
 
   FleetMetrics fleet_metrics(metrics.registry());
-  KeyCache key_cache(config.Duration("auth.key_cache_ttl"), 100'000, &metrics.registry());
+  const Millis key_cache_ttl = config.Duration("auth.key_cache_ttl");
+  KeyCache key_cache(key_cache_ttl, 100'000, &metrics.registry());
   AssignmentNotifier notifier(config.String("database.url"), config.Duration("database.connect_timeout"),
-                              config.Duration("auth.key_cache_ttl").count() > 0 ? &key_cache : nullptr);
+                              key_cache_ttl.count() > 0 ? &key_cache : nullptr);
   notifier.Start();
   Controllers controllers(config, fleet_metrics);
 

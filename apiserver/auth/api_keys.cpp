@@ -26,6 +26,16 @@ const Statement kTouchKey{"touch_key", "UPDATE api_keys SET last_used_at = now()
 
 ApiError Unauthenticated(const std::string& message) { return ApiError(401, "unauthenticated", message); }
 
+Principal KeyPrincipal(const std::string& key_id, KeyCache::Entry key) {
+  Principal p;
+  p.key_id = key_id;
+  p.tenant_id = std::move(key.tenant_id);
+  p.role = std::move(key.role);
+  p.role_bit = RoleBit(p.role);
+  p.is_operator = key.is_operator;
+  return p;
+}
+
 }  // namespace
 
 GeneratedKey GenerateApiKey() {
@@ -79,15 +89,8 @@ Principal Authenticate(pqxx::connection& conn, const std::string& authorization,
   const std::string presented = Sha256Hex(parsed->secret);
 
   if (cache) {
-    if (auto hit = cache->Find(parsed->id); hit && ConstantTimeEquals(presented, hit->secret_hash)) {
-      Principal p;
-      p.key_id = parsed->id;
-      p.tenant_id = std::move(hit->tenant_id);
-      p.role = std::move(hit->role);
-      p.role_bit = RoleBit(p.role);
-      p.is_operator = hit->is_operator;
-      return p;
-    }
+    if (auto hit = cache->Find(parsed->id); hit && ConstantTimeEquals(presented, hit->secret_hash))
+      return KeyPrincipal(parsed->id, std::move(*hit));
   }
   const std::uint64_t generation = cache ? cache->Generation() : 0;
   pqxx::nontransaction tx(conn);
@@ -101,14 +104,9 @@ Principal Authenticate(pqxx::connection& conn, const std::string& authorization,
   if (row[4].as<std::string>() != "active")
     throw ApiError(403, "tenant_suspended", "this key's tenant is suspended");
   if (row[6].as<bool>()) tx.exec_prepared(kTouchKey.name, parsed->id);
-  Principal p;
-  p.key_id = parsed->id;
-  p.tenant_id = row[0].as<std::string>();
-  p.role = row[1].as<std::string>();
-  p.role_bit = RoleBit(p.role);
-  p.is_operator = row[5].as<bool>();
-  if (cache) cache->Store(generation, p.key_id, KeyCache::Entry{stored, p.tenant_id, p.role, p.is_operator});
-  return p;
+  KeyCache::Entry key{stored, row[0].as<std::string>(), row[1].as<std::string>(), row[5].as<bool>()};
+  if (cache) cache->Store(generation, parsed->id, key);
+  return KeyPrincipal(parsed->id, std::move(key));
 }
 
 }  // namespace spillway

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <string_view>
 
 #include "core/crypto.hpp"
 
@@ -35,13 +36,8 @@ std::string NewRequestId() {
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     return z ^ (z >> 31);
   };
-  static constexpr char kHex[] = "0123456789abcdef";
-  const std::uint64_t a = next(), b = next();
-  std::string id = "req_";
-  id.resize(4 + 24);
-  for (int i = 0; i < 16; ++i) id[4 + i] = kHex[(a >> (60 - 4 * i)) & 0xF];
-  for (int i = 0; i < 8; ++i) id[20 + i] = kHex[(b >> (60 - 4 * i)) & 0xF];
-  return id;
+  const std::uint64_t words[2] = {next(), next()};
+  return "req_" + HexEncode(std::string_view(reinterpret_cast<const char*>(words), 12));
 }
 }  // namespace
 

@@ -47,6 +47,11 @@ class Auth : public ::testing::Test {
     instance_a_ = Str(Json(inst), "id");
   }
   int port() const { return server_->port(); }
+  // The server hears revocations (LISTEN spillway_auth) and so may use its key cache.
+  bool CacheListening() {
+    return Http(server_->admin_port(), "GET", "/metrics").body.find("spillway_auth_key_cache_listening 1") !=
+           std::string::npos;
+  }
   std::string NewTenant(const std::string& name) {
     const auto r = Http(port(), "POST", "/v1/tenants", admin_, "{\"name\":\"" + name + "\",\"gpu_quota\":8}");
     EXPECT_EQ(r.status, 201) << r.body;
@@ -227,10 +232,7 @@ TEST_F(Auth, ListsPageWithCursors) {
 // Another replica (or an operator in psql) revokes a key or suspends a tenant: the change reaches
 // this replica's key cache through the spillway_auth notification, without any request to it.
 TEST_F(Auth, RevocationsElsewhereReachTheKeyCache) {
-  ASSERT_TRUE(WaitFor([&] {
-    return Http(server_->admin_port(), "GET", "/metrics").body.find("spillway_auth_key_cache_listening 1") !=
-           std::string::npos;
-  }, std::chrono::seconds(10)));
+  ASSERT_TRUE(WaitFor([&] { return CacheListening(); }, std::chrono::seconds(10)));
   std::string id;
   const std::string key = NewKey(tenant_b_, "member", &id);
   ASSERT_EQ(Http(port(), "GET", "/v1/tenants/" + tenant_b_, key).status, 200);  // now remembered
@@ -265,11 +267,7 @@ TEST(AuthNoCache, EveryRequestAsksTheDatabase) {
 // The listening connection dies (PostgreSQL restarted, a network blip): the replica stops trusting
 // its cache, listens again, and later revocations reach it as before.
 TEST_F(Auth, TheKeyCacheRecoversFromLosingItsListener) {
-  auto listening = [&] {
-    return Http(server_->admin_port(), "GET", "/metrics").body.find("spillway_auth_key_cache_listening 1") !=
-           std::string::npos;
-  };
-  ASSERT_TRUE(WaitFor(listening, std::chrono::seconds(10)));
+  ASSERT_TRUE(WaitFor([&] { return CacheListening(); }, std::chrono::seconds(10)));
   std::string id;
   const std::string key = NewKey(tenant_b_, "member", &id);
   ASSERT_EQ(Http(port(), "GET", "/v1/tenants/" + tenant_b_, key).status, 200);
@@ -288,7 +286,7 @@ TEST_F(Auth, TheKeyCacheRecoversFromLosingItsListener) {
   // Back to listening, on a new backend.
   ASSERT_TRUE(WaitFor([&] {
     const auto now = notifier_pids();
-    return now.size() == 1 && !now.count(*before.begin()) && listening();
+    return now.size() == 1 && !now.count(*before.begin()) && CacheListening();
   }, std::chrono::seconds(10)));
   ASSERT_EQ(Http(port(), "GET", "/v1/tenants/" + tenant_b_, key).status, 200);  // remembered again
   pqxx::nontransaction(*conn).exec_params("UPDATE api_keys SET revoked_at = now() WHERE id = $1", id);
