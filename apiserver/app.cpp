@@ -6,23 +6,19 @@
 #include <prometheus/registry.h>
 
 #include "apiserver/auth/api_keys.hpp"
+#include "apiserver/errors.hpp"
+#include "apiserver/idempotency.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"
 #include "core/json.hpp"
 #include "core/log.hpp"
 #include "core/metrics.hpp"
 #include "core/migrate.hpp"
+#include "core/text.hpp"
 #include "apiserver/notifier.hpp"
 
 namespace spillway {
 namespace {
-
-http::Response FromApiError(const ApiError& e, const std::string& request_id) {
-  auto r = http::ErrorResponse(e.status, e.code, e.what(), request_id);
-  if (!e.retry_after.empty()) r.headers.emplace_back("Retry-After", e.retry_after);
-  if (e.status == 401) r.headers.emplace_back("WWW-Authenticate", "Bearer");
-  return r;
-}
 
 bool IsJsonContentType(const std::string& value) {
   std::string v = value.substr(0, value.find(';'));
@@ -33,12 +29,25 @@ bool IsJsonContentType(const std::string& value) {
 
 bool HasBodyMethod(const std::string& m) { return m == "POST" || m == "PUT" || m == "PATCH"; }
 
+// Text from the request line is checked before anything reads it: a path or query that is not
+// clean UTF-8 (invalid bytes, NUL, control characters) is refused here, never passed to a handler,
+// the database or a log line, and never quoted back.
+std::string EdgeProblem(const http::Request& r) {
+  if (!IsCleanText(r.path)) return "the path is not valid UTF-8 text without control characters";
+  for (const auto& [k, v] : r.query) {
+    if (!IsCleanText(k)) return "a query parameter's name is not valid UTF-8 text without control characters";
+    if (!IsCleanText(v)) return "query parameter " + k + " is not valid UTF-8 text without control characters";
+  }
+  return "";
+}
+
 }  // namespace
 
-ApiDispatcher::ApiDispatcher(const Config& config, Database& db, Metrics& metrics, FleetMetrics* fleet_metrics,
-                             AssignmentNotifier* notifier, KeyCache* key_cache)
+ApiDispatcher::ApiDispatcher(const Config& config, Database& db, Metrics& metrics, const Clock& clock,
+                             FleetMetrics* fleet_metrics, AssignmentNotifier* notifier, KeyCache* key_cache)
     : config_(config),
       db_(db),
+      clock_(clock),
       fleet_metrics_(fleet_metrics),
       notifier_(notifier),
       key_cache_(key_cache),
@@ -55,6 +64,10 @@ ApiDispatcher::ApiDispatcher(const Config& config, Database& db, Metrics& metric
 }
 
 void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
+  if (const std::string problem = EdgeProblem(request); !problem.empty()) {
+    respond(http::ErrorResponse(400, "invalid_parameter", problem, request.request_id));
+    return;
+  }
   auto match = router_.Find(request.method, request.path);
   if (!match.route) {
     if (match.allowed.empty()) {
@@ -97,8 +110,8 @@ void ApiDispatcher::Submit(const Route* route, std::shared_ptr<http::Request> re
         notifier_->Wait(out.long_poll_host, std::chrono::milliseconds(out.long_poll_ms),
                         [this, route, request, params, respond] { Submit(route, request, params, respond, true); });
       },
-      [request, respond, route](const ApiError& e) {
-        auto r = FromApiError(e, request->request_id);
+      [request, respond, route](const DbUnavailable& e) {
+        auto r = ErrorResponseFor(e, request->request_id);
         r.route = route->pattern;
         respond(std::move(r));
       }});
@@ -122,16 +135,16 @@ ApiDispatcher::Outcome ApiDispatcher::Run(pqxx::connection& conn, const Route& r
     if (HasBodyMethod(request.method) && !request.body.empty()) {
       if (!IsJsonContentType(request.Header("content-type")))
         throw ApiError(415, "unsupported_media_type", "the body must be sent as Content-Type: application/json");
-      boost::system::error_code ec;
-      body = boost::json::parse(request.body, ec);
-      if (ec) throw ApiError(400, "invalid_json", "the body is not valid JSON: " + ec.message());
+      body = ParseJsonBody(request.body);
     } else if (route.body == Body::kRequired) {
       throw ApiError(400, "body_required", "this request needs a JSON body");
     }
-    Ctx ctx{request, params, std::move(body), std::move(principal), conn, config_, fleet_metrics_, long_poll_retry,
-            key_cache_};
+    Ctx ctx{request, params, std::move(body), std::move(principal), conn, config_, clock_, fleet_metrics_,
+            long_poll_retry, key_cache_};
     if (!route.tenant_param.empty()) ctx.RequireTenant(ctx.Param(route.tenant_param));
-    Reply reply = route.handler(ctx);
+    const std::string idempotency_key = request.Header("idempotency-key");
+    Reply reply = route.idempotent && !idempotency_key.empty() ? RunIdempotent(ctx, route.handler, idempotency_key)
+                                                               : route.handler(ctx);
     if (!reply.long_poll_host.empty()) {
       outcome.long_poll_host = reply.long_poll_host;
       outcome.long_poll_ms = reply.long_poll_ms;
@@ -140,20 +153,8 @@ ApiDispatcher::Outcome ApiDispatcher::Run(pqxx::connection& conn, const Route& r
     out.status = reply.status;
     out.body = ToJson(reply.body);
     out.headers = std::move(reply.headers);
-  } catch (const ApiError& e) {
-    out = FromApiError(e, request.request_id);
-  } catch (const std::exception& e) {
-    if (IsUnavailable(e)) {
-      ApiError unavailable(503, "database_unavailable", "the database is unavailable; retry shortly");
-      unavailable.retry_after = "1";
-      out = FromApiError(unavailable, request.request_id);
-      log::Warn("database unavailable during request", {{"request_id", request.request_id}, {"error", e.what()}});
-    } else {
-      out = http::ErrorResponse(500, "internal", "internal error; quote the request id when reporting it",
-                                request.request_id);
-      log::Error("request failed", {{"request_id", request.request_id}, {"route", route.pattern},
-                                    {"error", e.what()}});
-    }
+  } catch (...) {
+    out = ErrorResponseForCurrent(request.request_id, route.pattern);
   }
   out.route = route.pattern;
   return outcome;
@@ -206,9 +207,9 @@ void AdminDispatcher::Dispatch(http::Request request, http::Responder respond) {
     respond(http::ErrorResponse(404, "not_found", "no route for " + request.path, request.request_id));
     return;
   }
-  if (request.method != "GET") {
-    auto r = http::ErrorResponse(405, "method_not_allowed", "only GET is allowed here", request.request_id);
-    r.headers.emplace_back("Allow", "GET");
+  if (request.method != "GET" && request.method != "HEAD") {
+    auto r = http::ErrorResponse(405, "method_not_allowed", "only GET and HEAD are allowed here", request.request_id);
+    r.headers.emplace_back("Allow", "GET, HEAD");
     respond(std::move(r));
     return;
   }
@@ -236,8 +237,8 @@ void AdminDispatcher::Dispatch(http::Request request, http::Responder respond) {
             respond(json(503, {{"status", "not_ready"}, {"database", "unreachable"}, {"error", e.what()}}));
           }
         },
-        [respond, json](const ApiError& e) {
-          respond(json(503, {{"status", "not_ready"}, {"database", e.code == "database_busy" ? "busy" : "unreachable"}}));
+        [respond, json](const DbUnavailable& e) {
+          respond(json(503, {{"status", "not_ready"}, {"database", e.busy ? "busy" : "unreachable"}}));
         }});
   }
 }

@@ -7,6 +7,7 @@
 
 #include "apiserver/http/message.hpp"
 #include "apiserver/router.hpp"
+#include "core/clock.hpp"
 #include "core/config.hpp"
 
 namespace prometheus {
@@ -34,8 +35,9 @@ const std::string& OpenApiDocument();
 // worker; logs one JSON line and records metrics per response.
 class ApiDispatcher : public http::Dispatcher {
  public:
-  ApiDispatcher(const Config& config, Database& db, Metrics& metrics, FleetMetrics* fleet_metrics = nullptr,
-                AssignmentNotifier* notifier = nullptr, KeyCache* key_cache = nullptr);
+  ApiDispatcher(const Config& config, Database& db, Metrics& metrics, const Clock& clock,
+                FleetMetrics* fleet_metrics = nullptr, AssignmentNotifier* notifier = nullptr,
+                KeyCache* key_cache = nullptr);
   void Dispatch(http::Request request, http::Responder respond) override;
   void Finished(const http::Request& request, const http::Response& response, double seconds) override;
 
@@ -51,6 +53,7 @@ class ApiDispatcher : public http::Dispatcher {
               std::shared_ptr<std::map<std::string, std::string>> params, http::Responder respond, bool retry);
   const Config& config_;
   Database& db_;
+  const Clock& clock_;
   FleetMetrics* fleet_metrics_;
   AssignmentNotifier* notifier_;
   KeyCache* key_cache_;

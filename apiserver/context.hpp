@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "apiserver/http/message.hpp"
+#include "core/clock.hpp"
 #include "core/config.hpp"
+#include "core/db.hpp"
 
 namespace spillway {
 
@@ -41,9 +43,21 @@ struct Ctx {
   Principal principal;
   pqxx::connection& conn;
   const Config& config;
+  const Clock& clock;
   FleetMetrics* fleet_metrics = nullptr;
   bool long_poll_retry = false;  // the second run of a long-polling handler: answer now
   KeyCache* key_cache = nullptr;  // told at once of revocations and suspensions committed here
+  // Set while the route runs inside the idempotency record's transaction: writes join it, so the
+  // change and the stored answer commit together or not at all.
+  pqxx::transaction_base* outer = nullptr;
+
+  // Runs fn(tx) in a transaction of its own (retried when it loses a race, see InTransaction), or
+  // inside the idempotency record's transaction when there is one. Returns what fn returns.
+  template <class Fn>
+  auto Write(Fn&& fn) {
+    if (outer) return fn(*outer);
+    return InTransaction(conn, [&](pqxx::work& tx) { return fn(static_cast<pqxx::transaction_base&>(tx)); });
+  }
 
   const std::string& Param(const std::string& name) const { return params.at(name); }
   // 404 unless the caller may see tenant `tenant_id` (a member only its own; other roles all).

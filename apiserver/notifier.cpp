@@ -89,8 +89,7 @@ void AssignmentNotifier::Loop() {
     if (!conn && std::chrono::steady_clock::now() - last_attempt > std::chrono::milliseconds(500)) {
       last_attempt = std::chrono::steady_clock::now();
       try {
-        conn = std::make_unique<pqxx::connection>(WithConnectTimeout(url_, connect_timeout_));
-        pqxx::nontransaction(*conn).exec("SET application_name = 'spillway-notifier'");
+        conn = OpenSession({url_, "spillway-notifier", connect_timeout_, Millis(0)});
         receiver = std::make_unique<Receiver>(*conn, "spillway_assignments",
                                               [&changed](const std::string& host) { changed.push_back(host); });
         if (key_cache_)

@@ -41,13 +41,17 @@ Router::Match Router::Find(const std::string& method, const std::string& path) c
         ok = pat[k] == segs[k];
     }
     if (!ok) continue;
-    if (routes_[i].method == method) {
+    if (routes_[i].method == method || (method == "HEAD" && routes_[i].method == "GET")) {
       m.route = &routes_[i];
       m.params = std::move(params);
+      m.allowed.clear();
       return m;
     }
-    if (std::find(m.allowed.begin(), m.allowed.end(), routes_[i].method) == m.allowed.end())
-      m.allowed.push_back(routes_[i].method);
+    auto allow = [&](const std::string& verb) {
+      if (std::find(m.allowed.begin(), m.allowed.end(), verb) == m.allowed.end()) m.allowed.push_back(verb);
+    };
+    allow(routes_[i].method);
+    if (routes_[i].method == "GET") allow("HEAD");
   }
   return m;
 }

@@ -18,6 +18,9 @@ struct Route {
   Handler handler;
   Body body = Body::kNone;
   std::string tenant_param = {};  // path parameter naming a tenant a member must own, if any
+  // Takes an Idempotency-Key: the first answer is stored with the change it made, in one
+  // transaction, and replayed to a retry with the same key and body (apiserver/idempotency.cpp).
+  bool idempotent = false;
 };
 
 class Router {
@@ -28,6 +31,7 @@ class Router {
     std::map<std::string, std::string> params;
     std::vector<std::string> allowed;  // methods of routes matching the path, when route is null
   };
+  // HEAD finds the GET route of the path (RFC 9110 §9.3.2: answered as GET, without a body).
   Match Find(const std::string& method, const std::string& path) const;
   const std::vector<Route>& routes() const { return routes_; }
 

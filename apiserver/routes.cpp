@@ -25,7 +25,7 @@ std::vector<Route> ApiRoutes() {
       {"DELETE", "/v1/tenants/{id}/api-keys/{key_id}", kAdmin, RevokeApiKey, Body::kNone, "id"},
       {"GET", "/v1/instance-types", kAnyRole, ListInstanceTypes},
       {"GET", "/v1/spot-prices", kAnyRole, ListSpotPrices},
-      {"POST", "/v1/instances", kMember, CreateInstance, Body::kRequired},
+      {"POST", "/v1/instances", kMember, CreateInstance, Body::kRequired, "", /*idempotent=*/true},
       {"GET", "/v1/instances", kMember, ListInstances},
       {"GET", "/v1/instances/{id}", kMember, GetInstance},
       {"DELETE", "/v1/instances/{id}", kMember, TerminateInstance},

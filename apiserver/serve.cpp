@@ -4,7 +4,9 @@
 #include <iostream>
 
 #include "apiserver/app.hpp"
-#include "apiserver/controllers.hpp"
+#include "apiserver/idempotency.hpp"
+#include "apiserver/provisioning/fleet_steps.hpp"
+#include "core/periodic.hpp"
 #include "apiserver/notifier.hpp"
 #include "apiserver/provisioning/fleet.hpp"
 #include "apiserver/provisioning/fleet_metrics.hpp"
@@ -21,12 +23,14 @@
 namespace spillway {
 namespace {
 
-std::unique_ptr<pqxx::connection> ConnectOnce(const Config& config) {
+// The advisory lock whose holder runs the periodic steps (the same key as before the steps were
+// split out, so mixed versions during a rolling upgrade still elect one leader).
+constexpr std::int64_t kLeaderLock = 7308324466018009602LL;
+
+std::unique_ptr<pqxx::connection> ConnectOnce(const Config& config, const char* role) {
   try {
-    auto conn = std::make_unique<pqxx::connection>(
-        WithConnectTimeout(config.String("database.url"), config.Duration("database.connect_timeout")));
-    PrepareAll(*conn);
-    return conn;
+    // Migrations may take long: no statement_timeout for the subcommands.
+    return OpenSession({config.String("database.url"), role, config.Duration("database.connect_timeout"), Millis(0)});
   } catch (const std::exception& e) {
     std::cerr << "spillway-apiserver: cannot connect to the database (database.url): " << e.what() << "\n";
     return nullptr;
@@ -57,7 +61,7 @@ http::ListenerOptions Listener(const Config& c, const std::string& name, const s
 }  // namespace
 
 int RunMigrate(const Config& config) {
-  auto conn = ConnectOnce(config);
+  auto conn = ConnectOnce(config, "spillway-migrate");
   if (!conn) return 1;
   try {
     const auto r = ApplyMigrations(*conn, EmbeddedMigrations());
@@ -70,7 +74,7 @@ int RunMigrate(const Config& config) {
 }
 
 int RunBootstrapAdmin(const Config& config) {
-  auto conn = ConnectOnce(config);
+  auto conn = ConnectOnce(config, "spillway-bootstrap-admin");
   if (!conn) return 1;
   try {
     if (int rc = RequireCurrentSchema(*conn)) return rc;
@@ -90,7 +94,7 @@ int RunBootstrapAdmin(const Config& config) {
 int RunServe(const Config& config) {
   std::signal(SIGPIPE, SIG_IGN);
   {
-    auto conn = ConnectOnce(config);
+    auto conn = ConnectOnce(config, "spillway-apiserver");
     if (!conn) return 1;
     try {
       if (int rc = RequireCurrentSchema(*conn)) return rc;
@@ -117,11 +121,25 @@ int RunServe(const Config& config) {
   AssignmentNotifier notifier(config.String("database.url"), config.Duration("database.connect_timeout"),
                               key_cache_ttl.count() > 0 ? &key_cache : nullptr);
   notifier.Start();
-  Controllers controllers(config, fleet_metrics);
+  const Clock& clock = SystemClockInstance();
+  const FleetContext fleet{config, &fleet_metrics, clock};
+  LeaderOptions leader;
+  leader.session = {config.String("database.url"), "spillway-leader", config.Duration("database.connect_timeout"),
+                    config.Duration("database.statement_timeout")};
+  leader.lock_key = kLeaderLock;
+  leader.tick = config.Duration("controllers.tick");
+  // A leader that stalls for half the heartbeat timeout was not listening: judge hosts afresh.
+  leader.stall_limit = config.Duration("fleet.heartbeat_timeout") / 2;
+  PeriodicSteps steps(leader, clock, metrics.registry());
+  RegisterFleetSteps(steps, fleet);
+  steps.Add({"expire_idempotency_keys", std::chrono::minutes(1),
+             [&config](pqxx::connection& c, const StepContext& s) {
+               ExpireIdempotencyKeys(c, s.now, config.Duration("idempotency.ttl"));
+             }});
 
   http::Runtime runtime(static_cast<int>(config.Int("server.io_threads")));
   runtime.OnDrain([&notifier] { notifier.Stop(); });
-  ApiDispatcher api(config, db, metrics, &fleet_metrics, &notifier, &key_cache);
+  ApiDispatcher api(config, db, metrics, clock, &fleet_metrics, &notifier, &key_cache);
   AdminDispatcher admin(db, metrics, [&runtime] { return runtime.Draining(); });
   try {
     runtime.AddListener(Listener(config, "api", "server.listen"), api);
@@ -141,10 +159,10 @@ int RunServe(const Config& config) {
     std::cerr << "spillway-apiserver: " << e.what() << "\n";
     return std::string(e.what()).rfind("tls.", 0) == 0 ? 2 : 1;
   }
-  controllers.Start();
+  steps.Start();
   log::Info("spillway-apiserver serving", {{"version", SPILLWAY_VERSION}});
   runtime.Run(config.Duration("server.shutdown_timeout"));
-  controllers.Stop();
+  steps.Stop();
   notifier.Stop();
   db.Stop();
   log::Info("spillway-apiserver stopped");

@@ -5,6 +5,8 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <random>
+
 #include "core/errors.hpp"
 #include "core/log.hpp"
 
@@ -27,6 +29,30 @@ Statement::Statement(const char* n, const char* s) : name(n), sql(s) { Registry(
 
 void PrepareAll(pqxx::connection_base& conn) {
   for (const Statement* s : Registry()) conn.prepare(s->name, s->sql);
+}
+
+bool IsRetryable(const std::exception& e) {
+  if (dynamic_cast<const pqxx::transaction_rollback*>(&e)) return true;
+  if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) return sql->sqlstate().rfind("40", 0) == 0;
+  return false;
+}
+
+void PauseBeforeRetry(int attempt) {
+  // A random pause grows with the attempt, so two transactions that deadlocked do not meet again.
+  thread_local std::minstd_rand rng(static_cast<unsigned>(std::hash<std::thread::id>()(std::this_thread::get_id())));
+  std::this_thread::sleep_for(std::chrono::microseconds(500 + rng() % (2000u * static_cast<unsigned>(attempt))));
+}
+
+std::unique_ptr<pqxx::connection> OpenSession(const SessionOptions& options) {
+  auto conn = std::make_unique<pqxx::connection>(WithConnectTimeout(options.url, options.connect_timeout));
+  pqxx::nontransaction setup(*conn);
+  setup.exec_params(
+      "SELECT set_config('TimeZone', 'UTC', false), set_config('application_name', $1, false), "
+      "set_config('statement_timeout', $2, false), set_config('client_connection_check_interval', '1000', false)",
+      options.application_name, std::to_string(options.statement_timeout.count()));
+  setup.commit();
+  PrepareAll(*conn);
+  return conn;
 }
 
 bool IsUnavailable(const std::exception& e) {
@@ -83,10 +109,8 @@ void Database::Stop() {
   workers_.clear();
 }
 
-ApiError Database::Unavailable(const std::string& code, const std::string& message) const {
-  ApiError e(503, code, message);
-  e.retry_after = std::to_string(std::max<std::int64_t>(1, options_.retry_after.count() / 1000));
-  return e;
+DbUnavailable Database::Unavailable(bool busy, const std::string& message) const {
+  return DbUnavailable(busy, message, options_.retry_after);
 }
 
 void Database::Submit(Job job) {
@@ -104,19 +128,11 @@ void Database::Submit(Job job) {
     return;
   }
   rejected_busy_->Increment();
-  job.reject(Unavailable("database_busy", "too many requests are waiting for the database; retry shortly"));
+  job.reject(Unavailable(true, "too many requests are waiting for the database; retry shortly"));
 }
 
 std::unique_ptr<pqxx::connection> Database::Connect() {
-  auto conn = std::make_unique<pqxx::connection>(WithConnectTimeout(options_.url, options_.connect_timeout));
-  pqxx::nontransaction setup(*conn);
-  setup.exec("SET TIME ZONE 'UTC'");
-  setup.exec("SET application_name = 'spillway-apiserver'");
-  setup.exec_params("SELECT set_config('statement_timeout', $1, false)",
-                    std::to_string(options_.statement_timeout.count()));
-  setup.commit();
-  PrepareAll(*conn);
-  return conn;
+  return OpenSession({options_.url, "spillway-apiserver", options_.connect_timeout, options_.statement_timeout});
 }
 
 void Database::WorkerLoop() {
@@ -135,7 +151,7 @@ void Database::WorkerLoop() {
     wait_hist_->Observe(std::chrono::duration<double>(waited).count());
     if (waited > options_.acquire_timeout) {
       rejected_busy_->Increment();
-      item.job.reject(Unavailable("database_busy", "no database connection became free in time; retry shortly"));
+      item.job.reject(Unavailable(true, "no database connection became free in time; retry shortly"));
       continue;
     }
     if (conn && !conn->is_open()) {
@@ -146,7 +162,7 @@ void Database::WorkerLoop() {
       // While the database is down, do not let every job pay a connect attempt.
       if (SteadyMs() - last_connect_failure_ms_.load() < 250) {
         rejected_unavailable_->Increment();
-        item.job.reject(Unavailable("database_unavailable", "the database is unavailable; retry shortly"));
+        item.job.reject(Unavailable(false, "the database is unavailable; retry shortly"));
         continue;
       }
       try {
@@ -158,7 +174,7 @@ void Database::WorkerLoop() {
         connect_failures_->Increment();
         rejected_unavailable_->Increment();
         log::Warn("database connect failed", {{"error", e.what()}});
-        item.job.reject(Unavailable("database_unavailable", "the database is unavailable; retry shortly"));
+        item.job.reject(Unavailable(false, "the database is unavailable; retry shortly"));
         continue;
       }
     }

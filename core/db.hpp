@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "core/duration.hpp"
@@ -23,7 +24,7 @@ class Histogram;
 
 namespace spillway {
 
-struct ApiError;
+struct DbUnavailable;
 
 // A named, parameterised query, prepared once on every pooled connection. Declare these as
 // namespace-scope constants beside the code that runs them.
@@ -40,6 +41,50 @@ bool IsUnavailable(const std::exception& e);
 // Adds connect_timeout to a libpq URL or key=value connection string.
 std::string WithConnectTimeout(const std::string& url, Millis timeout);
 
+// How every Spillway session is opened (the pool, the leader, the notifier, the subcommands): UTC,
+// statement_timeout, application_name naming its role ("spillway-apiserver", "spillway-leader",
+// "spillway-notifier", "spillway-migrate"), client_connection_check_interval (so a backend whose
+// client died, even while it waits on a lock, ends and releases what it holds), and every Statement
+// prepared.
+struct SessionOptions {
+  std::string url;
+  std::string application_name;
+  Millis connect_timeout{3000};
+  Millis statement_timeout{30000};  // 0: none
+};
+std::unique_ptr<pqxx::connection> OpenSession(const SessionOptions& options);
+
+// True for SQLSTATE class 40 (deadlock detected, serialization failure): the transaction lost a
+// race and may simply run again.
+bool IsRetryable(const std::exception& e);
+
+// Sleeps a short random while, longer for later attempts (see InTransaction).
+void PauseBeforeRetry(int attempt);
+
+// Runs fn(tx) in a transaction and commits it. A transaction that lost a race (IsRetryable) is
+// rolled back and run again, at most `attempts` times in all, after a short random pause: a lost
+// race is retried, never answered 500. fn must therefore have no effects outside the transaction.
+template <class Fn>
+auto InTransaction(pqxx::connection& conn, Fn&& fn, int attempts = 5) {
+  for (int attempt = 1;; ++attempt) {
+    try {
+      pqxx::work tx(conn);
+      if constexpr (std::is_void_v<decltype(fn(tx))>) {
+        fn(tx);
+        tx.commit();
+        return;
+      } else {
+        auto result = fn(tx);
+        tx.commit();
+        return result;
+      }
+    } catch (const std::exception& e) {
+      if (attempt >= attempts || !IsRetryable(e)) throw;
+      PauseBeforeRetry(attempt);
+    }
+  }
+}
+
 struct DbOptions {
   std::string url;
   int pool_size = 8;
@@ -52,13 +97,13 @@ struct DbOptions {
 
 // A bounded pool of worker threads, each owning one libpqxx connection: libpqxx blocks, so io
 // threads hand it work here and never wait on PostgreSQL. A job that cannot get a connection
-// within acquire_timeout (queue too long, database down) is rejected with a 503 ApiError.
+// within acquire_timeout (queue too long, database down) is rejected with DbUnavailable.
 // Broken connections are dropped and reopened on the next job.
 class Database {
  public:
   struct Job {
     std::function<void(pqxx::connection&)> run;   // handles its own errors
-    std::function<void(const ApiError&)> reject;  // called instead of run
+    std::function<void(const DbUnavailable&)> reject;  // called instead of run
   };
 
   Database(DbOptions options, prometheus::Registry& registry);
@@ -76,7 +121,7 @@ class Database {
   };
   void WorkerLoop();
   std::unique_ptr<pqxx::connection> Connect();
-  ApiError Unavailable(const std::string& code, const std::string& message) const;
+  DbUnavailable Unavailable(bool busy, const std::string& message) const;
 
   DbOptions options_;
   std::mutex mu_;

@@ -8,56 +8,62 @@
 #include <cstdio>
 #include <ctime>
 
+#include <set>
+#include <vector>
+#include <boost/json/parse.hpp>
+
 #include "core/errors.hpp"
+#include "core/text.hpp"
 
 namespace spillway {
 namespace {
-ApiError Invalid(std::string_view key, const std::string& why) {
-  return ApiError(422, "validation_failed", std::string(key) + ": " + why);
+InvalidInput Invalid(std::string_view key, const std::string& why) {
+  return InvalidInput(std::string(key) + ": " + why);
+}
+
+// Called on text boost::json has already accepted, so only structure needs following.
+bool HasDuplicateKeys(std::string_view text) {
+  struct Frame {
+    bool object;
+    bool expect_key;
+    std::set<std::string> keys;
+  };
+  std::vector<Frame> stack;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '"') {
+      size_t j = i + 1;
+      while (j < text.size() && text[j] != '"') j += text[j] == '\\' ? 2 : 1;
+      if (!stack.empty() && stack.back().object && stack.back().expect_key) {
+        const auto key = boost::json::parse(text.substr(i, j - i + 1));
+        if (!stack.back().keys.insert(std::string(key.as_string())).second) return true;
+        stack.back().expect_key = false;
+      }
+      i = j;
+    } else if (c == '{') {
+      stack.push_back({true, true, {}});
+    } else if (c == '[') {
+      stack.push_back({false, false, {}});
+    } else if (c == '}' || c == ']') {
+      if (!stack.empty()) stack.pop_back();
+    } else if (c == ',' && !stack.empty() && stack.back().object) {
+      stack.back().expect_key = true;
+    }
+  }
+  return false;
 }
 }  // namespace
 
-std::string FormatTime(TimeMs t) {
-  using namespace std::chrono;
-  const auto days = floor<std::chrono::days>(t);
-  const year_month_day ymd{days};
-  const hh_mm_ss hms{t - days};
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%03dZ", int(ymd.year()), unsigned(ymd.month()),
-                unsigned(ymd.day()), int(hms.hours().count()), int(hms.minutes().count()),
-                int(hms.seconds().count()), int(hms.subseconds().count()));
-  return buf;
+boost::json::value ParseJsonBody(std::string_view text) {
+  boost::system::error_code ec;
+  auto v = boost::json::parse(boost::json::string_view(text.data(), text.size()), ec);
+  if (ec) throw MalformedJson("the body is not valid JSON: " + ec.message());
+  if (HasDuplicateKeys(text)) throw MalformedJson("the body is not valid JSON: an object has the same key twice");
+  return v;
 }
-
-std::optional<TimeMs> ParseTime(std::string_view text) {
-  // YYYY-MM-DDTHH:MM:SS[.fff]Z (UTC only, as the API speaks).
-  int y, mo, d, h, mi, s;
-  char tail[32] = {0};
-  const std::string str(text);
-  if (std::sscanf(str.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%31s", &y, &mo, &d, &h, &mi, &s, tail) < 7) return std::nullopt;
-  int ms = 0;
-  std::string rest(tail);
-  if (!rest.empty() && rest[0] == '.') {
-    size_t i = 1, digits = 0;
-    while (i < rest.size() && std::isdigit(static_cast<unsigned char>(rest[i]))) {
-      if (digits < 3) ms = ms * 10 + (rest[i] - '0');
-      ++digits, ++i;
-    }
-    if (digits == 0) return std::nullopt;
-    for (size_t k = digits; k < 3; ++k) ms *= 10;
-    rest = rest.substr(i);
-  }
-  if (rest != "Z" && rest != "z" && rest != "+00:00") return std::nullopt;
-  using namespace std::chrono;
-  const year_month_day ymd{year(y), month(static_cast<unsigned>(mo)), day(static_cast<unsigned>(d))};
-  if (!ymd.ok() || h > 23 || mi > 59 || s > 59) return std::nullopt;
-  return TimeMs(sys_days(ymd)) + hours(h) + minutes(mi) + seconds(s) + milliseconds(ms);
-}
-
-TimeMs NowMs() { return std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now()); }
 
 const boost::json::object& RequireObject(const boost::json::value& v) {
-  if (!v.is_object()) throw ApiError(422, "validation_failed", "the body must be a JSON object");
+  if (!v.is_object()) throw InvalidInput("body: must be a JSON object");
   return v.get_object();
 }
 
@@ -68,13 +74,24 @@ std::optional<std::string> OptString(const boost::json::object& o, std::string_v
   std::string s(v->get_string());
   if (s.empty()) throw Invalid(key, "must not be empty");
   if (s.size() > max_len) throw Invalid(key, "must be at most " + std::to_string(max_len) + " characters");
-  for (unsigned char c : s)
-    if (c < 0x20 || c == 0x7f) throw Invalid(key, "must not contain control characters");
+  if (!IsCleanText(s)) throw Invalid(key, "must not contain control characters");
   return s;
 }
 
 std::string ReqString(const boost::json::object& o, std::string_view key, size_t max_len) {
   auto s = OptString(o, key, max_len);
+  if (!s) throw Invalid(key, "is required");
+  return *s;
+}
+
+std::optional<std::string> OptName(const boost::json::object& o, std::string_view key, size_t max_len) {
+  auto s = OptString(o, key, max_len);
+  if (s && !HasVisibleCharacter(*s)) throw Invalid(key, "must contain a visible character, not only spaces");
+  return s;
+}
+
+std::string ReqName(const boost::json::object& o, std::string_view key, size_t max_len) {
+  auto s = OptName(o, key, max_len);
   if (!s) throw Invalid(key, "is required");
   return *s;
 }
@@ -100,6 +117,15 @@ void OnlyKeys(const boost::json::object& o, std::initializer_list<std::string_vi
 }
 
 namespace {
+void AppendString(std::string& out, boost::json::string_view s) {
+  if (IsValidUtf8(std::string_view(s.data(), s.size()))) {
+    out += boost::json::serialize(s);
+  } else {
+    const std::string clean = ScrubUtf8(std::string_view(s.data(), s.size()));
+    out += boost::json::serialize(boost::json::string_view(clean));
+  }
+}
+
 void AppendJson(std::string& out, const boost::json::value& v) {
   switch (v.kind()) {
     case boost::json::kind::object: {
@@ -108,7 +134,7 @@ void AppendJson(std::string& out, const boost::json::value& v) {
       for (const auto& kv : v.get_object()) {
         if (!first) out += ',';
         first = false;
-        out += boost::json::serialize(boost::json::string_view(kv.key()));
+        AppendString(out, kv.key());
         out += ':';
         AppendJson(out, kv.value());
       }
@@ -142,11 +168,47 @@ void AppendJson(std::string& out, const boost::json::value& v) {
       }
       break;
     }
+    case boost::json::kind::string:
+      AppendString(out, v.get_string());
+      break;
     default:
       out += boost::json::serialize(v);
   }
 }
+
+void AppendCanonical(std::string& out, const boost::json::value& v) {
+  if (v.is_object()) {
+    std::vector<const boost::json::key_value_pair*> members;
+    for (const auto& kv : v.get_object()) members.push_back(&kv);
+    std::sort(members.begin(), members.end(), [](auto* a, auto* b) { return a->key() < b->key(); });
+    out += '{';
+    for (size_t i = 0; i < members.size(); ++i) {
+      if (i) out += ',';
+      AppendString(out, members[i]->key());
+      out += ':';
+      AppendCanonical(out, members[i]->value());
+    }
+    out += '}';
+  } else if (v.is_array()) {
+    out += '[';
+    bool first = true;
+    for (const auto& e : v.get_array()) {
+      if (!first) out += ',';
+      first = false;
+      AppendCanonical(out, e);
+    }
+    out += ']';
+  } else {
+    AppendJson(out, v);
+  }
+}
 }  // namespace
+
+std::string CanonicalJson(const boost::json::value& v) {
+  std::string out;
+  AppendCanonical(out, v);
+  return out;
+}
 
 std::string ToJson(const boost::json::value& v) {
   std::string out;

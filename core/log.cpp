@@ -5,6 +5,8 @@
 
 #include <boost/json/serialize.hpp>
 
+#include "core/json.hpp"
+
 namespace spillway::log {
 namespace {
 
@@ -40,12 +42,14 @@ bool Enabled(Level level) { return Logger()->should_log(ToSpd(level)); }
 
 void Write(Level level, std::string_view msg, const boost::json::object& fields) {
   if (!Enabled(level)) return;
-  std::string line = "\"msg\":" + boost::json::serialize(boost::json::string_view(msg.data(), msg.size()));
+  // ToJson, not boost::json::serialize: a field quoting the client's bytes (a path, a header) may
+  // not be valid UTF-8, and the log stays one valid JSON object per line whatever it quotes.
+  std::string line = "\"msg\":" + ToJson(boost::json::string_view(msg.data(), msg.size()));
   for (const auto& [k, v] : fields) {
     line += ',';
-    line += boost::json::serialize(k);
+    line += ToJson(boost::json::string_view(k));
     line += ':';
-    line += boost::json::serialize(v);
+    line += ToJson(v);
   }
   Logger()->log(ToSpd(level), "{}", line);
 }

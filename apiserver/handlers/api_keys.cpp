@@ -64,18 +64,17 @@ Reply CreateApiKey(Ctx& ctx) {
   const std::string role = ReqString(body, "role", 20);
   if (!RoleBit(role))
     throw ApiError(422, "validation_failed", "role: must be one of admin, finance, operator, member");
-  const std::string name = OptString(body, "name", 200).value_or("");
+  const std::string name = OptName(body, "name", 200).value_or("");
 
-  pqxx::work tx(ctx.conn);
-  if (!TenantIsOperator(tx, tenant_id) && role != "member")
-    throw ApiError(422, "role_not_allowed", "a customer tenant's keys can only have the member role");
-  const auto issued = IssueApiKey(tx, tenant_id, role, name);
-  Audit(tx, ctx, tenant_id, "api_key.create", issued.id);
-  const auto row = tx.exec_prepared(kGetKey.name, issued.id);
-  tx.commit();
-  auto json = KeyJson(row[0]);
-  json["secret"] = issued.token;  // shown this once; only its hash is kept
-  return {201, std::move(json)};
+  return ctx.Write([&](pqxx::transaction_base& tx) {
+    if (!TenantIsOperator(tx, tenant_id) && role != "member")
+      throw ApiError(422, "role_not_allowed", "a customer tenant's keys can only have the member role");
+    const auto issued = IssueApiKey(tx, tenant_id, role, name);
+    Audit(tx, ctx, tenant_id, "api_key.create", issued.id);
+    auto json = KeyJson(tx.exec_prepared(kGetKey.name, issued.id)[0]);
+    json["secret"] = issued.token;  // shown this once; only its hash is kept
+    return Reply{201, std::move(json)};
+  });
 }
 
 Reply ListApiKeys(Ctx& ctx) {
@@ -93,13 +92,15 @@ Reply ListApiKeys(Ctx& ctx) {
 Reply RevokeApiKey(Ctx& ctx) {
   const std::string& tenant_id = ctx.Param("id");
   const std::string& key_id = ctx.Param("key_id");
-  pqxx::work tx(ctx.conn);
-  const auto rows = IsValidId(key_id, "key") ? tx.exec_prepared(kRevokeKey.name, key_id, tenant_id) : pqxx::result();
-  if (rows.empty()) throw ApiError(404, "not_found", "no such API key");
-  Audit(tx, ctx, tenant_id, "api_key.revoke", key_id);
-  tx.commit();
+  if (!IsValidId(key_id, "key")) throw ApiError(404, "not_found", "no such API key");
+  auto reply = ctx.Write([&](pqxx::transaction_base& tx) {
+    const auto rows = tx.exec_prepared(kRevokeKey.name, key_id, tenant_id);
+    if (rows.empty()) throw ApiError(404, "not_found", "no such API key");
+    Audit(tx, ctx, tenant_id, "api_key.revoke", key_id);
+    return Reply{200, KeyJson(rows[0])};
+  });
   if (ctx.key_cache) ctx.key_cache->InvalidateKey(key_id);  // other replicas: the trigger's NOTIFY
-  return {200, KeyJson(rows[0])};
+  return reply;
 }
 
 }  // namespace spillway::handlers

@@ -3,6 +3,7 @@
 #include <boost/json.hpp>
 #include <pqxx/pqxx>
 
+#include "core/clock.hpp"
 #include "core/json.hpp"
 
 namespace spillway::handlers {

@@ -9,6 +9,7 @@
 #include "apiserver/auth/api_keys.hpp"
 #include "apiserver/provisioning/fleet.hpp"
 #include "billing/spot_curve.hpp"
+#include "core/clock.hpp"
 #include "core/crypto.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"
@@ -47,12 +48,14 @@ const Statement kHostByName{"host_by_name",
                             "SELECT h.id, ARRAY(SELECT uuid FROM gpus g WHERE g.host_id = h.id ORDER BY uuid)::text "
                             "FROM hosts h WHERE h.hostname = $1 FOR UPDATE"};
 const Statement kInsertHost{"insert_host", R"sql(
-INSERT INTO hosts (id, hostname, region, zone, gpu_model, gpu_count, token_hash) VALUES ($1, $2, $3, $4, $5, $6, $7))sql"};
+INSERT INTO hosts (id, hostname, region, zone, gpu_model, gpu_count, token_hash, last_heartbeat)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz))sql"};
+const Statement kGpuTaken{"gpu_taken", "SELECT host_id FROM gpus WHERE uuid = $1"};
 const Statement kInsertGpu{"insert_gpu",
                            "INSERT INTO gpus (host_id, gpu_index, uuid, model, memory_bytes) VALUES ($1, $2, $3, $4, $5)"};
 const Statement kRotateHost{"rotate_host_token", R"sql(
-UPDATE hosts SET token_hash = $2, region = $3, zone = $4, health = 'up', last_heartbeat = now(),
-       assignment_version = assignment_version + 1
+UPDATE hosts SET token_hash = $2, region = $3, zone = $4, health = 'up', down_since = NULL, down_reason = NULL,
+       last_heartbeat = $5::timestamptz, assignment_version = assignment_version + 1
 WHERE id = $1)sql"};
 const Statement kHostVersion{"host_version", "SELECT assignment_version FROM hosts WHERE id = $1"};
 const Statement kAssignments{"host_assignments", R"sql(
@@ -145,13 +148,12 @@ Reply UpdateHost(Ctx& ctx) {
   const std::string state = ReqString(body, "state", 20);
   if (state != "active" && state != "draining" && state != "disabled")
     throw ApiError(422, "validation_failed", "state: must be active, draining or disabled");
-  pqxx::work tx(ctx.conn);
-  if (!IsValidId(id, "hst") || tx.exec_prepared(kSetHostState.name, id, state).empty())
-    throw ApiError(404, "not_found", "no such host");
-  Audit(tx, ctx, "", "host." + state, id);
-  auto json = HostJson(tx.exec_prepared(kGetHost.name, id)[0]);
-  tx.commit();
-  return {200, std::move(json)};
+  if (!IsValidId(id, "hst")) throw ApiError(404, "not_found", "no such host");
+  return ctx.Write([&](pqxx::transaction_base& tx) {
+    if (tx.exec_prepared(kSetHostState.name, id, state).empty()) throw ApiError(404, "not_found", "no such host");
+    Audit(tx, ctx, "", "host." + state, id);
+    return Reply{200, HostJson(tx.exec_prepared(kGetHost.name, id)[0])};
+  });
 }
 
 // Reports read several statements; a repeatable-read transaction gives them one snapshot, so a host
@@ -173,12 +175,12 @@ Reply SetPoolCapacity(Ctx& ctx) {
   OnlyKeys(body, {"internal_reserved_gpus"});
   const auto reserved = OptInt(body, "internal_reserved_gpus", 0, 1'000'000);
   if (!reserved) throw ApiError(422, "validation_failed", "internal_reserved_gpus: is required");
-  pqxx::work tx(ctx.conn);
-  FleetContext fc{ctx.config, ctx.fleet_metrics};
-  SetReservation(tx, fc, region, model, *reserved);
-  Audit(tx, ctx, "", "capacity.reserve", region + "/" + model + "=" + std::to_string(*reserved));
-  auto json = PoolJson(tx, LoadPool(tx, region, model, false));
-  tx.commit();
+  const FleetContext fc{ctx.config, ctx.fleet_metrics, ctx.clock};
+  auto json = ctx.Write([&](pqxx::transaction_base& tx) {
+    SetReservation(tx, fc, region, model, *reserved);
+    Audit(tx, ctx, "", "capacity.reserve", region + "/" + model + "=" + std::to_string(*reserved));
+    return PoolJson(tx, LoadPool(tx, region, model, false));
+  });
   // Less spare capacity moves the spot price now rather than at the next reprice.
   Reprice(ctx.conn, fc, region, model);
   return {200, std::move(json)};
@@ -218,17 +220,19 @@ Reply ListInstanceTypes(Ctx& ctx) {
 
 Reply ListSpotPrices(Ctx& ctx) {
   const int limit = ctx.Limit(100, 1000);
-  std::int64_t since_us = (NowMs().time_since_epoch().count() - 24LL * 3600 * 1000) * 1000;
+  std::int64_t since_us = (EpochMs(ctx.clock.Now()) - 24LL * 3600 * 1000) * 1000;
   if (const std::string since = ctx.Query("since"); !since.empty()) {
     const auto t = ParseTime(since);
     if (!t) throw ApiError(400, "invalid_parameter", "since must be an RFC 3339 UTC time such as 2026-11-26T00:00:00Z");
     since_us = t->time_since_epoch().count() * 1000;
   }
   // The cursor is the last row's effective_from in microseconds since the epoch.
+  // Cursors this API returns are times between 1970 and 9999; anything else was not one of them.
+  constexpr std::int64_t kMaxCursorUs = 253402300799999999;
   std::int64_t after_us = 0;
   if (const std::string cursor = ctx.Query("cursor"); !cursor.empty()) {
     auto [p, ec] = std::from_chars(cursor.data(), cursor.data() + cursor.size(), after_us);
-    if (ec != std::errc() || p != cursor.data() + cursor.size())
+    if (ec != std::errc() || p != cursor.data() + cursor.size() || after_us < 0 || after_us > kMaxCursorUs)
       throw ApiError(400, "invalid_parameter", "cursor is not one this API returned");
   }
   pqxx::nontransaction tx(ctx.conn);
@@ -285,36 +289,50 @@ Reply RegisterAgent(Ctx& ctx) {
   for (auto it = uuids.begin(); it != uuids.end(); ++it) sorted_uuids += (it == uuids.begin() ? "" : ",") + *it;
   sorted_uuids += "}";
 
-  pqxx::work tx(ctx.conn);
-  const auto existing = tx.exec_prepared(kHostByName.name, hostname);
-  std::string host_id, hash;
-  if (!existing.empty()) {
-    host_id = existing[0][0].as<std::string>();
-    if (existing[0][1].as<std::string>() != sorted_uuids)
-      throw ApiError(409, "host_conflict", "host " + hostname + " is registered with other GPUs");
-    const std::string token = NewHostToken(host_id, &hash);
-    tx.exec_prepared(kRotateHost.name, host_id, hash, region, zone);
-    AuditSystem(tx, "", "host.reregister", host_id);
-    tx.commit();
+  struct Outcome {
+    bool existing;
+    std::string host_id, token;
+  };
+  const Outcome out = ctx.Write([&](pqxx::transaction_base& tx) {
+    const auto existing = tx.exec_prepared(kHostByName.name, hostname);
+    std::string hash;
+    if (!existing.empty()) {
+      const std::string id = existing[0][0].as<std::string>();
+      if (existing[0][1].as<std::string>() != sorted_uuids)
+        throw ApiError(409, "host_conflict", "host " + hostname + " is registered with other GPUs");
+      const std::string token = NewHostToken(id, &hash);
+      tx.exec_prepared(kRotateHost.name, id, hash, region, zone, FormatTime(ctx.clock.Now()));
+      AuditSystem(tx, "", "host.reregister", id);
+      return Outcome{true, id, token};
+    }
+    const std::string id = NewId("hst");
+    const std::string token = NewHostToken(id, &hash);
+    tx.exec_prepared(kInsertHost.name, id, hostname, region, zone, model, static_cast<std::int64_t>(gpus.size()), hash,
+                     FormatTime(ctx.clock.Now()));
+    for (const auto& g : gpus) {
+      // Checked first: a unique violation would abort the transaction, so the clear message could
+      // not be told from it.
+      if (!tx.exec_prepared(kGpuTaken.name, g.uuid).empty())
+        throw ApiError(409, "host_conflict", "GPU " + g.uuid + " is already registered to another host");
+      try {
+        tx.exec_prepared(kInsertGpu.name, id, g.index, g.uuid, g.model, g.memory);
+      } catch (const pqxx::unique_violation&) {  // registered by a concurrent request meanwhile
+        throw ApiError(409, "host_conflict", "GPU " + g.uuid + " is already registered to another host");
+      }
+    }
+    AuditSystem(tx, "", "host.register", id);
+    return Outcome{false, id, token};
+  });
+  const std::string& host_id = out.host_id;
+  const std::string& token = out.token;
+  if (out.existing) {
     log::Info("host registered again; old token revoked", {{"host_id", host_id}, {"hostname", hostname}});
     return RegistrationReply(ctx, 200, host_id, token);
   }
-  host_id = NewId("hst");
-  const std::string token = NewHostToken(host_id, &hash);
-  tx.exec_prepared(kInsertHost.name, host_id, hostname, region, zone, model, static_cast<std::int64_t>(gpus.size()), hash);
-  for (const auto& g : gpus) {
-    try {
-      tx.exec_prepared(kInsertGpu.name, host_id, g.index, g.uuid, g.model, g.memory);
-    } catch (const pqxx::unique_violation&) {
-      throw ApiError(409, "host_conflict", "GPU " + g.uuid + " is already registered to another host");
-    }
-  }
-  AuditSystem(tx, "", "host.register", host_id);
-  tx.commit();
   log::Info("host registered", {{"host_id", host_id}, {"hostname", hostname}, {"region", region}, {"gpu_model", model},
                                 {"gpus", static_cast<std::int64_t>(gpus.size())}});
   // A new pool gets its first spot price at once; an existing pool's price reflects the new GPUs.
-  Reprice(ctx.conn, FleetContext{ctx.config, ctx.fleet_metrics}, region, model);
+  Reprice(ctx.conn, FleetContext{ctx.config, ctx.fleet_metrics, ctx.clock}, region, model);
   return RegistrationReply(ctx, 201, host_id, token);
 }
 
@@ -333,9 +351,9 @@ Reply AgentHeartbeat(Ctx& ctx) {
     }
   }
   const std::string version = OptString(body, "agent_version", 64).value_or("");
-  pqxx::work tx(ctx.conn);
-  const auto v = RecordHeartbeat(tx, ctx.principal.host_id, version, reported);
-  tx.commit();
+  const auto v = ctx.Write([&](pqxx::transaction_base& tx) {
+    return RecordHeartbeat(tx, ctx.principal.host_id, version, reported, ctx.clock.Now());
+  });
   return {200, boost::json::object{{"version", v}}};
 }
 

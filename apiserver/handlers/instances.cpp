@@ -31,34 +31,20 @@ const Statement kGetInstance{"get_instance", "SELECT " SPW_INSTANCE_COLUMNS " FR
 const Statement kListInstances{"list_instances",
                                "SELECT " SPW_INSTANCE_COLUMNS " FROM instances WHERE tenant_id = $1 AND id > $2 "
                                "AND ($3 = '' OR state = $3) AND ($4 = '' OR market = $4) ORDER BY id LIMIT $5"};
-const Statement kLockTenantQuota{"lock_tenant_quota", R"sql(
-SELECT t.gpu_quota, COALESCE((SELECT sum(gpus) FROM instances i
-                              WHERE i.tenant_id = t.id AND i.state NOT IN ('terminated', 'failed')), 0)
-FROM tenants t WHERE t.id = $1 FOR NO KEY UPDATE)sql"};
+// The quota check is two statements on purpose: under READ COMMITTED a statement's snapshot is
+// taken when it starts, so a sum read in the same statement as the lock would miss instances that
+// the lock's previous holder committed while this one waited (10 concurrent creates against a
+// quota of 2 once made 9 instances). The sum runs after the lock is granted and sees them all.
+const Statement kLockTenantQuota{"lock_tenant_quota",
+                                 "SELECT gpu_quota FROM tenants WHERE id = $1 FOR NO KEY UPDATE"};
+const Statement kTenantGpusInUse{"tenant_gpus_in_use", R"sql(
+SELECT COALESCE(sum(gpus), 0) FROM instances WHERE tenant_id = $1 AND state NOT IN ('terminated', 'failed'))sql"};
 const Statement kRegionKnown{"region_known", "SELECT EXISTS (SELECT 1 FROM hosts WHERE region = $1)"};
+const Statement kInstanceHost{"instance_host", "SELECT host_id FROM instances WHERE id = $1 AND tenant_id = $2"};
 const Statement kLockInstance{"lock_instance",
-                              "SELECT state, host_id, region, gpu_model FROM instances WHERE id = $1 AND tenant_id = $2 FOR UPDATE"};
+                              "SELECT state, host_id FROM instances WHERE id = $1 AND tenant_id = $2 FOR UPDATE"};
 const Statement kSetTerminating{"set_terminating",
                                 "UPDATE instances SET state = 'terminating', version = version + 1 WHERE id = $1"};
-const Statement kClaimIdempotency{"claim_idempotency", R"sql(
-INSERT INTO idempotency_keys (tenant_id, key, request_hash, state) VALUES ($1, $2, $3, 'in_flight')
-ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1)sql"};
-const Statement kReadIdempotency{"read_idempotency", R"sql(
-SELECT request_hash, state, response_status, response_body, instance_id,
-       created_at < now() - $3::bigint * interval '1 millisecond' AS expired,
-       created_at < now() - interval '60 seconds' AS abandoned
-FROM idempotency_keys WHERE tenant_id = $1 AND key = $2)sql"};
-const Statement kRetakeIdempotency{"retake_idempotency", R"sql(
-UPDATE idempotency_keys SET request_hash = $3, state = 'in_flight', response_status = NULL, response_body = NULL,
-       instance_id = NULL, created_at = now()
-WHERE tenant_id = $1 AND key = $2)sql"};
-const Statement kFinishIdempotency{"finish_idempotency", R"sql(
-UPDATE idempotency_keys SET state = 'done', response_status = $3, response_body = NULLIF($4, ''),
-       instance_id = NULLIF($5, '')
-WHERE tenant_id = $1 AND key = $2)sql"};
-const Statement kDropIdempotency{"drop_idempotency", "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2"};
-
-
 boost::json::object InstanceJson(const pqxx::row& r) {
   boost::json::array indices;
   for (int i : ParseIntArray(r[17].as<std::string>())) indices.push_back(i);
@@ -104,7 +90,7 @@ CreateRequest ParseCreate(const Ctx& ctx) {
   req.market = ReqString(body, "market", 20);
   if (req.market != "on_demand" && req.market != "spot")
     throw ApiError(422, "validation_failed", "market: must be on_demand or spot");
-  req.name = OptString(body, "name", 200).value_or("");
+  req.name = OptName(body, "name", 200).value_or("");
   if (const auto mp = OptString(body, "max_price_per_gpu_hour", 40)) {
     if (req.market != "spot")
       throw ApiError(422, "validation_failed", "max_price_per_gpu_hour: only spot instances take a max price");
@@ -117,14 +103,14 @@ CreateRequest ParseCreate(const Ctx& ctx) {
 }
 
 // Creates the instance and places it, in the caller's transaction; returns its id.
-std::string CreateIn(pqxx::work& tx, Ctx& ctx, const CreateRequest& req) {
-  FleetContext fc{ctx.config, ctx.fleet_metrics};
+std::string CreateIn(pqxx::transaction_base& tx, Ctx& ctx, const CreateRequest& req) {
+  const FleetContext fc{ctx.config, ctx.fleet_metrics, ctx.clock};
   auto fail = [&](const char* reason, ApiError e) {
     if (fc.metrics) fc.metrics->PlacementFailed(reason);
     return e;
   };
-  const auto quota = tx.exec_prepared(kLockTenantQuota.name, ctx.principal.tenant_id);
-  const std::int64_t limit = quota[0][0].as<std::int64_t>(), used = quota[0][1].as<std::int64_t>();
+  const std::int64_t limit = tx.exec_prepared(kLockTenantQuota.name, ctx.principal.tenant_id)[0][0].as<std::int64_t>();
+  const std::int64_t used = tx.exec_prepared(kTenantGpusInUse.name, ctx.principal.tenant_id)[0][0].as<std::int64_t>();
   if (used + req.type->gpus > limit)
     throw fail("quota", ApiError(409, "quota_exceeded",
                                  "this tenant's GPU quota is " + std::to_string(limit) + " and " + std::to_string(used) +
@@ -157,71 +143,10 @@ std::string CreateIn(pqxx::work& tx, Ctx& ctx, const CreateRequest& req) {
 
 Reply CreateInstance(Ctx& ctx) {
   const CreateRequest req = ParseCreate(ctx);
-  const std::string& tenant = ctx.principal.tenant_id;
-  const std::string key = ctx.request.Header("idempotency-key");
-  if (key.size() > 255) throw ApiError(400, "invalid_parameter", "Idempotency-Key must be at most 255 characters");
-  if (key.empty()) {
-    pqxx::work tx(ctx.conn);
+  return ctx.Write([&](pqxx::transaction_base& tx) {
     const std::string id = CreateIn(tx, ctx, req);
-    auto json = LoadInstanceJson(tx, id);
-    tx.commit();
-    return {201, std::move(json)};
-  }
-
-  // Idempotency: the key is claimed in its own committed transaction, so a second request with it
-  // sees "in flight" (409) rather than waiting; the outcome is stored with the create itself.
-  const std::string hash = Sha256Hex(boost::json::serialize(ctx.body));
-  const auto ttl = ctx.config.Duration("idempotency.ttl").count();
-  {
-    pqxx::work claim(ctx.conn);
-    bool claimed = !claim.exec_prepared(kClaimIdempotency.name, tenant, key, hash).empty();
-    if (!claimed) {
-      const auto row = claim.exec_prepared(kReadIdempotency.name, tenant, key, ttl);
-      const bool expired = !row.empty() && row[0][5].as<bool>();
-      const bool abandoned = !row.empty() && row[0][1].as<std::string>() == "in_flight" && row[0][6].as<bool>();
-      if (row.empty() || expired || abandoned) {
-        claim.exec_prepared(kRetakeIdempotency.name, tenant, key, hash);
-        claimed = true;
-      } else if (row[0][0].as<std::string>() != hash) {
-        throw ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request body");
-      } else if (row[0][1].as<std::string>() == "in_flight") {
-        throw ApiError(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still in progress");
-      } else {
-        const int status = row[0][2].as<int>();
-        if (!row[0][4].is_null()) {
-          auto json = LoadInstanceJson(claim, row[0][4].as<std::string>());
-          return {status, std::move(json), {{"Idempotent-Replayed", "true"}}};
-        }
-        return {status, boost::json::parse(row[0][3].as<std::string>()), {{"Idempotent-Replayed", "true"}}};
-      }
-    }
-    claim.commit();
-  }
-  try {
-    pqxx::work tx(ctx.conn);
-    const std::string id = CreateIn(tx, ctx, req);
-    tx.exec_prepared(kFinishIdempotency.name, tenant, key, 201, std::string(), id);
-    auto json = LoadInstanceJson(tx, id);
-    tx.commit();
-    return {201, std::move(json)};
-  } catch (const ApiError& e) {
-    // A refusal is the answer for this key too (retrying the same request gets the same answer).
-    pqxx::work done(ctx.conn);
-    boost::json::object err{{"error", boost::json::object{{"code", e.code}, {"message", e.what()},
-                                                          {"request_id", ctx.request.request_id}}}};
-    done.exec_prepared(kFinishIdempotency.name, tenant, key, e.status, boost::json::serialize(err), std::string());
-    done.commit();
-    throw;
-  } catch (const std::exception&) {
-    try {
-      pqxx::work drop(ctx.conn);
-      drop.exec_prepared(kDropIdempotency.name, tenant, key);
-      drop.commit();
-    } catch (const std::exception& e2) {
-      log::Warn("could not release an idempotency key", {{"error", e2.what()}});
-    }
-    throw;
-  }
+    return Reply{201, LoadInstanceJson(tx, id)};
+  });
 }
 
 Reply ListInstances(Ctx& ctx) {
@@ -251,21 +176,33 @@ Reply GetInstance(Ctx& ctx) {
 
 Reply TerminateInstance(Ctx& ctx) {
   const std::string& id = ctx.Param("id");
-  pqxx::work tx(ctx.conn);
-  const auto rows = IsValidId(id, "ins") ? tx.exec_prepared(kLockInstance.name, id, ctx.principal.tenant_id) : pqxx::result();
-  if (rows.empty()) throw ApiError(404, "not_found", "no such instance");
-  const std::string state = rows[0][0].as<std::string>();
-  if (state == "pending") {
-    EndInstance(tx, id, "terminated", "terminated");  // never got GPUs
-  } else if (state == "provisioning" || state == "running" || state == "preempting") {
-    tx.exec_prepared(kSetTerminating.name, id);
-    BumpHost(tx, rows[0][1].as<std::string>());
-  }  // terminating, terminated, failed: already on its way out; answering again changes nothing
-  if (state != "terminating" && state != "terminated" && state != "failed")
-    Audit(tx, ctx, ctx.principal.tenant_id, "instance.terminate", id);
-  auto json = LoadInstanceJson(tx, id);
-  tx.commit();
-  return {200, std::move(json)};
+  if (!IsValidId(id, "ins")) throw ApiError(404, "not_found", "no such instance");
+  return ctx.Write([&](pqxx::transaction_base& tx) {
+    // Lock order (docs/architecture.md): the host before its instances, as heartbeats and
+    // placement take them. The host is read first without a lock; if the instance moved to another
+    // host meanwhile (a pending one being placed), lock that one too and look again.
+    std::string host;
+    for (;;) {
+      const auto h = tx.exec_prepared(kInstanceHost.name, id, ctx.principal.tenant_id);
+      if (h.empty()) throw ApiError(404, "not_found", "no such instance");
+      host = h[0][0].is_null() ? "" : h[0][0].as<std::string>();
+      if (!host.empty()) LockHost(tx, host);
+      const auto rows = tx.exec_prepared(kLockInstance.name, id, ctx.principal.tenant_id);
+      if (rows.empty()) throw ApiError(404, "not_found", "no such instance");
+      const std::string now_host = rows[0][1].is_null() ? "" : rows[0][1].as<std::string>();
+      if (now_host != host) continue;
+      const std::string state = rows[0][0].as<std::string>();
+      if (state == "pending") {
+        EndInstance(tx, id, "terminated", "terminated");  // never got GPUs
+      } else if (state == "provisioning" || state == "running" || state == "preempting") {
+        tx.exec_prepared(kSetTerminating.name, id);
+        if (!host.empty()) BumpHost(tx, host);
+      }  // terminating, terminated, failed: already on its way out; answering again changes nothing
+      if (state != "terminating" && state != "terminated" && state != "failed")
+        Audit(tx, ctx, ctx.principal.tenant_id, "instance.terminate", id);
+      return Reply{200, LoadInstanceJson(tx, id)};
+    }
+  });
 }
 
 }  // namespace spillway::handlers

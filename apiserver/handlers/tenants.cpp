@@ -5,6 +5,7 @@
 #include "apiserver/audit.hpp"
 #include "apiserver/auth/key_cache.hpp"
 #include "apiserver/handlers/common.hpp"
+#include "core/clock.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"
 #include "core/ids.hpp"
@@ -56,19 +57,19 @@ constexpr std::int64_t kMaxQuota = 1'000'000;
 Reply CreateTenant(Ctx& ctx) {
   const auto& body = RequireObject(ctx.body);
   OnlyKeys(body, {"name", "gpu_quota"});
-  const std::string name = ReqString(body, "name", 200);
+  const std::string name = ReqName(body, "name", 200);
   const std::int64_t quota = OptInt(body, "gpu_quota", 0, kMaxQuota).value_or(0);
   const std::string id = NewId("ten");
-  pqxx::work tx(ctx.conn);
-  pqxx::result r;
-  try {
-    r = tx.exec_prepared(kInsertTenant.name, id, name, quota);
-  } catch (const pqxx::unique_violation&) {
-    throw NameTaken(name);
-  }
-  Audit(tx, ctx, id, "tenant.create", id);
-  tx.commit();
-  return {201, TenantJson(r[0])};
+  return ctx.Write([&](pqxx::transaction_base& tx) {
+    pqxx::result r;
+    try {
+      r = tx.exec_prepared(kInsertTenant.name, id, name, quota);
+    } catch (const pqxx::unique_violation&) {
+      throw NameTaken(name);
+    }
+    Audit(tx, ctx, id, "tenant.create", id);
+    return Reply{201, TenantJson(r[0])};
+  });
 }
 
 Reply ListTenants(Ctx& ctx) {
@@ -96,7 +97,7 @@ Reply UpdateTenant(Ctx& ctx) {
   const std::string& id = ctx.Param("id");
   const auto& body = RequireObject(ctx.body);
   OnlyKeys(body, {"name", "status", "gpu_quota"});
-  const std::string name = OptString(body, "name", 200).value_or("");
+  const std::string name = OptName(body, "name", 200).value_or("");
   const std::string status = OptString(body, "status", 20).value_or("");
   if (!status.empty() && status != "active" && status != "suspended")
     throw ApiError(422, "validation_failed", "status: must be active or suspended");
@@ -104,21 +105,23 @@ Reply UpdateTenant(Ctx& ctx) {
   if (name.empty() && status.empty() && quota < 0)
     throw ApiError(422, "validation_failed", "nothing to change: give name, status or gpu_quota");
 
-  pqxx::work tx(ctx.conn);
-  const auto lock = IsValidId(id, "ten") ? tx.exec_prepared(kLockTenant.name, id) : pqxx::result();
-  if (lock.empty()) throw ApiError(404, "not_found", "no such tenant");
-  if (status == "suspended" && lock[0][0].as<bool>())
-    throw ApiError(409, "operator_tenant", "the operator's own tenant cannot be suspended");
-  pqxx::result r;
-  try {
-    r = tx.exec_prepared(kUpdateTenant.name, id, name, status, quota);
-  } catch (const pqxx::unique_violation&) {
-    throw NameTaken(name);
-  }
-  Audit(tx, ctx, id, "tenant.update", id);
-  tx.commit();
+  if (!IsValidId(id, "ten")) throw ApiError(404, "not_found", "no such tenant");
+  auto reply = ctx.Write([&](pqxx::transaction_base& tx) {
+    const auto lock = tx.exec_prepared(kLockTenant.name, id);
+    if (lock.empty()) throw ApiError(404, "not_found", "no such tenant");
+    if (status == "suspended" && lock[0][0].as<bool>())
+      throw ApiError(409, "operator_tenant", "the operator's own tenant cannot be suspended");
+    pqxx::result r;
+    try {
+      r = tx.exec_prepared(kUpdateTenant.name, id, name, status, quota);
+    } catch (const pqxx::unique_violation&) {
+      throw NameTaken(name);
+    }
+    Audit(tx, ctx, id, "tenant.update", id);
+    return Reply{200, TenantJson(r[0])};
+  });
   if (!status.empty() && ctx.key_cache) ctx.key_cache->InvalidateTenant(id);  // other replicas: NOTIFY
-  return {200, TenantJson(r[0])};
+  return reply;
 }
 
 std::string EnsureOperatorTenant(pqxx::transaction_base& tx, const std::string& name) {

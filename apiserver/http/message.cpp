@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "core/crypto.hpp"
+#include "core/json.hpp"
 
 namespace spillway::http {
 
@@ -16,7 +17,7 @@ Response ErrorResponse(int status, const std::string& code, const std::string& m
   Response r;
   r.status = status;
   boost::json::object err{{"code", code}, {"message", message}, {"request_id", request_id}};
-  r.body = boost::json::serialize(boost::json::object{{"error", std::move(err)}});
+  r.body = ToJson(boost::json::object{{"error", std::move(err)}});  // quotes nothing raw: see ToJson
   return r;
 }
 

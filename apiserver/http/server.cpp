@@ -61,6 +61,40 @@ Request ToRequest(const bhttp::request<bhttp::string_body>& in) {
   return r;
 }
 
+// RFC 9112 §6.1, §6.3: a request's body is framed by Transfer-Encoding only when its final (here:
+// only) coding is chunked. Anything else — identity, gzip, an unknown coding, chunked applied twice
+// or not last, or Transfer-Encoding beside Content-Length — cannot be framed safely: a proxy in
+// front may read the body's end elsewhere, and what it took for body could run here as a second
+// request (smuggling). Such a request is answered 400 and the connection closed. Returns why, or "".
+std::string FramingProblem(const bhttp::request<bhttp::string_body>& req) {
+  std::vector<std::string> codings;
+  bool any = false;
+  for (const auto& f : req) {
+    if (f.name() != bhttp::field::transfer_encoding) continue;
+    any = true;
+    std::string v(f.value());
+    size_t start = 0;
+    while (start <= v.size()) {
+      size_t comma = v.find(',', start);
+      if (comma == std::string::npos) comma = v.size();
+      std::string c = v.substr(start, comma - start);
+      const auto semi = c.find(';');
+      if (semi != std::string::npos) return "Transfer-Encoding codings with parameters are not accepted";
+      while (!c.empty() && (c.front() == ' ' || c.front() == '\t')) c.erase(c.begin());
+      while (!c.empty() && (c.back() == ' ' || c.back() == '\t')) c.pop_back();
+      std::transform(c.begin(), c.end(), c.begin(), [](unsigned char ch) { return std::tolower(ch); });
+      codings.push_back(c);
+      start = comma + 1;
+    }
+  }
+  if (!any) return "";
+  if (codings.size() != 1 || codings[0] != "chunked")
+    return "unsupported Transfer-Encoding: only \"chunked\" (alone) frames a request body here";
+  if (req.find(bhttp::field::content_length) != req.end())
+    return "a request may not carry both Transfer-Encoding and Content-Length";
+  return "";
+}
+
 // Status line, headers and body, as one string. A response to HEAD keeps its Content-Length but
 // sends no body (the client would take the body for the next response).
 std::string Serialize(const Response& res, const std::string& request_id, bool keep_alive, bool head) {
@@ -218,6 +252,7 @@ struct Runtime::Impl {
       // The header deadline runs from the first read the headers need beyond what is buffered,
       // the body deadline likewise: a request that arrived whole arms neither timer.
       beast::error_code hec;
+      std::string framing;  // why the request's framing was refused, if it was
       bool body_phase = false, header_timer = false, body_timer = false;
       for (;;) {
         if (buffer.size() > 0) {
@@ -230,6 +265,10 @@ struct Runtime::Impl {
           }
           if (parser.is_header_done() && !body_phase) {
             body_phase = true;
+            if (const std::string why = FramingProblem(parser.get()); !why.empty()) {
+              framing = why;
+              break;
+            }
             if (beast::iequals(parser.get()[bhttp::field::expect], "100-continue")) {
               bhttp::response<bhttp::empty_body> cont{bhttp::status::continue_, 11};
               auto [wec, wn] = co_await bhttp::async_write(stream, cont, net::as_tuple(net::use_awaitable));
@@ -256,6 +295,13 @@ struct Runtime::Impl {
           break;
         }
         buffer.commit(rn);
+      }
+      if (!hec && framing.empty() && parser.is_header_done()) framing = FramingProblem(parser.get());
+      if (!framing.empty()) {
+        // Whatever follows in the buffer is not trusted as a request: answer and close.
+        st.busy = true;
+        co_await Write(l, stream, meta, fail(400, "bad_request", framing), false, started);
+        co_return;
       }
       if (hec) {
         Response err;
@@ -368,6 +414,14 @@ std::uint16_t Runtime::AddListener(const ListenerOptions& options, Dispatcher& d
     SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
     l->tls->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
                         ssl::context::single_dh_use);
+    // TLS 1.2 offers forward-secret AEAD suites only (Mozilla "intermediate"); TLS 1.3's own suites
+    // are all AEAD already.
+    if (SSL_CTX_set_cipher_list(ctx,
+                                "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                                "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                                "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+                                "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305") != 1)
+      throw std::runtime_error("tls: cannot set the cipher list");
     l->tls->use_certificate_chain_file(options.cert_file, ec);
     if (ec) throw std::runtime_error("tls.cert_file: cannot load " + options.cert_file + ": " + ec.message());
     l->tls->use_private_key_file(options.key_file, ssl::context::pem, ec);

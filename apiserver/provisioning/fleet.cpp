@@ -48,12 +48,12 @@ UPDATE instances SET state = $2, host_id = $3, gpu_indices = $4::integer[], last
        version = version + 1
 WHERE id = $1)sql"};
 const Statement kPreempt{"preempt_instance", R"sql(
-UPDATE instances SET state = 'preempting', preempt_at = now() + $2::bigint * interval '1 millisecond',
-       preempt_reason = $3, version = version + 1
+UPDATE instances SET state = 'preempting', preempt_at = $2::timestamptz, preempt_reason = $3, version = version + 1
 WHERE id = $1 AND state IN ('provisioning', 'running')
 RETURNING host_id, region, gpu_model)sql"};
 const Statement kEndInstance{"end_instance", R"sql(
-UPDATE instances SET state = $2, end_reason = $3, ended_at = now(), version = version + 1
+UPDATE instances SET state = $2, end_reason = $3, ended_at = greatest($4::timestamptz, created_at),
+       version = version + 1
 WHERE id = $1 AND state NOT IN ('terminated', 'failed')
 RETURNING host_id)sql"};
 const Statement kFreeGpus{"free_instance_gpus", "DELETE FROM gpu_allocations WHERE instance_id = $1"};
@@ -62,14 +62,18 @@ INSERT INTO pool_reservations (region, gpu_model, internal_reserved_gpus) VALUES
 ON CONFLICT (region, gpu_model) DO UPDATE SET internal_reserved_gpus = EXCLUDED.internal_reserved_gpus,
                                               updated_at = now())sql"};
 const Statement kHeartbeatHost{"heartbeat_host", R"sql(
-UPDATE hosts SET last_heartbeat = now(), health = 'up', agent_version = NULLIF($2, '')
-WHERE id = $1 RETURNING assignment_version)sql"};
+UPDATE hosts SET last_heartbeat = $3::timestamptz, health = 'up', down_since = NULL, down_reason = NULL,
+       agent_version = NULLIF($2, '')
+WHERE id = $1 RETURNING assignment_version, health)sql"};
+const Statement kHostVersionOf{"host_version_of", "SELECT assignment_version FROM hosts WHERE id = $1"};
+const Statement kLockHost{"lock_host", "SELECT 1 FROM hosts WHERE id = $1 FOR NO KEY UPDATE"};
+const Statement kInstanceHostOf{"instance_host_of", "SELECT host_id FROM instances WHERE id = $1"};
 const Statement kLockHostInstance{"lock_host_instance",
                                   "SELECT state FROM instances WHERE id = $1 AND host_id = $2 FOR UPDATE"};
 const Statement kReported{"instance_reported", R"sql(
-UPDATE instances SET last_reported_at = now(),
+UPDATE instances SET last_reported_at = $3::timestamptz,
        state = CASE WHEN $2 AND state = 'provisioning' THEN 'running' ELSE state END,
-       started_at = CASE WHEN $2 AND state = 'provisioning' THEN now() ELSE started_at END,
+       started_at = CASE WHEN $2 AND state = 'provisioning' THEN $3::timestamptz ELSE started_at END,
        version = version + CASE WHEN $2 AND state = 'provisioning' THEN 1 ELSE 0 END
 WHERE id = $1)sql"};
 const Statement kInsertSpot{"insert_spot_price", R"sql(
@@ -77,21 +81,29 @@ INSERT INTO spot_prices (region, gpu_model, effective_from, price_micros_per_gpu
                          spare_fraction_ppm, target_micros)
 VALUES ($1, $2, clock_timestamp(), $3, $4, $5, $6))sql"};
 const Statement kAllPools{"all_pools", "SELECT DISTINCT region, gpu_model FROM hosts ORDER BY region, gpu_model"};
-const Statement kSilentHosts{"silent_hosts", R"sql(
-UPDATE hosts SET health = 'down'
-WHERE health = 'up' AND last_heartbeat < now() - $1::bigint * interval '1 millisecond' RETURNING id)sql"};
+const Statement kHostHealth{"host_health", R"sql(
+SELECT id, region, health, state, (extract(epoch FROM last_heartbeat) * 1000)::bigint,
+       (extract(epoch FROM down_since) * 1000)::bigint
+FROM hosts ORDER BY id)sql"};
+const Statement kMarkDown{"mark_host_down", R"sql(
+UPDATE hosts SET health = 'down', down_since = $2::timestamptz, down_reason = $3
+WHERE id = $1 AND health = 'up' AND last_heartbeat = to_timestamp($4::bigint / 1000.0) RETURNING id)sql"};
 const Statement kLiveOnHost{"live_on_host",
                             "SELECT id FROM instances WHERE host_id = $1 AND state NOT IN ('terminated', 'failed', 'pending')"};
 const Statement kDuePreemptions{"due_preemptions",
-                                "SELECT id FROM instances WHERE state = 'preempting' AND preempt_at <= now() ORDER BY preempt_at"};
+                                "SELECT id FROM instances WHERE state = 'preempting' AND preempt_at <= $1::timestamptz "
+                                "ORDER BY preempt_at"};
 const Statement kPendingInstances{"pending_instances",
                                   "SELECT id, region, gpu_model, gpus, market, host_id FROM instances "
                                   "WHERE state = 'pending' ORDER BY created_at, id"};
+const Statement kPendingOne{"pending_one", "SELECT region, gpu_model, gpus, market, host_id FROM instances WHERE id = $1"};
 const Statement kLockInstanceState{"lock_instance_state", "SELECT state FROM instances WHERE id = $1 FOR UPDATE"};
+// Instances on a host that is down were dealt with when it went down (failed, or kept by the
+// brake until it answers again); only one that is being terminated is ended there.
 const Statement kUnreported{"unreported_instances", R"sql(
-SELECT id, state FROM instances
-WHERE state IN ('provisioning', 'running', 'preempting', 'terminating')
-  AND last_reported_at < now() - $1::bigint * interval '1 millisecond')sql"};
+SELECT i.id FROM instances i JOIN hosts h ON h.id = i.host_id
+WHERE i.state IN ('provisioning', 'running', 'preempting', 'terminating')
+  AND i.last_reported_at < $1::timestamptz AND (h.health = 'up' OR i.state = 'terminating'))sql"};
 const Statement kSeedLock{"seed_price_lock", "SELECT pg_advisory_xact_lock(7308324466018009601)"};
 const Statement kInsertPrice{"insert_price",
                              "INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) "
@@ -278,9 +290,14 @@ void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const st
 
 void BumpHost(pqxx::transaction_base& tx, const std::string& host_id) { tx.exec_prepared(kBumpHost.name, host_id); }
 
+bool LockHost(pqxx::transaction_base& tx, const std::string& host_id) {
+  return !tx.exec_prepared(kLockHost.name, host_id).empty();
+}
+
 void PreemptSpot(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
                  const std::string& reason) {
-  const auto r = tx.exec_prepared(kPreempt.name, instance_id, fc.config.Duration("spot.preemption_notice").count(), reason);
+  const TimeMs preempt_at = fc.clock.Now() + fc.config.Duration("spot.preemption_notice");
+  const auto r = tx.exec_prepared(kPreempt.name, instance_id, FormatTime(preempt_at), reason);
   if (r.empty()) return;  // already leaving or gone
   if (!r[0][0].is_null()) BumpHost(tx, r[0][0].as<std::string>());
   if (fc.metrics) fc.metrics->Preempted(r[0][1].as<std::string>(), r[0][2].as<std::string>(), reason);
@@ -288,8 +305,8 @@ void PreemptSpot(pqxx::transaction_base& tx, const FleetContext& fc, const std::
 }
 
 void EndInstance(pqxx::transaction_base& tx, const std::string& instance_id, const std::string& state,
-                 const std::string& end_reason) {
-  const auto r = tx.exec_prepared(kEndInstance.name, instance_id, state, end_reason);
+                 const std::string& end_reason, TimeMs now) {
+  const auto r = tx.exec_prepared(kEndInstance.name, instance_id, state, end_reason, FormatTime(now));
   tx.exec_prepared(kFreeGpus.name, instance_id);
   if (!r.empty() && !r[0][0].is_null()) BumpHost(tx, r[0][0].as<std::string>());
 }
@@ -312,26 +329,31 @@ void SetReservation(pqxx::transaction_base& tx, const FleetContext& fc, const st
 }
 
 std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const std::string& host_id, const std::string& agent_version,
-                             const std::vector<ReportedInstance>& reported) {
-  const auto h = tx.exec_prepared(kHeartbeatHost.name, host_id, agent_version);
+                             const std::vector<ReportedInstance>& reported, TimeMs now) {
+  // The host row first (the lock order), then its instances in id order.
+  const auto h = tx.exec_prepared(kHeartbeatHost.name, host_id, agent_version, FormatTime(now));
   if (h.empty()) throw ApiError(401, "unauthenticated", "unknown host");
-  for (const auto& r : reported) {
+  std::vector<const ReportedInstance*> ordered;
+  for (const auto& r : reported) ordered.push_back(&r);
+  std::sort(ordered.begin(), ordered.end(), [](auto* a, auto* b) { return a->id < b->id; });
+  for (const ReportedInstance* rp : ordered) {
+    const ReportedInstance& r = *rp;
     const auto row = tx.exec_prepared(kLockHostInstance.name, r.id, host_id);
     if (row.empty()) continue;  // not this host's: the agent will see it absent from its assignments
     const std::string state = row[0][0].as<std::string>();
     if (!Live(state) || state == "pending") continue;
     if (r.state == "starting" || r.state == "running") {
-      tx.exec_prepared(kReported.name, r.id, r.state == "running");
+      tx.exec_prepared(kReported.name, r.id, r.state == "running", FormatTime(now));
     } else if (r.state == "stopped") {
-      if (state == "terminating") EndInstance(tx, r.id, "terminated", "terminated");
-      else if (state == "preempting") EndInstance(tx, r.id, "terminated", "preempted");
-      else EndInstance(tx, r.id, "failed", "stopped_on_host");
+      if (state == "terminating") EndInstance(tx, r.id, "terminated", "terminated", now);
+      else if (state == "preempting") EndInstance(tx, r.id, "terminated", "preempted", now);
+      else EndInstance(tx, r.id, "failed", "stopped_on_host", now);
     } else if (r.state == "failed") {
-      EndInstance(tx, r.id, "failed", "failed_on_host");
+      EndInstance(tx, r.id, "failed", "failed_on_host", now);
     }
   }
   // Re-read: ending an instance above bumps the version the agent should wait on.
-  return tx.exec_params1("SELECT assignment_version FROM hosts WHERE id = $1", host_id)[0].as<std::int64_t>();
+  return tx.exec_prepared(kHostVersionOf.name, host_id)[0][0].as<std::int64_t>();
 }
 
 int Reprice(pqxx::connection& conn, const FleetContext& fc, const std::string& region, const std::string& gpu_model) {
@@ -345,48 +367,150 @@ int Reprice(pqxx::connection& conn, const FleetContext& fc, const std::string& r
   }
   int written = 0;
   for (const auto& [reg, model] : pools) {
-    pqxx::work tx(conn);
-    const PoolState pool = LoadPool(tx, reg, model, /*lock=*/true);
-    const auto od = OnDemandPrice(tx, model);
-    if (!od || pool.total == 0) continue;  // nothing to sell, or no list price to discount
-    const auto previous = CurrentSpotPrice(tx, reg, model);
-    const std::int64_t spare_ppm = SpareFractionPpm(pool.Spare(), pool.total);
-    const std::int64_t target = SpotTarget(*od, spare_ppm, policy.curve);
-    const std::int64_t next = NextSpotPrice(previous, target, *od, policy);
-    if (!previous || *previous != next) {
-      tx.exec_prepared(kInsertSpot.name, reg, model, next, *od, spare_ppm, target);
-      ++written;
-    }
-    for (const auto& s : pool.spot)
-      if (s.max_price_micros && *s.max_price_micros < next) PreemptSpot(tx, fc, s.id, "price");
-    tx.commit();
+    written += InTransaction(conn, [&](pqxx::work& tx) {
+      const PoolState pool = LoadPool(tx, reg, model, /*lock=*/true);
+      const auto od = OnDemandPrice(tx, model);
+      if (!od || pool.total == 0) return 0;  // nothing to sell, or no list price to discount
+      const auto previous = CurrentSpotPrice(tx, reg, model);
+      const std::int64_t spare_ppm = SpareFractionPpm(pool.Spare(), pool.total);
+      const std::int64_t target = SpotTarget(*od, spare_ppm, policy.curve);
+      const std::int64_t next = NextSpotPrice(previous, target, *od, policy);
+      int n = 0;
+      if (!previous || *previous != next) {
+        tx.exec_prepared(kInsertSpot.name, reg, model, next, *od, spare_ppm, target);
+        n = 1;
+      }
+      for (const auto& s : pool.spot)
+        if (s.max_price_micros && *s.max_price_micros < next) PreemptSpot(tx, fc, s.id, "price");
+      return n;
+    });
   }
   return written;
 }
 
-int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc) {
-  pqxx::work tx(conn);
-  int n = 0;
-  for (const auto& h : tx.exec_prepared(kSilentHosts.name, fc.config.Duration("fleet.heartbeat_timeout").count())) {
-    const std::string host = h[0].as<std::string>();
-    log::Warn("host missed its heartbeats: marked down", {{"host_id", host}});
-    for (const auto& i : tx.exec_prepared(kLiveOnHost.name, host)) {
-      EndInstance(tx, i[0].as<std::string>(), "failed", "host_down");
-      ++n;
-    }
-  }
-  tx.commit();
-  return n;
+SilenceRules SilenceRulesFrom(const Config& c) {
+  return {c.Duration("fleet.heartbeat_timeout"), c.Int("fleet.silence_brake_percent"),
+          c.Int("fleet.silence_brake_min_hosts")};
 }
 
-int FinishPreemptions(pqxx::connection& conn, const FleetContext&) {
-  pqxx::work tx(conn);
-  int n = 0;
-  for (const auto& r : tx.exec_prepared(kDuePreemptions.name)) {
-    EndInstance(tx, r[0].as<std::string>(), "terminated", "preempted");
-    ++n;
+SilenceVerdict JudgeSilence(const std::vector<HostHealth>& hosts, TimeMs now, TimeMs heard_since,
+                            const SilenceRules& rules) {
+  struct Region {
+    std::int64_t counted = 0, quiet = 0;
+    std::vector<std::string> silent;
+  };
+  std::map<std::string, Region> regions;
+  for (const auto& h : hosts) {
+    if (h.disabled) continue;
+    // Time before heard_since is not held against anyone: the control plane was not listening.
+    const TimeMs heard = std::max(h.last_heartbeat, heard_since);
+    const Millis silent_for = std::chrono::duration_cast<Millis>(now - heard);
+    Region& r = regions[h.region];
+    if (h.up) {
+      ++r.counted;
+      if (silent_for * 2 > rules.timeout) ++r.quiet;
+      if (silent_for > rules.timeout) r.silent.push_back(h.id);
+    } else if (h.down_since && now - *h.down_since <= rules.timeout) {
+      ++r.counted;  // went down just now: part of what is happening to the region
+      ++r.quiet;
+    }
   }
-  tx.commit();
+  SilenceVerdict v;
+  for (auto& [name, r] : regions) {
+    if (r.silent.empty()) continue;
+    const bool brake = r.counted >= rules.brake_min_hosts && r.quiet * 100 > rules.brake_percent * r.counted;
+    if (brake) v.braking_regions.push_back(name);
+    auto& into = brake ? v.brake : v.fail;
+    into.insert(into.end(), r.silent.begin(), r.silent.end());
+  }
+  return v;
+}
+
+int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc, TimeMs heard_since) {
+  const TimeMs now = fc.clock.Now();
+  std::vector<HostHealth> hosts;
+  std::map<std::string, std::int64_t> seen_heartbeat;
+  {
+    pqxx::nontransaction read(conn);
+    for (const auto& r : read.exec_prepared(kHostHealth.name)) {
+      HostHealth h;
+      h.id = r[0].as<std::string>();
+      h.region = r[1].as<std::string>();
+      h.up = r[2].as<std::string>() == "up";
+      h.disabled = r[3].as<std::string>() == "disabled";
+      h.last_heartbeat = FromEpochMs(r[4].as<std::int64_t>());
+      if (!r[5].is_null()) h.down_since = FromEpochMs(r[5].as<std::int64_t>());
+      seen_heartbeat[h.id] = r[4].as<std::int64_t>();
+      hosts.push_back(std::move(h));
+    }
+  }
+  const SilenceVerdict verdict = JudgeSilence(hosts, now, heard_since, SilenceRulesFrom(fc.config));
+  for (const auto& region : verdict.braking_regions)
+    log::Error("many hosts of a region fell silent together: marking them down WITHOUT failing their instances "
+               "(the silence brake); check the network and the agents",
+               {{"region", region}});
+  if (fc.metrics) {
+    for (const auto& h : hosts) fc.metrics->SilenceBrake(h.region, false);
+    for (const auto& region : verdict.braking_regions) fc.metrics->SilenceBrake(region, true);
+  }
+  int failed = 0;
+  // One transaction per host, the host locked first; a heartbeat that arrived since the read
+  // (last_heartbeat changed) saves the host.
+  auto mark = [&](const std::string& host, const char* reason, bool fail_instances) {
+    InTransaction(conn, [&](pqxx::work& tx) {
+      if (tx.exec_prepared(kMarkDown.name, host, FormatTime(now), reason, seen_heartbeat[host]).empty()) return;
+      if (fc.metrics) fc.metrics->HostDown(reason);
+      if (!fail_instances) {
+        log::Warn("host fell silent with much of its region: marked down, instances kept", {{"host_id", host}});
+        return;
+      }
+      log::Warn("host missed its heartbeats: marked down, its instances failed", {{"host_id", host}});
+      for (const auto& i : tx.exec_prepared(kLiveOnHost.name, host)) {
+        EndInstance(tx, i[0].as<std::string>(), "failed", "host_down", now);
+        ++failed;
+      }
+    });
+  };
+  for (const auto& host : verdict.fail) mark(host, "silent", true);
+  for (const auto& host : verdict.brake) mark(host, "mass_silence", false);
+  return failed;
+}
+
+namespace {
+// Runs fn(tx, state) with the instance's host locked and then the instance (the lock order) in a
+// transaction of its own; nothing when the instance is gone.
+template <class Fn>
+void WithInstanceLocked(pqxx::connection& conn, const std::string& id, Fn&& fn) {
+  InTransaction(conn, [&](pqxx::work& tx) {
+    for (;;) {
+      const auto h = tx.exec_prepared(kInstanceHostOf.name, id);
+      if (h.empty()) return;
+      const std::string host = h[0][0].is_null() ? "" : h[0][0].as<std::string>();
+      if (!host.empty()) LockHost(tx, host);
+      const auto row = tx.exec_params("SELECT state, host_id FROM instances WHERE id = $1 FOR UPDATE", id);
+      if (row.empty()) return;
+      if ((row[0][1].is_null() ? "" : row[0][1].as<std::string>()) != host) continue;  // moved: lock the new one
+      fn(tx, row[0][0].as<std::string>());
+      return;
+    }
+  });
+}
+}  // namespace
+
+int FinishPreemptions(pqxx::connection& conn, const FleetContext& fc) {
+  const TimeMs now = fc.clock.Now();
+  std::vector<std::string> due;
+  {
+    pqxx::nontransaction read(conn);
+    for (const auto& r : read.exec_prepared(kDuePreemptions.name, FormatTime(now))) due.push_back(r[0].as<std::string>());
+  }
+  int n = 0;
+  for (const auto& id : due)
+    WithInstanceLocked(conn, id, [&](pqxx::transaction_base& tx, const std::string& state) {
+      if (state != "preempting") return;
+      EndInstance(tx, id, "terminated", "preempted", now);
+      ++n;
+    });
   return n;
 }
 
@@ -398,12 +522,12 @@ int PlacePending(pqxx::connection& conn, const FleetContext& fc) {
   }
   int placed = 0;
   for (const auto& id : ids) {
-    pqxx::work tx(conn);
-    const auto row = tx.exec_params1("SELECT region, gpu_model, gpus, market, host_id FROM instances WHERE id = $1", id);
+    placed += InTransaction(conn, [&](pqxx::work& tx) -> int {
+    const auto row = tx.exec_prepared(kPendingOne.name, id)[0];
     const std::string region = row[0].as<std::string>(), model = row[1].as<std::string>();
     const std::int64_t gpus = row[2].as<std::int64_t>();
     PoolState pool = LoadPool(tx, region, model, /*lock=*/true);
-    if (tx.exec_prepared(kLockInstanceState.name, id)[0][0].as<std::string>() != "pending") continue;
+    if (tx.exec_prepared(kLockInstanceState.name, id)[0][0].as<std::string>() != "pending") return 0;
     PlacementPlan plan;
     const std::string host = row[4].is_null() ? "" : row[4].as<std::string>();
     for (auto& h : pool.hosts) {
@@ -423,24 +547,31 @@ int PlacePending(pqxx::connection& conn, const FleetContext& fc) {
         }
       }
     }
-    if (plan.state.empty()) continue;
+    if (plan.state.empty()) return 0;
     ApplyPlacement(tx, fc, id, plan);
-    tx.commit();
-    if (plan.state == "provisioning") ++placed;
+    return plan.state == "provisioning" ? 1 : 0;
+    });
   }
   return placed;
 }
 
-int FailUnreportedInstances(pqxx::connection& conn, const FleetContext& fc) {
-  pqxx::work tx(conn);
-  int n = 0;
-  for (const auto& r : tx.exec_prepared(kUnreported.name, fc.config.Duration("fleet.instance_report_grace").count())) {
-    const std::string id = r[0].as<std::string>();
-    if (r[1].as<std::string>() == "terminating") EndInstance(tx, id, "terminated", "terminated");
-    else EndInstance(tx, id, "failed", "lost");
-    ++n;
+int FailUnreportedInstances(pqxx::connection& conn, const FleetContext& fc, TimeMs heard_since) {
+  const TimeMs now = fc.clock.Now();
+  const Millis grace = fc.config.Duration("fleet.instance_report_grace");
+  if (now - heard_since <= grace) return 0;  // not listening long enough to judge anyone
+  std::vector<std::string> ids;
+  {
+    pqxx::nontransaction read(conn);
+    for (const auto& r : read.exec_prepared(kUnreported.name, FormatTime(now - grace))) ids.push_back(r[0].as<std::string>());
   }
-  tx.commit();
+  int n = 0;
+  for (const auto& id : ids)
+    WithInstanceLocked(conn, id, [&](pqxx::transaction_base& tx, const std::string& state) {
+      if (state == "terminating") EndInstance(tx, id, "terminated", "terminated", now);
+      else if (state == "provisioning" || state == "running" || state == "preempting") EndInstance(tx, id, "failed", "lost", now);
+      else return;
+      ++n;
+    });
   return n;
 }
 

@@ -9,15 +9,22 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.hpp"
 #include "core/config.hpp"
 
 namespace spillway {
 
 struct FleetMetrics;
 
+// Lock order, everywhere (deadlocks are bugs): an idempotency key's advisory lock, then the tenant
+// row, then hosts in ascending id, then instances (only under their host's lock, in ascending id
+// where several), then gpu_allocations and the rest. A transaction that needs an instance's host
+// reads the host id first without a lock, locks the host, then the instance, and checks the host
+// did not change. Every writer runs in InTransaction, which retries a lost race.
 struct FleetContext {
   const Config& config;
   FleetMetrics* metrics = nullptr;  // may be null (tools, tests)
+  const Clock& clock = SystemClockInstance();
 };
 
 struct HostSlot {
@@ -70,12 +77,14 @@ void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const st
 
 // Tells the host's agent to look at its assignments again.
 void BumpHost(pqxx::transaction_base& tx, const std::string& host_id);
+// Locks one host (FOR NO KEY UPDATE), first in the lock order; false when there is no such host.
+bool LockHost(pqxx::transaction_base& tx, const std::string& host_id);
 // A live spot instance enters its notice: state preempting, preempt_at = now + spot.preemption_notice.
 void PreemptSpot(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
                  const std::string& reason);
-// Ends an instance (terminated or failed) and frees its GPUs.
+// Ends an instance (terminated or failed) and frees its GPUs. The caller holds its host's lock.
 void EndInstance(pqxx::transaction_base& tx, const std::string& instance_id, const std::string& state,
-                 const std::string& end_reason);
+                 const std::string& end_reason, TimeMs now = NowMs());
 
 // PUT /v1/capacity/pools/{region}/{gpu_model}: sets the internal reservation, preempting spot
 // instances as needed; 409 when it exceeds total − on-demand.
@@ -85,9 +94,38 @@ void SetReservation(pqxx::transaction_base& tx, const FleetContext& fc, const st
 struct ReportedInstance {
   std::string id, state;  // starting | running | stopped | failed
 };
-// A heartbeat: marks the host up and moves its instances by what the agent reports.
+// A heartbeat at `now`: marks the host up and moves its instances by what the agent reports.
 std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const std::string& host_id, const std::string& agent_version,
-                             const std::vector<ReportedInstance>& reported);
+                             const std::vector<ReportedInstance>& reported, TimeMs now);
+
+// What the silence rule looks at for one host.
+struct HostHealth {
+  std::string id, region;
+  bool up = true;         // health
+  bool disabled = false;  // state disabled: taken out by the operator, not judged
+  TimeMs last_heartbeat;
+  std::optional<TimeMs> down_since;
+};
+struct SilenceRules {
+  Millis timeout{30000};          // fleet.heartbeat_timeout
+  std::int64_t brake_percent = 50;  // fleet.silence_brake_percent
+  std::int64_t brake_min_hosts = 3;  // fleet.silence_brake_min_hosts
+};
+struct SilenceVerdict {
+  std::vector<std::string> fail;   // silent alone: mark down, fail their instances
+  std::vector<std::string> brake;  // silent together with much of their region: mark down, keep instances
+  std::vector<std::string> braking_regions;
+};
+// The silence rule, pure. A host is judged only on time in which the control plane could hear it:
+// `heard_since` is when the judging leader began to lead with the database reachable, so an outage
+// of the apiservers or of PostgreSQL is never blamed on the hosts. When more than brake_percent of
+// a region's hosts (with at least brake_min_hosts) are quiet together (up but silent for half the
+// timeout, or down within the last timeout), the region brakes: its silent hosts are marked down
+// without failing their instances, as Kubernetes' node-lifecycle controller stops evicting when a
+// zone is mostly unreachable.
+SilenceVerdict JudgeSilence(const std::vector<HostHealth>& hosts, TimeMs now, TimeMs heard_since,
+                            const SilenceRules& rules);
+SilenceRules SilenceRulesFrom(const Config& config);
 
 // One spot-pricer pass over one pool (or every pool when region is empty): appends a new price when
 // it changed and preempts spot instances whose max price is now below it. Returns prices written.
@@ -95,10 +133,12 @@ int Reprice(pqxx::connection& conn, const FleetContext& fc, const std::string& r
             const std::string& gpu_model = "");
 
 // The controllers' periodic steps; each returns how many instances or hosts it changed.
-int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc);
+// `heard_since`: see JudgeSilence.
+int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc, TimeMs heard_since);
 int FinishPreemptions(pqxx::connection& conn, const FleetContext& fc);
 int PlacePending(pqxx::connection& conn, const FleetContext& fc);
-int FailUnreportedInstances(pqxx::connection& conn, const FleetContext& fc);
+// Instances their (up) host stopped reporting for fleet.instance_report_grace of heard time.
+int FailUnreportedInstances(pqxx::connection& conn, const FleetContext& fc, TimeMs heard_since);
 void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc);
 // Inserts the config's on-demand prices into the price book where they differ from the current one.
 void SeedPriceBook(pqxx::connection& conn, const Config& config);

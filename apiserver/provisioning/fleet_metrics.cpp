@@ -27,11 +27,18 @@ FleetMetrics::FleetMetrics(prometheus::Registry& r) {
                     .Name("spillway_spot_price_per_gpu_hour")
                     .Help("Current spot price per GPU-hour in USD, by pool")
                     .Register(r);
-  leader = &BuildGauge()
-                .Name("spillway_controller_leader")
-                .Help("Whether this replica runs the controllers (holds their advisory lock): 1 or 0")
-                .Register(r)
-                .Add({});
+  hosts_down = &BuildCounter()
+                    .Name("spillway_hosts_marked_down_total")
+                    .Help("Hosts marked down for silence, by reason: silent (instances failed) or mass_silence "
+                          "(the brake: instances kept)")
+                    .Register(r);
+  hosts_down->Add({{"reason", "silent"}});
+  hosts_down->Add({{"reason", "mass_silence"}});
+  silence_brake = &BuildGauge()
+                       .Name("spillway_fleet_silence_brake")
+                       .Help("1 while many of a region's hosts are silent together and the brake keeps their "
+                             "instances from being failed")
+                       .Register(r);
 }
 
 void FleetMetrics::Preempted(const std::string& region, const std::string& gpu_model, const std::string& reason) {
@@ -40,4 +47,11 @@ void FleetMetrics::Preempted(const std::string& region, const std::string& gpu_m
 
 void FleetMetrics::PlacementFailed(const std::string& reason) { placement_failures->Add({{"reason", reason}}).Increment(); }
 
+}  // namespace spillway
+
+namespace spillway {
+void FleetMetrics::HostDown(const std::string& reason) { hosts_down->Add({{"reason", reason}}).Increment(); }
+void FleetMetrics::SilenceBrake(const std::string& region, bool engaged) {
+  silence_brake->Add({{"region", region}}).Set(engaged ? 1 : 0);
+}
 }  // namespace spillway

@@ -17,6 +17,8 @@ struct FleetMetrics {
   explicit FleetMetrics(prometheus::Registry& registry);
   void Preempted(const std::string& region, const std::string& gpu_model, const std::string& reason);
   void PlacementFailed(const std::string& reason);
+  void HostDown(const std::string& reason);                       // silent | mass_silence
+  void SilenceBrake(const std::string& region, bool engaged);
 
   prometheus::Family<prometheus::Gauge>* gpus;          // spillway_gpus{region,gpu_model,use}
   prometheus::Family<prometheus::Gauge>* instances;     // spillway_instances{state,market}
@@ -24,7 +26,8 @@ struct FleetMetrics {
   prometheus::Gauge* heartbeat_age;                     // spillway_agent_heartbeat_age_seconds
   prometheus::Family<prometheus::Counter>* placement_failures;  // spillway_placement_failures_total{reason}
   prometheus::Family<prometheus::Gauge>* spot_price;    // spillway_spot_price_per_gpu_hour{region,gpu_model}
-  prometheus::Gauge* leader;                            // spillway_controller_leader
+  prometheus::Family<prometheus::Counter>* hosts_down;  // spillway_hosts_marked_down_total{reason}
+  prometheus::Family<prometheus::Gauge>* silence_brake; // spillway_fleet_silence_brake{region}
 };
 
 }  // namespace spillway

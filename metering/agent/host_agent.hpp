@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/clock.hpp"
 #include "core/json.hpp"
 #include "metering/agent/runtime.hpp"
 

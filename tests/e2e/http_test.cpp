@@ -62,17 +62,37 @@ TEST_F(HttpCore, PipelinedRequestsAreAnsweredInOrder) {
 
 // HEAD is not served (405), and its answer carries no body, so a keep-alive client reads the next
 // response where it starts.
-TEST_F(HttpCore, AnswerToHeadHasNoBody) {
+TEST_F(HttpCore, HeadIsAnsweredAsGetWithoutABody) {
+  // RFC 9110 §9.3.2: the same status and headers as GET, Content-Length included, and no body (a
+  // keep-alive client would take a body for the next response).
   HttpConn c(port());
   c.SendRaw("HEAD /v1/openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\n");
   const auto head = c.Read(std::chrono::seconds(10), true);
   ASSERT_TRUE(head);
-  EXPECT_EQ(head->status, 405);
-  EXPECT_NE(head->Header("allow").find("GET"), std::string::npos);
+  EXPECT_EQ(head->status, 200);
+  EXPECT_TRUE(head->body.empty());
   const auto get = c.Read();
   ASSERT_TRUE(get);
   EXPECT_EQ(get->status, 200);
   EXPECT_NE(get->body.find("openapi"), std::string::npos);
+  EXPECT_EQ(head->Header("content-length"), std::to_string(get->body.size()));
+  // An authenticated route: HEAD needs the key as GET does, and answers like it.
+  c.SendRaw("HEAD /v1/tenants HTTP/1.1\r\nHost: x\r\n\r\nHEAD /v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+            admin_key_ + "\r\n\r\n");
+  const auto anonymous = c.Read(std::chrono::seconds(10), true);
+  ASSERT_TRUE(anonymous);
+  EXPECT_EQ(anonymous->status, 401);
+  const auto keyed = c.Read(std::chrono::seconds(10), true);
+  ASSERT_TRUE(keyed);
+  EXPECT_EQ(keyed->status, 200);
+  EXPECT_TRUE(keyed->body.empty());
+  EXPECT_NE(keyed->Header("content-length"), "0");
+  // The admin listener too.
+  HttpConn admin(server_->admin_port());
+  admin.SendRaw("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+  const auto health = admin.Read(std::chrono::seconds(10), true);
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
 }
 
 TEST_F(HttpCore, OversizedBodyIs413) {
@@ -122,7 +142,7 @@ TEST_F(HttpCore, UnknownPathIs404AndWrongMethodIs405WithAllow) {
   EXPECT_EQ(ErrorOf(r).at("code"), "not_found");
   r = Http(port(), "PUT", "/v1/tenants", admin_key_, "{}");
   EXPECT_EQ(r.status, 405);
-  EXPECT_EQ(r.Header("allow"), "POST, GET");
+  EXPECT_EQ(r.Header("allow"), "POST, GET, HEAD");
   EXPECT_EQ(ErrorOf(r).at("code"), "method_not_allowed");
 }
 
@@ -167,4 +187,74 @@ TEST_F(HttpCore, OpenApiDocumentIsServed) {
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.Header("content-type"), "application/yaml");
   EXPECT_EQ(r.body.rfind("openapi: 3.1", 0), 0u);
+}
+
+TEST_F(HttpCore, TransferEncodingOtherThanChunkedAloneIsRefusedAndTheConnectionClosed) {
+  // A body framed by anything but "chunked" alone could end elsewhere for a proxy in front, and what
+  // it took for body would run here as a second request (RFC 9112 §6.1, §6.3). Each variant carries
+  // a whole smuggled request; none of them may run.
+  const std::string inner = R"({"name":"smuggled"})";
+  const std::string smuggled = "POST /v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + admin_key_ +
+                               "\r\nContent-Type: application/json\r\nContent-Length: " +
+                               std::to_string(inner.size()) + "\r\n\r\n" + inner;
+  for (const std::string te : {"identity", "chunked, identity", "xchunked", "gzip", "gzip, chunked",
+                               "chunked, chunked", "chunked;ext=1", " "}) {
+    HttpConn c(port());
+    c.SendRaw("GET /v1/openapi.yaml HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + te + "\r\n\r\n" + smuggled);
+    const auto r = c.Read();
+    ASSERT_TRUE(r) << te;
+    EXPECT_EQ(r->status, 400) << te;
+    EXPECT_EQ(ErrorOf(*r).at("code"), "bad_request") << te;
+    EXPECT_TRUE(c.ClosedByPeer(5s)) << te;
+  }
+  {
+    // Two Transfer-Encoding fields are one list: "chunked" then "identity".
+    HttpConn c(port());
+    c.SendRaw("GET /v1/openapi.yaml HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n" +
+              smuggled);
+    const auto r = c.Read();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 400);
+    EXPECT_TRUE(c.ClosedByPeer(5s));
+  }
+  {
+    // Transfer-Encoding beside Content-Length.
+    HttpConn c(port());
+    c.SendRaw("POST /v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + admin_key_ +
+              "\r\nContent-Type: application/json\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+              "13\r\n{\"name\":\"smuggled\"}\r\n0\r\n\r\n");
+    const auto r = c.Read();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 400);
+    EXPECT_TRUE(c.ClosedByPeer(5s));
+  }
+  auto conn = db_->Connect();
+  EXPECT_EQ(pqxx::nontransaction(*conn).exec1("SELECT count(*) FROM tenants WHERE name = 'smuggled'")[0].as<int>(), 0);
+  // A chunked body alone is still fine.
+  HttpConn ok(port());
+  ok.SendRaw("POST /v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + admin_key_ +
+             "\r\nContent-Type: application/json\r\nTransfer-Encoding: Chunked\r\n\r\n"
+             "11\r\n{\"name\":\"framed\"}\r\n0\r\n\r\n");
+  const auto r = ok.Read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 201) << r->body;
+}
+
+TEST_F(HttpCore, DuplicateJsonKeysAndInvisibleNamesAre4xx) {
+  auto r = Http(port(), "POST", "/v1/tenants", admin_key_, R"({"name":"a","name":"b"})");
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_EQ(ErrorOf(r).at("code"), "invalid_json");
+  r = Http(port(), "POST", "/v1/tenants", admin_key_, R"({"name":"ok","gpu_quota":1,"gpu_quota":1000000})");
+  EXPECT_EQ(r.status, 400) << r.body;
+  // Nested objects are checked too; the same key in two different objects is fine.
+  r = Http(port(), "POST", "/v1/tenants", admin_key_, R"({"name":"nested","x":{"a":1,"a":2}})");
+  EXPECT_EQ(r.status, 400) << r.body;
+  for (const std::string name : {"   ", "\\u00a0", "\\u3000\\t", "\\u200b"}) {
+    r = Http(port(), "POST", "/v1/tenants", admin_key_, "{\"name\":\"" + name + "\"}");
+    EXPECT_EQ(r.status, 422) << name << ": " << r.body;
+  }
+  r = Http(port(), "POST", "/v1/tenants", admin_key_, R"({"name":" spaced  name "})");
+  EXPECT_EQ(r.status, 201) << r.body;
+  auto conn = db_->Connect();
+  EXPECT_EQ(pqxx::nontransaction(*conn).exec1("SELECT count(*) FROM tenants WHERE NOT is_operator")[0].as<int>(), 1);
 }

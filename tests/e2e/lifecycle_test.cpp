@@ -183,6 +183,16 @@ TEST(Lifecycle, TlsListenerSpeaksTls12And13Only) {
     HttpConn c(tls_port, version);
     EXPECT_FALSE(c.ok()) << "TLS version " << std::hex << version << " was accepted";
   }
+  // TLS 1.2 offers forward-secret AEAD suites only (Mozilla "intermediate"): a client offering only
+  // CBC or static-RSA suites is refused; one offering GCM or ChaCha20 with ECDHE gets in.
+  for (const char* weak : {"AES128-SHA", "AES256-GCM-SHA384", "ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384"}) {
+    HttpConn c(tls_port, TLS1_2_VERSION, TLS1_2_VERSION, weak);
+    EXPECT_FALSE(c.ok()) << weak << " was accepted";
+  }
+  for (const char* strong : {"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"}) {
+    HttpConn c(tls_port, TLS1_2_VERSION, TLS1_2_VERSION, strong);
+    EXPECT_TRUE(c.ok()) << strong << " was refused";
+  }
   HttpConn plain(tls_port);  // plain HTTP on the TLS port gets no answer
   plain.SendRaw("GET /v1/openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\n");
   EXPECT_FALSE(plain.Read(3s));

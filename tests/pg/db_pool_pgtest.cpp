@@ -3,6 +3,7 @@
 
 #include <future>
 
+#include "apiserver/errors.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"
 #include "tests/support/test_support.hpp"
@@ -24,7 +25,14 @@ std::future<Outcome> Submit(Database& db, std::function<void(pqxx::connection&)>
                             if (work) work(c);
                             p->set_value({true, 200, "", ""});
                           },
-                          [p](const ApiError& e) { p->set_value({false, e.status, e.code, e.retry_after}); }});
+                          [p](const DbUnavailable& e) {
+                            // The pool says why; the API's one error mapping turns it into the answer.
+                            const auto r = ErrorResponseFor(e, "req_test");
+                            std::string retry_after;
+                            for (const auto& [k, v] : r.headers)
+                              if (k == "Retry-After") retry_after = v;
+                            p->set_value({false, r.status, e.code(), retry_after});
+                          }});
   return f;
 }
 }  // namespace

@@ -76,7 +76,7 @@ TestDb::~TestDb() {
 std::unique_ptr<pqxx::connection> TestDb::Connect() const { return std::make_unique<pqxx::connection>(dsn_); }
 
 // ---------------------------------------------------------------------------------------------
-HttpConn::HttpConn(int port, int tls_min_version, int tls_max_version) {
+HttpConn::HttpConn(int port, int tls_min_version, int tls_max_version, const std::string& tls12_ciphers) {
   fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -94,6 +94,7 @@ HttpConn::HttpConn(int port, int tls_min_version, int tls_max_version) {
     SSL_CTX_set_security_level(ctx, 0);  // let the test offer old versions, to see them refused
     SSL_CTX_set_min_proto_version(ctx, tls_min_version);
     SSL_CTX_set_max_proto_version(ctx, tls_max_version ? tls_max_version : tls_min_version);
+    if (!tls12_ciphers.empty()) SSL_CTX_set_cipher_list(ctx, tls12_ciphers.c_str());
     SSL* ssl = SSL_new(ctx);
     SSL_set_fd(ssl, fd_);
     handshake_ok_ = SSL_connect(ssl) == 1;

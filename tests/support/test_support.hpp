@@ -42,7 +42,8 @@ struct HttpResponse {
 // One client connection; plain TCP, or TLS when tls_version is set (e.g. TLS1_3_VERSION).
 class HttpConn {
  public:
-  explicit HttpConn(int port, int tls_min_version = 0, int tls_max_version = 0);
+  // tls12_ciphers: what a TLS 1.2 client offers (OpenSSL's cipher list syntax), when not empty.
+  explicit HttpConn(int port, int tls_min_version = 0, int tls_max_version = 0, const std::string& tls12_ciphers = "");
   ~HttpConn();
   bool ok() const { return fd_ >= 0 && (!tls_ || handshake_ok_); }
   void SendRaw(const std::string& bytes);

@@ -5,6 +5,7 @@
 #include "apiserver/auth/api_keys.hpp"
 #include "core/crypto.hpp"
 #include "core/ids.hpp"
+#include "core/clock.hpp"
 #include "core/json.hpp"
 
 using namespace spillway;

@@ -31,12 +31,21 @@ TEST(Router, WrongMethodListsAllowedAndUnknownPathHasNone) {
   Router r({{"GET", "/v1/tenants", kAdmin, Nop}, {"POST", "/v1/tenants", kAdmin, Nop}});
   auto m = r.Find("PUT", "/v1/tenants");
   EXPECT_FALSE(m.route);
-  EXPECT_EQ(m.allowed, (std::vector<std::string>{"GET", "POST"}));
+  EXPECT_EQ(m.allowed, (std::vector<std::string>{"GET", "HEAD", "POST"}));
   m = r.Find("GET", "/v1/nothing");
   EXPECT_FALSE(m.route);
   EXPECT_TRUE(m.allowed.empty());
   EXPECT_FALSE(r.Find("GET", "/v1/tenants/").route);
   EXPECT_FALSE(r.Find("GET", "v1/tenants").route);
+}
+
+TEST(Router, HeadIsAnsweredByTheGetRoute) {
+  // RFC 9110 §9.3.2: HEAD is GET without the body; the transport drops the body.
+  Router r({{"POST", "/v1/tenants", kAdmin, Nop}, {"GET", "/v1/tenants", kAdmin, Nop}});
+  auto m = r.Find("HEAD", "/v1/tenants");
+  ASSERT_TRUE(m.route);
+  EXPECT_EQ(m.route->method, "GET");
+  EXPECT_FALSE(Router({{"POST", "/v1/tenants", kAdmin, Nop}}).Find("HEAD", "/v1/tenants").route);
 }
 
 TEST(Router, RouteTableIsWellFormed) {

@@ -1,0 +1,56 @@
+#include "apiserver/errors.hpp"
+
+#include "core/db.hpp"
+#include "core/errors.hpp"
+#include "core/log.hpp"
+
+namespace spillway {
+namespace {
+std::string Seconds(Millis d) { return std::to_string(std::max<std::int64_t>(1, (d.count() + 999) / 1000)); }
+}  // namespace
+
+http::Response ErrorResponseFor(const ApiError& e, const std::string& request_id) {
+  auto r = http::ErrorResponse(e.status, e.code, e.what(), request_id);
+  if (!e.retry_after.empty()) r.headers.emplace_back("Retry-After", e.retry_after);
+  if (e.status == 401) r.headers.emplace_back("WWW-Authenticate", "Bearer");
+  return r;
+}
+
+http::Response ErrorResponseFor(const DbUnavailable& e, const std::string& request_id) {
+  auto r = http::ErrorResponse(503, e.code(), e.what(), request_id);
+  r.headers.emplace_back("Retry-After", Seconds(e.retry_after));
+  return r;
+}
+
+http::Response ErrorResponseForCurrent(const std::string& request_id, const std::string& route) {
+  try {
+    throw;
+  } catch (const ApiError& e) {
+    return ErrorResponseFor(e, request_id);
+  } catch (const InvalidInput& e) {
+    return http::ErrorResponse(422, "validation_failed", e.what(), request_id);
+  } catch (const MalformedJson& e) {
+    return http::ErrorResponse(400, "invalid_json", e.what(), request_id);
+  } catch (const DbUnavailable& e) {
+    return ErrorResponseFor(e, request_id);
+  } catch (const std::exception& e) {
+    if (IsUnavailable(e)) {
+      log::Warn("database unavailable during request", {{"request_id", request_id}, {"error", e.what()}});
+      auto r = http::ErrorResponse(503, "database_unavailable", "the database is unavailable; retry shortly",
+                                   request_id);
+      r.headers.emplace_back("Retry-After", "1");
+      return r;
+    }
+    if (IsRetryable(e)) {
+      log::Warn("request lost its race too often", {{"request_id", request_id}, {"route", route}, {"error", e.what()}});
+      auto r = http::ErrorResponse(503, "contention", "the request met too many concurrent changes; retry shortly",
+                                   request_id);
+      r.headers.emplace_back("Retry-After", "1");
+      return r;
+    }
+    log::Error("request failed", {{"request_id", request_id}, {"route", route}, {"error", e.what()}});
+    return http::ErrorResponse(500, "internal", "internal error; quote the request id when reporting it", request_id);
+  }
+}
+
+}  // namespace spillway

@@ -1,0 +1,19 @@
+#pragma once
+// Text from outside (paths, query strings, headers, JSON strings) is checked here before any of it
+// reaches a rule, a database or a log line.
+#include <string>
+#include <string_view>
+
+namespace spillway {
+
+// Well-formed UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF.
+bool IsValidUtf8(std::string_view s);
+// Valid UTF-8 holding no C0/C1 control character and no DEL (so no NUL, newline or escape).
+bool IsCleanText(std::string_view s);
+// True when s holds at least one character that is not white space (ASCII or Unicode spaces).
+bool HasVisibleCharacter(std::string_view s);
+// s with every byte that is not part of well-formed UTF-8 replaced by U+FFFD, so it can be quoted
+// in JSON bodies and log lines without writing invalid text.
+std::string ScrubUtf8(std::string_view s);
+
+}  // namespace spillway
