@@ -83,7 +83,7 @@ VALUES ($1, $2, clock_timestamp(), $3, $4, $5, $6))sql"};
 const Statement kAllPools{"all_pools", "SELECT DISTINCT region, gpu_model FROM hosts ORDER BY region, gpu_model"};
 const Statement kHostHealth{"host_health", R"sql(
 SELECT id, region, health, state, (extract(epoch FROM last_heartbeat) * 1000)::bigint,
-       (extract(epoch FROM down_since) * 1000)::bigint
+       (extract(epoch FROM down_since) * 1000)::bigint, down_reason = 'mass_silence'
 FROM hosts ORDER BY id)sql"};
 const Statement kMarkDown{"mark_host_down", R"sql(
 UPDATE hosts SET health = 'down', down_since = $2::timestamptz, down_reason = $3
@@ -440,6 +440,7 @@ int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc, TimeMs heard
       h.disabled = r[3].as<std::string>() == "disabled";
       h.last_heartbeat = FromEpochMs(r[4].as<std::int64_t>());
       if (!r[5].is_null()) h.down_since = FromEpochMs(r[5].as<std::int64_t>());
+      h.braked = !r[6].is_null() && r[6].as<bool>();
       seen_heartbeat[h.id] = r[4].as<std::int64_t>();
       hosts.push_back(std::move(h));
     }
@@ -450,8 +451,13 @@ int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc, TimeMs heard
                "(the silence brake); check the network and the agents",
                {{"region", region}});
   if (fc.metrics) {
-    for (const auto& h : hosts) fc.metrics->SilenceBrake(h.region, false);
-    for (const auto& region : verdict.braking_regions) fc.metrics->SilenceBrake(region, true);
+    // Per region, hosts held down by the brake with their instances kept: an SRE must look at them.
+    std::map<std::string, std::int64_t> braked;
+    for (const auto& h : hosts) braked[h.region] += h.braked ? 1 : 0;
+    for (const auto& id : verdict.brake)
+      for (const auto& h : hosts)
+        if (h.id == id) ++braked[h.region];
+    for (const auto& [region, n] : braked) fc.metrics->SilenceBrake(region, n);
   }
   int failed = 0;
   // One transaction per host, the host locked first; a heartbeat that arrived since the read

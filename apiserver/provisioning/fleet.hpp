@@ -103,6 +103,7 @@ struct HostHealth {
   std::string id, region;
   bool up = true;         // health
   bool disabled = false;  // state disabled: taken out by the operator, not judged
+  bool braked = false;    // down by the brake (down_reason mass_silence): its instances were kept
   TimeMs last_heartbeat;
   std::optional<TimeMs> down_since;
 };

@@ -36,8 +36,8 @@ FleetMetrics::FleetMetrics(prometheus::Registry& r) {
   hosts_down->Add({{"reason", "mass_silence"}});
   silence_brake = &BuildGauge()
                        .Name("spillway_fleet_silence_brake")
-                       .Help("1 while many of a region's hosts are silent together and the brake keeps their "
-                             "instances from being failed")
+                       .Help("Hosts of a region held down by the silence brake (many fell silent together): "
+                             "their instances were kept, not failed; look at the network and the agents")
                        .Register(r);
 }
 
@@ -51,7 +51,7 @@ void FleetMetrics::PlacementFailed(const std::string& reason) { placement_failur
 
 namespace spillway {
 void FleetMetrics::HostDown(const std::string& reason) { hosts_down->Add({{"reason", reason}}).Increment(); }
-void FleetMetrics::SilenceBrake(const std::string& region, bool engaged) {
-  silence_brake->Add({{"region", region}}).Set(engaged ? 1 : 0);
+void FleetMetrics::SilenceBrake(const std::string& region, std::int64_t braked_hosts) {
+  silence_brake->Add({{"region", region}}).Set(static_cast<double>(braked_hosts));
 }
 }  // namespace spillway

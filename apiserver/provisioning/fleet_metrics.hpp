@@ -1,4 +1,5 @@
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace prometheus {
@@ -18,7 +19,7 @@ struct FleetMetrics {
   void Preempted(const std::string& region, const std::string& gpu_model, const std::string& reason);
   void PlacementFailed(const std::string& reason);
   void HostDown(const std::string& reason);                       // silent | mass_silence
-  void SilenceBrake(const std::string& region, bool engaged);
+  void SilenceBrake(const std::string& region, std::int64_t braked_hosts);
 
   prometheus::Family<prometheus::Gauge>* gpus;          // spillway_gpus{region,gpu_model,use}
   prometheus::Family<prometheus::Gauge>* instances;     // spillway_instances{state,market}

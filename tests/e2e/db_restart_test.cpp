@@ -15,56 +15,6 @@
 using namespace spillway::test;
 using namespace std::chrono_literals;
 
-namespace {
-
-class OwnCluster {
- public:
-  OwnCluster() {
-    const char* bin = std::getenv("SPILLWAY_TEST_PG_BIN");
-    bin_ = bin && *bin ? bin : "/usr/lib/postgresql/15/bin";
-    char tmpl[] = "/tmp/spw-restart-XXXXXX";
-    dir_ = ::mkdtemp(tmpl);
-    port_ = FreePort();
-    Sh("chmod 755 " + dir_ + " && mkdir -p " + dir_ + "/data " + dir_ + "/run" +
-       (::geteuid() == 0 ? " && chown postgres:postgres " + dir_ + "/data " + dir_ + "/run" : ""));
-    ok_ = AsPg(bin_ + "/initdb -D " + dir_ + "/data -U postgres --auth=trust >/dev/null") == 0 && Start();
-  }
-  ~OwnCluster() {
-    Stop();
-    Sh("rm -rf " + dir_);
-  }
-  bool ok() const { return ok_; }
-  std::string dsn() const { return "host=" + dir_ + "/run port=" + std::to_string(port_) + " user=postgres dbname=postgres"; }
-  bool Start() {
-    return AsPg(bin_ + "/pg_ctl -D " + dir_ + "/data -w -l " + dir_ + "/data/log -o \"-c listen_addresses='' " +
-                "-c unix_socket_directories='" + dir_ + "/run' -p " + std::to_string(port_) + " -c fsync=off\" start >/dev/null") == 0;
-  }
-  bool Stop() { return AsPg(bin_ + "/pg_ctl -D " + dir_ + "/data -m fast -w stop >/dev/null") == 0; }
-
- private:
-  static int Sh(const std::string& cmd) {
-    std::string out;
-    const int rc = RunCommand({"/bin/sh", "-c", cmd}, {}, &out);
-    if (rc != 0) std::fprintf(stderr, "%s: %s\n", cmd.c_str(), out.c_str());
-    return rc;
-  }
-  int AsPg(const std::string& cmd) {
-    return ::geteuid() == 0 ? Sh("runuser -u postgres -- sh -c \"" + Escape(cmd) + "\"") : Sh(cmd);
-  }
-  static std::string Escape(const std::string& s) {
-    std::string out;
-    for (char c : s) {
-      if (c == '"' || c == '\\' || c == '$') out += '\\';
-      out += c;
-    }
-    return out;
-  }
-  std::string bin_, dir_;
-  int port_ = 0;
-  bool ok_ = false;
-};
-
-}  // namespace
 
 TEST(DatabaseRestart, ServerAnswers503MeanwhileAndRecoversByItself) {
   OwnCluster pg;

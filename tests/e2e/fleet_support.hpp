@@ -28,8 +28,9 @@ inline std::map<std::string, std::string> FastFleetEnv() {
 
 class Fleet {
  public:
-  Fleet(const TestDb& db, ApiServer& server) : db_(db), server_(server) {
-    admin = BootstrapAdmin(db.dsn());
+  Fleet(const TestDb& db, ApiServer& server) : Fleet(db.dsn(), server) {}
+  Fleet(const std::string& dsn, ApiServer& server) : server_(server) {
+    admin = BootstrapAdmin(dsn);
     const auto tenants = Json(Call("GET", "/v1/tenants", admin));
     operator_tenant = Str(tenants.at("data").as_array()[0], "id");
     operator_key = NewKey(operator_tenant, "operator");
@@ -82,7 +83,6 @@ class Fleet {
   std::string admin, operator_tenant, operator_key;
 
  private:
-  const TestDb& db_;
   ApiServer& server_;
 };
 

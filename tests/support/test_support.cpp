@@ -341,6 +341,11 @@ void ApiServer::Spawn() {
   process_ = std::make_unique<Process>(std::vector<std::string>{ApiServerBinary(), "serve"}, env_);
 }
 
+void ApiServer::Restart() {
+  if (process_->Running()) process_->Stop(SIGKILL);
+  process_ = std::make_unique<Process>(std::vector<std::string>{ApiServerBinary(), "serve"}, env_);
+}
+
 ApiServer::~ApiServer() {
   if (process_->Running()) process_->Stop(SIGTERM);
 }
@@ -375,6 +380,62 @@ std::string BootstrapAdmin(const std::string& dsn) {
   while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "bootstrap-admin failed";
   return out;
+}
+
+namespace {
+int Sh(const std::string& cmd) {
+  std::string out;
+  const int rc = RunCommand({"/bin/sh", "-c", cmd}, {}, &out);
+  if (rc != 0) std::fprintf(stderr, "%s: %s\n", cmd.c_str(), out.c_str());
+  return rc;
+}
+std::string ShellEscape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\' || c == '$') out += '\\';
+    out += c;
+  }
+  return out;
+}
+}  // namespace
+
+OwnCluster::OwnCluster() {
+  const char* bin = std::getenv("SPILLWAY_TEST_PG_BIN");
+  bin_ = bin && *bin ? bin : "/usr/lib/postgresql/15/bin";
+  char tmpl[] = "/tmp/spw-cluster-XXXXXX";
+  dir_ = ::mkdtemp(tmpl);
+  port_ = FreePort();
+  Sh("chmod 755 " + dir_ + " && mkdir -p " + dir_ + "/data " + dir_ + "/run" +
+     (::geteuid() == 0 ? " && chown postgres:postgres " + dir_ + "/data " + dir_ + "/run" : ""));
+  ok_ = AsPg(bin_ + "/initdb -D " + dir_ + "/data -U postgres --auth=trust >/dev/null") == 0 && Start();
+}
+
+OwnCluster::~OwnCluster() {
+  Stop();
+  Sh("rm -rf " + dir_);
+}
+
+std::string OwnCluster::dsn() const {
+  return "host=" + dir_ + "/run port=" + std::to_string(port_) + " user=postgres dbname=postgres";
+}
+
+bool OwnCluster::Start() {
+  return AsPg(bin_ + "/pg_ctl -D " + dir_ + "/data -w -l " + dir_ + "/data/log -o \"-c listen_addresses='' " +
+              "-c unix_socket_directories='" + dir_ + "/run' -p " + std::to_string(port_) +
+              " -c fsync=off\" start >/dev/null") == 0;
+}
+
+bool OwnCluster::Stop() { return AsPg(bin_ + "/pg_ctl -D " + dir_ + "/data -m fast -w stop >/dev/null") == 0; }
+
+bool OwnCluster::Migrate() {
+  std::string out;
+  const int rc = RunCommand({ApiServerBinary(), "migrate"}, {{"SPILLWAY_DATABASE_URL", dsn()}}, &out);
+  if (rc != 0) std::fprintf(stderr, "migrate: %s\n", out.c_str());
+  return rc == 0;
+}
+
+int OwnCluster::AsPg(const std::string& cmd) {
+  return ::geteuid() == 0 ? Sh("runuser -u postgres -- sh -c \"" + ShellEscape(cmd) + "\"") : Sh(cmd);
 }
 
 }  // namespace spillway::test

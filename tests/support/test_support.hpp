@@ -105,6 +105,8 @@ class ApiServer {
   // Waits until /readyz answers 200; false if the process died or the time ran out. Ports taken
   // meanwhile by another process are replaced, so read port() and admin_port() after this.
   bool WaitReady(std::chrono::milliseconds timeout = std::chrono::seconds(20));
+  // Starts the process again on the same ports (after it was killed or stopped).
+  void Restart();
 
  private:
   void Spawn();
@@ -117,6 +119,25 @@ std::string ApiServerBinary();
 std::string AgentBinary();
 // Polls `done` every 50 ms until it holds or `timeout` passes; returns whether it held.
 bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout);
+// A PostgreSQL cluster of the test's own (initdb under /tmp), so that stopping or restarting it
+// disturbs no other test. Its dsn() is the `postgres` database; Migrate() applies our migrations.
+class OwnCluster {
+ public:
+  OwnCluster();
+  ~OwnCluster();
+  bool ok() const { return ok_; }
+  std::string dsn() const;
+  bool Start();
+  bool Stop();
+  bool Migrate();
+
+ private:
+  int AsPg(const std::string& cmd);
+  std::string bin_, dir_;
+  int port_ = 0;
+  bool ok_ = false;
+};
+
 // Runs `spillway-apiserver bootstrap-admin` against dsn and returns the key it prints.
 std::string BootstrapAdmin(const std::string& dsn);
 

@@ -4,6 +4,7 @@
 #include <boost/json.hpp>
 #include <limits>
 
+#include "core/errors.hpp"
 #include "core/json.hpp"
 
 using spillway::ToJson;
@@ -28,4 +29,31 @@ TEST(ToJson, MatchesBoostJsonForEverythingElse) {
       R"("a":[1,"two",{"x":[]}],"o":{},"e":[]})");
   EXPECT_EQ(ToJson(v), boost::json::serialize(v));
   EXPECT_EQ(boost::json::parse(ToJson(v)), v);
+}
+
+TEST(ParseJsonBody, RefusesDuplicateKeysAtAnyDepth) {
+  using spillway::ParseJsonBody;
+  EXPECT_THROW(ParseJsonBody(R"({"a":1,"a":2})"), spillway::MalformedJson);
+  EXPECT_THROW(ParseJsonBody(R"({"x":[{"b":1,"b":1}]})"), spillway::MalformedJson);
+  EXPECT_THROW(ParseJsonBody(R"({"a\u0062":1,"ab":2})"), spillway::MalformedJson);  // the same key, escaped
+  EXPECT_THROW(ParseJsonBody(R"({"a":)"), spillway::MalformedJson);
+  EXPECT_NO_THROW(ParseJsonBody(R"({"a":{"a":1},"b":[{"a":1},{"a":2}],"s":"\"a\",\"a\""})"));
+}
+
+TEST(CanonicalJson, IgnoresMemberOrderAndSpacing) {
+  using spillway::CanonicalJson;
+  const auto a = boost::json::parse(R"({"b":1,"a":{"y":[1,2],"x":"t"}})");
+  const auto b = boost::json::parse(R"( { "a" : { "x" : "t", "y" : [ 1, 2 ] }, "b" : 1 } )");
+  EXPECT_EQ(CanonicalJson(a), CanonicalJson(b));
+  EXPECT_EQ(CanonicalJson(a), R"({"a":{"x":"t","y":[1,2]},"b":1})");
+  EXPECT_NE(CanonicalJson(boost::json::parse("[1,2]")), CanonicalJson(boost::json::parse("[2,1]")));
+}
+
+TEST(ToJson, NeverWritesInvalidUtf8) {
+  const std::string bad = "a\xff" "b\xc0\xaf";
+  const std::string out = ToJson(boost::json::object{{"k", boost::json::string_view(bad)}});
+  boost::system::error_code ec;
+  boost::json::parse(out, ec);
+  EXPECT_FALSE(ec) << out;
+  EXPECT_EQ(out, "{\"k\":\"a\xEF\xBF\xBD" "b\xEF\xBF\xBD\xEF\xBF\xBD\"}");
 }
