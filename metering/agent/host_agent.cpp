@@ -34,9 +34,24 @@ void HostAgent::Start() {
 void HostAgent::Stop() {
   if (stopping_.exchange(true)) return;
   cv_.notify_all();
+}
+
+void HostAgent::Drain(std::chrono::milliseconds grace) {
   std::lock_guard lk(mu_);
-  for (const auto& [id, a] : assigned_) runtime_->Forget(id);
+  const auto ids = runtime_->Known();
+  for (const auto& id : ids) runtime_->Stop(id);
+  const auto deadline = std::chrono::steady_clock::now() + grace + std::chrono::seconds(1);
+  for (;;) {
+    runtime_->Poll();
+    bool all = true;
+    for (const auto& id : ids) all &= runtime_->State(id) != "running" && runtime_->State(id) != "starting";
+    if (all || std::chrono::steady_clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  for (const auto& id : ids) runtime_->Forget(id);
   assigned_.clear();
+  log::Info("host drained: its instances are stopped", {{"hostname", options_.hostname},
+                                                        {"instances", static_cast<std::int64_t>(ids.size())}});
 }
 
 std::string HostAgent::Token() {
@@ -85,8 +100,11 @@ void HostAgent::Apply(std::int64_t version, std::map<std::string, Assigned> next
     if (a.desired == "running" && !past_notice) runtime_->Start({id, a.gpus});
     else runtime_->Stop(id);
   }
-  // An instance absent from the list must not run on this host.
+  // An instance absent from the list must not run on this host: also one the runtime took up again
+  // after an agent restart that was ended meanwhile.
   for (const auto& [id, a] : assigned_)
+    if (!next.count(id)) runtime_->Forget(id);
+  for (const auto& id : runtime_->Known())
     if (!next.count(id)) runtime_->Forget(id);
   assigned_ = std::move(next);
   version_ = version;

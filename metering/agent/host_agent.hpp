@@ -33,8 +33,12 @@ class HostAgent {
   HostAgent(HostOptions options, RuntimePtr runtime);
   ~HostAgent();
   void Start();
-  // Stops every instance and the loops; returns without waiting for a long poll in flight.
+  // Stops the loops and leaves the instances running (a restarted agent takes them up again);
+  // returns without waiting for a long poll in flight.
   void Stop();
+  // Decommissioning: stops every instance the runtime holds (SIGTERM, then SIGKILL after the
+  // runtime's grace) and forgets them. Call after Stop.
+  void Drain(std::chrono::milliseconds grace);
   // Deterministic GPU UUIDs for simulated hosts, so a restarted agent is recognised as the same host.
   static std::string SimulatedUuid(const std::string& hostname, int index);
 

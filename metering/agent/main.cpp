@@ -21,13 +21,17 @@ constexpr const char* kUsage =
     "usage: spillway-agent --api URL --bootstrap-token T [--region R] [--zone Z]\n"
     "                      [--runtime simulated|exec] [--launcher CMD] [--stop-grace 10s]\n"
     "                      [--simulate-hosts N --gpu-model M --gpus-per-host G] [--boot-delay 2s]\n"
-    "                      [--hostname NAME] [--log-level info]\n"
+    "                      [--hostname NAME] [--log-level info] [--state-dir DIR] [--drain-on-exit]\n"
     "  --api              the apiserver, http://HOST:PORT\n"
     "  --bootstrap-token  the fleet's bootstrap token (or SPILLWAY_AGENT_BOOTSTRAP_TOKEN)\n"
     "  --runtime          simulated (default): instances boot for --boot-delay, then run;\n"
     "                     exec: runs `sh -c CMD` per instance with CUDA_VISIBLE_DEVICES and\n"
     "                     SPILLWAY_INSTANCE_ID set, stopped with SIGTERM, then SIGKILL after --stop-grace\n"
-    "  --simulate-hosts   stand in for N hosts, each with --gpus-per-host GPUs of --gpu-model\n";
+    "  --simulate-hosts   stand in for N hosts, each with --gpus-per-host GPUs of --gpu-model\n"
+    "  --state-dir        where each host keeps what its instances are (default /var/lib/spillway-agent);\n"
+    "                     instances outlive the agent and a restarted agent takes them up again\n"
+    "  --drain-on-exit    on SIGTERM/SIGINT, stop every instance first (decommissioning a host);\n"
+    "                     without it the agent exits and leaves its instances running\n";
 
 int Usage(const std::string& why) {
   std::cerr << "spillway-agent: " << why << "\n" << kUsage;
@@ -48,12 +52,18 @@ std::int64_t MemoryOf(const std::string& model) {
 int main(int argc, char** argv) {
   std::map<std::string, std::string> flags = {
       {"--region", "local"}, {"--zone", ""}, {"--runtime", "simulated"}, {"--stop-grace", "10s"},
-      {"--boot-delay", "2s"}, {"--log-level", "info"}, {"--gpus-per-host", "8"}, {"--simulate-hosts", "0"}};
+      {"--boot-delay", "2s"}, {"--log-level", "info"}, {"--gpus-per-host", "8"}, {"--simulate-hosts", "0"},
+      {"--state-dir", "/var/lib/spillway-agent"}};
+  bool drain_on_exit = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "-h" || arg == "--help") {
       std::cout << kUsage;
       return 0;
+    }
+    if (arg == "--drain-on-exit") {
+      drain_on_exit = true;
+      continue;
     }
     std::string value;
     if (const auto eq = arg.find('='); eq != std::string::npos) {
@@ -66,7 +76,8 @@ int main(int argc, char** argv) {
     }
     static const std::vector<std::string> kKnown = {
         "--api", "--bootstrap-token", "--region", "--zone", "--runtime", "--launcher", "--stop-grace",
-        "--simulate-hosts", "--gpu-model", "--gpus-per-host", "--boot-delay", "--hostname", "--log-level"};
+        "--simulate-hosts", "--gpu-model", "--gpus-per-host", "--boot-delay", "--hostname", "--log-level",
+        "--state-dir"};
     if (std::find(kKnown.begin(), kKnown.end(), arg) == kKnown.end()) return Usage("unknown option " + arg);
     flags[arg] = value;
   }
@@ -122,9 +133,13 @@ int main(int argc, char** argv) {
     o.hostname = hosts == 0 ? base : base + "-" + flags["--region"] + "-" + std::to_string(h);
     for (int g = 0; g < gpus_per_host; ++g)
       o.gpus.push_back({g, HostAgent::SimulatedUuid(o.hostname, g), model, MemoryOf(model)});
+    // One state folder per host: simulated hosts of one process keep theirs apart.
+    const std::string state_dir = flags["--state-dir"] + "/" + o.hostname;
+    std::string why;
+    if (!PrepareStateDir(state_dir, &why)) return Usage("--state-dir: " + why);
     RuntimePtr rt;
-    if (runtime == "exec") rt = std::make_unique<ExecRuntime>(flags["--launcher"], *stop_grace);
-    else rt = std::make_unique<SimulatedRuntime>(*boot_delay);
+    if (runtime == "exec") rt = std::make_unique<ExecRuntime>(flags["--launcher"], *stop_grace, state_dir);
+    else rt = std::make_unique<SimulatedRuntime>(*boot_delay, state_dir);
     agents.push_back(std::make_unique<HostAgent>(std::move(o), std::move(rt)));
   }
   for (auto& a : agents) a->Start();
@@ -132,8 +147,13 @@ int main(int argc, char** argv) {
                                        {"region", flags["--region"]}});
   int sig = 0;
   sigwait(&stop_signals, &sig);
-  log::Info("spillway-agent stopping: stopping instances");
   for (auto& a : agents) a->Stop();
+  if (drain_on_exit) {
+    log::Info("spillway-agent stopping: draining, stopping every instance first");
+    for (auto& a : agents) a->Drain(*stop_grace);
+  } else {
+    log::Info("spillway-agent stopping: its instances keep running and are taken up again at the next start");
+  }
   // The long polls in flight hold nothing worth waiting for: the server keeps all state.
   std::_Exit(0);
 }

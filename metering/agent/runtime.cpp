@@ -1,21 +1,144 @@
 #include "metering/agent/runtime.hpp"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "core/clock.hpp"
 #include "core/log.hpp"
 
+extern char** environ;
+
 namespace spillway::agent {
+namespace {
+
+std::int64_t WallMs() { return EpochMs(NowMs()); }
+
+// key=value lines, written whole or not at all (temporary file, fsync, rename).
+bool WriteFileAtomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return false;
+  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
+  ok = ::close(fd) == 0 && ok;
+  return ok && ::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+std::map<std::string, std::string> ReadKeyValues(const std::string& path) {
+  std::map<std::string, std::string> kv;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) {
+    const auto eq = line.find('=');
+    if (eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  return kv;
+}
+
+std::int64_t Int(const std::map<std::string, std::string>& kv, const std::string& k, std::int64_t dflt = 0) {
+  auto it = kv.find(k);
+  if (it == kv.end()) return dflt;
+  try {
+    return std::stoll(it->second);
+  } catch (const std::exception&) {
+    return dflt;
+  }
+}
+
+// Ids of the instances with a `<id><suffix>` file in dir.
+std::vector<std::string> IdsIn(const std::string& dir, const std::string& suffix) {
+  std::vector<std::string> ids;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+        ids.push_back(name.substr(0, name.size() - suffix.size()));
+    }
+    ::closedir(d);
+  }
+  return ids;
+}
+
+// Field 22 of /proc/<pid>/stat (start time in clock ticks since boot): with the pid, it names one
+// process; a pid reused by another process has another start time. 0 when there is no such process.
+std::uint64_t ProcStart(int pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const auto paren = stat.rfind(')');
+  if (paren == std::string::npos) return 0;
+  std::istringstream rest(stat.substr(paren + 2));
+  std::string field;
+  for (int i = 3; i <= 22 && rest >> field; ++i)
+    if (i == 22) return std::strtoull(field.c_str(), nullptr, 10);
+  return 0;
+}
+
+bool Alive(int pid, std::uint64_t start) { return pid > 0 && start != 0 && ProcStart(pid) == start; }
+
+}  // namespace
+
+bool PrepareStateDir(const std::string& dir, std::string* why) {
+  std::string path;
+  std::stringstream parts(dir);
+  std::string part;
+  if (!dir.empty() && dir[0] == '/') path = "/";
+  while (std::getline(parts, part, '/')) {
+    if (part.empty()) continue;
+    path += part + "/";
+    if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
+      *why = "cannot create " + path + ": " + std::strerror(errno);
+      return false;
+    }
+  }
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+    *why = dir + " is not writable: " + std::strerror(errno);
+    return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SimulatedRuntime
+
+SimulatedRuntime::SimulatedRuntime(std::chrono::milliseconds boot_delay, std::string state_dir)
+    : boot_delay_(boot_delay), state_dir_(std::move(state_dir)) {
+  if (state_dir_.empty()) return;
+  for (const auto& id : IdsIn(state_dir_, ".sim")) {
+    const auto kv = ReadKeyValues(state_dir_ + "/" + id + ".sim");
+    entries_[id] = Entry{Int(kv, "started_ms"), Int(kv, "stopped") != 0};
+    log::Info("simulated instance taken up again", {{"instance_id", id}});
+  }
+}
+
+void SimulatedRuntime::Save(const std::string& id, const Entry& e) {
+  if (state_dir_.empty()) return;
+  if (!WriteFileAtomically(state_dir_ + "/" + id + ".sim", "started_ms=" + std::to_string(e.started_ms) +
+                                                               "\nstopped=" + (e.stopped ? "1" : "0") + "\n"))
+    log::Error("cannot write the instance's state file", {{"instance_id", id}, {"dir", state_dir_}});
+}
 
 void SimulatedRuntime::Start(const InstanceSpec& spec) {
   std::lock_guard lk(mu_);
-  entries_.try_emplace(spec.id, Entry{std::chrono::steady_clock::now(), false});
+  if (entries_.count(spec.id)) return;
+  const Entry e{WallMs(), false};
+  entries_[spec.id] = e;
+  Save(spec.id, e);
 }
 
 void SimulatedRuntime::Stop(const std::string& id) {
   std::lock_guard lk(mu_);
-  if (auto it = entries_.find(id); it != entries_.end()) it->second.stopped = true;
+  if (auto it = entries_.find(id); it != entries_.end() && !it->second.stopped) {
+    it->second.stopped = true;
+    Save(id, it->second);
+  }
 }
 
 std::string SimulatedRuntime::State(const std::string& id) {
@@ -23,20 +146,79 @@ std::string SimulatedRuntime::State(const std::string& id) {
   auto it = entries_.find(id);
   if (it == entries_.end()) return "";
   if (it->second.stopped) return "stopped";
-  return std::chrono::steady_clock::now() - it->second.started >= boot_delay_ ? "running" : "starting";
+  return WallMs() - it->second.started_ms >= boot_delay_.count() ? "running" : "starting";
 }
 
 void SimulatedRuntime::Forget(const std::string& id) {
   std::lock_guard lk(mu_);
   entries_.erase(id);
+  if (!state_dir_.empty()) ::unlink((state_dir_ + "/" + id + ".sim").c_str());
+}
+
+std::vector<std::string> SimulatedRuntime::Known() {
+  std::lock_guard lk(mu_);
+  std::vector<std::string> ids;
+  for (const auto& [id, e] : entries_) ids.push_back(id);
+  return ids;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ExecRuntime
+
+ExecRuntime::ExecRuntime(std::string launcher, std::chrono::milliseconds stop_grace, std::string state_dir)
+    : launcher_(std::move(launcher)), stop_grace_(stop_grace), state_dir_(std::move(state_dir)) {
+  for (const auto& id : IdsIn(state_dir_, ".state")) {
+    const auto kv = ReadKeyValues(state_dir_ + "/" + id + ".state");
+    Entry e;
+    e.pid = static_cast<int>(Int(kv, "pid", -1));
+    e.proc_start = static_cast<std::uint64_t>(Int(kv, "proc_start"));
+    e.stop_requested = Int(kv, "stop_requested") != 0;
+    e.kill_at_ms = Int(kv, "kill_at_ms");
+    e.killed = Int(kv, "killed") != 0;
+    // The shim is no longer our child: init reaps it. Its pid and start time still tell whether it
+    // may be about to write the exit status.
+    e.shim_pid = -1;
+    e.shim = static_cast<int>(Int(kv, "shim", -1));
+    e.shim_start = static_cast<std::uint64_t>(Int(kv, "shim_start"));
+    entries_[id] = e;
+    RefreshLocked(id, entries_[id]);
+    log::Info("instance taken up again after an agent restart",
+              {{"instance_id", id}, {"pid", e.pid}, {"running", !entries_[id].exited}});
+  }
 }
 
 ExecRuntime::~ExecRuntime() {
+  // Instances outlive the agent. Reap the shims that have already finished; the rest go to init.
   std::lock_guard lk(mu_);
   for (auto& [id, e] : entries_)
-    if (!e.exited) ::kill(-e.pid, SIGKILL);
-  for (auto& [id, e] : entries_)
-    if (!e.exited) ::waitpid(e.pid, nullptr, 0);
+    if (e.shim_pid > 0) ::waitpid(e.shim_pid, nullptr, WNOHANG);
+}
+
+void ExecRuntime::SaveLocked(const std::string& id, const Entry& e) {
+  std::ostringstream s;
+  s << "pid=" << e.pid << "\nproc_start=" << e.proc_start << "\nstop_requested=" << (e.stop_requested ? 1 : 0)
+    << "\nkill_at_ms=" << e.kill_at_ms << "\nkilled=" << (e.killed ? 1 : 0) << "\nshim=" << e.shim
+    << "\nshim_start=" << e.shim_start << "\n";
+  if (!WriteFileAtomically(state_dir_ + "/" + id + ".state", s.str()))
+    log::Error("cannot write the instance's state file", {{"instance_id", id}, {"dir", state_dir_}});
+}
+
+void ExecRuntime::RefreshLocked(const std::string& id, Entry& e) {
+  if (e.exited) return;
+  if (e.shim_pid > 0 && ::waitpid(e.shim_pid, nullptr, WNOHANG) == e.shim_pid) e.shim_pid = -1;
+  const auto kv = ReadKeyValues(state_dir_ + "/" + id + ".exit");
+  if (kv.count("code")) {
+    e.exited = true;
+    e.exit_code = static_cast<int>(Int(kv, "code", 1));
+    log::Info("launcher exited", {{"instance_id", id}, {"exit_code", e.exit_code}});
+    return;
+  }
+  // Running, or its shim is about to write the status.
+  if (Alive(e.pid, e.proc_start) || e.shim_pid > 0 || Alive(e.shim, e.shim_start)) return;
+  // Gone without an exit status: killed with its shim, or the host restarted.
+  e.exited = true;
+  e.exit_code = 128 + SIGKILL;
+  log::Warn("launcher vanished without an exit status", {{"instance_id", id}, {"pid", e.pid}});
 }
 
 void ExecRuntime::Start(const InstanceSpec& spec) {
@@ -44,54 +226,109 @@ void ExecRuntime::Start(const InstanceSpec& spec) {
   if (entries_.count(spec.id)) return;
   std::string devices;
   for (size_t i = 0; i < spec.gpu_indices.size(); ++i) devices += (i ? "," : "") + std::to_string(spec.gpu_indices[i]);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::setpgid(0, 0);  // its own group, so Stop reaches everything the launcher started
-    ::setenv("CUDA_VISIBLE_DEVICES", devices.c_str(), 1);
-    ::setenv("SPILLWAY_INSTANCE_ID", spec.id.c_str(), 1);
-    ::execl("/bin/sh", "sh", "-c", launcher_.c_str(), static_cast<char*>(nullptr));
-    std::_Exit(127);
+  // Everything the children need is prepared before fork: after it, only async-signal-safe calls.
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e; ++e) {
+    const std::string kv = *e;
+    if (kv.rfind("CUDA_VISIBLE_DEVICES=", 0) != 0 && kv.rfind("SPILLWAY_INSTANCE_ID=", 0) != 0) env_strings.push_back(kv);
   }
+  env_strings.push_back("CUDA_VISIBLE_DEVICES=" + devices);
+  env_strings.push_back("SPILLWAY_INSTANCE_ID=" + spec.id);
+  std::vector<char*> envp;
+  for (auto& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::string sh = "/bin/sh", dash_c = "-c", cmd = launcher_;
+  char* argv[] = {sh.data(), dash_c.data(), cmd.data(), nullptr};
+  const std::string exit_path = state_dir_ + "/" + spec.id + ".exit", exit_tmp = exit_path + ".tmp";
+  ::unlink(exit_path.c_str());
+
+  int fds[2];
   Entry e;
-  if (pid < 0) {
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    e.exited = true;
+    e.exit_code = 127;
+    log::Error("could not start the launcher: no pipe", {{"instance_id", spec.id}});
+    entries_[spec.id] = e;
+    return;
+  }
+  const pid_t shim = ::fork();
+  if (shim == 0) {
+    // The shim: a session of its own, holding none of the agent's descriptors, waiting for the
+    // launcher and writing its exit status where the next agent will look.
+    ::setsid();
+    ::dup2(fds[1], 3);
+    ::close_range(4, ~0U, 0);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the agent blocks SIGTERM/SIGINT in every thread
+    ::signal(SIGPIPE, SIG_DFL);
+    const pid_t child = ::fork();
+    if (child == 0) {
+      ::setpgid(0, 0);  // its own group, so Stop reaches everything the launcher started
+      ::close(3);
+      ::execve("/bin/sh", argv, envp.data());
+      ::_exit(127);
+    }
+    ::setpgid(child, child);
+    ::write(3, &child, sizeof child);
+    ::close(3);
+    int status = 0;
+    while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    char buf[32] = "code=";
+    int n = 5, digits[8], k = 0, v = code < 0 ? 0 : code;
+    do digits[k++] = v % 10, v /= 10; while (v && k < 8);
+    while (k) buf[n++] = static_cast<char>('0' + digits[--k]);
+    buf[n++] = '\n';
+    const int fd = ::open(exit_tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      ::write(fd, buf, n);
+      ::fsync(fd);
+      ::close(fd);
+      ::rename(exit_tmp.c_str(), exit_path.c_str());
+    }
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  pid_t child = -1;
+  if (shim < 0 || ::read(fds[0], &child, sizeof child) != sizeof child) child = -1;
+  ::close(fds[0]);
+  if (child <= 0) {
     e.exited = true;
     e.exit_code = 127;
     log::Error("could not start the launcher", {{"instance_id", spec.id}});
   } else {
-    ::setpgid(pid, pid);
-    e.pid = pid;
-    log::Info("launcher started", {{"instance_id", spec.id}, {"pid", pid}, {"cuda_visible_devices", devices}});
+    e.pid = child;
+    e.shim_pid = e.shim = shim;
+    e.proc_start = ProcStart(child);
+    e.shim_start = ProcStart(shim);
+    log::Info("launcher started", {{"instance_id", spec.id}, {"pid", child}, {"cuda_visible_devices", devices}});
   }
   entries_[spec.id] = e;
-}
-
-void ExecRuntime::ReapLocked() {
-  for (auto& [id, e] : entries_) {
-    if (e.exited || e.pid <= 0) continue;
-    int status = 0;
-    if (::waitpid(e.pid, &status, WNOHANG) == e.pid) {
-      e.exited = true;
-      e.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      log::Info("launcher exited", {{"instance_id", id}, {"exit_code", e.exit_code}});
-    }
-  }
+  if (!e.exited) SaveLocked(spec.id, e);
 }
 
 void ExecRuntime::Stop(const std::string& id) {
   std::lock_guard lk(mu_);
   auto it = entries_.find(id);
   if (it == entries_.end() || it->second.stop_requested) return;
-  it->second.stop_requested = true;
-  it->second.stop_at = std::chrono::steady_clock::now() + stop_grace_;
-  if (!it->second.exited) ::kill(-it->second.pid, SIGTERM);
+  Entry& e = it->second;
+  RefreshLocked(id, e);
+  e.stop_requested = true;
+  e.kill_at_ms = WallMs() + stop_grace_.count();
+  if (!e.exited) {
+    SaveLocked(id, e);
+    ::kill(-e.pid, SIGTERM);
+  }
 }
 
 std::string ExecRuntime::State(const std::string& id) {
   std::lock_guard lk(mu_);
-  ReapLocked();
   auto it = entries_.find(id);
   if (it == entries_.end()) return "";
-  const Entry& e = it->second;
+  Entry& e = it->second;
+  RefreshLocked(id, e);
   if (!e.exited) return "running";
   return (e.stop_requested || e.exit_code == 0) ? "stopped" : "failed";
 }
@@ -100,24 +337,33 @@ void ExecRuntime::Forget(const std::string& id) {
   std::lock_guard lk(mu_);
   auto it = entries_.find(id);
   if (it == entries_.end()) return;
-  if (!it->second.exited) {
-    ::kill(-it->second.pid, SIGKILL);
-    ::waitpid(it->second.pid, nullptr, 0);
-  }
+  Entry& e = it->second;
+  RefreshLocked(id, e);
+  if (!e.exited && Alive(e.pid, e.proc_start)) ::kill(-e.pid, SIGKILL);
+  if (e.shim_pid > 0) ::waitpid(e.shim_pid, nullptr, 0);  // it exits once the launcher is gone
+  for (const char* suffix : {".state", ".exit"}) ::unlink((state_dir_ + "/" + id + suffix).c_str());
   entries_.erase(it);
 }
 
 void ExecRuntime::Poll() {
   std::lock_guard lk(mu_);
-  ReapLocked();
-  const auto now = std::chrono::steady_clock::now();
+  const std::int64_t now = WallMs();
   for (auto& [id, e] : entries_) {
-    if (e.stop_requested && !e.exited && !e.killed && now >= e.stop_at) {
+    RefreshLocked(id, e);
+    if (e.stop_requested && !e.exited && !e.killed && now >= e.kill_at_ms) {
       ::kill(-e.pid, SIGKILL);
       e.killed = true;
+      SaveLocked(id, e);
       log::Warn("launcher ignored SIGTERM: killed", {{"instance_id", id}});
     }
   }
+}
+
+std::vector<std::string> ExecRuntime::Known() {
+  std::lock_guard lk(mu_);
+  std::vector<std::string> ids;
+  for (const auto& [id, e] : entries_) ids.push_back(id);
+  return ids;
 }
 
 }  // namespace spillway::agent

@@ -1,6 +1,10 @@
 // The exec runtime against real processes: environment, exit codes, SIGTERM then SIGKILL.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <thread>
 
@@ -22,8 +26,15 @@ std::string WaitState(ExecRuntime& rt, const std::string& id, const std::string&
 }
 }  // namespace
 
+namespace {
+std::string TempDir() {
+  char tmpl[] = "/tmp/spillway-rt-XXXXXX";
+  return ::mkdtemp(tmpl);
+}
+}  // namespace
+
 TEST(ExecRuntime, ExitCodesBecomeStoppedOrFailed) {
-  ExecRuntime rt("test \"$SPILLWAY_INSTANCE_ID\" = ok", 1s);
+  ExecRuntime rt("test \"$SPILLWAY_INSTANCE_ID\" = ok", 1s, TempDir());
   rt.Start({"ok", {0}});
   rt.Start({"bad", {1}});
   EXPECT_EQ(WaitState(rt, "ok", "stopped"), "stopped");
@@ -32,9 +43,9 @@ TEST(ExecRuntime, ExitCodesBecomeStoppedOrFailed) {
 }
 
 TEST(ExecRuntime, SeesItsGpusAndIsKilledWhenItIgnoresSigterm) {
-  char tmpl[] = "/tmp/spillway-rt-XXXXXX";
-  const std::string dir = ::mkdtemp(tmpl);
-  ExecRuntime rt("echo $CUDA_VISIBLE_DEVICES > " + dir + "/gpus; trap '' TERM; sleep 60 & wait; sleep 60", 300ms);
+  const std::string dir = TempDir();
+  ExecRuntime rt("echo $CUDA_VISIBLE_DEVICES > " + dir + "/gpus; trap '' TERM; sleep 60 & wait; sleep 60", 300ms,
+                 dir);
   rt.Start({"ins_1", {2, 3}});
   EXPECT_EQ(rt.State("ins_1"), "running");
   std::string gpus;
@@ -51,5 +62,36 @@ TEST(ExecRuntime, SeesItsGpusAndIsKilledWhenItIgnoresSigterm) {
   EXPECT_EQ(WaitState(rt, "ins_1", "stopped"), "stopped");  // SIGKILL after it
   rt.Forget("ins_1");
   EXPECT_EQ(rt.State("ins_1"), "");
+  spillway::test::RunCommand({"/bin/rm", "-rf", dir}, {}, nullptr);
+}
+
+TEST(ExecRuntime, InstancesOutliveTheRuntimeAndAreTakenUpAgain) {
+  const std::string dir = TempDir();
+  int pid = 0;
+  {
+    ExecRuntime rt("echo $$ > " + dir + "/pid; exec sleep 600", 1s, dir);
+    rt.Start({"ins_1", {0}});
+    ASSERT_TRUE(spillway::test::WaitFor([&] {
+      std::ifstream f(dir + "/pid");
+      return bool(f >> pid) && pid > 0;
+    }, 5s));
+    EXPECT_EQ(rt.State("ins_1"), "running");
+  }  // the agent goes away
+  EXPECT_EQ(::kill(pid, 0), 0) << "the launcher died with the runtime";
+  ExecRuntime again("exec sleep 600", 1s, dir);
+  EXPECT_EQ(again.Known(), std::vector<std::string>{"ins_1"});
+  EXPECT_EQ(again.State("ins_1"), "running");
+  again.Stop("ins_1");  // SIGTERM reaches the adopted process: sleep dies of it
+  EXPECT_EQ(WaitState(again, "ins_1", "stopped"), "stopped");
+  EXPECT_TRUE(spillway::test::WaitFor([&] { return ::kill(pid, 0) != 0; }, 5s));
+  again.Forget("ins_1");
+  EXPECT_TRUE(again.Known().empty());
+  // An adopted launcher that exits by itself reports its exit status through the shim.
+  {
+    ExecRuntime rt("sleep 1; exit 3", 1s, dir);
+    rt.Start({"ins_2", {0}});
+  }
+  ExecRuntime third("true", 1s, dir);
+  EXPECT_EQ(WaitState(third, "ins_2", "failed"), "failed");
   spillway::test::RunCommand({"/bin/rm", "-rf", dir}, {}, nullptr);
 }

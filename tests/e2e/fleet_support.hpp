@@ -30,6 +30,8 @@ class Fleet {
  public:
   Fleet(const TestDb& db, ApiServer& server) : Fleet(db.dsn(), server) {}
   Fleet(const std::string& dsn, ApiServer& server) : server_(server) {
+    char tmpl[] = "/tmp/spw-agents-XXXXXX";
+    state_dir = ::mkdtemp(tmpl);
     admin = BootstrapAdmin(dsn);
     const auto tenants = Json(Call("GET", "/v1/tenants", admin));
     operator_tenant = Str(tenants.at("data").as_array()[0], "id");
@@ -54,7 +56,8 @@ class Fleet {
                                      "--bootstrap-token", "test-bootstrap-token", "--region", region,
                                      "--gpu-model", model, "--gpus-per-host", std::to_string(gpus),
                                      "--simulate-hosts", std::to_string(hosts), "--boot-delay", "300ms",
-                                     "--hostname", "t" + std::to_string(::getpid()) + "-" + model};
+                                     "--hostname", "t" + std::to_string(::getpid()) + "-" + model,
+                                     "--state-dir", state_dir};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return std::make_unique<Process>(argv, std::map<std::string, std::string>{});
   }
@@ -80,7 +83,16 @@ class Fleet {
     return WaitFor([&] { return Str(Instance(key, id), "state") == state; }, timeout);
   }
 
+  // Instances outlive their agents: at the end, whatever the exec runtimes left running goes too.
+  ~Fleet() {
+    RunCommand({"/bin/sh", "-c",
+                "for f in " + state_dir + "/*/*.state; do [ -f \"$f\" ] && kill -KILL -$(sed -n 's/^pid=//p' \"$f\") "
+                "2>/dev/null; done; rm -rf " + state_dir},
+               {}, nullptr);
+  }
+
   std::string admin, operator_tenant, operator_key;
+  std::string state_dir;  // the agents' --state-dir
 
  private:
   ApiServer& server_;

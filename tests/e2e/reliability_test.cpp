@@ -4,8 +4,10 @@
 // and an outage of the apiservers or of PostgreSQL fails no instance while a dead agent's do fail.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <atomic>
+#include <fstream>
 #include <future>
 #include <set>
 #include <thread>
@@ -272,4 +274,60 @@ TEST(Reliability, ManyHostsOfARegionFallingSilentTogetherAreMarkedDownButKeepThe
   const auto metrics = Http(server.admin_port(), "GET", "/metrics").body;
   EXPECT_NE(metrics.find("spillway_hosts_marked_down_total{reason=\"mass_silence\"} 3"), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("spillway_fleet_silence_brake{region=\"us-east\"} 3"), std::string::npos);
+}
+
+TEST(Reliability, AnAgentRestartIsNotAnInstanceRestart) {
+  TestDb db;
+  ApiServer server(db.dsn(), ReliabilityEnv());
+  ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
+  Fleet fleet(db, server);
+  const std::string out = fleet.state_dir + "/out";
+  ASSERT_EQ(::mkdir(out.c_str(), 0755), 0);
+  const std::vector<std::string> exec = {"--runtime", "exec", "--stop-grace", "2s", "--launcher",
+                                         "echo $$ >> " + out + "/$SPILLWAY_INSTANCE_ID.pid; exec sleep 600"};
+  auto agent = fleet.StartAgent("us-east", "H100-80GB", 1, 8, exec);
+  ASSERT_TRUE(WaitFor([&] { return fleet.PoolInt("us-east", "H100-80GB", "total_gpus") == 8; }, 20s));
+  const std::string member = fleet.NewKey(fleet.NewTenant("restart", 8), "member");
+  const auto created = fleet.Call("POST", "/v1/instances", member, kOneGpu);
+  ASSERT_EQ(created.status, 201) << created.body;
+  const std::string id = Str(Json(created), "id");
+  ASSERT_TRUE(fleet.WaitState(member, id, "running"));
+  auto pids = [&] {
+    std::ifstream f(out + "/" + id + ".pid");
+    std::vector<int> v;
+    for (int p; f >> p;) v.push_back(p);
+    return v;
+  };
+  ASSERT_TRUE(WaitFor([&] { return pids().size() == 1; }, 10s));
+  const int pid = pids()[0];
+
+  EXPECT_EQ(agent->Stop(SIGTERM), 0);  // an upgrade, say
+  EXPECT_EQ(::kill(pid, 0), 0) << "the instance's process died with its agent";
+  agent = fleet.StartAgent("us-east", "H100-80GB", 1, 8, exec);
+  std::this_thread::sleep_for(7s);  // past the heartbeat timeout and the report grace
+  EXPECT_EQ(Str(fleet.Instance(member, id), "state"), "running");
+  EXPECT_EQ(::kill(pid, 0), 0);
+  EXPECT_EQ(pids(), std::vector<int>{pid}) << "the launcher was started again";
+
+  // Stopping it is still the assignments' word, and reaches the adopted process.
+  EXPECT_EQ(fleet.Call("DELETE", "/v1/instances/" + id, member).status, 200);
+  EXPECT_TRUE(fleet.WaitState(member, id, "terminated"));
+  EXPECT_TRUE(WaitFor([&] { return ::kill(pid, 0) != 0; }, 10s));
+
+  // Decommissioning: --drain-on-exit stops the instances before the agent exits.
+  agent->Stop(SIGKILL);
+  auto exec_drain = exec;
+  exec_drain.push_back("--drain-on-exit");
+  agent = fleet.StartAgent("us-east", "H100-80GB", 1, 8, exec_drain);
+  const auto second = fleet.Call("POST", "/v1/instances", member, kOneGpu);
+  ASSERT_EQ(second.status, 201) << second.body;
+  const std::string id2 = Str(Json(second), "id");
+  ASSERT_TRUE(fleet.WaitState(member, id2, "running"));
+  int pid2 = 0;
+  ASSERT_TRUE(WaitFor([&] {
+    std::ifstream f(out + "/" + id2 + ".pid");
+    return bool(f >> pid2);
+  }, 10s));
+  EXPECT_EQ(agent->Stop(SIGTERM), 0);
+  EXPECT_NE(::kill(pid2, 0), 0) << "a drained host left its instance running";
 }
