@@ -63,26 +63,80 @@ ApiDispatcher::ApiDispatcher(const Config& config, Database& db, Metrics& metric
                     .Register(metrics.registry());
 }
 
-void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
+const Route* ApiDispatcher::Match(const http::Request& request, std::map<std::string, std::string>* params,
+                                  http::Response* refusal) const {
   if (const std::string problem = EdgeProblem(request); !problem.empty()) {
-    respond(http::ErrorResponse(400, "invalid_parameter", problem, request.request_id));
-    return;
+    *refusal = http::ErrorResponse(400, "invalid_parameter", problem, request.request_id);
+    return nullptr;
   }
   auto match = router_.Find(request.method, request.path);
-  if (!match.route) {
-    if (match.allowed.empty()) {
-      respond(http::ErrorResponse(404, "not_found", "no route for " + request.path, request.request_id));
-      return;
-    }
-    std::string allow;
-    for (const auto& m : match.allowed) allow += (allow.empty() ? "" : ", ") + m;
-    auto r = http::ErrorResponse(405, "method_not_allowed",
-                                 request.method + " is not allowed here; allowed: " + allow, request.request_id);
-    r.headers.emplace_back("Allow", allow);
-    respond(std::move(r));
+  if (match.route) {
+    *params = std::move(match.params);
+    return match.route;
+  }
+  if (match.allowed.empty()) {
+    *refusal = http::ErrorResponse(404, "not_found", "no route for " + request.path, request.request_id);
+    return nullptr;
+  }
+  std::string allow;
+  for (const auto& m : match.allowed) allow += (allow.empty() ? "" : ", ") + m;
+  *refusal = http::ErrorResponse(405, "method_not_allowed", request.method + " is not allowed here; allowed: " + allow,
+                                 request.request_id);
+  refusal->headers.emplace_back("Allow", allow);
+  return nullptr;
+}
+
+Principal ApiDispatcher::Authorize(pqxx::connection& conn, const Route& route, const http::Request& request) {
+  if (route.roles == kUnauthenticated) return {};
+  Principal principal =
+      Authenticate(conn, request.Header("authorization"), route.roles & kBootstrap, bootstrap_token_, key_cache_);
+  if (!(route.roles & principal.role_bit))
+    throw ApiError(403, "forbidden",
+                   "a key with the " + principal.role + " role may not call " + route.method + " " + route.pattern);
+  return principal;
+}
+
+void ApiDispatcher::Expect(const http::Request& head, http::Responder respond) {
+  std::map<std::string, std::string> params;
+  http::Response refusal;
+  const Route* route = Match(head, &params, &refusal);
+  if (!route) {
+    respond(std::move(refusal));
     return;
   }
-  const Route* route = match.route;
+  http::Response proceed;
+  proceed.status = 100;
+  if (route->roles == kUnauthenticated) {
+    respond(std::move(proceed));
+    return;
+  }
+  auto request = std::make_shared<http::Request>(head);
+  db_.Submit(Database::Job{
+      [this, route, request, respond, proceed](pqxx::connection& conn) mutable {
+        http::Response out = proceed;
+        try {
+          Authorize(conn, *route, *request);
+        } catch (...) {
+          out = ErrorResponseForCurrent(request->request_id, route->pattern);
+        }
+        out.route = route->pattern;
+        respond(std::move(out));
+      },
+      [request, respond, route](const DbUnavailable& e) {
+        auto r = ErrorResponseFor(e, request->request_id);
+        r.route = route->pattern;
+        respond(std::move(r));
+      }});
+}
+
+void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
+  std::map<std::string, std::string> params;
+  http::Response refusal;
+  const Route* route = Match(request, &params, &refusal);
+  if (!route) {
+    respond(std::move(refusal));
+    return;
+  }
   if (route->pattern == "/v1/openapi.yaml") {  // static, needs no database
     http::Response r;
     r.content_type = "application/yaml";
@@ -92,7 +146,7 @@ void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
     return;
   }
   Submit(route, std::make_shared<http::Request>(std::move(request)),
-         std::make_shared<std::map<std::string, std::string>>(std::move(match.params)), std::move(respond), false);
+         std::make_shared<std::map<std::string, std::string>>(std::move(params)), std::move(respond), false);
 }
 
 void ApiDispatcher::Submit(const Route* route, std::shared_ptr<http::Request> request,
@@ -123,14 +177,7 @@ ApiDispatcher::Outcome ApiDispatcher::Run(pqxx::connection& conn, const Route& r
   Outcome outcome;
   http::Response& out = outcome.response;
   try {
-    Principal principal;
-    if (route.roles != kUnauthenticated) {
-      principal = Authenticate(conn, request.Header("authorization"), route.roles & kBootstrap,
-                               bootstrap_token_, key_cache_);
-      if (!(route.roles & principal.role_bit))
-        throw ApiError(403, "forbidden",
-                       "a " + principal.role + " key may not call " + route.method + " " + route.pattern);
-    }
+    Principal principal = Authorize(conn, route, request);
     boost::json::value body;
     if (HasBodyMethod(request.method) && !request.body.empty()) {
       if (!IsJsonContentType(request.Header("content-type")))

@@ -39,9 +39,16 @@ class ApiDispatcher : public http::Dispatcher {
                 FleetMetrics* fleet_metrics = nullptr, AssignmentNotifier* notifier = nullptr,
                 KeyCache* key_cache = nullptr);
   void Dispatch(http::Request request, http::Responder respond) override;
+  // 100 only once the route exists and the key may call it.
+  void Expect(const http::Request& head, http::Responder respond) override;
   void Finished(const http::Request& request, const http::Response& response, double seconds) override;
 
  private:
+  // Who calls, and whether they may call this route: throws ApiError 401/403 otherwise.
+  Principal Authorize(pqxx::connection& conn, const Route& route, const http::Request& request);
+  // The route for a request, or the 400/404/405 answer to send instead.
+  const Route* Match(const http::Request& request, std::map<std::string, std::string>* params,
+                     http::Response* refusal) const;
   struct Outcome {
     http::Response response;
     std::string long_poll_host;  // set: wait for this host's assignments to change, then run again

@@ -84,3 +84,21 @@ spw_pg_stop() {
   [ -f "$data/postmaster.pid" ] || return 0
   spw_as_pg "$SPW_PG_BIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true
 }
+
+# Lints apiserver/openapi.yaml with Redocly CLI (npm @redocly/cli 2.77.0, installed once under
+# build/tools), the recommended rules as redocly.yaml sets them; an error fails the run.
+spw_lint_openapi() {
+  command -v npm >/dev/null || spw_install nodejs npm
+  local tools="$SPW_ROOT/build/tools"
+  if [ ! -x "$tools/node_modules/.bin/redocly" ]; then
+    spw_log "installing Redocly CLI 2.77.0 (npm) to lint the OpenAPI document"
+    mkdir -p "$tools"
+    npm install --prefix "$tools" --no-audit --no-fund --silent @redocly/cli@2.77.0 >/dev/null
+  fi
+  spw_log "linting apiserver/openapi.yaml (Redocly CLI, recommended rules)"
+  local out rc=0
+  out=$(REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true "$tools/node_modules/.bin/redocly" lint \
+    "$SPW_ROOT/apiserver/openapi.yaml" --config "$SPW_ROOT/redocly.yaml" --format=stylish 2>&1) || rc=$?
+  printf '%s\n' "$out" | grep -v '[║╔╚]' | grep -v '^\s*$' >&2 || true
+  [ "$rc" -eq 0 ] || spw_die "apiserver/openapi.yaml does not pass the lint (above)"
+}

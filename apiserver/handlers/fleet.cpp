@@ -25,7 +25,8 @@ namespace {
   "h.id, h.hostname, h.region, h.zone, h.gpu_model, h.gpu_count, h.state, h.health, h.agent_version, "      \
   "(extract(epoch FROM h.last_heartbeat) * 1000)::bigint, (extract(epoch FROM h.registered_at) * 1000)::bigint, " \
   "(SELECT count(*) FROM gpu_allocations a WHERE a.host_id = h.id), "                                        \
-  "(SELECT count(*) FROM instances i WHERE i.host_id = h.id AND i.state NOT IN ('terminated', 'failed'))"
+  "(SELECT count(*) FROM instances i WHERE i.host_id = h.id AND i.state NOT IN ('terminated', 'failed')), "     \
+  "h.down_reason, (extract(epoch FROM h.down_since) * 1000)::bigint"
 
 const Statement kListHosts{"list_hosts",
                            "SELECT " SPW_HOST_COLUMNS " FROM hosts h WHERE h.id > $1 AND ($2 = '' OR h.region = $2) "
@@ -76,7 +77,9 @@ boost::json::object HostJson(const pqxx::row& r) {
           {"last_heartbeat", JsonTime(r[9])},
           {"registered_at", JsonTime(r[10])},
           {"gpus_allocated", r[11].as<std::int64_t>()},
-          {"live_instances", r[12].as<std::int64_t>()}};
+          {"live_instances", r[12].as<std::int64_t>()},
+          {"down_reason", JsonText(r[13])},
+          {"down_since", JsonTime(r[14])}};
 }
 
 boost::json::object PoolJson(pqxx::transaction_base& tx, const PoolState& p) {

@@ -38,6 +38,14 @@ class Dispatcher {
  public:
   virtual ~Dispatcher() = default;
   virtual void Dispatch(Request request, Responder respond) = 0;
+  // A request sent with `Expect: 100-continue`, headers only: answer status 100 to have its body
+  // read, or the final response (the connection then closes). The default lets every body come.
+  virtual void Expect(const Request& head, Responder respond) {
+    (void)head;
+    Response r;
+    r.status = 100;
+    respond(std::move(r));
+  }
   virtual void Finished(const Request& request, const Response& response, double seconds) = 0;
 };
 

@@ -220,6 +220,50 @@ struct Runtime::Impl {
                            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   }
 
+  // Hands `start` a responder and waits, without blocking the io thread, until it is called (on any
+  // thread); resumes on this coroutine's executor.
+  static net::awaitable<Response> AwaitResponse(std::function<void(Responder)> start) {
+    struct Pending {
+      std::mutex mu;
+      std::optional<Response> early;
+      std::function<void(Response)> resume;
+    };
+    auto pending = std::make_shared<Pending>();
+    start([pending](Response resp) {
+      std::unique_lock lk(pending->mu);
+      if (pending->resume) {
+        auto resume = std::move(pending->resume);
+        lk.unlock();
+        resume(std::move(resp));
+      } else {
+        pending->early = std::move(resp);
+      }
+    });
+    {
+      std::unique_lock lk(pending->mu);
+      if (pending->early) co_return std::move(*pending->early);
+    }
+    Response res = co_await net::async_initiate<decltype(net::use_awaitable), void(Response)>(
+        // A raw pointer: see the note in Serve about GCC 12 and co_await temporaries.
+        [p = pending.get()](auto handler) {
+          auto* pending = p;
+          auto ex = net::get_associated_executor(handler);
+          auto h = std::make_shared<decltype(handler)>(std::move(handler));
+          std::unique_lock lk(pending->mu);
+          if (pending->early) {
+            Response r = std::move(*pending->early);
+            lk.unlock();
+            net::post(ex, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
+            return;
+          }
+          pending->resume = [h, ex](Response r) {
+            net::post(ex, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
+          };
+        },
+        net::use_awaitable);
+    co_return res;
+  }
+
   template <class Stream>
   net::awaitable<void> Serve(Listener& l, Stream& stream, SessionState& st) {
     auto& tcp_layer = beast::get_lowest_layer(stream);
@@ -269,7 +313,17 @@ struct Runtime::Impl {
               framing = why;
               break;
             }
-            if (beast::iequals(parser.get()[bhttp::field::expect], "100-continue")) {
+            if (beast::iequals(parser.get()[bhttp::field::expect], "100-continue") && !parser.is_done()) {
+              // RFC 9110 §10.1.1: answer at once with the final status when the headers alone decide
+              // it (no route, a key refused); only a request that may proceed is told to send its body.
+              const Request head = ToRequest(parser.get());
+              Response verdict = co_await AwaitResponse(
+                  [&l, &head](Responder respond) { l.dispatcher->Expect(head, std::move(respond)); });
+              if (verdict.status != 100) {
+                st.busy = true;
+                co_await Write(l, stream, head, std::move(verdict), false, started);
+                co_return;
+              }
               bhttp::response<bhttp::empty_body> cont{bhttp::status::continue_, 11};
               auto [wec, wn] = co_await bhttp::async_write(stream, cont, net::as_tuple(net::use_awaitable));
               if (wec) co_return;

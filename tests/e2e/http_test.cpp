@@ -2,8 +2,12 @@
 #include <gtest/gtest.h>
 
 #include <boost/json.hpp>
+#include <set>
+#include <tuple>
+#include <sstream>
 #include <thread>
 
+#include "apiserver/app.hpp"
 #include "tests/support/test_support.hpp"
 
 using namespace spillway::test;
@@ -182,11 +186,36 @@ TEST_F(HttpCore, RequestIdIsEchoedOrGenerated) {
   EXPECT_NE(r.Header("x-request-id"), r2.Header("x-request-id"));
 }
 
-TEST_F(HttpCore, OpenApiDocumentIsServed) {
+TEST_F(HttpCore, OpenApiDocumentIsServedAndDescribesExactlyTheRouteTable) {
   const auto r = Http(port(), "GET", "/v1/openapi.yaml");
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.Header("content-type"), "application/yaml");
   EXPECT_EQ(r.body.rfind("openapi: 3.1", 0), 0u);
+  // The operations under `paths:` (two-space path keys, four-space method keys: Redocly's lint in
+  // ./scripts/test checks the rest of the document's structure) against the route table.
+  std::set<std::string> documented, routed;
+  std::istringstream doc(r.body);
+  std::string line, path;
+  bool in_paths = false;
+  while (std::getline(doc, line)) {
+    if (line == "paths:") {
+      in_paths = true;
+    } else if (!line.empty() && line[0] != ' ' && line[0] != '#') {
+      in_paths = false;
+    } else if (in_paths && line.rfind("  /", 0) == 0 && line.back() == ':') {
+      path = line.substr(2, line.size() - 3);
+    } else if (in_paths && line.size() > 5 && line.rfind("    ", 0) == 0 && line[4] != ' ' && line.back() == ':') {
+      std::string method = line.substr(4, line.size() - 5);
+      if (method == "parameters") continue;
+      for (auto& ch : method) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+      documented.insert(method + " " + path);
+      EXPECT_NE(r.body.find("operationId", r.body.find(line)), std::string::npos);
+    }
+  }
+  for (const auto& route : spillway::ApiRoutes()) routed.insert(route.method + " " + route.pattern);
+  for (const auto& op : routed) EXPECT_TRUE(documented.count(op)) << op << " is served but not in openapi.yaml";
+  for (const auto& op : documented) EXPECT_TRUE(routed.count(op)) << op << " is in openapi.yaml but not served";
+  EXPECT_GT(documented.size(), 20u);
 }
 
 TEST_F(HttpCore, TransferEncodingOtherThanChunkedAloneIsRefusedAndTheConnectionClosed) {
@@ -257,4 +286,36 @@ TEST_F(HttpCore, DuplicateJsonKeysAndInvisibleNamesAre4xx) {
   EXPECT_EQ(r.status, 201) << r.body;
   auto conn = db_->Connect();
   EXPECT_EQ(pqxx::nontransaction(*conn).exec1("SELECT count(*) FROM tenants WHERE NOT is_operator")[0].as<int>(), 1);
+}
+
+TEST_F(HttpCore, ContinueIsSentOnlyOnceTheKeyIsVerified) {
+  const std::string body = R"({"name":"expecting"})";
+  auto head = [&](const std::string& target, const std::string& key) {
+    return "POST " + target + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key +
+           "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+           "\r\nExpect: 100-continue\r\n\r\n";
+  };
+  // A key that is refused: the final answer at once, no 100, and the body is never asked for.
+  const std::string unknown_key = "spw_" + std::string(26, '0') + "_" + std::string(43, 'A');
+  for (const auto& [target, key, status] : std::vector<std::tuple<std::string, std::string, int>>{
+           {"/v1/tenants", unknown_key, 401}, {"/v1/nothing", admin_key_, 404}, {"/v1/agent/register", admin_key_, 403}}) {
+    HttpConn c(port());
+    c.SendRaw(head(target, key));
+    const auto r = c.Read();
+    ASSERT_TRUE(r) << target;
+    EXPECT_EQ(r->status, status) << target << ": " << r->body;
+    EXPECT_TRUE(c.ClosedByPeer(5s)) << target;
+  }
+  // A key that may call the route: 100, then the body, then the answer.
+  HttpConn c(port());
+  c.SendRaw(head("/v1/tenants", admin_key_));
+  const auto cont = c.Read();
+  ASSERT_TRUE(cont);
+  EXPECT_EQ(cont->status, 100);
+  c.SendRaw(body);
+  const auto created = c.Read();
+  ASSERT_TRUE(created);
+  EXPECT_EQ(created->status, 201) << created->body;
+  auto conn = db_->Connect();
+  EXPECT_EQ(pqxx::nontransaction(*conn).exec1("SELECT count(*) FROM tenants WHERE name = 'expecting'")[0].as<int>(), 1);
 }
