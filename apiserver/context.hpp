@@ -26,6 +26,7 @@ const char* RoleName(unsigned bit);
 
 struct FleetMetrics;
 class KeyCache;
+class HeartbeatRecorder;
 
 struct Principal {
   std::string host_id;  // for kHost
@@ -50,6 +51,7 @@ struct Ctx {
   // Set while the route runs inside the idempotency record's transaction: writes join it, so the
   // change and the stored answer commit together or not at all.
   pqxx::transaction_base* outer = nullptr;
+  HeartbeatRecorder* heartbeats = nullptr;  // heartbeats' fast path (may be null: tools, tests)
 
   // Runs fn(tx) in a transaction of its own (retried when it loses a race, see InTransaction), or
   // inside the idempotency record's transaction when there is one. Returns what fn returns.

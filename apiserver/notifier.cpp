@@ -35,6 +35,7 @@ void AssignmentNotifier::Stop() {
     stopping_ = true;
   }
   if (thread_.joinable()) thread_.join();
+  if (observer_) observer_({}, true, false);
   Fire({}, true);
 }
 
@@ -74,6 +75,7 @@ void AssignmentNotifier::Loop() {
   std::vector<std::string> changed;
   auto lost = [&] {
     if (key_cache_) key_cache_->SetListening(false);
+    if (observer_) observer_({}, true, false);
     auth_receiver.reset();
     receiver.reset();
     conn.reset();
@@ -97,6 +99,7 @@ void AssignmentNotifier::Loop() {
               *conn, "spillway_auth", [this](const std::string& what) { key_cache_->OnNotification(what); });
         pqxx::nontransaction(*conn).exec("SELECT 1");  // LISTEN is issued; make sure it took
         listening_pid = conn->backendpid();
+        if (observer_) observer_({}, true, true);
         Fire({}, true);  // changes while we were not listening would otherwise be missed
         if (key_cache_) key_cache_->SetListening(true);
       } catch (const std::exception& e) {
@@ -123,6 +126,7 @@ void AssignmentNotifier::Loop() {
     } else {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
+    if (observer_ && !changed.empty() && conn) observer_(changed, false, true);
     Fire(changed, false);
     changed.clear();
   }

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "core/duration.hpp"
 
@@ -27,6 +28,10 @@ class AssignmentNotifier {
   void Stop();
   // Calls `wake` exactly once: when host_id's assignments change, after `timeout`, or at Stop.
   void Wait(const std::string& host_id, Millis timeout, std::function<void()> wake);
+  // Told of every change too (hosts, or all of them), and whether it is listening at all: a cache
+  // of what the assignments were (the heartbeats' fast path) is right only while it is. Set before Start.
+  using Observer = std::function<void(const std::vector<std::string>& hosts, bool all, bool listening)>;
+  void Observe(Observer observer) { observer_ = std::move(observer); }
 
  private:
   struct Waiter {
@@ -36,6 +41,7 @@ class AssignmentNotifier {
   void Loop();
   void Fire(const std::vector<std::string>& hosts, bool all);
 
+  Observer observer_;
   std::string url_;
   Millis connect_timeout_;
   KeyCache* key_cache_;

@@ -6,6 +6,7 @@
 #include "apiserver/app.hpp"
 #include "apiserver/idempotency.hpp"
 #include "apiserver/provisioning/fleet_steps.hpp"
+#include "apiserver/provisioning/heartbeats.hpp"
 #include "core/periodic.hpp"
 #include "apiserver/notifier.hpp"
 #include "apiserver/provisioning/fleet.hpp"
@@ -120,6 +121,14 @@ int RunServe(const Config& config) {
   KeyCache key_cache(key_cache_ttl, 100'000, &metrics.registry());
   AssignmentNotifier notifier(config.String("database.url"), config.Duration("database.connect_timeout"),
                               key_cache_ttl.count() > 0 ? &key_cache : nullptr);
+  HeartbeatRecorder heartbeats({config.String("database.url"), "spillway-heartbeats",
+                                config.Duration("database.connect_timeout"), config.Duration("database.statement_timeout")},
+                               config.Duration("fleet.heartbeat_flush_interval"), SystemClockInstance(),
+                               metrics.registry());
+  notifier.Observe([&heartbeats](const std::vector<std::string>& hosts, bool all, bool listening) {
+    heartbeats.Invalidate(hosts, all, listening);
+  });
+  heartbeats.Start();
   notifier.Start();
   const Clock& clock = SystemClockInstance();
   const FleetContext fleet{config, &fleet_metrics, clock};
@@ -139,7 +148,7 @@ int RunServe(const Config& config) {
 
   http::Runtime runtime(static_cast<int>(config.Int("server.io_threads")));
   runtime.OnDrain([&notifier] { notifier.Stop(); });
-  ApiDispatcher api(config, db, metrics, clock, &fleet_metrics, &notifier, &key_cache);
+  ApiDispatcher api(config, db, metrics, clock, &fleet_metrics, &notifier, &key_cache, &heartbeats);
   AdminDispatcher admin(db, metrics, [&runtime] { return runtime.Draining(); });
   try {
     runtime.AddListener(Listener(config, "api", "server.listen"), api);
@@ -164,6 +173,7 @@ int RunServe(const Config& config) {
   runtime.Run(config.Duration("server.shutdown_timeout"));
   steps.Stop();
   notifier.Stop();
+  heartbeats.Stop();
   db.Stop();
   log::Info("spillway-apiserver stopped");
   return 0;

@@ -105,6 +105,7 @@ const std::vector<KeySpec>& ConfigSchema() {
       {"fleet.heartbeat_timeout", KeyType::kDuration, "30s"},
       {"fleet.instance_report_grace", KeyType::kDuration, "60s"},
       {"fleet.assignment_wait_max", KeyType::kDuration, "60s"},
+      {"fleet.heartbeat_flush_interval", KeyType::kDuration, "250ms"},
       {"fleet.silence_brake_percent", KeyType::kInt, "50", 1, 100},
       {"fleet.silence_brake_min_hosts", KeyType::kInt, "3", 1, 1'000'000},
       {"spot.reprice_interval", KeyType::kDuration, "30s"},

@@ -36,7 +36,42 @@ Principal KeyPrincipal(const std::string& key_id, KeyCache::Entry key) {
   return p;
 }
 
+Principal HostPrincipal(const std::string& host_id) {
+  Principal p;
+  p.host_id = host_id;
+  p.role = "host";
+  p.role_bit = kHost;
+  return p;
+}
+
+struct HostToken {
+  std::string id, secret;
+};
+std::optional<HostToken> ParseHostToken(const std::string& credential) {
+  if (credential.size() != 5 + kIdChars + 1 + kSecretChars || credential[5 + kIdChars] != '_') return std::nullopt;
+  HostToken t{"hst_" + credential.substr(5, kIdChars), credential.substr(credential.size() - kSecretChars)};
+  if (!IsValidId(t.id, "hst")) return std::nullopt;
+  return t;
+}
+
 }  // namespace
+
+std::optional<Principal> AuthenticateFromCache(const std::string& authorization, KeyCache& cache) {
+  if (authorization.size() < 7 || strncasecmp(authorization.c_str(), "Bearer ", 7) != 0) return std::nullopt;
+  const std::string credential = authorization.substr(7);
+  if (credential.rfind("spwh_", 0) == 0) {
+    const auto host = ParseHostToken(credential);
+    if (!host) return std::nullopt;
+    const auto hit = cache.Find(host->id);
+    if (!hit || hit->role != "host" || !ConstantTimeEquals(Sha256Hex(host->secret), hit->secret_hash)) return std::nullopt;
+    return HostPrincipal(host->id);
+  }
+  const auto parsed = ParseApiKey(credential);
+  if (!parsed) return std::nullopt;
+  auto hit = cache.Find(parsed->id);
+  if (!hit || hit->role == "host" || !ConstantTimeEquals(Sha256Hex(parsed->secret), hit->secret_hash)) return std::nullopt;
+  return KeyPrincipal(parsed->id, std::move(*hit));
+}
 
 GeneratedKey GenerateApiKey() {
   GeneratedKey k;
@@ -69,20 +104,23 @@ Principal Authenticate(pqxx::connection& conn, const std::string& authorization,
     return p;
   }
   if (credential.rfind("spwh_", 0) == 0) {  // a host token: spwh_<26 id chars>_<43 secret chars>
-    if (credential.size() != 5 + kIdChars + 1 + kSecretChars || credential[5 + kIdChars] != '_')
-      throw Unauthenticated("the host token is malformed");
-    const std::string host_id = "hst_" + credential.substr(5, kIdChars);
-    const std::string presented_hash = Sha256Hex(credential.substr(credential.size() - kSecretChars));
+    const auto host = ParseHostToken(credential);
+    const std::string host_id = host ? host->id : "";
+    const std::string presented_hash = host ? Sha256Hex(host->secret) : std::string(64, 'x');
+    if (!host) throw Unauthenticated("the host token is malformed");
+    if (cache) {
+      if (auto hit = cache->Find(host_id); hit && ConstantTimeEquals(presented_hash, hit->secret_hash))
+        return HostPrincipal(host_id);
+    }
+    const std::uint64_t generation = cache ? cache->Generation() : 0;
     pqxx::nontransaction tx(conn);
-    const auto rows = IsValidId(host_id, "hst") ? tx.exec_prepared(kAuthHost.name, host_id) : pqxx::result();
+    const auto rows = tx.exec_prepared(kAuthHost.name, host_id);
     const std::string stored = rows.empty() ? std::string(64, '0') : rows[0][0].as<std::string>();
     if (!ConstantTimeEquals(presented_hash, stored) || rows.empty())
       throw Unauthenticated("the host token is not valid (unknown, or replaced by a newer registration)");
-    Principal p;
-    p.host_id = host_id;
-    p.role = "host";
-    p.role_bit = kHost;
-    return p;
+    // Remembered like an API key; a new registration rotates the token and a trigger says so.
+    if (cache) cache->Store(generation, host_id, KeyCache::Entry{stored, "", "host", false});
+    return HostPrincipal(host_id);
   }
   const auto parsed = ParseApiKey(credential);
   if (!parsed) throw Unauthenticated("the API key is malformed");

@@ -29,6 +29,10 @@ std::optional<ParsedKey> ParseApiKey(const std::string& token);
 // kBootstrap). 401 for a missing, malformed, unknown or revoked credential; 403 tenant_suspended for
 // a key of a suspended tenant. With a cache, a key verified there lately costs no database round
 // trip (see KeyCache for why revocation still takes effect at once).
+// The same, from the cache alone, without the database: nullopt when the cache cannot say (a miss,
+// not listening, a wrong secret, or a bootstrap token); then ask Authenticate.
+std::optional<Principal> AuthenticateFromCache(const std::string& authorization, KeyCache& cache);
+
 Principal Authenticate(pqxx::connection& conn, const std::string& authorization, bool accepts_bootstrap = false,
                        const std::string& bootstrap_token = "", KeyCache* cache = nullptr);
 

@@ -7,7 +7,9 @@
 #include "apiserver/audit.hpp"
 #include "apiserver/handlers/common.hpp"
 #include "apiserver/auth/api_keys.hpp"
+#include "apiserver/auth/key_cache.hpp"
 #include "apiserver/provisioning/fleet.hpp"
+#include "apiserver/provisioning/heartbeats.hpp"
 #include "billing/spot_curve.hpp"
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
@@ -329,6 +331,7 @@ Reply RegisterAgent(Ctx& ctx) {
   const std::string& host_id = out.host_id;
   const std::string& token = out.token;
   if (out.existing) {
+    if (ctx.key_cache) ctx.key_cache->InvalidateKey(host_id);  // other replicas: the trigger's NOTIFY
     log::Info("host registered again; old token revoked", {{"host_id", host_id}, {"hostname", hostname}});
     return RegistrationReply(ctx, 200, host_id, token);
   }
@@ -340,23 +343,16 @@ Reply RegisterAgent(Ctx& ctx) {
 }
 
 Reply AgentHeartbeat(Ctx& ctx) {
-  const auto& body = RequireObject(ctx.body);
-  OnlyKeys(body, {"instances", "agent_version"});
-  std::vector<ReportedInstance> reported;
-  if (const auto* list = body.if_contains("instances")) {
-    if (!list->is_array()) throw ApiError(422, "validation_failed", "instances: must be a list");
-    for (const auto& iv : list->as_array()) {
-      const auto& i = RequireObject(iv);
-      ReportedInstance r{ReqString(i, "id", 64), ReqString(i, "state", 20)};
-      if (r.state != "starting" && r.state != "running" && r.state != "stopped" && r.state != "failed")
-        throw ApiError(422, "validation_failed", "instances[].state: must be starting, running, stopped or failed");
-      reported.push_back(std::move(r));
-    }
-  }
-  const std::string version = OptString(body, "agent_version", 64).value_or("");
-  const auto v = ctx.Write([&](pqxx::transaction_base& tx) {
-    return RecordHeartbeat(tx, ctx.principal.host_id, version, reported, ctx.clock.Now());
+  const HeartbeatReport report = ParseHeartbeat(ctx.body);
+  const std::string& host = ctx.principal.host_id;
+  std::int64_t v = 0;
+  if (ctx.heartbeats && ctx.heartbeats->TryRecord(host, report, ctx.clock.Now(), &v))
+    return {200, boost::json::object{{"version", v}}};
+  const std::uint64_t generation = ctx.heartbeats ? ctx.heartbeats->Generation() : 0;
+  v = ctx.Write([&](pqxx::transaction_base& tx) {
+    return RecordHeartbeat(tx, host, report.agent_version, report.instances, ctx.clock.Now());
   });
+  if (ctx.heartbeats) ctx.heartbeats->Processed(generation, host, report, v);
   return {200, boost::json::object{{"version", v}}};
 }
 

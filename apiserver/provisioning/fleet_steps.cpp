@@ -1,5 +1,8 @@
 #include "apiserver/provisioning/fleet_steps.hpp"
 
+#include <memory>
+
+#include "apiserver/provisioning/heartbeats.hpp"
 #include "core/periodic.hpp"
 
 namespace spillway {
@@ -10,10 +13,20 @@ void RegisterFleetSteps(PeriodicSteps& steps, const FleetContext& fc) {
   steps.Add({"spot_reprice", fc.config.Duration("spot.reprice_interval"),
              [f](pqxx::connection& c, const StepContext&) { Reprice(c, *f); }});
   steps.Add({"finish_preemptions", tick, [f](pqxx::connection& c, const StepContext&) { FinishPreemptions(c, *f); }});
-  steps.Add({"fail_silent_hosts", tick,
-             [f](pqxx::connection& c, const StepContext& s) { FailSilentHosts(c, *f, s.listening_since); }});
-  steps.Add({"fail_unreported_instances", tick,
-             [f](pqxx::connection& c, const StepContext& s) { FailUnreportedInstances(c, *f, s.listening_since); }});
+  // Heartbeats are written in batches by every replica: while one lags (its database writes fail,
+  // or it is starved), what it heard is not in `hosts` yet, and nobody is judged on that time.
+  const Millis timeout = fc.config.Duration("fleet.heartbeat_timeout");
+  auto deaf_until = std::make_shared<TimeMs>();
+  auto heard_since = [f, timeout, deaf_until](pqxx::connection& c, const StepContext& s) {
+    if (HeartbeatWritersLagging(c, s.now, timeout / 2, timeout * 2)) *deaf_until = s.now;
+    return std::max(s.listening_since, *deaf_until);
+  };
+  steps.Add({"fail_silent_hosts", tick, [f, heard_since](pqxx::connection& c, const StepContext& s) {
+               FailSilentHosts(c, *f, heard_since(c, s));
+             }});
+  steps.Add({"fail_unreported_instances", tick, [f, heard_since](pqxx::connection& c, const StepContext& s) {
+               FailUnreportedInstances(c, *f, heard_since(c, s));
+             }});
   steps.Add({"place_pending", tick, [f](pqxx::connection& c, const StepContext&) { PlacePending(c, *f); }});
   steps.Add({"fleet_gauges", tick, [f](pqxx::connection& c, const StepContext&) { RefreshFleetGauges(c, *f); }});
 }

@@ -331,3 +331,50 @@ TEST(Reliability, AnAgentRestartIsNotAnInstanceRestart) {
   EXPECT_EQ(agent->Stop(SIGTERM), 0);
   EXPECT_NE(::kill(pid2, 0), 0) << "a drained host left its instance running";
 }
+
+TEST(Reliability, ASaturatedRequestPoolMarksNoHostDown) {
+  TestDb db;
+  auto env = ReliabilityEnv();  // heartbeats every 500ms, timeout 3s
+  env["SPILLWAY_DATABASE_POOL_SIZE"] = "2";
+  env["SPILLWAY_DATABASE_MAX_QUEUE"] = "4";
+  env["SPILLWAY_DATABASE_ACQUIRE_TIMEOUT"] = "500ms";
+  ApiServer server(db.dsn(), env);
+  ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
+  Fleet fleet(db, server);
+  auto agent = fleet.StartAgent("us-east", "H100-80GB", 20, 8);
+  ASSERT_TRUE(WaitFor([&] { return fleet.PoolInt("us-east", "H100-80GB", "total_gpus") == 160; }, 30s));
+  const std::string tenant = fleet.NewTenant("flood", 1000);
+  const std::string key = fleet.NewKey(tenant, "member");
+  // Every host has heartbeated in full once, so its next heartbeats can take the fast path.
+  ASSERT_TRUE(WaitFor([&] {
+    return Http(server.admin_port(), "GET", "/metrics").body.find("spillway_heartbeats_recorded_total 0") ==
+           std::string::npos;
+  }, 10s));
+
+  // Saturate the pool for longer than the heartbeat timeout: creates that wait on a lock the test
+  // holds keep every connection busy, and the queue behind them full.
+  pqxx::connection holder(db.dsn());
+  pqxx::work lock(holder);
+  lock.exec_params("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", tenant);
+  std::atomic<bool> stop{false};
+  std::atomic<int> refused{0};
+  std::vector<std::thread> flood;
+  for (int i = 0; i < 12; ++i)
+    flood.emplace_back([&] {
+      while (!stop) {
+        const auto r = Http(server.port(), "POST", "/v1/instances", key, kOneGpu);
+        if (r.status == 503) ++refused;
+      }
+    });
+  std::this_thread::sleep_for(7s);
+  EXPECT_GT(refused, 0) << "the pool was never saturated";
+  EXPECT_EQ(Count(db.dsn(), "SELECT count(*) FROM hosts WHERE health = 'down'"), 0)
+      << "hosts were marked down while the control plane could not hear them";
+  lock.abort();
+  stop = true;
+  for (auto& t : flood) t.join();
+  std::this_thread::sleep_for(2s);
+  EXPECT_EQ(Count(db.dsn(), "SELECT count(*) FROM hosts WHERE health = 'down'"), 0);
+  // Heartbeats were heard throughout: every host's last one is recent.
+  EXPECT_EQ(Count(db.dsn(), "SELECT count(*) FROM hosts WHERE last_heartbeat < now() - interval '3 seconds'"), 0);
+}

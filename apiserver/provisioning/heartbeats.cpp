@@ -1,0 +1,232 @@
+#include "apiserver/provisioning/heartbeats.hpp"
+
+#include <boost/json.hpp>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include <algorithm>
+
+#include "core/errors.hpp"
+#include "core/ids.hpp"
+#include "core/json.hpp"
+#include "core/log.hpp"
+
+namespace spillway {
+namespace {
+
+// Hosts first, locked in id order (the lock order), then their instances.
+const Statement kLockHosts{"heartbeat_lock_hosts",
+                           "SELECT id FROM hosts WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE"};
+const Statement kFlushHosts{"heartbeat_flush_hosts", R"sql(
+UPDATE hosts h SET last_heartbeat = v.at, health = 'up', down_since = NULL, down_reason = NULL,
+       agent_version = NULLIF(v.agent_version, '')
+FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS v(id, at, agent_version)
+WHERE h.id = v.id AND h.last_heartbeat < v.at)sql"};
+const Statement kFlushInstances{"heartbeat_flush_instances", R"sql(
+UPDATE instances i SET last_reported_at = v.at
+FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS v(id, host_id, at)
+WHERE i.id = v.id AND i.host_id = v.host_id AND i.state IN ('provisioning', 'running', 'preempting', 'terminating')
+  AND (i.last_reported_at IS NULL OR i.last_reported_at < v.at))sql"};
+const Statement kWriterFlushed{"heartbeat_writer_flushed", R"sql(
+INSERT INTO heartbeat_writers (replica_id, flushed_at, started_at) VALUES ($1, $2::timestamptz, $2::timestamptz)
+ON CONFLICT (replica_id) DO UPDATE SET flushed_at = EXCLUDED.flushed_at)sql"};
+const Statement kWriterGone{"heartbeat_writer_gone", "DELETE FROM heartbeat_writers WHERE replica_id = $1"};
+const Statement kWritersLagging{"heartbeat_writers_lagging", R"sql(
+SELECT count(*) FROM heartbeat_writers WHERE flushed_at < $1::timestamptz AND flushed_at >= $2::timestamptz)sql"};
+const Statement kWritersDead{"heartbeat_writers_dead", "DELETE FROM heartbeat_writers WHERE flushed_at < $1::timestamptz"};
+
+bool Same(const std::vector<ReportedInstance>& a, const std::vector<ReportedInstance>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i].id != b[i].id || a[i].state != b[i].state) return false;
+  return true;
+}
+
+// A PostgreSQL array literal of strings that are ids or versions: quoted, with " and \ escaped.
+std::string TextArray(const std::vector<std::string>& v) {
+  std::string s = "{";
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ',';
+    s += '"';
+    for (char c : v[i]) {
+      if (c == '"' || c == '\\') s += '\\';
+      s += c;
+    }
+    s += '"';
+  }
+  return s + "}";
+}
+
+}  // namespace
+
+HeartbeatReport ParseHeartbeat(const boost::json::value& body) {
+  const auto& o = RequireObject(body);
+  OnlyKeys(o, {"instances", "agent_version"});
+  HeartbeatReport report;
+  if (const auto* list = o.if_contains("instances")) {
+    if (!list->is_array()) throw InvalidInput("instances: must be a list");
+    for (const auto& iv : list->as_array()) {
+      const auto& i = RequireObject(iv);
+      ReportedInstance r{ReqString(i, "id", 64), ReqString(i, "state", 20)};
+      if (r.state != "starting" && r.state != "running" && r.state != "stopped" && r.state != "failed")
+        throw InvalidInput("instances[].state: must be starting, running, stopped or failed");
+      report.instances.push_back(std::move(r));
+    }
+  }
+  std::sort(report.instances.begin(), report.instances.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  report.agent_version = OptString(o, "agent_version", 64).value_or("");
+  return report;
+}
+
+HeartbeatRecorder::HeartbeatRecorder(SessionOptions session, Millis flush_interval, const Clock& clock,
+                                     prometheus::Registry& registry)
+    : session_(std::move(session)), flush_interval_(flush_interval), clock_(clock), replica_id_(NewId("rep")) {
+  using namespace prometheus;
+  auto& heartbeats = BuildCounter()
+                         .Name("spillway_heartbeats_recorded_total")
+                         .Help("Heartbeats that repeated the host's last report, recorded in memory and written in "
+                               "batches (the rest are processed in full, one transaction each)")
+                         .Register(registry);
+  fast_ = &heartbeats.Add({});
+  flush_failures_ = &BuildCounter()
+                         .Name("spillway_heartbeat_flush_failures_total")
+                         .Help("Batches of heartbeats that could not be written yet (kept and retried)")
+                         .Register(registry)
+                         .Add({});
+  pending_gauge_ = &BuildGauge()
+                        .Name("spillway_heartbeats_pending")
+                        .Help("Hosts whose latest heartbeat is received but not yet written")
+                        .Register(registry)
+                        .Add({});
+}
+
+HeartbeatRecorder::~HeartbeatRecorder() { Stop(); }
+
+void HeartbeatRecorder::Start() { thread_ = std::thread([this] { Loop(); }); }
+
+void HeartbeatRecorder::Stop() {
+  {
+    std::lock_guard lk(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::uint64_t HeartbeatRecorder::Generation() const {
+  std::lock_guard lk(mu_);
+  return generation_;
+}
+
+bool HeartbeatRecorder::TryRecord(const std::string& host, const HeartbeatReport& report, TimeMs now,
+                                  std::int64_t* version) {
+  std::lock_guard lk(mu_);
+  if (!listening_ || stopping_) return false;
+  const auto it = known_.find(host);
+  if (it == known_.end() || !Same(it->second.instances, report.instances)) return false;
+  Pending& p = pending_[host];
+  p.at = std::max(p.at, now);
+  p.agent_version = report.agent_version;
+  p.live.clear();
+  for (const auto& r : report.instances)
+    if (r.state == "starting" || r.state == "running") p.live.push_back(r.id);
+  *version = it->second.version;
+  fast_->Increment();
+  pending_gauge_->Set(static_cast<double>(pending_.size()));
+  return true;
+}
+
+void HeartbeatRecorder::Processed(std::uint64_t generation, const std::string& host, const HeartbeatReport& report,
+                                  std::int64_t version) {
+  std::lock_guard lk(mu_);
+  if (generation != generation_ || !listening_) return;  // something changed meanwhile: not safe to repeat
+  known_[host] = Known{report.instances, version};
+}
+
+void HeartbeatRecorder::Invalidate(const std::vector<std::string>& hosts, bool all, bool listening) {
+  std::lock_guard lk(mu_);
+  ++generation_;
+  listening_ = listening;
+  if (all || !listening) {
+    known_.clear();
+    return;
+  }
+  for (const auto& h : hosts) known_.erase(h);
+}
+
+bool HeartbeatRecorder::Flush(std::map<std::string, Pending>& batch) {
+  try {
+    if (!conn_) conn_ = OpenSession(session_);
+    std::vector<std::string> hosts, ats, versions, inst_ids, inst_hosts, inst_ats;
+    for (const auto& [host, p] : batch) {
+      hosts.push_back(host);
+      ats.push_back(FormatTime(p.at));
+      versions.push_back(p.agent_version);
+      for (const auto& id : p.live) {
+        inst_ids.push_back(id);
+        inst_hosts.push_back(host);
+        inst_ats.push_back(FormatTime(p.at));
+      }
+    }
+    const TimeMs now = clock_.Now();
+    InTransaction(*conn_, [&](pqxx::work& tx) {
+      if (!hosts.empty()) {
+        tx.exec_prepared(kLockHosts.name, TextArray(hosts));
+        tx.exec_prepared(kFlushHosts.name, TextArray(hosts), TextArray(ats), TextArray(versions));
+        if (!inst_ids.empty())
+          tx.exec_prepared(kFlushInstances.name, TextArray(inst_ids), TextArray(inst_hosts), TextArray(inst_ats));
+      }
+      tx.exec_prepared(kWriterFlushed.name, replica_id_, FormatTime(now));
+    });
+    return true;
+  } catch (const std::exception& e) {
+    conn_.reset();
+    flush_failures_->Increment();
+    log::Warn("heartbeats: cannot write this batch yet; kept for the next",
+              {{"hosts", static_cast<std::int64_t>(batch.size())}, {"error", e.what()}});
+    return false;
+  }
+}
+
+void HeartbeatRecorder::Loop() {
+  for (;;) {
+    std::map<std::string, Pending> batch;
+    bool stopping;
+    {
+      std::unique_lock lk(mu_);
+      cv_.wait_for(lk, flush_interval_, [&] { return stopping_; });
+      stopping = stopping_;
+      batch.swap(pending_);
+    }
+    if (!Flush(batch)) {
+      std::lock_guard lk(mu_);
+      for (auto& [host, p] : batch) {  // keep them, newer news first
+        auto [it, inserted] = pending_.try_emplace(host, std::move(p));
+        (void)inserted;
+        (void)it;
+      }
+      pending_gauge_->Set(static_cast<double>(pending_.size()));
+    } else {
+      std::lock_guard lk(mu_);
+      pending_gauge_->Set(static_cast<double>(pending_.size()));
+    }
+    if (stopping) break;
+  }
+  try {
+    if (!conn_) conn_ = OpenSession(session_);
+    pqxx::nontransaction(*conn_).exec_prepared(kWriterGone.name, replica_id_);
+  } catch (const std::exception&) {
+  }
+  conn_.reset();
+}
+
+bool HeartbeatWritersLagging(pqxx::connection& conn, TimeMs now, Millis lag_limit, Millis dead_after) {
+  pqxx::nontransaction tx(conn);
+  tx.exec_prepared(kWritersDead.name, FormatTime(now - dead_after));
+  return tx.exec_prepared(kWritersLagging.name, FormatTime(now - lag_limit), FormatTime(now - dead_after))[0][0]
+             .as<std::int64_t>() > 0;
+}
+
+}  // namespace spillway
