@@ -187,11 +187,22 @@ void ApiDispatcher::Submit(const Route* route, std::shared_ptr<http::Request> re
         notifier_->Wait(out.long_poll_host, std::chrono::milliseconds(out.long_poll_ms),
                         [this, route, request, params, respond] { Submit(route, request, params, respond, true); });
       },
-      [request, respond, route](const DbUnavailable& e) {
+      [this, request, respond, route](const DbUnavailable& e) {
+        if (route->pattern == "/v1/agent/heartbeat") NoteRefusedHeartbeat(*request);
         auto r = ErrorResponseFor(e, request->request_id);
         r.route = route->pattern;
         respond(std::move(r));
       }});
+}
+
+void ApiDispatcher::NoteRefusedHeartbeat(const http::Request& request) {
+  if (!heartbeats_) return;
+  // A refused heartbeat never counts against its host: the host is alive if its token checks out,
+  // and if it cannot be told which host it was, the leader waits before judging anyone.
+  const auto principal = key_cache_ ? AuthenticateFromCache(request.Header("authorization"), *key_cache_)
+                                    : std::optional<Principal>();
+  if (principal && principal->role_bit == kHost) heartbeats_->RecordAlive(principal->host_id, clock_.Now());
+  else heartbeats_->Refused(clock_.Now());
 }
 
 ApiDispatcher::Outcome ApiDispatcher::Run(pqxx::connection& conn, const Route& route,

@@ -50,6 +50,7 @@ class ApiDispatcher : public http::Dispatcher {
   // A heartbeat that repeats its host's last report, from a cached host token: recorded on the io
   // thread without the database pool. False: take the full path.
   bool FastHeartbeat(const http::Request& request, const Route& route, http::Responder& respond);
+  void NoteRefusedHeartbeat(const http::Request& request);
   // The route for a request, or the 400/404/405 answer to send instead.
   const Route* Match(const http::Request& request, std::map<std::string, std::string>* params,
                      http::Response* refusal) const;

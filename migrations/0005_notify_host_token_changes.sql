@@ -9,10 +9,13 @@ CREATE TRIGGER hosts_token_changed AFTER UPDATE OF token_hash ON hosts
   FOR EACH ROW WHEN (OLD.token_hash IS DISTINCT FROM NEW.token_hash)
   EXECUTE FUNCTION notify_host_token_change();
 
--- Each replica writes the heartbeats it received in batches, and says here when it last did. The
--- leader judges no host silent while a live replica lags (its heartbeats are not in hosts yet).
+-- Each replica writes the heartbeats it received in batches, and says here when it last did and
+-- when it last had to refuse a heartbeat it could not even attribute to a host (its request pool
+-- was full). The leader judges no host silent while a live replica lags or refuses: a heartbeat the
+-- control plane did not take in never counts against its host.
 CREATE TABLE heartbeat_writers (
   replica_id text PRIMARY KEY,
   flushed_at timestamptz NOT NULL,
-  started_at timestamptz NOT NULL
+  started_at timestamptz NOT NULL,
+  refused_at timestamptz
 );

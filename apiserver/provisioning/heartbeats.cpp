@@ -20,7 +20,7 @@ const Statement kLockHosts{"heartbeat_lock_hosts",
                            "SELECT id FROM hosts WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE"};
 const Statement kFlushHosts{"heartbeat_flush_hosts", R"sql(
 UPDATE hosts h SET last_heartbeat = v.at, health = 'up', down_since = NULL, down_reason = NULL,
-       agent_version = NULLIF(v.agent_version, '')
+       agent_version = COALESCE(NULLIF(v.agent_version, ''), h.agent_version)
 FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS v(id, at, agent_version)
 WHERE h.id = v.id AND h.last_heartbeat < v.at)sql"};
 const Statement kFlushInstances{"heartbeat_flush_instances", R"sql(
@@ -29,11 +29,13 @@ FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS v(id, host_id, at)
 WHERE i.id = v.id AND i.host_id = v.host_id AND i.state IN ('provisioning', 'running', 'preempting', 'terminating')
   AND (i.last_reported_at IS NULL OR i.last_reported_at < v.at))sql"};
 const Statement kWriterFlushed{"heartbeat_writer_flushed", R"sql(
-INSERT INTO heartbeat_writers (replica_id, flushed_at, started_at) VALUES ($1, $2::timestamptz, $2::timestamptz)
-ON CONFLICT (replica_id) DO UPDATE SET flushed_at = EXCLUDED.flushed_at)sql"};
+INSERT INTO heartbeat_writers (replica_id, flushed_at, started_at, refused_at)
+VALUES ($1, $2::timestamptz, $2::timestamptz, $3::timestamptz)
+ON CONFLICT (replica_id) DO UPDATE SET flushed_at = EXCLUDED.flushed_at, refused_at = EXCLUDED.refused_at)sql"};
 const Statement kWriterGone{"heartbeat_writer_gone", "DELETE FROM heartbeat_writers WHERE replica_id = $1"};
 const Statement kWritersLagging{"heartbeat_writers_lagging", R"sql(
-SELECT count(*) FROM heartbeat_writers WHERE flushed_at < $1::timestamptz AND flushed_at >= $2::timestamptz)sql"};
+SELECT count(*) FROM heartbeat_writers
+WHERE (flushed_at < $1::timestamptz OR refused_at >= $1::timestamptz) AND flushed_at >= $2::timestamptz)sql"};
 const Statement kWritersDead{"heartbeat_writers_dead", "DELETE FROM heartbeat_writers WHERE flushed_at < $1::timestamptz"};
 
 bool Same(const std::vector<ReportedInstance>& a, const std::vector<ReportedInstance>& b) {
@@ -138,6 +140,15 @@ bool HeartbeatRecorder::TryRecord(const std::string& host, const HeartbeatReport
   return true;
 }
 
+void HeartbeatRecorder::RecordAlive(const std::string& host, TimeMs now) {
+  std::lock_guard lk(mu_);
+  Pending& p = pending_[host];
+  p.at = std::max(p.at, now);
+  pending_gauge_->Set(static_cast<double>(pending_.size()));
+}
+
+void HeartbeatRecorder::Refused(TimeMs now) { refused_at_ms_ = EpochMs(now); }
+
 void HeartbeatRecorder::Processed(std::uint64_t generation, const std::string& host, const HeartbeatReport& report,
                                   std::int64_t version) {
   std::lock_guard lk(mu_);
@@ -178,7 +189,9 @@ bool HeartbeatRecorder::Flush(std::map<std::string, Pending>& batch) {
         if (!inst_ids.empty())
           tx.exec_prepared(kFlushInstances.name, TextArray(inst_ids), TextArray(inst_hosts), TextArray(inst_ats));
       }
-      tx.exec_prepared(kWriterFlushed.name, replica_id_, FormatTime(now));
+      const std::int64_t refused = refused_at_ms_.load();
+      tx.exec_prepared(kWriterFlushed.name, replica_id_, FormatTime(now),
+                       refused ? std::optional<std::string>(FormatTime(FromEpochMs(refused))) : std::nullopt);
     });
     return true;
   } catch (const std::exception& e) {

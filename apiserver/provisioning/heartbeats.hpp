@@ -13,6 +13,7 @@
 #include <boost/json/value.hpp>
 #include <pqxx/pqxx>
 
+#include <atomic>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -49,6 +50,12 @@ class HeartbeatRecorder {
   // nothing invalidated that since, records the heartbeat for the next flush, sets *version and
   // returns true. Otherwise false: process it in full, then call Processed.
   bool TryRecord(const std::string& host, const HeartbeatReport& report, TimeMs now, std::int64_t* version);
+  // A heartbeat from `host` (its token verified) that could not be processed now (the request pool
+  // was full): the host is alive, whatever it reported; the report itself comes again.
+  void RecordAlive(const std::string& host, TimeMs now);
+  // A heartbeat refused before its host could be told (the pool was full and the token not in
+  // the cache): the leader holds off judging anyone for a while (HeartbeatWritersLagging).
+  void Refused(TimeMs now);
   // Take before the full path; pass to Processed so an invalidation that raced it wins.
   std::uint64_t Generation() const;
   void Processed(std::uint64_t generation, const std::string& host, const HeartbeatReport& report,
@@ -78,6 +85,7 @@ class HeartbeatRecorder {
   std::condition_variable cv_;
   bool stopping_ = false, listening_ = false;
   std::uint64_t generation_ = 0;
+  std::atomic<std::int64_t> refused_at_ms_{0};
   std::map<std::string, Known> known_;
   std::map<std::string, Pending> pending_;
   std::thread thread_;
@@ -87,9 +95,9 @@ class HeartbeatRecorder {
   prometheus::Gauge* pending_gauge_;
 };
 
-// True when a replica that wrote within dead_after has not flushed for lag_limit: the fleet's
-// latest heartbeats are not all in the database. Rows older than dead_after (a replica that died)
-// are removed.
+// True when a replica that wrote within dead_after has not flushed for lag_limit, or refused a
+// heartbeat it could not attribute within lag_limit: the fleet's latest heartbeats are not all in
+// the database. Rows older than dead_after (a replica that died) are removed.
 bool HeartbeatWritersLagging(pqxx::connection& conn, TimeMs now, Millis lag_limit, Millis dead_after);
 
 }  // namespace spillway
