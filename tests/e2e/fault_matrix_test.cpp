@@ -131,10 +131,25 @@ TEST(FaultMatrix, KillAnApiserverStopAndRestartPostgresUnderKeyedCreatesAndTermi
               kQuota)
         << fault;
     // Exactly one instance per key that created one: every instance is the answer stored for a key.
-    EXPECT_EQ(Count(pg.dsn(), "SELECT count(*) FROM instances WHERE tenant_id = " + t),
-              Count(pg.dsn(), "SELECT count(*) FROM idempotency_keys WHERE tenant_id = " + t +
-                                  " AND response_status = 201"))
-        << fault << ": an instance without its key, or a key with two";
+    // (Both counts in one snapshot: the stream is still creating.)
+    {
+      pqxx::connection c(pg.dsn());
+      pqxx::transaction<pqxx::isolation_level::repeatable_read> snap(c);
+      const auto instances = snap.exec1("SELECT count(*) FROM instances WHERE tenant_id = " + t)[0].as<std::int64_t>();
+      const auto keys = snap.exec1("SELECT count(*) FROM idempotency_keys WHERE tenant_id = " + t +
+                                   " AND response_status = 201")[0].as<std::int64_t>();
+      // And each instance is the answer of exactly one key.
+      std::string detail;
+      for (const auto& r : snap.exec("SELECT i.id, i.state, (SELECT string_agg(k.key || '=' || k.response_status, ',') "
+                                       "FROM idempotency_keys k WHERE k.tenant_id = i.tenant_id AND k.response_body LIKE "
+                                       "'%' || i.id || '%') FROM instances i WHERE i.tenant_id = " + t +
+                                       " AND 1 <> (SELECT count(*) FROM idempotency_keys k WHERE k.tenant_id = i.tenant_id "
+                                       "AND k.response_status = 201 AND k.response_body LIKE '%' || i.id || '%')"))
+          detail += r[0].as<std::string>() + " " + r[1].as<std::string>() + " keys:" +
+                    (r[2].is_null() ? "none" : r[2].as<std::string>()) + "; ";
+      EXPECT_EQ(instances, keys) << fault << ": an instance without its key, or a key with two";
+      EXPECT_EQ(detail, "") << fault << ": instances not the answer of exactly one key";
+    }
     // Nothing acknowledged is lost: every instance the client was given exists, and is live unless the
     // client terminated it.
     for (const auto& id : stream.created()) {
