@@ -8,7 +8,7 @@
 #include "apiserver/auth/api_keys.hpp"
 #include "apiserver/errors.hpp"
 #include "apiserver/idempotency.hpp"
-#include "apiserver/provisioning/heartbeats.hpp"
+#include "provisioning/heartbeats.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"
 #include "core/json.hpp"

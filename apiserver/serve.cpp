@@ -5,17 +5,18 @@
 
 #include "apiserver/app.hpp"
 #include "apiserver/idempotency.hpp"
-#include "apiserver/provisioning/fleet_steps.hpp"
-#include "apiserver/provisioning/heartbeats.hpp"
+#include "provisioning/fleet_steps.hpp"
+#include "provisioning/heartbeats.hpp"
 #include "core/periodic.hpp"
 #include "apiserver/notifier.hpp"
-#include "apiserver/provisioning/fleet.hpp"
-#include "apiserver/provisioning/fleet_metrics.hpp"
+#include "provisioning/fleet.hpp"
+#include "provisioning/fleet_metrics.hpp"
 #include "apiserver/audit.hpp"
 #include "apiserver/auth/key_cache.hpp"
 #include "apiserver/handlers/api_keys.hpp"
 #include "apiserver/handlers/tenants.hpp"
 #include "apiserver/http/server.hpp"
+#include "billing/prices.hpp"
 #include "core/db.hpp"
 #include "core/log.hpp"
 #include "core/metrics.hpp"
@@ -99,7 +100,7 @@ int RunServe(const Config& config) {
     if (!conn) return 1;
     try {
       if (int rc = RequireCurrentSchema(*conn)) return rc;
-      SeedPriceBook(*conn, config);
+      SeedPriceBook(*conn, config.on_demand_prices(), SystemClockInstance().Now());
     } catch (const std::exception& e) {
       std::cerr << "spillway-apiserver: cannot prepare the database: " << e.what() << "\n";
       return 1;

@@ -8,8 +8,9 @@
 #include "apiserver/handlers/common.hpp"
 #include "apiserver/auth/api_keys.hpp"
 #include "apiserver/auth/key_cache.hpp"
-#include "apiserver/provisioning/fleet.hpp"
-#include "apiserver/provisioning/heartbeats.hpp"
+#include "provisioning/fleet.hpp"
+#include "provisioning/heartbeats.hpp"
+#include "billing/prices.hpp"
 #include "billing/spot_curve.hpp"
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
@@ -40,13 +41,6 @@ const Statement kHostGpus{"host_gpus",
                           "WHERE g.host_id = $1 ORDER BY g.gpu_index"};
 const Statement kSetHostState{"set_host_state", "UPDATE hosts SET state = $2 WHERE id = $1 RETURNING id"};
 const Statement kPools{"capacity_pools", "SELECT DISTINCT region, gpu_model FROM hosts ORDER BY region, gpu_model"};
-const Statement kSpotHistory{"spot_history", R"sql(
-SELECT region, gpu_model, (extract(epoch FROM effective_from) * 1000000)::bigint, price_micros_per_gpu_hour,
-       on_demand_micros, spare_fraction_ppm, target_micros
-FROM spot_prices
-WHERE ($1 = '' OR region = $1) AND ($2 = '' OR gpu_model = $2)
-  AND effective_from >= to_timestamp($3::bigint / 1000000.0) AND effective_from > to_timestamp($4::bigint / 1000000.0)
-ORDER BY effective_from, region, gpu_model LIMIT $5)sql"};
 const Statement kHostByName{"host_by_name",
                             "SELECT h.id, ARRAY(SELECT uuid FROM gpus g WHERE g.host_id = h.id ORDER BY uuid)::text "
                             "FROM hosts h WHERE h.hostname = $1 FOR UPDATE"};
@@ -84,8 +78,8 @@ boost::json::object HostJson(const pqxx::row& r) {
           {"down_since", JsonTime(r[14])}};
 }
 
-boost::json::object PoolJson(pqxx::transaction_base& tx, const PoolState& p) {
-  const auto od = OnDemandPrice(tx, p.gpu_model);
+boost::json::object PoolJson(pqxx::transaction_base& tx, const PoolState& p, TimeMs now) {
+  const auto od = OnDemandPriceAt(tx, p.gpu_model, now);
   const auto spot = CurrentSpotPrice(tx, p.region, p.gpu_model);
   std::int64_t up_hosts = 0;
   for (const auto& h : p.hosts) up_hosts += h.placeable;
@@ -169,7 +163,7 @@ Reply GetCapacity(Ctx& ctx) {
   Snapshot tx(ctx.conn);
   boost::json::array data;
   for (const auto& r : tx.exec_prepared(kPools.name))
-    data.push_back(PoolJson(tx, LoadPool(tx, r[0].as<std::string>(), r[1].as<std::string>(), false)));
+    data.push_back(PoolJson(tx, LoadPool(tx, r[0].as<std::string>(), r[1].as<std::string>(), false), ctx.clock.Now()));
   return {200, boost::json::object{{"data", std::move(data)}}};
 }
 
@@ -184,7 +178,7 @@ Reply SetPoolCapacity(Ctx& ctx) {
   auto json = ctx.Write([&](pqxx::transaction_base& tx) {
     SetReservation(tx, fc, region, model, *reserved);
     Audit(tx, ctx, "", "capacity.reserve", region + "/" + model + "=" + std::to_string(*reserved));
-    return PoolJson(tx, LoadPool(tx, region, model, false));
+    return PoolJson(tx, LoadPool(tx, region, model, false), ctx.clock.Now());
   });
   // Less spare capacity moves the spot price now rather than at the next reprice.
   Reprice(ctx.conn, fc, region, model);
@@ -198,7 +192,7 @@ Reply ListInstanceTypes(Ctx& ctx) {
     by_model[r[1].as<std::string>()].push_back(LoadPool(tx, r[0].as<std::string>(), r[1].as<std::string>(), false));
   boost::json::array data;
   for (const auto& t : ctx.config.instance_types()) {
-    const auto od = OnDemandPrice(tx, t.gpu_model);
+    const auto od = OnDemandPriceAt(tx, t.gpu_model, ctx.clock.Now());
     boost::json::array regions;
     for (const auto& p : by_model[t.gpu_model]) {
       std::int64_t fits = 0;  // instances of this type that fit on one host's free GPUs, summed
@@ -241,20 +235,20 @@ Reply ListSpotPrices(Ctx& ctx) {
       throw ApiError(400, "invalid_parameter", "cursor is not one this API returned");
   }
   pqxx::nontransaction tx(ctx.conn);
-  const auto rows = tx.exec_prepared(kSpotHistory.name, ctx.Query("region"), ctx.Query("gpu_model"), since_us, after_us, limit + 1);
+  const auto points = SpotPriceHistory(tx, ctx.Query("region"), ctx.Query("gpu_model"), since_us, after_us, limit + 1);
   boost::json::array data;
-  for (size_t i = 0; i < rows.size() && i < static_cast<size_t>(limit); ++i) {
-    const auto& r = rows[i];
-    data.push_back({{"region", r[0].as<std::string>()},
-                    {"gpu_model", r[1].as<std::string>()},
-                    {"effective_from", FormatTime(TimeMs(std::chrono::milliseconds(r[2].as<std::int64_t>() / 1000)))},
-                    {"price_per_gpu_hour", FormatMicros(r[3].as<std::int64_t>())},
-                    {"on_demand_price_per_gpu_hour", FormatMicros(r[4].as<std::int64_t>())},
-                    {"spare_fraction", static_cast<double>(r[5].as<std::int64_t>()) / kPpm},
-                    {"target_price_per_gpu_hour", FormatMicros(r[6].as<std::int64_t>())}});
+  for (size_t i = 0; i < points.size() && i < static_cast<size_t>(limit); ++i) {
+    const auto& p = points[i].price;
+    data.push_back({{"region", p.region},
+                    {"gpu_model", p.gpu_model},
+                    {"effective_from", FormatTime(FromEpochMs(points[i].effective_from_us / 1000))},
+                    {"price_per_gpu_hour", FormatMicros(p.price_micros)},
+                    {"on_demand_price_per_gpu_hour", FormatMicros(p.on_demand_micros)},
+                    {"spare_fraction", static_cast<double>(p.spare_fraction_ppm) / kPpm},
+                    {"target_price_per_gpu_hour", FormatMicros(p.target_micros)}});
   }
   boost::json::value next = nullptr;
-  if (rows.size() > static_cast<size_t>(limit)) next = std::to_string(rows[limit - 1][2].as<std::int64_t>());
+  if (points.size() > static_cast<size_t>(limit)) next = std::to_string(points[limit - 1].effective_from_us);
   return {200, boost::json::object{{"data", std::move(data)}, {"next_cursor", next}}};
 }
 

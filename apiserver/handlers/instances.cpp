@@ -5,8 +5,9 @@
 
 #include "apiserver/audit.hpp"
 #include "apiserver/handlers/common.hpp"
-#include "apiserver/provisioning/fleet.hpp"
-#include "apiserver/provisioning/fleet_metrics.hpp"
+#include "billing/prices.hpp"
+#include "provisioning/fleet.hpp"
+#include "provisioning/fleet_metrics.hpp"
 #include "core/crypto.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"

@@ -2,7 +2,7 @@
 // instances, preemption deadlines, placement and the allocation history, without HTTP or sleeps.
 #include <gtest/gtest.h>
 
-#include "apiserver/provisioning/fleet.hpp"
+#include "provisioning/fleet.hpp"
 #include "core/db.hpp"
 #include "tests/support/test_support.hpp"
 

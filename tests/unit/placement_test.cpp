@@ -2,7 +2,7 @@
 // on-demand preempting spot (cheapest bid first, then newest) and keeping the internal reservation.
 #include <gtest/gtest.h>
 
-#include "apiserver/provisioning/fleet.hpp"
+#include "provisioning/fleet.hpp"
 #include "core/errors.hpp"
 
 using namespace spillway;

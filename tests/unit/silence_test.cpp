@@ -2,7 +2,7 @@
 // together brakes instead of failing instances.
 #include <gtest/gtest.h>
 
-#include "apiserver/provisioning/fleet.hpp"
+#include "provisioning/fleet.hpp"
 
 using namespace spillway;
 using namespace std::chrono_literals;

@@ -1,4 +1,4 @@
-#include "apiserver/provisioning/fleet.hpp"
+#include "provisioning/fleet.hpp"
 
 #include <algorithm>
 #include <map>
@@ -6,7 +6,8 @@
 #include <prometheus/gauge.h>
 #include <set>
 
-#include "apiserver/provisioning/fleet_metrics.hpp"
+#include "provisioning/fleet_metrics.hpp"
+#include "billing/prices.hpp"
 #include "billing/spot_curve.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"
@@ -33,13 +34,6 @@ WHERE region = $1 AND gpu_model = $2 AND state NOT IN ('terminated', 'failed')
 ORDER BY max_price_micros ASC NULLS LAST, created_at DESC, id DESC)sql"};
 const Statement kPoolReserved{"pool_reserved",
                               "SELECT internal_reserved_gpus FROM pool_reservations WHERE region = $1 AND gpu_model = $2"};
-const Statement kOnDemandPrice{"on_demand_price", R"sql(
-SELECT price_micros_per_gpu_hour FROM prices
-WHERE gpu_model = $1 AND market = 'on_demand' AND effective_from <= now()
-ORDER BY effective_from DESC LIMIT 1)sql"};
-const Statement kCurrentSpot{"current_spot_price", R"sql(
-SELECT price_micros_per_gpu_hour FROM spot_prices WHERE region = $1 AND gpu_model = $2
-ORDER BY effective_from DESC LIMIT 1)sql"};
 const Statement kBumpHost{"bump_host", "UPDATE hosts SET assignment_version = assignment_version + 1 WHERE id = $1"};
 const Statement kAllocate{"allocate_gpu",
                           "INSERT INTO gpu_allocations (host_id, gpu_index, instance_id) VALUES ($1, $2, $3)"};
@@ -76,10 +70,6 @@ UPDATE instances SET last_reported_at = $3::timestamptz,
        started_at = CASE WHEN $2 AND state = 'provisioning' THEN $3::timestamptz ELSE started_at END,
        version = version + CASE WHEN $2 AND state = 'provisioning' THEN 1 ELSE 0 END
 WHERE id = $1)sql"};
-const Statement kInsertSpot{"insert_spot_price", R"sql(
-INSERT INTO spot_prices (region, gpu_model, effective_from, price_micros_per_gpu_hour, on_demand_micros,
-                         spare_fraction_ppm, target_micros)
-VALUES ($1, $2, clock_timestamp(), $3, $4, $5, $6))sql"};
 const Statement kAllPools{"all_pools", "SELECT DISTINCT region, gpu_model FROM hosts ORDER BY region, gpu_model"};
 const Statement kHostHealth{"host_health", R"sql(
 SELECT id, region, health, state, (extract(epoch FROM last_heartbeat) * 1000)::bigint,
@@ -104,10 +94,6 @@ const Statement kUnreported{"unreported_instances", R"sql(
 SELECT i.id FROM instances i JOIN hosts h ON h.id = i.host_id
 WHERE i.state IN ('provisioning', 'running', 'preempting', 'terminating')
   AND i.last_reported_at < $1::timestamptz AND (h.health = 'up' OR i.state = 'terminating'))sql"};
-const Statement kSeedLock{"seed_price_lock", "SELECT pg_advisory_xact_lock(7308324466018009601)"};
-const Statement kInsertPrice{"insert_price",
-                             "INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) "
-                             "VALUES ($1, 'on_demand', $2, now())"};
 const Statement kGaugeInstances{"gauge_instances", "SELECT state, market, count(*) FROM instances GROUP BY state, market"};
 const Statement kGaugeHeartbeat{"gauge_heartbeat",
                                 "SELECT COALESCE(EXTRACT(epoch FROM now() - min(last_heartbeat)), 0)::bigint "
@@ -196,19 +182,6 @@ PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const 
   const auto res = tx.exec_prepared(kPoolReserved.name, region, gpu_model);
   if (!res.empty()) p.reserved = res[0][0].as<std::int64_t>();
   return p;
-}
-
-std::optional<std::int64_t> OnDemandPrice(pqxx::transaction_base& tx, const std::string& gpu_model) {
-  const auto r = tx.exec_prepared(kOnDemandPrice.name, gpu_model);
-  if (r.empty()) return std::nullopt;
-  return r[0][0].as<std::int64_t>();
-}
-
-std::optional<std::int64_t> CurrentSpotPrice(pqxx::transaction_base& tx, const std::string& region,
-                                             const std::string& gpu_model) {
-  const auto r = tx.exec_prepared(kCurrentSpot.name, region, gpu_model);
-  if (r.empty()) return std::nullopt;
-  return r[0][0].as<std::int64_t>();
 }
 
 PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, const std::string& market) {
@@ -369,7 +342,7 @@ int Reprice(pqxx::connection& conn, const FleetContext& fc, const std::string& r
   for (const auto& [reg, model] : pools) {
     written += InTransaction(conn, [&](pqxx::work& tx) {
       const PoolState pool = LoadPool(tx, reg, model, /*lock=*/true);
-      const auto od = OnDemandPrice(tx, model);
+      const auto od = OnDemandPriceAt(tx, model, fc.clock.Now());
       if (!od || pool.total == 0) return 0;  // nothing to sell, or no list price to discount
       const auto previous = CurrentSpotPrice(tx, reg, model);
       const std::int64_t spare_ppm = SpareFractionPpm(pool.Spare(), pool.total);
@@ -377,7 +350,7 @@ int Reprice(pqxx::connection& conn, const FleetContext& fc, const std::string& r
       const std::int64_t next = NextSpotPrice(previous, target, *od, policy);
       int n = 0;
       if (!previous || *previous != next) {
-        tx.exec_prepared(kInsertSpot.name, reg, model, next, *od, spare_ppm, target);
+        RecordSpotPrice(tx, {reg, model, next, *od, spare_ppm, target});
         n = 1;
       }
       for (const auto& s : pool.spot)
@@ -606,20 +579,6 @@ void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc) {
     fc.metrics->instances->Add({{"state", r[0].as<std::string>()}, {"market", r[1].as<std::string>()}})
         .Set(r[2].as<double>());
   fc.metrics->heartbeat_age->Set(tx.exec_prepared(kGaugeHeartbeat.name)[0][0].as<double>());
-  tx.commit();
-}
-
-void SeedPriceBook(pqxx::connection& conn, const Config& config) {
-  pqxx::work tx(conn);
-  tx.exec_prepared(kSeedLock.name);
-  for (const auto& p : config.on_demand_prices()) {
-    const auto current = OnDemandPrice(tx, p.gpu_model);
-    if (!current || *current != p.micros_per_gpu_hour) {
-      tx.exec_prepared(kInsertPrice.name, p.gpu_model, p.micros_per_gpu_hour);
-      log::Info("price book: new on-demand price", {{"gpu_model", p.gpu_model},
-                                                     {"price_per_gpu_hour", FormatMicros(p.micros_per_gpu_hour)}});
-    }
-  }
   tx.commit();
 }
 

@@ -1,4 +1,4 @@
-#include "apiserver/provisioning/heartbeats.hpp"
+#include "provisioning/heartbeats.hpp"
 
 #include <boost/json.hpp>
 #include <prometheus/counter.h>

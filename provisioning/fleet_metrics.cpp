@@ -1,4 +1,4 @@
-#include "apiserver/provisioning/fleet_metrics.hpp"
+#include "provisioning/fleet_metrics.hpp"
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>

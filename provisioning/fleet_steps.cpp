@@ -1,8 +1,8 @@
-#include "apiserver/provisioning/fleet_steps.hpp"
+#include "provisioning/fleet_steps.hpp"
 
 #include <memory>
 
-#include "apiserver/provisioning/heartbeats.hpp"
+#include "provisioning/heartbeats.hpp"
 #include "core/periodic.hpp"
 
 namespace spillway {

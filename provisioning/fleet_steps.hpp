@@ -1,5 +1,5 @@
 #pragma once
-#include "apiserver/provisioning/fleet.hpp"
+#include "provisioning/fleet.hpp"
 
 namespace spillway {
 class PeriodicSteps;

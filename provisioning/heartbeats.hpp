@@ -21,7 +21,7 @@
 #include <thread>
 #include <vector>
 
-#include "apiserver/provisioning/fleet.hpp"
+#include "provisioning/fleet.hpp"
 #include "core/db.hpp"
 
 namespace prometheus {

@@ -58,9 +58,6 @@ struct PoolState {
 // every change to the pool's allocations.
 PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const std::string& gpu_model, bool lock);
 
-std::optional<std::int64_t> OnDemandPrice(pqxx::transaction_base& tx, const std::string& gpu_model);
-std::optional<std::int64_t> CurrentSpotPrice(pqxx::transaction_base& tx, const std::string& region,
-                                             const std::string& gpu_model);
 
 struct PlacementPlan {
   std::string state;  // "provisioning" (GPUs allocated now) or "pending" (waiting for preempted spot)
@@ -141,8 +138,6 @@ int PlacePending(pqxx::connection& conn, const FleetContext& fc);
 // Instances their (up) host stopped reporting for fleet.instance_report_grace of heard time.
 int FailUnreportedInstances(pqxx::connection& conn, const FleetContext& fc, TimeMs heard_since);
 void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc);
-// Inserts the config's on-demand prices into the price book where they differ from the current one.
-void SeedPriceBook(pqxx::connection& conn, const Config& config);
 
 std::vector<int> ParseIntArray(const std::string& pg_array);  // "{0,1}" -> {0, 1}
 std::string IntArrayLiteral(const std::vector<int>& v);       // {0, 1} -> "{0,1}"

@@ -1,0 +1,97 @@
+#include "billing/prices.hpp"
+
+#include "core/db.hpp"
+#include "core/log.hpp"
+#include "core/money.hpp"
+
+namespace spillway {
+namespace {
+
+const Statement kOnDemandAt{"price_on_demand_at", R"sql(
+SELECT price_micros_per_gpu_hour FROM prices
+WHERE gpu_model = $1 AND market = 'on_demand' AND effective_from <= $2::timestamptz
+ORDER BY effective_from DESC LIMIT 1)sql"};
+const Statement kSpotAt{"price_spot_at", R"sql(
+SELECT price_micros_per_gpu_hour FROM spot_prices
+WHERE region = $1 AND gpu_model = $2 AND effective_from <= $3::timestamptz
+ORDER BY effective_from DESC LIMIT 1)sql"};
+const Statement kSpotLatest{"price_spot_latest", R"sql(
+SELECT price_micros_per_gpu_hour FROM spot_prices WHERE region = $1 AND gpu_model = $2
+ORDER BY effective_from DESC LIMIT 1)sql"};
+const Statement kInsertSpot{"price_insert_spot", R"sql(
+INSERT INTO spot_prices (region, gpu_model, effective_from, price_micros_per_gpu_hour, on_demand_micros,
+                         spare_fraction_ppm, target_micros)
+VALUES ($1, $2, clock_timestamp(), $3, $4, $5, $6))sql"};
+const Statement kSpotHistory{"price_spot_history", R"sql(
+SELECT region, gpu_model, (extract(epoch FROM effective_from) * 1000000)::bigint, price_micros_per_gpu_hour,
+       on_demand_micros, spare_fraction_ppm, target_micros
+FROM spot_prices
+WHERE ($1 = '' OR region = $1) AND ($2 = '' OR gpu_model = $2)
+  AND effective_from >= to_timestamp($3::bigint / 1000000.0) AND effective_from > to_timestamp($4::bigint / 1000000.0)
+ORDER BY effective_from, region, gpu_model LIMIT $5)sql"};
+const Statement kSeedLock{"price_seed_lock", "SELECT pg_advisory_xact_lock(7308324466018009601)"};
+const Statement kInsertOnDemand{"price_insert_on_demand",
+                                "INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) "
+                                "VALUES ($1, 'on_demand', $2, $3::timestamptz)"};
+
+std::optional<std::int64_t> One(const pqxx::result& r) {
+  if (r.empty()) return std::nullopt;
+  return r[0][0].as<std::int64_t>();
+}
+
+}  // namespace
+
+std::optional<std::int64_t> OnDemandPriceAt(pqxx::transaction_base& tx, const std::string& gpu_model, TimeMs at) {
+  return One(tx.exec_prepared(kOnDemandAt.name, gpu_model, FormatTime(at)));
+}
+
+std::optional<std::int64_t> SpotPriceAt(pqxx::transaction_base& tx, const std::string& region,
+                                        const std::string& gpu_model, TimeMs at) {
+  return One(tx.exec_prepared(kSpotAt.name, region, gpu_model, FormatTime(at)));
+}
+
+std::optional<std::int64_t> CurrentSpotPrice(pqxx::transaction_base& tx, const std::string& region,
+                                             const std::string& gpu_model) {
+  return One(tx.exec_prepared(kSpotLatest.name, region, gpu_model));
+}
+
+void RecordSpotPrice(pqxx::transaction_base& tx, const SpotPriceRecord& p) {
+  tx.exec_prepared(kInsertSpot.name, p.region, p.gpu_model, p.price_micros, p.on_demand_micros, p.spare_fraction_ppm,
+                   p.target_micros);
+}
+
+std::vector<SpotPricePoint> SpotPriceHistory(pqxx::transaction_base& tx, const std::string& region,
+                                             const std::string& gpu_model, std::int64_t since_us,
+                                             std::int64_t after_us, int limit) {
+  std::vector<SpotPricePoint> out;
+  for (const auto& r : tx.exec_prepared(kSpotHistory.name, region, gpu_model, since_us, after_us, limit)) {
+    SpotPricePoint p;
+    p.price.region = r["region"].as<std::string>();
+    p.price.gpu_model = r["gpu_model"].as<std::string>();
+    p.effective_from_us = r[2].as<std::int64_t>();
+    p.price.price_micros = r["price_micros_per_gpu_hour"].as<std::int64_t>();
+    p.price.on_demand_micros = r["on_demand_micros"].as<std::int64_t>();
+    p.price.spare_fraction_ppm = r["spare_fraction_ppm"].as<std::int64_t>();
+    p.price.target_micros = r["target_micros"].as<std::int64_t>();
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+int SeedPriceBook(pqxx::connection& conn, const std::vector<OnDemandPrice>& prices, TimeMs now) {
+  return InTransaction(conn, [&](pqxx::work& tx) {
+    tx.exec_prepared(kSeedLock.name);
+    int changed = 0;
+    for (const auto& p : prices) {
+      const auto current = OnDemandPriceAt(tx, p.gpu_model, now);
+      if (current && *current == p.micros_per_gpu_hour) continue;
+      tx.exec_prepared(kInsertOnDemand.name, p.gpu_model, p.micros_per_gpu_hour, FormatTime(now));
+      log::Info("price book: new on-demand price",
+                {{"gpu_model", p.gpu_model}, {"price_per_gpu_hour", FormatMicros(p.micros_per_gpu_hour)}});
+      ++changed;
+    }
+    return changed;
+  });
+}
+
+}  // namespace spillway

@@ -1,0 +1,47 @@
+#pragma once
+// The price book: on-demand list prices (effective-dated) and the spot price history, each answered
+// at a time — the price in effect at `at` — as rating will ask per sample. Provisioning's repricer
+// computes spot prices and records them here; the catalog and placement read them from here.
+#include <pqxx/pqxx>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/clock.hpp"
+#include "core/config.hpp"
+
+namespace spillway {
+
+// Micro-dollars per GPU-hour of the on-demand price in effect at `at`; nullopt when none was yet.
+std::optional<std::int64_t> OnDemandPriceAt(pqxx::transaction_base& tx, const std::string& gpu_model, TimeMs at);
+// The pool's spot price in effect at `at`; nullopt when the pool had none yet.
+std::optional<std::int64_t> SpotPriceAt(pqxx::transaction_base& tx, const std::string& region,
+                                        const std::string& gpu_model, TimeMs at);
+// The pool's latest spot price (what a launch now pays).
+std::optional<std::int64_t> CurrentSpotPrice(pqxx::transaction_base& tx, const std::string& region,
+                                             const std::string& gpu_model);
+
+// One spot price and the inputs that produced it. Appended to the history (append-only); it takes
+// effect at the database's clock_timestamp(), which orders the history as it was written.
+struct SpotPriceRecord {
+  std::string region, gpu_model;
+  std::int64_t price_micros = 0, on_demand_micros = 0, spare_fraction_ppm = 0, target_micros = 0;
+};
+void RecordSpotPrice(pqxx::transaction_base& tx, const SpotPriceRecord& price);
+
+struct SpotPricePoint {
+  SpotPriceRecord price;
+  std::int64_t effective_from_us = 0;  // microseconds since the epoch: also the page cursor
+};
+// GET /v1/spot-prices: effective_from >= since_us and > after_us, oldest first, at most `limit`.
+std::vector<SpotPricePoint> SpotPriceHistory(pqxx::transaction_base& tx, const std::string& region,
+                                             const std::string& gpu_model, std::int64_t since_us,
+                                             std::int64_t after_us, int limit);
+
+// Adds the config's on-demand prices to the book, effective `now`, where they differ from the
+// price in effect; one replica at a time (an advisory lock). Returns how many changed.
+int SeedPriceBook(pqxx::connection& conn, const std::vector<OnDemandPrice>& prices, TimeMs now);
+
+}  // namespace spillway
