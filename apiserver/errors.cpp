@@ -1,5 +1,7 @@
 #include "apiserver/errors.hpp"
 
+#include <pqxx/pqxx>
+
 #include "core/db.hpp"
 #include "core/errors.hpp"
 #include "core/log.hpp"
@@ -33,6 +35,17 @@ http::Response ErrorResponseForCurrent(const std::string& request_id, const std:
     return http::ErrorResponse(400, "invalid_json", e.what(), request_id);
   } catch (const DbUnavailable& e) {
     return ErrorResponseFor(e, request_id);
+  } catch (const pqxx::in_doubt_error& e) {
+    // The connection broke while COMMIT was in flight: the change may or may not be in. Not a 500:
+    // the server did nothing wrong, and a retry with the same Idempotency-Key finds out which.
+    log::Warn("commit outcome unknown: the database connection was lost", {{"request_id", request_id},
+                                                                          {"route", route}, {"error", e.what()}});
+    auto r = http::ErrorResponse(503, "outcome_unknown",
+                                 "the database connection was lost while the change was being committed; it may or "
+                                 "may not have been made: retry (with the same Idempotency-Key) to find out",
+                                 request_id);
+    r.headers.emplace_back("Retry-After", "1");
+    return r;
   } catch (const std::exception& e) {
     if (IsUnavailable(e)) {
       log::Warn("database unavailable during request", {{"request_id", request_id}, {"error", e.what()}});

@@ -2,7 +2,10 @@
 // walks this same table with no key, a wrong-role key and another tenant's key.
 #include "apiserver/app.hpp"
 #include "apiserver/handlers/api_keys.hpp"
-#include "apiserver/handlers/fleet.hpp"
+#include "apiserver/handlers/agent.hpp"
+#include "apiserver/handlers/capacity.hpp"
+#include "apiserver/handlers/catalog.hpp"
+#include "apiserver/handlers/hosts.hpp"
 #include "apiserver/handlers/instances.hpp"
 #include "apiserver/handlers/tenants.hpp"
 #include "core/errors.hpp"

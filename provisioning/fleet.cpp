@@ -140,6 +140,13 @@ std::int64_t PoolState::Spare() const {
   return std::max<std::int64_t>(0, total - reserved - on_demand - spot_active - spot_leaving);
 }
 
+std::vector<std::pair<std::string, std::string>> AllPools(pqxx::transaction_base& tx) {
+  std::vector<std::pair<std::string, std::string>> pools;
+  for (const auto& r : tx.exec_prepared(kAllPools.name))
+    pools.emplace_back(r["region"].as<std::string>(), r["gpu_model"].as<std::string>());
+  return pools;
+}
+
 PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const std::string& gpu_model, bool lock) {
   PoolState p;
   p.region = region;

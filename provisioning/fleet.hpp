@@ -54,6 +54,9 @@ struct PoolState {
   std::int64_t Spare() const;
 };
 
+// Every pool that has a host: (region, gpu_model), in order.
+std::vector<std::pair<std::string, std::string>> AllPools(pqxx::transaction_base& tx);
+
 // Reads the pool; with lock=true its hosts are locked FOR UPDATE (in id order), which serialises
 // every change to the pool's allocations.
 PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const std::string& gpu_model, bool lock);

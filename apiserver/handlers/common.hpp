@@ -8,6 +8,10 @@
 
 namespace spillway::handlers {
 
+// Reports read several statements; a repeatable-read transaction gives them one snapshot, so a host
+// registering meanwhile is in all of them or in none.
+using Snapshot = pqxx::transaction<pqxx::isolation_level::repeatable_read, pqxx::readwrite_policy::read_only>;
+
 // A column of epoch milliseconds (or NULL) as an RFC 3339 time (or null).
 inline boost::json::value JsonTime(const pqxx::field& f) {
   if (f.is_null()) return nullptr;

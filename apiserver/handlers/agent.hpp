@@ -1,0 +1,11 @@
+#pragma once
+#include "apiserver/context.hpp"
+
+namespace spillway::handlers {
+
+// Agents (docs/protocol.md).
+Reply RegisterAgent(Ctx& ctx);      // POST /v1/agent/register (bootstrap token)
+Reply AgentHeartbeat(Ctx& ctx);     // POST /v1/agent/heartbeat (host token)
+Reply AgentAssignments(Ctx& ctx);   // GET /v1/agent/assignments?version=&wait= (host token, long poll)
+
+}  // namespace spillway::handlers

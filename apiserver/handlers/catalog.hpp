@@ -1,0 +1,10 @@
+#pragma once
+#include "apiserver/context.hpp"
+
+namespace spillway::handlers {
+
+// Any key: the catalog and the spot market.
+Reply ListInstanceTypes(Ctx& ctx);  // GET /v1/instance-types
+Reply ListSpotPrices(Ctx& ctx);     // GET /v1/spot-prices?region=&gpu_model=&since=
+
+}  // namespace spillway::handlers
