@@ -44,10 +44,12 @@ std::string EdgeProblem(const http::Request& r) {
 
 }  // namespace
 
-ApiDispatcher::ApiDispatcher(const Config& config, Database& db, Metrics& metrics, const Clock& clock,
+ApiDispatcher::ApiDispatcher(const Config& config, const FleetSettings& fleet, Database& db, Metrics& metrics,
+                             const Clock& clock,
                              FleetMetrics* fleet_metrics, AssignmentNotifier* notifier, KeyCache* key_cache,
                              HeartbeatRecorder* heartbeats)
     : config_(config),
+      fleet_(fleet),
       db_(db),
       clock_(clock),
       fleet_metrics_(fleet_metrics),
@@ -145,7 +147,7 @@ bool ApiDispatcher::FastHeartbeat(const http::Request& request, const Route& rou
   std::int64_t version = 0;
   if (!heartbeats_->TryRecord(principal->host_id, report, clock_.Now(), &version)) return false;
   http::Response r;
-  r.body = ToJson(boost::json::object{{"version", version}});
+  r.body = ToJson(boost::json::object{{"version", version}}) + "\n";
   r.route = route.pattern;
   respond(std::move(r));
   return true;
@@ -223,6 +225,7 @@ ApiDispatcher::Outcome ApiDispatcher::Run(pqxx::connection& conn, const Route& r
     Ctx ctx{request, params, std::move(body), std::move(principal), conn, config_, clock_, fleet_metrics_,
             long_poll_retry, key_cache_};
     ctx.heartbeats = heartbeats_;
+    ctx.fleet = &fleet_;
     if (!route.tenant_param.empty()) ctx.RequireTenant(ctx.Param(route.tenant_param));
     const std::string idempotency_key = request.Header("idempotency-key");
     Reply reply = route.idempotent && !idempotency_key.empty() ? RunIdempotent(ctx, route.handler, idempotency_key)
@@ -234,6 +237,7 @@ ApiDispatcher::Outcome ApiDispatcher::Run(pqxx::connection& conn, const Route& r
     }
     out.status = reply.status;
     out.body = ToJson(reply.body);
+    out.body += '\n';  // so that a curl in a terminal leaves the prompt on its own line
     out.headers = std::move(reply.headers);
   } catch (...) {
     out = ErrorResponseForCurrent(request.request_id, route.pattern);
@@ -265,8 +269,13 @@ void ApiDispatcher::Finished(const http::Request& request, const http::Response&
   }
   m.first->Increment();
   m.second->Observe(seconds);
-  if (log::Enabled(log::Level::kInfo))
-    log::Info("request", {{"request_id", request.request_id},
+  // An agent's routine calls (heartbeats, assignments) are thousands a second on a large fleet: at
+  // debug, so that the log at info shows requests and events.
+  const bool routine = response.status < 400 && response.route.rfind("/v1/agent/", 0) == 0 &&
+                       response.route != "/v1/agent/register";
+  const auto level = routine ? log::Level::kDebug : log::Level::kInfo;
+  if (log::Enabled(level))
+    log::Write(level, "request", {{"request_id", request.request_id},
                           {"method", request.method},
                           {"route", response.route},
                           {"path", request.path},
@@ -281,7 +290,7 @@ void AdminDispatcher::Dispatch(http::Request request, http::Responder respond) {
   auto json = [](int status, boost::json::object o) {
     http::Response r;
     r.status = status;
-    r.body = boost::json::serialize(o);
+    r.body = ToJson(o) + "\n";
     return r;
   };
   const bool known = request.path == "/metrics" || request.path == "/healthz" || request.path == "/readyz";

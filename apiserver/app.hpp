@@ -26,6 +26,7 @@ class AssignmentNotifier;
 class KeyCache;
 class HeartbeatRecorder;
 struct FleetMetrics;
+struct FleetSettings;
 
 // The route table: every public API route with the roles that may call it.
 std::vector<Route> ApiRoutes();
@@ -36,7 +37,7 @@ const std::string& OpenApiDocument();
 // worker; logs one JSON line and records metrics per response.
 class ApiDispatcher : public http::Dispatcher {
  public:
-  ApiDispatcher(const Config& config, Database& db, Metrics& metrics, const Clock& clock,
+  ApiDispatcher(const Config& config, const FleetSettings& fleet, Database& db, Metrics& metrics, const Clock& clock,
                 FleetMetrics* fleet_metrics = nullptr, AssignmentNotifier* notifier = nullptr,
                 KeyCache* key_cache = nullptr, HeartbeatRecorder* heartbeats = nullptr);
   void Dispatch(http::Request request, http::Responder respond) override;
@@ -64,6 +65,7 @@ class ApiDispatcher : public http::Dispatcher {
   void Submit(const Route* route, std::shared_ptr<http::Request> request,
               std::shared_ptr<std::map<std::string, std::string>> params, http::Responder respond, bool retry);
   const Config& config_;
+  const FleetSettings& fleet_;
   Database& db_;
   const Clock& clock_;
   FleetMetrics* fleet_metrics_;

@@ -27,6 +27,7 @@ const char* RoleName(unsigned bit);
 struct FleetMetrics;
 class KeyCache;
 class HeartbeatRecorder;
+struct FleetSettings;
 
 struct Principal {
   std::string host_id;  // for kHost
@@ -52,6 +53,7 @@ struct Ctx {
   // change and the stored answer commit together or not at all.
   pqxx::transaction_base* outer = nullptr;
   HeartbeatRecorder* heartbeats = nullptr;  // heartbeats' fast path (may be null: tools, tests)
+  const FleetSettings* fleet = nullptr;     // the fleet's typed configuration
 
   // Runs fn(tx) in a transaction of its own (retried when it loses a race, see InTransaction), or
   // inside the idempotency record's transaction when there is one. Returns what fn returns.

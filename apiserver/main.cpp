@@ -5,7 +5,7 @@
 
 #include "apiserver/serve.hpp"
 #include "core/config.hpp"
-#include "billing/spot_curve.hpp"
+#include "provisioning/fleet.hpp"
 #include "core/log.hpp"
 
 extern char** environ;
@@ -46,9 +46,7 @@ int main(int argc, char** argv) {
   }
   try {
     const auto config = spillway::Config::Load(config_file, environ);
-    std::string why;
-    if (!spillway::SpotCurve::Parse(config.String("spot.discount_curve"), &why))
-      throw spillway::ConfigError("spot.discount_curve = \"" + config.String("spot.discount_curve") + "\": " + why);
+    spillway::FleetSettings::From(config);  // checks what the schema alone cannot (the discount curve)
     spillway::log::Init(config.String("log.level"));
     if (command == "migrate") return spillway::RunMigrate(config);
     if (command == "bootstrap-admin") return spillway::RunBootstrapAdmin(config);

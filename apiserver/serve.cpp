@@ -107,6 +107,7 @@ int RunServe(const Config& config) {
     }
   }
   Metrics metrics;
+  const FleetSettings fleet_settings = FleetSettings::From(config);
   DbOptions db_options;
   db_options.url = config.String("database.url");
   db_options.pool_size = static_cast<int>(config.Int("database.pool_size"));
@@ -124,7 +125,7 @@ int RunServe(const Config& config) {
                               key_cache_ttl.count() > 0 ? &key_cache : nullptr);
   HeartbeatRecorder heartbeats({config.String("database.url"), "spillway-heartbeats",
                                 config.Duration("database.connect_timeout"), config.Duration("database.statement_timeout")},
-                               config.Duration("fleet.heartbeat_flush_interval"), SystemClockInstance(),
+                               fleet_settings.heartbeat_flush_interval, SystemClockInstance(),
                                metrics.registry());
   notifier.Observe([&heartbeats](const std::vector<std::string>& hosts, bool all, bool listening) {
     heartbeats.Invalidate(hosts, all, listening);
@@ -132,14 +133,14 @@ int RunServe(const Config& config) {
   heartbeats.Start();
   notifier.Start();
   const Clock& clock = SystemClockInstance();
-  const FleetContext fleet{config, &fleet_metrics, clock};
+  const FleetContext fleet{fleet_settings, &fleet_metrics, clock};
   LeaderOptions leader;
   leader.session = {config.String("database.url"), "spillway-leader", config.Duration("database.connect_timeout"),
                     config.Duration("database.statement_timeout")};
   leader.lock_key = kLeaderLock;
   leader.tick = config.Duration("controllers.tick");
   // A leader that stalls for half the heartbeat timeout was not listening: judge hosts afresh.
-  leader.stall_limit = config.Duration("fleet.heartbeat_timeout") / 2;
+  leader.stall_limit = fleet_settings.silence.timeout / 2;
   PeriodicSteps steps(leader, clock, metrics.registry());
   RegisterFleetSteps(steps, fleet);
   steps.Add({"expire_idempotency_keys", std::chrono::minutes(1),
@@ -149,7 +150,7 @@ int RunServe(const Config& config) {
 
   http::Runtime runtime(static_cast<int>(config.Int("server.io_threads")));
   runtime.OnDrain([&notifier] { notifier.Stop(); });
-  ApiDispatcher api(config, db, metrics, clock, &fleet_metrics, &notifier, &key_cache, &heartbeats);
+  ApiDispatcher api(config, fleet_settings, db, metrics, clock, &fleet_metrics, &notifier, &key_cache, &heartbeats);
   AdminDispatcher admin(db, metrics, [&runtime] { return runtime.Draining(); });
   try {
     runtime.AddListener(Listener(config, "api", "server.listen"), api);

@@ -101,12 +101,6 @@ const Statement kGaugeHeartbeat{"gauge_heartbeat",
 
 bool Live(const std::string& state) { return state != "terminated" && state != "failed"; }
 
-SpotPolicy PolicyFrom(const Config& c) {
-  std::string why;
-  auto curve = SpotCurve::Parse(c.String("spot.discount_curve"), &why);
-  if (!curve) throw std::logic_error("spot.discount_curve was not validated at start-up: " + why);
-  return SpotPolicy{*curve, c.Int("spot.smoothing_percent"), *ParseMicros(c.String("spot.floor"))};
-}
 
 ApiError NoCapacity(const std::string& why) { return ApiError(409, "insufficient_capacity", why); }
 
@@ -276,7 +270,7 @@ bool LockHost(pqxx::transaction_base& tx, const std::string& host_id) {
 
 void PreemptSpot(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
                  const std::string& reason) {
-  const TimeMs preempt_at = fc.clock.Now() + fc.config.Duration("spot.preemption_notice");
+  const TimeMs preempt_at = fc.clock.Now() + fc.settings.preemption_notice;
   const auto r = tx.exec_prepared(kPreempt.name, instance_id, FormatTime(preempt_at), reason);
   if (r.empty()) return;  // already leaving or gone
   if (!r[0][0].is_null()) BumpHost(tx, r[0][0].as<std::string>());
@@ -337,7 +331,7 @@ std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const std::string& host
 }
 
 int Reprice(pqxx::connection& conn, const FleetContext& fc, const std::string& region, const std::string& gpu_model) {
-  const SpotPolicy policy = PolicyFrom(fc.config);
+  const SpotPolicy& policy = fc.settings.spot;
   std::vector<std::pair<std::string, std::string>> pools;
   if (region.empty()) {
     pqxx::nontransaction read(conn);
@@ -368,9 +362,24 @@ int Reprice(pqxx::connection& conn, const FleetContext& fc, const std::string& r
   return written;
 }
 
-SilenceRules SilenceRulesFrom(const Config& c) {
-  return {c.Duration("fleet.heartbeat_timeout"), c.Int("fleet.silence_brake_percent"),
-          c.Int("fleet.silence_brake_min_hosts")};
+FleetSettings FleetSettings::From(const Config& c) {
+  FleetSettings s;
+  s.silence = {c.Duration("fleet.heartbeat_timeout"), c.Int("fleet.silence_brake_percent"),
+               c.Int("fleet.silence_brake_min_hosts")};
+  s.instance_report_grace = c.Duration("fleet.instance_report_grace");
+  s.assignment_wait_max = c.Duration("fleet.assignment_wait_max");
+  s.heartbeat_flush_interval = c.Duration("fleet.heartbeat_flush_interval");
+  s.heartbeat_interval = c.Duration("agent.heartbeat_interval");
+  s.sample_interval = c.Duration("agent.sample_interval");
+  s.tick = c.Duration("controllers.tick");
+  s.reprice_interval = c.Duration("spot.reprice_interval");
+  s.preemption_notice = c.Duration("spot.preemption_notice");
+  std::string why;
+  auto curve = SpotCurve::Parse(c.String("spot.discount_curve"), &why);
+  if (!curve) throw ConfigError("spot.discount_curve = \"" + c.String("spot.discount_curve") + "\": " + why);
+  const auto floor = ParseMicros(c.String("spot.floor"));  // checked by the schema (CheckMoney)
+  s.spot = SpotPolicy{*curve, c.Int("spot.smoothing_percent"), floor.value_or(0)};
+  return s;
 }
 
 SilenceVerdict JudgeSilence(const std::vector<HostHealth>& hosts, TimeMs now, TimeMs heard_since,
@@ -425,7 +434,7 @@ int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc, TimeMs heard
       hosts.push_back(std::move(h));
     }
   }
-  const SilenceVerdict verdict = JudgeSilence(hosts, now, heard_since, SilenceRulesFrom(fc.config));
+  const SilenceVerdict verdict = JudgeSilence(hosts, now, heard_since, fc.settings.silence);
   for (const auto& region : verdict.braking_regions)
     log::Error("many hosts of a region fell silent together: marking them down WITHOUT failing their instances "
                "(the silence brake); check the network and the agents",
@@ -543,7 +552,7 @@ int PlacePending(pqxx::connection& conn, const FleetContext& fc) {
 
 int FailUnreportedInstances(pqxx::connection& conn, const FleetContext& fc, TimeMs heard_since) {
   const TimeMs now = fc.clock.Now();
-  const Millis grace = fc.config.Duration("fleet.instance_report_grace");
+  const Millis grace = fc.settings.instance_report_grace;
   if (now - heard_since <= grace) return 0;  // not listening long enough to judge anyone
   std::vector<std::string> ids;
   {

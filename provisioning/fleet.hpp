@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "billing/spot_curve.hpp"
 #include "core/clock.hpp"
 #include "core/config.hpp"
 
@@ -21,8 +22,30 @@ struct FleetMetrics;
 // where several), then gpu_allocations and the rest. A transaction that needs an instance's host
 // reads the host id first without a lock, locks the host, then the instance, and checks the host
 // did not change. Every writer runs in InTransaction, which retries a lost race.
+struct SilenceRules {
+  Millis timeout{30000};             // fleet.heartbeat_timeout
+  std::int64_t brake_percent = 50;   // fleet.silence_brake_percent
+  std::int64_t brake_min_hosts = 3;  // fleet.silence_brake_min_hosts
+};
+
+// The fleet's configuration (fleet.*, spot.*, controllers.tick, agent intervals), read and checked
+// once at start-up: the rules never look a key up by name.
+struct FleetSettings {
+  SilenceRules silence;
+  Millis instance_report_grace{60000};
+  Millis assignment_wait_max{60000};
+  Millis heartbeat_flush_interval{250};
+  Millis heartbeat_interval{5000}, sample_interval{10000};  // told to agents at registration
+  Millis tick{1000};
+  Millis reprice_interval{30000};
+  Millis preemption_notice{120000};
+  SpotPolicy spot;
+  // Throws ConfigError naming the key (a discount curve that does not parse, say).
+  static FleetSettings From(const Config& config);
+};
+
 struct FleetContext {
-  const Config& config;
+  const FleetSettings& settings;
   FleetMetrics* metrics = nullptr;  // may be null (tools, tests)
   const Clock& clock = SystemClockInstance();
 };
@@ -107,11 +130,6 @@ struct HostHealth {
   TimeMs last_heartbeat;
   std::optional<TimeMs> down_since;
 };
-struct SilenceRules {
-  Millis timeout{30000};          // fleet.heartbeat_timeout
-  std::int64_t brake_percent = 50;  // fleet.silence_brake_percent
-  std::int64_t brake_min_hosts = 3;  // fleet.silence_brake_min_hosts
-};
 struct SilenceVerdict {
   std::vector<std::string> fail;   // silent alone: mark down, fail their instances
   std::vector<std::string> brake;  // silent together with much of their region: mark down, keep instances
@@ -126,7 +144,6 @@ struct SilenceVerdict {
 // zone is mostly unreachable.
 SilenceVerdict JudgeSilence(const std::vector<HostHealth>& hosts, TimeMs now, TimeMs heard_since,
                             const SilenceRules& rules);
-SilenceRules SilenceRulesFrom(const Config& config);
 
 // One spot-pricer pass over one pool (or every pool when region is empty): appends a new price when
 // it changed and preempts spot instances whose max price is now below it. Returns prices written.

@@ -8,14 +8,14 @@
 namespace spillway {
 
 void RegisterFleetSteps(PeriodicSteps& steps, const FleetContext& fc) {
-  const Millis tick = fc.config.Duration("controllers.tick");
+  const Millis tick = fc.settings.tick;
   const FleetContext* f = &fc;
-  steps.Add({"spot_reprice", fc.config.Duration("spot.reprice_interval"),
+  steps.Add({"spot_reprice", fc.settings.reprice_interval,
              [f](pqxx::connection& c, const StepContext&) { Reprice(c, *f); }});
   steps.Add({"finish_preemptions", tick, [f](pqxx::connection& c, const StepContext&) { FinishPreemptions(c, *f); }});
   // Heartbeats are written in batches by every replica: while one lags (its database writes fail,
   // or it is starved), what it heard is not in `hosts` yet, and nobody is judged on that time.
-  const Millis timeout = fc.config.Duration("fleet.heartbeat_timeout");
+  const Millis timeout = fc.settings.silence.timeout;
   auto deaf_until = std::make_shared<TimeMs>();
   auto heard_since = [f, timeout, deaf_until](pqxx::connection& c, const StepContext& s) {
     if (HeartbeatWritersLagging(c, s.now, timeout / 2, timeout * 2)) *deaf_until = s.now;

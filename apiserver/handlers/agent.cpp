@@ -46,8 +46,8 @@ std::string NewHostToken(const std::string& host_id, std::string* hash) {
 
 Reply RegistrationReply(const Ctx& ctx, int status, const std::string& host_id, const std::string& token) {
   return {status, boost::json::object{{"host_id", host_id}, {"host_token", token},
-                                      {"sample_interval_ms", ctx.config.Duration("agent.sample_interval").count()},
-                                      {"heartbeat_interval_ms", ctx.config.Duration("agent.heartbeat_interval").count()}}};
+                                      {"sample_interval_ms", ctx.fleet->sample_interval.count()},
+                                      {"heartbeat_interval_ms", ctx.fleet->heartbeat_interval.count()}}};
 }
 
 }  // namespace
@@ -132,7 +132,7 @@ Reply RegisterAgent(Ctx& ctx) {
   log::Info("host registered", {{"host_id", host_id}, {"hostname", hostname}, {"region", region}, {"gpu_model", model},
                                 {"gpus", static_cast<std::int64_t>(gpus.size())}});
   // A new pool gets its first spot price at once; an existing pool's price reflects the new GPUs.
-  Reprice(ctx.conn, FleetContext{ctx.config, ctx.fleet_metrics, ctx.clock}, region, model);
+  Reprice(ctx.conn, FleetContext{*ctx.fleet, ctx.fleet_metrics, ctx.clock}, region, model);
   return RegistrationReply(ctx, 201, host_id, token);
 }
 
@@ -152,7 +152,7 @@ Reply AgentHeartbeat(Ctx& ctx) {
 
 Reply AgentAssignments(Ctx& ctx) {
   const std::int64_t known = ctx.QueryInt("version", -1, -1, INT64_MAX);
-  const std::int64_t max_wait = ctx.config.Duration("fleet.assignment_wait_max").count() / 1000;
+  const std::int64_t max_wait = ctx.fleet->assignment_wait_max.count() / 1000;
   const std::int64_t wait = ctx.QueryInt("wait", 0, 0, max_wait);
   Snapshot tx(ctx.conn);  // the version and the list from one snapshot
   const std::int64_t version = tx.exec_prepared(kHostVersion.name, ctx.principal.host_id)[0][0].as<std::int64_t>();

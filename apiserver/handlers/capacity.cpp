@@ -53,7 +53,7 @@ Reply SetPoolCapacity(Ctx& ctx) {
   OnlyKeys(body, {"internal_reserved_gpus"});
   const auto reserved = OptInt(body, "internal_reserved_gpus", 0, 1'000'000);
   if (!reserved) throw ApiError(422, "validation_failed", "internal_reserved_gpus: is required");
-  const FleetContext fc{ctx.config, ctx.fleet_metrics, ctx.clock};
+  const FleetContext fc{*ctx.fleet, ctx.fleet_metrics, ctx.clock};
   auto json = ctx.Write([&](pqxx::transaction_base& tx) {
     SetReservation(tx, fc, region, model, *reserved);
     Audit(tx, ctx, "", "capacity.reserve", region + "/" + model + "=" + std::to_string(*reserved));

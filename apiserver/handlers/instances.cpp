@@ -105,7 +105,7 @@ CreateRequest ParseCreate(const Ctx& ctx) {
 
 // Creates the instance and places it, in the caller's transaction; returns its id.
 std::string CreateIn(pqxx::transaction_base& tx, Ctx& ctx, const CreateRequest& req) {
-  const FleetContext fc{ctx.config, ctx.fleet_metrics, ctx.clock};
+  const FleetContext fc{*ctx.fleet, ctx.fleet_metrics, ctx.clock};
   auto fail = [&](const char* reason, ApiError e) {
     if (fc.metrics) fc.metrics->PlacementFailed(reason);
     return e;

@@ -17,7 +17,7 @@ Response ErrorResponse(int status, const std::string& code, const std::string& m
   Response r;
   r.status = status;
   boost::json::object err{{"code", code}, {"message", message}, {"request_id", request_id}};
-  r.body = ToJson(boost::json::object{{"error", std::move(err)}});  // quotes nothing raw: see ToJson
+  r.body = ToJson(boost::json::object{{"error", std::move(err)}}) + "\n";  // quotes nothing raw: see ToJson
   return r;
 }
 

@@ -57,9 +57,9 @@ class FleetRules : public ::testing::Test {
 
   TestDb db_;
   std::unique_ptr<pqxx::connection> conn_;
-  Config config_ = Config::Defaults();
+  FleetSettings settings_ = FleetSettings::From(Config::Defaults());
   FakeClock clock_{kT0};
-  FleetContext fc_{config_, nullptr, clock_};
+  FleetContext fc_{settings_, nullptr, clock_};
 };
 
 }  // namespace

@@ -78,7 +78,7 @@ TEST(Router, EveryRouteIsInTheOpenApiDocument) {
 TEST(Message, ErrorBodyAndRequestIds) {
   const auto r = http::ErrorResponse(404, "not_found", "no \"such\" thing", "req_1");
   EXPECT_EQ(r.status, 404);
-  EXPECT_EQ(r.body, R"({"error":{"code":"not_found","message":"no \"such\" thing","request_id":"req_1"}})");
+  EXPECT_EQ(r.body, R"({"error":{"code":"not_found","message":"no \"such\" thing","request_id":"req_1"}})" "\n");
   EXPECT_EQ(http::RequestIdFrom("abc-123"), "abc-123");
   EXPECT_EQ(http::RequestIdFrom("bad id\r\n").rfind("req_", 0), 0u);
   EXPECT_EQ(http::RequestIdFrom(std::string(200, 'a')).rfind("req_", 0), 0u);
