@@ -113,6 +113,56 @@ std::string Serialize(const Response& res, const std::string& request_id, bool k
   return h;
 }
 
+// Where a dispatcher's answer lands: it may answer inside the call (health, 404s) or later from a
+// database worker on any thread. TakeEarly() returns an answer already given, so the common inline
+// case costs no trip through the scheduler; Await() resumes the session on its own executor.
+struct ResponseSlot {
+  std::mutex mu;
+  std::optional<Response> early;
+  std::function<void(Response)> resume;
+
+  static Responder ResponderFor(const std::shared_ptr<ResponseSlot>& slot) {
+    return [slot](Response resp) {
+      std::unique_lock lk(slot->mu);
+      if (slot->resume) {
+        auto resume = std::move(slot->resume);
+        lk.unlock();
+        resume(std::move(resp));
+      } else {
+        slot->early = std::move(resp);
+      }
+    };
+  }
+  std::optional<Response> TakeEarly() {
+    std::lock_guard lk(mu);
+    std::optional<Response> r = std::move(early);
+    early.reset();
+    return r;
+  }
+  // A raw pointer, not a shared_ptr: GCC 12 destroys some temporaries of a co_await expression
+  // twice, which double-released the capture. The caller's frame owns the slot.
+  auto Await() {
+    return net::async_initiate<decltype(net::use_awaitable), void(Response)>(
+        [p = this](auto handler) {
+          auto* slot = p;
+          auto ex = net::get_associated_executor(handler);
+          auto h = std::make_shared<decltype(handler)>(std::move(handler));
+          std::unique_lock lk(slot->mu);
+          if (slot->early) {
+            Response r = std::move(*slot->early);
+            slot->early.reset();
+            lk.unlock();
+            net::post(ex, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
+            return;
+          }
+          slot->resume = [h, ex](Response r) {
+            net::post(ex, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
+          };
+        },
+        net::use_awaitable);
+  }
+};
+
 }  // namespace
 
 // One io_context per io thread, each run by that thread alone: a connection lives on one of them
@@ -220,50 +270,6 @@ struct Runtime::Impl {
                            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   }
 
-  // Hands `start` a responder and waits, without blocking the io thread, until it is called (on any
-  // thread); resumes on this coroutine's executor.
-  static net::awaitable<Response> AwaitResponse(std::function<void(Responder)> start) {
-    struct Pending {
-      std::mutex mu;
-      std::optional<Response> early;
-      std::function<void(Response)> resume;
-    };
-    auto pending = std::make_shared<Pending>();
-    start([pending](Response resp) {
-      std::unique_lock lk(pending->mu);
-      if (pending->resume) {
-        auto resume = std::move(pending->resume);
-        lk.unlock();
-        resume(std::move(resp));
-      } else {
-        pending->early = std::move(resp);
-      }
-    });
-    {
-      std::unique_lock lk(pending->mu);
-      if (pending->early) co_return std::move(*pending->early);
-    }
-    Response res = co_await net::async_initiate<decltype(net::use_awaitable), void(Response)>(
-        // A raw pointer: see the note in Serve about GCC 12 and co_await temporaries.
-        [p = pending.get()](auto handler) {
-          auto* pending = p;
-          auto ex = net::get_associated_executor(handler);
-          auto h = std::make_shared<decltype(handler)>(std::move(handler));
-          std::unique_lock lk(pending->mu);
-          if (pending->early) {
-            Response r = std::move(*pending->early);
-            lk.unlock();
-            net::post(ex, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
-            return;
-          }
-          pending->resume = [h, ex](Response r) {
-            net::post(ex, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
-          };
-        },
-        net::use_awaitable);
-    co_return res;
-  }
-
   template <class Stream>
   net::awaitable<void> Serve(Listener& l, Stream& stream, SessionState& st) {
     auto& tcp_layer = beast::get_lowest_layer(stream);
@@ -317,8 +323,11 @@ struct Runtime::Impl {
               // RFC 9110 §10.1.1: answer at once with the final status when the headers alone decide
               // it (no route, a key refused); only a request that may proceed is told to send its body.
               const Request head = ToRequest(parser.get());
-              Response verdict = co_await AwaitResponse(
-                  [&l, &head](Responder respond) { l.dispatcher->Expect(head, std::move(respond)); });
+              auto slot = std::make_shared<ResponseSlot>();
+              l.dispatcher->Expect(head, ResponseSlot::ResponderFor(slot));
+              Response verdict;
+              if (auto given = slot->TakeEarly()) verdict = std::move(*given);
+              else verdict = co_await slot->Await();
               if (verdict.status != 100) {
                 st.busy = true;
                 co_await Write(l, stream, head, std::move(verdict), false, started);
@@ -392,51 +401,11 @@ struct Runtime::Impl {
       copy.method = req.method;
       copy.path = req.path;
       copy.request_id = req.request_id;
-      // A dispatcher that answers inside Dispatch (health, 404s) is used directly; one that
-      // answers later, from a database worker, resumes this coroutine on its own strand.
-      struct Pending {
-        std::mutex mu;
-        std::optional<Response> early;
-        std::function<void(Response)> resume;
-      };
-      auto pending = std::make_shared<Pending>();
-      l.dispatcher->Dispatch(std::move(req), [pending](Response resp) {
-        std::unique_lock lk(pending->mu);
-        if (pending->resume) {
-          auto resume = std::move(pending->resume);
-          lk.unlock();
-          resume(std::move(resp));
-        } else {
-          pending->early = std::move(resp);
-        }
-      });
+      auto slot = std::make_shared<ResponseSlot>();
+      l.dispatcher->Dispatch(std::move(req), ResponseSlot::ResponderFor(slot));
       Response res;
-      res.status = 0;
-      {
-        std::unique_lock lk(pending->mu);
-        if (pending->early) res = std::move(*pending->early);
-      }
-      if (res.status == 0) {
-        res = co_await net::async_initiate<decltype(net::use_awaitable), void(Response)>(
-            // A raw pointer, not a shared_ptr: GCC 12 destroys some temporaries of a co_await
-            // expression twice, which double-released the capture. The frame owns `pending`.
-            [p = pending.get()](auto handler) {
-              auto* pending = p;
-              auto ex = net::get_associated_executor(handler);
-              auto h = std::make_shared<decltype(handler)>(std::move(handler));
-              std::unique_lock lk(pending->mu);
-              if (pending->early) {
-                Response r = std::move(*pending->early);
-                lk.unlock();
-                net::post(ex, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
-                return;
-              }
-              pending->resume = [h, ex](Response r) {
-                net::post(ex, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
-              };
-            },
-            net::use_awaitable);
-      }
+      if (auto given = slot->TakeEarly()) res = std::move(*given);
+      else res = co_await slot->Await();
       const bool keep_alive = parser.get().keep_alive() && !draining;
       co_await Write(l, stream, copy, std::move(res), keep_alive, started);
       if (!keep_alive) co_return;
