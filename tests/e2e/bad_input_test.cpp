@@ -93,7 +93,7 @@ TEST_F(BadInput, EveryRouteAnswersBadBytesWith4xxAndValidJson) {
       }
     }
     if (route.body != Body::kNone) {
-      for (const std::string raw : {std::string("{\"name\":\"\xff\xfe\"}"), std::string("{\"name\":\"a\\u0000b\"}"),
+      for (const std::string& raw : {std::string("{\"name\":\"\xff\xfe\"}"), std::string("{\"name\":\"a\\u0000b\"}"),
                                     std::string("{\"name\":\"\\udc00\"}"), std::string("{\"gpu_quota\":1e999}"),
                                     std::string("{\"gpu_quota\":-9223372036854775809}"), std::string("[]"),
                                     std::string("\"text\""), std::string("{\"a\":"), std::string(5000, '[')}) {
