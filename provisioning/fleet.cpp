@@ -95,6 +95,7 @@ SELECT i.id FROM instances i JOIN hosts h ON h.id = i.host_id
 WHERE i.state IN ('provisioning', 'running', 'preempting', 'terminating')
   AND i.last_reported_at < $1::timestamptz AND (h.health = 'up' OR i.state = 'terminating'))sql"};
 const Statement kGaugeInstances{"gauge_instances", "SELECT state, market, count(*) FROM instances GROUP BY state, market"};
+const Statement kGaugeHosts{"gauge_hosts", "SELECT health, state, count(*) FROM hosts GROUP BY health, state"};
 const Statement kGaugeHeartbeat{"gauge_heartbeat",
                                 "SELECT COALESCE(EXTRACT(epoch FROM now() - min(last_heartbeat)), 0)::bigint "
                                 "FROM hosts WHERE health = 'up'"};
@@ -595,6 +596,12 @@ void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc) {
     fc.metrics->instances->Add({{"state", r[0].as<std::string>()}, {"market", r[1].as<std::string>()}})
         .Set(r[2].as<double>());
   fc.metrics->heartbeat_age->Set(tx.exec_prepared(kGaugeHeartbeat.name)[0][0].as<double>());
+  for (const char* health : {"up", "down"})
+    for (const char* state : {"active", "draining", "disabled"})
+      fc.metrics->hosts->Add({{"health", health}, {"state", state}}).Set(0);
+  for (const auto& r : tx.exec_prepared(kGaugeHosts.name))
+    fc.metrics->hosts->Add({{"health", r[0].as<std::string>()}, {"state", r[1].as<std::string>()}})
+        .Set(r[2].as<double>());
   tx.commit();
 }
 

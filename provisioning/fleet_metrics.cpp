@@ -34,6 +34,10 @@ FleetMetrics::FleetMetrics(prometheus::Registry& r) {
                     .Register(r);
   hosts_down->Add({{"reason", "silent"}});
   hosts_down->Add({{"reason", "mass_silence"}});
+  hosts = &BuildGauge()
+               .Name("spillway_hosts")
+               .Help("Hosts by health (up, down: heartbeats) and state (active, draining, disabled: the operator)")
+               .Register(r);
   silence_brake = &BuildGauge()
                        .Name("spillway_fleet_silence_brake")
                        .Help("Hosts of a region held down by the silence brake (many fell silent together): "

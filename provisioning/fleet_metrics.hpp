@@ -29,6 +29,7 @@ struct FleetMetrics {
   prometheus::Family<prometheus::Gauge>* spot_price;    // spillway_spot_price_per_gpu_hour{region,gpu_model}
   prometheus::Family<prometheus::Counter>* hosts_down;  // spillway_hosts_marked_down_total{reason}
   prometheus::Family<prometheus::Gauge>* silence_brake; // spillway_fleet_silence_brake{region}
+  prometheus::Family<prometheus::Gauge>* hosts;         // spillway_hosts{health,state}
 };
 
 }  // namespace spillway

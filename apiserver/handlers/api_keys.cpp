@@ -27,8 +27,9 @@ const Statement kListKeys{"list_api_keys",
                           "SELECT " SPW_KEY_COLUMNS " FROM api_keys WHERE tenant_id = $1 AND id > $2 "
                           "ORDER BY id LIMIT $3"};
 const Statement kRevokeKey{"revoke_api_key",
-                           "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) "
-                           "WHERE id = $1 AND tenant_id = $2 RETURNING " SPW_KEY_COLUMNS};
+                           "UPDATE api_keys SET revoked_at = now() "
+                           "WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL RETURNING " SPW_KEY_COLUMNS};
+const Statement kTenantKey{"tenant_api_key", "SELECT " SPW_KEY_COLUMNS " FROM api_keys WHERE id = $1 AND tenant_id = $2"};
 
 boost::json::object KeyJson(const pqxx::row& r) {
   boost::json::object o{{"id", r[0].as<std::string>()},
@@ -95,7 +96,12 @@ Reply RevokeApiKey(Ctx& ctx) {
   if (!IsValidId(key_id, "key")) throw ApiError(404, "not_found", "no such API key");
   auto reply = ctx.Write([&](pqxx::transaction_base& tx) {
     const auto rows = tx.exec_prepared(kRevokeKey.name, key_id, tenant_id);
-    if (rows.empty()) throw ApiError(404, "not_found", "no such API key");
+    if (rows.empty()) {
+      // Revoked already: answering again changes nothing and is not audited twice.
+      const auto existing = tx.exec_prepared(kTenantKey.name, key_id, tenant_id);
+      if (existing.empty()) throw ApiError(404, "not_found", "no such API key");
+      return Reply{200, KeyJson(existing[0])};
+    }
     Audit(tx, ctx, tenant_id, "api_key.revoke", key_id);
     return Reply{200, KeyJson(rows[0])};
   });

@@ -14,9 +14,11 @@
 namespace spillway::handlers {
 namespace {
 
-#define SPW_TENANT_COLUMNS \
-  "id, name, status, gpu_quota, is_operator, " \
-  "(extract(epoch FROM created_at) * 1000)::bigint, (extract(epoch FROM updated_at) * 1000)::bigint"
+#define SPW_TENANT_COLUMNS                                                                              \
+  "id, name, status, gpu_quota, is_operator, "                                                          \
+  "(extract(epoch FROM created_at) * 1000)::bigint, (extract(epoch FROM updated_at) * 1000)::bigint, "  \
+  "(SELECT COALESCE(sum(i.gpus), 0) FROM instances i WHERE i.tenant_id = tenants.id "                   \
+  "AND i.state NOT IN ('terminated', 'failed'))::bigint AS gpus_in_use"
 
 const Statement kInsertTenant{"insert_tenant",
                               "INSERT INTO tenants (id, name, gpu_quota) VALUES ($1, $2, $3) "
@@ -43,7 +45,8 @@ boost::json::object TenantJson(const pqxx::row& r) {
           {"gpu_quota", r[3].as<std::int64_t>()},
           {"is_operator", r[4].as<bool>()},
           {"created_at", FormatTime(TimeMs(std::chrono::milliseconds(r[5].as<std::int64_t>())))},
-          {"updated_at", FormatTime(TimeMs(std::chrono::milliseconds(r[6].as<std::int64_t>())))}};
+          {"updated_at", FormatTime(TimeMs(std::chrono::milliseconds(r[6].as<std::int64_t>())))},
+          {"gpus_in_use", r["gpus_in_use"].as<std::int64_t>()}};
 }
 
 ApiError NameTaken(const std::string& name) {
@@ -118,7 +121,14 @@ Reply UpdateTenant(Ctx& ctx) {
       throw NameTaken(name);
     }
     Audit(tx, ctx, id, "tenant.update", id);
-    return Reply{200, TenantJson(r[0])};
+    auto json = TenantJson(r[0]);
+    // Allowed (it blocks new launches, running instances stay), but said plainly.
+    const std::int64_t in_use = r[0]["gpus_in_use"].as<std::int64_t>(), new_quota = r[0]["gpu_quota"].as<std::int64_t>();
+    if (quota >= 0 && in_use > new_quota)
+      json["warnings"] = boost::json::array{boost::json::value(
+          "gpu_quota " + std::to_string(new_quota) + " is below the " + std::to_string(in_use) +
+          " GPUs in use: running instances keep running, new launches are refused until usage falls below it")};
+    return Reply{200, std::move(json)};
   });
   if (!status.empty() && ctx.key_cache) ctx.key_cache->InvalidateTenant(id);  // other replicas: NOTIFY
   return reply;

@@ -50,6 +50,8 @@ std::int64_t MemoryOf(const std::string& model) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The exec runtime's shim (see RunShim): started by the agent itself, not by operators.
+  if (argc == 4 && std::string(argv[1]) == "--shim") return RunShim(argv[2], argv[3]);
   std::map<std::string, std::string> flags = {
       {"--region", "local"}, {"--zone", ""}, {"--runtime", "simulated"}, {"--stop-grace", "10s"},
       {"--boot-delay", "2s"}, {"--log-level", "info"}, {"--gpus-per-host", "8"}, {"--simulate-hosts", "0"},
@@ -122,6 +124,10 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  // The shim is this same binary (resolved now: the file may be replaced by an upgrade later).
+  char self_path[4096] = {0};
+  const ssize_t self_len = ::readlink("/proc/self/exe", self_path, sizeof self_path - 1);
+  const std::string self = self_len > 0 ? std::string(self_path, static_cast<size_t>(self_len)) : argv[0];
   std::vector<std::unique_ptr<HostAgent>> agents;
   const int count = hosts == 0 ? 1 : hosts;
   for (int h = 0; h < count; ++h) {
@@ -138,7 +144,7 @@ int main(int argc, char** argv) {
     std::string why;
     if (!PrepareStateDir(state_dir, &why)) return Usage("--state-dir: " + why);
     RuntimePtr rt;
-    if (runtime == "exec") rt = std::make_unique<ExecRuntime>(flags["--launcher"], *stop_grace, state_dir);
+    if (runtime == "exec") rt = std::make_unique<ExecRuntime>(flags["--launcher"], *stop_grace, state_dir, self);
     else rt = std::make_unique<SimulatedRuntime>(*boot_delay, state_dir);
     agents.push_back(std::make_unique<HostAgent>(std::move(o), std::move(rt)));
   }

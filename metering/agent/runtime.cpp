@@ -165,8 +165,12 @@ std::vector<std::string> SimulatedRuntime::Known() {
 // ---------------------------------------------------------------------------------------------
 // ExecRuntime
 
-ExecRuntime::ExecRuntime(std::string launcher, std::chrono::milliseconds stop_grace, std::string state_dir)
-    : launcher_(std::move(launcher)), stop_grace_(stop_grace), state_dir_(std::move(state_dir)) {
+ExecRuntime::ExecRuntime(std::string launcher, std::chrono::milliseconds stop_grace, std::string state_dir,
+                         std::string shim_binary)
+    : launcher_(std::move(launcher)),
+      stop_grace_(stop_grace),
+      state_dir_(std::move(state_dir)),
+      shim_binary_(std::move(shim_binary)) {
   for (const auto& id : IdsIn(state_dir_, ".state")) {
     const auto kv = ReadKeyValues(state_dir_ + "/" + id + ".state");
     Entry e;
@@ -235,12 +239,12 @@ void ExecRuntime::Start(const InstanceSpec& spec) {
   env_strings.push_back("CUDA_VISIBLE_DEVICES=" + devices);
   env_strings.push_back("SPILLWAY_INSTANCE_ID=" + spec.id);
   std::vector<char*> envp;
-  for (auto& s : env_strings) envp.push_back(s.data());
+  for (auto& e : env_strings) envp.push_back(e.data());
   envp.push_back(nullptr);
-  std::string sh = "/bin/sh", dash_c = "-c", cmd = launcher_;
-  char* argv[] = {sh.data(), dash_c.data(), cmd.data(), nullptr};
-  const std::string exit_path = state_dir_ + "/" + spec.id + ".exit", exit_tmp = exit_path + ".tmp";
+  const std::string exit_path = state_dir_ + "/" + spec.id + ".exit";
   ::unlink(exit_path.c_str());
+  std::string bin = shim_binary_, flag = "--shim", exit_arg = exit_path, cmd = launcher_;
+  char* argv[] = {bin.data(), flag.data(), exit_arg.data(), cmd.data(), nullptr};
 
   int fds[2];
   Entry e;
@@ -251,44 +255,19 @@ void ExecRuntime::Start(const InstanceSpec& spec) {
     entries_[spec.id] = e;
     return;
   }
+  // Between fork and exec only async-signal-safe calls: everything was prepared above.
   const pid_t shim = ::fork();
   if (shim == 0) {
-    // The shim: a session of its own, holding none of the agent's descriptors, waiting for the
-    // launcher and writing its exit status where the next agent will look.
-    ::setsid();
-    ::dup2(fds[1], 3);
+    ::setsid();  // a session of its own: it outlives the agent
+    if (fds[1] == 3) ::fcntl(3, F_SETFD, 0);
+    else ::dup2(fds[1], 3);  // descriptor 3 carries the launcher's pid back (dup2 clears close-on-exec)
     ::close_range(4, ~0U, 0);
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the agent blocks SIGTERM/SIGINT in every thread
     ::signal(SIGPIPE, SIG_DFL);
-    const pid_t child = ::fork();
-    if (child == 0) {
-      ::setpgid(0, 0);  // its own group, so Stop reaches everything the launcher started
-      ::close(3);
-      ::execve("/bin/sh", argv, envp.data());
-      ::_exit(127);
-    }
-    ::setpgid(child, child);
-    ::write(3, &child, sizeof child);
-    ::close(3);
-    int status = 0;
-    while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
-    }
-    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    char buf[32] = "code=";
-    int n = 5, digits[8], k = 0, v = code < 0 ? 0 : code;
-    do digits[k++] = v % 10, v /= 10; while (v && k < 8);
-    while (k) buf[n++] = static_cast<char>('0' + digits[--k]);
-    buf[n++] = '\n';
-    const int fd = ::open(exit_tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      ::write(fd, buf, n);
-      ::fsync(fd);
-      ::close(fd);
-      ::rename(exit_tmp.c_str(), exit_path.c_str());
-    }
-    ::_exit(0);
+    ::execve(bin.c_str(), argv, envp.data());
+    ::_exit(127);
   }
   ::close(fds[1]);
   pid_t child = -1;
@@ -307,6 +286,26 @@ void ExecRuntime::Start(const InstanceSpec& spec) {
   }
   entries_[spec.id] = e;
   if (!e.exited) SaveLocked(spec.id, e);
+}
+
+int RunShim(const std::string& exit_file, const std::string& launcher) {
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::setpgid(0, 0);  // its own group, so Stop reaches everything the launcher started
+    ::close(3);
+    ::execl("/bin/sh", "sh", "-c", launcher.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  if (child < 0) return 127;
+  ::setpgid(child, child);
+  ::write(3, &child, sizeof child);
+  ::close(3);
+  int status = 0;
+  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+  }
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  WriteFileAtomically(exit_file, "code=" + std::to_string(code) + "\n");
+  return 0;
 }
 
 void ExecRuntime::Stop(const std::string& id) {

@@ -57,16 +57,20 @@ class SimulatedRuntime : public Runtime {
 };
 
 // Runs `/bin/sh -c LAUNCHER` per instance with CUDA_VISIBLE_DEVICES set to the instance's GPU
-// indices and SPILLWAY_INSTANCE_ID to its id. Each launcher runs under a shim: a process in a
-// session of its own that waits for the launcher (in its own process group) and writes its exit
-// status to the state directory, so neither outlives nor depends on the agent. The state directory
+// indices and SPILLWAY_INSTANCE_ID to its id. Each launcher runs under a shim (RunShim, exec'd from
+// the agent binary in a session of its own) that waits for the launcher (in its own process group)
+// and writes its exit status to the state directory, so the instance neither dies with nor depends on
+// the agent. The state directory
 // holds, per instance, `<id>.state` (launcher pid, its start time in /proc, whether a stop was
 // asked and when it escalates) and `<id>.exit` once it ended. Stop sends SIGTERM to the launcher's
 // group, then SIGKILL after stop_grace. A launcher that exits 0 by itself is "stopped", otherwise
 // "failed"; one that vanished without an exit status (the host rebooted) is "failed".
 class ExecRuntime : public Runtime {
  public:
-  ExecRuntime(std::string launcher, std::chrono::milliseconds stop_grace, std::string state_dir);
+  // shim_binary: a spillway-agent binary, run as `spillway-agent --shim EXIT_FILE LAUNCHER` (see
+  // RunShim); the agent passes itself.
+  ExecRuntime(std::string launcher, std::chrono::milliseconds stop_grace, std::string state_dir,
+              std::string shim_binary);
   ~ExecRuntime() override;
   void Start(const InstanceSpec& spec) override;
   void Stop(const std::string& id) override;
@@ -92,9 +96,16 @@ class ExecRuntime : public Runtime {
   std::string launcher_;
   std::chrono::milliseconds stop_grace_;
   std::string state_dir_;
+  std::string shim_binary_;
   std::mutex mu_;
   std::map<std::string, Entry> entries_;
 };
+
+// `spillway-agent --shim EXIT_FILE LAUNCHER`: the shim, a fresh process (exec'd, so it shares no
+// state with the multi-threaded agent that started it) in a session of its own. It starts
+// `/bin/sh -c LAUNCHER` in a process group of its own, writes that pid to descriptor 3, waits for it
+// and writes `code=N` to EXIT_FILE (atomically). Returns the shim's exit code.
+int RunShim(const std::string& exit_file, const std::string& launcher);
 
 // Creates `dir` (and parents) when missing; false with `why` when it cannot be used.
 bool PrepareStateDir(const std::string& dir, std::string* why);

@@ -34,7 +34,7 @@ std::string TempDir() {
 }  // namespace
 
 TEST(ExecRuntime, ExitCodesBecomeStoppedOrFailed) {
-  ExecRuntime rt("test \"$SPILLWAY_INSTANCE_ID\" = ok", 1s, TempDir());
+  ExecRuntime rt("test \"$SPILLWAY_INSTANCE_ID\" = ok", 1s, TempDir(), spillway::test::AgentBinary());
   rt.Start({"ok", {0}});
   rt.Start({"bad", {1}});
   EXPECT_EQ(WaitState(rt, "ok", "stopped"), "stopped");
@@ -45,7 +45,7 @@ TEST(ExecRuntime, ExitCodesBecomeStoppedOrFailed) {
 TEST(ExecRuntime, SeesItsGpusAndIsKilledWhenItIgnoresSigterm) {
   const std::string dir = TempDir();
   ExecRuntime rt("echo $CUDA_VISIBLE_DEVICES > " + dir + "/gpus; trap '' TERM; sleep 60 & wait; sleep 60", 300ms,
-                 dir);
+                 dir, spillway::test::AgentBinary());
   rt.Start({"ins_1", {2, 3}});
   EXPECT_EQ(rt.State("ins_1"), "running");
   std::string gpus;
@@ -69,7 +69,7 @@ TEST(ExecRuntime, InstancesOutliveTheRuntimeAndAreTakenUpAgain) {
   const std::string dir = TempDir();
   int pid = 0;
   {
-    ExecRuntime rt("echo $$ > " + dir + "/pid; exec sleep 600", 1s, dir);
+    ExecRuntime rt("echo $$ > " + dir + "/pid; exec sleep 600", 1s, dir, spillway::test::AgentBinary());
     rt.Start({"ins_1", {0}});
     ASSERT_TRUE(spillway::test::WaitFor([&] {
       std::ifstream f(dir + "/pid");
@@ -78,7 +78,7 @@ TEST(ExecRuntime, InstancesOutliveTheRuntimeAndAreTakenUpAgain) {
     EXPECT_EQ(rt.State("ins_1"), "running");
   }  // the agent goes away
   EXPECT_EQ(::kill(pid, 0), 0) << "the launcher died with the runtime";
-  ExecRuntime again("exec sleep 600", 1s, dir);
+  ExecRuntime again("exec sleep 600", 1s, dir, spillway::test::AgentBinary());
   EXPECT_EQ(again.Known(), std::vector<std::string>{"ins_1"});
   EXPECT_EQ(again.State("ins_1"), "running");
   again.Stop("ins_1");  // SIGTERM reaches the adopted process: sleep dies of it
@@ -88,10 +88,10 @@ TEST(ExecRuntime, InstancesOutliveTheRuntimeAndAreTakenUpAgain) {
   EXPECT_TRUE(again.Known().empty());
   // An adopted launcher that exits by itself reports its exit status through the shim.
   {
-    ExecRuntime rt("sleep 1; exit 3", 1s, dir);
+    ExecRuntime rt("sleep 1; exit 3", 1s, dir, spillway::test::AgentBinary());
     rt.Start({"ins_2", {0}});
   }
-  ExecRuntime third("true", 1s, dir);
+  ExecRuntime third("true", 1s, dir, spillway::test::AgentBinary());
   EXPECT_EQ(WaitState(third, "ins_2", "failed"), "failed");
   spillway::test::RunCommand({"/bin/rm", "-rf", dir}, {}, nullptr);
 }

@@ -273,3 +273,51 @@ TEST_F(FleetE2E, OnDemandWaitsPendingWhileSpotLeavesUnderNotice) {
     EXPECT_EQ(Str(fleet_->Instance(member_, id), "end_reason"), "preempted");
   }
 }
+
+TEST_F(FleetE2E, QuotaUsageIsShownAndLoweringItBelowUsageSaysSo) {
+  StartAgents();
+  Launch(R"({"instance_type":"h100.8x","region":"us-east","market":"on_demand"})");
+  auto t = Json(fleet_->Call("GET", "/v1/tenants/" + tenant_, member_));
+  EXPECT_EQ(t.at("gpus_in_use").as_int64(), 8);
+  EXPECT_EQ(t.at("gpu_quota").as_int64(), 64);
+  EXPECT_FALSE(t.as_object().contains("warnings"));
+  // Lowering the quota below what is in use is allowed, and the answer says what it means.
+  const auto r = fleet_->Call("PATCH", "/v1/tenants/" + tenant_, fleet_->admin, R"({"gpu_quota":4})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Json(r).at("gpu_quota").as_int64(), 4);
+  ASSERT_TRUE(Json(r).as_object().contains("warnings")) << r.body;
+  EXPECT_NE(r.body.find("below the 8 GPUs in use"), std::string::npos) << r.body;
+  EXPECT_EQ(Launch(R"({"instance_type":"h100.1x","region":"us-east","market":"on_demand"})", 409), "quota_exceeded");
+  // Raising it again says nothing more.
+  EXPECT_FALSE(Json(fleet_->Call("PATCH", "/v1/tenants/" + tenant_, fleet_->admin, R"({"gpu_quota":64})"))
+                   .as_object()
+                   .contains("warnings"));
+}
+
+TEST_F(FleetE2E, RevokingARevokedKeyChangesNothingAndIsAuditedOnce) {
+  const auto created = Json(fleet_->Call("POST", "/v1/tenants/" + tenant_ + "/api-keys", fleet_->admin,
+                                         R"({"role":"member","name":"twice"})"));
+  const std::string id = Str(created, "id");
+  const auto first = fleet_->Call("DELETE", "/v1/tenants/" + tenant_ + "/api-keys/" + id, fleet_->admin);
+  ASSERT_EQ(first.status, 200) << first.body;
+  std::this_thread::sleep_for(20ms);
+  const auto second = fleet_->Call("DELETE", "/v1/tenants/" + tenant_ + "/api-keys/" + id, fleet_->admin);
+  ASSERT_EQ(second.status, 200) << second.body;
+  EXPECT_EQ(Str(Json(second), "revoked_at"), Str(Json(first), "revoked_at"));  // not moved
+  auto c = db_->Connect();
+  EXPECT_EQ(pqxx::nontransaction(*c).exec_params1("SELECT count(*) FROM audit_log WHERE action = 'api_key.revoke' "
+                                                  "AND target = $1", id)[0].as<int>(), 1);
+}
+
+TEST_F(FleetE2E, HostsAreCountedByHealthAndState) {
+  StartAgents();
+  const auto hosts = Json(fleet_->Call("GET", "/v1/hosts?region=us-east", fleet_->operator_key)).at("data").as_array();
+  ASSERT_EQ(hosts.size(), 2u);
+  ASSERT_EQ(fleet_->Call("PATCH", "/v1/hosts/" + Str(hosts[0], "id"), fleet_->operator_key, R"({"state":"draining"})").status, 200);
+  EXPECT_TRUE(WaitFor([&] {
+    const auto m = Http(server_->admin_port(), "GET", "/metrics").body;
+    return m.find("spillway_hosts{health=\"up\",state=\"active\"} 2") != std::string::npos &&
+           m.find("spillway_hosts{health=\"up\",state=\"draining\"} 1") != std::string::npos &&
+           m.find("spillway_hosts{health=\"down\",state=\"active\"} 0") != std::string::npos;
+  }, 10s)) << Http(server_->admin_port(), "GET", "/metrics").body.substr(0, 200);
+}
