@@ -442,11 +442,9 @@ int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc, TimeMs heard
                {{"region", region}});
   if (fc.metrics) {
     // Per region, hosts held down by the brake with their instances kept: an SRE must look at them.
+    const std::set<std::string> braking_now(verdict.brake.begin(), verdict.brake.end());
     std::map<std::string, std::int64_t> braked;
-    for (const auto& h : hosts) braked[h.region] += h.braked ? 1 : 0;
-    for (const auto& id : verdict.brake)
-      for (const auto& h : hosts)
-        if (h.id == id) ++braked[h.region];
+    for (const auto& h : hosts) braked[h.region] += (h.braked || braking_now.count(h.id)) ? 1 : 0;
     for (const auto& [region, n] : braked) fc.metrics->SilenceBrake(region, n);
   }
   int failed = 0;

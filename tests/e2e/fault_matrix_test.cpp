@@ -93,9 +93,12 @@ class Stream {
   std::thread thread_;
 };
 
-std::int64_t Count(const std::string& dsn, const std::string& sql) {
+// One count; values go in as parameters ($1, $2), never into the SQL text.
+template <class... Args>
+std::int64_t Count(const std::string& dsn, const std::string& sql, const Args&... args) {
   pqxx::connection c(dsn);
-  return pqxx::nontransaction(c).exec1(sql)[0].as<std::int64_t>();
+  const pqxx::row r = pqxx::nontransaction(c).exec_params1(sql, args...);
+  return r[0].as<std::int64_t>();
 }
 
 }  // namespace
@@ -124,11 +127,12 @@ TEST(FaultMatrix, KillAnApiserverStopAndRestartPostgresUnderKeyedCreatesAndTermi
     const int before = stream.definite();
     ASSERT_TRUE(WaitFor([&] { return stream.definite() >= before + 5; }, 30s)) << fault << ": the stream is stuck";
     std::this_thread::sleep_for(6s);  // past the heartbeat timeout and the report grace, heard time
-    const std::string t = "'" + tenant + "'";
-    EXPECT_EQ(Count(pg.dsn(), "SELECT count(*) FROM instances WHERE tenant_id = " + t + " AND state = 'failed'"), 0)
+    EXPECT_EQ(Count(pg.dsn(), "SELECT count(*) FROM instances WHERE tenant_id = $1 AND state = 'failed'", tenant), 0)
         << fault << ": instances failed by the outage";
-    EXPECT_LE(Count(pg.dsn(), "SELECT COALESCE(sum(gpus), 0) FROM instances WHERE tenant_id = " + t +
-                                  " AND state NOT IN ('terminated', 'failed')"),
+    EXPECT_LE(Count(pg.dsn(),
+                    "SELECT COALESCE(sum(gpus), 0) FROM instances WHERE tenant_id = $1 "
+                    "AND state NOT IN ('terminated', 'failed')",
+                    tenant),
               kQuota)
         << fault;
     // Exactly one instance per key that created one: every instance is the answer stored for a key.
@@ -136,16 +140,20 @@ TEST(FaultMatrix, KillAnApiserverStopAndRestartPostgresUnderKeyedCreatesAndTermi
     {
       pqxx::connection c(pg.dsn());
       pqxx::transaction<pqxx::isolation_level::repeatable_read> snap(c);
-      const auto instances = snap.exec1("SELECT count(*) FROM instances WHERE tenant_id = " + t)[0].as<std::int64_t>();
-      const auto keys = snap.exec1("SELECT count(*) FROM idempotency_keys WHERE tenant_id = " + t +
-                                   " AND response_status = 201")[0].as<std::int64_t>();
+      const auto instances =
+          snap.exec_params1("SELECT count(*) FROM instances WHERE tenant_id = $1", tenant)[0].as<std::int64_t>();
+      const auto keys = snap.exec_params1("SELECT count(*) FROM idempotency_keys WHERE tenant_id = $1 "
+                                          "AND response_status = 201",
+                                          tenant)[0].as<std::int64_t>();
       // And each instance is the answer of exactly one key.
       std::string detail;
-      for (const auto& r : snap.exec("SELECT i.id, i.state, (SELECT string_agg(k.key || '=' || k.response_status, ',') "
-                                       "FROM idempotency_keys k WHERE k.tenant_id = i.tenant_id AND k.response_body LIKE "
-                                       "'%' || i.id || '%') FROM instances i WHERE i.tenant_id = " + t +
-                                       " AND 1 <> (SELECT count(*) FROM idempotency_keys k WHERE k.tenant_id = i.tenant_id "
-                                       "AND k.response_status = 201 AND k.response_body LIKE '%' || i.id || '%')"))
+      for (const auto& r : snap.exec_params(
+               "SELECT i.id, i.state, (SELECT string_agg(k.key || '=' || k.response_status, ',') "
+               "FROM idempotency_keys k WHERE k.tenant_id = i.tenant_id AND k.response_body LIKE '%' || i.id || '%') "
+               "FROM instances i WHERE i.tenant_id = $1 "
+               "AND 1 <> (SELECT count(*) FROM idempotency_keys k WHERE k.tenant_id = i.tenant_id "
+               "AND k.response_status = 201 AND k.response_body LIKE '%' || i.id || '%')",
+               tenant))
           detail += r[0].as<std::string>() + " " + r[1].as<std::string>() + " keys:" +
                     (r[2].is_null() ? "none" : r[2].as<std::string>()) + "; ";
       EXPECT_EQ(instances, keys) << fault << ": an instance without its key, or a key with two";

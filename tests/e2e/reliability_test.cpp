@@ -21,9 +21,12 @@ namespace {
 
 const std::string kOneGpu = R"({"instance_type":"h100.1x","region":"us-east","market":"on_demand"})";
 
-std::int64_t Count(const std::string& dsn, const std::string& sql) {
+// One count; values go in as parameters ($1, $2), never into the SQL text.
+template <class... Args>
+std::int64_t Count(const std::string& dsn, const std::string& sql, const Args&... args) {
   pqxx::connection c(dsn);
-  return pqxx::nontransaction(c).exec1(sql)[0].as<std::int64_t>();
+  const pqxx::row r = pqxx::nontransaction(c).exec_params1(sql, args...);
+  return r[0].as<std::int64_t>();
 }
 
 std::map<std::string, std::string> ReliabilityEnv() {
@@ -58,7 +61,7 @@ TEST(Reliability, TheQuotaHoldsUnderConcurrentCreatesAcrossReplicas) {
     EXPECT_EQ(created, quota) << "quota " << quota;
     EXPECT_EQ(refused, tries - quota);
     EXPECT_EQ(other, 0);
-    EXPECT_EQ(Count(db.dsn(), "SELECT COALESCE(sum(gpus), 0) FROM instances WHERE tenant_id = '" + tenant + "'"), quota);
+    EXPECT_EQ(Count(db.dsn(), "SELECT COALESCE(sum(gpus), 0) FROM instances WHERE tenant_id = $1", tenant), quota);
   }
 }
 
@@ -109,7 +112,7 @@ TEST(Reliability, AnIdempotencyKeySurvivesTheCrashOfItsRequest) {
   EXPECT_EQ(again.status, 201) << again.body;
   EXPECT_EQ(again.Header("idempotent-replayed"), "true");
   EXPECT_EQ(Str(Json(again), "id"), Str(Json(retry), "id"));
-  EXPECT_EQ(Count(db.dsn(), "SELECT count(*) FROM instances WHERE tenant_id = '" + tenant + "'"), 1);
+  EXPECT_EQ(Count(db.dsn(), "SELECT count(*) FROM instances WHERE tenant_id = $1", tenant), 1);
 }
 
 TEST(Reliability, HammeringTerminateHeartbeatCreatePreemptAndRepriceDeadlocksNever) {

@@ -46,9 +46,11 @@ class FleetRules : public ::testing::Test {
   std::string Host(pqxx::transaction_base& tx, const std::string& instance) {
     return tx.exec_params1("SELECT host_id FROM instances WHERE id = $1", instance)[0].as<std::string>();
   }
-  std::string Field(const std::string& sql) {
+  // One value of a query; values go in as parameters ($1, $2), never into the SQL text.
+  template <class... Args>
+  std::string Field(const std::string& sql, const Args&... args) {
     pqxx::nontransaction tx(*conn_);
-    const auto r = tx.exec1(sql);
+    const pqxx::row r = tx.exec_params1(sql, args...);
     return r[0].is_null() ? "" : r[0].as<std::string>();
   }
   void Heartbeat(const std::string& host) {
@@ -78,12 +80,12 @@ TEST_F(FleetRules, ASilentHostFailsItsInstancesOnlyAfterTheTimeoutOfHeardTime) {
     if (h != host) Heartbeat(h);
   EXPECT_EQ(FailSilentHosts(*conn_, fc_, kT0 - 1h), 1);
   EXPECT_EQ(Field("SELECT state || '/' || end_reason FROM instances WHERE id = 'ins_1'"), "failed/host_down");
-  EXPECT_EQ(Field("SELECT health || '/' || down_reason FROM hosts WHERE id = '" + host + "'"), "down/silent");
+  EXPECT_EQ(Field("SELECT health || '/' || down_reason FROM hosts WHERE id = $1", host), "down/silent");
   EXPECT_EQ(Field("SELECT count(*) FROM gpu_allocations"), "0");
   EXPECT_EQ(Field("SELECT count(*) FROM gpu_allocation_history WHERE instance_id = 'ins_1' AND released_at IS NOT NULL"), "8");
   // A heartbeat brings it back up.
   Heartbeat(host);
-  EXPECT_EQ(Field("SELECT health FROM hosts WHERE id = '" + host + "'"), "up");
+  EXPECT_EQ(Field("SELECT health FROM hosts WHERE id = $1", host), "up");
 }
 
 TEST_F(FleetRules, MostOfARegionSilentBrakesInsteadOfFailing) {
@@ -115,13 +117,13 @@ TEST_F(FleetRules, APreemptionEndsAtItsDeadlineByTheClock) {
     LockHost(tx, Host(tx, "ins_s"));
     PreemptSpot(tx, fc_, "ins_s", "reservation");
   });
-  EXPECT_EQ(Field("SELECT preempt_at = '" + FormatTime(kT0 + 120s) + "'::timestamptz FROM instances WHERE id = 'ins_s'"), "t");
+  EXPECT_EQ(Field("SELECT preempt_at = $1::timestamptz FROM instances WHERE id = 'ins_s'", FormatTime(kT0 + 120s)), "t");
   clock_.Advance(119s);
   EXPECT_EQ(FinishPreemptions(*conn_, fc_), 0);
   clock_.Advance(1s);
   EXPECT_EQ(FinishPreemptions(*conn_, fc_), 1);
   EXPECT_EQ(Field("SELECT state || '/' || end_reason FROM instances WHERE id = 'ins_s'"), "terminated/preempted");
-  EXPECT_EQ(Field("SELECT ended_at = '" + FormatTime(kT0 + 120s) + "'::timestamptz FROM instances WHERE id = 'ins_s'"), "t");
+  EXPECT_EQ(Field("SELECT ended_at = $1::timestamptz FROM instances WHERE id = 'ins_s'", FormatTime(kT0 + 120s)), "t");
 }
 
 TEST_F(FleetRules, TheAllocationHistoryKeepsWhoHeldEachGpuWhen) {
