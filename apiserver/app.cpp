@@ -91,7 +91,7 @@ const Route* ApiDispatcher::Match(const http::Request& request, std::map<std::st
   return nullptr;
 }
 
-Principal ApiDispatcher::Authorize(pqxx::connection& conn, const Route& route, const http::Request& request) {
+Principal ApiDispatcher::Authorize(Session& conn, const Route& route, const http::Request& request) {
   if (route.roles == kUnauthenticated) return {};
   Principal principal =
       Authenticate(conn, request.Header("authorization"), route.roles & kBootstrap, bootstrap_token_, key_cache_);
@@ -117,7 +117,7 @@ void ApiDispatcher::Expect(const http::Request& head, http::Responder respond) {
   }
   auto request = std::make_shared<http::Request>(head);
   db_.Submit(Database::Job{
-      [this, route, request, respond, proceed](pqxx::connection& conn) mutable {
+      [this, route, request, respond, proceed](Session& conn) mutable {
         http::Response out = proceed;
         try {
           Authorize(conn, *route, *request);
@@ -178,7 +178,7 @@ void ApiDispatcher::Submit(const Route* route, std::shared_ptr<http::Request> re
                            std::shared_ptr<std::map<std::string, std::string>> params, http::Responder respond,
                            bool retry) {
   db_.Submit(Database::Job{
-      [this, route, request, params, respond, retry](pqxx::connection& conn) {
+      [this, route, request, params, respond, retry](Session& conn) {
         Outcome out = Run(conn, *route, *params, *request, retry);
         if (out.long_poll_host.empty() || !notifier_) {
           respond(std::move(out.response));
@@ -207,7 +207,7 @@ void ApiDispatcher::NoteRefusedHeartbeat(const http::Request& request) {
   else heartbeats_->Refused(clock_.Now());
 }
 
-ApiDispatcher::Outcome ApiDispatcher::Run(pqxx::connection& conn, const Route& route,
+ApiDispatcher::Outcome ApiDispatcher::Run(Session& conn, const Route& route,
                                           const std::map<std::string, std::string>& params,
                                           const http::Request& request, bool long_poll_retry) {
   Outcome outcome;

@@ -9,6 +9,7 @@
 #include "apiserver/router.hpp"
 #include "core/clock.hpp"
 #include "core/config.hpp"
+#include "core/db_fwd.hpp"
 
 namespace prometheus {
 class Registry;
@@ -47,7 +48,7 @@ class ApiDispatcher : public http::Dispatcher {
 
  private:
   // Who calls, and whether they may call this route: throws ApiError 401/403 otherwise.
-  Principal Authorize(pqxx::connection& conn, const Route& route, const http::Request& request);
+  Principal Authorize(Session& conn, const Route& route, const http::Request& request);
   // A heartbeat that repeats its host's last report, from a cached host token: recorded on the io
   // thread without the database pool. False: take the full path.
   bool FastHeartbeat(const http::Request& request, const Route& route, http::Responder& respond);
@@ -60,7 +61,7 @@ class ApiDispatcher : public http::Dispatcher {
     std::string long_poll_host;  // set: wait for this host's assignments to change, then run again
     std::int64_t long_poll_ms = 0;
   };
-  Outcome Run(pqxx::connection& conn, const Route& route, const std::map<std::string, std::string>& params,
+  Outcome Run(Session& conn, const Route& route, const std::map<std::string, std::string>& params,
               const http::Request& request, bool long_poll_retry);
   void Submit(const Route* route, std::shared_ptr<http::Request> request,
               std::shared_ptr<std::map<std::string, std::string>> params, http::Responder respond, bool retry);

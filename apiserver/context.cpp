@@ -2,26 +2,31 @@
 
 #include <charconv>
 
+#include "accounts/audit.hpp"
+#include "core/db.hpp"
 #include "core/errors.hpp"
 
 namespace spillway {
 
-unsigned RoleBit(const std::string& role) {
-  if (role == "admin") return kAdmin;
-  if (role == "finance") return kFinance;
-  if (role == "operator") return kOperator;
-  if (role == "member") return kMember;
-  return 0;
+void Ctx::RunWrite(const std::function<void(Tx&)>& run) {
+  if (outer) return run(*outer);
+  InTransaction(conn, [&](pqxx::work& tx) { run(tx); });
 }
 
-const char* RoleName(unsigned bit) {
-  switch (bit) {
-    case kAdmin: return "admin";
-    case kFinance: return "finance";
-    case kOperator: return "operator";
-    case kMember: return "member";
+void Ctx::RunRead(const std::function<void(Tx&)>& run, bool snapshot) {
+  if (outer) return run(*outer);
+  if (snapshot) {
+    Snapshot tx(conn);
+    run(tx);
+    tx.commit();
+  } else {
+    pqxx::nontransaction tx(conn);
+    run(tx);
   }
-  return "unknown";
+}
+
+AuditRecord Ctx::AuditOf(const std::string& tenant_id, const std::string& action, const std::string& target) const {
+  return AuditRecord{tenant_id, principal.key_id, action, target, request.request_id};
 }
 
 void Ctx::RequireTenant(const std::string& tenant_id) const {

@@ -1,10 +1,11 @@
 #pragma once
 // What a handler sees: plain types only (no Beast). Handlers run on a database worker thread.
 #include <boost/json/value.hpp>
-#include <pqxx/pqxx>
 
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,18 +13,12 @@
 #include "apiserver/http/message.hpp"
 #include "core/clock.hpp"
 #include "core/config.hpp"
-#include "core/db.hpp"
+#include "core/db_fwd.hpp"
+#include "accounts/roles.hpp"
 
 namespace spillway {
 
-// kHost: a GPU host's agent (host token); kBootstrap: the agent bootstrap token (registration).
-enum Role : unsigned { kAdmin = 1, kFinance = 2, kOperator = 4, kMember = 8, kHost = 16, kBootstrap = 32 };
-constexpr unsigned kAnyRole = kAdmin | kFinance | kOperator | kMember;
-constexpr unsigned kUnauthenticated = 0;  // a route anyone may call, without a key
-
-unsigned RoleBit(const std::string& role);  // 0 when unknown
-const char* RoleName(unsigned bit);
-
+struct AuditRecord;
 struct FleetMetrics;
 class KeyCache;
 class HeartbeatRecorder;
@@ -43,7 +38,7 @@ struct Ctx {
   std::map<std::string, std::string> params;  // from the path pattern
   boost::json::value body;                    // null when the request had none
   Principal principal;
-  pqxx::connection& conn;
+  Session& conn;
   const Config& config;
   const Clock& clock;
   FleetMetrics* fleet_metrics = nullptr;
@@ -51,7 +46,7 @@ struct Ctx {
   KeyCache* key_cache = nullptr;  // told at once of revocations and suspensions committed here
   // Set while the route runs inside the idempotency record's transaction: writes join it, so the
   // change and the stored answer commit together or not at all.
-  pqxx::transaction_base* outer = nullptr;
+  Tx* outer = nullptr;
   HeartbeatRecorder* heartbeats = nullptr;  // heartbeats' fast path (may be null: tools, tests)
   const FleetSettings* fleet = nullptr;     // the fleet's typed configuration
 
@@ -59,8 +54,17 @@ struct Ctx {
   // inside the idempotency record's transaction when there is one. Returns what fn returns.
   template <class Fn>
   auto Write(Fn&& fn) {
-    if (outer) return fn(*outer);
-    return InTransaction(conn, [&](pqxx::work& tx) { return fn(static_cast<pqxx::transaction_base&>(tx)); });
+    return Collect(fn, [this](const std::function<void(Tx&)>& run) { RunWrite(run); });
+  }
+  // A read of single statements (no transaction: each statement sees what is committed).
+  template <class Fn>
+  auto Read(Fn&& fn) {
+    return Collect(fn, [this](const std::function<void(Tx&)>& run) { RunRead(run, false); });
+  }
+  // A read of several statements that must agree: one repeatable-read snapshot.
+  template <class Fn>
+  auto ReadSnapshot(Fn&& fn) {
+    return Collect(fn, [this](const std::function<void(Tx&)>& run) { RunRead(run, true); });
   }
 
   const std::string& Param(const std::string& name) const { return params.at(name); }
@@ -72,6 +76,23 @@ struct Ctx {
   int Limit(int dflt = 50, int max = 200) const { return static_cast<int>(QueryInt("limit", dflt, 1, max)); }
   // ?name=, empty when absent.
   std::string Query(const std::string& name) const;
+  // The actor's audit record for a change to `target` (of tenant_id; "" for the fleet's own).
+  AuditRecord AuditOf(const std::string& tenant_id, const std::string& action, const std::string& target) const;
+
+ private:
+  void RunWrite(const std::function<void(Tx&)>& run);
+  void RunRead(const std::function<void(Tx&)>& run, bool snapshot);
+  template <class Fn, class Runner>
+  static auto Collect(Fn& fn, Runner&& runner) {
+    using R = decltype(fn(std::declval<Tx&>()));
+    if constexpr (std::is_void_v<R>) {
+      runner([&](Tx& tx) { fn(tx); });
+    } else {
+      std::optional<R> result;
+      runner([&](Tx& tx) { result.emplace(fn(tx)); });  // a retried transaction replaces it
+      return std::move(*result);
+    }
+  }
 };
 
 struct Reply {

@@ -82,7 +82,7 @@ Reply RunIdempotent(Ctx& ctx, Handler handler, const std::string& key) {
   });
 }
 
-int ExpireIdempotencyKeys(pqxx::connection& conn, TimeMs now, Millis ttl) {
+int ExpireIdempotencyKeys(Session& conn, TimeMs now, Millis ttl) {
   pqxx::nontransaction tx(conn);
   return static_cast<int>(tx.exec_prepared(kExpireKeys.name, Timestamp(now - ttl)).affected_rows());
 }

@@ -20,6 +20,6 @@ namespace spillway {
 Reply RunIdempotent(Ctx& ctx, Handler handler, const std::string& key);
 
 // Deletes records older than ttl; returns how many. A periodic step.
-int ExpireIdempotencyKeys(pqxx::connection& conn, TimeMs now, Millis ttl);
+int ExpireIdempotencyKeys(Session& conn, TimeMs now, Millis ttl);
 
 }  // namespace spillway

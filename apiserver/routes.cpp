@@ -2,6 +2,7 @@
 // walks this same table with no key, a wrong-role key and another tenant's key.
 #include "apiserver/app.hpp"
 #include "apiserver/handlers/api_keys.hpp"
+#include "apiserver/handlers/audit.hpp"
 #include "apiserver/handlers/agent.hpp"
 #include "apiserver/handlers/capacity.hpp"
 #include "apiserver/handlers/catalog.hpp"
@@ -23,15 +24,17 @@ std::vector<Route> ApiRoutes() {
       {"GET", "/v1/tenants", kAdmin | kFinance, ListTenants},
       {"GET", "/v1/tenants/{id}", kAdmin | kFinance | kMember, GetTenant, Body::kNone, "id"},
       {"PATCH", "/v1/tenants/{id}", kAdmin, UpdateTenant, Body::kRequired, "id"},
-      {"POST", "/v1/tenants/{id}/api-keys", kAdmin, CreateApiKey, Body::kRequired, "id"},
-      {"GET", "/v1/tenants/{id}/api-keys", kAdmin, ListApiKeys, Body::kNone, "id"},
-      {"DELETE", "/v1/tenants/{id}/api-keys/{key_id}", kAdmin, RevokeApiKey, Body::kNone, "id"},
+      {"POST", "/v1/tenants/{id}/api-keys", kAdmin | kMember, CreateApiKey, Body::kRequired, "id"},
+      {"GET", "/v1/tenants/{id}/api-keys", kAdmin | kMember, ListApiKeys, Body::kNone, "id"},
+      {"DELETE", "/v1/tenants/{id}/api-keys/{key_id}", kAdmin | kMember, RevokeApiKey, Body::kNone, "id"},
       {"GET", "/v1/instance-types", kAnyRole, ListInstanceTypes},
       {"GET", "/v1/spot-prices", kAnyRole, ListSpotPrices},
+      {"GET", "/v1/spot-prices/latest", kAnyRole, ListLatestSpotPrices},
       {"POST", "/v1/instances", kMember, CreateInstance, Body::kRequired, "", /*idempotent=*/true},
-      {"GET", "/v1/instances", kMember, ListInstances},
-      {"GET", "/v1/instances/{id}", kMember, GetInstance},
-      {"DELETE", "/v1/instances/{id}", kMember, TerminateInstance},
+      {"GET", "/v1/instances", kMember | kOperator | kAdmin, ListInstances},
+      {"GET", "/v1/instances/{id}", kMember | kOperator | kAdmin, GetInstance},
+      {"DELETE", "/v1/instances/{id}", kMember | kOperator | kAdmin, TerminateInstance},
+      {"GET", "/v1/audit", kAdmin, ListAudit},
       {"GET", "/v1/hosts", kOperator | kAdmin, ListHosts},
       {"GET", "/v1/hosts/{id}", kOperator | kAdmin, GetHost},
       {"PATCH", "/v1/hosts/{id}", kOperator | kAdmin, UpdateHost, Body::kRequired},

@@ -11,10 +11,10 @@
 #include "apiserver/notifier.hpp"
 #include "provisioning/fleet.hpp"
 #include "provisioning/fleet_metrics.hpp"
-#include "apiserver/audit.hpp"
+#include "accounts/api_keys.hpp"
+#include "accounts/audit.hpp"
+#include "accounts/tenants.hpp"
 #include "apiserver/auth/key_cache.hpp"
-#include "apiserver/handlers/api_keys.hpp"
-#include "apiserver/handlers/tenants.hpp"
 #include "apiserver/http/server.hpp"
 #include "billing/prices.hpp"
 #include "core/db.hpp"
@@ -80,12 +80,13 @@ int RunBootstrapAdmin(const Config& config) {
   if (!conn) return 1;
   try {
     if (int rc = RequireCurrentSchema(*conn)) return rc;
-    pqxx::work tx(*conn);
-    const std::string tenant = handlers::EnsureOperatorTenant(tx, config.String("operator.tenant_name"));
-    const auto key = handlers::IssueApiKey(tx, tenant, "admin", "bootstrap-admin");
-    AuditSystem(tx, tenant, "api_key.create", key.id);
-    tx.commit();
-    std::cout << key.token << "\n";
+    const std::string token = InTransaction(*conn, [&](Tx& tx) {
+      const std::string tenant = EnsureOperatorTenant(tx, config.String("operator.tenant_name"));
+      const auto issued = IssueApiKey(tx, tenant, "admin", "bootstrap-admin");
+      RecordAudit(tx, SystemAudit(tenant, "api_key.create", issued.key.id));
+      return issued.token;
+    });
+    std::cout << token << "\n";
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "spillway-apiserver bootstrap-admin: " << e.what() << "\n";

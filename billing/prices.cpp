@@ -3,6 +3,7 @@
 #include "core/db.hpp"
 #include "core/log.hpp"
 #include "core/money.hpp"
+#include "core/sql.hpp"
 
 namespace spillway {
 namespace {
@@ -29,6 +30,20 @@ FROM spot_prices
 WHERE ($1 = '' OR region = $1) AND ($2 = '' OR gpu_model = $2)
   AND effective_from >= to_timestamp($3::bigint / 1000000.0) AND effective_from > to_timestamp($4::bigint / 1000000.0)
 ORDER BY effective_from, region, gpu_model LIMIT $5)sql"};
+const Statement kSpotHistoryDesc{"price_spot_history_desc", R"sql(
+SELECT region, gpu_model, (extract(epoch FROM effective_from) * 1000000)::bigint, price_micros_per_gpu_hour,
+       on_demand_micros, spare_fraction_ppm, target_micros
+FROM spot_prices
+WHERE ($1 = '' OR region = $1) AND ($2 = '' OR gpu_model = $2)
+  AND effective_from >= to_timestamp($3::bigint / 1000000.0)
+  AND ($4::bigint = 0 OR effective_from < to_timestamp($4::bigint / 1000000.0))
+ORDER BY effective_from DESC, region, gpu_model LIMIT $5)sql"};
+const Statement kSpotLatestAll{"price_spot_latest_all", R"sql(
+SELECT DISTINCT ON (region, gpu_model) region, gpu_model, (extract(epoch FROM effective_from) * 1000000)::bigint,
+       price_micros_per_gpu_hour, on_demand_micros, spare_fraction_ppm, target_micros
+FROM spot_prices
+WHERE ($1 = '' OR region = $1) AND ($2 = '' OR gpu_model = $2)
+ORDER BY region, gpu_model, effective_from DESC)sql"};
 const Statement kSeedLock{"price_seed_lock", "SELECT pg_advisory_xact_lock(7308324466018009601)"};
 const Statement kInsertOnDemand{"price_insert_on_demand",
                                 "INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) "
@@ -60,11 +75,9 @@ void RecordSpotPrice(pqxx::transaction_base& tx, const SpotPriceRecord& p) {
                    p.target_micros);
 }
 
-std::vector<SpotPricePoint> SpotPriceHistory(pqxx::transaction_base& tx, const std::string& region,
-                                             const std::string& gpu_model, std::int64_t since_us,
-                                             std::int64_t after_us, int limit) {
+std::vector<SpotPricePoint> Points(const pqxx::result& rows) {
   std::vector<SpotPricePoint> out;
-  for (const auto& r : tx.exec_prepared(kSpotHistory.name, region, gpu_model, since_us, after_us, limit)) {
+  for (const auto& r : rows) {
     SpotPricePoint p;
     p.price.region = r["region"].as<std::string>();
     p.price.gpu_model = r["gpu_model"].as<std::string>();
@@ -78,7 +91,18 @@ std::vector<SpotPricePoint> SpotPriceHistory(pqxx::transaction_base& tx, const s
   return out;
 }
 
-int SeedPriceBook(pqxx::connection& conn, const std::vector<OnDemandPrice>& prices, TimeMs now) {
+std::vector<SpotPricePoint> SpotPriceHistory(pqxx::transaction_base& tx, const SpotHistoryQuery& q) {
+  if (q.newest_first)
+    return Points(tx.exec_prepared(kSpotHistoryDesc.name, q.region, q.gpu_model, q.since_us, q.cursor_us, q.limit));
+  return Points(tx.exec_prepared(kSpotHistory.name, q.region, q.gpu_model, q.since_us, q.cursor_us, q.limit));
+}
+
+std::vector<SpotPricePoint> LatestSpotPrices(pqxx::transaction_base& tx, const std::string& region,
+                                             const std::string& gpu_model) {
+  return Points(tx.exec_prepared(kSpotLatestAll.name, region, gpu_model));
+}
+
+int SeedPriceBook(pqxx::connection_base& conn, const std::vector<OnDemandPrice>& prices, TimeMs now) {
   return InTransaction(conn, [&](pqxx::work& tx) {
     tx.exec_prepared(kSeedLock.name);
     int changed = 0;

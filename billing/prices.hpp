@@ -2,7 +2,7 @@
 // The price book: on-demand list prices (effective-dated) and the spot price history, each answered
 // at a time — the price in effect at `at` — as rating will ask per sample. Provisioning's repricer
 // computes spot prices and records them here; the catalog and placement read them from here.
-#include <pqxx/pqxx>
+#include "core/db_fwd.hpp"
 
 #include <cstdint>
 #include <optional>
@@ -15,12 +15,12 @@
 namespace spillway {
 
 // Micro-dollars per GPU-hour of the on-demand price in effect at `at`; nullopt when none was yet.
-std::optional<std::int64_t> OnDemandPriceAt(pqxx::transaction_base& tx, const std::string& gpu_model, TimeMs at);
+std::optional<std::int64_t> OnDemandPriceAt(Tx& tx, const std::string& gpu_model, TimeMs at);
 // The pool's spot price in effect at `at`; nullopt when the pool had none yet.
-std::optional<std::int64_t> SpotPriceAt(pqxx::transaction_base& tx, const std::string& region,
+std::optional<std::int64_t> SpotPriceAt(Tx& tx, const std::string& region,
                                         const std::string& gpu_model, TimeMs at);
 // The pool's latest spot price (what a launch now pays).
-std::optional<std::int64_t> CurrentSpotPrice(pqxx::transaction_base& tx, const std::string& region,
+std::optional<std::int64_t> CurrentSpotPrice(Tx& tx, const std::string& region,
                                              const std::string& gpu_model);
 
 // One spot price and the inputs that produced it. Appended to the history (append-only); it takes
@@ -29,19 +29,28 @@ struct SpotPriceRecord {
   std::string region, gpu_model;
   std::int64_t price_micros = 0, on_demand_micros = 0, spare_fraction_ppm = 0, target_micros = 0;
 };
-void RecordSpotPrice(pqxx::transaction_base& tx, const SpotPriceRecord& price);
+void RecordSpotPrice(Tx& tx, const SpotPriceRecord& price);
 
 struct SpotPricePoint {
   SpotPriceRecord price;
   std::int64_t effective_from_us = 0;  // microseconds since the epoch: also the page cursor
 };
-// GET /v1/spot-prices: effective_from >= since_us and > after_us, oldest first, at most `limit`.
-std::vector<SpotPricePoint> SpotPriceHistory(pqxx::transaction_base& tx, const std::string& region,
-                                             const std::string& gpu_model, std::int64_t since_us,
-                                             std::int64_t after_us, int limit);
+struct SpotHistoryQuery {
+  std::string region, gpu_model;  // "" = any
+  std::int64_t since_us = 0;      // effective_from >= since
+  // The page cursor: oldest first, effective_from > cursor; newest first, < cursor (0: none).
+  std::int64_t cursor_us = 0;
+  int limit = 100;
+  bool newest_first = false;
+};
+// GET /v1/spot-prices.
+std::vector<SpotPricePoint> SpotPriceHistory(Tx& tx, const SpotHistoryQuery& query);
+// GET /v1/spot-prices/latest: each pool's price in effect now (filtered by region and model).
+std::vector<SpotPricePoint> LatestSpotPrices(Tx& tx, const std::string& region,
+                                             const std::string& gpu_model);
 
 // Adds the config's on-demand prices to the book, effective `now`, where they differ from the
 // price in effect; one replica at a time (an advisory lock). Returns how many changed.
-int SeedPriceBook(pqxx::connection& conn, const std::vector<OnDemandPrice>& prices, TimeMs now);
+int SeedPriceBook(Session& conn, const std::vector<OnDemandPrice>& prices, TimeMs now);
 
 }  // namespace spillway

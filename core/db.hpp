@@ -65,7 +65,7 @@ void PauseBeforeRetry(int attempt);
 // rolled back and run again, at most `attempts` times in all, after a short random pause: a lost
 // race is retried, never answered 500. fn must therefore have no effects outside the transaction.
 template <class Fn>
-auto InTransaction(pqxx::connection& conn, Fn&& fn, int attempts = 5) {
+auto InTransaction(pqxx::connection_base& conn, Fn&& fn, int attempts = 5) {
   for (int attempt = 1;; ++attempt) {
     try {
       pqxx::work tx(conn);
@@ -84,6 +84,12 @@ auto InTransaction(pqxx::connection& conn, Fn&& fn, int attempts = 5) {
     }
   }
 }
+
+// Single statements each seeing what is committed (reads, the auth lookup): no transaction.
+using Autocommit = pqxx::nontransaction;
+// Reports read several statements; a repeatable-read transaction gives them one snapshot, so a host
+// registering meanwhile is in all of them or in none.
+using Snapshot = pqxx::transaction<pqxx::isolation_level::repeatable_read, pqxx::readwrite_policy::read_only>;
 
 struct DbOptions {
   std::string url;

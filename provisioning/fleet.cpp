@@ -13,6 +13,11 @@
 #include "core/errors.hpp"
 #include "core/log.hpp"
 #include "core/money.hpp"
+#include "core/sql.hpp"
+#include "accounts/audit.hpp"
+#include "accounts/tenants.hpp"
+#include "provisioning/instances.hpp"
+#include "provisioning/words.hpp"
 
 namespace spillway {
 namespace {
@@ -30,7 +35,7 @@ WHERE h.region = $1 AND h.gpu_model = $2
 ORDER BY g.host_id, g.gpu_index)sql"};
 const Statement kPoolLiveInstances{"pool_live_instances", R"sql(
 SELECT id, host_id, gpus, market, state, max_price_micros FROM instances
-WHERE region = $1 AND gpu_model = $2 AND state NOT IN ('terminated', 'failed')
+WHERE region = $1 AND gpu_model = $2 AND instance_is_live(state)
 ORDER BY max_price_micros ASC NULLS LAST, created_at DESC, id DESC)sql"};
 const Statement kPoolReserved{"pool_reserved",
                               "SELECT internal_reserved_gpus FROM pool_reservations WHERE region = $1 AND gpu_model = $2"};
@@ -46,9 +51,9 @@ UPDATE instances SET state = 'preempting', preempt_at = $2::timestamptz, preempt
 WHERE id = $1 AND state IN ('provisioning', 'running')
 RETURNING host_id, region, gpu_model)sql"};
 const Statement kEndInstance{"end_instance", R"sql(
-UPDATE instances SET state = $2, end_reason = $3, ended_at = greatest($4::timestamptz, created_at),
+UPDATE instances SET state = $2, end_reason = COALESCE(end_reason, $3), ended_at = greatest($4::timestamptz, created_at),
        version = version + 1
-WHERE id = $1 AND state NOT IN ('terminated', 'failed')
+WHERE id = $1 AND instance_is_live(state)
 RETURNING host_id)sql"};
 const Statement kFreeGpus{"free_instance_gpus", "DELETE FROM gpu_allocations WHERE instance_id = $1"};
 const Statement kUpsertReservation{"upsert_reservation", R"sql(
@@ -100,39 +105,23 @@ const Statement kGaugeHeartbeat{"gauge_heartbeat",
                                 "SELECT COALESCE(EXTRACT(epoch FROM now() - min(last_heartbeat)), 0)::bigint "
                                 "FROM hosts WHERE health = 'up'"};
 
-bool Live(const std::string& state) { return state != "terminated" && state != "failed"; }
+InstanceState StateOf(const pqxx::field& f) {
+  return ParseInstanceState(f.as<std::string>()).value_or(InstanceState::kFailed);
+}
 
 
 ApiError NoCapacity(const std::string& why) { return ApiError(409, "insufficient_capacity", why); }
 
 }  // namespace
 
-std::vector<int> ParseIntArray(const std::string& s) {
-  std::vector<int> out;
-  int cur = 0;
-  bool in = false;
-  for (char c : s) {
-    if (c >= '0' && c <= '9') {
-      cur = cur * 10 + (c - '0');
-      in = true;
-    } else if (in) {
-      out.push_back(cur);
-      cur = 0;
-      in = false;
-    }
-  }
-  if (in) out.push_back(cur);
-  return out;
-}
-
-std::string IntArrayLiteral(const std::vector<int>& v) {
-  std::string s = "{";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
-  return s + "}";
+bool PoolState::Offers(std::int64_t gpus) const {
+  for (const auto& h : hosts)
+    if (h.gpu_count >= gpus) return true;
+  return false;
 }
 
 std::int64_t PoolState::Spare() const {
-  return std::max<std::int64_t>(0, total - reserved - on_demand - spot_active - spot_leaving);
+  return std::max<std::int64_t>(0, Offerable() - reserved - on_demand - spot_active - spot_leaving);
 }
 
 std::vector<std::pair<std::string, std::string>> AllPools(pqxx::transaction_base& tx) {
@@ -153,6 +142,7 @@ PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const 
     h.gpu_count = r[1].as<std::int64_t>();
     const std::string state = r[2].as<std::string>(), health = r[3].as<std::string>();
     h.placeable = state == "active" && health == "up";
+    h.draining = state == "draining" && health == "up";
     if (health == "up" && state != "disabled") p.total += h.gpu_count;
     index[h.id] = p.hosts.size();
     p.hosts.push_back(std::move(h));
@@ -161,12 +151,16 @@ PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const 
   // one is not in `index`, and its GPUs are left for the next look at the pool.
   for (const auto& r : tx.exec_prepared(kPoolFreeGpus.name, region, gpu_model))
     if (auto it = index.find(r[0].as<std::string>()); it != index.end()) p.hosts[it->second].free.push_back(r[1].as<int>());
+  // A draining host takes nothing new: its free GPUs are never offered (spare, availability).
+  for (const auto& h : p.hosts)
+    if (h.draining) p.draining_idle += static_cast<std::int64_t>(h.free.size());
   for (const auto& r : tx.exec_prepared(kPoolLiveInstances.name, region, gpu_model)) {
-    const std::string market = r[3].as<std::string>(), state = r[4].as<std::string>();
+    const auto market = ParseMarket(r[3].as<std::string>());
+    const InstanceState state = StateOf(r[4]);
     const std::int64_t gpus = r[2].as<std::int64_t>();
-    if (market == "on_demand") {
+    if (market == Market::kOnDemand) {
       p.on_demand += gpus;
-    } else if (state == "preempting") {
+    } else if (state == InstanceState::kPreempting) {
       p.spot_leaving += gpus;
       if (!r[1].is_null()) {
         if (auto it = index.find(r[1].as<std::string>()); it != index.end()) p.hosts[it->second].leaving += gpus;
@@ -177,7 +171,7 @@ PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const 
       if (!r[5].is_null()) s.max_price_micros = r[5].as<std::int64_t>();
       p.spot.push_back(std::move(s));
     }
-    if (state == "pending" && !r[1].is_null()) {
+    if (state == InstanceState::kPending && !r[1].is_null()) {
       if (auto it = index.find(r[1].as<std::string>()); it != index.end()) p.hosts[it->second].claimed += gpus;
     }
   }
@@ -186,32 +180,32 @@ PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const 
   return p;
 }
 
-PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, const std::string& market) {
+PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, Market market) {
   PlacementPlan plan;
   // Best fit: the placeable host with the fewest free GPUs that still fit.
   const HostSlot* best = nullptr;
   for (const auto& h : pool.hosts)
     if (h.placeable && h.FreeEffective() >= gpus && (!best || h.FreeEffective() < best->FreeEffective())) best = &h;
 
-  if (market == "spot") {
+  if (market == Market::kSpot) {
     if (pool.Spare() < gpus)
       throw NoCapacity("no spare " + pool.gpu_model + " capacity in " + pool.region + " for " + std::to_string(gpus) +
                        " spot GPUs (" + std::to_string(pool.Spare()) + " spare)");
     if (!best) throw NoCapacity("no single host in " + pool.region + " has " + std::to_string(gpus) + " free GPUs");
-    plan.state = "provisioning";
+    plan.state = InstanceState::kProvisioning;
     plan.host_id = best->id;
     plan.gpu_indices.assign(best->free.begin(), best->free.begin() + gpus);
     return plan;
   }
 
-  const std::int64_t limit = pool.total - pool.reserved;
+  const std::int64_t limit = pool.Offerable() - pool.reserved;
   if (pool.on_demand + gpus > limit)
     throw NoCapacity("the " + pool.gpu_model + " pool in " + pool.region + " has " +
                      std::to_string(std::max<std::int64_t>(0, limit - pool.on_demand)) +
                      " GPUs left for on-demand; " + std::to_string(gpus) + " asked");
   std::set<std::string> chosen;
   if (best) {
-    plan.state = "provisioning";
+    plan.state = InstanceState::kProvisioning;
     plan.host_id = best->id;
     plan.gpu_indices.assign(best->free.begin(), best->free.begin() + gpus);
   } else {
@@ -239,7 +233,7 @@ PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, const std:
     if (best_cost < 0)
       throw NoCapacity("no host in " + pool.region + " can hold " + std::to_string(gpus) + " " + pool.gpu_model +
                        " GPUs, even by preempting spot instances");
-    plan.state = "pending";
+    plan.state = InstanceState::kPending;
     for (const auto& v : plan.victims) chosen.insert(v.id);
   }
   // The pool as a whole must keep its internal reservation: preempt more spot if needed.
@@ -258,9 +252,9 @@ PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, const std:
 void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
                     const PlacementPlan& plan) {
   for (int idx : plan.gpu_indices) tx.exec_prepared(kAllocate.name, plan.host_id, idx, instance_id);
-  tx.exec_prepared(kSetPlaced.name, instance_id, plan.state, plan.host_id, IntArrayLiteral(plan.gpu_indices));
+  tx.exec_prepared(kSetPlaced.name, instance_id, ToString(*plan.state), plan.host_id, IntArrayLiteral(plan.gpu_indices));
   for (const auto& v : plan.victims) PreemptSpot(tx, fc, v.id, "capacity");
-  if (plan.state == "provisioning") BumpHost(tx, plan.host_id);
+  if (plan.state == InstanceState::kProvisioning) BumpHost(tx, plan.host_id);
 }
 
 void BumpHost(pqxx::transaction_base& tx, const std::string& host_id) { tx.exec_prepared(kBumpHost.name, host_id); }
@@ -279,9 +273,9 @@ void PreemptSpot(pqxx::transaction_base& tx, const FleetContext& fc, const std::
   log::Info("spot instance preempted", {{"instance_id", instance_id}, {"reason", reason}});
 }
 
-void EndInstance(pqxx::transaction_base& tx, const std::string& instance_id, const std::string& state,
+void EndInstance(pqxx::transaction_base& tx, const std::string& instance_id, InstanceState state,
                  const std::string& end_reason, TimeMs now) {
-  const auto r = tx.exec_prepared(kEndInstance.name, instance_id, state, end_reason, FormatTime(now));
+  const auto r = tx.exec_prepared(kEndInstance.name, instance_id, ToString(state), end_reason, FormatTime(now));
   tx.exec_prepared(kFreeGpus.name, instance_id);
   if (!r.empty() && !r[0][0].is_null()) BumpHost(tx, r[0][0].as<std::string>());
 }
@@ -315,23 +309,23 @@ std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const std::string& host
     const ReportedInstance& r = *rp;
     const auto row = tx.exec_prepared(kLockHostInstance.name, r.id, host_id);
     if (row.empty()) continue;  // not this host's: the agent will see it absent from its assignments
-    const std::string state = row[0][0].as<std::string>();
-    if (!Live(state) || state == "pending") continue;
+    const InstanceState state = StateOf(row[0][0]);
+    if (!IsLive(state) || state == InstanceState::kPending) continue;
     if (r.state == "starting" || r.state == "running") {
       tx.exec_prepared(kReported.name, r.id, r.state == "running", FormatTime(now));
     } else if (r.state == "stopped") {
-      if (state == "terminating") EndInstance(tx, r.id, "terminated", "terminated", now);
-      else if (state == "preempting") EndInstance(tx, r.id, "terminated", "preempted", now);
-      else EndInstance(tx, r.id, "failed", "stopped_on_host", now);
+      if (state == InstanceState::kTerminating) EndInstance(tx, r.id, InstanceState::kTerminated, "terminated", now);
+      else if (state == InstanceState::kPreempting) EndInstance(tx, r.id, InstanceState::kTerminated, "preempted", now);
+      else EndInstance(tx, r.id, InstanceState::kFailed, "stopped_on_host", now);
     } else if (r.state == "failed") {
-      EndInstance(tx, r.id, "failed", "failed_on_host", now);
+      EndInstance(tx, r.id, InstanceState::kFailed, "failed_on_host", now);
     }
   }
   // Re-read: ending an instance above bumps the version the agent should wait on.
   return tx.exec_prepared(kHostVersionOf.name, host_id)[0][0].as<std::int64_t>();
 }
 
-int Reprice(pqxx::connection& conn, const FleetContext& fc, const std::string& region, const std::string& gpu_model) {
+int Reprice(pqxx::connection_base& conn, const FleetContext& fc, const std::string& region, const std::string& gpu_model) {
   const SpotPolicy& policy = fc.settings.spot;
   std::vector<std::pair<std::string, std::string>> pools;
   if (region.empty()) {
@@ -375,6 +369,7 @@ FleetSettings FleetSettings::From(const Config& c) {
   s.tick = c.Duration("controllers.tick");
   s.reprice_interval = c.Duration("spot.reprice_interval");
   s.preemption_notice = c.Duration("spot.preemption_notice");
+  s.suspension_grace = c.Duration("tenants.suspension_grace");
   std::string why;
   auto curve = SpotCurve::Parse(c.String("spot.discount_curve"), &why);
   if (!curve) throw ConfigError("spot.discount_curve = \"" + c.String("spot.discount_curve") + "\": " + why);
@@ -460,7 +455,7 @@ int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc, TimeMs heard
       }
       log::Warn("host missed its heartbeats: marked down, its instances failed", {{"host_id", host}});
       for (const auto& i : tx.exec_prepared(kLiveOnHost.name, host)) {
-        EndInstance(tx, i[0].as<std::string>(), "failed", "host_down", now);
+        EndInstance(tx, i[0].as<std::string>(), InstanceState::kFailed, "host_down", now);
         ++failed;
       }
     });
@@ -502,7 +497,7 @@ int FinishPreemptions(pqxx::connection& conn, const FleetContext& fc) {
   for (const auto& id : due)
     WithInstanceLocked(conn, id, [&](pqxx::transaction_base& tx, const std::string& state) {
       if (state != "preempting") return;
-      EndInstance(tx, id, "terminated", "preempted", now);
+      EndInstance(tx, id, InstanceState::kTerminated, "preempted", now);
       ++n;
     });
   return n;
@@ -521,29 +516,29 @@ int PlacePending(pqxx::connection& conn, const FleetContext& fc) {
     const std::string region = row[0].as<std::string>(), model = row[1].as<std::string>();
     const std::int64_t gpus = row[2].as<std::int64_t>();
     PoolState pool = LoadPool(tx, region, model, /*lock=*/true);
-    if (tx.exec_prepared(kLockInstanceState.name, id)[0][0].as<std::string>() != "pending") return 0;
+    if (StateOf(tx.exec_prepared(kLockInstanceState.name, id)[0][0]) != InstanceState::kPending) return 0;
     PlacementPlan plan;
     const std::string host = row[4].is_null() ? "" : row[4].as<std::string>();
     for (auto& h : pool.hosts) {
       if (h.id != host) continue;
       h.claimed -= gpus;  // its own claim
       if (h.placeable && static_cast<std::int64_t>(h.free.size()) >= gpus) {
-        plan.state = "provisioning";
+        plan.state = InstanceState::kProvisioning;
         plan.host_id = h.id;
         plan.gpu_indices.assign(h.free.begin(), h.free.begin() + gpus);
       } else if (!h.placeable) {
         // Its host went away while it waited: plan again, anywhere in the pool.
         pool.on_demand -= gpus;
         try {
-          plan = PlanPlacement(pool, gpus, row[3].as<std::string>());
+          plan = PlanPlacement(pool, gpus, ParseMarket(row[3].as<std::string>()).value_or(Market::kOnDemand));
         } catch (const ApiError&) {
           plan = PlacementPlan{};
         }
       }
     }
-    if (plan.state.empty()) return 0;
+    if (!plan.state) return 0;
     ApplyPlacement(tx, fc, id, plan);
-    return plan.state == "provisioning" ? 1 : 0;
+    return plan.state == InstanceState::kProvisioning ? 1 : 0;
     });
   }
   return placed;
@@ -561,11 +556,48 @@ int FailUnreportedInstances(pqxx::connection& conn, const FleetContext& fc, Time
   int n = 0;
   for (const auto& id : ids)
     WithInstanceLocked(conn, id, [&](pqxx::transaction_base& tx, const std::string& state) {
-      if (state == "terminating") EndInstance(tx, id, "terminated", "terminated", now);
-      else if (state == "provisioning" || state == "running" || state == "preempting") EndInstance(tx, id, "failed", "lost", now);
+      if (state == "terminating") EndInstance(tx, id, InstanceState::kTerminated, "terminated", now);
+      else if (state == "provisioning" || state == "running" || state == "preempting") EndInstance(tx, id, InstanceState::kFailed, "lost", now);
       else return;
       ++n;
     });
+  return n;
+}
+
+int EndSuspendedTenantsInstances(pqxx::connection_base& conn, const FleetContext& fc) {
+  const TimeMs now = fc.clock.Now();
+  std::vector<std::string> tenants;
+  {
+    pqxx::nontransaction read(conn);
+    tenants = SuspendedWithLiveInstances(read, now - fc.settings.suspension_grace);
+  }
+  int n = 0;
+  for (const auto& tenant : tenants) {
+    std::vector<std::string> ids;
+    {
+      pqxx::nontransaction read(conn);
+      InstanceFilter f;
+      f.tenant_id = tenant;
+      f.limit = 1000;
+      for (const auto& i : ListInstances(read, f))
+        if (IsLive(i.state) && i.state != InstanceState::kTerminating) ids.push_back(i.id);
+    }
+    for (const auto& id : ids)
+      n += InTransaction(conn, [&](pqxx::work& tx) {
+        // The tenant row first (the lock order), and still suspended: a resumption may have won.
+        const auto t = LockTenant(tx, tenant);
+        if (!t || t->status != TenantStatus::kSuspended || !t->suspended_at ||
+            *t->suspended_at > now - fc.settings.suspension_grace)
+          return 0;
+        const auto out = TerminateInstance(tx, id, tenant, "tenant_suspended", now);
+        if (!out || !out->changed) return 0;
+        RecordAudit(tx, SystemAudit(tenant, "instance.terminate", id));
+        return 1;
+      });
+    if (!ids.empty())
+      log::Info("suspended tenant's instances terminated",
+                {{"tenant_id", tenant}, {"instances", static_cast<std::int64_t>(ids.size())}});
+  }
   return n;
 }
 
@@ -588,8 +620,9 @@ void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc) {
       fc.metrics->spot_price->Add({{"region", region}, {"gpu_model", model}})
           .Set(static_cast<double>(*price) / static_cast<double>(kPpm));
   }
-  for (const char* state : {"pending", "provisioning", "running", "terminating", "terminated", "preempting", "failed"})
-    for (const char* market : {"on_demand", "spot"}) fc.metrics->instances->Add({{"state", state}, {"market", market}}).Set(0);
+  for (InstanceState state : kAllInstanceStates)
+    for (Market market : {Market::kOnDemand, Market::kSpot})
+      fc.metrics->instances->Add({{"state", ToString(state)}, {"market", ToString(market)}}).Set(0);
   for (const auto& r : tx.exec_prepared(kGaugeInstances.name))
     fc.metrics->instances->Add({{"state", r[0].as<std::string>()}, {"market", r[1].as<std::string>()}})
         .Set(r[2].as<double>());

@@ -12,6 +12,7 @@
 #include "billing/spot_curve.hpp"
 #include "core/clock.hpp"
 #include "core/config.hpp"
+#include "provisioning/words.hpp"
 
 namespace spillway {
 
@@ -39,6 +40,7 @@ struct FleetSettings {
   Millis tick{1000};
   Millis reprice_interval{30000};
   Millis preemption_notice{120000};
+  Millis suspension_grace{24 * 3600 * 1000};  // tenants.suspension_grace
   SpotPolicy spot;
   // Throws ConfigError naming the key (a discount curve that does not parse, say).
   static FleetSettings From(const Config& config);
@@ -54,6 +56,7 @@ struct HostSlot {
   std::string id;
   std::int64_t gpu_count = 0;
   bool placeable = false;       // state active and health up
+  bool draining = false;        // state draining and health up: keeps its instances, takes no new ones
   std::vector<int> free;        // GPU indices with no allocation
   std::int64_t claimed = 0;     // GPUs promised to pending instances waiting on this host
   std::int64_t leaving = 0;     // GPUs of spot instances under preemption notice (free soon)
@@ -73,8 +76,12 @@ struct PoolState {
   std::string region, gpu_model;
   std::vector<HostSlot> hosts;
   std::int64_t total = 0, reserved = 0, on_demand = 0, spot_active = 0, spot_leaving = 0;
+  std::int64_t draining_idle = 0;  // free GPUs on draining hosts: counted in total, never offered
+  std::int64_t Offerable() const { return total - draining_idle; }
   std::vector<SpotHolder> spot;  // active spot instances, cheapest bid first, then newest
   std::int64_t Spare() const;
+  // Some host here could ever hold `gpus` GPUs on its own (placeable or not right now).
+  bool Offers(std::int64_t gpus) const;
 };
 
 // Every pool that has a host: (region, gpu_model), in order.
@@ -86,14 +93,14 @@ PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const 
 
 
 struct PlacementPlan {
-  std::string state;  // "provisioning" (GPUs allocated now) or "pending" (waiting for preempted spot)
+  std::optional<InstanceState> state;  // kProvisioning (GPUs allocated now) or kPending (waiting for preempted spot)
   std::string host_id;
   std::vector<int> gpu_indices;
   std::vector<SpotHolder> victims;  // spot instances to preempt to make room
 };
 // Chooses where an instance of `gpus` GPUs goes (all on one host, best fit); throws ApiError 409
 // insufficient_capacity when it cannot go anywhere. Nothing is written.
-PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, const std::string& market);
+PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, Market market);
 // Writes the plan for an instance row that already exists.
 void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
                     const PlacementPlan& plan);
@@ -106,7 +113,8 @@ bool LockHost(pqxx::transaction_base& tx, const std::string& host_id);
 void PreemptSpot(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
                  const std::string& reason);
 // Ends an instance (terminated or failed) and frees its GPUs. The caller holds its host's lock.
-void EndInstance(pqxx::transaction_base& tx, const std::string& instance_id, const std::string& state,
+// An end_reason set earlier (a termination's cause, given when it began) is kept.
+void EndInstance(pqxx::transaction_base& tx, const std::string& instance_id, InstanceState state,
                  const std::string& end_reason, TimeMs now = NowMs());
 
 // PUT /v1/capacity/pools/{region}/{gpu_model}: sets the internal reservation, preempting spot
@@ -147,7 +155,7 @@ SilenceVerdict JudgeSilence(const std::vector<HostHealth>& hosts, TimeMs now, Ti
 
 // One spot-pricer pass over one pool (or every pool when region is empty): appends a new price when
 // it changed and preempts spot instances whose max price is now below it. Returns prices written.
-int Reprice(pqxx::connection& conn, const FleetContext& fc, const std::string& region = "",
+int Reprice(pqxx::connection_base& conn, const FleetContext& fc, const std::string& region = "",
             const std::string& gpu_model = "");
 
 // The controllers' periodic steps; each returns how many instances or hosts it changed.
@@ -157,9 +165,10 @@ int FinishPreemptions(pqxx::connection& conn, const FleetContext& fc);
 int PlacePending(pqxx::connection& conn, const FleetContext& fc);
 // Instances their (up) host stopped reporting for fleet.instance_report_grace of heard time.
 int FailUnreportedInstances(pqxx::connection& conn, const FleetContext& fc, TimeMs heard_since);
+// Terminates (end_reason "tenant_suspended") the live instances of tenants suspended for longer
+// than tenants.suspension_grace, audited as the system's act. Returns how many it ended or stopped.
+int EndSuspendedTenantsInstances(pqxx::connection_base& conn, const FleetContext& fc);
 void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc);
 
-std::vector<int> ParseIntArray(const std::string& pg_array);  // "{0,1}" -> {0, 1}
-std::string IntArrayLiteral(const std::vector<int>& v);       // {0, 1} -> "{0,1}"
 
 }  // namespace spillway

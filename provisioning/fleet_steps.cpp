@@ -28,6 +28,8 @@ void RegisterFleetSteps(PeriodicSteps& steps, const FleetContext& fc) {
                FailUnreportedInstances(c, *f, heard_since(c, s));
              }});
   steps.Add({"place_pending", tick, [f](pqxx::connection& c, const StepContext&) { PlacePending(c, *f); }});
+  steps.Add({"end_suspended_tenants_instances", tick,
+             [f](pqxx::connection& c, const StepContext&) { EndSuspendedTenantsInstances(c, *f); }});
   steps.Add({"fleet_gauges", tick, [f](pqxx::connection& c, const StepContext&) { RefreshFleetGauges(c, *f); }});
 }
 

@@ -3,26 +3,16 @@
 #include "apiserver/auth/key_cache.hpp"
 
 #include "core/crypto.hpp"
+#include "accounts/api_keys.hpp"
 #include "core/db.hpp"
+#include "provisioning/hosts.hpp"
 #include "core/errors.hpp"
 #include "core/ids.hpp"
 
 namespace spillway {
 namespace {
 
-constexpr std::string_view kTokenPrefix = "spw_";
 constexpr size_t kIdChars = 26, kSecretChars = 43;
-
-const Statement kAuthKey{"auth_key", R"sql(
-SELECT k.tenant_id, k.role, encode(k.secret_hash, 'hex'), k.revoked_at IS NOT NULL, t.status, t.is_operator,
-       k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds'
-FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-WHERE k.id = $1)sql"};
-
-// last_used_at is kept to the minute, so a hot key costs one write a minute, not one per request.
-const Statement kAuthHost{"auth_host", "SELECT token_hash FROM hosts WHERE id = $1"};
-
-const Statement kTouchKey{"touch_key", "UPDATE api_keys SET last_used_at = now() WHERE id = $1"};
 
 ApiError Unauthenticated(const std::string& message) { return ApiError(401, "unauthenticated", message); }
 
@@ -73,25 +63,7 @@ std::optional<Principal> AuthenticateFromCache(const std::string& authorization,
   return KeyPrincipal(parsed->id, std::move(*hit));
 }
 
-GeneratedKey GenerateApiKey() {
-  GeneratedKey k;
-  k.id = NewId("key");
-  const std::string secret = Base64UrlEncode(RandomBytes(32));
-  k.token = std::string(kTokenPrefix) + k.id.substr(4) + "_" + secret;
-  k.secret_hash = Sha256Hex(secret);
-  return k;
-}
-
-std::optional<ParsedKey> ParseApiKey(const std::string& token) {
-  if (token.size() != kTokenPrefix.size() + kIdChars + 1 + kSecretChars) return std::nullopt;
-  if (token.compare(0, kTokenPrefix.size(), kTokenPrefix) != 0) return std::nullopt;
-  if (token[kTokenPrefix.size() + kIdChars] != '_') return std::nullopt;
-  ParsedKey p{"key_" + token.substr(kTokenPrefix.size(), kIdChars), token.substr(token.size() - kSecretChars)};
-  if (!IsValidId(p.id, "key")) return std::nullopt;
-  return p;
-}
-
-Principal Authenticate(pqxx::connection& conn, const std::string& authorization, bool accepts_bootstrap,
+Principal Authenticate(Session& conn, const std::string& authorization, bool accepts_bootstrap,
                        const std::string& bootstrap_token, KeyCache* cache) {
   if (authorization.empty()) throw Unauthenticated("an API key is required: Authorization: Bearer <key>");
   if (authorization.size() < 7 || strncasecmp(authorization.c_str(), "Bearer ", 7) != 0)
@@ -113,10 +85,10 @@ Principal Authenticate(pqxx::connection& conn, const std::string& authorization,
         return HostPrincipal(host_id);
     }
     const std::uint64_t generation = cache ? cache->Generation() : 0;
-    pqxx::nontransaction tx(conn);
-    const auto rows = tx.exec_prepared(kAuthHost.name, host_id);
-    const std::string stored = rows.empty() ? std::string(64, '0') : rows[0][0].as<std::string>();
-    if (!ConstantTimeEquals(presented_hash, stored) || rows.empty())
+    Autocommit tx(conn);
+    const auto found = HostTokenHash(tx, host_id);
+    const std::string stored = found.value_or(std::string(64, '0'));
+    if (!ConstantTimeEquals(presented_hash, stored) || !found)
       throw Unauthenticated("the host token is not valid (unknown, or replaced by a newer registration)");
     // Remembered like an API key; a new registration rotates the token and a trigger says so.
     if (cache) cache->Store(generation, host_id, KeyCache::Entry{stored, "", "host", false});
@@ -131,18 +103,15 @@ Principal Authenticate(pqxx::connection& conn, const std::string& authorization,
       return KeyPrincipal(parsed->id, std::move(*hit));
   }
   const std::uint64_t generation = cache ? cache->Generation() : 0;
-  pqxx::nontransaction tx(conn);
-  const auto rows = tx.exec_prepared(kAuthKey.name, parsed->id);
+  Autocommit tx(conn);
+  const auto found = FindKeyCredential(tx, parsed->id);
   // Compare against something even for an unknown id, so timing says nothing about which ids exist.
-  const std::string stored = rows.empty() ? std::string(64, '0') : rows[0][2].as<std::string>();
+  const std::string stored = found ? found->secret_hash : std::string(64, '0');
   const bool match = ConstantTimeEquals(presented, stored);
-  if (rows.empty() || !match || rows[0][3].as<bool>())
-    throw Unauthenticated("the API key is not valid (unknown or revoked)");
-  const auto& row = rows[0];
-  if (row[4].as<std::string>() != "active")
-    throw ApiError(403, "tenant_suspended", "this key's tenant is suspended");
-  if (row[6].as<bool>()) tx.exec_prepared(kTouchKey.name, parsed->id);
-  KeyCache::Entry key{stored, row[0].as<std::string>(), row[1].as<std::string>(), row[5].as<bool>()};
+  if (!found || !match || found->revoked) throw Unauthenticated("the API key is not valid (unknown or revoked)");
+  if (!found->tenant_active) throw ApiError(403, "tenant_suspended", "this key's tenant is suspended");
+  if (found->touch_due) TouchApiKey(tx, parsed->id);
+  KeyCache::Entry key{stored, found->tenant_id, found->role, found->is_operator};
   if (cache) cache->Store(generation, parsed->id, key);
   return KeyPrincipal(parsed->id, std::move(key));
 }

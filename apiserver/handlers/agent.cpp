@@ -4,14 +4,12 @@
 #include <boost/json.hpp>
 #include <set>
 
-#include "apiserver/audit.hpp"
 #include "apiserver/handlers/common.hpp"
 #include "apiserver/auth/key_cache.hpp"
 #include "provisioning/fleet.hpp"
+#include "provisioning/hosts.hpp"
 #include "provisioning/heartbeats.hpp"
 #include "core/clock.hpp"
-#include "core/crypto.hpp"
-#include "core/db.hpp"
 #include "core/errors.hpp"
 #include "core/ids.hpp"
 #include "core/json.hpp"
@@ -19,30 +17,6 @@
 
 namespace spillway::handlers {
 namespace {
-
-const Statement kHostByName{"host_by_name",
-                            "SELECT h.id, ARRAY(SELECT uuid FROM gpus g WHERE g.host_id = h.id ORDER BY uuid)::text "
-                            "FROM hosts h WHERE h.hostname = $1 FOR UPDATE"};
-const Statement kInsertHost{"insert_host", R"sql(
-INSERT INTO hosts (id, hostname, region, zone, gpu_model, gpu_count, token_hash, last_heartbeat)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz))sql"};
-const Statement kGpuTaken{"gpu_taken", "SELECT host_id FROM gpus WHERE uuid = $1"};
-const Statement kInsertGpu{"insert_gpu",
-                           "INSERT INTO gpus (host_id, gpu_index, uuid, model, memory_bytes) VALUES ($1, $2, $3, $4, $5)"};
-const Statement kRotateHost{"rotate_host_token", R"sql(
-UPDATE hosts SET token_hash = $2, region = $3, zone = $4, health = 'up', down_since = NULL, down_reason = NULL,
-       last_heartbeat = $5::timestamptz, assignment_version = assignment_version + 1
-WHERE id = $1)sql"};
-const Statement kHostVersion{"host_version", "SELECT assignment_version FROM hosts WHERE id = $1"};
-const Statement kAssignments{"host_assignments", R"sql(
-SELECT id, state, gpu_indices, (extract(epoch FROM preempt_at) * 1000)::bigint FROM instances
-WHERE host_id = $1 AND state IN ('provisioning', 'running', 'preempting', 'terminating') ORDER BY id)sql"};
-
-std::string NewHostToken(const std::string& host_id, std::string* hash) {
-  const std::string secret = Base64UrlEncode(RandomBytes(32));
-  *hash = Sha256Hex(secret);
-  return "spwh_" + host_id.substr(4) + "_" + secret;
-}
 
 Reply RegistrationReply(const Ctx& ctx, int status, const std::string& host_id, const std::string& token) {
   return {status, boost::json::object{{"host_id", host_id}, {"host_token", token},
@@ -84,44 +58,9 @@ Reply RegisterAgent(Ctx& ctx) {
   const std::string model = gpus[0].model;
   if (!ctx.config.OnDemandMicros(model))
     throw ApiError(422, "unknown_gpu_model", "gpus[].model: " + model + " has no on-demand price in the catalog");
-  std::string sorted_uuids = "{";
-  for (auto it = uuids.begin(); it != uuids.end(); ++it) sorted_uuids += (it == uuids.begin() ? "" : ",") + *it;
-  sorted_uuids += "}";
-
-  struct Outcome {
-    bool existing;
-    std::string host_id, token;
-  };
-  const Outcome out = ctx.Write([&](pqxx::transaction_base& tx) {
-    const auto existing = tx.exec_prepared(kHostByName.name, hostname);
-    std::string hash;
-    if (!existing.empty()) {
-      const std::string id = existing[0][0].as<std::string>();
-      if (existing[0][1].as<std::string>() != sorted_uuids)
-        throw ApiError(409, "host_conflict", "host " + hostname + " is registered with other GPUs");
-      const std::string token = NewHostToken(id, &hash);
-      tx.exec_prepared(kRotateHost.name, id, hash, region, zone, FormatTime(ctx.clock.Now()));
-      AuditSystem(tx, "", "host.reregister", id);
-      return Outcome{true, id, token};
-    }
-    const std::string id = NewId("hst");
-    const std::string token = NewHostToken(id, &hash);
-    tx.exec_prepared(kInsertHost.name, id, hostname, region, zone, model, static_cast<std::int64_t>(gpus.size()), hash,
-                     FormatTime(ctx.clock.Now()));
-    for (const auto& g : gpus) {
-      // Checked first: a unique violation would abort the transaction, so the clear message could
-      // not be told from it.
-      if (!tx.exec_prepared(kGpuTaken.name, g.uuid).empty())
-        throw ApiError(409, "host_conflict", "GPU " + g.uuid + " is already registered to another host");
-      try {
-        tx.exec_prepared(kInsertGpu.name, id, g.index, g.uuid, g.model, g.memory);
-      } catch (const pqxx::unique_violation&) {  // registered by a concurrent request meanwhile
-        throw ApiError(409, "host_conflict", "GPU " + g.uuid + " is already registered to another host");
-      }
-    }
-    AuditSystem(tx, "", "host.register", id);
-    return Outcome{false, id, token};
-  });
+  Registration reg{hostname, region, zone, {}};
+  for (const auto& g : gpus) reg.gpus.push_back(GpuInfo{g.index, g.memory, g.uuid, g.model});
+  const Registered out = ctx.Write([&](Tx& tx) { return RegisterHost(tx, reg, ctx.clock.Now()); });
   const std::string& host_id = out.host_id;
   const std::string& token = out.token;
   if (out.existing) {
@@ -143,7 +82,7 @@ Reply AgentHeartbeat(Ctx& ctx) {
   if (ctx.heartbeats && ctx.heartbeats->TryRecord(host, report, ctx.clock.Now(), &v))
     return {200, boost::json::object{{"version", v}}};
   const std::uint64_t generation = ctx.heartbeats ? ctx.heartbeats->Generation() : 0;
-  v = ctx.Write([&](pqxx::transaction_base& tx) {
+  v = ctx.Write([&](Tx& tx) {
     return RecordHeartbeat(tx, host, report.agent_version, report.instances, ctx.clock.Now());
   });
   if (ctx.heartbeats) ctx.heartbeats->Processed(generation, host, report, v);
@@ -154,25 +93,25 @@ Reply AgentAssignments(Ctx& ctx) {
   const std::int64_t known = ctx.QueryInt("version", -1, -1, INT64_MAX);
   const std::int64_t max_wait = ctx.fleet->assignment_wait_max.count() / 1000;
   const std::int64_t wait = ctx.QueryInt("wait", 0, 0, max_wait);
-  Snapshot tx(ctx.conn);  // the version and the list from one snapshot
-  const std::int64_t version = tx.exec_prepared(kHostVersion.name, ctx.principal.host_id)[0][0].as<std::int64_t>();
-  if (version == known && wait > 0 && !ctx.long_poll_retry) {
+  const std::string& host = ctx.principal.host_id;
+  if (known >= 0 && wait > 0 && !ctx.long_poll_retry &&
+      ctx.Read([&](Tx& tx) { return HostAssignmentVersion(tx, host); }) == known) {
     Reply r;
-    r.long_poll_host = ctx.principal.host_id;
+    r.long_poll_host = host;
     r.long_poll_ms = wait * 1000;
     return r;
   }
+  const Assignments a = ctx.ReadSnapshot([&](Tx& tx) { return HostAssignments(tx, host); });  // one snapshot
   boost::json::array instances;
-  for (const auto& r : tx.exec_prepared(kAssignments.name, ctx.principal.host_id)) {
+  for (const auto& i : a.instances) {
     boost::json::array idx;
-    for (int i : ParseIntArray(r[2].as<std::string>())) idx.push_back(i);
-    instances.push_back({{"id", r[0].as<std::string>()},
-                         {"desired_state", r[1].as<std::string>() == "terminating" ? "stopped" : "running"},
+    for (int g : i.gpu_indices) idx.push_back(g);
+    instances.push_back({{"id", i.instance_id},
+                         {"desired_state", i.state == InstanceState::kTerminating ? "stopped" : "running"},
                          {"gpu_indices", std::move(idx)},
-                         {"preempt_at", JsonTime(r[3])}});
+                         {"preempt_at", JsonTime(i.preempt_at)}});
   }
-  tx.commit();
-  return {200, boost::json::object{{"version", version}, {"instances", std::move(instances)}}};
+  return {200, boost::json::object{{"version", a.version}, {"instances", std::move(instances)}}};
 }
 
 }  // namespace spillway::handlers

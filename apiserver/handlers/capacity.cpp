@@ -3,12 +3,11 @@
 
 #include <boost/json.hpp>
 
-#include "apiserver/audit.hpp"
+#include "accounts/audit.hpp"
 #include "apiserver/handlers/common.hpp"
 #include "provisioning/fleet.hpp"
 #include "billing/prices.hpp"
 #include "billing/spot_curve.hpp"
-#include "core/db.hpp"
 #include "core/errors.hpp"
 #include "core/json.hpp"
 #include "core/money.hpp"
@@ -16,7 +15,7 @@
 namespace spillway::handlers {
 namespace {
 
-boost::json::object PoolJson(pqxx::transaction_base& tx, const PoolState& p, TimeMs now) {
+boost::json::object PoolJson(Tx& tx, const PoolState& p, TimeMs now) {
   const auto od = OnDemandPriceAt(tx, p.gpu_model, now);
   const auto spot = CurrentSpotPrice(tx, p.region, p.gpu_model);
   std::int64_t up_hosts = 0;
@@ -39,11 +38,12 @@ boost::json::object PoolJson(pqxx::transaction_base& tx, const PoolState& p, Tim
 }  // namespace
 
 Reply GetCapacity(Ctx& ctx) {
-  Snapshot tx(ctx.conn);
-  boost::json::array data;
-  for (const auto& [region, model] : AllPools(tx))
-    data.push_back(PoolJson(tx, LoadPool(tx, region, model, false), ctx.clock.Now()));
-  return {200, boost::json::object{{"data", std::move(data)}}};
+  return ctx.ReadSnapshot([&](Tx& tx) {
+    boost::json::array data;
+    for (const auto& [region, model] : AllPools(tx))
+      data.push_back(PoolJson(tx, LoadPool(tx, region, model, false), ctx.clock.Now()));
+    return Reply{200, boost::json::object{{"data", std::move(data)}}};
+  });
 }
 
 Reply SetPoolCapacity(Ctx& ctx) {
@@ -54,9 +54,9 @@ Reply SetPoolCapacity(Ctx& ctx) {
   const auto reserved = OptInt(body, "internal_reserved_gpus", 0, 1'000'000);
   if (!reserved) throw ApiError(422, "validation_failed", "internal_reserved_gpus: is required");
   const FleetContext fc{*ctx.fleet, ctx.fleet_metrics, ctx.clock};
-  auto json = ctx.Write([&](pqxx::transaction_base& tx) {
+  auto json = ctx.Write([&](Tx& tx) {
     SetReservation(tx, fc, region, model, *reserved);
-    Audit(tx, ctx, "", "capacity.reserve", region + "/" + model + "=" + std::to_string(*reserved));
+    RecordAudit(tx, ctx.AuditOf("", "capacity.reserve", region + "/" + model + "=" + std::to_string(*reserved)));
     return PoolJson(tx, LoadPool(tx, region, model, false), ctx.clock.Now());
   });
   // Less spare capacity moves the spot price now rather than at the next reprice.

@@ -138,7 +138,11 @@ TEST_F(FleetE2E, CapacityQuotaAndValidationRefuseWithNothingCreated) {
   EXPECT_EQ(create(member_, R"({"instance_type":"h999.1x","region":"us-east","market":"spot"})").status, 422);
   EXPECT_EQ(create(member_, R"({"instance_type":"h100.1x","region":"mars","market":"spot"})").status, 422);
   EXPECT_EQ(create(member_, R"({"instance_type":"h100.1x","region":"us-east","market":"cheap"})").status, 422);
-  EXPECT_EQ(create(member_, R"({"instance_type":"a100.8x","region":"us-east","market":"on_demand"})").status, 409);
+  // No host in the region offers the type: said plainly, not as "0 GPUs left".
+  r = create(member_, R"({"instance_type":"a100.8x","region":"us-east","market":"on_demand"})");
+  EXPECT_EQ(r.status, 422);
+  EXPECT_EQ(Str(Json(r).at("error"), "code"), "instance_type_not_offered");
+  EXPECT_NE(Str(Json(r).at("error"), "message").find("no host in us-east offers a100.8x"), std::string::npos);
   auto c = db_->Connect();
   EXPECT_EQ(pqxx::nontransaction(*c).exec1("SELECT count(*) FROM instances")[0].as<int>(), 2);
   EXPECT_EQ(pqxx::nontransaction(*c).exec1("SELECT count(*) FROM gpu_allocations")[0].as<int>(), 16);
@@ -258,6 +262,10 @@ TEST_F(FleetE2E, OnDemandWaitsPendingWhileSpotLeavesUnderNotice) {
   auto inst = fleet_->Instance(member_, od);
   EXPECT_EQ(Str(inst, "state"), "pending");
   EXPECT_EQ(inst.at("gpu_indices").as_array().size(), 0u);
+  // It says when it expects its GPUs: the end of the spot instances' notice.
+  const std::string expected = Str(inst, "expected_placement_at");
+  ASSERT_FALSE(expected.empty()) << inst;
+  EXPECT_EQ(expected, Str(fleet_->Instance(member_, spot[0]), "preempt_at"));
   for (const auto& id : spot) {
     EXPECT_EQ(Str(fleet_->Instance(member_, id), "state"), "preempting");
     EXPECT_EQ(Str(fleet_->Instance(member_, id), "preempt_reason"), "capacity");

@@ -38,7 +38,7 @@ class FleetRules : public ::testing::Test {
                      "VALUES ($1, 'ten_t', 'h100.x', 'H100-80GB', $2, 'us-east', $3, 'pending')",
                      id, gpus, market);
       const auto pool = LoadPool(tx, "us-east", "H100-80GB", true);
-      ApplyPlacement(tx, fc_, id, PlanPlacement(pool, gpus, market));
+      ApplyPlacement(tx, fc_, id, PlanPlacement(pool, gpus, *ParseMarket(market)));
       RecordHeartbeat(tx, Host(tx, id), "test", {{id, "running"}}, clock_.Now());
     });
     return id;
@@ -131,7 +131,7 @@ TEST_F(FleetRules, TheAllocationHistoryKeepsWhoHeldEachGpuWhen) {
   const std::string host = Field("SELECT host_id FROM instances WHERE id = 'ins_1'");
   InTransaction(*conn_, [&](pqxx::work& tx) {
     LockHost(tx, host);
-    EndInstance(tx, "ins_1", "terminated", "terminated", clock_.Now());
+    EndInstance(tx, "ins_1", InstanceState::kTerminated, "terminated", clock_.Now());
   });
   Launch("ins_2", 8, "on_demand");
   // The same GPUs may have been held by both, one after the other, never at once.

@@ -41,7 +41,7 @@ TEST(Prices, SpotPriceIsTheOneInEffectAtATime) {
     tx.commit();
   }
   pqxx::work tx(*conn);
-  const auto history = SpotPriceHistory(tx, "us-east", "H100-80GB", 0, 0, 10);
+  const auto history = SpotPriceHistory(tx, SpotHistoryQuery{.region = "us-east", .gpu_model = "H100-80GB", .limit = 10});
   ASSERT_EQ(history.size(), 2u);
   const TimeMs first = FromEpochMs(history[0].effective_from_us / 1000 + 1);  // a whole ms after it began
   const TimeMs second = FromEpochMs(history[1].effective_from_us / 1000 + 1);

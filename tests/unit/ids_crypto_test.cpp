@@ -2,7 +2,7 @@
 
 #include <set>
 
-#include "apiserver/auth/api_keys.hpp"
+#include "accounts/api_keys.hpp"
 #include "core/crypto.hpp"
 #include "core/ids.hpp"
 #include "core/clock.hpp"

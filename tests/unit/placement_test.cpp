@@ -32,11 +32,11 @@ TEST(Placement, BestFitOnOneHost) {
   p.total = 16;
   p.hosts = {Host("a", 8, {0, 1, 2, 3, 4, 5, 6, 7}), Host("b", 8, {5, 6, 7})};
   p.on_demand = 5;
-  auto plan = PlanPlacement(p, 2, "on_demand");
-  EXPECT_EQ(plan.state, "provisioning");
+  auto plan = PlanPlacement(p, 2, Market::kOnDemand);
+  EXPECT_EQ(plan.state, InstanceState::kProvisioning);
   EXPECT_EQ(plan.host_id, "b");  // the tightest host that fits
   EXPECT_EQ(plan.gpu_indices, (std::vector<int>{5, 6}));
-  plan = PlanPlacement(p, 4, "on_demand");
+  plan = PlanPlacement(p, 4, Market::kOnDemand);
   EXPECT_EQ(plan.host_id, "a");
   EXPECT_TRUE(plan.victims.empty());
 }
@@ -46,8 +46,8 @@ TEST(Placement, NeverSplitsAnInstanceAcrossHosts) {
   p.total = 16;
   p.hosts = {Host("a", 8, {0, 1, 2, 3}), Host("b", 8, {4, 5, 6, 7})};
   p.on_demand = 8;
-  EXPECT_EQ(Status([&] { PlanPlacement(p, 8, "on_demand"); }), 409);
-  EXPECT_EQ(Status([&] { PlanPlacement(p, 8, "spot"); }), 409);
+  EXPECT_EQ(Status([&] { PlanPlacement(p, 8, Market::kOnDemand); }), 409);
+  EXPECT_EQ(Status([&] { PlanPlacement(p, 8, Market::kSpot); }), 409);
 }
 
 TEST(Placement, SpotUsesOnlySpareAndSkipsUnplaceableHosts) {
@@ -57,10 +57,10 @@ TEST(Placement, SpotUsesOnlySpareAndSkipsUnplaceableHosts) {
   p.on_demand = 4;
   p.hosts = {Host("a", 8, {4, 5, 6, 7}), Host("b", 8, {0, 1, 2, 3, 4, 5, 6, 7}, /*placeable=*/false)};
   EXPECT_EQ(p.Spare(), 4);
-  EXPECT_EQ(PlanPlacement(p, 4, "spot").host_id, "a");
-  EXPECT_EQ(Status([&] { PlanPlacement(p, 5, "spot"); }), 409);  // 8 are reserved for internal work
+  EXPECT_EQ(PlanPlacement(p, 4, Market::kSpot).host_id, "a");
+  EXPECT_EQ(Status([&] { PlanPlacement(p, 5, Market::kSpot); }), 409);  // 8 are reserved for internal work
   p.hosts[0].claimed = 1;  // promised to a pending on-demand instance
-  EXPECT_EQ(Status([&] { PlanPlacement(p, 4, "spot"); }), 409);
+  EXPECT_EQ(Status([&] { PlanPlacement(p, 4, Market::kSpot); }), 409);
 }
 
 TEST(Placement, OnDemandPreemptsTheCheapestThenNewestSpotOnOneHost) {
@@ -71,8 +71,8 @@ TEST(Placement, OnDemandPreemptsTheCheapestThenNewestSpotOnOneHost) {
   // LoadPool's order: cheapest bid first (no max price = pays up to on-demand, last), then newest.
   p.spot = {{"cheap", "a", 4, 1'000'000}, {"dear-new", "a", 2, 2'000'000}, {"dear-old", "a", 2, 2'000'000},
             {"nomax", "a", 0, std::nullopt}};
-  auto plan = PlanPlacement(p, 6, "on_demand");
-  EXPECT_EQ(plan.state, "pending");
+  auto plan = PlanPlacement(p, 6, Market::kOnDemand);
+  EXPECT_EQ(plan.state, InstanceState::kPending);
   EXPECT_EQ(plan.host_id, "a");
   ASSERT_EQ(plan.victims.size(), 2u);
   EXPECT_EQ(plan.victims[0].id, "cheap");
@@ -87,13 +87,13 @@ TEST(Placement, OnDemandKeepsTheInternalReservation) {
   p.spot_active = 8;
   p.spot = {{"s1", "b", 4, 1'000'000}, {"s2", "b", 4, 1'500'000}};
   // Free GPUs exist on a, but they are the internal reservation's: spot must make way instead.
-  auto plan = PlanPlacement(p, 4, "on_demand");
-  EXPECT_EQ(plan.state, "provisioning");
+  auto plan = PlanPlacement(p, 4, Market::kOnDemand);
+  EXPECT_EQ(plan.state, InstanceState::kProvisioning);
   EXPECT_EQ(plan.host_id, "a");
   ASSERT_EQ(plan.victims.size(), 1u);
   EXPECT_EQ(plan.victims[0].id, "s1");
   p.on_demand = 8;
-  EXPECT_EQ(Status([&] { PlanPlacement(p, 1, "on_demand"); }), 409);  // total − reserved is taken
+  EXPECT_EQ(Status([&] { PlanPlacement(p, 1, Market::kOnDemand); }), 409);  // total − reserved is taken
 }
 
 TEST(Placement, GpusUnderNoticeCountAsComingFree) {
@@ -104,10 +104,10 @@ TEST(Placement, GpusUnderNoticeCountAsComingFree) {
   p.spot_leaving = 6;
   p.spot_active = 2;
   p.spot = {{"s", "a", 2, std::nullopt}};
-  auto plan = PlanPlacement(p, 6, "on_demand");
-  EXPECT_EQ(plan.state, "pending");
+  auto plan = PlanPlacement(p, 6, Market::kOnDemand);
+  EXPECT_EQ(plan.state, InstanceState::kPending);
   EXPECT_TRUE(plan.victims.empty());  // nothing more needs preempting
-  plan = PlanPlacement(p, 8, "on_demand");
+  plan = PlanPlacement(p, 8, Market::kOnDemand);
   ASSERT_EQ(plan.victims.size(), 1u);
   EXPECT_EQ(plan.victims[0].id, "s");
 }

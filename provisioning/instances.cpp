@@ -1,0 +1,163 @@
+#include "provisioning/instances.hpp"
+
+#include "accounts/tenants.hpp"
+#include "billing/prices.hpp"
+#include "core/db.hpp"
+#include "core/errors.hpp"
+#include "core/ids.hpp"
+#include "core/money.hpp"
+#include "core/sql.hpp"
+#include "provisioning/fleet.hpp"
+#include "provisioning/fleet_metrics.hpp"
+
+namespace spillway {
+namespace {
+
+#define SPW_INSTANCE_COLUMNS                                                                                \
+  "i.id, i.tenant_id, i.name, i.instance_type, i.region, i.market, i.max_price_micros, i.state, i.gpus, "  \
+  "i.host_id, i.gpu_model, i.gpu_indices::text AS gpu_indices, i.end_reason, i.preempt_reason, "           \
+  SPW_EPOCH_MS("i.created_at") " AS created_ms, " SPW_EPOCH_MS("i.started_at") " AS started_ms, "          \
+  SPW_EPOCH_MS("i.ended_at") " AS ended_ms, " SPW_EPOCH_MS("i.preempt_at") " AS preempt_ms, "              \
+  "CASE WHEN i.state = 'pending' THEN " SPW_EPOCH_MS(                                                      \
+      "(SELECT max(p.preempt_at) FROM instances p WHERE p.host_id = i.host_id AND p.state = 'preempting')") \
+  " END AS expected_ms"
+
+const Statement kInsertInstance{"insert_instance", R"sql(
+INSERT INTO instances (id, tenant_id, name, instance_type, gpu_model, gpus, region, market, max_price_micros, state,
+                       created_at)
+VALUES ($1, $2, NULLIF($3, ''), $4, $5, $6, $7, $8, $9::bigint, 'pending', $10::timestamptz))sql"};
+const Statement kGetInstance{"get_instance", "SELECT " SPW_INSTANCE_COLUMNS " FROM instances i WHERE i.id = $1"};
+const Statement kListInstances{"list_instances",
+                               "SELECT " SPW_INSTANCE_COLUMNS " FROM instances i "
+                               "WHERE i.id > $1 AND ($2 = '' OR i.tenant_id = $2) AND ($3 = '' OR i.host_id = $3) "
+                               "AND ($4 = '' OR i.state = $4) AND ($5 = '' OR i.market = $5) ORDER BY i.id LIMIT $6"};
+const Statement kRegionKnown{"region_known", "SELECT EXISTS (SELECT 1 FROM hosts WHERE region = $1) AS known"};
+const Statement kInstanceHost{"instance_host",
+                              "SELECT host_id FROM instances WHERE id = $1 AND ($2 = '' OR tenant_id = $2)"};
+const Statement kLockInstance{"lock_instance",
+                              "SELECT state, host_id FROM instances WHERE id = $1 FOR UPDATE"};
+const Statement kSetTerminating{"set_terminating",
+                                "UPDATE instances SET state = 'terminating', end_reason = $2, version = version + 1 "
+                                "WHERE id = $1"};
+
+Instance InstanceFrom(const pqxx::row& r) {
+  Instance i;
+  i.id = r["id"].as<std::string>();
+  i.tenant_id = r["tenant_id"].as<std::string>();
+  i.name = TextFrom(r["name"]);
+  i.instance_type = r["instance_type"].as<std::string>();
+  i.gpu_model = r["gpu_model"].as<std::string>();
+  i.region = r["region"].as<std::string>();
+  i.market = ParseMarket(r["market"].as<std::string>()).value_or(Market::kOnDemand);
+  i.max_price_micros = IntFrom(r["max_price_micros"]);
+  i.state = ParseInstanceState(r["state"].as<std::string>()).value_or(InstanceState::kFailed);
+  i.gpus = r["gpus"].as<std::int64_t>();
+  i.host_id = TextFrom(r["host_id"]);
+  i.gpu_indices = ParseIntArray(r["gpu_indices"].as<std::string>());
+  i.created_at = TimeFrom(r["created_ms"]).value_or(TimeMs{});
+  i.started_at = TimeFrom(r["started_ms"]);
+  i.ended_at = TimeFrom(r["ended_ms"]);
+  i.preempt_at = TimeFrom(r["preempt_ms"]);
+  i.end_reason = TextFrom(r["end_reason"]);
+  i.preempt_reason = TextFrom(r["preempt_reason"]);
+  i.expected_placement_at = TimeFrom(r["expected_ms"]);
+  return i;
+}
+
+ApiError PlacementRefused(const FleetContext& fc, const char* reason, ApiError e) {
+  if (fc.metrics) fc.metrics->PlacementFailed(reason);
+  return e;
+}
+
+}  // namespace
+
+std::vector<Instance> ListInstances(Tx& tx, const InstanceFilter& f) {
+  std::vector<Instance> out;
+  for (const auto& r : tx.exec_prepared(kListInstances.name, f.after, f.tenant_id, f.host_id,
+                                        f.state ? ToString(*f.state) : "", f.market ? ToString(*f.market) : "",
+                                        f.limit))
+    out.push_back(InstanceFrom(r));
+  return out;
+}
+
+std::optional<Instance> FindInstance(Tx& tx, const std::string& id) {
+  const auto rows = tx.exec_prepared(kGetInstance.name, id);
+  if (rows.empty()) return std::nullopt;
+  return InstanceFrom(rows[0]);
+}
+
+Instance LaunchInstance(Tx& tx, const FleetContext& fc, const LaunchRequest& req) {
+  const InstanceType& type = *req.type;
+  const auto limit = LockTenantQuota(tx, req.tenant_id);
+  if (!limit) throw ApiError(404, "not_found", "no such tenant");
+  const std::int64_t used = TenantGpusInUse(tx, req.tenant_id);
+  if (used + type.gpus > *limit)
+    throw PlacementRefused(fc, "quota",
+                           ApiError(409, "quota_exceeded",
+                                    "this tenant's GPU quota is " + std::to_string(*limit) + " and " +
+                                        std::to_string(used) + " are in use; " + std::to_string(type.gpus) +
+                                        " more were asked"));
+  if (!tx.exec_prepared(kRegionKnown.name, req.region)[0]["known"].as<bool>())
+    throw ApiError(422, "validation_failed", "region: unknown region " + req.region);
+  PoolState pool = LoadPool(tx, req.region, type.gpu_model, /*lock=*/true);
+  if (!pool.Offers(type.gpus))
+    throw PlacementRefused(fc, "not_offered",
+                           ApiError(422, "instance_type_not_offered",
+                                    "no host in " + req.region + " offers " + type.name + " (" +
+                                        std::to_string(type.gpus) + " " + type.gpu_model + " GPUs on one host)"));
+  if (req.market == Market::kSpot && req.max_price_micros) {
+    const auto spot = CurrentSpotPrice(tx, req.region, type.gpu_model);
+    if (spot && *req.max_price_micros < *spot)
+      throw PlacementRefused(fc, "price",
+                             ApiError(409, "max_price_below_spot_price",
+                                      "max_price_per_gpu_hour " + FormatMicros(*req.max_price_micros) +
+                                          " is below the current spot price " + FormatMicros(*spot)));
+  }
+  PlacementPlan plan;
+  try {
+    plan = PlanPlacement(pool, type.gpus, req.market);
+  } catch (const ApiError& e) {
+    throw PlacementRefused(fc, "insufficient_capacity", e);
+  }
+  const std::string id = NewId("ins");
+  const auto max_price = TextOf(req.max_price_micros);
+  tx.exec_prepared(kInsertInstance.name, id, req.tenant_id, req.name, type.name, type.gpu_model, type.gpus,
+                   req.region, ToString(req.market), Nullable(max_price), FormatTime(fc.clock.Now()));
+  ApplyPlacement(tx, fc, id, plan);
+  return *FindInstance(tx, id);
+}
+
+std::optional<TerminateOutcome> TerminateInstance(Tx& tx, const std::string& id, const std::string& tenant_id,
+                                                  const std::string& end_reason, TimeMs now) {
+  // Lock order (docs/architecture.md): the host before its instances, as heartbeats and placement
+  // take them. The host is read first without a lock; if the instance moved to another host
+  // meanwhile (a pending one being placed), lock that one too and look again.
+  for (;;) {
+    const auto h = tx.exec_prepared(kInstanceHost.name, id, tenant_id);
+    if (h.empty()) return std::nullopt;
+    const std::string host = h[0]["host_id"].is_null() ? "" : h[0]["host_id"].as<std::string>();
+    if (!host.empty()) LockHost(tx, host);
+    const auto rows = tx.exec_prepared(kLockInstance.name, id);
+    if (rows.empty()) return std::nullopt;
+    const std::string now_host = rows[0]["host_id"].is_null() ? "" : rows[0]["host_id"].as<std::string>();
+    if (now_host != host) continue;
+    const auto state = ParseInstanceState(rows[0]["state"].as<std::string>()).value_or(InstanceState::kFailed);
+    bool changed = true;
+    switch (state) {
+      case InstanceState::kPending:  // never got GPUs
+        EndInstance(tx, id, InstanceState::kTerminated, end_reason, now);
+        break;
+      case InstanceState::kProvisioning:
+      case InstanceState::kRunning:
+      case InstanceState::kPreempting:
+        tx.exec_prepared(kSetTerminating.name, id, end_reason);
+        if (!host.empty()) BumpHost(tx, host);
+        break;
+      default:  // terminating, terminated, failed: already on its way out
+        changed = false;
+    }
+    return TerminateOutcome{*FindInstance(tx, id), changed};
+  }
+}
+
+}  // namespace spillway

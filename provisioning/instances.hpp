@@ -1,0 +1,68 @@
+#pragma once
+// Instances: the store (rows mapped to Instance by column name) and the two things a tenant does
+// to one, launch and terminate, as rules over the pool (fleet.hpp).
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/clock.hpp"
+#include "core/config.hpp"
+#include "core/db_fwd.hpp"
+#include "provisioning/words.hpp"
+
+namespace spillway {
+
+struct FleetContext;
+
+struct Instance {
+  std::string id, tenant_id;
+  std::optional<std::string> name;
+  std::string instance_type, gpu_model, region;
+  Market market = Market::kOnDemand;
+  std::optional<std::int64_t> max_price_micros;
+  InstanceState state = InstanceState::kPending;
+  std::int64_t gpus = 0;
+  std::optional<std::string> host_id;
+  std::vector<int> gpu_indices;
+  TimeMs created_at;
+  std::optional<TimeMs> started_at, ended_at, preempt_at;
+  std::optional<std::string> end_reason, preempt_reason;
+  // Pending only: when the spot instances it waits for reach the end of their notice.
+  std::optional<TimeMs> expected_placement_at;
+};
+
+struct InstanceFilter {
+  std::string tenant_id, host_id;  // "" = any
+  std::optional<InstanceState> state;
+  std::optional<Market> market;
+  std::string after;  // page cursor: ids greater than this
+  int limit = 50;
+};
+std::vector<Instance> ListInstances(Tx& tx, const InstanceFilter& filter);
+std::optional<Instance> FindInstance(Tx& tx, const std::string& id);
+
+struct LaunchRequest {
+  std::string tenant_id;
+  const InstanceType* type = nullptr;
+  std::string region;
+  Market market = Market::kOnDemand;
+  std::string name;                             // "" = none
+  std::optional<std::int64_t> max_price_micros; // spot only
+};
+// Checks the tenant's quota (the tenant row locked, so concurrent launches queue), the region and
+// the pool, places the instance (or leaves it pending behind preempted spot) and returns it.
+// Throws ApiError: 409 quota_exceeded, 422 instance_type_not_offered, 409 insufficient_capacity,
+// 409 max_price_below_spot_price.
+Instance LaunchInstance(Tx& tx, const FleetContext& fc, const LaunchRequest& request);
+
+struct TerminateOutcome {
+  Instance instance;
+  bool changed = false;  // false: it was already on its way out (answered again, changes nothing)
+};
+// Terminates the instance (only if it belongs to tenant_id, when that is not empty); nullopt when
+// there is none. Follows the lock order: its host, then it.
+std::optional<TerminateOutcome> TerminateInstance(Tx& tx, const std::string& id, const std::string& tenant_id,
+                                                  const std::string& end_reason, TimeMs now);
+
+}  // namespace spillway
