@@ -170,6 +170,19 @@ void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
     respond(std::move(r));
     return;
   }
+  if (route->inline_read) {
+    if (auto conn = db_.TakeInline()) {
+      Outcome out = Run(*conn, *route, params, request, false);
+      const bool broke = !conn->is_open();
+      db_.ReturnInline(std::move(conn));  // a broken one is replaced by a worker
+      // A lent connection that broke (PostgreSQL restarted since it was opened) does not make the
+      // read fail: a read changes nothing, so the pool's path runs it again on a fresh connection.
+      if (!broke) {
+        respond(std::move(out.response));
+        return;
+      }
+    }
+  }
   Submit(route, std::make_shared<http::Request>(std::move(request)),
          std::make_shared<std::map<std::string, std::string>>(std::move(params)), std::move(respond), false);
 }

@@ -21,6 +21,9 @@ struct Route {
   // Takes an Idempotency-Key: the first answer is stored with the change it made, in one
   // transaction, and replayed to a retry with the same key and body (apiserver/idempotency.cpp).
   bool idempotent = false;
+  // A short read (one indexed row or page, no long poll): run on the io thread that parsed it, on a
+  // connection lent by the pool (Database::TakeInline), so it costs no thread hand-off.
+  bool inline_read = false;
 };
 
 class Router {

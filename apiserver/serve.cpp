@@ -109,14 +109,7 @@ int RunServe(const Config& config) {
   }
   Metrics metrics;
   const FleetSettings fleet_settings = FleetSettings::From(config);
-  DbOptions db_options;
-  db_options.url = config.String("database.url");
-  db_options.pool_size = static_cast<int>(config.Int("database.pool_size"));
-  db_options.max_queue = static_cast<size_t>(config.Int("database.max_queue"));
-  db_options.acquire_timeout = config.Duration("database.acquire_timeout");
-  db_options.connect_timeout = config.Duration("database.connect_timeout");
-  db_options.statement_timeout = config.Duration("database.statement_timeout");
-  db_options.retry_after = config.Duration("database.retry_after");
+  const DbOptions db_options = DbOptions::From(config);
   Database db(db_options, metrics.registry());
 
   FleetMetrics fleet_metrics(metrics.registry());

@@ -94,9 +94,72 @@ Database::Database(DbOptions options, prometheus::Registry& registry) : options_
   rejected_unavailable_ = &rejected.Add({{"reason", "unavailable"}});
   size_gauge_->Set(options_.pool_size);
   for (int i = 0; i < options_.pool_size; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  for (int i = 0; i < options_.inline_connections; ++i) OpenInlineLater();
 }
 
 Database::~Database() { Stop(); }
+
+DbOptions DbOptions::From(const Config& c) {
+  DbOptions o;
+  o.url = c.String("database.url");
+  o.pool_size = static_cast<int>(c.Int("database.pool_size"));
+  o.max_queue = static_cast<size_t>(c.Int("database.max_queue"));
+  o.acquire_timeout = c.Duration("database.acquire_timeout");
+  o.connect_timeout = c.Duration("database.connect_timeout");
+  o.statement_timeout = c.Duration("database.statement_timeout");
+  o.retry_after = c.Duration("database.retry_after");
+  o.inline_connections = static_cast<int>(c.Int("database.inline_connections"));
+  o.inline_statement_timeout = c.Duration("database.inline_statement_timeout");
+  return o;
+}
+
+std::unique_ptr<pqxx::connection> Database::TakeInline() {
+  bool reopen = false;
+  std::unique_ptr<pqxx::connection> conn;
+  {
+    std::lock_guard lk(inline_mu_);
+    if (!inline_idle_.empty()) {
+      conn = std::move(inline_idle_.back());
+      inline_idle_.pop_back();
+    } else if (inline_missing_ > 0 && SteadyMs() - inline_last_attempt_ms_ > 1000) {
+      --inline_missing_;
+      inline_last_attempt_ms_ = SteadyMs();
+      reopen = true;
+    }
+  }
+  if (reopen) OpenInlineLater();
+  return conn;
+}
+
+void Database::ReturnInline(std::unique_ptr<pqxx::connection> conn) {
+  std::lock_guard lk(inline_mu_);
+  if (conn && conn->is_open()) {
+    inline_idle_.push_back(std::move(conn));
+  } else {
+    ++inline_missing_;  // replaced on a later TakeInline, by a worker
+    open_gauge_->Decrement();
+  }
+}
+
+void Database::OpenInlineLater() {
+  auto open = [this] {
+    try {
+      auto c = OpenSession({options_.url, "spillway-apiserver", options_.connect_timeout,
+                            options_.inline_statement_timeout});
+      open_gauge_->Increment();
+      std::lock_guard lk(inline_mu_);
+      inline_idle_.push_back(std::move(c));
+    } catch (const std::exception& e) {
+      std::lock_guard lk(inline_mu_);
+      ++inline_missing_;
+    }
+  };
+  Submit(Job{[open](pqxx::connection&) { open(); },
+             [this](const DbUnavailable&) {
+               std::lock_guard lk(inline_mu_);
+               ++inline_missing_;
+             }});
+}
 
 void Database::Stop() {
   {
@@ -107,6 +170,8 @@ void Database::Stop() {
   cv_.notify_all();
   for (auto& t : workers_) t.join();
   workers_.clear();
+  std::lock_guard lk(inline_mu_);
+  inline_idle_.clear();
 }
 
 DbUnavailable Database::Unavailable(bool busy, const std::string& message) const {

@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/config.hpp"
 #include "core/duration.hpp"
 
 namespace prometheus {
@@ -99,6 +100,9 @@ struct DbOptions {
   Millis connect_timeout{3000};
   Millis statement_timeout{30000};
   Millis retry_after{1000};
+  int inline_connections = 0;          // lent to io threads for short reads (see TakeInline)
+  Millis inline_statement_timeout{2000};
+  static DbOptions From(const Config& config);  // the [database] section, read once at start
 };
 
 // A bounded pool of worker threads, each owning one libpqxx connection: libpqxx blocks, so io
@@ -120,6 +124,12 @@ class Database {
   void Submit(Job job);
   void Stop();  // finishes queued jobs' rejection, joins workers
 
+  // Connections lent to io threads for short reads, so a read costs no wake-up of a worker and
+  // back: taken and returned under an uncontended mutex. nullptr when none is idle (then use
+  // Submit). They are opened, and replaced when one breaks, by the workers, never on an io thread.
+  std::unique_ptr<pqxx::connection> TakeInline();
+  void ReturnInline(std::unique_ptr<pqxx::connection> conn);
+
  private:
   struct Queued {
     Job job;
@@ -127,6 +137,11 @@ class Database {
   };
   void WorkerLoop();
   std::unique_ptr<pqxx::connection> Connect();
+  void OpenInlineLater();  // a worker opens one more inline connection (when the database answers)
+  std::mutex inline_mu_;
+  std::vector<std::unique_ptr<pqxx::connection>> inline_idle_;
+  int inline_missing_ = 0;                   // lent connections that broke, or never opened
+  std::int64_t inline_last_attempt_ms_ = 0;  // of opening one
   DbUnavailable Unavailable(bool busy, const std::string& message) const;
 
   DbOptions options_;
