@@ -1,6 +1,7 @@
 // What the database itself refuses, whatever the application code does.
 #include <gtest/gtest.h>
 
+#include "provisioning/words.hpp"
 #include "tests/support/test_support.hpp"
 
 using spillway::test::TestDb;
@@ -54,4 +55,31 @@ TEST(Schema, OneOperatorTenantAndUniqueNames) {
   }
   pqxx::work tx(*c);
   EXPECT_THROW(tx.exec("INSERT INTO tenants (id, name) VALUES ('ten_q', 'OP')"), pqxx::unique_violation);
+}
+
+// "Live" is defined once in C++ and once in SQL; they must agree on every state, and the schema's
+// list of states must be the enum's.
+TEST(Schema, LiveMeansTheSameInCppAndSql) {
+  TestDb db;
+  auto c = db.Connect();
+  pqxx::nontransaction tx(*c);
+  for (spillway::InstanceState s : spillway::kAllInstanceStates) {
+    const std::string name = spillway::ToString(s);
+    EXPECT_EQ(tx.exec_params1("SELECT instance_is_live($1)", name)[0].as<bool>(), spillway::IsLive(s)) << name;
+    EXPECT_EQ(spillway::ParseInstanceState(name), s);
+  }
+  const auto check = tx.exec1(
+      "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'instances'::regclass "
+      "AND pg_get_constraintdef(oid) LIKE '%state = ANY%' AND pg_get_constraintdef(oid) NOT LIKE '%market%'")[0]
+                         .as<std::string>();
+  size_t quoted = 0;
+  for (size_t p = check.find('\''); p != std::string::npos; p = check.find('\'', p + 1)) ++quoted;
+  EXPECT_EQ(quoted / 2, std::size(spillway::kAllInstanceStates)) << check;
+  for (spillway::InstanceState s : spillway::kAllInstanceStates)
+    EXPECT_NE(check.find(std::string("'") + spillway::ToString(s) + "'"), std::string::npos) << check;
+  // The planner inlines it: the partial index serves a query written with it.
+  const auto plan = tx.exec("EXPLAIN SELECT id FROM instances WHERE host_id = 'h' AND instance_is_live(state)");
+  std::string text;
+  for (const auto& r : plan) text += r[0].as<std::string>() + "\n";
+  EXPECT_NE(text.find("instances_live_host"), std::string::npos) << text;
 }
