@@ -10,9 +10,13 @@
 namespace spillway {
 namespace {
 
+// When the current suspension began: suspended_at, set by the API; a suspension written by hand
+// without it counts from updated_at. NULL while active.
+#define SPW_SUSPENDED_SINCE "CASE WHEN status = 'suspended' THEN COALESCE(suspended_at, updated_at) END"
+
 #define SPW_TENANT_COLUMNS                                                                              \
   "id, name, status, gpu_quota, is_operator, " SPW_EPOCH_MS("created_at") " AS created_ms, "            \
-  SPW_EPOCH_MS("updated_at") " AS updated_ms, " SPW_EPOCH_MS("suspended_at") " AS suspended_ms, "       \
+  SPW_EPOCH_MS("updated_at") " AS updated_ms, " SPW_EPOCH_MS(SPW_SUSPENDED_SINCE) " AS suspended_ms, "  \
   "(SELECT COALESCE(sum(i.gpus), 0) FROM instances i WHERE i.tenant_id = tenants.id "                   \
   "AND instance_is_live(i.state))::bigint AS gpus_in_use"
 
@@ -37,11 +41,10 @@ const Statement kLockQuota{"lock_tenant_quota", "SELECT gpu_quota FROM tenants W
 const Statement kGpusInUse{"tenant_gpus_in_use",
                            "SELECT COALESCE(sum(gpus), 0)::bigint FROM instances "
                            "WHERE tenant_id = $1 AND instance_is_live(state)"};
-const Statement kSuspendedWithLive{"suspended_tenants_with_live_instances", R"sql(
-SELECT t.id FROM tenants t
-WHERE t.status = 'suspended' AND COALESCE(t.suspended_at, t.updated_at) <= $1::timestamptz
-  AND EXISTS (SELECT 1 FROM instances i WHERE i.tenant_id = t.id AND instance_is_live(i.state))
-ORDER BY t.id)sql"};
+const Statement kSuspendedWithLive{"suspended_tenants_with_live_instances",
+                                   "SELECT id FROM tenants WHERE " SPW_SUSPENDED_SINCE " <= $1::timestamptz "
+                                   "AND EXISTS (SELECT 1 FROM instances i WHERE i.tenant_id = tenants.id "
+                                   "AND instance_is_live(i.state)) ORDER BY id"};
 const Statement kFindOperator{"find_operator_tenant", "SELECT id FROM tenants WHERE is_operator"};
 const Statement kInsertOperator{"insert_operator_tenant",
                                 "INSERT INTO tenants (id, name, is_operator) VALUES ($1, $2, true) "
@@ -57,7 +60,6 @@ Tenant TenantFrom(const pqxx::row& r) {
   t.created_at = TimeFrom(r["created_ms"]).value_or(TimeMs{});
   t.updated_at = TimeFrom(r["updated_ms"]).value_or(TimeMs{});
   t.suspended_at = TimeFrom(r["suspended_ms"]);
-  if (t.status == TenantStatus::kSuspended && !t.suspended_at) t.suspended_at = t.updated_at;  // suspended by hand
   t.gpus_in_use = r["gpus_in_use"].as<std::int64_t>();
   return t;
 }

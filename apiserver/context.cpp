@@ -20,7 +20,7 @@ void Ctx::RunRead(const std::function<void(Tx&)>& run, bool snapshot) {
     run(tx);
     tx.commit();
   } else {
-    pqxx::nontransaction tx(conn);
+    Autocommit tx(conn);
     run(tx);
   }
 }

@@ -1,5 +1,6 @@
 #pragma once
-// What a handler sees: plain types only (no Beast). Handlers run on a database worker thread.
+// What a handler sees: plain types only (no Beast). Handlers run on a database worker thread, or,
+// for routes marked inline_read, on the io thread with a lent connection (Database::TakeInline).
 #include <boost/json/value.hpp>
 
 #include <cstdint>

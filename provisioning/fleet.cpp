@@ -67,6 +67,8 @@ WHERE id = $1 RETURNING assignment_version, health)sql"};
 const Statement kHostVersionOf{"host_version_of", "SELECT assignment_version FROM hosts WHERE id = $1"};
 const Statement kLockHost{"lock_host", "SELECT 1 FROM hosts WHERE id = $1 FOR NO KEY UPDATE"};
 const Statement kInstanceHostOf{"instance_host_of", "SELECT host_id FROM instances WHERE id = $1"};
+const Statement kLockInstanceRow{"lock_instance_row",
+                                 "SELECT state, host_id, tenant_id FROM instances WHERE id = $1 FOR UPDATE"};
 const Statement kLockHostInstance{"lock_host_instance",
                                   "SELECT state FROM instances WHERE id = $1 AND host_id = $2 FOR UPDATE"};
 const Statement kReported{"instance_reported", R"sql(
@@ -261,6 +263,19 @@ void BumpHost(pqxx::transaction_base& tx, const std::string& host_id) { tx.exec_
 
 bool LockHost(pqxx::transaction_base& tx, const std::string& host_id) {
   return !tx.exec_prepared(kLockHost.name, host_id).empty();
+}
+
+std::optional<LockedInstance> LockInstance(pqxx::transaction_base& tx, const std::string& id) {
+  for (;;) {
+    const auto h = tx.exec_prepared(kInstanceHostOf.name, id);
+    if (h.empty()) return std::nullopt;
+    const auto host = TextFrom(h[0]["host_id"]);
+    if (host) LockHost(tx, *host);
+    const auto row = tx.exec_prepared(kLockInstanceRow.name, id);
+    if (row.empty()) return std::nullopt;
+    if (TextFrom(row[0]["host_id"]) != host) continue;  // moved meanwhile: lock its new host
+    return LockedInstance{row[0]["tenant_id"].as<std::string>(), host, StateOf(row[0]["state"])};
+  }
 }
 
 void PreemptSpot(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
@@ -471,17 +486,7 @@ namespace {
 template <class Fn>
 void WithInstanceLocked(pqxx::connection& conn, const std::string& id, Fn&& fn) {
   InTransaction(conn, [&](pqxx::work& tx) {
-    for (;;) {
-      const auto h = tx.exec_prepared(kInstanceHostOf.name, id);
-      if (h.empty()) return;
-      const std::string host = h[0][0].is_null() ? "" : h[0][0].as<std::string>();
-      if (!host.empty()) LockHost(tx, host);
-      const auto row = tx.exec_params("SELECT state, host_id FROM instances WHERE id = $1 FOR UPDATE", id);
-      if (row.empty()) return;
-      if ((row[0][1].is_null() ? "" : row[0][1].as<std::string>()) != host) continue;  // moved: lock the new one
-      fn(tx, row[0][0].as<std::string>());
-      return;
-    }
+    if (const auto locked = LockInstance(tx, id)) fn(tx, locked->state);
   });
 }
 }  // namespace
@@ -495,8 +500,8 @@ int FinishPreemptions(pqxx::connection& conn, const FleetContext& fc) {
   }
   int n = 0;
   for (const auto& id : due)
-    WithInstanceLocked(conn, id, [&](pqxx::transaction_base& tx, const std::string& state) {
-      if (state != "preempting") return;
+    WithInstanceLocked(conn, id, [&](pqxx::transaction_base& tx, InstanceState state) {
+      if (state != InstanceState::kPreempting) return;
       EndInstance(tx, id, InstanceState::kTerminated, "preempted", now);
       ++n;
     });
@@ -555,50 +560,48 @@ int FailUnreportedInstances(pqxx::connection& conn, const FleetContext& fc, Time
   }
   int n = 0;
   for (const auto& id : ids)
-    WithInstanceLocked(conn, id, [&](pqxx::transaction_base& tx, const std::string& state) {
-      if (state == "terminating") EndInstance(tx, id, InstanceState::kTerminated, "terminated", now);
-      else if (state == "provisioning" || state == "running" || state == "preempting") EndInstance(tx, id, InstanceState::kFailed, "lost", now);
-      else return;
+    WithInstanceLocked(conn, id, [&](pqxx::transaction_base& tx, InstanceState state) {
+      if (state == InstanceState::kTerminating)
+        EndInstance(tx, id, InstanceState::kTerminated, "terminated", now);
+      else if (state == InstanceState::kProvisioning || state == InstanceState::kRunning ||
+               state == InstanceState::kPreempting)
+        EndInstance(tx, id, InstanceState::kFailed, "lost", now);
+      else
+        return;
       ++n;
     });
   return n;
 }
 
 int EndSuspendedTenantsInstances(pqxx::connection_base& conn, const FleetContext& fc) {
-  const TimeMs now = fc.clock.Now();
+  const TimeMs now = fc.clock.Now(), cutoff = now - fc.settings.suspension_grace;
   std::vector<std::string> tenants;
   {
     pqxx::nontransaction read(conn);
-    tenants = SuspendedWithLiveInstances(read, now - fc.settings.suspension_grace);
+    tenants = SuspendedWithLiveInstances(read, cutoff);
   }
-  int n = 0;
+  int total = 0;
   for (const auto& tenant : tenants) {
     std::vector<std::string> ids;
     {
       pqxx::nontransaction read(conn);
-      InstanceFilter f;
-      f.tenant_id = tenant;
-      f.limit = 1000;
-      for (const auto& i : ListInstances(read, f))
-        if (IsLive(i.state) && i.state != InstanceState::kTerminating) ids.push_back(i.id);
+      ids = InstancesToStop(read, tenant);
     }
+    int n = 0;
     for (const auto& id : ids)
       n += InTransaction(conn, [&](pqxx::work& tx) {
         // The tenant row first (the lock order), and still suspended: a resumption may have won.
         const auto t = LockTenant(tx, tenant);
-        if (!t || t->status != TenantStatus::kSuspended || !t->suspended_at ||
-            *t->suspended_at > now - fc.settings.suspension_grace)
-          return 0;
+        if (!t || t->status != TenantStatus::kSuspended || !t->suspended_at || *t->suspended_at > cutoff) return 0;
         const auto out = TerminateInstance(tx, id, tenant, "tenant_suspended", now);
         if (!out || !out->changed) return 0;
         RecordAudit(tx, SystemAudit(tenant, "instance.terminate", id));
         return 1;
       });
-    if (!ids.empty())
-      log::Info("suspended tenant's instances terminated",
-                {{"tenant_id", tenant}, {"instances", static_cast<std::int64_t>(ids.size())}});
+    if (n > 0) log::Info("suspended tenant's instances terminated", {{"tenant_id", tenant}, {"instances", n}});
+    total += n;
   }
-  return n;
+  return total;
 }
 
 void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc) {

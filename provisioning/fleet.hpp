@@ -109,6 +109,14 @@ void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const st
 void BumpHost(pqxx::transaction_base& tx, const std::string& host_id);
 // Locks one host (FOR NO KEY UPDATE), first in the lock order; false when there is no such host.
 bool LockHost(pqxx::transaction_base& tx, const std::string& host_id);
+// Locks an instance in the lock order: its host (read first without a lock), then the instance,
+// looking again if it moved to another host meanwhile. nullopt when there is no such instance.
+struct LockedInstance {
+  std::string tenant_id;
+  std::optional<std::string> host_id;
+  InstanceState state = InstanceState::kPending;
+};
+std::optional<LockedInstance> LockInstance(pqxx::transaction_base& tx, const std::string& id);
 // A live spot instance enters its notice: state preempting, preempt_at = now + spot.preemption_notice.
 void PreemptSpot(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
                  const std::string& reason);

@@ -68,6 +68,10 @@ Host HostFrom(const pqxx::row& r) {
   return h;
 }
 
+// A host token: "spwh_<the host id's 26 chars>_<43 chars of a 256-bit secret>"; the server keeps
+// only the hex SHA-256 of the secret.
+constexpr size_t kIdChars = 26, kSecretChars = 43;
+
 std::string NewHostToken(const std::string& host_id, std::string* hash) {
   const std::string secret = Base64UrlEncode(RandomBytes(32));
   *hash = Sha256Hex(secret);
@@ -99,6 +103,14 @@ std::vector<HostGpu> HostGpus(Tx& tx, const std::string& id) {
 
 bool SetHostState(Tx& tx, const std::string& id, const std::string& state) {
   return !tx.exec_prepared(kSetHostState.name, id, state).empty();
+}
+
+std::optional<HostToken> ParseHostToken(const std::string& credential) {
+  if (credential.rfind("spwh_", 0) != 0) return std::nullopt;
+  if (credential.size() != 5 + kIdChars + 1 + kSecretChars || credential[5 + kIdChars] != '_') return std::nullopt;
+  HostToken t{"hst_" + credential.substr(5, kIdChars), credential.substr(credential.size() - kSecretChars)};
+  if (!IsValidId(t.id, "hst")) return std::nullopt;
+  return t;
 }
 
 std::optional<std::string> HostTokenHash(Tx& tx, const std::string& id) {

@@ -36,6 +36,11 @@ std::optional<Host> FindHost(Tx& tx, const std::string& id);
 std::vector<HostGpu> HostGpus(Tx& tx, const std::string& id);
 // Operator's state (active, draining, disabled); false when there is no such host.
 bool SetHostState(Tx& tx, const std::string& id, const std::string& state);
+// A host token ("spwh_…", made at registration) split into the host id and the secret.
+struct HostToken {
+  std::string id, secret;
+};
+std::optional<HostToken> ParseHostToken(const std::string& credential);
 // For authentication: the hex SHA-256 of the host's current token.
 std::optional<std::string> HostTokenHash(Tx& tx, const std::string& id);
 

@@ -32,10 +32,9 @@ const Statement kListInstances{"list_instances",
                                "WHERE i.id > $1 AND ($2 = '' OR i.tenant_id = $2) AND ($3 = '' OR i.host_id = $3) "
                                "AND ($4 = '' OR i.state = $4) AND ($5 = '' OR i.market = $5) ORDER BY i.id LIMIT $6"};
 const Statement kRegionKnown{"region_known", "SELECT EXISTS (SELECT 1 FROM hosts WHERE region = $1) AS known"};
-const Statement kInstanceHost{"instance_host",
-                              "SELECT host_id FROM instances WHERE id = $1 AND ($2 = '' OR tenant_id = $2)"};
-const Statement kLockInstance{"lock_instance",
-                              "SELECT state, host_id FROM instances WHERE id = $1 FOR UPDATE"};
+const Statement kTenantInstancesToStop{"tenant_instances_to_stop",
+                                       "SELECT id FROM instances WHERE tenant_id = $1 AND instance_is_live(state) "
+                                       "AND state <> 'terminating' ORDER BY id"};
 const Statement kSetTerminating{"set_terminating",
                                 "UPDATE instances SET state = 'terminating', end_reason = $2, version = version + 1 "
                                 "WHERE id = $1"};
@@ -86,6 +85,12 @@ std::optional<Instance> FindInstance(Tx& tx, const std::string& id) {
   return InstanceFrom(rows[0]);
 }
 
+std::vector<std::string> InstancesToStop(Tx& tx, const std::string& tenant_id) {
+  std::vector<std::string> ids;
+  for (const auto& r : tx.exec_prepared(kTenantInstancesToStop.name, tenant_id)) ids.push_back(r["id"].as<std::string>());
+  return ids;
+}
+
 Instance LaunchInstance(Tx& tx, const FleetContext& fc, const LaunchRequest& req) {
   const InstanceType& type = *req.type;
   const auto limit = LockTenantQuota(tx, req.tenant_id);
@@ -129,35 +134,24 @@ Instance LaunchInstance(Tx& tx, const FleetContext& fc, const LaunchRequest& req
 
 std::optional<TerminateOutcome> TerminateInstance(Tx& tx, const std::string& id, const std::string& tenant_id,
                                                   const std::string& end_reason, TimeMs now) {
-  // Lock order (docs/architecture.md): the host before its instances, as heartbeats and placement
-  // take them. The host is read first without a lock; if the instance moved to another host
-  // meanwhile (a pending one being placed), lock that one too and look again.
-  for (;;) {
-    const auto h = tx.exec_prepared(kInstanceHost.name, id, tenant_id);
-    if (h.empty()) return std::nullopt;
-    const std::string host = h[0]["host_id"].is_null() ? "" : h[0]["host_id"].as<std::string>();
-    if (!host.empty()) LockHost(tx, host);
-    const auto rows = tx.exec_prepared(kLockInstance.name, id);
-    if (rows.empty()) return std::nullopt;
-    const std::string now_host = rows[0]["host_id"].is_null() ? "" : rows[0]["host_id"].as<std::string>();
-    if (now_host != host) continue;
-    const auto state = ParseInstanceState(rows[0]["state"].as<std::string>()).value_or(InstanceState::kFailed);
-    bool changed = true;
-    switch (state) {
-      case InstanceState::kPending:  // never got GPUs
-        EndInstance(tx, id, InstanceState::kTerminated, end_reason, now);
-        break;
-      case InstanceState::kProvisioning:
-      case InstanceState::kRunning:
-      case InstanceState::kPreempting:
-        tx.exec_prepared(kSetTerminating.name, id, end_reason);
-        if (!host.empty()) BumpHost(tx, host);
-        break;
-      default:  // terminating, terminated, failed: already on its way out
-        changed = false;
-    }
-    return TerminateOutcome{*FindInstance(tx, id), changed};
+  // Lock order (docs/architecture.md): its host, then it.
+  const auto locked = LockInstance(tx, id);
+  if (!locked || (!tenant_id.empty() && locked->tenant_id != tenant_id)) return std::nullopt;
+  bool changed = true;
+  switch (locked->state) {
+    case InstanceState::kPending:  // never got GPUs
+      EndInstance(tx, id, InstanceState::kTerminated, end_reason, now);
+      break;
+    case InstanceState::kProvisioning:
+    case InstanceState::kRunning:
+    case InstanceState::kPreempting:
+      tx.exec_prepared(kSetTerminating.name, id, end_reason);
+      if (locked->host_id) BumpHost(tx, *locked->host_id);
+      break;
+    default:  // terminating, terminated, failed: already on its way out
+      changed = false;
   }
+  return TerminateOutcome{*FindInstance(tx, id), changed};
 }
 
 }  // namespace spillway

@@ -41,6 +41,8 @@ struct InstanceFilter {
 };
 std::vector<Instance> ListInstances(Tx& tx, const InstanceFilter& filter);
 std::optional<Instance> FindInstance(Tx& tx, const std::string& id);
+// The tenant's live instances not already terminating (all of them, however many).
+std::vector<std::string> InstancesToStop(Tx& tx, const std::string& tenant_id);
 
 struct LaunchRequest {
   std::string tenant_id;

@@ -12,8 +12,6 @@
 namespace spillway {
 namespace {
 
-constexpr size_t kIdChars = 26, kSecretChars = 43;
-
 ApiError Unauthenticated(const std::string& message) { return ApiError(401, "unauthenticated", message); }
 
 Principal KeyPrincipal(const std::string& key_id, KeyCache::Entry key) {
@@ -32,16 +30,6 @@ Principal HostPrincipal(const std::string& host_id) {
   p.role = "host";
   p.role_bit = kHost;
   return p;
-}
-
-struct HostToken {
-  std::string id, secret;
-};
-std::optional<HostToken> ParseHostToken(const std::string& credential) {
-  if (credential.size() != 5 + kIdChars + 1 + kSecretChars || credential[5 + kIdChars] != '_') return std::nullopt;
-  HostToken t{"hst_" + credential.substr(5, kIdChars), credential.substr(credential.size() - kSecretChars)};
-  if (!IsValidId(t.id, "hst")) return std::nullopt;
-  return t;
 }
 
 }  // namespace

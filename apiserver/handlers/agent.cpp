@@ -35,11 +35,8 @@ Reply RegisterAgent(Ctx& ctx) {
   const auto* gpus_v = body.if_contains("gpus");
   if (!gpus_v || !gpus_v->is_array() || gpus_v->as_array().empty() || gpus_v->as_array().size() > 64)
     throw ApiError(422, "validation_failed", "gpus: must be a list of 1 to 64 GPUs");
-  struct Gpu {
-    std::int64_t index, memory;
-    std::string uuid, model;
-  };
-  std::vector<Gpu> gpus;
+  Registration reg{hostname, region, zone, {}};
+  auto& gpus = reg.gpus;
   std::set<std::int64_t> indices;
   std::set<std::string> uuids;
   for (const auto& gv : gpus_v->as_array()) {
@@ -47,8 +44,8 @@ Reply RegisterAgent(Ctx& ctx) {
     OnlyKeys(g, {"index", "uuid", "model", "memory_bytes"});
     const auto index = OptInt(g, "index", 0, 63);
     if (!index) throw ApiError(422, "validation_failed", "gpus[].index: is required");
-    Gpu gpu{*index, OptInt(g, "memory_bytes", 0, INT64_MAX).value_or(0), ReqString(g, "uuid", 100),
-            ReqString(g, "model", 100)};
+    GpuInfo gpu{*index, OptInt(g, "memory_bytes", 0, INT64_MAX).value_or(0), ReqString(g, "uuid", 100),
+                ReqString(g, "model", 100)};
     if (!indices.insert(gpu.index).second || !uuids.insert(gpu.uuid).second)
       throw ApiError(422, "validation_failed", "gpus: indices and uuids must be unique");
     if (!gpus.empty() && gpu.model != gpus[0].model)
@@ -58,8 +55,6 @@ Reply RegisterAgent(Ctx& ctx) {
   const std::string model = gpus[0].model;
   if (!ctx.config.OnDemandMicros(model))
     throw ApiError(422, "unknown_gpu_model", "gpus[].model: " + model + " has no on-demand price in the catalog");
-  Registration reg{hostname, region, zone, {}};
-  for (const auto& g : gpus) reg.gpus.push_back(GpuInfo{g.index, g.memory, g.uuid, g.model});
   const Registered out = ctx.Write([&](Tx& tx) { return RegisterHost(tx, reg, ctx.clock.Now()); });
   const std::string& host_id = out.host_id;
   const std::string& token = out.token;

@@ -42,9 +42,9 @@ Reply ListHosts(Ctx& ctx) {
   f.region = ctx.Query("region");
   f.gpu_model = ctx.Query("gpu_model");
   f.state = ctx.Query("state");
-  ++f.limit;
+  const int limit = f.limit++;  // one more than the page: whether there is a next one
   const auto hosts = ctx.Read([&](Tx& tx) { return spillway::ListHosts(tx, f); });
-  return {200, Page(hosts, f.limit - 1, HostJson)};
+  return {200, Page(hosts, limit, HostJson)};
 }
 
 Reply GetHost(Ctx& ctx) {

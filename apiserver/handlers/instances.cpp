@@ -105,9 +105,9 @@ Reply ListInstances(Ctx& ctx) {
   }
   if (!f.tenant_id.empty() && !IsValidId(f.tenant_id, "ten")) throw ApiError(400, "invalid_parameter", "tenant_id is not a tenant id");
   if (!f.host_id.empty() && !IsValidId(f.host_id, "hst")) throw ApiError(400, "invalid_parameter", "host_id is not a host id");
-  ++f.limit;
+  const int limit = f.limit++;  // one more than the page: whether there is a next one
   const auto instances = ctx.Read([&](Tx& tx) { return spillway::ListInstances(tx, f); });
-  return {200, Page(instances, f.limit - 1, InstanceJson)};
+  return {200, Page(instances, limit, InstanceJson)};
 }
 
 Reply GetInstance(Ctx& ctx) {
