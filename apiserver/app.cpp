@@ -44,7 +44,7 @@ std::string EdgeProblem(const http::Request& r) {
 
 }  // namespace
 
-ApiDispatcher::ApiDispatcher(const Config& config, const FleetSettings& fleet, Database& db, Metrics& metrics,
+ApiDispatcher::ApiDispatcher(const Config& config, const ServerSettings& server, const FleetSettings& fleet, Database& db, Metrics& metrics,
                              const Clock& clock,
                              FleetMetrics* fleet_metrics, AssignmentNotifier* notifier, KeyCache* key_cache,
                              HeartbeatRecorder* heartbeats)
@@ -57,7 +57,7 @@ ApiDispatcher::ApiDispatcher(const Config& config, const FleetSettings& fleet, D
       key_cache_(key_cache),
       heartbeats_(heartbeats),
       router_(ApiRoutes()),
-      bootstrap_token_(config.String("agent.bootstrap_token")) {
+      server_(server) {
   requests_ = &prometheus::BuildCounter()
                    .Name("http_requests_total")
                    .Help("HTTP requests answered, by route pattern, method and status code")
@@ -94,7 +94,7 @@ const Route* ApiDispatcher::Match(const http::Request& request, std::map<std::st
 Principal ApiDispatcher::Authorize(Session& conn, const Route& route, const http::Request& request) {
   if (route.roles == kUnauthenticated) return {};
   Principal principal =
-      Authenticate(conn, request.Header("authorization"), route.roles & kBootstrap, bootstrap_token_, key_cache_);
+      Authenticate(conn, request.Header("authorization"), route.roles & kBootstrap, server_.bootstrap_token, key_cache_);
   if (!(route.roles & principal.role_bit))
     throw ApiError(403, "forbidden",
                    "a key with the " + principal.role + " role may not call " + route.method + " " + route.pattern);
@@ -140,14 +140,14 @@ bool ApiDispatcher::FastHeartbeat(const http::Request& request, const Route& rou
   if (!principal || !(route.roles & principal->role_bit)) return false;
   HeartbeatReport report;
   try {
-    report = ParseHeartbeat(ParseJsonBody(request.body));
+    report = protocol::ParseHeartbeat(ParseJsonBody(request.body));
   } catch (const std::exception&) {
     return false;  // the full path says what is wrong with it
   }
   std::int64_t version = 0;
   if (!heartbeats_->TryRecord(principal->host_id, report, clock_.Now(), &version)) return false;
   http::Response r;
-  r.body = ToJson(boost::json::object{{"version", version}}) + "\n";
+  r.body = ToJson(protocol::ToJson(protocol::HeartbeatAnswer{version})) + "\n";
   r.route = route.pattern;
   respond(std::move(r));
   return true;
@@ -241,7 +241,7 @@ ApiDispatcher::Outcome ApiDispatcher::Run(Session& conn, const Route& route,
     ctx.fleet = &fleet_;
     if (!route.tenant_param.empty()) ctx.RequireTenant(ctx.Param(route.tenant_param));
     const std::string idempotency_key = request.Header("idempotency-key");
-    Reply reply = route.idempotent && !idempotency_key.empty() ? RunIdempotent(ctx, route.handler, idempotency_key)
+    Reply reply = route.idempotent && !idempotency_key.empty() ? RunIdempotent(ctx, route.handler, idempotency_key, server_.idempotency_ttl)
                                                                : route.handler(ctx);
     if (!reply.long_poll_host.empty()) {
       outcome.long_poll_host = reply.long_poll_host;

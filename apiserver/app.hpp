@@ -7,6 +7,7 @@
 
 #include "apiserver/http/message.hpp"
 #include "apiserver/router.hpp"
+#include "apiserver/settings.hpp"
 #include "core/clock.hpp"
 #include "core/config.hpp"
 #include "core/db_fwd.hpp"
@@ -38,7 +39,7 @@ const std::string& OpenApiDocument();
 // worker; logs one JSON line and records metrics per response.
 class ApiDispatcher : public http::Dispatcher {
  public:
-  ApiDispatcher(const Config& config, const FleetSettings& fleet, Database& db, Metrics& metrics, const Clock& clock,
+  ApiDispatcher(const Config& config, const ServerSettings& server, const FleetSettings& fleet, Database& db, Metrics& metrics, const Clock& clock,
                 FleetMetrics* fleet_metrics = nullptr, AssignmentNotifier* notifier = nullptr,
                 KeyCache* key_cache = nullptr, HeartbeatRecorder* heartbeats = nullptr);
   void Dispatch(http::Request request, http::Responder respond) override;
@@ -78,7 +79,7 @@ class ApiDispatcher : public http::Dispatcher {
   prometheus::Family<prometheus::Histogram>* durations_;
   std::mutex series_mu_;
   std::unordered_map<std::string, std::pair<prometheus::Counter*, prometheus::Histogram*>> series_;
-  const std::string bootstrap_token_;
+  const ServerSettings& server_;
 };
 
 // The admin listener: /metrics, /healthz, /readyz (database reachable and schema current).

@@ -37,14 +37,13 @@ bool Storable(int status) { return status < 400 || (status < 500 && status != 40
 
 }  // namespace
 
-Reply RunIdempotent(Ctx& ctx, Handler handler, const std::string& key) {
+Reply RunIdempotent(Ctx& ctx, Handler handler, const std::string& key, Millis ttl) {
   if (!ValidKey(key))
     throw ApiError(400, "invalid_parameter", "Idempotency-Key must be 1 to 255 visible ASCII characters");
   const std::string& scope = ctx.principal.tenant_id;
   const std::string hash =
       Sha256Hex(ctx.request.method + " " + ctx.request.path + "\n" + CanonicalJson(ctx.body));
   const TimeMs now = ctx.clock.Now();
-  const Millis ttl = ctx.config.Duration("idempotency.ttl");
   return InTransaction(ctx.conn, [&](pqxx::work& tx) -> Reply {
     if (!tx.exec_prepared(kLockKey.name, scope, key)[0][0].as<bool>())
       throw ApiError(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still in progress");

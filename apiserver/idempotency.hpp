@@ -17,7 +17,7 @@ namespace spillway {
 // A retry with the same key and request gets the stored answer (Idempotent-Replayed: true); with a
 // different request, 422 idempotency_key_reused. Answers of 409 and 5xx are not stored: they say
 // "not now", and the retry should try again.
-Reply RunIdempotent(Ctx& ctx, Handler handler, const std::string& key);
+Reply RunIdempotent(Ctx& ctx, Handler handler, const std::string& key, Millis ttl);
 
 // Deletes records older than ttl; returns how many. A periodic step.
 int ExpireIdempotencyKeys(Session& conn, TimeMs now, Millis ttl);

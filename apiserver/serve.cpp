@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "apiserver/app.hpp"
+#include "apiserver/settings.hpp"
 #include "apiserver/idempotency.hpp"
 #include "provisioning/fleet_steps.hpp"
 #include "provisioning/heartbeats.hpp"
@@ -32,7 +33,9 @@ constexpr std::int64_t kLeaderLock = 7308324466018009602LL;
 std::unique_ptr<pqxx::connection> ConnectOnce(const Config& config, const char* role) {
   try {
     // Migrations may take long: no statement_timeout for the subcommands.
-    return OpenSession({config.String("database.url"), role, config.Duration("database.connect_timeout"), Millis(0)});
+    auto session = DbOptions::From(config).Session(role);
+    session.statement_timeout = Millis(0);
+    return OpenSession(session);
   } catch (const std::exception& e) {
     std::cerr << "spillway-apiserver: cannot connect to the database (database.url): " << e.what() << "\n";
     return nullptr;
@@ -47,17 +50,6 @@ int RequireCurrentSchema(pqxx::connection& conn) {
             << " migration(s) pending (first: " << status.pending.front()
             << "). Run `spillway-apiserver migrate` first.\n";
   return 2;
-}
-
-http::ListenerOptions Listener(const Config& c, const std::string& name, const std::string& listen_key) {
-  http::ListenerOptions o;
-  o.name = name;
-  o.listen = *ParseHostPort(c.String(listen_key));
-  o.max_body_bytes = static_cast<size_t>(c.Int("server.max_body_bytes"));
-  o.header_timeout = c.Duration("server.header_timeout");
-  o.body_timeout = c.Duration("server.body_timeout");
-  o.idle_timeout = c.Duration("server.idle_timeout");
-  return o;
 }
 
 }  // namespace
@@ -81,7 +73,7 @@ int RunBootstrapAdmin(const Config& config) {
   try {
     if (int rc = RequireCurrentSchema(*conn)) return rc;
     const std::string token = InTransaction(*conn, [&](Tx& tx) {
-      const std::string tenant = EnsureOperatorTenant(tx, config.String("operator.tenant_name"));
+      const std::string tenant = EnsureOperatorTenant(tx, config.String("operator.tenant_name"));  // once
       const auto issued = IssueApiKey(tx, tenant, "admin", "bootstrap-admin");
       RecordAudit(tx, SystemAudit(tenant, "api_key.create", issued.key.id));
       return issued.token;
@@ -96,6 +88,13 @@ int RunBootstrapAdmin(const Config& config) {
 
 int RunServe(const Config& config) {
   std::signal(SIGPIPE, SIG_IGN);
+  ServerSettings server;
+  try {
+    server = ServerSettings::From(config);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "spillway-apiserver: " << e.what() << "\n";
+    return 2;
+  }
   {
     auto conn = ConnectOnce(config, "spillway-apiserver");
     if (!conn) return 1;
@@ -113,12 +112,11 @@ int RunServe(const Config& config) {
   Database db(db_options, metrics.registry());
 
   FleetMetrics fleet_metrics(metrics.registry());
-  const Millis key_cache_ttl = config.Duration("auth.key_cache_ttl");
+  const Millis key_cache_ttl = server.key_cache_ttl;
   KeyCache key_cache(key_cache_ttl, 100'000, &metrics.registry());
-  AssignmentNotifier notifier(config.String("database.url"), config.Duration("database.connect_timeout"),
+  AssignmentNotifier notifier(db_options.url, db_options.connect_timeout,
                               key_cache_ttl.count() > 0 ? &key_cache : nullptr);
-  HeartbeatRecorder heartbeats({config.String("database.url"), "spillway-heartbeats",
-                                config.Duration("database.connect_timeout"), config.Duration("database.statement_timeout")},
+  HeartbeatRecorder heartbeats(db_options.Session("spillway-heartbeats"),
                                fleet_settings.heartbeat_flush_interval, SystemClockInstance(),
                                metrics.registry());
   notifier.Observe([&heartbeats](const std::vector<std::string>& hosts, bool all, bool listening) {
@@ -129,44 +127,33 @@ int RunServe(const Config& config) {
   const Clock& clock = SystemClockInstance();
   const FleetContext fleet{fleet_settings, &fleet_metrics, clock};
   LeaderOptions leader;
-  leader.session = {config.String("database.url"), "spillway-leader", config.Duration("database.connect_timeout"),
-                    config.Duration("database.statement_timeout")};
+  leader.session = db_options.Session("spillway-leader");
   leader.lock_key = kLeaderLock;
-  leader.tick = config.Duration("controllers.tick");
+  leader.tick = server.controllers_tick;
   // A leader that stalls for half the heartbeat timeout was not listening: judge hosts afresh.
   leader.stall_limit = fleet_settings.silence.timeout / 2;
   PeriodicSteps steps(leader, clock, metrics.registry());
   RegisterFleetSteps(steps, fleet);
   steps.Add({"expire_idempotency_keys", std::chrono::minutes(1),
-             [&config](pqxx::connection& c, const StepContext& s) {
-               ExpireIdempotencyKeys(c, s.now, config.Duration("idempotency.ttl"));
+             [ttl = server.idempotency_ttl](pqxx::connection& c, const StepContext& s) {
+               ExpireIdempotencyKeys(c, s.now, ttl);
              }});
 
-  http::Runtime runtime(static_cast<int>(config.Int("server.io_threads")));
+  http::Runtime runtime(server.io_threads);
   runtime.OnDrain([&notifier] { notifier.Stop(); });
-  ApiDispatcher api(config, fleet_settings, db, metrics, clock, &fleet_metrics, &notifier, &key_cache, &heartbeats);
+  ApiDispatcher api(config, server, fleet_settings, db, metrics, clock, &fleet_metrics, &notifier, &key_cache, &heartbeats);
   AdminDispatcher admin(db, metrics, [&runtime] { return runtime.Draining(); });
   try {
-    runtime.AddListener(Listener(config, "api", "server.listen"), api);
-    if (config.Bool("tls.enabled")) {
-      auto o = Listener(config, "api-tls", "tls.listen");
-      o.tls = true;
-      o.cert_file = config.String("tls.cert_file");
-      o.key_file = config.String("tls.key_file");
-      if (o.cert_file.empty() || o.key_file.empty()) {
-        std::cerr << "spillway-apiserver: tls.enabled needs tls.cert_file and tls.key_file\n";
-        return 2;
-      }
-      runtime.AddListener(o, api);
-    }
-    runtime.AddListener(Listener(config, "admin", "server.admin_listen"), admin);
+    runtime.AddListener(server.api, api);
+    if (server.api_tls) runtime.AddListener(*server.api_tls, api);
+    runtime.AddListener(server.admin, admin);
   } catch (const std::exception& e) {
     std::cerr << "spillway-apiserver: " << e.what() << "\n";
     return std::string(e.what()).rfind("tls.", 0) == 0 ? 2 : 1;
   }
   steps.Start();
   log::Info("spillway-apiserver serving", {{"version", SPILLWAY_VERSION}});
-  runtime.Run(config.Duration("server.shutdown_timeout"));
+  runtime.Run(server.shutdown_timeout);
   steps.Stop();
   notifier.Stop();
   heartbeats.Stop();

@@ -103,6 +103,10 @@ struct DbOptions {
   int inline_connections = 0;          // lent to io threads for short reads (see TakeInline)
   Millis inline_statement_timeout{2000};
   static DbOptions From(const Config& config);  // the [database] section, read once at start
+  // A session of its own (leader, notifier, heartbeat writer, ingest) with these settings.
+  SessionOptions Session(std::string application_name) const {
+    return {url, std::move(application_name), connect_timeout, statement_timeout};
+  }
 };
 
 // A bounded pool of worker threads, each owning one libpqxx connection: libpqxx blocks, so io

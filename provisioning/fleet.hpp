@@ -12,6 +12,7 @@
 #include "billing/spot_curve.hpp"
 #include "core/clock.hpp"
 #include "core/config.hpp"
+#include "protocol/agent.hpp"
 #include "provisioning/words.hpp"
 
 namespace spillway {
@@ -130,9 +131,7 @@ void EndInstance(pqxx::transaction_base& tx, const std::string& instance_id, Ins
 void SetReservation(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& region,
                     const std::string& gpu_model, std::int64_t reserved);
 
-struct ReportedInstance {
-  std::string id, state;  // starting | running | stopped | failed
-};
+using ReportedInstance = protocol::ReportedInstance;  // starting | running | stopped | failed
 // A heartbeat at `now`: marks the host up and moves its instances by what the agent reports.
 std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const std::string& host_id, const std::string& agent_version,
                              const std::vector<ReportedInstance>& reported, TimeMs now);

@@ -62,25 +62,6 @@ std::string TextArray(const std::vector<std::string>& v) {
 
 }  // namespace
 
-HeartbeatReport ParseHeartbeat(const boost::json::value& body) {
-  const auto& o = RequireObject(body);
-  OnlyKeys(o, {"instances", "agent_version"});
-  HeartbeatReport report;
-  if (const auto* list = o.if_contains("instances")) {
-    if (!list->is_array()) throw InvalidInput("instances: must be a list");
-    for (const auto& iv : list->as_array()) {
-      const auto& i = RequireObject(iv);
-      ReportedInstance r{ReqString(i, "id", 64), ReqString(i, "state", 20)};
-      if (r.state != "starting" && r.state != "running" && r.state != "stopped" && r.state != "failed")
-        throw InvalidInput("instances[].state: must be starting, running, stopped or failed");
-      report.instances.push_back(std::move(r));
-    }
-  }
-  std::sort(report.instances.begin(), report.instances.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
-  report.agent_version = OptString(o, "agent_version", 64).value_or("");
-  return report;
-}
-
 HeartbeatRecorder::HeartbeatRecorder(SessionOptions session, Millis flush_interval, const Clock& clock,
                                      prometheus::Registry& registry)
     : session_(std::move(session)), flush_interval_(flush_interval), clock_(clock), replica_id_(NewId("rep")) {

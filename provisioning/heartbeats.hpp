@@ -32,12 +32,8 @@ class Gauge;
 
 namespace spillway {
 
-// POST /v1/agent/heartbeat's body; throws InvalidInput.
-struct HeartbeatReport {
-  std::vector<ReportedInstance> instances;  // sorted by id
-  std::string agent_version;
-};
-HeartbeatReport ParseHeartbeat(const boost::json::value& body);
+// POST /v1/agent/heartbeat's body (protocol/agent.hpp parses it).
+using HeartbeatReport = protocol::Heartbeat;
 
 class HeartbeatRecorder {
  public:

@@ -8,6 +8,7 @@
 
 #include "core/clock.hpp"
 #include "core/db_fwd.hpp"
+#include "protocol/agent.hpp"
 #include "provisioning/words.hpp"
 
 namespace spillway {
@@ -44,14 +45,8 @@ std::optional<HostToken> ParseHostToken(const std::string& credential);
 // For authentication: the hex SHA-256 of the host's current token.
 std::optional<std::string> HostTokenHash(Tx& tx, const std::string& id);
 
-struct GpuInfo {
-  std::int64_t index = 0, memory_bytes = 0;
-  std::string uuid, model;
-};
-struct Registration {
-  std::string hostname, region, zone;
-  std::vector<GpuInfo> gpus;  // one model, unique indices and uuids (checked by the caller)
-};
+using GpuInfo = protocol::Gpu;
+using Registration = protocol::Registration;  // one model, unique indices and uuids (ParseRegistration)
 struct Registered {
   std::string host_id, token;
   bool existing = false;  // registered again: the old token is revoked, GPUs unchanged

@@ -2,7 +2,6 @@
 #include "apiserver/handlers/agent.hpp"
 
 #include <boost/json.hpp>
-#include <set>
 
 #include "apiserver/handlers/common.hpp"
 #include "apiserver/auth/key_cache.hpp"
@@ -19,39 +18,17 @@ namespace spillway::handlers {
 namespace {
 
 Reply RegistrationReply(const Ctx& ctx, int status, const std::string& host_id, const std::string& token) {
-  return {status, boost::json::object{{"host_id", host_id}, {"host_token", token},
-                                      {"sample_interval_ms", ctx.fleet->sample_interval.count()},
-                                      {"heartbeat_interval_ms", ctx.fleet->heartbeat_interval.count()}}};
+  return {status, protocol::ToJson(protocol::Registered{host_id, token, ctx.fleet->sample_interval.count(),
+                                                        ctx.fleet->heartbeat_interval.count()})};
 }
 
 }  // namespace
 
 Reply RegisterAgent(Ctx& ctx) {
-  const auto& body = RequireObject(ctx.body);
-  OnlyKeys(body, {"hostname", "region", "zone", "gpus"});
-  const std::string hostname = ReqString(body, "hostname", 253);
-  const std::string region = ReqString(body, "region", 100);
-  const std::string zone = ReqString(body, "zone", 100);
-  const auto* gpus_v = body.if_contains("gpus");
-  if (!gpus_v || !gpus_v->is_array() || gpus_v->as_array().empty() || gpus_v->as_array().size() > 64)
-    throw ApiError(422, "validation_failed", "gpus: must be a list of 1 to 64 GPUs");
-  Registration reg{hostname, region, zone, {}};
-  auto& gpus = reg.gpus;
-  std::set<std::int64_t> indices;
-  std::set<std::string> uuids;
-  for (const auto& gv : gpus_v->as_array()) {
-    const auto& g = RequireObject(gv);
-    OnlyKeys(g, {"index", "uuid", "model", "memory_bytes"});
-    const auto index = OptInt(g, "index", 0, 63);
-    if (!index) throw ApiError(422, "validation_failed", "gpus[].index: is required");
-    GpuInfo gpu{*index, OptInt(g, "memory_bytes", 0, INT64_MAX).value_or(0), ReqString(g, "uuid", 100),
-                ReqString(g, "model", 100)};
-    if (!indices.insert(gpu.index).second || !uuids.insert(gpu.uuid).second)
-      throw ApiError(422, "validation_failed", "gpus: indices and uuids must be unique");
-    if (!gpus.empty() && gpu.model != gpus[0].model)
-      throw ApiError(422, "validation_failed", "gpus: a host's GPUs must all be one model");
-    gpus.push_back(gpu);
-  }
+  const Registration reg = protocol::ParseRegistration(ctx.body);
+  const std::string& hostname = reg.hostname;
+  const std::string& region = reg.region;
+  const auto& gpus = reg.gpus;
   const std::string model = gpus[0].model;
   if (!ctx.config.OnDemandMicros(model))
     throw ApiError(422, "unknown_gpu_model", "gpus[].model: " + model + " has no on-demand price in the catalog");
@@ -71,17 +48,17 @@ Reply RegisterAgent(Ctx& ctx) {
 }
 
 Reply AgentHeartbeat(Ctx& ctx) {
-  const HeartbeatReport report = ParseHeartbeat(ctx.body);
+  const HeartbeatReport report = protocol::ParseHeartbeat(ctx.body);
   const std::string& host = ctx.principal.host_id;
   std::int64_t v = 0;
   if (ctx.heartbeats && ctx.heartbeats->TryRecord(host, report, ctx.clock.Now(), &v))
-    return {200, boost::json::object{{"version", v}}};
+    return {200, protocol::ToJson(protocol::HeartbeatAnswer{v})};
   const std::uint64_t generation = ctx.heartbeats ? ctx.heartbeats->Generation() : 0;
   v = ctx.Write([&](Tx& tx) {
     return RecordHeartbeat(tx, host, report.agent_version, report.instances, ctx.clock.Now());
   });
   if (ctx.heartbeats) ctx.heartbeats->Processed(generation, host, report, v);
-  return {200, boost::json::object{{"version", v}}};
+  return {200, protocol::ToJson(protocol::HeartbeatAnswer{v})};
 }
 
 Reply AgentAssignments(Ctx& ctx) {
@@ -97,16 +74,11 @@ Reply AgentAssignments(Ctx& ctx) {
     return r;
   }
   const Assignments a = ctx.ReadSnapshot([&](Tx& tx) { return HostAssignments(tx, host); });  // one snapshot
-  boost::json::array instances;
-  for (const auto& i : a.instances) {
-    boost::json::array idx;
-    for (int g : i.gpu_indices) idx.push_back(g);
-    instances.push_back({{"id", i.instance_id},
-                         {"desired_state", i.state == InstanceState::kTerminating ? "stopped" : "running"},
-                         {"gpu_indices", std::move(idx)},
-                         {"preempt_at", JsonTime(i.preempt_at)}});
-  }
-  return {200, boost::json::object{{"version", a.version}, {"instances", std::move(instances)}}};
+  protocol::AssignmentList list{a.version, {}};
+  for (const auto& i : a.instances)
+    list.instances.push_back({i.instance_id, i.state == InstanceState::kTerminating ? "stopped" : "running",
+                              i.gpu_indices, i.preempt_at});
+  return {200, protocol::ToJson(list)};
 }
 
 }  // namespace spillway::handlers

@@ -65,24 +65,20 @@ void HostAgent::Invalidate(const std::string& token) {
 }
 
 bool HostAgent::Register() {
-  boost::json::array gpus;
-  for (const auto& g : options_.gpus)
-    gpus.push_back({{"index", g.index}, {"uuid", g.uuid}, {"model", g.model}, {"memory_bytes", g.memory_bytes}});
-  const boost::json::object body{{"hostname", options_.hostname}, {"region", options_.region},
-                                 {"zone", options_.zone}, {"gpus", std::move(gpus)}};
+  const protocol::Registration body{options_.hostname, options_.region, options_.zone, options_.gpus};
   try {
     HttpClient client(options_.api);
-    const auto r = client.Call("POST", "/v1/agent/register", options_.bootstrap_token, boost::json::serialize(body),
+    const auto r = client.Call("POST", "/v1/agent/register", options_.bootstrap_token, boost::json::serialize(protocol::ToJson(body)),
                                std::chrono::seconds(10));
     if (r.status != 200 && r.status != 201) {
       log::Error("registration refused", {{"hostname", options_.hostname}, {"status", r.status}, {"body", r.body}});
       return false;
     }
-    const auto j = boost::json::parse(r.body).as_object();
+    const auto reply = protocol::ParseRegistered(boost::json::parse(r.body));
     std::lock_guard lk(mu_);
-    token_ = std::string(j.at("host_token").as_string());
-    host_id_ = std::string(j.at("host_id").as_string());
-    heartbeat_interval_ = std::chrono::milliseconds(j.at("heartbeat_interval_ms").to_number<std::int64_t>());
+    token_ = reply.host_token;
+    host_id_ = reply.host_id;
+    heartbeat_interval_ = std::chrono::milliseconds(reply.heartbeat_interval_ms);
     version_ = -1;
     log::Info("registered", {{"hostname", options_.hostname}, {"host_id", host_id_}, {"status", r.status}});
     return true;
@@ -142,17 +138,11 @@ void HostAgent::PollLoop() {
         std::this_thread::sleep_for(std::chrono::seconds(1));
         continue;
       }
-      const auto j = boost::json::parse(r.body).as_object();
+      auto list = protocol::ParseAssignmentList(boost::json::parse(r.body));
       std::map<std::string, Assigned> next;
-      for (const auto& iv : j.at("instances").as_array()) {
-        const auto& i = iv.as_object();
-        Assigned a;
-        a.desired = std::string(i.at("desired_state").as_string());
-        for (const auto& g : i.at("gpu_indices").as_array()) a.gpus.push_back(static_cast<int>(g.to_number<std::int64_t>()));
-        if (const auto* p = i.if_contains("preempt_at"); p && p->is_string()) a.preempt_at = ParseTime(std::string(p->as_string()));
-        next.emplace(std::string(i.at("id").as_string()), std::move(a));
-      }
-      Apply(j.at("version").to_number<std::int64_t>(), std::move(next));
+      for (auto& i : list.instances)
+        next.emplace(std::move(i.id), Assigned{std::move(i.desired_state), std::move(i.gpu_indices), i.preempt_at});
+      Apply(list.version, std::move(next));
     } catch (const std::exception& e) {
       client.reset();
       log::Warn("assignments: cannot reach the apiserver", {{"error", e.what()}});
@@ -166,7 +156,7 @@ void HostAgent::HeartbeatLoop() {
   std::map<std::string, std::string> last_sent;
   auto next_due = std::chrono::steady_clock::now();
   while (!stopping_) {
-    boost::json::array report;
+    protocol::Heartbeat report{{}, kAgentVersion};
     std::map<std::string, std::string> states;
     std::string token;
     bool due;
@@ -183,7 +173,7 @@ void HostAgent::HeartbeatLoop() {
         if (state.empty() && (a.desired == "stopped" || (a.preempt_at && *a.preempt_at <= now))) state = "stopped";
         if (state.empty()) continue;
         states[id] = state;
-        report.push_back({{"id", id}, {"state", state}});
+        report.instances.push_back({id, state});
       }
       token = token_;
       due = kick_ || states != last_sent || std::chrono::steady_clock::now() >= next_due;
@@ -192,8 +182,7 @@ void HostAgent::HeartbeatLoop() {
     if (!due || token.empty()) continue;
     try {
       if (!client) client = std::make_unique<HttpClient>(options_.api);
-      const boost::json::object body{{"instances", std::move(report)}, {"agent_version", kAgentVersion}};
-      const auto r = client->Call("POST", "/v1/agent/heartbeat", token, boost::json::serialize(body),
+      const auto r = client->Call("POST", "/v1/agent/heartbeat", token, boost::json::serialize(protocol::ToJson(report)),
                                   std::chrono::seconds(10));
       if (r.status == 401) {
         Invalidate(token);

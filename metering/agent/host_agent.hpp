@@ -11,14 +11,11 @@
 #include "core/clock.hpp"
 #include "core/json.hpp"
 #include "metering/agent/runtime.hpp"
+#include "protocol/agent.hpp"
 
 namespace spillway::agent {
 
-struct GpuInfo {
-  int index = 0;
-  std::string uuid, model;
-  std::int64_t memory_bytes = 0;
-};
+using GpuInfo = protocol::Gpu;
 
 struct HostOptions {
   std::string api, bootstrap_token, hostname, region, zone;

@@ -138,7 +138,7 @@ int main(int argc, char** argv) {
     o.zone = zone;
     o.hostname = hosts == 0 ? base : base + "-" + flags["--region"] + "-" + std::to_string(h);
     for (int g = 0; g < gpus_per_host; ++g)
-      o.gpus.push_back({g, HostAgent::SimulatedUuid(o.hostname, g), model, MemoryOf(model)});
+      o.gpus.push_back({g, MemoryOf(model), HostAgent::SimulatedUuid(o.hostname, g), model});
     // One state folder per host: simulated hosts of one process keep theirs apart.
     const std::string state_dir = flags["--state-dir"] + "/" + o.hostname;
     std::string why;

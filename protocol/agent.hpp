@@ -1,0 +1,107 @@
+#pragma once
+// The agent protocol (docs/protocol.md) in one place: each request and reply as a plain struct with
+// its JSON mapping, shared by spillway-agent (which writes requests and reads replies) and the
+// apiserver (which reads requests, checking every field, and writes replies). A field added here is
+// added for both sides at once.
+#include <boost/json/value.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/clock.hpp"
+
+namespace spillway::protocol {
+
+// Bounds the server holds an agent to.
+inline constexpr int kMaxGpusPerHost = 64;
+inline constexpr std::size_t kMaxSamplesPerBatch = 10000;
+
+// POST /v1/agent/register
+struct Gpu {
+  std::int64_t index = 0, memory_bytes = 0;
+  std::string uuid, model;
+};
+struct Registration {
+  std::string hostname, region, zone;
+  std::vector<Gpu> gpus;  // 1..64, one model, unique indices and uuids
+};
+struct Registered {
+  std::string host_id, host_token;
+  std::int64_t sample_interval_ms = 10000, heartbeat_interval_ms = 5000;
+};
+
+// GET /v1/agent/assignments
+struct AssignedInstance {
+  std::string id;
+  std::string desired_state;  // running | stopped
+  std::vector<int> gpu_indices;
+  std::optional<TimeMs> preempt_at;
+};
+struct AssignmentList {
+  std::int64_t version = 0;
+  std::vector<AssignedInstance> instances;
+};
+
+// POST /v1/agent/heartbeat
+struct ReportedInstance {
+  std::string id, state;  // starting | running | stopped | failed
+};
+struct Heartbeat {
+  std::vector<ReportedInstance> instances;  // sorted by id once parsed
+  std::string agent_version;
+};
+struct HeartbeatAnswer {
+  std::int64_t version = 0;
+};
+
+// POST /v1/agent/samples
+struct Sample {
+  TimeMs ts_ms{};                       // the end of the interval the sample covers
+  int gpu_index = 0;
+  std::optional<std::string> instance_id;  // null: no tenant instance ran on the GPU (never billed)
+  std::int64_t interval_ms = 0;
+  int util_pct = 0;
+  std::int64_t mem_used_bytes = 0, power_mw = 0, energy_mj = 0;
+};
+struct SampleBatch {
+  std::int64_t batch_seq = 0;
+  TimeMs sampled_through_ms{};  // every sample of the host with ts_ms <= it is in this batch or before
+  std::vector<Sample> samples;
+};
+struct SamplesAnswer {
+  std::int64_t accepted = 0;
+  bool duplicate = false;
+};
+
+// Writers (both sides).
+boost::json::value ToJson(const Registration& r);
+boost::json::value ToJson(const Registered& r);
+boost::json::value ToJson(const AssignmentList& a);
+boost::json::value ToJson(const Heartbeat& h);
+boost::json::value ToJson(const HeartbeatAnswer& h);
+boost::json::value ToJson(const Sample& s);
+boost::json::value ToJson(const SampleBatch& b);
+boost::json::value ToJson(const SamplesAnswer& a);
+
+// Readers of what the agent sends: every field checked; throw InvalidInput naming the field
+// (a sample's problem is reported as "samples[i].field: ...", see SampleError).
+Registration ParseRegistration(const boost::json::value& v);
+Heartbeat ParseHeartbeat(const boost::json::value& v);
+Sample ParseSample(const boost::json::value& v);
+// The envelope and each sample's shape; a bad sample throws SampleError with its index.
+SampleBatch ParseSampleBatch(const boost::json::value& v);
+
+// A sample that is not acceptable, at `index` in its batch (422 with error.sample_index).
+struct SampleError : std::runtime_error {
+  SampleError(std::size_t index, const std::string& message) : std::runtime_error(message), index(index) {}
+  std::size_t index;
+};
+
+// Readers of what the server answers (the agent's side): throw std::exception on a malformed reply.
+Registered ParseRegistered(const boost::json::value& v);
+AssignmentList ParseAssignmentList(const boost::json::value& v);
+SamplesAnswer ParseSamplesAnswer(const boost::json::value& v);
+
+}  // namespace spillway::protocol
