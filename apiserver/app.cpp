@@ -7,6 +7,8 @@
 
 #include "apiserver/auth/api_keys.hpp"
 #include "apiserver/errors.hpp"
+#include "apiserver/handlers/samples.hpp"
+#include "metering/ingest.hpp"
 #include "apiserver/idempotency.hpp"
 #include "provisioning/heartbeats.hpp"
 #include "core/db.hpp"
@@ -47,7 +49,7 @@ std::string EdgeProblem(const http::Request& r) {
 ApiDispatcher::ApiDispatcher(const Config& config, const ServerSettings& server, const FleetSettings& fleet, Database& db, Metrics& metrics,
                              const Clock& clock,
                              FleetMetrics* fleet_metrics, AssignmentNotifier* notifier, KeyCache* key_cache,
-                             HeartbeatRecorder* heartbeats)
+                             HeartbeatRecorder* heartbeats, metering::Ingestor* ingest)
     : config_(config),
       fleet_(fleet),
       db_(db),
@@ -56,6 +58,7 @@ ApiDispatcher::ApiDispatcher(const Config& config, const ServerSettings& server,
       notifier_(notifier),
       key_cache_(key_cache),
       heartbeats_(heartbeats),
+      ingest_(ingest),
       router_(ApiRoutes()),
       server_(server) {
   requests_ = &prometheus::BuildCounter()
@@ -153,6 +156,38 @@ bool ApiDispatcher::FastHeartbeat(const http::Request& request, const Route& rou
   return true;
 }
 
+bool ApiDispatcher::FastIngest(const http::Request& request, const Route& route, http::Responder& respond) {
+  if (!ingest_ || !key_cache_ || !IsJsonContentType(request.Header("content-type"))) return false;
+  const auto principal = AuthenticateFromCache(request.Header("authorization"), *key_cache_);
+  if (!principal || !(route.roles & principal->role_bit)) return false;
+  http::Response out;
+  try {
+    protocol::SampleBatch batch = protocol::ParseSampleBatch(ParseJsonBody(request.body));
+    const Millis retry = ingest_->retry_after();
+    auto answer = [respond, request_id = request.request_id, pattern = route.pattern,
+                   retry](metering::IngestResult result) {
+      http::Response r;
+      try {
+        const Reply reply = handlers::SamplesReply(result, retry);
+        r.status = reply.status;
+        r.body = ToJson(reply.body) + "\n";
+      } catch (...) {
+        r = ErrorResponseForCurrent(request_id, pattern);
+      }
+      r.route = pattern;
+      respond(std::move(r));
+    };
+    if (ingest_->Submit(principal->host_id, std::move(batch), std::move(answer))) return true;
+    out = ErrorResponseFor(DbUnavailable(true, "the ingest queue is full; send the batch again", retry),
+                           request.request_id);
+  } catch (...) {
+    out = ErrorResponseForCurrent(request.request_id, route.pattern);
+  }
+  out.route = route.pattern;
+  respond(std::move(out));
+  return true;
+}
+
 void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
   std::map<std::string, std::string> params;
   http::Response refusal;
@@ -162,6 +197,7 @@ void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
     return;
   }
   if (route->pattern == "/v1/agent/heartbeat" && FastHeartbeat(request, *route, respond)) return;
+  if (route->pattern == "/v1/agent/samples" && FastIngest(request, *route, respond)) return;
   if (route->pattern == "/v1/openapi.yaml") {  // static, needs no database
     http::Response r;
     r.content_type = "application/yaml";
@@ -239,6 +275,7 @@ ApiDispatcher::Outcome ApiDispatcher::Run(Session& conn, const Route& route,
             long_poll_retry, key_cache_};
     ctx.heartbeats = heartbeats_;
     ctx.fleet = &fleet_;
+    ctx.ingest = ingest_;
     if (!route.tenant_param.empty()) ctx.RequireTenant(ctx.Param(route.tenant_param));
     const std::string idempotency_key = request.Header("idempotency-key");
     Reply reply = route.idempotent && !idempotency_key.empty() ? RunIdempotent(ctx, route.handler, idempotency_key, server_.idempotency_ttl)

@@ -26,6 +26,9 @@ class Database;
 class Metrics;
 class AssignmentNotifier;
 class KeyCache;
+namespace metering {
+class Ingestor;
+}
 class HeartbeatRecorder;
 struct FleetMetrics;
 struct FleetSettings;
@@ -41,7 +44,8 @@ class ApiDispatcher : public http::Dispatcher {
  public:
   ApiDispatcher(const Config& config, const ServerSettings& server, const FleetSettings& fleet, Database& db, Metrics& metrics, const Clock& clock,
                 FleetMetrics* fleet_metrics = nullptr, AssignmentNotifier* notifier = nullptr,
-                KeyCache* key_cache = nullptr, HeartbeatRecorder* heartbeats = nullptr);
+                KeyCache* key_cache = nullptr, HeartbeatRecorder* heartbeats = nullptr,
+                metering::Ingestor* ingest = nullptr);
   void Dispatch(http::Request request, http::Responder respond) override;
   // 100 only once the route exists and the key may call it.
   void Expect(const http::Request& head, http::Responder respond) override;
@@ -53,6 +57,9 @@ class ApiDispatcher : public http::Dispatcher {
   // A heartbeat that repeats its host's last report, from a cached host token: recorded on the io
   // thread without the database pool. False: take the full path.
   bool FastHeartbeat(const http::Request& request, const Route& route, http::Responder& respond);
+  // Sample batches from a host whose token is in the key cache: parsed here and handed to the
+  // ingest committer, which answers when the batch is committed; no database worker is held.
+  bool FastIngest(const http::Request& request, const Route& route, http::Responder& respond);
   void NoteRefusedHeartbeat(const http::Request& request);
   // The route for a request, or the 400/404/405 answer to send instead.
   const Route* Match(const http::Request& request, std::map<std::string, std::string>* params,
@@ -74,6 +81,7 @@ class ApiDispatcher : public http::Dispatcher {
   AssignmentNotifier* notifier_;
   KeyCache* key_cache_;
   HeartbeatRecorder* heartbeats_;
+  metering::Ingestor* ingest_;
   Router router_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* durations_;

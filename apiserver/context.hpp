@@ -24,6 +24,9 @@ struct FleetMetrics;
 class KeyCache;
 class HeartbeatRecorder;
 struct FleetSettings;
+namespace metering {
+class Ingestor;
+}
 
 struct Principal {
   std::string host_id;  // for kHost
@@ -50,6 +53,7 @@ struct Ctx {
   Tx* outer = nullptr;
   HeartbeatRecorder* heartbeats = nullptr;  // heartbeats' fast path (may be null: tools, tests)
   const FleetSettings* fleet = nullptr;     // the fleet's typed configuration
+  metering::Ingestor* ingest = nullptr;     // sample batches' group committer (may be null: tools)
 
   // Runs fn(tx) in a transaction of its own (retried when it loses a race, see InTransaction), or
   // inside the idempotency record's transaction when there is one. Returns what fn returns.

@@ -5,6 +5,7 @@
 #include "core/db.hpp"
 #include "core/errors.hpp"
 #include "core/log.hpp"
+#include "protocol/agent.hpp"
 
 namespace spillway {
 namespace {
@@ -29,6 +30,9 @@ http::Response ErrorResponseForCurrent(const std::string& request_id, const std:
     throw;
   } catch (const ApiError& e) {
     return ErrorResponseFor(e, request_id);
+  } catch (const protocol::SampleError& e) {
+    return http::ErrorResponse(422, "invalid_sample", e.what(), request_id,
+                               {{"sample_index", static_cast<std::int64_t>(e.index)}});
   } catch (const InvalidInput& e) {
     return http::ErrorResponse(422, "validation_failed", e.what(), request_id);
   } catch (const MalformedJson& e) {

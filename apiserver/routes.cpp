@@ -4,6 +4,7 @@
 #include "apiserver/handlers/api_keys.hpp"
 #include "apiserver/handlers/audit.hpp"
 #include "apiserver/handlers/agent.hpp"
+#include "apiserver/handlers/samples.hpp"
 #include "apiserver/handlers/capacity.hpp"
 #include "apiserver/handlers/catalog.hpp"
 #include "apiserver/handlers/hosts.hpp"
@@ -43,6 +44,7 @@ std::vector<Route> ApiRoutes() {
       {"POST", "/v1/agent/register", kBootstrap, RegisterAgent, Body::kRequired},
       {"POST", "/v1/agent/heartbeat", kHost, AgentHeartbeat, Body::kRequired},
       {"GET", "/v1/agent/assignments", kHost, AgentAssignments},
+      {"POST", "/v1/agent/samples", kHost, IngestSamples, Body::kRequired},
   };
 }
 

@@ -22,6 +22,7 @@
 #include "core/log.hpp"
 #include "core/metrics.hpp"
 #include "core/migrate.hpp"
+#include "metering/ingest.hpp"
 
 namespace spillway {
 namespace {
@@ -139,9 +140,17 @@ int RunServe(const Config& config) {
                ExpireIdempotencyKeys(c, s.now, ttl);
              }});
 
+  metering::Ingestor ingest(db_options.Session("spillway-ingest"), metering::IngestSettings::From(config), clock,
+                           metrics.registry());
+  steps.Add({"metering_partitions", std::chrono::hours(1),
+             [&ingest](pqxx::connection& c, const StepContext& s) { ingest.CreatePartitionsAhead(c, s.now); }});
+  steps.Add({"metering_watermarks", std::chrono::seconds(15),
+             [&ingest](pqxx::connection& c, const StepContext& s) { ingest.RefreshWatermarkGauges(c, s.now); }});
+
   http::Runtime runtime(server.io_threads);
   runtime.OnDrain([&notifier] { notifier.Stop(); });
-  ApiDispatcher api(config, server, fleet_settings, db, metrics, clock, &fleet_metrics, &notifier, &key_cache, &heartbeats);
+  ApiDispatcher api(config, server, fleet_settings, db, metrics, clock, &fleet_metrics, &notifier, &key_cache, &heartbeats,
+                    &ingest);
   AdminDispatcher admin(db, metrics, [&runtime] { return runtime.Draining(); });
   try {
     runtime.AddListener(server.api, api);
@@ -151,10 +160,12 @@ int RunServe(const Config& config) {
     std::cerr << "spillway-apiserver: " << e.what() << "\n";
     return std::string(e.what()).rfind("tls.", 0) == 0 ? 2 : 1;
   }
+  ingest.Start();
   steps.Start();
   log::Info("spillway-apiserver serving", {{"version", SPILLWAY_VERSION}});
   runtime.Run(server.shutdown_timeout);
   steps.Stop();
+  ingest.Stop();
   notifier.Stop();
   heartbeats.Stop();
   db.Stop();

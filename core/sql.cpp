@@ -26,4 +26,24 @@ std::string IntArrayLiteral(const std::vector<int>& v) {
   return s + "}";
 }
 
+std::string TextArrayLiteral(const std::vector<std::string>& v) {
+  std::string s = "{";
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ',';
+    s += '"';
+    for (char c : v[i]) {
+      if (c == '"' || c == '\\') s += '\\';
+      s += c;
+    }
+    s += '"';
+  }
+  return s + "}";
+}
+
+std::string Int64ArrayLiteral(const std::vector<std::int64_t>& v) {
+  std::string s = "{";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s + "}";
+}
+
 }  // namespace spillway

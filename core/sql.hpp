@@ -44,5 +44,8 @@ inline std::optional<std::string> TextOf(const std::optional<TimeMs>& t) {
 
 std::vector<int> ParseIntArray(const std::string& pg_array);  // "{0,1}" -> {0, 1}
 std::string IntArrayLiteral(const std::vector<int>& v);       // {0, 1} -> "{0,1}"
+std::string Int64ArrayLiteral(const std::vector<std::int64_t>& v);
+// Any strings as a text[] literal, each element quoted: {"a", "b,\"c"} -> {"a","b,\"c"}.
+std::string TextArrayLiteral(const std::vector<std::string>& v);
 
 }  // namespace spillway

@@ -38,8 +38,11 @@ json::value ToJson(const Registration& r) {
 }
 
 json::value ToJson(const Registered& r) {
-  return json::object{{"host_id", r.host_id}, {"host_token", r.host_token},
-                      {"sample_interval_ms", r.sample_interval_ms}, {"heartbeat_interval_ms", r.heartbeat_interval_ms}};
+  return json::object{{"host_id", r.host_id},
+                      {"host_token", r.host_token},
+                      {"sample_interval_ms", r.sample_interval_ms},
+                      {"heartbeat_interval_ms", r.heartbeat_interval_ms},
+                      {"next_batch_seq", r.next_batch_seq}};
 }
 
 json::value ToJson(const AssignmentList& a) {
@@ -74,8 +77,10 @@ json::value ToJson(const SampleBatch& b) {
   json::array samples;
   samples.reserve(b.samples.size());
   for (const auto& s : b.samples) samples.push_back(ToJson(s));
-  return json::object{{"batch_seq", b.batch_seq}, {"sampled_through_ms", EpochMs(b.sampled_through_ms)},
-                      {"samples", std::move(samples)}};
+  json::object o{{"batch_seq", b.batch_seq}, {"sampled_through_ms", EpochMs(b.sampled_through_ms)}};
+  if (b.sent_at_ms) o["sent_at_ms"] = EpochMs(*b.sent_at_ms);
+  o["samples"] = std::move(samples);
+  return o;
 }
 
 json::value ToJson(const SamplesAnswer& a) { return json::object{{"accepted", a.accepted}, {"duplicate", a.duplicate}}; }
@@ -143,10 +148,11 @@ Sample ParseSample(const json::value& v) {
 
 SampleBatch ParseSampleBatch(const json::value& v) {
   const auto& o = RequireObject(v);
-  OnlyKeys(o, {"batch_seq", "sampled_through_ms", "samples"});
+  OnlyKeys(o, {"batch_seq", "sampled_through_ms", "sent_at_ms", "samples"});
   SampleBatch b;
   b.batch_seq = ReqInt(o, "batch_seq", 0, INT64_MAX);
   b.sampled_through_ms = FromEpochMs(ReqInt(o, "sampled_through_ms", 0, INT64_MAX / 2));
+  if (const auto sent = OptInt(o, "sent_at_ms", 0, INT64_MAX / 2)) b.sent_at_ms = FromEpochMs(*sent);
   const auto* list = o.if_contains("samples");
   if (!list || !list->is_array()) throw InvalidInput("samples: must be a list");
   if (list->as_array().size() > kMaxSamplesPerBatch)
@@ -166,7 +172,9 @@ SampleBatch ParseSampleBatch(const json::value& v) {
 
 Registered ParseRegistered(const json::value& v) {
   const auto& o = v.as_object();
-  return {Str(o, "host_id"), Str(o, "host_token"), Int(o, "sample_interval_ms"), Int(o, "heartbeat_interval_ms")};
+  Registered r{Str(o, "host_id"), Str(o, "host_token"), Int(o, "sample_interval_ms"), Int(o, "heartbeat_interval_ms"), 0};
+  if (const auto* n = o.if_contains("next_batch_seq")) r.next_batch_seq = n->to_number<std::int64_t>();  // older servers
+  return r;
 }
 
 AssignmentList ParseAssignmentList(const json::value& v) {

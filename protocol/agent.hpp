@@ -30,6 +30,9 @@ struct Registration {
 struct Registered {
   std::string host_id, host_token;
   std::int64_t sample_interval_ms = 10000, heartbeat_interval_ms = 5000;
+  // One more than the highest sample batch_seq committed for this host: an agent that lost its
+  // spool (a new disk) starts numbering here, so its batches are not taken for replays.
+  std::int64_t next_batch_seq = 0;
 };
 
 // GET /v1/agent/assignments
@@ -68,6 +71,7 @@ struct Sample {
 struct SampleBatch {
   std::int64_t batch_seq = 0;
   TimeMs sampled_through_ms{};  // every sample of the host with ts_ms <= it is in this batch or before
+  std::optional<TimeMs> sent_at_ms;  // the agent's clock when it sent the batch (the server's skew check)
   std::vector<Sample> samples;
 };
 struct SamplesAnswer {

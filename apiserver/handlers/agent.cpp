@@ -5,6 +5,7 @@
 
 #include "apiserver/handlers/common.hpp"
 #include "apiserver/auth/key_cache.hpp"
+#include "metering/samples_store.hpp"
 #include "provisioning/fleet.hpp"
 #include "provisioning/hosts.hpp"
 #include "provisioning/heartbeats.hpp"
@@ -17,9 +18,10 @@
 namespace spillway::handlers {
 namespace {
 
-Reply RegistrationReply(const Ctx& ctx, int status, const std::string& host_id, const std::string& token) {
+Reply RegistrationReply(const Ctx& ctx, int status, const std::string& host_id, const std::string& token,
+                        std::int64_t next_batch_seq) {
   return {status, protocol::ToJson(protocol::Registered{host_id, token, ctx.fleet->sample_interval.count(),
-                                                        ctx.fleet->heartbeat_interval.count()})};
+                                                        ctx.fleet->heartbeat_interval.count(), next_batch_seq})};
 }
 
 }  // namespace
@@ -32,19 +34,24 @@ Reply RegisterAgent(Ctx& ctx) {
   const std::string model = gpus[0].model;
   if (!ctx.config.OnDemandMicros(model))
     throw ApiError(422, "unknown_gpu_model", "gpus[].model: " + model + " has no on-demand price in the catalog");
-  const Registered out = ctx.Write([&](Tx& tx) { return RegisterHost(tx, reg, ctx.clock.Now()); });
+  std::int64_t next_batch_seq = 0;
+  const Registered out = ctx.Write([&](Tx& tx) {
+    Registered r = RegisterHost(tx, reg, ctx.clock.Now());
+    next_batch_seq = metering::NextBatchSeq(tx, r.host_id);
+    return r;
+  });
   const std::string& host_id = out.host_id;
   const std::string& token = out.token;
   if (out.existing) {
     if (ctx.key_cache) ctx.key_cache->InvalidateKey(host_id);  // other replicas: the trigger's NOTIFY
     log::Info("host registered again; old token revoked", {{"host_id", host_id}, {"hostname", hostname}});
-    return RegistrationReply(ctx, 200, host_id, token);
+    return RegistrationReply(ctx, 200, host_id, token, next_batch_seq);
   }
   log::Info("host registered", {{"host_id", host_id}, {"hostname", hostname}, {"region", region}, {"gpu_model", model},
                                 {"gpus", static_cast<std::int64_t>(gpus.size())}});
   // A new pool gets its first spot price at once; an existing pool's price reflects the new GPUs.
   Reprice(ctx.conn, FleetContext{*ctx.fleet, ctx.fleet_metrics, ctx.clock}, region, model);
-  return RegistrationReply(ctx, 201, host_id, token);
+  return RegistrationReply(ctx, 201, host_id, token, next_batch_seq);
 }
 
 Reply AgentHeartbeat(Ctx& ctx) {

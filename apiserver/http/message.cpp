@@ -13,10 +13,11 @@
 namespace spillway::http {
 
 Response ErrorResponse(int status, const std::string& code, const std::string& message,
-                       const std::string& request_id) {
+                       const std::string& request_id, const std::vector<std::pair<std::string, std::int64_t>>& numbers) {
   Response r;
   r.status = status;
   boost::json::object err{{"code", code}, {"message", message}, {"request_id", request_id}};
+  for (const auto& [name, value] : numbers) err[name] = value;
   r.body = ToJson(boost::json::object{{"error", std::move(err)}}) + "\n";  // quotes nothing raw: see ToJson
   return r;
 }

@@ -1,5 +1,6 @@
 #pragma once
 // Plain request/response types: what the transport hands to the rest of the server. No Beast here.
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <string>
@@ -49,9 +50,10 @@ class Dispatcher {
   virtual void Finished(const Request& request, const Response& response, double seconds) = 0;
 };
 
-// The one error body: {"error":{"code","message","request_id"}}.
+// The one error body: {"error":{"code","message","request_id"}}, plus any `numbers` (sample_index).
 Response ErrorResponse(int status, const std::string& code, const std::string& message,
-                       const std::string& request_id);
+                       const std::string& request_id,
+                       const std::vector<std::pair<std::string, std::int64_t>>& numbers = {});
 // A valid client-supplied X-Request-Id, or a new one.
 std::string RequestIdFrom(const std::string& supplied);
 std::string PercentDecode(const std::string& s, bool plus_is_space);

@@ -1,0 +1,35 @@
+// Metering's ingest endpoint (docs/protocol.md, POST /v1/agent/samples).
+#include "apiserver/handlers/samples.hpp"
+
+#include <boost/json.hpp>
+
+#include "core/errors.hpp"
+#include "metering/ingest.hpp"
+#include "protocol/agent.hpp"
+
+namespace spillway::handlers {
+
+Reply SamplesReply(const metering::IngestResult& r, Millis retry_after) {
+  using Kind = metering::IngestResult::Kind;
+  switch (r.kind) {
+    case Kind::kAccepted:
+      return {200, protocol::ToJson(protocol::SamplesAnswer{r.accepted, false})};
+    case Kind::kDuplicate:
+      return {200, protocol::ToJson(protocol::SamplesAnswer{0, true})};
+    case Kind::kRejected:
+      if (r.sample_index) throw protocol::SampleError(*r.sample_index, r.message);
+      throw InvalidInput(r.message);
+    case Kind::kUnavailable:
+      break;
+  }
+  throw DbUnavailable(true, r.message.empty() ? "samples cannot be stored now; send the batch again" : r.message,
+                      retry_after);
+}
+
+Reply IngestSamples(Ctx& ctx) {
+  if (!ctx.ingest) throw DbUnavailable(false, "this server does not ingest samples", Millis(1000));
+  protocol::SampleBatch batch = protocol::ParseSampleBatch(ctx.body);
+  return SamplesReply(ctx.ingest->SubmitAndWait(ctx.principal.host_id, std::move(batch)), ctx.ingest->retry_after());
+}
+
+}  // namespace spillway::handlers

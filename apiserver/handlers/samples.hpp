@@ -1,0 +1,18 @@
+#pragma once
+#include "apiserver/context.hpp"
+
+namespace spillway::metering {
+struct IngestResult;
+}
+
+namespace spillway::handlers {
+
+// POST /v1/agent/samples (host token): a batch of GPU samples, stored exactly once. The dispatcher
+// usually takes the path without a database worker (ApiDispatcher::FastIngest); this is the path
+// for a token not in the key cache, which waits for the commit on the worker.
+Reply IngestSamples(Ctx& ctx);
+// The answer to an ingest result: 200 {"accepted", "duplicate"}; otherwise throws what
+// apiserver/errors.cpp maps (422 invalid_sample with sample_index, 422 validation_failed, 503).
+Reply SamplesReply(const metering::IngestResult& result, Millis retry_after);
+
+}  // namespace spillway::handlers

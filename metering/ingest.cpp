@@ -1,0 +1,349 @@
+#include "metering/ingest.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+
+#include <algorithm>
+#include <future>
+#include <numeric>
+
+#include "core/log.hpp"
+
+namespace spillway::metering {
+namespace {
+
+constexpr std::int64_t kDayMs = 24LL * 3600 * 1000;
+
+std::string Seconds(Millis d) { return FormatDuration(d); }
+
+IngestResult Rejected(std::optional<std::size_t> index, std::string message) {
+  return {IngestResult::Kind::kRejected, 0, index, std::move(message)};
+}
+
+// COPY text format: backslash, tab, newline and carriage return escaped.
+void AppendCopyText(std::string& out, const std::string& s) {
+  for (char c : s) {
+    switch (c) {
+      case '\\': out += "\\\\"; break;
+      case '\t': out += "\\t"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      default: out += c;
+    }
+  }
+}
+
+}  // namespace
+
+IngestSettings IngestSettings::From(const Config& c) {
+  IngestSettings s;
+  s.rules.sample_interval = c.Duration("agent.sample_interval");
+  s.rules.skew_tolerance = c.Duration("metering.clock_skew_tolerance");
+  s.rules.max_sample_age = c.Duration("metering.max_sample_age");
+  s.max_queued_batches = static_cast<std::size_t>(c.Int("metering.ingest_queue"));
+  s.group_max_samples = static_cast<std::size_t>(c.Int("metering.group_max_samples"));
+  s.partitions_ahead = static_cast<int>(c.Int("metering.partitions_ahead"));
+  s.retry_after = c.Duration("database.retry_after");
+  return s;
+}
+
+std::optional<IngestResult> CheckBatch(const protocol::SampleBatch& batch, const std::string& host_id,
+                                       const std::set<std::pair<std::string, int>>& gpus,
+                                       const std::vector<AllocationSpan>& allocations, TimeMs now,
+                                       const IngestRules& rules) {
+  const TimeMs latest = now + rules.skew_tolerance;
+  const std::int64_t max_interval = 3 * rules.sample_interval.count();
+  for (std::size_t i = 0; i < batch.samples.size(); ++i) {
+    const auto& s = batch.samples[i];
+    const std::string at = "samples[" + std::to_string(i) + "].";
+    if (!gpus.count({host_id, s.gpu_index}))
+      return Rejected(i, at + "gpu_index: this host has no GPU " + std::to_string(s.gpu_index));
+    if (s.interval_ms > max_interval)
+      return Rejected(i, at + "interval_ms: " + std::to_string(s.interval_ms) + " is more than 3 sample intervals (" +
+                             std::to_string(max_interval) + ")");
+    if (s.ts_ms > latest)
+      return Rejected(i, at + "ts_ms: " + FormatTime(s.ts_ms) + " is ahead of the server's clock (" + FormatTime(now) +
+                             ") by more than " + Seconds(rules.skew_tolerance));
+    const TimeMs begins = s.ts_ms - Millis(s.interval_ms);
+    if (begins < now - rules.max_sample_age)
+      return Rejected(i, at + "ts_ms: " + FormatTime(s.ts_ms) + " is older than metering.max_sample_age (" +
+                             Seconds(rules.max_sample_age) + ")");
+    if (s.instance_id) {
+      const bool held = std::any_of(allocations.begin(), allocations.end(), [&](const AllocationSpan& a) {
+        return a.instance_id == *s.instance_id && a.host_id == host_id && a.gpu_index == s.gpu_index &&
+               begins >= a.from - rules.skew_tolerance && (!a.to || s.ts_ms <= *a.to + rules.skew_tolerance);
+      });
+      if (!held)
+        return Rejected(i, at + "instance_id: " + *s.instance_id + " did not hold GPU " + std::to_string(s.gpu_index) +
+                               " of this host from " + FormatTime(begins) + " to " + FormatTime(s.ts_ms));
+    }
+  }
+  // No two samples of one GPU may cover the same time: each millisecond is billed once.
+  std::vector<std::size_t> order(batch.samples.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    const auto& x = batch.samples[a];
+    const auto& y = batch.samples[b];
+    return std::tie(x.gpu_index, x.ts_ms, a) < std::tie(y.gpu_index, y.ts_ms, b);
+  });
+  for (std::size_t k = 1; k < order.size(); ++k) {
+    const auto& prev = batch.samples[order[k - 1]];
+    const auto& cur = batch.samples[order[k]];
+    if (prev.gpu_index == cur.gpu_index && cur.ts_ms - Millis(cur.interval_ms) < prev.ts_ms)
+      return Rejected(std::max(order[k - 1], order[k]),
+                      "samples[" + std::to_string(std::max(order[k - 1], order[k])) + "]: overlaps samples[" +
+                          std::to_string(std::min(order[k - 1], order[k])) + "] on GPU " +
+                          std::to_string(cur.gpu_index));
+  }
+  if (batch.sampled_through_ms > latest)
+    return Rejected(std::nullopt, "sampled_through_ms: " + FormatTime(batch.sampled_through_ms) +
+                                      " is ahead of the server's clock (" + FormatTime(now) + ") by more than " +
+                                      Seconds(rules.skew_tolerance));
+  return std::nullopt;
+}
+
+Ingestor::Ingestor(SessionOptions session, IngestSettings settings, const Clock& clock, prometheus::Registry& registry)
+    : session_(std::move(session)), settings_(settings), clock_(clock) {
+  using namespace prometheus;
+  samples_total_ = &BuildCounter()
+                        .Name("spillway_ingest_samples_total")
+                        .Help("GPU samples committed (each exactly once)")
+                        .Register(registry)
+                        .Add({});
+  batches_ = &BuildCounter()
+                  .Name("spillway_ingest_batches_total")
+                  .Help("Sample batches answered, by result: accepted, duplicate (a replay, nothing written), "
+                        "rejected (422, nothing written), refused (503: queue full or database unavailable)")
+                  .Register(registry);
+  accepted_ = &batches_->Add({{"result", "accepted"}});
+  duplicate_ = &batches_->Add({{"result", "duplicate"}});
+  rejected_ = &batches_->Add({{"result", "rejected"}});
+  refused_ = &batches_->Add({{"result", "refused"}});
+  commit_seconds_ = &BuildHistogram()
+                         .Name("spillway_ingest_commit_seconds")
+                         .Help("Time to commit one group of batches (one transaction, one COPY)")
+                         .Register(registry)
+                         .Add({}, Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                                              1, 2.5, 5});
+  queued_ = &BuildGauge()
+                 .Name("spillway_ingest_queued_batches")
+                 .Help("Sample batches received and waiting to be committed")
+                 .Register(registry)
+                 .Add({});
+  lag_ = &BuildGauge()
+              .Name("spillway_ingest_lag_seconds")
+              .Help("Now minus the oldest ingest watermark of the hosts in service (set by the leader)")
+              .Register(registry)
+              .Add({});
+  skew_ = &BuildGauge()
+               .Name("spillway_host_clock_skew_seconds")
+               .Help("A host's clock minus the server's, from its last sample batch (sent_at_ms vs receipt)")
+               .Register(registry);
+}
+
+Ingestor::~Ingestor() { Stop(); }
+
+void Ingestor::Start() {
+  std::lock_guard lk(mu_);
+  if (thread_.joinable()) return;
+  stopping_ = false;
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void Ingestor::Stop() {
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  std::deque<Pending> left;
+  {
+    std::lock_guard lk(mu_);
+    left.swap(queue_);
+  }
+  for (auto& p : left) p.done({IngestResult::Kind::kUnavailable, 0, std::nullopt, "the server is stopping"});
+}
+
+bool Ingestor::Submit(std::string host_id, protocol::SampleBatch batch, Done done) {
+  {
+    std::lock_guard lk(mu_);
+    if (stopping_ || !thread_.joinable() || queue_.size() >= settings_.max_queued_batches) {
+      refused_->Increment();
+      return false;
+    }
+    queue_.push_back({std::move(host_id), std::move(batch), std::move(done), clock_.Now(), std::nullopt});
+    queued_->Set(static_cast<double>(queue_.size()));
+  }
+  cv_.notify_one();
+  return true;
+}
+
+IngestResult Ingestor::SubmitAndWait(std::string host_id, protocol::SampleBatch batch) {
+  auto promise = std::make_shared<std::promise<IngestResult>>();
+  auto future = promise->get_future();
+  if (!Submit(std::move(host_id), std::move(batch), [promise](IngestResult r) { promise->set_value(std::move(r)); }))
+    return {IngestResult::Kind::kUnavailable, 0, std::nullopt, "the ingest queue is full"};
+  return future.get();
+}
+
+void Ingestor::Loop() {
+  for (;;) {
+    std::vector<Pending> group;
+    {
+      std::unique_lock lk(mu_);
+      cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_) return;
+      std::size_t samples = 0;
+      while (!queue_.empty() && (group.empty() || samples + queue_.front().batch.samples.size() <= settings_.group_max_samples)) {
+        samples += queue_.front().batch.samples.size();
+        group.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      queued_->Set(static_cast<double>(queue_.size()));
+    }
+    CommitGroup(group);
+    for (auto& p : group) {
+      IngestResult r = std::move(*p.result);
+      switch (r.kind) {
+        case IngestResult::Kind::kAccepted: accepted_->Increment(); break;
+        case IngestResult::Kind::kDuplicate: duplicate_->Increment(); break;
+        case IngestResult::Kind::kRejected: rejected_->Increment(); break;
+        case IngestResult::Kind::kUnavailable: refused_->Increment(); break;
+      }
+      p.done(std::move(r));
+    }
+  }
+}
+
+void Ingestor::CommitGroup(std::vector<Pending>& group) {
+  // A lost race on a ledger row (another replica committed the same batch meanwhile) or a broken
+  // connection: try the group again; the ledger check then sees what did commit.
+  constexpr int kAttempts = 3;
+  for (int attempt = 1; attempt <= kAttempts; ++attempt) {
+    for (auto& p : group) p.result.reset();
+    try {
+      if (!conn_ || !conn_->is_open()) conn_ = OpenSession(session_);
+      if (TryCommit(group)) return;
+    } catch (const pqxx::unique_violation& e) {
+      log::Info("sample batch committed elsewhere meanwhile: checking the ledger again", {{"error", e.what()}});
+    } catch (const std::exception& e) {
+      log::Warn("sample batches not committed", {{"attempt", attempt}, {"error", e.what()}});
+      if (conn_ && !conn_->is_open()) conn_.reset();
+      if (IsUnavailable(e) || !conn_) conn_.reset();
+      if (attempt < kAttempts) std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
+    }
+  }
+  for (auto& p : group)
+    p.result = IngestResult{IngestResult::Kind::kUnavailable, 0, std::nullopt,
+                            "the samples could not be stored now; send the batch again"};
+}
+
+bool Ingestor::TryCommit(std::vector<Pending>& group) {
+  const auto started = std::chrono::steady_clock::now();
+  const TimeMs now = clock_.Now();
+  pqxx::work tx(*conn_, "ingest");
+  std::vector<HostSeq> keys;
+  std::vector<std::string> hosts, instances;
+  for (const auto& p : group) {
+    keys.emplace_back(p.host_id, p.batch.batch_seq);
+    hosts.push_back(p.host_id);
+    for (const auto& s : p.batch.samples)
+      if (s.instance_id) instances.push_back(*s.instance_id);
+  }
+  std::sort(hosts.begin(), hosts.end());
+  hosts.erase(std::unique(hosts.begin(), hosts.end()), hosts.end());
+  std::sort(instances.begin(), instances.end());
+  instances.erase(std::unique(instances.begin(), instances.end()), instances.end());
+
+  std::set<HostSeq> done = CommittedBatches(tx, keys);
+  const auto gpus = HostGpuIndices(tx, hosts);
+  const auto allocations = AllocationsOf(tx, hosts, instances);
+
+  std::string copy;
+  std::vector<LedgerRow> ledger;
+  std::set<std::int64_t> days;
+  std::int64_t samples = 0;
+  for (auto& p : group) {
+    const HostSeq key{p.host_id, p.batch.batch_seq};
+    if (done.count(key)) {  // in the ledger, or earlier in this group
+      p.result = IngestResult{IngestResult::Kind::kDuplicate, 0, std::nullopt, ""};
+      continue;
+    }
+    if (auto problem = CheckBatch(p.batch, p.host_id, gpus, allocations, now, settings_.rules)) {
+      p.result = std::move(*problem);
+      continue;
+    }
+    done.insert(key);
+    for (const auto& s : p.batch.samples) {
+      days.insert(EpochMs(s.ts_ms) / kDayMs);
+      copy += FormatTime(s.ts_ms);
+      copy += '\t';
+      AppendCopyText(copy, p.host_id);
+      copy += '\t';
+      copy += std::to_string(s.gpu_index);
+      copy += '\t';
+      if (s.instance_id) AppendCopyText(copy, *s.instance_id);
+      else copy += "\\N";
+      for (std::int64_t v : {s.interval_ms, static_cast<std::int64_t>(s.util_pct), s.mem_used_bytes, s.power_mw,
+                             s.energy_mj}) {
+        copy += '\t';
+        copy += std::to_string(v);
+      }
+      copy += '\n';
+    }
+    std::optional<std::int64_t> skew;
+    if (p.batch.sent_at_ms) skew = (*p.batch.sent_at_ms - p.received).count();
+    ledger.push_back({p.host_id, p.batch.batch_seq, static_cast<std::int64_t>(p.batch.samples.size()),
+                      p.batch.sampled_through_ms, skew});
+    samples += static_cast<std::int64_t>(p.batch.samples.size());
+    p.result = IngestResult{IngestResult::Kind::kAccepted, static_cast<std::int64_t>(p.batch.samples.size()),
+                            std::nullopt, ""};
+  }
+  if (ledger.empty()) {
+    tx.abort();
+    return true;
+  }
+  for (std::int64_t day : days)
+    if (!partitions_.count(day)) EnsureDayPartition(tx, FromEpochMs(day * kDayMs));
+  if (!copy.empty()) copy.pop_back();  // the writer ends the last line
+  CopySamples(tx, copy);
+  RecordBatches(tx, ledger, now);
+  tx.commit();
+  partitions_.insert(days.begin(), days.end());
+  samples_total_->Increment(static_cast<double>(samples));
+  commit_seconds_->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  for (const auto& row : ledger)
+    if (row.clock_skew_ms) NoteSkew(row.host_id, *row.clock_skew_ms);
+  return true;
+}
+
+void Ingestor::NoteSkew(const std::string& host_id, std::int64_t skew_ms) {
+  std::lock_guard lk(skew_mu_);
+  auto& gauge = skew_by_host_[host_id];
+  if (!gauge) gauge = &skew_->Add({{"host_id", host_id}});
+  gauge->Set(static_cast<double>(skew_ms) / 1000.0);
+  const bool off = std::llabs(skew_ms) > settings_.rules.skew_tolerance.count();
+  if (off && skewed_hosts_.insert(host_id).second)
+    log::Warn("host clock is off from the server's beyond metering.clock_skew_tolerance: its samples near now are "
+              "refused until it is fixed",
+              {{"host_id", host_id}, {"skew_ms", skew_ms}, {"tolerance_ms", settings_.rules.skew_tolerance.count()}});
+  else if (!off && skewed_hosts_.erase(host_id))
+    log::Info("host clock back within tolerance", {{"host_id", host_id}, {"skew_ms", skew_ms}});
+}
+
+void Ingestor::CreatePartitionsAhead(pqxx::connection& conn, TimeMs now) const {
+  pqxx::work tx(conn, "metering_partitions");
+  for (int d = 0; d <= settings_.partitions_ahead; ++d) EnsureDayPartition(tx, now + Millis(d * kDayMs));
+  tx.commit();
+}
+
+void Ingestor::RefreshWatermarkGauges(pqxx::connection& conn, TimeMs now) {
+  pqxx::read_transaction tx(conn, "metering_watermarks");
+  const auto marks = ActiveWatermarks(tx);
+  lag_->Set(marks.empty() ? 0.0 : std::chrono::duration<double>(now - marks.front().sampled_through).count());
+}
+
+}  // namespace spillway::metering

@@ -1,0 +1,133 @@
+#pragma once
+// Ingest of agents' sample batches (POST /v1/agent/samples): exactly once, group-committed.
+//
+// Batches are parsed where they arrive and queued here; one committer thread takes whatever is
+// queued (up to group_max_samples) and, in one transaction on a connection of its own, drops the
+// batches already in the ledger, checks every other sample (CheckBatch), writes all accepted
+// samples with one COPY, adds each batch's ledger row and moves each host's watermark, commits,
+// and only then answers each batch. A crash before the commit loses nothing the agent was told
+// is stored (it keeps the batch and sends it again); a replay after it finds the ledger row.
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/clock.hpp"
+#include "core/config.hpp"
+#include "core/db.hpp"
+#include "core/duration.hpp"
+#include "metering/samples_store.hpp"
+#include "protocol/agent.hpp"
+
+namespace prometheus {
+class Registry;
+class Counter;
+class Gauge;
+class Histogram;
+template <typename T>
+class Family;
+}  // namespace prometheus
+
+namespace spillway::metering {
+
+struct IngestRules {
+  Millis sample_interval{10000};     // agent.sample_interval: a sample covers at most 3 of them
+  Millis skew_tolerance{5000};       // metering.clock_skew_tolerance
+  Millis max_sample_age{168LL * 3600 * 1000};
+};
+
+struct IngestResult {
+  enum class Kind { kAccepted, kDuplicate, kRejected, kUnavailable };
+  Kind kind = Kind::kUnavailable;
+  std::int64_t accepted = 0;
+  std::optional<std::size_t> sample_index;  // kRejected: the sample at fault, when one is
+  std::string message;                      // kRejected / kUnavailable: why
+};
+
+struct IngestSettings {
+  IngestRules rules;
+  std::size_t max_queued_batches = 512;
+  std::size_t group_max_samples = 50000;
+  int partitions_ahead = 3;
+  Millis retry_after{1000};
+  static IngestSettings From(const Config& config);
+};
+
+// The first problem with `batch` from host `host_id` at server time `now` (a kRejected result,
+// with the sample's index when one sample is at fault), or nullopt when every
+// sample is acceptable: its GPU is one of the host's (`gpus`), it covers at most 3 sample
+// intervals, it is not from the future (beyond the tolerance) nor older than max_sample_age, no two
+// samples of one GPU overlap, and a sample with an instance lies within that instance's
+// allocation of that GPU on this host (`allocations`, widened by the tolerance at both ends).
+std::optional<IngestResult> CheckBatch(const protocol::SampleBatch& batch, const std::string& host_id,
+                                                const std::set<std::pair<std::string, int>>& gpus,
+                                                const std::vector<AllocationSpan>& allocations, TimeMs now,
+                                                const IngestRules& rules);
+
+class Ingestor {
+ public:
+  Ingestor(SessionOptions session, IngestSettings settings, const Clock& clock, prometheus::Registry& registry);
+  ~Ingestor();
+  void Start();
+  void Stop();  // answers what is queued as unavailable (the agents send it again)
+
+  using Done = std::function<void(IngestResult)>;
+  // Queues `batch` of `host_id`; `done` is called once, from the committer thread. False (and
+  // `done` not called) when the queue is full: answer 503 with Retry-After.
+  bool Submit(std::string host_id, protocol::SampleBatch batch, Done done);
+  // Submit, then wait for the answer (for callers on a worker thread). kUnavailable when full.
+  IngestResult SubmitAndWait(std::string host_id, protocol::SampleBatch batch);
+
+  Millis retry_after() const { return settings_.retry_after; }
+  // Partitions for today and partitions_ahead days (the metering step calls it on the leader).
+  void CreatePartitionsAhead(pqxx::connection& conn, TimeMs now) const;
+  // spillway_ingest_lag_seconds and the skew gauges from the watermarks (the leader's step).
+  void RefreshWatermarkGauges(pqxx::connection& conn, TimeMs now);
+
+ private:
+  struct Pending {
+    std::string host_id;
+    protocol::SampleBatch batch;
+    Done done;
+    TimeMs received{};
+    std::optional<IngestResult> result;
+  };
+  void Loop();
+  void CommitGroup(std::vector<Pending>& group);
+  bool TryCommit(std::vector<Pending>& group);  // false: retry the group
+
+  SessionOptions session_;
+  IngestSettings settings_;
+  const Clock& clock_;
+  std::unique_ptr<pqxx::connection> conn_;
+  std::set<std::int64_t> partitions_;  // UTC days (epoch days) known to exist
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending> queue_;
+  bool stopping_ = false;
+  std::thread thread_;
+
+  prometheus::Counter* samples_total_ = nullptr;
+  prometheus::Family<prometheus::Counter>* batches_ = nullptr;
+  prometheus::Counter *accepted_ = nullptr, *duplicate_ = nullptr, *rejected_ = nullptr, *refused_ = nullptr;
+  prometheus::Histogram* commit_seconds_ = nullptr;
+  prometheus::Gauge* queued_ = nullptr;
+  prometheus::Gauge* lag_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* skew_ = nullptr;
+  std::mutex skew_mu_;
+  std::map<std::string, prometheus::Gauge*> skew_by_host_;
+  std::set<std::string> skewed_hosts_;  // beyond the tolerance at their last batch (logged once)
+  void NoteSkew(const std::string& host_id, std::int64_t skew_ms);
+};
+
+}  // namespace spillway::metering

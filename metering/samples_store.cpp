@@ -1,0 +1,143 @@
+#include "metering/samples_store.hpp"
+
+#include "core/db.hpp"
+#include "core/sql.hpp"
+
+#include <pqxx/tablewriter>
+
+#include <map>
+
+namespace spillway::metering {
+namespace {
+
+const Statement kCommittedBatches{"metering_committed_batches", R"sql(
+SELECT b.host_id, b.batch_seq FROM ingest_batches b
+JOIN unnest($1::text[], $2::bigint[]) AS q (host_id, batch_seq)
+  ON b.host_id = q.host_id AND b.batch_seq = q.batch_seq)sql"};
+const Statement kHostGpuIndices{"metering_host_gpus",
+                                "SELECT host_id, gpu_index FROM gpus WHERE host_id = ANY($1::text[])"};
+const Statement kAllocations{"metering_allocations",
+                             "SELECT instance_id, host_id, gpu_index, " SPW_EPOCH_MS("allocated_at") " AS from_ms, "
+                             SPW_EPOCH_MS("released_at") " AS to_ms FROM gpu_allocation_history "
+                             "WHERE instance_id = ANY($2::text[]) AND host_id = ANY($1::text[])"};
+const Statement kEnsurePartition{"metering_ensure_partition",
+                                 "SELECT usage_samples_partition(to_timestamp($1::bigint / 1000.0))"};
+const Statement kInsertLedger{"metering_insert_ledger", R"sql(
+INSERT INTO ingest_batches (host_id, batch_seq, samples, sampled_through, received_at)
+SELECT host_id, batch_seq, samples, to_timestamp(through_ms / 1000.0), to_timestamp($5::bigint / 1000.0)
+FROM unnest($1::text[], $2::bigint[], $3::integer[], $4::bigint[]) AS q (host_id, batch_seq, samples, through_ms))sql"};
+// One row per host (the caller folds a host's batches first): the watermark only moves forward.
+const Statement kUpsertWatermarks{"metering_upsert_watermarks", R"sql(
+INSERT INTO host_watermarks AS w (host_id, sampled_through, last_batch_seq, last_batch_at, clock_skew_ms)
+SELECT host_id, to_timestamp(through_ms / 1000.0), batch_seq, to_timestamp($5::bigint / 1000.0), skew_ms
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS q (host_id, through_ms, batch_seq, skew_ms)
+ON CONFLICT (host_id) DO UPDATE SET
+  sampled_through = greatest(w.sampled_through, EXCLUDED.sampled_through),
+  last_batch_seq = greatest(w.last_batch_seq, EXCLUDED.last_batch_seq),
+  last_batch_at = EXCLUDED.last_batch_at,
+  clock_skew_ms = coalesce(EXCLUDED.clock_skew_ms, w.clock_skew_ms))sql"};
+const Statement kNextBatchSeq{"metering_next_batch_seq",
+                              "SELECT coalesce((SELECT last_batch_seq + 1 FROM host_watermarks WHERE host_id = $1), 0)"};
+const Statement kActiveWatermarks{"metering_active_watermarks",
+                                  "SELECT w.host_id, " SPW_EPOCH_MS("w.sampled_through") " AS through_ms, "
+                                  "w.last_batch_seq, " SPW_EPOCH_MS("w.last_batch_at") " AS last_ms, w.clock_skew_ms "
+                                  "FROM host_watermarks w JOIN hosts h ON h.id = w.host_id "
+                                  "WHERE h.state <> 'disabled' ORDER BY w.sampled_through"};
+
+}  // namespace
+
+std::set<HostSeq> CommittedBatches(Tx& tx, const std::vector<HostSeq>& batches) {
+  std::vector<std::string> hosts;
+  std::vector<std::int64_t> seqs;
+  for (const auto& [h, s] : batches) {
+    hosts.push_back(h);
+    seqs.push_back(s);
+  }
+  std::set<HostSeq> out;
+  for (const auto& r : tx.exec_prepared(kCommittedBatches.name, TextArrayLiteral(hosts), Int64ArrayLiteral(seqs)))
+    out.emplace(r["host_id"].as<std::string>(), r["batch_seq"].as<std::int64_t>());
+  return out;
+}
+
+std::set<std::pair<std::string, int>> HostGpuIndices(Tx& tx, const std::vector<std::string>& hosts) {
+  std::set<std::pair<std::string, int>> out;
+  for (const auto& r : tx.exec_prepared(kHostGpuIndices.name, TextArrayLiteral(hosts)))
+    out.emplace(r["host_id"].as<std::string>(), r["gpu_index"].as<int>());
+  return out;
+}
+
+std::vector<AllocationSpan> AllocationsOf(Tx& tx, const std::vector<std::string>& hosts,
+                                          const std::vector<std::string>& instances) {
+  std::vector<AllocationSpan> out;
+  if (instances.empty()) return out;
+  for (const auto& r : tx.exec_prepared(kAllocations.name, TextArrayLiteral(hosts), TextArrayLiteral(instances)))
+    out.push_back({r["instance_id"].as<std::string>(), r["host_id"].as<std::string>(), r["gpu_index"].as<int>(),
+                   *TimeFrom(r["from_ms"]), TimeFrom(r["to_ms"])});
+  return out;
+}
+
+void EnsureDayPartition(Tx& tx, TimeMs day) { tx.exec_prepared(kEnsurePartition.name, EpochMs(day)); }
+
+void CopySamples(Tx& tx, const std::string& copy_text) {
+  if (copy_text.empty()) return;
+  // One COPY for the whole group. tablewriter is libpqxx 6's way to hand COPY pre-formatted text
+  // (stream_to would format every field again); write_raw_line sends it in one PQputCopyData.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  static const std::vector<std::string> kColumns = {"ts",       "host_id",        "gpu_index", "instance_id", "interval_ms",
+                                                    "util_pct", "mem_used_bytes", "power_mw",  "energy_mj"};
+  pqxx::tablewriter writer(tx, "usage_samples", kColumns.begin(), kColumns.end());
+  writer.write_raw_line(copy_text);
+  writer.complete();
+#pragma GCC diagnostic pop
+}
+
+void RecordBatches(Tx& tx, const std::vector<LedgerRow>& rows, TimeMs now) {
+  if (rows.empty()) return;
+  std::vector<std::string> hosts;
+  std::vector<std::int64_t> seqs, samples, through;
+  std::map<std::string, LedgerRow> per_host;  // the newest of each host's batches
+  for (const auto& r : rows) {
+    hosts.push_back(r.host_id);
+    seqs.push_back(r.batch_seq);
+    samples.push_back(r.samples);
+    through.push_back(EpochMs(r.sampled_through));
+    auto [it, fresh] = per_host.emplace(r.host_id, r);
+    if (!fresh) {
+      LedgerRow& h = it->second;
+      if (r.sampled_through > h.sampled_through) h.sampled_through = r.sampled_through;
+      if (r.batch_seq > h.batch_seq) {
+        h.batch_seq = r.batch_seq;
+        if (r.clock_skew_ms) h.clock_skew_ms = r.clock_skew_ms;
+      }
+    }
+  }
+  tx.exec_prepared(kInsertLedger.name, TextArrayLiteral(hosts), Int64ArrayLiteral(seqs), Int64ArrayLiteral(samples),
+                   Int64ArrayLiteral(through), EpochMs(now));
+  std::vector<std::string> w_hosts;
+  std::vector<std::int64_t> w_through, w_seq;
+  std::string skews = "{";
+  for (const auto& [host, r] : per_host) {
+    w_hosts.push_back(host);
+    w_through.push_back(EpochMs(r.sampled_through));
+    w_seq.push_back(r.batch_seq);
+    skews += (skews.size() > 1 ? "," : "") + (r.clock_skew_ms ? std::to_string(*r.clock_skew_ms) : std::string("NULL"));
+  }
+  skews += "}";
+  tx.exec_prepared(kUpsertWatermarks.name, TextArrayLiteral(w_hosts), Int64ArrayLiteral(w_through),
+                   Int64ArrayLiteral(w_seq), skews, EpochMs(now));
+}
+
+std::int64_t NextBatchSeq(Tx& tx, const std::string& host_id) {
+  return tx.exec_prepared(kNextBatchSeq.name, host_id)[0][0].as<std::int64_t>();
+}
+
+std::vector<HostWatermark> ActiveWatermarks(Tx& tx) {
+  std::vector<HostWatermark> out;
+  for (const auto& r : tx.exec_prepared(kActiveWatermarks.name))
+    out.push_back({r["host_id"].as<std::string>(), *TimeFrom(r["through_ms"]), r["last_batch_seq"].as<std::int64_t>(),
+                   *TimeFrom(r["last_ms"]), IntFrom(r["clock_skew_ms"])});
+  return out;
+}
+
+}  // namespace spillway::metering

@@ -1,0 +1,64 @@
+#pragma once
+// Metering's store for ingest: the batch ledger, host watermarks, the GPUs and allocation history a
+// batch is checked against, daily partitions, and the COPY of samples. SQL lives in the .cpp.
+#include <pqxx/pqxx>
+
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/clock.hpp"
+#include "core/db_fwd.hpp"
+
+namespace spillway::metering {
+
+// Who held a GPU when (gpu_allocation_history), as ingest checks a sample against it.
+struct AllocationSpan {
+  std::string instance_id, host_id;
+  int gpu_index = 0;
+  TimeMs from{};
+  std::optional<TimeMs> to;  // still held
+};
+
+using HostSeq = std::pair<std::string, std::int64_t>;
+
+// Of `batches`, those already in the ledger.
+std::set<HostSeq> CommittedBatches(Tx& tx, const std::vector<HostSeq>& batches);
+// (host, gpu_index) of every GPU of `hosts`.
+std::set<std::pair<std::string, int>> HostGpuIndices(Tx& tx, const std::vector<std::string>& hosts);
+// Every allocation of `instances` on `hosts`.
+std::vector<AllocationSpan> AllocationsOf(Tx& tx, const std::vector<std::string>& hosts,
+                                          const std::vector<std::string>& instances);
+// Creates the daily partition holding `day` when missing.
+void EnsureDayPartition(Tx& tx, TimeMs day);
+// COPY of rows already in COPY text format (one line per sample, tab-separated, \N for null,
+// columns as kSampleCopyColumns), without the final newline.
+void CopySamples(Tx& tx, const std::string& copy_text);
+inline constexpr const char* kSampleCopyColumns =
+    "ts, host_id, gpu_index, instance_id, interval_ms, util_pct, mem_used_bytes, power_mw, energy_mj";
+
+struct LedgerRow {
+  std::string host_id;
+  std::int64_t batch_seq = 0, samples = 0;
+  TimeMs sampled_through{};
+  std::optional<std::int64_t> clock_skew_ms;
+};
+// The ledger rows of the batches committed now, and each host's watermark moved forward.
+void RecordBatches(Tx& tx, const std::vector<LedgerRow>& rows, TimeMs now);
+// One more than the highest batch_seq committed for the host (0 for none).
+std::int64_t NextBatchSeq(Tx& tx, const std::string& host_id);
+
+struct HostWatermark {
+  std::string host_id;
+  TimeMs sampled_through{};
+  std::int64_t last_batch_seq = 0;
+  TimeMs last_batch_at{};
+  std::optional<std::int64_t> clock_skew_ms;
+};
+// The watermarks of hosts that are not retired, oldest first.
+std::vector<HostWatermark> ActiveWatermarks(Tx& tx);
+
+}  // namespace spillway::metering

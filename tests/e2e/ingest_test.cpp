@@ -1,0 +1,194 @@
+// POST /v1/agent/samples spoken directly (docs/protocol.md): a batch is stored exactly once, a
+// replay is acknowledged without a second write, an invalid sample refuses its whole batch (and
+// never blocks the next), and concurrent batches from many hosts are each stored once.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "core/clock.hpp"
+#include "tests/e2e/fleet_support.hpp"
+
+using namespace spillway;
+using namespace spillway::test;
+using namespace std::chrono_literals;
+
+namespace {
+const std::string kBootstrap = "test-bootstrap-token";
+
+std::string HostBody(const std::string& hostname) {
+  std::string gpus;
+  for (int i = 0; i < 2; ++i)
+    gpus += std::string(i ? "," : "") + R"({"index":)" + std::to_string(i) + R"(,"uuid":"GPU-)" + hostname + "-" +
+            std::to_string(i) + R"(","model":"H100-80GB","memory_bytes":85899345920})";
+  return R"({"hostname":")" + hostname + R"(","region":"eu-north","zone":"eu-north-1a","gpus":[)" + gpus + "]}";
+}
+
+struct S {
+  std::int64_t ts_ms;
+  int gpu;
+  std::string instance;  // "" for none
+  std::int64_t interval_ms = 1000;
+};
+
+std::string Batch(std::int64_t seq, const std::vector<S>& samples, std::int64_t through_ms = 0) {
+  std::string body = R"({"batch_seq":)" + std::to_string(seq) + R"(,"sampled_through_ms":)";
+  std::int64_t through = through_ms;
+  for (const auto& s : samples) through = std::max(through, s.ts_ms);
+  body += std::to_string(through) + R"(,"sent_at_ms":)" + std::to_string(EpochMs(NowMs())) + R"(,"samples":[)";
+  for (size_t i = 0; i < samples.size(); ++i) {
+    const auto& s = samples[i];
+    body += std::string(i ? "," : "") + R"({"ts_ms":)" + std::to_string(s.ts_ms) + R"(,"gpu_index":)" +
+            std::to_string(s.gpu) + R"(,"instance_id":)" + (s.instance.empty() ? "null" : "\"" + s.instance + "\"") +
+            R"(,"interval_ms":)" + std::to_string(s.interval_ms) +
+            R"(,"util_pct":97,"mem_used_bytes":1839071232,"power_mw":688458,"energy_mj":5087279})";
+  }
+  return body + "]}";
+}
+}  // namespace
+
+class Ingest : public FleetTest {
+ protected:
+  void SetUp() override { StartFleet(8); }
+  HttpResponse Call(const std::string& method, const std::string& path, const std::string& key,
+                    const std::string& body = "") {
+    return fleet_->Call(method, path, key, body);
+  }
+  struct Host {
+    std::string id, token;
+  };
+  Host Register(const std::string& hostname) {
+    const auto r = Call("POST", "/v1/agent/register", kBootstrap, HostBody(hostname));
+    EXPECT_TRUE(r.status == 201 || r.status == 200) << r.body;
+    const auto j = Json(r);
+    return {Str(j, "host_id"), Str(j, "host_token")};
+  }
+  // An on-demand instance placed on `host` and reported running; returns {id, its GPU}.
+  std::pair<std::string, int> RunningInstance(const Host& host) {
+    const auto created = Call("POST", "/v1/instances", member_,
+                              R"({"instance_type":"h100.1x","region":"eu-north","market":"on_demand"})");
+    EXPECT_EQ(created.status, 201) << created.body;
+    const auto j = Json(created);
+    const std::string id = Str(j, "id");
+    EXPECT_EQ(Str(j, "host_id"), host.id);
+    EXPECT_EQ(Call("POST", "/v1/agent/heartbeat", host.token,
+                   R"({"instances":[{"id":")" + id + R"(","state":"running"}]})").status, 200);
+    return {id, static_cast<int>(j.at("gpu_indices").as_array().at(0).as_int64())};
+  }
+  std::int64_t Scalar(const std::string& sql) {
+    auto c = db_->Connect();
+    pqxx::nontransaction tx(*c);
+    return tx.exec1(sql)[0].as<std::int64_t>();
+  }
+};
+
+TEST_F(Ingest, ABatchIsStoredOnceAndAReplayIsADuplicate) {
+  const Host host = Register("gpu-1");
+  const auto [instance, gpu] = RunningInstance(host);
+  const std::int64_t now = EpochMs(NowMs());
+  const std::string batch = Batch(0, {{now - 1000, gpu, instance}, {now - 1000, 1 - gpu, ""}, {now, gpu, instance}});
+  auto r = Call("POST", "/v1/agent/samples", host.token, batch);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Json(r).at("accepted").as_int64(), 3);
+  EXPECT_FALSE(Json(r).at("duplicate").as_bool());
+  // The answer was lost, say: the agent sends the batch again. Acknowledged, nothing written.
+  r = Call("POST", "/v1/agent/samples", host.token, batch);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Json(r).at("accepted").as_int64(), 0);
+  EXPECT_TRUE(Json(r).at("duplicate").as_bool());
+  EXPECT_EQ(Scalar("SELECT count(*) FROM usage_samples"), 3);
+  EXPECT_EQ(Scalar("SELECT sum(interval_ms) FROM usage_samples WHERE instance_id = '" + instance + "'"), 2000);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM usage_samples WHERE instance_id IS NULL"), 1);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM ingest_batches"), 1);
+  EXPECT_EQ(Scalar("SELECT (extract(epoch FROM sampled_through) * 1000)::bigint FROM host_watermarks"), now);
+  // An agent that lost its spool registers again and is told where to go on numbering.
+  r = Call("POST", "/v1/agent/register", kBootstrap, HostBody("gpu-1"));
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Json(r).at("next_batch_seq").as_int64(), 1);
+  // The skew gauge shows the host's clock against the server's.
+  const auto metrics = Http(server_->admin_port(), "GET", "/metrics");
+  EXPECT_NE(metrics.body.find("spillway_host_clock_skew_seconds{host_id=\"" + host.id + "\"}"), std::string::npos);
+  EXPECT_NE(metrics.body.find("spillway_ingest_batches_total{result=\"duplicate\"} 1"), std::string::npos);
+  EXPECT_NE(metrics.body.find("spillway_ingest_samples_total 3"), std::string::npos);
+}
+
+TEST_F(Ingest, AnInvalidSampleRefusesItsWholeBatchAndNeverBlocksTheNext) {
+  const Host host = Register("gpu-1");
+  const auto [instance, gpu] = RunningInstance(host);
+  const std::int64_t now = EpochMs(NowMs());
+  struct Case {
+    std::vector<S> samples;
+    std::size_t index;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {{{now, gpu, instance}, {now, 1 - gpu, instance}}, 1, "did not hold GPU"},  // not its GPU
+      {{{now, gpu, instance}, {now, 7, ""}}, 1, "no GPU 7"},
+      {{{now + 60'000, gpu, instance}}, 0, "ahead of the server's clock"},
+      {{{now, gpu, instance, 31'000}}, 0, "more than 3 sample intervals"},
+      {{{now - 500, gpu, instance}, {now, gpu, instance}}, 1, "overlaps samples[0]"},
+      {{{now - 3'600'000, gpu, instance}}, 0, "did not hold GPU"},  // before it was placed
+      {{{now, gpu, "ins_someone_elses"}}, 0, "did not hold GPU"},
+  };
+  for (const auto& c : cases) {
+    const auto r = Call("POST", "/v1/agent/samples", host.token, Batch(5, c.samples));
+    ASSERT_EQ(r.status, 422) << r.body;
+    const auto body = Json(r);
+    const auto& err = body.at("error");
+    EXPECT_EQ(Str(err, "code"), "invalid_sample") << r.body;
+    EXPECT_EQ(err.at("sample_index").as_int64(), static_cast<std::int64_t>(c.index)) << r.body;
+    EXPECT_NE(Str(err, "message").find(c.says), std::string::npos) << r.body;
+  }
+  // A malformed sample is refused with its index too, before anything is looked up.
+  auto r = Call("POST", "/v1/agent/samples", host.token,
+                R"({"batch_seq":5,"sampled_through_ms":1,"samples":[{"ts_ms":1,"gpu_index":0,"instance_id":null,)"
+                R"("interval_ms":1000,"util_pct":101,"mem_used_bytes":0,"power_mw":0,"energy_mj":0}]})");
+  ASSERT_EQ(r.status, 422) << r.body;
+  const auto malformed = Json(r);
+  EXPECT_EQ(malformed.at("error").at("sample_index").as_int64(), 0);
+  EXPECT_NE(Str(malformed.at("error"), "message").find("samples[0].util_pct"), std::string::npos) << r.body;
+  EXPECT_EQ(Scalar("SELECT count(*) FROM usage_samples"), 0);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM ingest_batches"), 0);
+  // The agent sets a refused batch aside; the next one (even with the same number) goes in.
+  r = Call("POST", "/v1/agent/samples", host.token, Batch(5, {{now, gpu, instance}}));
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Json(r).at("accepted").as_int64(), 1);
+  // Only hosts ship samples.
+  EXPECT_EQ(Call("POST", "/v1/agent/samples", member_, Batch(6, {{now, gpu, ""}})).status, 403);
+}
+
+TEST_F(Ingest, ConcurrentBatchesAndReplaysFromManyHostsAreEachStoredOnce) {
+  constexpr int kHosts = 4, kBatches = 25, kPerBatch = 40;
+  std::vector<Host> hosts;
+  for (int h = 0; h < kHosts; ++h) hosts.push_back(Register("gpu-" + std::to_string(h)));
+  const std::int64_t start = EpochMs(NowMs()) - kBatches * kPerBatch * 10;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> senders;
+  // Two senders per host send every batch (the second a replay racing the first).
+  for (int h = 0; h < kHosts; ++h)
+    for (int copy = 0; copy < 2; ++copy)
+      senders.emplace_back([&, h] {
+        for (int b = 0; b < kBatches; ++b) {
+          std::vector<S> samples;
+          for (int i = 0; i < kPerBatch; ++i)
+            samples.push_back({start + (b * kPerBatch + i) * 10 + 10, i % 2, "", 10});
+          const std::string body = Batch(b, samples);
+          for (int attempt = 0;; ++attempt) {
+            const auto r = Call("POST", "/v1/agent/samples", hosts[h].token, body);
+            if (r.status == 200) break;
+            if (r.status != 503 || attempt > 50) {
+              ++failures;
+              ADD_FAILURE() << r.status << " " << r.body;
+              break;
+            }
+            std::this_thread::sleep_for(50ms);
+          }
+        }
+      });
+  for (auto& t : senders) t.join();
+  ASSERT_EQ(failures, 0);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM usage_samples"), kHosts * kBatches * kPerBatch);
+  EXPECT_EQ(Scalar("SELECT sum(interval_ms) FROM usage_samples"), kHosts * kBatches * kPerBatch * 10);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM ingest_batches"), kHosts * kBatches);
+  EXPECT_EQ(Scalar("SELECT max(n) FROM (SELECT count(*) AS n FROM usage_samples GROUP BY host_id, gpu_index, ts) c"), 1);
+}
