@@ -2,6 +2,8 @@
 
 #include <boost/json.hpp>
 
+#include <random>
+
 #include "core/crypto.hpp"
 #include "core/log.hpp"
 #include "metering/agent/http_client.hpp"
@@ -11,13 +13,38 @@ namespace {
 constexpr const char* kAgentVersion = SPILLWAY_VERSION;
 }
 
-HostAgent::HostAgent(HostOptions options, RuntimePtr runtime)
-    : options_(std::move(options)), runtime_(std::move(runtime)) {}
+HostAgent::HostAgent(HostOptions options, RuntimePtr runtime, MeteringOptions metering)
+    : options_(std::move(options)),
+      runtime_(std::move(runtime)),
+      spool_(std::move(metering.spool)),
+      sampler_(std::move(metering.sampler)),
+      batch_samples_(metering.batch_samples) {
+  if (!spool_) return;
+  std::vector<int> indices;
+  for (const auto& g : options_.gpus) indices.push_back(static_cast<int>(g.index));
+  meter_ = std::make_unique<Meter>(indices, sample_interval_, NowMs());
+  if (!sampler_) {
+    const std::string seed = Sha256Hex(options_.hostname).substr(0, 16);
+    sampler_ = std::make_unique<SimulatedSampler>(std::stoull(seed, nullptr, 16), options_.gpus,
+                                                  [this](int gpu) { return meter_->Busy(gpu); });
+  }
+}
 
 HostAgent::~HostAgent() {
   Stop();
   if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
+  if (sample_thread_.joinable()) sample_thread_.join();
+  if (ship_thread_.joinable()) ship_thread_.detach();  // may be in a call; holds nothing to save
   if (poll_thread_.joinable()) poll_thread_.detach();
+}
+
+MeteringStats HostAgent::Metering() const {
+  MeteringStats m;
+  if (spool_) m.spool = spool_->Stats();
+  m.batches_shipped = batches_shipped_;
+  m.ship_failures = ship_failures_;
+  m.sampler_errors = sampler_errors_;
+  return m;
 }
 
 std::string HostAgent::SimulatedUuid(const std::string& hostname, int index) {
@@ -29,11 +56,21 @@ std::string HostAgent::SimulatedUuid(const std::string& hostname, int index) {
 void HostAgent::Start() {
   heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
   poll_thread_ = std::thread([this] { PollLoop(); });
+  if (spool_) {
+    sample_thread_ = std::thread([this] { SampleLoop(); });
+    ship_thread_ = std::thread([this] { ShipLoop(); });
+  }
 }
 
 void HostAgent::Stop() {
   if (stopping_.exchange(true)) return;
   cv_.notify_all();
+  ship_cv_.notify_all();
+  // The time since the last tick is recorded too, so a restart leaves no unobserved gap behind.
+  if (spool_) {
+    if (sample_thread_.joinable()) sample_thread_.join();
+    SampleOnce();
+  }
 }
 
 void HostAgent::Drain(std::chrono::milliseconds grace) {
@@ -79,6 +116,11 @@ bool HostAgent::Register() {
     token_ = reply.host_token;
     host_id_ = reply.host_id;
     heartbeat_interval_ = std::chrono::milliseconds(reply.heartbeat_interval_ms);
+    sample_interval_ = std::chrono::milliseconds(std::max<std::int64_t>(100, reply.sample_interval_ms));
+    interval_changed_ = true;
+    cv_.notify_all();
+    if (meter_) meter_->SetInterval(sample_interval_);
+    if (spool_) spool_->AdoptNextSeq(reply.next_batch_seq);
     version_ = -1;
     log::Info("registered", {{"hostname", options_.hostname}, {"host_id", host_id_}, {"status", r.status}});
     return true;
@@ -175,6 +217,13 @@ void HostAgent::HeartbeatLoop() {
         states[id] = state;
         report.instances.push_back({id, state});
       }
+      if (meter_) {
+        std::map<int, std::string> running;
+        for (const auto& [id, state] : states)
+          if (state == "running")
+            for (int g : assigned_[id].gpus) running[g] = id;
+        meter_->Observe(now, running);
+      }
       token = token_;
       due = kick_ || states != last_sent || std::chrono::steady_clock::now() >= next_due;
       kick_ = false;
@@ -197,6 +246,105 @@ void HostAgent::HeartbeatLoop() {
     }
     std::lock_guard lk(mu_);
     next_due = std::chrono::steady_clock::now() + heartbeat_interval_;
+  }
+}
+
+void HostAgent::SampleOnce() {
+  std::lock_guard lk(sample_mu_);
+  const TimeMs now = NowMs();
+  std::vector<GpuReading> readings;
+  try {
+    readings = sampler_->Read(now);
+  } catch (const SamplerError& e) {
+    // Nothing recorded for this tick; the next one covers the time (up to 3 intervals).
+    ++sampler_errors_;
+    log::Error("sampling failed", {{"hostname", options_.hostname}, {"error", e.what()}});
+    return;
+  }
+  const auto samples = meter_->Tick(now, readings);
+  if (samples.empty()) return;
+  if (!spool_->Append(now, samples)) return;  // logged by the spool
+  {
+    std::lock_guard slk(mu_);
+    ship_kick_ = true;
+  }
+  ship_cv_.notify_all();
+}
+
+void HostAgent::SampleLoop() {
+  auto last = std::chrono::steady_clock::now();
+  while (!stopping_) {
+    {
+      std::unique_lock lk(mu_);
+      const auto interval = sample_interval_;
+      // Registration may change the interval: wake then and wait out the new one from `last`.
+      cv_.wait_until(lk, last + interval, [&] { return stopping_ || interval_changed_; });
+      if (stopping_) break;
+      if (interval_changed_) {
+        interval_changed_ = false;
+        continue;
+      }
+      const auto now = std::chrono::steady_clock::now();
+      last = now - (last + interval) > interval ? now : last + interval;  // fell behind: start afresh
+    }
+    SampleOnce();
+  }
+}
+
+void HostAgent::ShipLoop() {
+  std::unique_ptr<HttpClient> client;
+  std::chrono::milliseconds backoff{0};
+  std::mt19937_64 rng(std::random_device{}());
+  while (!stopping_) {
+    {
+      std::unique_lock lk(mu_);
+      if (backoff.count() > 0) {
+        // Jittered, so a fleet that lost the apiserver does not come back in step.
+        std::uniform_int_distribution<std::int64_t> jitter(backoff.count() / 2, backoff.count());
+        ship_cv_.wait_for(lk, std::chrono::milliseconds(jitter(rng)), [&] { return stopping_.load(); });
+      } else {
+        ship_cv_.wait_for(lk, sample_interval_, [&] { return stopping_ || ship_kick_; });
+      }
+      ship_kick_ = false;
+    }
+    if (stopping_) break;
+    const std::string token = Token();
+    if (token.empty()) continue;  // registration is the poll loop's job
+    for (;;) {  // drain what is waiting, one batch at a time
+      auto batch = spool_->NextBatch(batch_samples_);
+      if (!batch || stopping_) break;
+      batch->sent_at_ms = NowMs();
+      HttpClient::Result r;
+      try {
+        if (!client) client = std::make_unique<HttpClient>(options_.api);
+        r = client->Call("POST", "/v1/agent/samples", token, boost::json::serialize(protocol::ToJson(*batch)),
+                         std::chrono::seconds(30));
+      } catch (const std::exception& e) {
+        client.reset();
+        r = {0, e.what()};
+      }
+      if (r.status == 200) {
+        spool_->Acknowledge();
+        ++batches_shipped_;
+        backoff = std::chrono::milliseconds(0);
+        continue;
+      }
+      if (r.status == 422) {
+        // Never retried: kept aside with the server's reason, and the batches behind it go on.
+        spool_->Quarantine("422 " + r.body);
+        log::Error("sample batch refused by the server: quarantined",
+                   {{"hostname", options_.hostname}, {"batch_seq", batch->batch_seq}, {"body", r.body}});
+        continue;
+      }
+      if (r.status == 401) Invalidate(token);
+      ++ship_failures_;
+      backoff = std::min<std::chrono::milliseconds>(std::chrono::seconds(30),
+                                                    std::max<std::chrono::milliseconds>(std::chrono::milliseconds(500), backoff * 2));
+      log::Warn("sample batch not stored yet: kept in the spool, sent again later",
+                {{"hostname", options_.hostname}, {"batch_seq", batch->batch_seq}, {"status", r.status},
+                 {"body", r.body}, {"retry_in_ms", backoff.count()}});
+      break;
+    }
   }
 }
 

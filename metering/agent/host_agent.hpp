@@ -10,7 +10,10 @@
 
 #include "core/clock.hpp"
 #include "core/json.hpp"
+#include "metering/agent/meter.hpp"
 #include "metering/agent/runtime.hpp"
+#include "metering/agent/sampler.hpp"
+#include "metering/agent/spool.hpp"
 #include "protocol/agent.hpp"
 
 namespace spillway::agent {
@@ -22,12 +25,25 @@ struct HostOptions {
   std::vector<GpuInfo> gpus;
 };
 
+// Metering (docs/architecture.md): every sample interval each GPU is read, attributed (Meter),
+// appended to the spool and shipped from there in batches.
+struct MeteringOptions {
+  std::unique_ptr<Spool> spool;     // null: this host does not meter
+  SamplerPtr sampler;               // null: simulated, seeded from the hostname
+  std::size_t batch_samples = 1000;
+};
+
+struct MeteringStats {
+  SpoolStats spool;
+  std::int64_t batches_shipped = 0, ship_failures = 0, sampler_errors = 0;
+};
+
 // One GPU host's side of PROTOCOL.md: registers (again, with a fresh token, when its token stops
 // working), long-polls its assignments and applies them to its runtime, and heartbeats the actual
 // state of its instances: at the interval the server asked for, and at once when a state changes.
 class HostAgent {
  public:
-  HostAgent(HostOptions options, RuntimePtr runtime);
+  HostAgent(HostOptions options, RuntimePtr runtime, MeteringOptions metering = {});
   ~HostAgent();
   void Start();
   // Stops the loops and leaves the instances running (a restarted agent takes them up again);
@@ -38,6 +54,7 @@ class HostAgent {
   void Drain(std::chrono::milliseconds grace);
   // Deterministic GPU UUIDs for simulated hosts, so a restarted agent is recognised as the same host.
   static std::string SimulatedUuid(const std::string& hostname, int index);
+  MeteringStats Metering() const;
 
  private:
   struct Assigned {
@@ -51,6 +68,9 @@ class HostAgent {
   void Apply(std::int64_t version, std::map<std::string, Assigned> next);
   std::string Token();
   void Invalidate(const std::string& token);  // a 401: register again before the next call
+  void SampleLoop();
+  void SampleOnce();
+  void ShipLoop();
 
   HostOptions options_;
   RuntimePtr runtime_;
@@ -64,6 +84,19 @@ class HostAgent {
   bool kick_ = false;
   std::atomic<bool> stopping_{false};
   std::thread poll_thread_, heartbeat_thread_;
+
+  // Metering (absent when options had no spool).
+  std::unique_ptr<Spool> spool_;
+  SamplerPtr sampler_;
+  std::unique_ptr<Meter> meter_;
+  std::size_t batch_samples_ = 1000;
+  std::chrono::milliseconds sample_interval_{10000};  // told at registration
+  bool interval_changed_ = false;
+  std::mutex sample_mu_;                               // one tick at a time (the loop, or Stop's last)
+  std::condition_variable ship_cv_;
+  bool ship_kick_ = false;
+  std::atomic<std::int64_t> batches_shipped_{0}, ship_failures_{0}, sampler_errors_{0};
+  std::thread sample_thread_, ship_thread_;
 };
 
 }  // namespace spillway::agent

@@ -22,6 +22,7 @@ constexpr const char* kUsage =
     "                      [--runtime simulated|exec] [--launcher CMD] [--stop-grace 10s]\n"
     "                      [--simulate-hosts N --gpu-model M --gpus-per-host G] [--boot-delay 2s]\n"
     "                      [--hostname NAME] [--log-level info] [--state-dir DIR] [--drain-on-exit]\n"
+    "                      [--sampler simulated|nvml] [--nvml-library PATH] [--spool-max-bytes N]\n"
     "  --api              the apiserver, http://HOST:PORT\n"
     "  --bootstrap-token  the fleet's bootstrap token (or SPILLWAY_AGENT_BOOTSTRAP_TOKEN)\n"
     "  --runtime          simulated (default): instances boot for --boot-delay, then run;\n"
@@ -31,7 +32,13 @@ constexpr const char* kUsage =
     "  --state-dir        where each host keeps what its instances are (default /var/lib/spillway-agent);\n"
     "                     instances outlive the agent and a restarted agent takes them up again\n"
     "  --drain-on-exit    on SIGTERM/SIGINT, stop every instance first (decommissioning a host);\n"
-    "                     without it the agent exits and leaves its instances running\n";
+    "                     without it the agent exits and leaves its instances running\n"
+    "  --sampler          what each GPU is read with every sample interval: simulated (default) or\n"
+    "                     nvml (libnvidia-ml.so.1 via dlopen; the host's GPUs are discovered, and\n"
+    "                     --gpu-model only renames their model)\n"
+    "  --nvml-library     the NVML library to load (default libnvidia-ml.so.1)\n"
+    "  --spool-max-bytes  the on-disk sample spool's bound (default 1073741824); beyond it the oldest\n"
+    "                     unsent samples are dropped, logged and counted\n";
 
 int Usage(const std::string& why) {
   std::cerr << "spillway-agent: " << why << "\n" << kUsage;
@@ -55,7 +62,8 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> flags = {
       {"--region", "local"}, {"--zone", ""}, {"--runtime", "simulated"}, {"--stop-grace", "10s"},
       {"--boot-delay", "2s"}, {"--log-level", "info"}, {"--gpus-per-host", "8"}, {"--simulate-hosts", "0"},
-      {"--state-dir", "/var/lib/spillway-agent"}};
+      {"--state-dir", "/var/lib/spillway-agent"}, {"--sampler", "simulated"}, {"--nvml-library", ""},
+      {"--spool-max-bytes", "1073741824"}};
   bool drain_on_exit = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -79,7 +87,7 @@ int main(int argc, char** argv) {
     static const std::vector<std::string> kKnown = {
         "--api", "--bootstrap-token", "--region", "--zone", "--runtime", "--launcher", "--stop-grace",
         "--simulate-hosts", "--gpu-model", "--gpus-per-host", "--boot-delay", "--hostname", "--log-level",
-        "--state-dir"};
+        "--state-dir", "--sampler", "--nvml-library", "--spool-max-bytes"};
     if (std::find(kKnown.begin(), kKnown.end(), arg) == kKnown.end()) return Usage("unknown option " + arg);
     flags[arg] = value;
   }
@@ -104,10 +112,42 @@ int main(int argc, char** argv) {
   }
   if (hosts < 0 || hosts > 1000 || gpus_per_host < 1 || gpus_per_host > 64)
     return Usage("--simulate-hosts is 0-1000 and --gpus-per-host 1-64");
-  // Without NVML discovery (the metering issue brings the nvml sampler), a real host describes its
-  // GPUs with --gpu-model and --gpus-per-host too.
-  if (!flags.count("--gpu-model")) return Usage("--gpu-model is required (e.g. H100-80GB)");
-  const std::string model = flags["--gpu-model"];
+  const std::string sampler_kind = flags["--sampler"];
+  if (sampler_kind != "simulated" && sampler_kind != "nvml") return Usage("--sampler must be simulated or nvml");
+  std::int64_t spool_max = 0;
+  try {
+    spool_max = std::stoll(flags["--spool-max-bytes"]);
+  } catch (const std::exception&) {
+    spool_max = -1;
+  }
+  if (spool_max < (1 << 20)) return Usage("--spool-max-bytes takes a number of bytes, at least 1048576");
+  // With nvml the GPUs are discovered; simulated hosts are described by --gpu-model and --gpus-per-host.
+  std::unique_ptr<NvmlSampler> nvml;
+  NvmlHost discovered;
+  if (sampler_kind == "nvml") {
+    if (hosts > 0) return Usage("--sampler nvml reads this machine's GPUs: it cannot stand in for --simulate-hosts");
+    std::string why;
+    nvml = NvmlSampler::Open(flags["--nvml-library"], &why);
+    if (!nvml) {
+      std::cerr << "spillway-agent: " << why << "\n";
+      return 2;
+    }
+    try {
+      discovered = nvml->Discover();
+    } catch (const SamplerError& e) {
+      std::cerr << "spillway-agent: nvml unavailable: " << e.what() << "\n";
+      return 2;
+    }
+    log::Info("nvml: GPUs discovered", {{"gpus", static_cast<std::int64_t>(discovered.gpus.size())},
+                                        {"model", discovered.gpus.at(0).model},
+                                        {"driver_version", discovered.driver_version},
+                                        {"cuda_version", discovered.cuda_version}});
+    if (flags.count("--gpu-model"))
+      for (auto& g : discovered.gpus) g.model = flags["--gpu-model"];
+  } else if (!flags.count("--gpu-model")) {
+    return Usage("--gpu-model is required with the simulated sampler (e.g. H100-80GB)");
+  }
+  const std::string model = nvml ? discovered.gpus.at(0).model : flags["--gpu-model"];
   std::string base = flags.count("--hostname") ? flags["--hostname"] : "";
   if (base.empty()) {
     char name[256] = {0};
@@ -137,8 +177,12 @@ int main(int argc, char** argv) {
     o.region = flags["--region"];
     o.zone = zone;
     o.hostname = hosts == 0 ? base : base + "-" + flags["--region"] + "-" + std::to_string(h);
-    for (int g = 0; g < gpus_per_host; ++g)
-      o.gpus.push_back({g, MemoryOf(model), HostAgent::SimulatedUuid(o.hostname, g), model});
+    if (nvml) {
+      o.gpus = discovered.gpus;
+    } else {
+      for (int g = 0; g < gpus_per_host; ++g)
+        o.gpus.push_back({g, MemoryOf(model), HostAgent::SimulatedUuid(o.hostname, g), model});
+    }
     // One state folder per host: simulated hosts of one process keep theirs apart.
     const std::string state_dir = flags["--state-dir"] + "/" + o.hostname;
     std::string why;
@@ -146,10 +190,15 @@ int main(int argc, char** argv) {
     RuntimePtr rt;
     if (runtime == "exec") rt = std::make_unique<ExecRuntime>(flags["--launcher"], *stop_grace, state_dir, self);
     else rt = std::make_unique<SimulatedRuntime>(*boot_delay, state_dir);
-    agents.push_back(std::make_unique<HostAgent>(std::move(o), std::move(rt)));
+    MeteringOptions metering;
+    metering.spool = Spool::Open({state_dir + "/spool", spool_max, 4LL << 20}, &why);
+    if (!metering.spool) return Usage("--state-dir: the spool: " + why);
+    metering.sampler = std::move(nvml);  // null for simulated hosts: each gets its own
+    agents.push_back(std::make_unique<HostAgent>(std::move(o), std::move(rt), std::move(metering)));
   }
   for (auto& a : agents) a->Start();
-  log::Info("spillway-agent running", {{"hosts", count}, {"runtime", runtime}, {"gpu_model", model},
+  log::Info("spillway-agent running", {{"hosts", count}, {"runtime", runtime}, {"sampler", sampler_kind},
+                                       {"gpu_model", model},
                                        {"region", flags["--region"]}});
   int sig = 0;
   sigwait(&stop_signals, &sig);

@@ -1,0 +1,165 @@
+// Metering end to end with real processes: simulated agents sample every GPU, spool, ship; the
+// apiserver stores each sample once. An instance is metered for the time it ran, to within the
+// agent's observation; kill -9 of the agent or of the apiserver loses nothing recorded and stores
+// nothing twice: per GPU, samples never overlap, and the only gaps are while the agent was dead.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <thread>
+
+#include "core/clock.hpp"
+#include "tests/e2e/fleet_support.hpp"
+
+using namespace spillway;
+using namespace spillway::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct GpuTiling {
+  std::int64_t samples = 0, overlaps = 0, covered_ms = 0, gap_ms = 0, span_ms = 0;
+};
+
+}  // namespace
+
+class Metering : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = std::make_unique<TestDb>();
+    auto env = FastFleetEnv();
+    env["SPILLWAY_AGENT_SAMPLE_INTERVAL"] = "500ms";
+    server_ = std::make_unique<ApiServer>(db_->dsn(), env);
+    ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
+    fleet_ = std::make_unique<Fleet>(*db_, *server_);
+    tenant_ = fleet_->NewTenant("customer", 8);
+    member_ = fleet_->NewKey(tenant_, "member");
+  }
+  std::int64_t Scalar(const std::string& sql) {
+    auto c = db_->Connect();
+    pqxx::nontransaction tx(*c);
+    const auto f = tx.exec1(sql)[0];
+    return f.is_null() ? 0 : f.as<std::int64_t>();
+  }
+  // How the samples of each GPU lie on the time line, first to last.
+  std::vector<GpuTiling> Tiling() {
+    auto c = db_->Connect();
+    pqxx::nontransaction tx(*c);
+    std::vector<GpuTiling> out;
+    GpuTiling cur;
+    std::string key;
+    std::int64_t prev_end = 0, first_start = 0;
+    for (const auto& r : tx.exec(
+             "SELECT host_id || '/' || gpu_index AS k, (extract(epoch FROM ts) * 1000)::bigint AS ts_ms, interval_ms "
+             "FROM usage_samples ORDER BY host_id, gpu_index, ts")) {
+      const std::string k = r["k"].as<std::string>();
+      const std::int64_t end = r["ts_ms"].as<std::int64_t>(), start = end - r["interval_ms"].as<std::int64_t>();
+      if (k != key) {
+        if (!key.empty()) out.push_back(cur);
+        cur = {};
+        key = k;
+        first_start = start;
+        prev_end = start;
+      }
+      ++cur.samples;
+      if (start < prev_end) ++cur.overlaps;
+      else cur.gap_ms += start - prev_end;
+      cur.covered_ms += end - start;
+      prev_end = std::max(prev_end, end);
+      cur.span_ms = prev_end - first_start;
+    }
+    if (!key.empty()) out.push_back(cur);
+    return out;
+  }
+  std::string Launch() {
+    const auto r = fleet_->Call("POST", "/v1/instances", member_,
+                                R"({"instance_type":"h100.1x","region":"eu-north","market":"on_demand"})");
+    EXPECT_EQ(r.status, 201) << r.body;
+    return Str(Json(r), "id");
+  }
+  // Waits until the agent's spool is drained: the stored samples stop changing.
+  void WaitShipped() {
+    std::int64_t last = -1;
+    WaitFor(
+        [&] {
+          const std::int64_t n = Scalar("SELECT count(*) FROM usage_samples");
+          const bool still = n == last;
+          last = n;
+          return still;
+        },
+        20s);
+  }
+  std::unique_ptr<TestDb> db_;
+  std::unique_ptr<ApiServer> server_;
+  std::unique_ptr<Fleet> fleet_;
+  std::string tenant_, member_;
+};
+
+TEST_F(Metering, AnInstanceIsMeteredForTheTimeItRanAndIdleGpusToo) {
+  auto agent = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2);
+  ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2; }, 20s));
+  const std::string id = Launch();
+  ASSERT_TRUE(fleet_->WaitState(member_, id, "running"));
+  std::this_thread::sleep_for(3s);
+  ASSERT_EQ(fleet_->Call("DELETE", "/v1/instances/" + id, member_).status, 200);
+  ASSERT_TRUE(fleet_->WaitState(member_, id, "terminated"));
+  std::this_thread::sleep_for(1500ms);  // a tick or two past the end
+  WaitShipped();
+  const auto inst = fleet_->Instance(member_, id);
+  const std::int64_t ran =
+      EpochMs(*ParseTime(Str(inst, "ended_at"))) - EpochMs(*ParseTime(Str(inst, "started_at")));
+  const std::int64_t metered = Scalar("SELECT sum(interval_ms) FROM usage_samples WHERE instance_id = '" + id + "'");
+  // The agent meters what it saw running; the server's lifecycle is when it heard so. They agree
+  // to within the agent's look (every 200 ms) and a heartbeat's trip.
+  EXPECT_NEAR(metered, ran, 300) << "ran " << ran << " ms, metered " << metered << " ms";
+  RecordProperty("ran_ms", std::to_string(ran));
+  RecordProperty("metered_ms", std::to_string(metered));
+  EXPECT_GT(Scalar("SELECT count(*) FROM usage_samples WHERE instance_id IS NULL"), 0);  // idle GPUs sampled
+  for (const auto& g : Tiling()) {
+    EXPECT_EQ(g.overlaps, 0);
+    EXPECT_LE(g.covered_ms, g.span_ms);
+    EXPECT_LE(g.gap_ms, 10);  // the agent ran throughout: no time left out
+  }
+  EXPECT_EQ(Scalar("SELECT count(*) FROM host_watermarks"), 1);
+  EXPECT_GT(Scalar("SELECT count(*) FROM ingest_batches"), 3) << agent->Stderr() << server_->process().Stderr();
+}
+
+TEST_F(Metering, KillNineOfTheAgentOrTheApiserverLosesNothingAndStoresNothingTwice) {
+  auto agent = fleet_->StartAgent("eu-north", "H100-80GB", 2, 2);
+  ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 4; }, 20s));
+  const std::string id = Launch();
+  ASSERT_TRUE(fleet_->WaitState(member_, id, "running"));
+  std::this_thread::sleep_for(1500ms);
+
+  // (b) The agent killed mid-whatever, and started again on the same state directory.
+  const auto killed_at = NowMs();
+  ASSERT_EQ(agent->Stop(SIGKILL), 128 + SIGKILL);
+  agent = fleet_->StartAgent("eu-north", "H100-80GB", 2, 2);
+  const auto restarted_at = NowMs();
+  std::this_thread::sleep_for(1500ms);
+
+  // (a) The apiserver killed while the agents ship; they keep sampling and catch up after.
+  ASSERT_EQ(server_->process().Stop(SIGKILL), 128 + SIGKILL);
+  std::this_thread::sleep_for(2s);
+  server_->Restart();
+  ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
+  std::this_thread::sleep_for(2s);
+  ASSERT_EQ(agent->Stop(SIGTERM), 0);  // a clean stop records its last stretch too
+  agent = fleet_->StartAgent("eu-north", "H100-80GB", 2, 2);  // and ships it once up again
+  std::this_thread::sleep_for(1500ms);
+  WaitShipped();
+
+  const auto tiling = Tiling();
+  ASSERT_EQ(tiling.size(), 4u);
+  const std::int64_t dead_ms = EpochMs(restarted_at) - EpochMs(killed_at);
+  for (const auto& g : tiling) {
+    EXPECT_EQ(g.overlaps, 0) << "a millisecond of a GPU stored twice";
+    EXPECT_LE(g.covered_ms, g.span_ms);
+    // Time is missing only while an agent was dead (and the tick it was killed in), never while
+    // the apiserver was: those samples waited in the spool.
+    EXPECT_LE(g.gap_ms, dead_ms + 500 + 200) << "samples lost: " << g.gap_ms << " ms missing";
+  }
+  EXPECT_EQ(Scalar("SELECT count(*) FROM (SELECT 1 FROM usage_samples GROUP BY host_id, gpu_index, ts "
+                   "HAVING count(*) > 1) d"),
+            0);
+  EXPECT_GT(Scalar("SELECT sum(interval_ms) FROM usage_samples WHERE instance_id = '" + id + "'"), 3000);
+}
