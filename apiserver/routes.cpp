@@ -5,6 +5,7 @@
 #include "apiserver/handlers/audit.hpp"
 #include "apiserver/handlers/agent.hpp"
 #include "apiserver/handlers/samples.hpp"
+#include "apiserver/handlers/usage.hpp"
 #include "apiserver/handlers/capacity.hpp"
 #include "apiserver/handlers/catalog.hpp"
 #include "apiserver/handlers/hosts.hpp"
@@ -45,6 +46,8 @@ std::vector<Route> ApiRoutes() {
       {"POST", "/v1/agent/heartbeat", kHost, AgentHeartbeat, Body::kRequired},
       {"GET", "/v1/agent/assignments", kHost, AgentAssignments},
       {"POST", "/v1/agent/samples", kHost, IngestSamples, Body::kRequired},
+      {"GET", "/v1/usage", kMember | kAdmin | kFinance, GetUsage},
+      {"GET", "/v1/fleet/usage", kOperator | kAdmin, GetFleetUsage},
   };
 }
 

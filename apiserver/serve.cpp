@@ -23,6 +23,7 @@
 #include "core/metrics.hpp"
 #include "core/migrate.hpp"
 #include "metering/ingest.hpp"
+#include "metering/usage.hpp"
 
 namespace spillway {
 namespace {
@@ -140,12 +141,14 @@ int RunServe(const Config& config) {
                ExpireIdempotencyKeys(c, s.now, ttl);
              }});
 
-  metering::Ingestor ingest(db_options.Session("spillway-ingest"), metering::IngestSettings::From(config), clock,
-                           metrics.registry());
+  const auto ingest_settings = metering::IngestSettings::From(config);
+  metering::Ingestor ingest(db_options.Session("spillway-ingest"), ingest_settings, clock, metrics.registry());
   steps.Add({"metering_partitions", std::chrono::hours(1),
              [&ingest](pqxx::connection& c, const StepContext& s) { ingest.CreatePartitionsAhead(c, s.now); }});
-  steps.Add({"metering_watermarks", std::chrono::seconds(15),
-             [&ingest](pqxx::connection& c, const StepContext& s) { ingest.RefreshWatermarkGauges(c, s.now); }});
+  steps.Add({"metering_rollup", ingest_settings.rollup_interval,
+             [](pqxx::connection& c, const StepContext&) { metering::FoldDirtyHours(c, 48); }});
+  steps.Add({"metering_gauges", std::chrono::seconds(15),
+             [&ingest](pqxx::connection& c, const StepContext& s) { ingest.RefreshGauges(c, s.now); }});
 
   http::Runtime runtime(server.io_threads);
   runtime.OnDrain([&notifier] { notifier.Stop(); });

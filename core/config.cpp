@@ -121,6 +121,7 @@ const std::vector<KeySpec>& ConfigSchema() {
       {"metering.ingest_queue", KeyType::kInt, "512", 1, 1 << 20},
       {"metering.group_max_samples", KeyType::kInt, "50000", 1, 10'000'000},
       {"metering.partitions_ahead", KeyType::kInt, "3", 1, 60},
+      {"metering.rollup_interval", KeyType::kDuration, "30s"},
       {"controllers.tick", KeyType::kDuration, "1s"},
       {"idempotency.ttl", KeyType::kDuration, "24h"},
       {"tenants.suspension_grace", KeyType::kDuration, "24h"},

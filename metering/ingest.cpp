@@ -10,11 +10,13 @@
 #include <numeric>
 
 #include "core/log.hpp"
+#include "metering/usage.hpp"
 
 namespace spillway::metering {
 namespace {
 
 constexpr std::int64_t kDayMs = 24LL * 3600 * 1000;
+constexpr std::int64_t kHourMs = 3600LL * 1000;
 
 std::string Seconds(Millis d) { return FormatDuration(d); }
 
@@ -45,6 +47,7 @@ IngestSettings IngestSettings::From(const Config& c) {
   s.max_queued_batches = static_cast<std::size_t>(c.Int("metering.ingest_queue"));
   s.group_max_samples = static_cast<std::size_t>(c.Int("metering.group_max_samples"));
   s.partitions_ahead = static_cast<int>(c.Int("metering.partitions_ahead"));
+  s.rollup_interval = c.Duration("metering.rollup_interval");
   s.retry_after = c.Duration("database.retry_after");
   return s;
 }
@@ -137,6 +140,17 @@ Ingestor::Ingestor(SessionOptions session, IngestSettings settings, const Clock&
               .Help("Now minus the oldest ingest watermark of the hosts in service (set by the leader)")
               .Register(registry)
               .Add({});
+  rollup_lag_ = &BuildGauge()
+                     .Name("spillway_rollup_lag_seconds")
+                     .Help("Now minus the oldest sample change not yet folded into the hourly rollups (set by the leader)")
+                     .Register(registry)
+                     .Add({});
+  coverage_ = &BuildGauge()
+                   .Name("spillway_metering_coverage_ratio")
+                   .Help("Metered GPU-time over the GPU-time instances ran by their lifecycle, last 24 h, up to what "
+                         "is folded (1 when nothing ran; set by the leader)")
+                   .Register(registry)
+                   .Add({});
   skew_ = &BuildGauge()
                .Name("spillway_host_clock_skew_seconds")
                .Help("A host's clock minus the server's, from its last sample batch (sent_at_ms vs receipt)")
@@ -264,7 +278,7 @@ bool Ingestor::TryCommit(std::vector<Pending>& group) {
 
   std::string copy;
   std::vector<LedgerRow> ledger;
-  std::set<std::int64_t> days;
+  std::set<std::int64_t> days, hours;
   std::int64_t samples = 0;
   for (auto& p : group) {
     const HostSeq key{p.host_id, p.batch.batch_seq};
@@ -279,6 +293,7 @@ bool Ingestor::TryCommit(std::vector<Pending>& group) {
     done.insert(key);
     for (const auto& s : p.batch.samples) {
       days.insert(EpochMs(s.ts_ms) / kDayMs);
+      hours.insert(EpochMs(s.ts_ms) / kHourMs * kHourMs);
       copy += FormatTime(s.ts_ms);
       copy += '\t';
       AppendCopyText(copy, p.host_id);
@@ -308,6 +323,8 @@ bool Ingestor::TryCommit(std::vector<Pending>& group) {
   }
   for (std::int64_t day : days)
     if (!partitions_.count(day)) EnsureDayPartition(tx, FromEpochMs(day * kDayMs));
+  // Before the COPY: a fold of one of these hours running now finishes first, or sees the mark.
+  MarkDirtyHours(tx, std::vector<std::int64_t>(hours.begin(), hours.end()), now);
   if (!copy.empty()) copy.pop_back();  // the writer ends the last line
   CopySamples(tx, copy);
   RecordBatches(tx, ledger, now);
@@ -340,10 +357,13 @@ void Ingestor::CreatePartitionsAhead(pqxx::connection& conn, TimeMs now) const {
   tx.commit();
 }
 
-void Ingestor::RefreshWatermarkGauges(pqxx::connection& conn, TimeMs now) {
-  pqxx::read_transaction tx(conn, "metering_watermarks");
+void Ingestor::RefreshGauges(pqxx::connection& conn, TimeMs now) {
+  pqxx::read_transaction tx(conn, "metering_gauges");
   const auto marks = ActiveWatermarks(tx);
   lag_->Set(marks.empty() ? 0.0 : std::chrono::duration<double>(now - marks.front().sampled_through).count());
+  const RollupHealth health = ReadRollupHealth(tx, now);
+  rollup_lag_->Set(health.lag_seconds);
+  coverage_->Set(health.coverage.value_or(1.0));
 }
 
 }  // namespace spillway::metering

@@ -58,6 +58,7 @@ struct IngestSettings {
   std::size_t max_queued_batches = 512;
   std::size_t group_max_samples = 50000;
   int partitions_ahead = 3;
+  Millis rollup_interval{30000};
   Millis retry_after{1000};
   static IngestSettings From(const Config& config);
 };
@@ -90,8 +91,9 @@ class Ingestor {
   Millis retry_after() const { return settings_.retry_after; }
   // Partitions for today and partitions_ahead days (the metering step calls it on the leader).
   void CreatePartitionsAhead(pqxx::connection& conn, TimeMs now) const;
-  // spillway_ingest_lag_seconds and the skew gauges from the watermarks (the leader's step).
-  void RefreshWatermarkGauges(pqxx::connection& conn, TimeMs now);
+  // spillway_ingest_lag_seconds, spillway_rollup_lag_seconds and spillway_metering_coverage_ratio
+  // (the leader's step).
+  void RefreshGauges(pqxx::connection& conn, TimeMs now);
 
  private:
   struct Pending {
@@ -123,6 +125,8 @@ class Ingestor {
   prometheus::Histogram* commit_seconds_ = nullptr;
   prometheus::Gauge* queued_ = nullptr;
   prometheus::Gauge* lag_ = nullptr;
+  prometheus::Gauge* rollup_lag_ = nullptr;
+  prometheus::Gauge* coverage_ = nullptr;
   prometheus::Family<prometheus::Gauge>* skew_ = nullptr;
   std::mutex skew_mu_;
   std::map<std::string, prometheus::Gauge*> skew_by_host_;

@@ -36,6 +36,11 @@ ON CONFLICT (host_id) DO UPDATE SET
   last_batch_seq = greatest(w.last_batch_seq, EXCLUDED.last_batch_seq),
   last_batch_at = EXCLUDED.last_batch_at,
   clock_skew_ms = coalesce(EXCLUDED.clock_skew_ms, w.clock_skew_ms))sql"};
+// In ascending order, so concurrent ingests lock the rows in one order.
+const Statement kMarkDirtyHours{"metering_mark_dirty_hours", R"sql(
+INSERT INTO usage_dirty_hours (hour, marked_at)
+SELECT to_timestamp(h / 1000.0), to_timestamp($2::bigint / 1000.0) FROM unnest($1::bigint[]) AS h ORDER BY h
+ON CONFLICT (hour) DO NOTHING)sql"};
 const Statement kNextBatchSeq{"metering_next_batch_seq",
                               "SELECT coalesce((SELECT last_batch_seq + 1 FROM host_watermarks WHERE host_id = $1), 0)"};
 const Statement kActiveWatermarks{"metering_active_watermarks",
@@ -126,6 +131,10 @@ void RecordBatches(Tx& tx, const std::vector<LedgerRow>& rows, TimeMs now) {
   skews += "}";
   tx.exec_prepared(kUpsertWatermarks.name, TextArrayLiteral(w_hosts), Int64ArrayLiteral(w_through),
                    Int64ArrayLiteral(w_seq), skews, EpochMs(now));
+}
+
+void MarkDirtyHours(Tx& tx, const std::vector<std::int64_t>& hour_starts_ms, TimeMs now) {
+  if (!hour_starts_ms.empty()) tx.exec_prepared(kMarkDirtyHours.name, Int64ArrayLiteral(hour_starts_ms), EpochMs(now));
 }
 
 std::int64_t NextBatchSeq(Tx& tx, const std::string& host_id) {

@@ -48,6 +48,8 @@ struct LedgerRow {
 };
 // The ledger rows of the batches committed now, and each host's watermark moved forward.
 void RecordBatches(Tx& tx, const std::vector<LedgerRow>& rows, TimeMs now);
+// Marks the UTC hours (epoch-ms of each hour's start, ascending) as changed, for the rollup step.
+void MarkDirtyHours(Tx& tx, const std::vector<std::int64_t>& hour_starts_ms, TimeMs now);
 // One more than the highest batch_seq committed for the host (0 for none).
 std::int64_t NextBatchSeq(Tx& tx, const std::string& host_id);
 

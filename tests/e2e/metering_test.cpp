@@ -28,6 +28,7 @@ class Metering : public ::testing::Test {
     db_ = std::make_unique<TestDb>();
     auto env = FastFleetEnv();
     env["SPILLWAY_AGENT_SAMPLE_INTERVAL"] = "500ms";
+    env["SPILLWAY_METERING_ROLLUP_INTERVAL"] = "300ms";
     server_ = std::make_unique<ApiServer>(db_->dsn(), env);
     ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
     fleet_ = std::make_unique<Fleet>(*db_, *server_);
@@ -120,6 +121,39 @@ TEST_F(Metering, AnInstanceIsMeteredForTheTimeItRanAndIdleGpusToo) {
     EXPECT_LE(g.gap_ms, 10);  // the agent ran throughout: no time left out
   }
   EXPECT_EQ(Scalar("SELECT count(*) FROM host_watermarks"), 1);
+
+  // The customer reads it from the rollups: GPU-hours as decimal strings, and a coverage of 1
+  // once its host's samples are folded past the instance's end.
+  boost::json::value usage;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        usage = Json(fleet_->Call("GET", "/v1/usage", member_));
+        const auto& list = usage.at("instances").as_array();
+        return list.size() == 1 && !list[0].at("complete_through").is_null() &&
+               *ParseTime(Str(list[0], "complete_through")) >= *ParseTime(Str(inst, "ended_at"));
+      },
+      10s))
+      << usage;
+  const auto& mine = usage.at("instances").as_array().at(0);
+  char expected[32];
+  std::snprintf(expected, sizeof expected, "%.6f", static_cast<double>(metered) / 3.6e6);
+  EXPECT_EQ(Str(mine, "gpu_hours"), expected);
+  EXPECT_NEAR(mine.at("coverage").as_double(), 1.0, 0.1) << usage;
+  EXPECT_FALSE(usage.at("usage_complete_through").is_null());
+  EXPECT_GE(usage.at("data").as_array().size(), 1u);
+  EXPECT_EQ(Str(usage.at("data").as_array().at(0), "instance_id"), id);
+  // Another tenant's usage is not there for a member to see; operators see the pools.
+  const std::string other = fleet_->NewTenant("other", 1);
+  EXPECT_EQ(fleet_->Call("GET", "/v1/usage?tenant_id=" + other, member_).status, 404);
+  EXPECT_EQ(fleet_->Call("GET", "/v1/usage?granularity=week", member_).status, 400);
+  EXPECT_EQ(fleet_->Call("GET", "/v1/usage", fleet_->admin).status, 400);  // which tenant?
+  const auto pools = Json(fleet_->Call("GET", "/v1/fleet/usage?region=eu-north", fleet_->operator_key));
+  ASSERT_GE(pools.at("data").as_array().size(), 1u) << pools;
+  const auto& pool = pools.at("data").as_array().at(0);
+  EXPECT_EQ(Str(pool, "gpu_model"), "H100-80GB");
+  EXPECT_NE(Str(pool, "allocated_gpu_hours"), "0.000000");
+  EXPECT_NE(Str(pool, "idle_gpu_hours"), "0.000000");
+  EXPECT_EQ(fleet_->Call("GET", "/v1/fleet/usage", member_).status, 403);
   EXPECT_GT(Scalar("SELECT count(*) FROM ingest_batches"), 3) << agent->Stderr() << server_->process().Stderr();
 }
 

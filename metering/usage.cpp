@@ -1,0 +1,160 @@
+#include "metering/usage.hpp"
+
+#include "core/db.hpp"
+#include "core/log.hpp"
+#include "core/sql.hpp"
+
+namespace spillway::metering {
+namespace {
+
+const Statement kDirtyHours{"rollup_dirty_hours",
+                            "SELECT " SPW_EPOCH_MS("hour") " AS hour_ms FROM usage_dirty_hours ORDER BY hour LIMIT $1"};
+const Statement kTakeDirtyHour{"rollup_take_dirty_hour",
+                               "DELETE FROM usage_dirty_hours WHERE hour = to_timestamp($1::bigint / 1000.0) RETURNING hour"};
+const Statement kClearInstanceHour{"rollup_clear_instance_hour",
+                                   "DELETE FROM usage_hourly WHERE hour = to_timestamp($1::bigint / 1000.0)"};
+const Statement kClearPoolHour{"rollup_clear_pool_hour",
+                               "DELETE FROM pool_usage_hourly WHERE hour = to_timestamp($1::bigint / 1000.0)"};
+// A sample's GPU-milliseconds go to the instance it names; utilisation is weighted by time.
+const Statement kFoldInstanceHour{"rollup_fold_instance_hour", R"sql(
+INSERT INTO usage_hourly (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_mean, energy_mj, mem_peak_bytes)
+SELECT to_timestamp($1::bigint / 1000.0), s.instance_id, i.tenant_id, sum(s.interval_ms), count(*),
+       sum(s.util_pct::double precision * s.interval_ms) / sum(s.interval_ms), sum(s.energy_mj), max(s.mem_used_bytes)
+FROM usage_samples s JOIN instances i ON i.id = s.instance_id
+WHERE s.ts >= to_timestamp($1::bigint / 1000.0) AND s.ts < to_timestamp($1::bigint / 1000.0) + interval '1 hour'
+  AND s.instance_id IS NOT NULL
+GROUP BY s.instance_id, i.tenant_id)sql"};
+const Statement kFoldPoolHour{"rollup_fold_pool_hour", R"sql(
+INSERT INTO pool_usage_hourly (hour, region, gpu_model, allocated_gpu_ms, idle_gpu_ms, samples, util_pct_mean, energy_mj)
+SELECT to_timestamp($1::bigint / 1000.0), h.region, h.gpu_model,
+       coalesce(sum(s.interval_ms) FILTER (WHERE s.instance_id IS NOT NULL), 0),
+       coalesce(sum(s.interval_ms) FILTER (WHERE s.instance_id IS NULL), 0), count(*),
+       sum(s.util_pct::double precision * s.interval_ms) / sum(s.interval_ms), sum(s.energy_mj)
+FROM usage_samples s JOIN hosts h ON h.id = s.host_id
+WHERE s.ts >= to_timestamp($1::bigint / 1000.0) AND s.ts < to_timestamp($1::bigint / 1000.0) + interval '1 hour'
+GROUP BY h.region, h.gpu_model)sql"};
+const Statement kWatermarksNow{"rollup_watermarks_now",
+                               "SELECT host_id, " SPW_EPOCH_MS("sampled_through") " AS through_ms FROM host_watermarks"};
+const Statement kSetFolded{"rollup_set_folded", R"sql(
+UPDATE host_watermarks w SET folded_through = greatest(w.folded_through, to_timestamp(q.through_ms / 1000.0))
+FROM unnest($1::text[], $2::bigint[]) AS q (host_id, through_ms) WHERE w.host_id = q.host_id)sql"};
+const Statement kRollupHealth{"rollup_health", R"sql(
+SELECT coalesce(extract(epoch FROM to_timestamp($1::bigint / 1000.0) - (SELECT min(marked_at) FROM usage_dirty_hours)), 0)
+         AS lag_s,
+       (SELECT sum(u.gpu_ms) FROM usage_hourly u WHERE u.hour >= to_timestamp($1::bigint / 1000.0) - interval '24 hours')
+         AS metered,
+       (SELECT sum(i.gpus::bigint * greatest(0, extract(epoch FROM
+                 least(coalesce(i.ended_at, to_timestamp($1::bigint / 1000.0)), w.folded_through)
+                 - greatest(i.started_at, date_trunc('hour', to_timestamp($1::bigint / 1000.0) - interval '24 hours'))) * 1000))
+        FROM instances i JOIN host_watermarks w ON w.host_id = i.host_id
+        WHERE i.started_at IS NOT NULL AND w.folded_through IS NOT NULL
+          AND (i.ended_at IS NULL OR i.ended_at > to_timestamp($1::bigint / 1000.0) - interval '24 hours'))::bigint
+         AS running)sql"};
+// The window's bounds are $3 and $4 (timestamptz text); $5 'hour' or 'day'.
+const Statement kTenantUsageRows{"usage_tenant_rows", R"sql(
+SELECT instance_id, )sql" SPW_EPOCH_MS("date_trunc($5, hour)") R"sql( AS period_ms, sum(gpu_ms)::bigint AS gpu_ms,
+       sum(samples)::bigint AS samples, sum(util_pct_mean * gpu_ms) / nullif(sum(gpu_ms), 0) AS util,
+       sum(energy_mj)::bigint AS energy_mj, max(mem_peak_bytes) AS mem_peak
+FROM usage_hourly
+WHERE tenant_id = $1 AND ($2 = '' OR instance_id = $2) AND hour >= $3::timestamptz AND hour < $4::timestamptz
+GROUP BY instance_id, date_trunc($5, hour) ORDER BY 2, 1)sql"};
+const Statement kTenantInstances{"usage_tenant_instances", R"sql(
+SELECT i.id, )sql" SPW_EPOCH_MS("w.folded_through") R"sql( AS through_ms,
+       (i.gpus::bigint * greatest(0, extract(epoch FROM
+          least(coalesce(i.ended_at, $5::timestamptz), $4::timestamptz, coalesce(w.folded_through, $3::timestamptz))
+          - greatest(i.started_at, $3::timestamptz)) * 1000))::bigint AS running_gpu_ms,
+       coalesce((SELECT sum(u.gpu_ms) FROM usage_hourly u
+                 WHERE u.instance_id = i.id AND u.hour >= $3::timestamptz AND u.hour < $4::timestamptz), 0)::bigint
+         AS metered_gpu_ms
+FROM instances i LEFT JOIN host_watermarks w ON w.host_id = i.host_id
+WHERE i.tenant_id = $1 AND ($2 = '' OR i.id = $2) AND i.started_at IS NOT NULL AND i.started_at < $4::timestamptz
+  AND (i.ended_at IS NULL OR i.ended_at > $3::timestamptz)
+ORDER BY i.id)sql"};
+const Statement kFleetUsage{"usage_fleet", R"sql(
+SELECT region, gpu_model, )sql" SPW_EPOCH_MS("date_trunc($5, hour)") R"sql( AS period_ms,
+       sum(allocated_gpu_ms)::bigint AS allocated, sum(idle_gpu_ms)::bigint AS idle, sum(samples)::bigint AS samples,
+       sum(util_pct_mean * (allocated_gpu_ms + idle_gpu_ms)) / nullif(sum(allocated_gpu_ms + idle_gpu_ms), 0) AS util,
+       sum(energy_mj)::bigint AS energy_mj
+FROM pool_usage_hourly
+WHERE hour >= $1::timestamptz AND hour < $2::timestamptz AND ($3 = '' OR region = $3) AND ($4 = '' OR gpu_model = $4)
+GROUP BY region, gpu_model, date_trunc($5, hour) ORDER BY 3, 1, 2)sql"};
+
+}  // namespace
+
+int FoldDirtyHours(pqxx::connection& conn, int max_hours) {
+  std::vector<std::string> hosts;
+  std::vector<std::int64_t> through;
+  std::vector<std::int64_t> hours;
+  {
+    pqxx::read_transaction tx(conn, "rollup_plan");
+    // Watermarks first: every sample at or before them has committed, and its hour is marked.
+    for (const auto& r : tx.exec_prepared(kWatermarksNow.name)) {
+      hosts.push_back(r["host_id"].as<std::string>());
+      through.push_back(r["through_ms"].as<std::int64_t>());
+    }
+    for (const auto& r : tx.exec_prepared(kDirtyHours.name, max_hours + 1)) hours.push_back(r["hour_ms"].as<std::int64_t>());
+  }
+  const bool all = static_cast<int>(hours.size()) <= max_hours;
+  if (!all) hours.resize(static_cast<std::size_t>(max_hours));
+  int folded = 0;
+  for (const std::int64_t hour : hours) {
+    InTransaction(conn, [&](Tx& tx) {
+      if (tx.exec_prepared(kTakeDirtyHour.name, hour).empty()) return;  // another leader folded it
+      tx.exec_prepared(kClearInstanceHour.name, hour);
+      tx.exec_prepared(kClearPoolHour.name, hour);
+      tx.exec_prepared(kFoldInstanceHour.name, hour);
+      tx.exec_prepared(kFoldPoolHour.name, hour);
+    });
+    ++folded;
+  }
+  if (all && !hosts.empty())
+    InTransaction(conn, [&](Tx& tx) {
+      tx.exec_prepared(kSetFolded.name, TextArrayLiteral(hosts), Int64ArrayLiteral(through));
+    });
+  return folded;
+}
+
+RollupHealth ReadRollupHealth(Tx& tx, TimeMs now) {
+  const auto r = tx.exec_prepared1(kRollupHealth.name, EpochMs(now));
+  RollupHealth h;
+  h.lag_seconds = r["lag_s"].as<double>();
+  if (!r["metered"].is_null() && !r["running"].is_null() && r["running"].as<std::int64_t>() > 0)
+    h.coverage = r["metered"].as<double>() / r["running"].as<double>();
+  return h;
+}
+
+UsageReport TenantUsage(Tx& tx, const UsageQuery& q, TimeMs now) {
+  UsageReport out;
+  const std::string from = FormatTime(q.from), to = FormatTime(q.to), unit = q.daily ? "day" : "hour";
+  for (const auto& r : tx.exec_prepared(kTenantUsageRows.name, q.tenant_id, q.instance_id, from, to, unit))
+    out.rows.push_back({r["instance_id"].as<std::string>(), *TimeFrom(r["period_ms"]), r["gpu_ms"].as<std::int64_t>(),
+                        r["samples"].as<std::int64_t>(), r["energy_mj"].as<std::int64_t>(),
+                        r["mem_peak"].as<std::int64_t>(), r["util"].is_null() ? 0.0 : r["util"].as<double>()});
+  for (const auto& r :
+       tx.exec_prepared(kTenantInstances.name, q.tenant_id, q.instance_id, from, to, FormatTime(now))) {
+    InstanceUsage u{r["id"].as<std::string>(), r["metered_gpu_ms"].as<std::int64_t>(),
+                    r["running_gpu_ms"].as<std::int64_t>(), TimeFrom(r["through_ms"])};
+    out.instances.push_back(u);
+  }
+  // The oldest of the hosts' (none folded yet for one of them: nothing is known complete).
+  bool unknown = false;
+  for (const auto& u : out.instances) {
+    if (!u.complete_through) unknown = true;
+    else if (!out.complete_through || *u.complete_through < *out.complete_through) out.complete_through = u.complete_through;
+  }
+  if (unknown) out.complete_through.reset();
+  return out;
+}
+
+std::vector<PoolUsageRow> FleetUsage(Tx& tx, TimeMs from, TimeMs to, const std::string& region,
+                                     const std::string& gpu_model, bool daily) {
+  std::vector<PoolUsageRow> out;
+  for (const auto& r : tx.exec_prepared(kFleetUsage.name, FormatTime(from), FormatTime(to), region, gpu_model,
+                                        daily ? "day" : "hour"))
+    out.push_back({r["region"].as<std::string>(), r["gpu_model"].as<std::string>(), *TimeFrom(r["period_ms"]),
+                   r["allocated"].as<std::int64_t>(), r["idle"].as<std::int64_t>(), r["samples"].as<std::int64_t>(),
+                   r["energy_mj"].as<std::int64_t>(), r["util"].is_null() ? 0.0 : r["util"].as<double>()});
+  return out;
+}
+
+}  // namespace spillway::metering

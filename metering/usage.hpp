@@ -1,0 +1,61 @@
+#pragma once
+// Rollups and what is read from them: the hourly fold of usage_samples (a leader step), a
+// tenant's usage with metering coverage, and the fleet's pool utilisation.
+#include <pqxx/pqxx>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/clock.hpp"
+#include "core/db_fwd.hpp"
+
+namespace spillway::metering {
+
+// Folds up to max_hours changed hours into usage_hourly and pool_usage_hourly, each in a
+// transaction of its own (recomputed from the samples, so folding an hour again gives the same
+// rows), then, if none is left, records each host's watermark as folded. Returns hours folded.
+int FoldDirtyHours(pqxx::connection& conn, int max_hours);
+
+struct RollupHealth {
+  double lag_seconds = 0;           // now - the oldest unfolded change (0: none)
+  std::optional<double> coverage;   // metered / running GPU-time of the last 24 h, up to the fold
+};
+RollupHealth ReadRollupHealth(Tx& tx, TimeMs now);
+
+struct UsageQuery {
+  std::string tenant_id;
+  std::string instance_id;  // "" for all
+  TimeMs from{}, to{};      // whole UTC hours
+  bool daily = false;
+};
+struct UsageRow {
+  std::string instance_id;
+  TimeMs period{};
+  std::int64_t gpu_ms = 0, samples = 0, energy_mj = 0, mem_peak_bytes = 0;
+  double util_pct_mean = 0;
+};
+struct InstanceUsage {
+  std::string instance_id;
+  std::int64_t metered_gpu_ms = 0;
+  std::int64_t running_gpu_ms = 0;            // by its lifecycle, up to complete_through
+  std::optional<TimeMs> complete_through;     // its host's samples are all folded up to here
+};
+struct UsageReport {
+  std::vector<UsageRow> rows;
+  std::vector<InstanceUsage> instances;  // every instance that ran in the window
+  std::optional<TimeMs> complete_through;  // the oldest of theirs
+};
+UsageReport TenantUsage(Tx& tx, const UsageQuery& q, TimeMs now);
+
+struct PoolUsageRow {
+  std::string region, gpu_model;
+  TimeMs period{};
+  std::int64_t allocated_gpu_ms = 0, idle_gpu_ms = 0, samples = 0, energy_mj = 0;
+  double util_pct_mean = 0;
+};
+std::vector<PoolUsageRow> FleetUsage(Tx& tx, TimeMs from, TimeMs to, const std::string& region,
+                                     const std::string& gpu_model, bool daily);
+
+}  // namespace spillway::metering
