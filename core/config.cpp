@@ -120,6 +120,7 @@ const std::vector<KeySpec>& ConfigSchema() {
       {"metering.max_sample_age", KeyType::kDuration, "168h"},
       {"metering.ingest_queue", KeyType::kInt, "512", 1, 1 << 20},
       {"metering.group_max_samples", KeyType::kInt, "50000", 1, 10'000'000},
+      {"metering.ingest_committers", KeyType::kInt, "2", 1, 64},
       {"metering.partitions_ahead", KeyType::kInt, "3", 1, 60},
       {"metering.rollup_interval", KeyType::kDuration, "30s"},
       {"controllers.tick", KeyType::kDuration, "1s"},

@@ -6,6 +6,8 @@
 #include <prometheus/histogram.h>
 
 #include <algorithm>
+#include <charconv>
+#include <climits>
 #include <future>
 #include <numeric>
 
@@ -23,6 +25,37 @@ std::string Seconds(Millis d) { return FormatDuration(d); }
 IngestResult Rejected(std::optional<std::size_t> index, std::string message) {
   return {IngestResult::Kind::kRejected, 0, index, std::move(message)};
 }
+
+void AppendInt(std::string& out, std::int64_t v) {
+  char buf[24];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
+
+// A time as COPY text ("2026-11-26T17:45:01.123Z"); the date and time up to the second are kept
+// from the previous call, since a group's samples share few seconds.
+class TimeText {
+ public:
+  void Append(std::string& out, TimeMs t) {
+    const std::int64_t ms = EpochMs(t);
+    const std::int64_t second = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
+    if (second != second_) {
+      second_ = second;
+      prefix_ = FormatTime(FromEpochMs(second * 1000));
+      prefix_.resize(prefix_.size() - 4);  // keep "...:SS."
+    }
+    out += prefix_;
+    const int milli = static_cast<int>(ms - second * 1000);
+    out += static_cast<char>('0' + milli / 100);
+    out += static_cast<char>('0' + milli / 10 % 10);
+    out += static_cast<char>('0' + milli % 10);
+    out += 'Z';
+  }
+
+ private:
+  std::int64_t second_ = INT64_MIN;
+  std::string prefix_;
+};
 
 // COPY text format: backslash, tab, newline and carriage return escaped.
 void AppendCopyText(std::string& out, const std::string& s) {
@@ -48,6 +81,7 @@ IngestSettings IngestSettings::From(const Config& c) {
   s.group_max_samples = static_cast<std::size_t>(c.Int("metering.group_max_samples"));
   s.partitions_ahead = static_cast<int>(c.Int("metering.partitions_ahead"));
   s.rollup_interval = c.Duration("metering.rollup_interval");
+  s.committers = static_cast<int>(c.Int("metering.ingest_committers"));
   s.retry_after = c.Duration("database.retry_after");
   return s;
 }
@@ -161,9 +195,9 @@ Ingestor::~Ingestor() { Stop(); }
 
 void Ingestor::Start() {
   std::lock_guard lk(mu_);
-  if (thread_.joinable()) return;
+  if (!threads_.empty()) return;
   stopping_ = false;
-  thread_ = std::thread([this] { Loop(); });
+  for (int i = 0; i < std::max(1, settings_.committers); ++i) threads_.emplace_back([this] { Loop(); });
 }
 
 void Ingestor::Stop() {
@@ -172,7 +206,8 @@ void Ingestor::Stop() {
     stopping_ = true;
   }
   cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
   std::deque<Pending> left;
   {
     std::lock_guard lk(mu_);
@@ -184,7 +219,7 @@ void Ingestor::Stop() {
 bool Ingestor::Submit(std::string host_id, protocol::SampleBatch batch, Done done) {
   {
     std::lock_guard lk(mu_);
-    if (stopping_ || !thread_.joinable() || queue_.size() >= settings_.max_queued_batches) {
+    if (stopping_ || threads_.empty() || queue_.size() >= settings_.max_queued_batches) {
       refused_->Increment();
       return false;
     }
@@ -204,6 +239,7 @@ IngestResult Ingestor::SubmitAndWait(std::string host_id, protocol::SampleBatch 
 }
 
 void Ingestor::Loop() {
+  Committer committer;
   for (;;) {
     std::vector<Pending> group;
     {
@@ -218,7 +254,7 @@ void Ingestor::Loop() {
       }
       queued_->Set(static_cast<double>(queue_.size()));
     }
-    CommitGroup(group);
+    CommitGroup(committer, group);
     for (auto& p : group) {
       IngestResult r = std::move(*p.result);
       switch (r.kind) {
@@ -232,21 +268,20 @@ void Ingestor::Loop() {
   }
 }
 
-void Ingestor::CommitGroup(std::vector<Pending>& group) {
+void Ingestor::CommitGroup(Committer& c, std::vector<Pending>& group) {
   // A lost race on a ledger row (another replica committed the same batch meanwhile) or a broken
   // connection: try the group again; the ledger check then sees what did commit.
   constexpr int kAttempts = 3;
   for (int attempt = 1; attempt <= kAttempts; ++attempt) {
     for (auto& p : group) p.result.reset();
     try {
-      if (!conn_ || !conn_->is_open()) conn_ = OpenSession(session_);
-      if (TryCommit(group)) return;
+      if (!c.conn || !c.conn->is_open()) c.conn = OpenSession(session_);
+      if (TryCommit(c, group)) return;
     } catch (const pqxx::unique_violation& e) {
       log::Info("sample batch committed elsewhere meanwhile: checking the ledger again", {{"error", e.what()}});
     } catch (const std::exception& e) {
       log::Warn("sample batches not committed", {{"attempt", attempt}, {"error", e.what()}});
-      if (conn_ && !conn_->is_open()) conn_.reset();
-      if (IsUnavailable(e) || !conn_) conn_.reset();
+      if (!c.conn || !c.conn->is_open() || IsUnavailable(e)) c.conn.reset();
       if (attempt < kAttempts) std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
     }
   }
@@ -255,10 +290,10 @@ void Ingestor::CommitGroup(std::vector<Pending>& group) {
                             "the samples could not be stored now; send the batch again"};
 }
 
-bool Ingestor::TryCommit(std::vector<Pending>& group) {
+bool Ingestor::TryCommit(Committer& c, std::vector<Pending>& group) {
   const auto started = std::chrono::steady_clock::now();
   const TimeMs now = clock_.Now();
-  pqxx::work tx(*conn_, "ingest");
+  pqxx::work tx(*c.conn, "ingest");
   std::vector<HostSeq> keys;
   std::vector<std::string> hosts, instances;
   for (const auto& p : group) {
@@ -277,6 +312,12 @@ bool Ingestor::TryCommit(std::vector<Pending>& group) {
   const auto allocations = AllocationsOf(tx, hosts, instances);
 
   std::string copy;
+  {
+    std::size_t n = 0;
+    for (const auto& p : group) n += p.batch.samples.size();
+    copy.reserve(n * 110);
+  }
+  TimeText time_text;
   std::vector<LedgerRow> ledger;
   std::set<std::int64_t> days, hours;
   std::int64_t samples = 0;
@@ -294,18 +335,18 @@ bool Ingestor::TryCommit(std::vector<Pending>& group) {
     for (const auto& s : p.batch.samples) {
       days.insert(EpochMs(s.ts_ms) / kDayMs);
       hours.insert(EpochMs(s.ts_ms) / kHourMs * kHourMs);
-      copy += FormatTime(s.ts_ms);
+      time_text.Append(copy, s.ts_ms);
       copy += '\t';
       AppendCopyText(copy, p.host_id);
       copy += '\t';
-      copy += std::to_string(s.gpu_index);
+      AppendInt(copy, s.gpu_index);
       copy += '\t';
       if (s.instance_id) AppendCopyText(copy, *s.instance_id);
       else copy += "\\N";
       for (std::int64_t v : {s.interval_ms, static_cast<std::int64_t>(s.util_pct), s.mem_used_bytes, s.power_mw,
                              s.energy_mj}) {
         copy += '\t';
-        copy += std::to_string(v);
+        AppendInt(copy, v);
       }
       copy += '\n';
     }
@@ -322,14 +363,14 @@ bool Ingestor::TryCommit(std::vector<Pending>& group) {
     return true;
   }
   for (std::int64_t day : days)
-    if (!partitions_.count(day)) EnsureDayPartition(tx, FromEpochMs(day * kDayMs));
+    if (!c.partitions.count(day)) EnsureDayPartition(tx, FromEpochMs(day * kDayMs));
   // Before the COPY: a fold of one of these hours running now finishes first, or sees the mark.
   MarkDirtyHours(tx, std::vector<std::int64_t>(hours.begin(), hours.end()), now);
   if (!copy.empty()) copy.pop_back();  // the writer ends the last line
   CopySamples(tx, copy);
   RecordBatches(tx, ledger, now);
   tx.commit();
-  partitions_.insert(days.begin(), days.end());
+  c.partitions.insert(days.begin(), days.end());
   samples_total_->Increment(static_cast<double>(samples));
   commit_seconds_->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   for (const auto& row : ledger)

@@ -1,8 +1,9 @@
 #pragma once
 // Ingest of agents' sample batches (POST /v1/agent/samples): exactly once, group-committed.
 //
-// Batches are parsed where they arrive and queued here; one committer thread takes whatever is
-// queued (up to group_max_samples) and, in one transaction on a connection of its own, drops the
+// Batches are parsed where they arrive and queued here; a committer thread (metering.committers
+// of them, so one group is prepared while another commits) takes whatever is queued (up to
+// group_max_samples) and, in one transaction on a connection of its own, drops the
 // batches already in the ledger, checks every other sample (CheckBatch), writes all accepted
 // samples with one COPY, adds each batch's ledger row and moves each host's watermark, commits,
 // and only then answers each batch. A crash before the commit loses nothing the agent was told
@@ -57,6 +58,7 @@ struct IngestSettings {
   IngestRules rules;
   std::size_t max_queued_batches = 512;
   std::size_t group_max_samples = 50000;
+  int committers = 2;  // groups in flight at once, each on a connection of its own
   int partitions_ahead = 3;
   Millis rollup_interval{30000};
   Millis retry_after{1000};
@@ -103,21 +105,24 @@ class Ingestor {
     TimeMs received{};
     std::optional<IngestResult> result;
   };
+  // Each committer's own connection and what it knows exists.
+  struct Committer {
+    std::unique_ptr<pqxx::connection> conn;
+    std::set<std::int64_t> partitions;  // UTC days (epoch days) known to exist
+  };
   void Loop();
-  void CommitGroup(std::vector<Pending>& group);
-  bool TryCommit(std::vector<Pending>& group);  // false: retry the group
+  void CommitGroup(Committer& c, std::vector<Pending>& group);
+  bool TryCommit(Committer& c, std::vector<Pending>& group);  // false: retry the group
 
   SessionOptions session_;
   IngestSettings settings_;
   const Clock& clock_;
-  std::unique_ptr<pqxx::connection> conn_;
-  std::set<std::int64_t> partitions_;  // UTC days (epoch days) known to exist
 
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Pending> queue_;
   bool stopping_ = false;
-  std::thread thread_;
+  std::vector<std::thread> threads_;
 
   prometheus::Counter* samples_total_ = nullptr;
   prometheus::Family<prometheus::Counter>* batches_ = nullptr;

@@ -5,7 +5,9 @@
 
 #include <pqxx/tablewriter>
 
+#include <algorithm>
 #include <map>
+#include <tuple>
 
 namespace spillway::metering {
 namespace {
@@ -97,8 +99,12 @@ void CopySamples(Tx& tx, const std::string& copy_text) {
 #pragma GCC diagnostic pop
 }
 
-void RecordBatches(Tx& tx, const std::vector<LedgerRow>& rows, TimeMs now) {
-  if (rows.empty()) return;
+void RecordBatches(Tx& tx, const std::vector<LedgerRow>& unordered, TimeMs now) {
+  if (unordered.empty()) return;
+  // In (host, batch_seq) order, so that concurrent committers take the keys' locks in one order.
+  std::vector<LedgerRow> rows = unordered;
+  std::sort(rows.begin(), rows.end(),
+            [](const LedgerRow& a, const LedgerRow& b) { return std::tie(a.host_id, a.batch_seq) < std::tie(b.host_id, b.batch_seq); });
   std::vector<std::string> hosts;
   std::vector<std::int64_t> seqs, samples, through;
   std::map<std::string, LedgerRow> per_host;  // the newest of each host's batches
