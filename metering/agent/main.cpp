@@ -11,6 +11,8 @@
 
 #include "core/duration.hpp"
 #include "core/log.hpp"
+#include "core/config.hpp"
+#include "metering/agent/admin_server.hpp"
 #include "metering/agent/host_agent.hpp"
 
 using namespace spillway;
@@ -23,6 +25,7 @@ constexpr const char* kUsage =
     "                      [--simulate-hosts N --gpu-model M --gpus-per-host G] [--boot-delay 2s]\n"
     "                      [--hostname NAME] [--log-level info] [--state-dir DIR] [--drain-on-exit]\n"
     "                      [--sampler simulated|nvml] [--nvml-library PATH] [--spool-max-bytes N]\n"
+    "                      [--admin-listen HOST:PORT]\n"
     "  --api              the apiserver, http://HOST:PORT\n"
     "  --bootstrap-token  the fleet's bootstrap token (or SPILLWAY_AGENT_BOOTSTRAP_TOKEN)\n"
     "  --runtime          simulated (default): instances boot for --boot-delay, then run;\n"
@@ -38,7 +41,8 @@ constexpr const char* kUsage =
     "                     --gpu-model only renames their model)\n"
     "  --nvml-library     the NVML library to load (default libnvidia-ml.so.1)\n"
     "  --spool-max-bytes  the on-disk sample spool's bound (default 1073741824); beyond it the oldest\n"
-    "                     unsent samples are dropped, logged and counted\n";
+    "                     unsent samples are dropped, logged and counted\n"
+    "  --admin-listen     serve GET /metrics (spool, shipping, sampler errors per host) and /healthz\n";
 
 int Usage(const std::string& why) {
   std::cerr << "spillway-agent: " << why << "\n" << kUsage;
@@ -54,6 +58,47 @@ std::int64_t MemoryOf(const std::string& model) {
   if (start == gb) return 0;
   return std::stoll(model.substr(start, gb - start)) * (1LL << 30);
 }
+// Prometheus text for every host this process stands for.
+std::string MetricsText(const std::vector<std::unique_ptr<HostAgent>>& agents, const std::vector<std::string>& names) {
+  struct Family {
+    const char *name, *type, *help;
+    std::int64_t (*value)(const MeteringStats&);
+  };
+  static const Family kFamilies[] = {
+      {"spillway_agent_spool_bytes", "gauge", "Bytes of the host's sample spool on disk",
+       [](const MeteringStats& m) { return m.spool.bytes; }},
+      {"spillway_agent_spool_unsent_samples", "gauge", "Samples recorded and not yet acknowledged by the apiserver",
+       [](const MeteringStats& m) { return m.spool.unsent_samples; }},
+      {"spillway_agent_samples_dropped_total", "counter", "Unsent samples dropped because the spool hit --spool-max-bytes",
+       [](const MeteringStats& m) { return m.spool.dropped_samples; }},
+      {"spillway_agent_batches_shipped_total", "counter", "Sample batches the apiserver stored (200)",
+       [](const MeteringStats& m) { return m.batches_shipped; }},
+      {"spillway_agent_batches_quarantined_total", "counter", "Sample batches the apiserver refused (422), kept aside",
+       [](const MeteringStats& m) { return m.spool.quarantined_batches; }},
+      {"spillway_agent_ship_failures_total", "counter", "Attempts to ship a batch that got no 200 (kept, sent again)",
+       [](const MeteringStats& m) { return m.ship_failures; }},
+      {"spillway_agent_sampler_errors_total", "counter", "Sampling ticks lost to a failing sampler (NVML) call",
+       [](const MeteringStats& m) { return m.sampler_errors; }},
+      {"spillway_agent_spool_torn_records_total", "counter", "Torn records dropped when the spool was opened",
+       [](const MeteringStats& m) { return m.spool.torn_records; }},
+  };
+  std::vector<MeteringStats> stats;
+  for (const auto& a : agents) stats.push_back(a->Metering());
+  std::string out;
+  for (const auto& f : kFamilies) {
+    out += std::string("# HELP ") + f.name + " " + f.help + "\n# TYPE " + f.name + " " + f.type + "\n";
+    for (std::size_t i = 0; i < stats.size(); ++i) {
+      std::string host;
+      for (char c : names[i]) {
+        if (c == '\\' || c == '"') host += '\\';
+        host += c;
+      }
+      out += std::string(f.name) + "{hostname=\"" + host + "\"} " + std::to_string(f.value(stats[i])) + "\n";
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -63,7 +108,7 @@ int main(int argc, char** argv) {
       {"--region", "local"}, {"--zone", ""}, {"--runtime", "simulated"}, {"--stop-grace", "10s"},
       {"--boot-delay", "2s"}, {"--log-level", "info"}, {"--gpus-per-host", "8"}, {"--simulate-hosts", "0"},
       {"--state-dir", "/var/lib/spillway-agent"}, {"--sampler", "simulated"}, {"--nvml-library", ""},
-      {"--spool-max-bytes", "1073741824"}};
+      {"--spool-max-bytes", "1073741824"}, {"--admin-listen", ""}};
   bool drain_on_exit = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -87,7 +132,7 @@ int main(int argc, char** argv) {
     static const std::vector<std::string> kKnown = {
         "--api", "--bootstrap-token", "--region", "--zone", "--runtime", "--launcher", "--stop-grace",
         "--simulate-hosts", "--gpu-model", "--gpus-per-host", "--boot-delay", "--hostname", "--log-level",
-        "--state-dir", "--sampler", "--nvml-library", "--spool-max-bytes"};
+        "--state-dir", "--sampler", "--nvml-library", "--spool-max-bytes", "--admin-listen"};
     if (std::find(kKnown.begin(), kKnown.end(), arg) == kKnown.end()) return Usage("unknown option " + arg);
     flags[arg] = value;
   }
@@ -169,6 +214,7 @@ int main(int argc, char** argv) {
   const ssize_t self_len = ::readlink("/proc/self/exe", self_path, sizeof self_path - 1);
   const std::string self = self_len > 0 ? std::string(self_path, static_cast<size_t>(self_len)) : argv[0];
   std::vector<std::unique_ptr<HostAgent>> agents;
+  std::vector<std::string> names;
   const int count = hosts == 0 ? 1 : hosts;
   for (int h = 0; h < count; ++h) {
     HostOptions o;
@@ -194,14 +240,28 @@ int main(int argc, char** argv) {
     metering.spool = Spool::Open({state_dir + "/spool", spool_max, 4LL << 20}, &why);
     if (!metering.spool) return Usage("--state-dir: the spool: " + why);
     metering.sampler = std::move(nvml);  // null for simulated hosts: each gets its own
+    names.push_back(o.hostname);
     agents.push_back(std::make_unique<HostAgent>(std::move(o), std::move(rt), std::move(metering)));
   }
+  std::unique_ptr<AdminServer> admin;
+  if (!flags["--admin-listen"].empty()) {
+    const auto listen = ParseHostPort(flags["--admin-listen"]);
+    if (!listen) return Usage("--admin-listen takes HOST:PORT");
+    try {
+      admin = std::make_unique<AdminServer>(*listen, [&agents, &names] { return MetricsText(agents, names); });
+    } catch (const std::exception& e) {
+      std::cerr << "spillway-agent: " << e.what() << "\n";
+      return 1;
+    }
+  }
   for (auto& a : agents) a->Start();
+  if (admin) admin->Start();
   log::Info("spillway-agent running", {{"hosts", count}, {"runtime", runtime}, {"sampler", sampler_kind},
                                        {"gpu_model", model},
                                        {"region", flags["--region"]}});
   int sig = 0;
   sigwait(&stop_signals, &sig);
+  if (admin) admin->Stop();
   for (auto& a : agents) a->Stop();
   if (drain_on_exit) {
     log::Info("spillway-agent stopping: draining, stopping every instance first");

@@ -96,7 +96,9 @@ class Metering : public ::testing::Test {
 };
 
 TEST_F(Metering, AnInstanceIsMeteredForTheTimeItRanAndIdleGpusToo) {
-  auto agent = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2);
+  const int admin_port = FreePort();
+  auto agent = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2,
+                                  {"--admin-listen", "127.0.0.1:" + std::to_string(admin_port)});
   ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2; }, 20s));
   const std::string id = Launch();
   ASSERT_TRUE(fleet_->WaitState(member_, id, "running"));
@@ -154,6 +156,15 @@ TEST_F(Metering, AnInstanceIsMeteredForTheTimeItRanAndIdleGpusToo) {
   EXPECT_NE(Str(pool, "allocated_gpu_hours"), "0.000000");
   EXPECT_NE(Str(pool, "idle_gpu_hours"), "0.000000");
   EXPECT_EQ(fleet_->Call("GET", "/v1/fleet/usage", member_).status, 403);
+  // The agent's own signals.
+  EXPECT_EQ(Http(admin_port, "GET", "/healthz").status, 200);
+  const auto agent_metrics = Http(admin_port, "GET", "/metrics").body;
+  EXPECT_NE(agent_metrics.find("# TYPE spillway_agent_batches_shipped_total counter"), std::string::npos) << agent_metrics;
+  EXPECT_NE(agent_metrics.find("spillway_agent_spool_unsent_samples{hostname="), std::string::npos);
+  const auto line = agent_metrics.find("spillway_agent_batches_shipped_total{hostname=");
+  ASSERT_NE(line, std::string::npos);
+  const auto value = agent_metrics.find("} ", line);
+  EXPECT_GT(std::stoll(agent_metrics.substr(value + 2)), 3) << agent_metrics;
   EXPECT_GT(Scalar("SELECT count(*) FROM ingest_batches"), 3) << agent->Stderr() << server_->process().Stderr();
 }
 
