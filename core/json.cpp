@@ -1,5 +1,8 @@
 #include "core/json.hpp"
 
+#include <deque>
+#include <unordered_set>
+
 #include <boost/json/serialize.hpp>
 
 #include <algorithm>
@@ -21,33 +24,66 @@ InvalidInput Invalid(std::string_view key, const std::string& why) {
   return InvalidInput(std::string(key) + ": " + why);
 }
 
-// Called on text boost::json has already accepted, so only structure needs following.
+// Called on text boost::json has already accepted, so only structure needs following. Keys are
+// compared as written unless they hold an escape (then decoded); each object's keys are kept in a
+// small list (a hash set past 32 of them, so a huge object cannot make this quadratic), and the
+// frames are reused, so a batch of thousands of small objects costs no allocation per object.
 bool HasDuplicateKeys(std::string_view text) {
   struct Frame {
-    bool object;
-    bool expect_key;
-    std::set<std::string> keys;
+    bool object = false;
+    bool expect_key = false;
+    std::vector<std::string_view> keys;
+    std::unordered_set<std::string_view> many;
+    std::deque<std::string> decoded;  // keys that held escapes (stable addresses)
+    void Reset(bool is_object) {
+      object = is_object;
+      expect_key = is_object;
+      keys.clear();
+      many.clear();
+      decoded.clear();
+    }
+    bool Insert(std::string_view key) {
+      if (!many.empty()) return many.insert(key).second;
+      for (auto k : keys)
+        if (k == key) return false;
+      keys.push_back(key);
+      if (keys.size() > 32) many.insert(keys.begin(), keys.end());
+      return true;
+    }
   };
   std::vector<Frame> stack;
+  size_t depth = 0;
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     if (c == '"') {
       size_t j = i + 1;
-      while (j < text.size() && text[j] != '"') j += text[j] == '\\' ? 2 : 1;
-      if (!stack.empty() && stack.back().object && stack.back().expect_key) {
-        const auto key = boost::json::parse(text.substr(i, j - i + 1));
-        if (!stack.back().keys.insert(std::string(key.as_string())).second) return true;
-        stack.back().expect_key = false;
+      bool escaped = false;
+      while (j < text.size() && text[j] != '"') {
+        if (text[j] == '\\') {
+          escaped = true;
+          j += 2;
+        } else {
+          ++j;
+        }
+      }
+      if (depth > 0 && stack[depth - 1].object && stack[depth - 1].expect_key) {
+        Frame& f = stack[depth - 1];
+        std::string_view key = text.substr(i + 1, j - i - 1);
+        if (escaped) {
+          f.decoded.push_back(std::string(boost::json::parse(text.substr(i, j - i + 1)).as_string()));
+          key = f.decoded.back();
+        }
+        if (!f.Insert(key)) return true;
+        f.expect_key = false;
       }
       i = j;
-    } else if (c == '{') {
-      stack.push_back({true, true, {}});
-    } else if (c == '[') {
-      stack.push_back({false, false, {}});
+    } else if (c == '{' || c == '[') {
+      if (depth == stack.size()) stack.emplace_back();
+      stack[depth++].Reset(c == '{');
     } else if (c == '}' || c == ']') {
-      if (!stack.empty()) stack.pop_back();
-    } else if (c == ',' && !stack.empty() && stack.back().object) {
-      stack.back().expect_key = true;
+      if (depth > 0) --depth;
+    } else if (c == ',' && depth > 0 && stack[depth - 1].object) {
+      stack[depth - 1].expect_key = true;
     }
   }
   return false;

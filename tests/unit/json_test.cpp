@@ -38,6 +38,13 @@ TEST(ParseJsonBody, RefusesDuplicateKeysAtAnyDepth) {
   EXPECT_THROW(ParseJsonBody(R"({"a\u0062":1,"ab":2})"), spillway::MalformedJson);  // the same key, escaped
   EXPECT_THROW(ParseJsonBody(R"({"a":)"), spillway::MalformedJson);
   EXPECT_NO_THROW(ParseJsonBody(R"({"a":{"a":1},"b":[{"a":1},{"a":2}],"s":"\"a\",\"a\""})"));
+  // Objects with many keys (the check switches to a hash set) and siblings that reuse a frame.
+  std::string many = "{";
+  for (int i = 0; i < 100; ++i) many += "\"k" + std::to_string(i) + "\":" + std::to_string(i) + ",";
+  EXPECT_NO_THROW(ParseJsonBody(many + "\"last\":0}"));
+  EXPECT_THROW(ParseJsonBody(many + "\"k7\":0}"), spillway::MalformedJson);
+  EXPECT_THROW(ParseJsonBody(R"([{"a":1,"b":2},{"b":1},{"c":1,"c\u0000":2,"c":3}])"), spillway::MalformedJson);
+  EXPECT_NO_THROW(ParseJsonBody(R"([{"a":1,"b":2},{"b":1,"a":2},{"c":1,"c\u0000":2}])"));
 }
 
 TEST(CanonicalJson, IgnoresMemberOrderAndSpacing) {
