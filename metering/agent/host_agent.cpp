@@ -329,9 +329,10 @@ void HostAgent::ShipLoop() {
         backoff = std::chrono::milliseconds(0);
         continue;
       }
-      if (r.status == 422) {
-        // Never retried: kept aside with the server's reason, and the batches behind it go on.
-        spool_->Quarantine("422 " + r.body);
+      if (r.status == 422 || r.status == 400 || r.status == 413) {
+        // Never retried (it would be refused again): kept aside with the server's reason, and the
+        // batches behind it go on.
+        spool_->Quarantine(std::to_string(r.status) + " " + r.body);
         log::Error("sample batch refused by the server: quarantined",
                    {{"hostname", options_.hostname}, {"batch_seq", batch->batch_seq}, {"body", r.body}});
         continue;

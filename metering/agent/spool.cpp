@@ -201,13 +201,16 @@ struct Spool::Impl {
       if (bad >= 0)
         log::Error("spool: an unreadable record mid-segment; the rest of that segment is skipped",
                    {{"segment", SegName(o.dir, it->first)}, {"offset", bad}});
+      std::size_t taken = 0;
       for (auto& r : records) {
         if (n >= max_samples && !out.empty()) break;
         n += r.samples.size();
         *end = {it->first, r.end};
         out.push_back(std::move(r));
+        ++taken;
       }
-      if (bad >= 0 && (out.empty() || *end < Pos{it->first, it->second})) *end = {it->first, it->second};
+      // Past every good record of the segment: step over the unreadable rest of it too.
+      if (bad >= 0 && taken == records.size()) *end = {it->first, it->second};
     }
     return out;
   }

@@ -155,6 +155,32 @@ TEST_F(SpoolTest, ATornLastRecordIsDroppedAtAnyByte) {
   }
 }
 
+TEST_F(SpoolTest, ACorruptRecordInAnOlderSegmentCostsOnlyItself) {
+  {
+    auto spool = Open(1LL << 30, /*segment_bytes=*/700);
+    for (int t = 1; t <= 6; ++t) ASSERT_TRUE(spool->Append(FromEpochMs(t * 1000), Tick(t * 1000)));
+  }
+  const auto segments = Segments();
+  ASSERT_GE(segments.size(), 2u);
+  {  // flip a byte in the last record of the first segment (disk damage, not a torn write)
+    std::fstream f(segments[0], std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(segments[0]) - 5));
+    f.put('#');
+  }
+  auto spool = Open(1LL << 30, 700);
+  std::vector<std::int64_t> ticks;
+  while (auto b = spool->NextBatch(2)) {  // one tick per batch
+    for (const auto& s : b->samples)
+      if (s.gpu_index == 0) ticks.push_back(EpochMs(s.ts_ms) / 1000);
+    spool->Acknowledge();
+  }
+  // Every tick but the damaged one, in order.
+  ASSERT_EQ(ticks.size(), 5u);
+  for (std::size_t i = 1; i < ticks.size(); ++i) EXPECT_LT(ticks[i - 1], ticks[i]);
+  EXPECT_EQ(ticks.front(), 1);
+  EXPECT_EQ(ticks.back(), 6);
+}
+
 TEST_F(SpoolTest, ARefusedBatchIsSetAsideAndTheNextGoesOn) {
   auto spool = Open();
   ASSERT_TRUE(spool->Append(FromEpochMs(1000), Tick(1000)));
