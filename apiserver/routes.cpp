@@ -5,6 +5,7 @@
 #include "apiserver/handlers/audit.hpp"
 #include "apiserver/handlers/agent.hpp"
 #include "apiserver/handlers/samples.hpp"
+#include "apiserver/handlers/ssh_keys.hpp"
 #include "apiserver/handlers/usage.hpp"
 #include "apiserver/handlers/capacity.hpp"
 #include "apiserver/handlers/catalog.hpp"
@@ -36,6 +37,10 @@ std::vector<Route> ApiRoutes() {
       {"GET", "/v1/instances", kMember | kOperator | kAdmin, ListInstances, Body::kNone, "", false, /*inline_read=*/true},
       {"GET", "/v1/instances/{id}", kMember | kOperator | kAdmin, GetInstance, Body::kNone, "", false, /*inline_read=*/true},
       {"DELETE", "/v1/instances/{id}", kMember | kOperator | kAdmin, TerminateInstance},
+      {"POST", "/v1/ssh-keys", kMember | kAdmin, CreateSshKey, Body::kRequired},
+      {"GET", "/v1/ssh-keys", kMember | kAdmin, ListSshKeys},
+      {"GET", "/v1/ssh-keys/{id}", kMember | kAdmin, GetSshKey},
+      {"DELETE", "/v1/ssh-keys/{id}", kMember | kAdmin, DeleteSshKey},
       {"GET", "/v1/audit", kAdmin, ListAudit},
       {"GET", "/v1/hosts", kOperator | kAdmin, ListHosts},
       {"GET", "/v1/hosts/{id}", kOperator | kAdmin, GetHost},
