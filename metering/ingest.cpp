@@ -398,6 +398,16 @@ void Ingestor::CreatePartitionsAhead(pqxx::connection& conn, TimeMs now) const {
   tx.commit();
 }
 
+std::int64_t Ingestor::PruneLedger(pqxx::connection& conn, TimeMs now) const {
+  const TimeMs before = now - settings_.rules.max_sample_age - settings_.rules.skew_tolerance - Millis(3'600'000);
+  std::int64_t total = 0;
+  for (;;) {  // in chunks, so that no transaction holds many rows
+    const std::int64_t n = InTransaction(conn, [&](Tx& tx) { return metering::PruneLedger(tx, before, 10'000); });
+    total += n;
+    if (n < 10'000) return total;
+  }
+}
+
 void Ingestor::RefreshGauges(pqxx::connection& conn, TimeMs now) {
   pqxx::read_transaction tx(conn, "metering_gauges");
   const auto marks = ActiveWatermarks(tx);

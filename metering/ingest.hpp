@@ -93,6 +93,10 @@ class Ingestor {
   Millis retry_after() const { return settings_.retry_after; }
   // Partitions for today and partitions_ahead days (the metering step calls it on the leader).
   void CreatePartitionsAhead(pqxx::connection& conn, TimeMs now) const;
+  // Forgets ledger rows older than max_sample_age (plus the tolerance and an hour): a replay of
+  // such a batch holds only samples older than that, which are refused (422), never stored again.
+  // Returns rows deleted.
+  std::int64_t PruneLedger(pqxx::connection& conn, TimeMs now) const;
   // spillway_ingest_lag_seconds, spillway_rollup_lag_seconds and spillway_metering_coverage_ratio
   // (the leader's step).
   void RefreshGauges(pqxx::connection& conn, TimeMs now);

@@ -43,6 +43,9 @@ const Statement kMarkDirtyHours{"metering_mark_dirty_hours", R"sql(
 INSERT INTO usage_dirty_hours (hour, marked_at)
 SELECT to_timestamp(h / 1000.0), to_timestamp($2::bigint / 1000.0) FROM unnest($1::bigint[]) AS h ORDER BY h
 ON CONFLICT (hour) DO NOTHING)sql"};
+const Statement kPruneLedger{"metering_prune_ledger", R"sql(
+DELETE FROM ingest_batches WHERE ctid = ANY(ARRAY(
+  SELECT ctid FROM ingest_batches WHERE received_at < to_timestamp($1::bigint / 1000.0) LIMIT $2)))sql"};
 const Statement kNextBatchSeq{"metering_next_batch_seq",
                               "SELECT coalesce((SELECT last_batch_seq + 1 FROM host_watermarks WHERE host_id = $1), 0)"};
 const Statement kActiveWatermarks{"metering_active_watermarks",
@@ -141,6 +144,10 @@ void RecordBatches(Tx& tx, const std::vector<LedgerRow>& unordered, TimeMs now) 
 
 void MarkDirtyHours(Tx& tx, const std::vector<std::int64_t>& hour_starts_ms, TimeMs now) {
   if (!hour_starts_ms.empty()) tx.exec_prepared(kMarkDirtyHours.name, Int64ArrayLiteral(hour_starts_ms), EpochMs(now));
+}
+
+std::int64_t PruneLedger(Tx& tx, TimeMs before, int limit) {
+  return tx.exec_prepared(kPruneLedger.name, EpochMs(before), limit).affected_rows();
 }
 
 std::int64_t NextBatchSeq(Tx& tx, const std::string& host_id) {

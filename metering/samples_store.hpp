@@ -50,6 +50,8 @@ struct LedgerRow {
 void RecordBatches(Tx& tx, const std::vector<LedgerRow>& rows, TimeMs now);
 // Marks the UTC hours (epoch-ms of each hour's start, ascending) as changed, for the rollup step.
 void MarkDirtyHours(Tx& tx, const std::vector<std::int64_t>& hour_starts_ms, TimeMs now);
+// Deletes up to `limit` ledger rows received before `before`; returns how many.
+std::int64_t PruneLedger(Tx& tx, TimeMs before, int limit);
 // One more than the highest batch_seq committed for the host (0 for none).
 std::int64_t NextBatchSeq(Tx& tx, const std::string& host_id);
 

@@ -1,0 +1,81 @@
+// Metering's store and steps on a real PostgreSQL, without HTTP: the ingestor's group commit and
+// ledger, the hourly fold (folding again changes nothing; a late sample refolds its hour), and
+// ledger pruning.
+#include <gtest/gtest.h>
+#include <prometheus/registry.h>
+
+#include "core/db.hpp"
+#include "metering/ingest.hpp"
+#include "metering/samples_store.hpp"
+#include "metering/usage.hpp"
+#include "provisioning/hosts.hpp"
+#include "tests/support/test_support.hpp"
+
+using namespace spillway;
+using namespace spillway::metering;
+using spillway::test::TestDb;
+using namespace std::chrono_literals;
+
+namespace {
+std::int64_t Scalar(pqxx::connection& c, const std::string& sql) {
+  pqxx::nontransaction tx(c);
+  const auto f = tx.exec1(sql)[0];
+  return f.is_null() ? 0 : f.as<std::int64_t>();
+}
+protocol::SampleBatch Batch(std::int64_t seq, TimeMs end, int n) {
+  protocol::SampleBatch b;
+  b.batch_seq = seq;
+  for (int i = 0; i < n; ++i)
+    b.samples.push_back({end - Millis((n - 1 - i) * 1000), 0, std::nullopt, 1000, 40, 1 << 30, 100'000, 100'000});
+  b.sampled_through_ms = end;
+  return b;
+}
+}  // namespace
+
+TEST(MeteringStore, IngestFoldAndPruneOnARealDatabase) {
+  TestDb db;
+  auto conn = OpenSession({db.dsn(), "spillway-test", 3000ms, 30000ms});
+  const TimeMs now = NowMs();
+  const std::string host = InTransaction(*conn, [&](Tx& tx) {
+    return RegisterHost(tx, {"gpu-1", "r1", "r1-a", {{0, 80LL << 30, "GPU-x-0", "H100-80GB"}}}, now).host_id;
+  });
+  prometheus::Registry registry;
+  SystemClock clock;
+  Ingestor ingest({db.dsn(), "spillway-ingest", 3000ms, 30000ms}, IngestSettings{}, clock, registry);
+  ingest.Start();
+  // Half past an hour that is over, so that no batch below spans two hours.
+  const TimeMs end = FromEpochMs((EpochMs(now) / 3'600'000 - 2) * 3'600'000 + 1'800'000);
+  EXPECT_EQ(ingest.SubmitAndWait(host, Batch(0, end, 10)).kind, IngestResult::Kind::kAccepted);
+  EXPECT_EQ(ingest.SubmitAndWait(host, Batch(0, end, 10)).kind, IngestResult::Kind::kDuplicate);
+  EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM usage_samples"), 10);
+  EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM usage_dirty_hours"), 1);
+
+  FoldDirtyHours(*conn, 48);
+  EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM usage_dirty_hours"), 0);
+  const auto idle = [&] { return Scalar(*conn, "SELECT sum(idle_gpu_ms) FROM pool_usage_hourly"); };
+  EXPECT_EQ(idle(), 10'000);
+  EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM host_watermarks WHERE folded_through IS NOT NULL"), 1);
+  FoldDirtyHours(*conn, 48);  // nothing changed: nothing to do
+  EXPECT_EQ(idle(), 10'000);
+  // A late batch for the same hour marks it again; the fold recomputes it whole.
+  EXPECT_EQ(ingest.SubmitAndWait(host, Batch(1, end - 20s, 5)).kind, IngestResult::Kind::kAccepted);
+  EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM usage_dirty_hours"), 1);
+  FoldDirtyHours(*conn, 48);
+  EXPECT_EQ(idle(), 15'000);
+  {
+    pqxx::nontransaction tx(*conn);
+    tx.exec("INSERT INTO usage_dirty_hours SELECT hour, now() FROM pool_usage_hourly");  // marked for no reason
+  }
+  FoldDirtyHours(*conn, 48);
+  EXPECT_EQ(idle(), 15'000);  // folding again gives the same rows
+
+  {  // Registration tells an agent that lost its spool where to go on.
+    pqxx::work tx(*conn);
+    EXPECT_EQ(NextBatchSeq(tx, host), 2);
+  }
+  // Ledger rows older than the sample age limit go; recent ones stay.
+  EXPECT_EQ(ingest.PruneLedger(*conn, now), 0);
+  EXPECT_EQ(ingest.PruneLedger(*conn, now + 8 * 24h), 2);
+  EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM ingest_batches"), 0);
+  ingest.Stop();
+}
