@@ -3,6 +3,7 @@
 #include <boost/json.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <set>
 
 #include "core/errors.hpp"
@@ -30,11 +31,33 @@ std::string Str(const json::object& o, std::string_view key) { return std::strin
 
 }  // namespace
 
+bool IsCudaVersion(std::string_view v) {
+  const auto dot = v.find('.');
+  if (dot == std::string_view::npos || dot == 0 || dot > 2 || v.size() - dot - 1 == 0 || v.size() - dot - 1 > 2)
+    return false;
+  for (std::size_t i = 0; i < v.size(); ++i)
+    if (i != dot && (v[i] < '0' || v[i] > '9')) return false;
+  return true;
+}
+
+bool IsHostAddress(std::string_view a) {
+  if (a.empty() || a.size() > 253) return false;
+  for (char c : a)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == ':')) return false;
+  return a.front() != '-' && a.front() != '.';
+}
+
 json::value ToJson(const Registration& r) {
   json::array gpus;
   for (const auto& g : r.gpus)
     gpus.push_back({{"index", g.index}, {"uuid", g.uuid}, {"model", g.model}, {"memory_bytes", g.memory_bytes}});
-  return json::object{{"hostname", r.hostname}, {"region", r.region}, {"zone", r.zone}, {"gpus", std::move(gpus)}};
+  json::object o{{"hostname", r.hostname}, {"region", r.region}, {"zone", r.zone}, {"gpus", std::move(gpus)}};
+  if (r.driver_version) o["driver_version"] = *r.driver_version;
+  if (r.cuda_version) o["cuda_version"] = *r.cuda_version;
+  if (r.public_address) o["public_address"] = *r.public_address;
+  if (r.port_range) o["port_range"] = json::object{{"from", r.port_range->from}, {"to", r.port_range->to}};
+  if (r.simulated) o["simulated"] = true;
+  return o;
 }
 
 json::value ToJson(const Registered& r) {
@@ -87,8 +110,28 @@ json::value ToJson(const SamplesAnswer& a) { return json::object{{"accepted", a.
 
 Registration ParseRegistration(const json::value& v) {
   const auto& body = RequireObject(v);
-  OnlyKeys(body, {"hostname", "region", "zone", "gpus"});
+  OnlyKeys(body, {"hostname", "region", "zone", "gpus", "driver_version", "cuda_version", "public_address",
+                  "port_range", "simulated"});
   Registration reg{ReqString(body, "hostname", 253), ReqString(body, "region", 100), ReqString(body, "zone", 100), {}};
+  reg.driver_version = OptString(body, "driver_version", 64);
+  reg.cuda_version = OptString(body, "cuda_version", 5);
+  if (reg.cuda_version && !IsCudaVersion(*reg.cuda_version))
+    throw InvalidInput("cuda_version: must be MAJOR.MINOR, such as 12.8");
+  reg.public_address = OptString(body, "public_address", 253);
+  if (reg.public_address && !IsHostAddress(*reg.public_address))
+    throw InvalidInput("public_address: must be a host name or an IP address");
+  if (const auto* pr = body.if_contains("port_range"); pr && !pr->is_null()) {
+    const auto& o = RequireObject(*pr);
+    OnlyKeys(o, {"from", "to"});
+    const auto from = OptInt(o, "from", 1024, 65535), to = OptInt(o, "to", 1024, 65535);
+    if (!from || !to || *from > *to)
+      throw InvalidInput("port_range: must be {\"from\", \"to\"} with 1024 <= from <= to <= 65535");
+    reg.port_range = PortRange{static_cast<int>(*from), static_cast<int>(*to)};
+  }
+  if (const auto* sim = body.if_contains("simulated"); sim && !sim->is_null()) {
+    if (!sim->is_bool()) throw InvalidInput("simulated: must be true or false");
+    reg.simulated = sim->as_bool();
+  }
   const auto* gpus = body.if_contains("gpus");
   if (!gpus || !gpus->is_array() || gpus->as_array().empty() ||
       gpus->as_array().size() > static_cast<std::size_t>(kMaxGpusPerHost))

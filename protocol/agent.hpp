@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/clock.hpp"
@@ -23,9 +24,18 @@ struct Gpu {
   std::int64_t index = 0, memory_bytes = 0;
   std::string uuid, model;
 };
+struct PortRange {
+  int from = 0, to = 0;  // inclusive, within 1024..65535
+};
 struct Registration {
   std::string hostname, region, zone;
   std::vector<Gpu> gpus;  // 1..64, one model, unique indices and uuids
+  // What the host offers (all optional on the wire; older agents send none of them).
+  std::optional<std::string> driver_version = std::nullopt;  // NVML's nvmlSystemGetDriverVersion
+  std::optional<std::string> cuda_version = std::nullopt;    // "12.8": the newest CUDA the driver supports
+  std::optional<std::string> public_address = std::nullopt;  // where tenants reach the host (name or IP)
+  std::optional<PortRange> port_range = std::nullopt;        // ports the host maps to instances
+  bool simulated = false;                     // the GPUs are simulated (demos, tests)
 };
 struct Registered {
   std::string host_id, host_token;
@@ -78,6 +88,11 @@ struct SamplesAnswer {
   std::int64_t accepted = 0;
   bool duplicate = false;
 };
+
+// "12.8": MAJOR.MINOR, one or two digits each.
+bool IsCudaVersion(std::string_view v);
+// A host name or an IP address (letters, digits, '.', '-', ':'), at most 253 characters.
+bool IsHostAddress(std::string_view a);
 
 // Writers (both sides).
 boost::json::value ToJson(const Registration& r);

@@ -14,7 +14,8 @@ namespace {
 
 #define SPW_HOST_COLUMNS                                                                                 \
   "h.id, h.hostname, h.region, h.zone, h.gpu_model, h.gpu_count, h.state, h.health, h.agent_version, "  \
-  "h.down_reason, " SPW_EPOCH_MS("h.last_heartbeat") " AS last_heartbeat_ms, " SPW_EPOCH_MS(            \
+  "h.down_reason, h.driver_version, h.cuda_version, h.public_address, h.port_range_from, h.port_range_to, "   \
+  "h.simulated, " SPW_EPOCH_MS("h.last_heartbeat") " AS last_heartbeat_ms, " SPW_EPOCH_MS(            \
       "h.registered_at") " AS registered_ms, " SPW_EPOCH_MS("h.down_since") " AS down_since_ms, "       \
   "(SELECT count(*) FROM gpu_allocations a WHERE a.host_id = h.id) AS gpus_allocated, "                  \
   "(SELECT count(*) FROM instances i WHERE i.host_id = h.id AND instance_is_live(i.state)) AS live_instances"
@@ -33,14 +34,17 @@ const Statement kHostByName{"host_by_name",
                             "SELECT h.id, ARRAY(SELECT uuid FROM gpus g WHERE g.host_id = h.id ORDER BY uuid)::text "
                             "AS uuids FROM hosts h WHERE h.hostname = $1 FOR UPDATE"};
 const Statement kInsertHost{"insert_host", R"sql(
-INSERT INTO hosts (id, hostname, region, zone, gpu_model, gpu_count, token_hash, last_heartbeat)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz))sql"};
+INSERT INTO hosts (id, hostname, region, zone, gpu_model, gpu_count, token_hash, last_heartbeat, driver_version,
+                   cuda_version, public_address, port_range_from, port_range_to, simulated)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz, $9, $10, $11, $12::integer, $13::integer, $14))sql"};
 const Statement kGpuTaken{"gpu_taken", "SELECT host_id FROM gpus WHERE uuid = $1"};
 const Statement kInsertGpu{"insert_gpu",
                            "INSERT INTO gpus (host_id, gpu_index, uuid, model, memory_bytes) VALUES ($1, $2, $3, $4, $5)"};
 const Statement kRotateHost{"rotate_host_token", R"sql(
 UPDATE hosts SET token_hash = $2, region = $3, zone = $4, health = 'up', down_since = NULL, down_reason = NULL,
-       last_heartbeat = $5::timestamptz, assignment_version = assignment_version + 1
+       last_heartbeat = $5::timestamptz, assignment_version = assignment_version + 1,
+       driver_version = $6, cuda_version = $7, public_address = $8, port_range_from = $9::integer,
+       port_range_to = $10::integer, simulated = $11
 WHERE id = $1)sql"};
 const Statement kHostVersion{"host_version", "SELECT assignment_version FROM hosts WHERE id = $1"};
 const Statement kAssignments{"host_assignments", R"sql(
@@ -60,6 +64,12 @@ Host HostFrom(const pqxx::row& r) {
   h.health = r["health"].as<std::string>();
   h.agent_version = TextFrom(r["agent_version"]);
   h.down_reason = TextFrom(r["down_reason"]);
+  h.driver_version = TextFrom(r["driver_version"]);
+  h.cuda_version = TextFrom(r["cuda_version"]);
+  h.public_address = TextFrom(r["public_address"]);
+  h.port_range_from = IntFrom(r["port_range_from"]);
+  h.port_range_to = IntFrom(r["port_range_to"]);
+  h.simulated = r["simulated"].as<bool>();
   h.last_heartbeat = TimeFrom(r["last_heartbeat_ms"]);
   h.registered_at = TimeFrom(r["registered_ms"]);
   h.down_since = TimeFrom(r["down_since_ms"]);
@@ -128,20 +138,30 @@ Registered RegisterHost(Tx& tx, const Registration& reg, TimeMs now) {
   sorted += "}";
 
   std::string hash;
+  std::optional<std::string> port_from, port_to;
+  if (reg.port_range) {
+    port_from = std::to_string(reg.port_range->from);
+    port_to = std::to_string(reg.port_range->to);
+  }
   const auto existing = tx.exec_prepared(kHostByName.name, reg.hostname);
   if (!existing.empty()) {
     const std::string id = existing[0]["id"].as<std::string>();
     if (existing[0]["uuids"].as<std::string>() != sorted)
       throw ApiError(409, "host_conflict", "host " + reg.hostname + " is registered with other GPUs");
     const std::string token = NewHostToken(id, &hash);
-    tx.exec_prepared(kRotateHost.name, id, hash, reg.region, reg.zone, FormatTime(now));
+    // A driver upgrade, a new address: what the host says now is what it offers.
+    tx.exec_prepared(kRotateHost.name, id, hash, reg.region, reg.zone, FormatTime(now), Nullable(reg.driver_version),
+                     Nullable(reg.cuda_version), Nullable(reg.public_address), Nullable(port_from), Nullable(port_to),
+                     reg.simulated);
     RecordAudit(tx, SystemAudit("", "host.reregister", id));
     return Registered{id, token, true};
   }
   const std::string id = NewId("hst");
   const std::string token = NewHostToken(id, &hash);
   tx.exec_prepared(kInsertHost.name, id, reg.hostname, reg.region, reg.zone, reg.gpus.at(0).model,
-                   static_cast<std::int64_t>(reg.gpus.size()), hash, FormatTime(now));
+                   static_cast<std::int64_t>(reg.gpus.size()), hash, FormatTime(now), Nullable(reg.driver_version),
+                   Nullable(reg.cuda_version), Nullable(reg.public_address), Nullable(port_from), Nullable(port_to),
+                   reg.simulated);
   for (const auto& g : reg.gpus) {
     // Checked first: a unique violation would abort the transaction, so the clear message could
     // not be told from it.

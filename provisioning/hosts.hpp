@@ -20,6 +20,10 @@ struct Host {
   std::optional<std::string> agent_version, down_reason;
   std::optional<TimeMs> last_heartbeat, registered_at, down_since;
   std::int64_t gpus_allocated = 0, live_instances = 0;
+  // What it offers, as its agent said at registration.
+  std::optional<std::string> driver_version, cuda_version, public_address;
+  std::optional<std::int64_t> port_range_from, port_range_to;
+  bool simulated = false;
 };
 struct HostGpu {
   int index = 0;

@@ -28,7 +28,14 @@ boost::json::object HostJson(const Host& h) {
           {"gpus_allocated", h.gpus_allocated},
           {"live_instances", h.live_instances},
           {"down_reason", JsonText(h.down_reason)},
-          {"down_since", JsonTime(h.down_since)}};
+          {"down_since", JsonTime(h.down_since)},
+          {"driver_version", JsonText(h.driver_version)},
+          {"cuda_version", JsonText(h.cuda_version)},
+          {"public_address", JsonText(h.public_address)},
+          {"port_range", h.port_range_from ? boost::json::value(boost::json::object{{"from", *h.port_range_from},
+                                                                                    {"to", *h.port_range_to}})
+                                           : boost::json::value(nullptr)},
+          {"simulated", h.simulated}};
 }
 
 }  // namespace

@@ -102,7 +102,9 @@ void HostAgent::Invalidate(const std::string& token) {
 }
 
 bool HostAgent::Register() {
-  const protocol::Registration body{options_.hostname, options_.region, options_.zone, options_.gpus};
+  const protocol::Registration body{options_.hostname,     options_.region,         options_.zone,
+                                    options_.gpus,         options_.driver_version, options_.cuda_version,
+                                    options_.public_address, options_.port_range,   options_.simulated};
   try {
     HttpClient client(options_.api);
     const auto r = client.Call("POST", "/v1/agent/register", options_.bootstrap_token, boost::json::serialize(protocol::ToJson(body)),

@@ -23,6 +23,10 @@ using GpuInfo = protocol::Gpu;
 struct HostOptions {
   std::string api, bootstrap_token, hostname, region, zone;
   std::vector<GpuInfo> gpus;
+  // What the host offers, sent at registration (see protocol::Registration).
+  std::optional<std::string> driver_version, cuda_version, public_address;
+  std::optional<protocol::PortRange> port_range;
+  bool simulated = false;
 };
 
 // Metering (docs/architecture.md): every sample interval each GPU is read, attributed (Meter),

@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <map>
@@ -25,7 +26,8 @@ constexpr const char* kUsage =
     "                      [--simulate-hosts N --gpu-model M --gpus-per-host G] [--boot-delay 2s]\n"
     "                      [--hostname NAME] [--log-level info] [--state-dir DIR] [--drain-on-exit]\n"
     "                      [--sampler simulated|nvml] [--nvml-library PATH] [--spool-max-bytes N]\n"
-    "                      [--admin-listen HOST:PORT]\n"
+    "                      [--admin-listen HOST:PORT] [--public-address ADDR] [--port-range FROM-TO]\n"
+    "                      [--cuda-version 12.8]\n"
     "  --api              the apiserver, http://HOST:PORT\n"
     "  --bootstrap-token  the fleet's bootstrap token (or SPILLWAY_AGENT_BOOTSTRAP_TOKEN)\n"
     "  --runtime          simulated (default): instances boot for --boot-delay, then run;\n"
@@ -42,7 +44,10 @@ constexpr const char* kUsage =
     "  --nvml-library     the NVML library to load (default libnvidia-ml.so.1)\n"
     "  --spool-max-bytes  the on-disk sample spool's bound (default 1073741824); beyond it the oldest\n"
     "                     unsent samples are dropped, logged and counted\n"
-    "  --admin-listen     serve GET /metrics (spool, shipping, sampler errors per host) and /healthz\n";
+    "  --admin-listen     serve GET /metrics (spool, shipping, sampler errors per host) and /healthz\n"
+    "  --public-address   where tenants reach this host (default: the hostname)\n"
+    "  --port-range       the ports this host maps to instances' ports (default 20000-29999)\n"
+    "  --cuda-version     the CUDA version simulated hosts claim (nvml reads the driver's)\n";
 
 int Usage(const std::string& why) {
   std::cerr << "spillway-agent: " << why << "\n" << kUsage;
@@ -108,7 +113,8 @@ int main(int argc, char** argv) {
       {"--region", "local"}, {"--zone", ""}, {"--runtime", "simulated"}, {"--stop-grace", "10s"},
       {"--boot-delay", "2s"}, {"--log-level", "info"}, {"--gpus-per-host", "8"}, {"--simulate-hosts", "0"},
       {"--state-dir", "/var/lib/spillway-agent"}, {"--sampler", "simulated"}, {"--nvml-library", ""},
-      {"--spool-max-bytes", "1073741824"}, {"--admin-listen", ""}};
+      {"--spool-max-bytes", "1073741824"}, {"--admin-listen", ""}, {"--port-range", "20000-29999"},
+      {"--cuda-version", "12.8"}};
   bool drain_on_exit = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -132,7 +138,7 @@ int main(int argc, char** argv) {
     static const std::vector<std::string> kKnown = {
         "--api", "--bootstrap-token", "--region", "--zone", "--runtime", "--launcher", "--stop-grace",
         "--simulate-hosts", "--gpu-model", "--gpus-per-host", "--boot-delay", "--hostname", "--log-level",
-        "--state-dir", "--sampler", "--nvml-library", "--spool-max-bytes", "--admin-listen"};
+        "--state-dir", "--sampler", "--nvml-library", "--spool-max-bytes", "--admin-listen", "--public-address", "--port-range", "--cuda-version"};
     if (std::find(kKnown.begin(), kKnown.end(), arg) == kKnown.end()) return Usage("unknown option " + arg);
     flags[arg] = value;
   }
@@ -200,6 +206,18 @@ int main(int argc, char** argv) {
     base = name;
   }
   const std::string zone = flags["--zone"].empty() ? flags["--region"] + "-1a" : flags["--zone"];
+  protocol::PortRange ports;
+  {
+    int from = 0, to = 0;
+    char tail = 0;
+    if (std::sscanf(flags["--port-range"].c_str(), "%d-%d%c", &from, &to, &tail) != 2 || from < 1024 || to > 65535 ||
+        from > to)
+      return Usage("--port-range takes FROM-TO within 1024-65535, such as 20000-29999");
+    ports = {from, to};
+  }
+  if (!protocol::IsCudaVersion(flags["--cuda-version"])) return Usage("--cuda-version takes MAJOR.MINOR, such as 12.8");
+  if (flags.count("--public-address") && !protocol::IsHostAddress(flags["--public-address"]))
+    return Usage("--public-address takes a host name or an IP address");
 
   // Block the stop signals before any thread starts, then wait for one.
   sigset_t stop_signals;
@@ -223,9 +241,16 @@ int main(int argc, char** argv) {
     o.region = flags["--region"];
     o.zone = zone;
     o.hostname = hosts == 0 ? base : base + "-" + flags["--region"] + "-" + std::to_string(h);
+    o.port_range = ports;
+    o.public_address = flags.count("--public-address") ? flags["--public-address"] : o.hostname;
     if (nvml) {
       o.gpus = discovered.gpus;
+      o.driver_version = discovered.driver_version;
+      if (!discovered.cuda_version.empty()) o.cuda_version = discovered.cuda_version;
     } else {
+      o.simulated = true;
+      o.driver_version = "simulated";
+      o.cuda_version = flags["--cuda-version"];
       for (int g = 0; g < gpus_per_host; ++g)
         o.gpus.push_back({g, MemoryOf(model), HostAgent::SimulatedUuid(o.hostname, g), model});
     }

@@ -124,3 +124,32 @@ TEST_F(AgentProtocol, AnInstanceTheHostStopsReportingIsFailedAfterTheGrace) {
   EXPECT_EQ(fleet_->PoolInt("eu-north", "H100-80GB", "on_demand_gpus"), 0);  // its GPU is free again
   EXPECT_EQ(Str(Json(Call("GET", "/v1/hosts?region=eu-north", fleet_->operator_key)).at("data").as_array().at(0), "health"), "up");
 }
+
+TEST_F(AgentProtocol, HostsSayWhatTheyOfferAtRegistration) {
+  std::string body = HostBody("gpu-1", "GPU-a");
+  body.pop_back();  // the closing brace
+  auto r = Call("POST", "/v1/agent/register", kBootstrap,
+                body + R"(,"driver_version":"580.159.04","cuda_version":"12.8","public_address":"gpu-1.example.net",)"
+                       R"("port_range":{"from":20000,"to":20999}})");
+  ASSERT_EQ(r.status, 201) << r.body;
+  const auto hosts = Json(Call("GET", "/v1/hosts?region=eu-north", fleet_->operator_key));
+  const auto& h = hosts.at("data").as_array().at(0);
+  EXPECT_EQ(Str(h, "driver_version"), "580.159.04");
+  EXPECT_EQ(Str(h, "cuda_version"), "12.8");
+  EXPECT_EQ(Str(h, "public_address"), "gpu-1.example.net");
+  EXPECT_EQ(h.at("port_range").at("from").as_int64(), 20000);
+  EXPECT_EQ(h.at("port_range").at("to").as_int64(), 20999);
+  EXPECT_FALSE(h.at("simulated").as_bool());
+  // A driver upgrade: registering again says so.
+  r = Call("POST", "/v1/agent/register", kBootstrap, body + R"(,"driver_version":"590.1","cuda_version":"13.0"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  const auto again = Json(Call("GET", "/v1/hosts?region=eu-north", fleet_->operator_key)).at("data").as_array().at(0);
+  EXPECT_EQ(Str(again, "cuda_version"), "13.0");
+  EXPECT_TRUE(again.at("port_range").is_null());
+  for (const std::string bad : {R"(,"cuda_version":"twelve"})", R"(,"cuda_version":"12.8.1"})",
+                                R"(,"port_range":{"from":30000,"to":20000}})", R"(,"port_range":{"from":80,"to":90}})",
+                                R"(,"public_address":"a b"})", R"(,"simulated":"yes"})"}) {
+    r = Call("POST", "/v1/agent/register", kBootstrap, body + bad);
+    EXPECT_EQ(r.status, 422) << bad << " " << r.body;
+  }
+}

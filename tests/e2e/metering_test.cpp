@@ -100,6 +100,13 @@ TEST_F(Metering, AnInstanceIsMeteredForTheTimeItRanAndIdleGpusToo) {
   auto agent = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2,
                                   {"--admin-listen", "127.0.0.1:" + std::to_string(admin_port)});
   ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2; }, 20s));
+  {  // the simulated host says what it offers
+    const auto hosts = Json(fleet_->Call("GET", "/v1/hosts?region=eu-north", fleet_->operator_key));
+    const auto& h = hosts.at("data").as_array().at(0);
+    EXPECT_TRUE(h.at("simulated").as_bool());
+    EXPECT_EQ(Str(h, "cuda_version"), "12.8");
+    EXPECT_EQ(h.at("port_range").at("from").as_int64(), 20000);
+  }
   const std::string id = Launch();
   ASSERT_TRUE(fleet_->WaitState(member_, id, "running"));
   std::this_thread::sleep_for(3s);
