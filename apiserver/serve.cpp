@@ -147,6 +147,10 @@ int RunServe(const Config& config) {
              [&ingest](pqxx::connection& c, const StepContext& s) { ingest.CreatePartitionsAhead(c, s.now); }});
   steps.Add({"metering_rollup", ingest_settings.rollup_interval,
              [](pqxx::connection& c, const StepContext&) { metering::FoldDirtyHours(c, 48); }});
+  steps.Add({"metering_retention", std::chrono::hours(1),
+             [retention = ingest_settings.retention](pqxx::connection& c, const StepContext& s) {
+               metering::DropExpiredPartitions(c, s.now, retention);
+             }});
   steps.Add({"metering_prune_ledger", std::chrono::hours(1),
              [&ingest](pqxx::connection& c, const StepContext& s) { ingest.PruneLedger(c, s.now); }});
   steps.Add({"metering_gauges", std::chrono::seconds(15),

@@ -123,6 +123,7 @@ const std::vector<KeySpec>& ConfigSchema() {
       {"metering.ingest_committers", KeyType::kInt, "2", 1, 64},
       {"metering.partitions_ahead", KeyType::kInt, "3", 1, 60},
       {"metering.rollup_interval", KeyType::kDuration, "30s"},
+      {"metering.retention", KeyType::kDuration, "2160h"},
       {"controllers.tick", KeyType::kDuration, "1s"},
       {"idempotency.ttl", KeyType::kDuration, "24h"},
       {"tenants.suspension_grace", KeyType::kDuration, "24h"},

@@ -81,6 +81,7 @@ IngestSettings IngestSettings::From(const Config& c) {
   s.group_max_samples = static_cast<std::size_t>(c.Int("metering.group_max_samples"));
   s.partitions_ahead = static_cast<int>(c.Int("metering.partitions_ahead"));
   s.rollup_interval = c.Duration("metering.rollup_interval");
+  s.retention = c.Duration("metering.retention");
   s.committers = static_cast<int>(c.Int("metering.ingest_committers"));
   s.retry_after = c.Duration("database.retry_after");
   return s;

@@ -61,6 +61,7 @@ struct IngestSettings {
   int committers = 2;  // groups in flight at once, each on a connection of its own
   int partitions_ahead = 3;
   Millis rollup_interval{30000};
+  Millis retention{90LL * 24 * 3600 * 1000};  // metering.retention
   Millis retry_after{1000};
   static IngestSettings From(const Config& config);
 };

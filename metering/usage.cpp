@@ -33,6 +33,17 @@ SELECT to_timestamp($1::bigint / 1000.0), h.region, h.gpu_model,
 FROM usage_samples s JOIN hosts h ON h.id = s.host_id
 WHERE s.ts >= to_timestamp($1::bigint / 1000.0) AND s.ts < to_timestamp($1::bigint / 1000.0) + interval '1 hour'
 GROUP BY h.region, h.gpu_model)sql"};
+// Each partition's day, from its name (usage_samples_YYYYMMDD).
+const Statement kPartitions{"retention_partitions", R"sql(
+SELECT c.relname AS name,
+       )sql" SPW_EPOCH_MS("to_timestamp(substr(c.relname, 15), 'YYYYMMDD')::timestamp AT TIME ZONE 'UTC'") R"sql( AS day_ms
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'usage_samples'::regclass AND c.relname ~ '^usage_samples_[0-9]{8}$'
+ORDER BY c.relname)sql"};
+const Statement kDroppable{"retention_droppable", R"sql(
+SELECT NOT EXISTS (SELECT 1 FROM usage_dirty_hours
+                   WHERE hour >= to_timestamp($1::bigint / 1000.0) AND hour < to_timestamp($1::bigint / 1000.0) + interval '24 hours')
+   AND EXISTS (SELECT 1 FROM billing_periods_closed WHERE period = $2) AS ok)sql"};
 const Statement kWatermarksNow{"rollup_watermarks_now",
                                "SELECT host_id, " SPW_EPOCH_MS("sampled_through") " AS through_ms FROM host_watermarks"};
 const Statement kSetFolded{"rollup_set_folded", R"sql(
@@ -112,6 +123,30 @@ int FoldDirtyHours(pqxx::connection& conn, int max_hours) {
       tx.exec_prepared(kSetFolded.name, TextArrayLiteral(hosts), Int64ArrayLiteral(through));
     });
   return folded;
+}
+
+std::vector<std::string> DropExpiredPartitions(pqxx::connection& conn, TimeMs now, Millis retention) {
+  constexpr std::int64_t kDayMs = 24LL * 3600 * 1000;
+  std::vector<std::pair<std::string, std::int64_t>> old;
+  {
+    pqxx::read_transaction tx(conn, "retention_plan");
+    for (const auto& r : tx.exec_prepared(kPartitions.name)) {
+      const std::int64_t day = r["day_ms"].as<std::int64_t>();
+      if (FromEpochMs(day + kDayMs) <= now - retention) old.emplace_back(r["name"].as<std::string>(), day);
+    }
+  }
+  std::vector<std::string> dropped;
+  for (const auto& [name, day] : old) {
+    const bool done = InTransaction(conn, [&](Tx& tx) {
+      if (!tx.exec_prepared1(kDroppable.name, day, MonthOf(FromEpochMs(day)).Label())["ok"].as<bool>()) return false;
+      tx.exec("DROP TABLE " + tx.quote_name(name));
+      return true;
+    });
+    if (!done) continue;
+    log::Info("usage samples dropped after retention: rolled up and invoiced", {{"partition", name}});
+    dropped.push_back(name);
+  }
+  return dropped;
 }
 
 RollupHealth ReadRollupHealth(Tx& tx, TimeMs now) {

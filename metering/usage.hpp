@@ -10,6 +10,7 @@
 
 #include "core/clock.hpp"
 #include "core/db_fwd.hpp"
+#include "core/duration.hpp"
 
 namespace spillway::metering {
 
@@ -17,6 +18,11 @@ namespace spillway::metering {
 // transaction of its own (recomputed from the samples, so folding an hour again gives the same
 // rows), then, if none is left, records each host's watermark as folded. Returns hours folded.
 int FoldDirtyHours(pqxx::connection& conn, int max_hours);
+
+// Drops each daily partition of usage_samples that ended `retention` before `now`, once every hour
+// of it is folded (no dirty hour left) and its month is a closed billing period. Returns the names
+// dropped.
+std::vector<std::string> DropExpiredPartitions(pqxx::connection& conn, TimeMs now, Millis retention);
 
 struct RollupHealth {
   double lag_seconds = 0;           // now - the oldest unfolded change (0: none)

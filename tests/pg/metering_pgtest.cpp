@@ -79,3 +79,35 @@ TEST(MeteringStore, IngestFoldAndPruneOnARealDatabase) {
   EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM ingest_batches"), 0);
   ingest.Stop();
 }
+
+TEST(MeteringStore, ADayOfSamplesGoesOnlyWhenRetainedFoldedAndInvoiced) {
+  TestDb db;
+  auto conn = OpenSession({db.dsn(), "spillway-test", 3000ms, 30000ms});
+  const TimeMs now = *ParseTime("2026-11-26T12:00:00Z");
+  const Millis retention = 30 * 24h;
+  {
+    pqxx::nontransaction tx(*conn);
+    for (const char* day : {"2026-09-30", "2026-10-20", "2026-11-20"})
+      tx.exec(std::string("SELECT usage_samples_partition('") + day + "T06:00:00Z')");
+    tx.exec("INSERT INTO usage_samples VALUES ('2026-09-30T06:00:00Z', 'hst_x', 0, NULL, 1000, 1, 1, 1, 1)");
+  }
+  auto partitions = [&] {
+    return Scalar(*conn, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'usage_samples'::regclass AND "
+                         "inhrelid::regclass::text IN ('usage_samples_20260930', 'usage_samples_20261020', "
+                         "'usage_samples_20261120')");
+  };
+  ASSERT_EQ(partitions(), 3);
+  // Past retention, but September is not invoiced yet: kept.
+  EXPECT_TRUE(DropExpiredPartitions(*conn, now, retention).empty());
+  {
+    pqxx::nontransaction tx(*conn);
+    tx.exec("INSERT INTO billing_periods_closed VALUES ('2026-09', now()), ('2026-10', now())");
+    tx.exec("INSERT INTO usage_dirty_hours VALUES ('2026-10-20T05:00:00Z', now())");  // not folded yet
+  }
+  // September's day goes; October's waits for its fold; November's is within retention.
+  EXPECT_EQ(DropExpiredPartitions(*conn, now, retention), std::vector<std::string>{"usage_samples_20260930"});
+  EXPECT_EQ(partitions(), 2);
+  FoldDirtyHours(*conn, 48);
+  EXPECT_EQ(DropExpiredPartitions(*conn, now, retention), std::vector<std::string>{"usage_samples_20261020"});
+  EXPECT_EQ(partitions(), 1);
+}
