@@ -144,7 +144,11 @@ TEST_F(NewUser, DrainingHostsOfferNothingAndTheCatalogJudgesEachTypeOnOneHost) {
 TEST_F(NewUser, SpotPricesReadNewestFirstAndTheLatestPerPool) {
   auto agent = fleet_->StartAgent("us-east", "H100-80GB", 1, 8);
   auto agent2 = fleet_->StartAgent("eu-north", "A100-80GB", 1, 8);
-  ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "A100-80GB", "total_gpus") == 8; }, 20s));
+  // Both hosts registered (each agent on its own: neither waits for the other).
+  ASSERT_TRUE(WaitFor([&] {
+    return fleet_->PoolInt("eu-north", "A100-80GB", "total_gpus") == 8 &&
+           fleet_->PoolInt("us-east", "H100-80GB", "total_gpus") == 8;
+  }, 20s));
   Launch(member_, R"({"instance_type":"h100.8x","region":"us-east","market":"on_demand"})");  // the price moves
   ASSERT_TRUE(WaitFor([&] {
     return Json(fleet_->Call("GET", "/v1/spot-prices?region=us-east", member_)).at("data").as_array().size() >= 3;
