@@ -35,6 +35,20 @@ void Ctx::RequireTenant(const std::string& tenant_id) const {
     throw ApiError(404, "not_found", "no such tenant");
 }
 
+std::string Ctx::OwnerTenant(const std::optional<std::string>& named) const {
+  if (principal.role_bit == kMember) {
+    if (named && !named->empty() && *named != principal.tenant_id) throw ApiError(404, "not_found", "no such tenant");
+    return principal.tenant_id;
+  }
+  if (!named || named->empty()) throw ApiError(400, "invalid_parameter", "tenant_id is required for a " + principal.role + " key");
+  return *named;
+}
+
+std::string Ctx::OwnerTenantFromQuery() const {
+  const std::string t = Query("tenant_id");
+  return OwnerTenant(t.empty() ? std::nullopt : std::optional<std::string>(t));
+}
+
 std::string Ctx::Query(const std::string& name) const {
   auto it = request.query.find(name);
   return it == request.query.end() ? std::string() : it->second;

@@ -81,6 +81,11 @@ struct Ctx {
   int Limit(int dflt = 50, int max = 200) const { return static_cast<int>(QueryInt("limit", dflt, 1, max)); }
   // ?name=, empty when absent.
   std::string Query(const std::string& name) const;
+  // Whose resources a tenant-owned route (SSH keys, volumes) acts on: a member's own tenant (naming
+  // another is 404); an admin must name one, `named` (else 400).
+  std::string OwnerTenant(const std::optional<std::string>& named) const;
+  // OwnerTenant of ?tenant_id=.
+  std::string OwnerTenantFromQuery() const;
   // The actor's audit record for a change to `target` (of tenant_id; "" for the fleet's own).
   AuditRecord AuditOf(const std::string& tenant_id, const std::string& action, const std::string& target) const;
 

@@ -6,6 +6,7 @@
 #include "apiserver/handlers/agent.hpp"
 #include "apiserver/handlers/samples.hpp"
 #include "apiserver/handlers/ssh_keys.hpp"
+#include "apiserver/handlers/volumes.hpp"
 #include "apiserver/handlers/usage.hpp"
 #include "apiserver/handlers/capacity.hpp"
 #include "apiserver/handlers/catalog.hpp"
@@ -41,6 +42,10 @@ std::vector<Route> ApiRoutes() {
       {"GET", "/v1/ssh-keys", kMember | kAdmin, ListSshKeys},
       {"GET", "/v1/ssh-keys/{id}", kMember | kAdmin, GetSshKey},
       {"DELETE", "/v1/ssh-keys/{id}", kMember | kAdmin, DeleteSshKey},
+      {"POST", "/v1/volumes", kMember | kAdmin, CreateVolume, Body::kRequired},
+      {"GET", "/v1/volumes", kMember | kAdmin, ListVolumes},
+      {"GET", "/v1/volumes/{id}", kMember | kAdmin, GetVolume},
+      {"DELETE", "/v1/volumes/{id}", kMember | kAdmin, DeleteVolume},
       {"GET", "/v1/audit", kAdmin, ListAudit},
       {"GET", "/v1/hosts", kOperator | kAdmin, ListHosts},
       {"GET", "/v1/hosts/{id}", kOperator | kAdmin, GetHost},

@@ -24,6 +24,7 @@
 #include "core/migrate.hpp"
 #include "metering/ingest.hpp"
 #include "metering/usage.hpp"
+#include "provisioning/volumes.hpp"
 
 namespace spillway {
 namespace {
@@ -151,6 +152,8 @@ int RunServe(const Config& config) {
              [retention = ingest_settings.retention](pqxx::connection& c, const StepContext& s) {
                metering::DropExpiredPartitions(c, s.now, retention);
              }});
+  steps.Add({"metering_volume_hours", std::chrono::minutes(5),
+             [](pqxx::connection& c, const StepContext& s) { MeterVolumeHours(c, s.now); }});
   steps.Add({"metering_prune_ledger", std::chrono::hours(1),
              [&ingest](pqxx::connection& c, const StepContext& s) { ingest.PruneLedger(c, s.now); }});
   steps.Add({"metering_gauges", std::chrono::seconds(15),

@@ -25,25 +25,8 @@ boost::json::object SshKeyJson(const SshKey& k) {
           {"created_at", FormatTime(k.created_at)}};
 }
 
-// Whose keys: a member's own tenant; an admin names one (`tenant_id`, in the body or the query).
-std::string TenantOf(const Ctx& ctx, const std::optional<std::string>& named) {
-  if (ctx.principal.role_bit == kMember) {
-    if (named && *named != ctx.principal.tenant_id) throw ApiError(404, "not_found", "no such tenant");
-    return ctx.principal.tenant_id;
-  }
-  if (!named || named->empty())
-    throw ApiError(400, "invalid_parameter", "tenant_id is required for a " + ctx.principal.role + " key");
-  return *named;
-}
-
 void RequireTenantExists(Tx& tx, const std::string& tenant_id) {
   if (!IsValidId(tenant_id, "ten") || !FindTenant(tx, tenant_id)) throw ApiError(404, "not_found", "no such tenant");
-}
-
-std::optional<std::string> QueryTenant(const Ctx& ctx) {
-  const std::string t = ctx.Query("tenant_id");
-  if (t.empty()) return std::nullopt;
-  return t;
 }
 
 }  // namespace
@@ -51,7 +34,7 @@ std::optional<std::string> QueryTenant(const Ctx& ctx) {
 Reply CreateSshKey(Ctx& ctx) {
   const auto& body = RequireObject(ctx.body);
   OnlyKeys(body, {"name", "public_key", "generate", "tenant_id"});
-  const std::string tenant = TenantOf(ctx, OptString(body, "tenant_id", 64));
+  const std::string tenant = ctx.OwnerTenant(OptString(body, "tenant_id", 64));
   const std::string name = ReqName(body, "name", 100);
   const auto* generate_v = body.if_contains("generate");
   if (generate_v && !generate_v->is_bool()) throw InvalidInput("generate: must be true or false");
@@ -81,7 +64,7 @@ Reply CreateSshKey(Ctx& ctx) {
 }
 
 Reply ListSshKeys(Ctx& ctx) {
-  const std::string tenant = TenantOf(ctx, QueryTenant(ctx));
+  const std::string tenant = ctx.OwnerTenantFromQuery();
   const int limit = ctx.Limit();
   const std::string cursor = ctx.Query("cursor");
   if (!cursor.empty() && !IsValidId(cursor, "ssh"))
@@ -94,7 +77,7 @@ Reply ListSshKeys(Ctx& ctx) {
 }
 
 Reply GetSshKey(Ctx& ctx) {
-  const std::string tenant = TenantOf(ctx, QueryTenant(ctx));
+  const std::string tenant = ctx.OwnerTenantFromQuery();
   const std::string& id = ctx.Param("id");
   if (!IsValidId(id, "ssh")) throw ApiError(404, "not_found", "no such SSH key");
   const auto key = ctx.Read([&](Tx& tx) { return FindSshKey(tx, tenant, id); });
@@ -103,7 +86,7 @@ Reply GetSshKey(Ctx& ctx) {
 }
 
 Reply DeleteSshKey(Ctx& ctx) {
-  const std::string tenant = TenantOf(ctx, QueryTenant(ctx));
+  const std::string tenant = ctx.OwnerTenantFromQuery();
   const std::string& id = ctx.Param("id");
   if (!IsValidId(id, "ssh")) throw ApiError(404, "not_found", "no such SSH key");
   return ctx.Write([&](Tx& tx) {

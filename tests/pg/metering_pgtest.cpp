@@ -9,6 +9,7 @@
 #include "metering/samples_store.hpp"
 #include "metering/usage.hpp"
 #include "provisioning/hosts.hpp"
+#include "provisioning/volumes.hpp"
 #include "tests/support/test_support.hpp"
 
 using namespace spillway;
@@ -110,4 +111,32 @@ TEST(MeteringStore, ADayOfSamplesGoesOnlyWhenRetainedFoldedAndInvoiced) {
   FoldDirtyHours(*conn, 48);
   EXPECT_EQ(DropExpiredPartitions(*conn, now, retention), std::vector<std::string>{"usage_samples_20261020"});
   EXPECT_EQ(partitions(), 1);
+}
+
+TEST(VolumeMetering, GigabyteHoursPerVolumeAndClosedHour) {
+  TestDb db;
+  auto conn = OpenSession({db.dsn(), "spillway-test", 3000ms, 30000ms});
+  {
+    pqxx::nontransaction tx(*conn);
+    tx.exec("INSERT INTO tenants (id, name, status, gpu_quota, is_operator, created_at, updated_at) "
+            "VALUES ('ten_v', 'v', 'active', 0, false, now(), now())");
+    tx.exec("INSERT INTO volumes (id, tenant_id, name, region, size_gb, created_at, deleted_at) VALUES "
+            "('vol_a', 'ten_v', 'a', 'r1', 100, '2026-11-26T10:30:00Z', '2026-11-26T12:15:00Z'), "
+            "('vol_b', 'ten_v', 'b', 'r1', 2, '2026-11-26T11:00:00Z', NULL)");
+  }
+  EXPECT_EQ(MeterVolumeHours(*conn, *ParseTime("2026-11-26T13:05:00Z")), 3);  // 10:00, 11:00, 12:00
+  auto gb_ms = [&](const char* volume, const char* hour) {
+    return Scalar(*conn, std::string("SELECT gb_ms FROM volume_usage_hourly WHERE volume_id = '") + volume +
+                             "' AND hour = '" + hour + "'");
+  };
+  EXPECT_EQ(gb_ms("vol_a", "2026-11-26T10:00:00Z"), 100LL * 1'800'000);  // from 10:30
+  EXPECT_EQ(gb_ms("vol_a", "2026-11-26T11:00:00Z"), 100LL * 3'600'000);
+  EXPECT_EQ(gb_ms("vol_a", "2026-11-26T12:00:00Z"), 100LL * 900'000);    // until 12:15
+  EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM volume_usage_hourly WHERE volume_id = 'vol_b' AND "
+                          "hour = '2026-11-26T10:00:00Z'"),
+            0);  // not yet there
+  EXPECT_EQ(gb_ms("vol_b", "2026-11-26T12:00:00Z"), 2LL * 3'600'000);
+  EXPECT_EQ(MeterVolumeHours(*conn, *ParseTime("2026-11-26T13:55:00Z")), 0);  // 13:00 is not closed
+  EXPECT_EQ(MeterVolumeHours(*conn, *ParseTime("2026-11-26T14:00:00Z")), 1);
+  EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM volume_usage_hourly"), 6);  // a: 10-12; b: 11-13
 }
