@@ -1,4 +1,5 @@
 #pragma once
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -8,6 +9,8 @@ namespace spillway {
 std::string RandomBytes(size_t n);
 std::string HexEncode(std::string_view bytes);
 std::string Base64UrlEncode(std::string_view bytes);  // unpadded
+std::string Base64Encode(std::string_view bytes, bool pad);  // the standard alphabet (RFC 4648)
+std::optional<std::string> Base64Decode(std::string_view text);  // padded standard base64; nullopt if not
 std::string Sha256(std::string_view data);            // raw 32 bytes
 std::string Sha256Hex(std::string_view data);
 // Compares in time independent of where the inputs differ (lengths are not secret).

@@ -12,56 +12,6 @@
 namespace spillway {
 namespace {
 
-constexpr char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-std::string Base64(std::string_view bytes, bool pad) {
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < bytes.size(); i += 3) {
-    const unsigned v = (unsigned char)bytes[i] << 16 | (unsigned char)bytes[i + 1] << 8 | (unsigned char)bytes[i + 2];
-    for (int s : {18, 12, 6, 0}) out += kB64[v >> s & 63];
-  }
-  if (i + 1 == bytes.size()) {
-    const unsigned v = (unsigned char)bytes[i] << 16;
-    out += kB64[v >> 18 & 63];
-    out += kB64[v >> 12 & 63];
-    if (pad) out += "==";
-  } else if (i + 2 == bytes.size()) {
-    const unsigned v = (unsigned char)bytes[i] << 16 | (unsigned char)bytes[i + 1] << 8;
-    out += kB64[v >> 18 & 63];
-    out += kB64[v >> 12 & 63];
-    out += kB64[v >> 6 & 63];
-    if (pad) out += '=';
-  }
-  return out;
-}
-
-std::optional<std::string> Unbase64(std::string_view text) {
-  if (text.size() % 4 != 0) return std::nullopt;
-  std::string out;
-  unsigned v = 0;
-  int bits = 0;
-  size_t padding = 0;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (c == '=') {
-      if (i + 2 < text.size()) return std::nullopt;
-      ++padding;
-      continue;
-    }
-    if (padding) return std::nullopt;
-    const char* p = std::char_traits<char>::find(kB64, 64, c);
-    if (!p) return std::nullopt;
-    v = v << 6 | static_cast<unsigned>(p - kB64);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out += static_cast<char>(v >> bits & 0xFF);
-    }
-  }
-  return out;
-}
-
 // The SSH wire format's pieces (RFC 4251): uint32, string, mpint.
 struct Reader {
   std::string_view data;
@@ -99,7 +49,7 @@ int MpintBits(std::string_view m) {
   return bits;
 }
 
-std::string Fingerprint(std::string_view blob) { return "SHA256:" + Base64(Sha256(blob), false); }
+std::string Fingerprint(std::string_view blob) { return "SHA256:" + Base64Encode(Sha256(blob), false); }
 
 }  // namespace
 
@@ -126,7 +76,7 @@ std::optional<SshPublicKey> ParseSshPublicKey(std::string_view line, std::string
     for (char c : key.comment)
       if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return fail("has a control character in its comment");
   }
-  const auto blob = Unbase64(key.blob_base64);
+  const auto blob = Base64Decode(key.blob_base64);
   if (!blob || blob->empty()) return fail("is not an OpenSSH public key: its key is not base64");
   Reader r{*blob};
   const auto inner_type = r.String();
@@ -177,7 +127,7 @@ SshKeyPair GenerateSshKeyPair(const std::string& comment) {
 
   SshKeyPair pair;
   pair.public_key.type = "ssh-ed25519";
-  pair.public_key.blob_base64 = Base64(blob, true);
+  pair.public_key.blob_base64 = Base64Encode(blob, true);
   pair.public_key.comment = comment;
   pair.public_key.bits = 256;
   pair.public_key.fingerprint = Fingerprint(blob);
@@ -201,7 +151,7 @@ SshKeyPair GenerateSshKeyPair(const std::string& comment) {
   PutString(body, blob);
   PutString(body, priv);
   OPENSSL_cleanse(seed, sizeof seed);
-  const std::string b64 = Base64(body, true);
+  const std::string b64 = Base64Encode(body, true);
   std::string pem = "-----BEGIN OPENSSH PRIVATE KEY-----\n";
   for (size_t i = 0; i < b64.size(); i += 70) pem += b64.substr(i, 70) + "\n";
   pem += "-----END OPENSSH PRIVATE KEY-----\n";

@@ -20,8 +20,6 @@ namespace {
 constexpr std::int64_t kDayMs = 24LL * 3600 * 1000;
 constexpr std::int64_t kHourMs = 3600LL * 1000;
 
-std::string Seconds(Millis d) { return FormatDuration(d); }
-
 IngestResult Rejected(std::optional<std::size_t> index, std::string message) {
   return {IngestResult::Kind::kRejected, 0, index, std::move(message)};
 }
@@ -103,11 +101,11 @@ std::optional<IngestResult> CheckBatch(const protocol::SampleBatch& batch, const
                              std::to_string(max_interval) + ")");
     if (s.ts_ms > latest)
       return Rejected(i, at + "ts_ms: " + FormatTime(s.ts_ms) + " is ahead of the server's clock (" + FormatTime(now) +
-                             ") by more than " + Seconds(rules.skew_tolerance));
+                             ") by more than " + FormatDuration(rules.skew_tolerance));
     const TimeMs begins = s.ts_ms - Millis(s.interval_ms);
     if (begins < now - rules.max_sample_age)
       return Rejected(i, at + "ts_ms: " + FormatTime(s.ts_ms) + " is older than metering.max_sample_age (" +
-                             Seconds(rules.max_sample_age) + ")");
+                             FormatDuration(rules.max_sample_age) + ")");
     if (s.instance_id) {
       const bool held = std::any_of(allocations.begin(), allocations.end(), [&](const AllocationSpan& a) {
         return a.instance_id == *s.instance_id && a.host_id == host_id && a.gpu_index == s.gpu_index &&
@@ -138,7 +136,7 @@ std::optional<IngestResult> CheckBatch(const protocol::SampleBatch& batch, const
   if (batch.sampled_through_ms > latest)
     return Rejected(std::nullopt, "sampled_through_ms: " + FormatTime(batch.sampled_through_ms) +
                                       " is ahead of the server's clock (" + FormatTime(now) + ") by more than " +
-                                      Seconds(rules.skew_tolerance));
+                                      FormatDuration(rules.skew_tolerance));
   return std::nullopt;
 }
 

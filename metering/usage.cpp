@@ -44,6 +44,7 @@ const Statement kDroppable{"retention_droppable", R"sql(
 SELECT NOT EXISTS (SELECT 1 FROM usage_dirty_hours
                    WHERE hour >= to_timestamp($1::bigint / 1000.0) AND hour < to_timestamp($1::bigint / 1000.0) + interval '24 hours')
    AND EXISTS (SELECT 1 FROM billing_periods_closed WHERE period = $2) AS ok)sql"};
+const Statement kDropPartition{"retention_drop_partition", "SELECT usage_samples_drop_partition($1) AS dropped"};
 const Statement kWatermarksNow{"rollup_watermarks_now",
                                "SELECT host_id, " SPW_EPOCH_MS("sampled_through") " AS through_ms FROM host_watermarks"};
 const Statement kSetFolded{"rollup_set_folded", R"sql(
@@ -139,8 +140,7 @@ std::vector<std::string> DropExpiredPartitions(pqxx::connection& conn, TimeMs no
   for (const auto& [name, day] : old) {
     const bool done = InTransaction(conn, [&](Tx& tx) {
       if (!tx.exec_prepared1(kDroppable.name, day, MonthOf(FromEpochMs(day)).Label())["ok"].as<bool>()) return false;
-      tx.exec("DROP TABLE " + tx.quote_name(name));
-      return true;
+      return tx.exec_prepared1(kDropPartition.name, name)["dropped"].as<bool>();
     });
     if (!done) continue;
     log::Info("usage samples dropped after retention: rolled up and invoiced", {{"partition", name}});

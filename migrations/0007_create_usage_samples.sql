@@ -30,6 +30,18 @@ BEGIN
   RETURN name;
 END $$;
 
+-- Drops one of usage_samples' daily partitions, named as usage_samples_partition names them;
+-- false (nothing dropped) for any other name. The retention step decides which.
+CREATE FUNCTION usage_samples_drop_partition(name text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  IF name !~ '^usage_samples_[0-9]{8}$' OR NOT EXISTS (
+       SELECT 1 FROM pg_inherits WHERE inhparent = 'usage_samples'::regclass AND inhrelid = to_regclass(name)) THEN
+    RETURN false;
+  END IF;
+  EXECUTE format('DROP TABLE %I', name);
+  RETURN true;
+END $$;
+
 -- Days around the migration; the metering step keeps them ahead from then on.
 SELECT usage_samples_partition(now() + d * interval '24 hours') FROM generate_series(-1, 3) AS d;
 

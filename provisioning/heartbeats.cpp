@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "core/errors.hpp"
+#include "core/sql.hpp"
 #include "core/ids.hpp"
 #include "core/json.hpp"
 #include "core/log.hpp"
@@ -43,21 +44,6 @@ bool Same(const std::vector<ReportedInstance>& a, const std::vector<ReportedInst
   for (size_t i = 0; i < a.size(); ++i)
     if (a[i].id != b[i].id || a[i].state != b[i].state) return false;
   return true;
-}
-
-// A PostgreSQL array literal of strings that are ids or versions: quoted, with " and \ escaped.
-std::string TextArray(const std::vector<std::string>& v) {
-  std::string s = "{";
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (i) s += ',';
-    s += '"';
-    for (char c : v[i]) {
-      if (c == '"' || c == '\\') s += '\\';
-      s += c;
-    }
-    s += '"';
-  }
-  return s + "}";
 }
 
 }  // namespace
@@ -165,10 +151,10 @@ bool HeartbeatRecorder::Flush(std::map<std::string, Pending>& batch) {
     const TimeMs now = clock_.Now();
     InTransaction(*conn_, [&](pqxx::work& tx) {
       if (!hosts.empty()) {
-        tx.exec_prepared(kLockHosts.name, TextArray(hosts));
-        tx.exec_prepared(kFlushHosts.name, TextArray(hosts), TextArray(ats), TextArray(versions));
+        tx.exec_prepared(kLockHosts.name, TextArrayLiteral(hosts));
+        tx.exec_prepared(kFlushHosts.name, TextArrayLiteral(hosts), TextArrayLiteral(ats), TextArrayLiteral(versions));
         if (!inst_ids.empty())
-          tx.exec_prepared(kFlushInstances.name, TextArray(inst_ids), TextArray(inst_hosts), TextArray(inst_ats));
+          tx.exec_prepared(kFlushInstances.name, TextArrayLiteral(inst_ids), TextArrayLiteral(inst_hosts), TextArrayLiteral(inst_ats));
       }
       const std::int64_t refused = refused_at_ms_.load();
       tx.exec_prepared(kWriterFlushed.name, replica_id_, FormatTime(now),

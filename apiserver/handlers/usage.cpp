@@ -3,7 +3,6 @@
 
 #include <boost/json.hpp>
 
-#include <cstdio>
 
 #include "apiserver/handlers/common.hpp"
 #include "core/errors.hpp"
@@ -15,15 +14,9 @@ namespace {
 constexpr std::int64_t kHourMs = 3'600'000;
 constexpr std::int64_t kDayMs = 24 * kHourMs;
 
-// Six decimals, rounded half up: "12.500000".
-std::string Decimal6(std::int64_t micros) {
-  char buf[48];
-  std::snprintf(buf, sizeof buf, "%lld.%06lld", static_cast<long long>(micros / 1'000'000),
-                static_cast<long long>(micros % 1'000'000));
-  return buf;
-}
-std::string GpuHours(std::int64_t gpu_ms) { return Decimal6((gpu_ms * 10 + 18) / 36); }     // ms -> µh
-std::string KiloWattHours(std::int64_t mj) { return Decimal6((mj + 1800) / 3600); }          // mJ -> µkWh
+// Six decimals (FormatMicros), rounded half up.
+std::string GpuHours(std::int64_t gpu_ms) { return FormatMicros((gpu_ms * 10 + 18) / 36); }  // ms -> µh
+std::string KiloWattHours(std::int64_t mj) { return FormatMicros((mj + 1800) / 3600); }      // mJ -> µkWh
 
 struct Window {
   TimeMs from, to;

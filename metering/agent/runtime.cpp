@@ -14,6 +14,7 @@
 
 #include "core/clock.hpp"
 #include "core/log.hpp"
+#include "metering/agent/files.hpp"
 
 extern char** environ;
 
@@ -21,16 +22,6 @@ namespace spillway::agent {
 namespace {
 
 std::int64_t WallMs() { return EpochMs(NowMs()); }
-
-// key=value lines, written whole or not at all (temporary file, fsync, rename).
-bool WriteFileAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return false;
-  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
-  ok = ::close(fd) == 0 && ok;
-  return ok && ::rename(tmp.c_str(), path.c_str()) == 0;
-}
 
 std::map<std::string, std::string> ReadKeyValues(const std::string& path) {
   std::map<std::string, std::string> kv;

@@ -14,6 +14,7 @@
 #include <mutex>
 
 #include "core/log.hpp"
+#include "metering/agent/files.hpp"
 
 namespace spillway::agent {
 namespace json = boost::json;
@@ -64,57 +65,6 @@ std::uint32_t GetU32(const char* p) {
   std::uint32_t v = 0;
   for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(static_cast<unsigned char>(p[i])) << (8 * i);
   return v;
-}
-
-bool FsyncDir(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return false;
-  const bool ok = ::fsync(fd) == 0;
-  ::close(fd);
-  return ok;
-}
-
-bool WriteAll(int fd, const std::string& data) {
-  std::size_t done = 0;
-  while (done < data.size()) {
-    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    done += static_cast<std::size_t>(n);
-  }
-  return true;
-}
-
-// Written in full or not at all: a temporary file, fsync'd, renamed over the old one.
-bool WriteFileAtomic(const std::string& dir, const std::string& name, const std::string& data) {
-  const std::string path = dir + "/" + name, tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return false;
-  const bool ok = WriteAll(fd, data) && ::fsync(fd) == 0;
-  ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) return false;
-  return FsyncDir(dir);
-}
-
-std::optional<std::string> ReadFile(const std::string& path, std::int64_t from = 0) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  std::string out;
-  char buf[1 << 16];
-  if (::lseek(fd, from, SEEK_SET) < 0) {
-    ::close(fd);
-    return std::nullopt;
-  }
-  for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    out.append(buf, static_cast<std::size_t>(n));
-  }
-  ::close(fd);
-  return out;
 }
 
 std::int64_t FileSize(const std::string& path) {
@@ -170,7 +120,7 @@ struct Spool::Impl {
   std::int64_t Active() const { return segments.rbegin()->first; }
 
   bool SaveCursor() {
-    return WriteFileAtomic(o.dir, "cursor", std::to_string(cursor.seg) + " " + std::to_string(cursor.off) + " " +
+    return WriteFileAtomically(o.dir + "/cursor", std::to_string(cursor.seg) + " " + std::to_string(cursor.off) + " " +
                                                 std::to_string(next_seq) + "\n");
   }
 
@@ -403,7 +353,7 @@ std::optional<protocol::SampleBatch> Spool::NextBatch(std::size_t max_samples) {
   }
   const std::string text = json::serialize(json::object{
       {"batch", protocol::ToJson(batch)}, {"end_segment", end.seg}, {"end_offset", end.off}});
-  if (!WriteFileAtomic(m.o.dir, "pending.json", text)) {
+  if (!WriteFileAtomically(m.o.dir + "/pending.json", text, 0600)) {
     log::Error("spool: cannot write the pending batch", {{"error", std::strerror(errno)}});
     return std::nullopt;
   }
@@ -422,7 +372,7 @@ void Spool::Quarantine(const std::string& reason) {
   std::lock_guard lk(m.mu);
   if (!m.pending) return;
   const std::string name = "quarantine/batch-" + std::to_string(m.pending->batch.batch_seq) + ".json";
-  WriteFileAtomic(m.o.dir, name,
+  WriteFileAtomically(m.o.dir + "/" + name,
                   json::serialize(json::object{{"reason", reason}, {"batch", protocol::ToJson(m.pending->batch)}}));
   ++m.stats.quarantined_batches;
   m.Advance();

@@ -75,10 +75,12 @@ class Ingest : public FleetTest {
                    R"({"instances":[{"id":")" + id + R"(","state":"running"}]})").status, 200);
     return {id, static_cast<int>(j.at("gpu_indices").as_array().at(0).as_int64())};
   }
-  std::int64_t Scalar(const std::string& sql) {
+  // One value of a query; `args` are its $1, $2, … parameters.
+  template <class... Args>
+  std::int64_t Scalar(const std::string& sql, const Args&... args) {
     auto c = db_->Connect();
     pqxx::nontransaction tx(*c);
-    return tx.exec1(sql)[0].as<std::int64_t>();
+    return tx.exec_params(sql, args...).at(0).at(0).template as<std::int64_t>();
   }
 };
 
@@ -97,7 +99,7 @@ TEST_F(Ingest, ABatchIsStoredOnceAndAReplayIsADuplicate) {
   EXPECT_EQ(Json(r).at("accepted").as_int64(), 0);
   EXPECT_TRUE(Json(r).at("duplicate").as_bool());
   EXPECT_EQ(Scalar("SELECT count(*) FROM usage_samples"), 3);
-  EXPECT_EQ(Scalar("SELECT sum(interval_ms) FROM usage_samples WHERE instance_id = '" + instance + "'"), 2000);
+  EXPECT_EQ(Scalar("SELECT sum(interval_ms) FROM usage_samples WHERE instance_id = $1", instance), 2000);
   EXPECT_EQ(Scalar("SELECT count(*) FROM usage_samples WHERE instance_id IS NULL"), 1);
   EXPECT_EQ(Scalar("SELECT count(*) FROM ingest_batches"), 1);
   EXPECT_EQ(Scalar("SELECT (extract(epoch FROM sampled_through) * 1000)::bigint FROM host_watermarks"), now);

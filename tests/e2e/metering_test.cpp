@@ -35,11 +35,13 @@ class Metering : public ::testing::Test {
     tenant_ = fleet_->NewTenant("customer", 8);
     member_ = fleet_->NewKey(tenant_, "member");
   }
-  std::int64_t Scalar(const std::string& sql) {
+  // One value of a query (NULL as 0); `args` are its $1, $2, … parameters.
+  template <class... Args>
+  std::int64_t Scalar(const std::string& sql, const Args&... args) {
     auto c = db_->Connect();
     pqxx::nontransaction tx(*c);
-    const auto f = tx.exec1(sql)[0];
-    return f.is_null() ? 0 : f.as<std::int64_t>();
+    const auto f = tx.exec_params(sql, args...).at(0).at(0);
+    return f.is_null() ? 0 : f.template as<std::int64_t>();
   }
   // How the samples of each GPU lie on the time line, first to last.
   std::vector<GpuTiling> Tiling() {
@@ -117,7 +119,7 @@ TEST_F(Metering, AnInstanceIsMeteredForTheTimeItRanAndIdleGpusToo) {
   const auto inst = fleet_->Instance(member_, id);
   const std::int64_t ran =
       EpochMs(*ParseTime(Str(inst, "ended_at"))) - EpochMs(*ParseTime(Str(inst, "started_at")));
-  const std::int64_t metered = Scalar("SELECT sum(interval_ms) FROM usage_samples WHERE instance_id = '" + id + "'");
+  const std::int64_t metered = Scalar("SELECT sum(interval_ms) FROM usage_samples WHERE instance_id = $1", id);
   // The agent meters what it saw running; the server's lifecycle is when it heard so. They agree
   // to within the agent's look (every 200 ms) and a heartbeat's trip.
   EXPECT_NEAR(metered, ran, 300) << "ran " << ran << " ms, metered " << metered << " ms";
@@ -213,7 +215,7 @@ TEST_F(Metering, KillNineOfTheAgentOrTheApiserverLosesNothingAndStoresNothingTwi
   EXPECT_EQ(Scalar("SELECT count(*) FROM (SELECT 1 FROM usage_samples GROUP BY host_id, gpu_index, ts "
                    "HAVING count(*) > 1) d"),
             0);
-  EXPECT_GT(Scalar("SELECT sum(interval_ms) FROM usage_samples WHERE instance_id = '" + id + "'"), 3000);
+  EXPECT_GT(Scalar("SELECT sum(interval_ms) FROM usage_samples WHERE instance_id = $1", id), 3000);
 }
 
 // (c) PostgreSQL restarts while hosts ship: batches meet 503s (or a lost connection), stay in the

@@ -50,8 +50,7 @@ TEST_F(Volumes, AMemberCreatesListsAndDeletesItsVolumes) {
   {
     auto c = db_->Connect();
     pqxx::nontransaction tx(*c);
-    tx.exec("UPDATE volumes SET attached_instance_id = " + tx.quote(Str(Json(created), "id")) + " WHERE id = " +
-            tx.quote(id));
+    tx.exec_params("UPDATE volumes SET attached_instance_id = $1 WHERE id = $2", Str(Json(created), "id"), id);
   }
   r = Call("DELETE", "/v1/volumes/" + id, member_);
   EXPECT_EQ(r.status, 409);
@@ -59,7 +58,7 @@ TEST_F(Volumes, AMemberCreatesListsAndDeletesItsVolumes) {
   {
     auto c = db_->Connect();
     pqxx::nontransaction tx(*c);
-    tx.exec("UPDATE volumes SET attached_instance_id = NULL WHERE id = " + tx.quote(id));
+    tx.exec_params("UPDATE volumes SET attached_instance_id = NULL WHERE id = $1", id);
   }
   r = Call("DELETE", "/v1/volumes/" + id, member_);
   ASSERT_EQ(r.status, 200) << r.body;

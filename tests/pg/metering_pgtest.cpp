@@ -18,10 +18,12 @@ using spillway::test::TestDb;
 using namespace std::chrono_literals;
 
 namespace {
-std::int64_t Scalar(pqxx::connection& c, const std::string& sql) {
+// One value of a query (NULL as 0); `args` are its $1, $2, … parameters.
+template <class... Args>
+std::int64_t Scalar(pqxx::connection& c, const std::string& sql, const Args&... args) {
   pqxx::nontransaction tx(c);
-  const auto f = tx.exec1(sql)[0];
-  return f.is_null() ? 0 : f.as<std::int64_t>();
+  const auto f = tx.exec_params(sql, args...).at(0).at(0);
+  return f.is_null() ? 0 : f.template as<std::int64_t>();
 }
 protocol::SampleBatch Batch(std::int64_t seq, TimeMs end, int n) {
   protocol::SampleBatch b;
@@ -89,7 +91,7 @@ TEST(MeteringStore, ADayOfSamplesGoesOnlyWhenRetainedFoldedAndInvoiced) {
   {
     pqxx::nontransaction tx(*conn);
     for (const char* day : {"2026-09-30", "2026-10-20", "2026-11-20"})
-      tx.exec(std::string("SELECT usage_samples_partition('") + day + "T06:00:00Z')");
+      tx.exec_params("SELECT usage_samples_partition($1::timestamptz)", std::string(day) + "T06:00:00Z");
     tx.exec("INSERT INTO usage_samples VALUES ('2026-09-30T06:00:00Z', 'hst_x', 0, NULL, 1000, 1, 1, 1, 1)");
   }
   auto partitions = [&] {
@@ -126,8 +128,8 @@ TEST(VolumeMetering, GigabyteHoursPerVolumeAndClosedHour) {
   }
   EXPECT_EQ(MeterVolumeHours(*conn, *ParseTime("2026-11-26T13:05:00Z")), 3);  // 10:00, 11:00, 12:00
   auto gb_ms = [&](const char* volume, const char* hour) {
-    return Scalar(*conn, std::string("SELECT gb_ms FROM volume_usage_hourly WHERE volume_id = '") + volume +
-                             "' AND hour = '" + hour + "'");
+    return Scalar(*conn, "SELECT gb_ms FROM volume_usage_hourly WHERE volume_id = $1 AND hour = $2::timestamptz",
+                  std::string(volume), std::string(hour));
   };
   EXPECT_EQ(gb_ms("vol_a", "2026-11-26T10:00:00Z"), 100LL * 1'800'000);  // from 10:30
   EXPECT_EQ(gb_ms("vol_a", "2026-11-26T11:00:00Z"), 100LL * 3'600'000);
