@@ -48,7 +48,11 @@ std::optional<std::string> ReadFile(const std::string& path, std::int64_t from) 
   for (;;) {
     const ssize_t n = ::read(fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
+    if (n < 0) {  // an I/O error is not an end of file: a short read would pass for a torn record
+      ::close(fd);
+      return std::nullopt;
+    }
+    if (n == 0) break;
     out.append(buf, static_cast<std::size_t>(n));
   }
   ::close(fd);

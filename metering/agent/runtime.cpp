@@ -61,8 +61,11 @@ std::vector<std::string> IdsIn(const std::string& dir, const std::string& suffix
 // Field 22 of /proc/<pid>/stat (start time in clock ticks since boot): with the pid, it names one
 // process; a pid reused by another process has another start time. 0 when there is no such process.
 std::uint64_t ProcStart(int pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  // Read with read(2), not a stream: a process that exits while it is read fails the read with
+  // ESRCH, which a filebuf turns into an exception.
+  const auto file = ReadFile("/proc/" + std::to_string(pid) + "/stat");
+  if (!file) return 0;
+  const std::string& stat = *file;
   const auto paren = stat.rfind(')');
   if (paren == std::string::npos) return 0;
   std::istringstream rest(stat.substr(paren + 2));

@@ -275,7 +275,12 @@ std::unique_ptr<Spool> Spool::Open(const SpoolOptions& options, std::string* why
   if (!m->segments.empty()) {
     const std::int64_t last = m->segments.rbegin()->first;
     const std::string path = SegName(dir, last);
-    if (const auto data = ReadFile(path)) {
+    const auto data = ReadFile(path);
+    if (!data) {
+      *why = path + ": cannot read: " + std::strerror(errno);
+      return nullptr;
+    }
+    {
       std::int64_t bad = -1;
       Parse(*data, 0, &bad);
       if (bad >= 0) {

@@ -314,7 +314,7 @@ TEST(Reliability, AnAgentRestartIsNotAnInstanceRestart) {
 
   // Stopping it is still the assignments' word, and reaches the adopted process.
   EXPECT_EQ(fleet.Call("DELETE", "/v1/instances/" + id, member).status, 200);
-  EXPECT_TRUE(fleet.WaitState(member, id, "terminated"));
+  EXPECT_TRUE(fleet.WaitState(member, id, "terminated")) << agent->Stderr() << "\nSERVER\n" << server.process().Stderr();
   EXPECT_TRUE(WaitFor([&] { return ::kill(pid, 0) != 0; }, 10s));
 
   // Decommissioning: --drain-on-exit stops the instances before the agent exits.
@@ -322,6 +322,7 @@ TEST(Reliability, AnAgentRestartIsNotAnInstanceRestart) {
   auto exec_drain = exec;
   exec_drain.push_back("--drain-on-exit");
   agent = fleet.StartAgent("us-east", "H100-80GB", 1, 8, exec_drain);
+  ASSERT_TRUE(WaitFor([&] { return fleet.PoolInt("us-east", "H100-80GB", "total_gpus") == 8; }, 20s));
   const auto second = fleet.Call("POST", "/v1/instances", member, kOneGpu);
   ASSERT_EQ(second.status, 201) << second.body;
   const std::string id2 = Str(Json(second), "id");
@@ -331,7 +332,7 @@ TEST(Reliability, AnAgentRestartIsNotAnInstanceRestart) {
     std::ifstream f(out + "/" + id2 + ".pid");
     return bool(f >> pid2);
   }, 10s));
-  EXPECT_EQ(agent->Stop(SIGTERM), 0);
+  EXPECT_EQ(agent->Stop(SIGTERM), 0) << agent->Stderr();
   EXPECT_NE(::kill(pid2, 0), 0) << "a drained host left its instance running";
 }
 
