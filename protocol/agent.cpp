@@ -68,13 +68,32 @@ json::value ToJson(const Registered& r) {
                       {"next_batch_seq", r.next_batch_seq}};
 }
 
+json::value ToJson(const WorkloadSpec& w) {
+  json::array command, keys, ports, volumes;
+  for (const auto& c : w.command) command.push_back(json::string(c));
+  json::object env;
+  for (const auto& [name, value] : w.env) env[name] = value;
+  for (const auto& k : w.authorized_keys) keys.push_back(json::string(k));
+  for (const auto& p : w.ports)
+    ports.push_back(json::object{{"internal", p.internal}, {"external", p.external}, {"protocol", p.protocol}});
+  for (const auto& v : w.volumes)
+    volumes.push_back(json::object{{"volume_id", v.volume_id}, {"mount_path", v.mount_path}, {"size_gb", v.size_gb}});
+  return json::object{{"image", w.image ? json::value(*w.image) : json::value(nullptr)},
+                      {"command", std::move(command)},
+                      {"env", std::move(env)},
+                      {"authorized_keys", std::move(keys)},
+                      {"ports", std::move(ports)},
+                      {"volumes", std::move(volumes)},
+                      {"disk_gb", w.disk_gb ? json::value(*w.disk_gb) : json::value(nullptr)}};
+}
+
 json::value ToJson(const AssignmentList& a) {
   json::array instances;
   for (const auto& i : a.instances) {
     json::array idx;
     for (int g : i.gpu_indices) idx.push_back(g);
     instances.push_back({{"id", i.id}, {"desired_state", i.desired_state}, {"gpu_indices", std::move(idx)},
-                         {"preempt_at", TimeOrNull(i.preempt_at)}});
+                         {"preempt_at", TimeOrNull(i.preempt_at)}, {"spec", ToJson(i.spec)}});
   }
   return json::object{{"version", a.version}, {"instances", std::move(instances)}};
 }
@@ -220,6 +239,31 @@ Registered ParseRegistered(const json::value& v) {
   return r;
 }
 
+WorkloadSpec ParseWorkloadSpec(const json::value& v) {
+  WorkloadSpec w;
+  if (!v.is_object()) return w;
+  const auto& o = v.as_object();
+  if (const auto* image = o.if_contains("image"); image && image->is_string()) w.image = std::string(image->as_string());
+  if (const auto* c = o.if_contains("command"))
+    for (const auto& a : c->as_array()) w.command.emplace_back(a.as_string());
+  if (const auto* env = o.if_contains("env"))
+    for (const auto& [name, value] : env->as_object()) w.env.emplace_back(std::string(name), std::string(value.as_string()));
+  if (const auto* keys = o.if_contains("authorized_keys"))
+    for (const auto& k : keys->as_array()) w.authorized_keys.emplace_back(k.as_string());
+  if (const auto* ports = o.if_contains("ports"))
+    for (const auto& p : ports->as_array())
+      w.ports.push_back({static_cast<int>(p.at("internal").to_number<std::int64_t>()),
+                         static_cast<int>(p.at("external").to_number<std::int64_t>()),
+                         std::string(p.at("protocol").as_string())});
+  if (const auto* volumes = o.if_contains("volumes"))
+    for (const auto& m : volumes->as_array())
+      w.volumes.push_back({std::string(m.at("volume_id").as_string()), std::string(m.at("mount_path").as_string()),
+                           static_cast<int>(m.at("size_gb").to_number<std::int64_t>())});
+  if (const auto* disk = o.if_contains("disk_gb"); disk && !disk->is_null())
+    w.disk_gb = static_cast<int>(disk->to_number<std::int64_t>());
+  return w;
+}
+
 AssignmentList ParseAssignmentList(const json::value& v) {
   const auto& o = v.as_object();
   AssignmentList a{Int(o, "version"), {}};
@@ -228,6 +272,7 @@ AssignmentList ParseAssignmentList(const json::value& v) {
     AssignedInstance ai{Str(i, "id"), Str(i, "desired_state"), {}, std::nullopt};
     for (const auto& g : i.at("gpu_indices").as_array()) ai.gpu_indices.push_back(static_cast<int>(g.to_number<std::int64_t>()));
     if (const auto* p = i.if_contains("preempt_at"); p && p->is_string()) ai.preempt_at = ParseTime(p->as_string());
+    if (const auto* spec = i.if_contains("spec")) ai.spec = ParseWorkloadSpec(*spec);
     a.instances.push_back(std::move(ai));
   }
   return a;

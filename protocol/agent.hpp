@@ -46,11 +46,31 @@ struct Registered {
 };
 
 // GET /v1/agent/assignments
+// What to run for an instance (its tenant's launch spec), told to its host's agent only: env values
+// and public keys included, ports with the external port the server mapped each to.
+struct PortMap {
+  int internal = 0, external = 0;
+  std::string protocol;  // http | tcp
+};
+struct VolumeMount {
+  std::string volume_id, mount_path;
+  int size_gb = 0;
+};
+struct WorkloadSpec {
+  std::optional<std::string> image = std::nullopt;  // none: the launcher's own default
+  std::vector<std::string> command;                 // none: the image's own
+  std::vector<std::pair<std::string, std::string>> env;
+  std::vector<std::string> authorized_keys;  // OpenSSH public key lines
+  std::vector<PortMap> ports;
+  std::vector<VolumeMount> volumes;
+  std::optional<int> disk_gb = std::nullopt;
+};
 struct AssignedInstance {
   std::string id;
   std::string desired_state;  // running | stopped
   std::vector<int> gpu_indices;
   std::optional<TimeMs> preempt_at;
+  WorkloadSpec spec = {};
 };
 struct AssignmentList {
   std::int64_t version = 0;
@@ -97,6 +117,7 @@ bool IsHostAddress(std::string_view a);
 // Writers (both sides).
 boost::json::value ToJson(const Registration& r);
 boost::json::value ToJson(const Registered& r);
+boost::json::value ToJson(const WorkloadSpec& w);
 boost::json::value ToJson(const AssignmentList& a);
 boost::json::value ToJson(const Heartbeat& h);
 boost::json::value ToJson(const HeartbeatAnswer& h);
@@ -120,6 +141,7 @@ struct SampleError : std::runtime_error {
 
 // Readers of what the server answers (the agent's side): throw std::exception on a malformed reply.
 Registered ParseRegistered(const boost::json::value& v);
+WorkloadSpec ParseWorkloadSpec(const boost::json::value& v);
 AssignmentList ParseAssignmentList(const boost::json::value& v);
 SamplesAnswer ParseSamplesAnswer(const boost::json::value& v);
 

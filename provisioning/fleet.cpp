@@ -17,16 +17,21 @@
 #include "accounts/audit.hpp"
 #include "accounts/tenants.hpp"
 #include "provisioning/instances.hpp"
+#include "provisioning/launch_spec.hpp"
 #include "provisioning/words.hpp"
 
 namespace spillway {
 namespace {
 
+#define SPW_POOL_HOST_COLUMNS                                                                          \
+  "id, gpu_count, state, health, coalesce(cuda_version, '') AS cuda_version, "                         \
+  "coalesce(port_range_to - port_range_from + 1, 0) - (SELECT count(*) FROM instance_ports p "        \
+  "WHERE p.host_id = hosts.id AND p.released_at IS NULL) AS free_ports "
 const Statement kPoolHostsLocked{"pool_hosts_locked",
-                                 "SELECT id, gpu_count, state, health FROM hosts "
+                                 "SELECT " SPW_POOL_HOST_COLUMNS "FROM hosts "
                                  "WHERE region = $1 AND gpu_model = $2 ORDER BY id FOR UPDATE"};
 const Statement kPoolHosts{"pool_hosts",
-                           "SELECT id, gpu_count, state, health FROM hosts "
+                           "SELECT " SPW_POOL_HOST_COLUMNS "FROM hosts "
                            "WHERE region = $1 AND gpu_model = $2 ORDER BY id"};
 const Statement kPoolFreeGpus{"pool_free_gpus", R"sql(
 SELECT g.host_id, g.gpu_index FROM gpus g JOIN hosts h ON h.id = g.host_id
@@ -93,7 +98,10 @@ const Statement kDuePreemptions{"due_preemptions",
 const Statement kPendingInstances{"pending_instances",
                                   "SELECT id, region, gpu_model, gpus, market, host_id FROM instances "
                                   "WHERE state = 'pending' ORDER BY created_at, id"};
-const Statement kPendingOne{"pending_one", "SELECT region, gpu_model, gpus, market, host_id FROM instances WHERE id = $1"};
+const Statement kPendingOne{"pending_one", R"sql(
+SELECT region, gpu_model, gpus, market, host_id, min_cuda,
+       (SELECT count(*) FROM instance_ports p WHERE p.instance_id = instances.id) AS ports
+FROM instances WHERE id = $1)sql"};
 const Statement kLockInstanceState{"lock_instance_state", "SELECT state FROM instances WHERE id = $1 FOR UPDATE"};
 // Instances on a host that is down were dealt with when it went down (failed, or kept by the
 // brake until it answers again); only one that is being terminated is ended there.
@@ -140,9 +148,11 @@ PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const 
   std::map<std::string, size_t> index;
   for (const auto& r : tx.exec_prepared(lock ? kPoolHostsLocked.name : kPoolHosts.name, region, gpu_model)) {
     HostSlot h;
-    h.id = r[0].as<std::string>();
-    h.gpu_count = r[1].as<std::int64_t>();
-    const std::string state = r[2].as<std::string>(), health = r[3].as<std::string>();
+    h.id = r["id"].as<std::string>();
+    h.gpu_count = r["gpu_count"].as<std::int64_t>();
+    h.cuda_version = r["cuda_version"].as<std::string>();
+    h.free_ports = r["free_ports"].as<std::int64_t>();
+    const std::string state = r["state"].as<std::string>(), health = r["health"].as<std::string>();
     h.placeable = state == "active" && health == "up";
     h.draining = state == "draining" && health == "up";
     if (health == "up" && state != "disabled") p.total += h.gpu_count;
@@ -182,18 +192,64 @@ PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const 
   return p;
 }
 
+bool HostMeets(const HostSlot& h, const PlacementNeeds& needs) {
+  if (needs.min_cuda && !CudaAtLeast(h.cuda_version, *needs.min_cuda)) return false;
+  return h.free_ports >= needs.ports;
+}
+
+namespace {
+// "no host in us-east has 8 free H100-80GB GPUs with CUDA ≥ 12.8; 3 have with CUDA 12.4": what the
+// hosts that have the GPUs free offer instead, so the caller can change the launch.
+std::string NoHostFor(const PoolState& pool, const PlacementNeeds& needs) {
+  std::string with;
+  if (needs.min_cuda) with = " with CUDA ≥ " + *needs.min_cuda;
+  if (needs.ports > 0) with += (with.empty() ? " with " : " and ") + std::to_string(needs.ports) + " ports to map";
+  std::string msg = "no host in " + pool.region + " has " + std::to_string(needs.gpus) + " free " + pool.gpu_model +
+                    " GPUs" + with;
+  if (with.empty()) return msg;
+  std::map<std::string, int> by_cuda;
+  int short_of_ports = 0;
+  for (const auto& h : pool.hosts) {
+    if (!h.placeable || h.FreeEffective() < needs.gpus || HostMeets(h, needs)) continue;
+    if (needs.min_cuda && !CudaAtLeast(h.cuda_version, *needs.min_cuda))
+      ++by_cuda[h.cuda_version.empty() ? "unknown" : h.cuda_version];
+    else
+      ++short_of_ports;
+  }
+  std::string instead;
+  for (auto it = by_cuda.rbegin(); it != by_cuda.rend(); ++it)
+    instead += (instead.empty() ? std::to_string(it->second) + (it->second == 1 ? " has" : " have") + " with CUDA "
+                                : ", " + std::to_string(it->second) + " with CUDA ") +
+               it->first;
+  if (short_of_ports)
+    instead += (instead.empty() ? "" : "; ") + std::to_string(short_of_ports) +
+               (short_of_ports == 1 ? " has" : " have") + " them free but too few ports to map";
+  return msg + "; " + (instead.empty() ? "none has the GPUs free" : instead);
+}
+}  // namespace
+
 PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, Market market) {
+  return PlanPlacement(pool, PlacementNeeds{gpus, market});
+}
+
+PlacementPlan PlanPlacement(const PoolState& pool, const PlacementNeeds& needs) {
+  const std::int64_t gpus = needs.gpus;
+  const Market market = needs.market;
+  const bool constrained = needs.min_cuda || needs.ports > 0;
+  auto usable = [&](const HostSlot& h) { return h.placeable && HostMeets(h, needs); };
   PlacementPlan plan;
   // Best fit: the placeable host with the fewest free GPUs that still fit.
   const HostSlot* best = nullptr;
   for (const auto& h : pool.hosts)
-    if (h.placeable && h.FreeEffective() >= gpus && (!best || h.FreeEffective() < best->FreeEffective())) best = &h;
+    if (usable(h) && h.FreeEffective() >= gpus && (!best || h.FreeEffective() < best->FreeEffective())) best = &h;
 
   if (market == Market::kSpot) {
     if (pool.Spare() < gpus)
       throw NoCapacity("no spare " + pool.gpu_model + " capacity in " + pool.region + " for " + std::to_string(gpus) +
                        " spot GPUs (" + std::to_string(pool.Spare()) + " spare)");
-    if (!best) throw NoCapacity("no single host in " + pool.region + " has " + std::to_string(gpus) + " free GPUs");
+    if (!best)
+      throw NoCapacity(constrained ? NoHostFor(pool, needs)
+                                   : "no single host in " + pool.region + " has " + std::to_string(gpus) + " free GPUs");
     plan.state = InstanceState::kProvisioning;
     plan.host_id = best->id;
     plan.gpu_indices.assign(best->free.begin(), best->free.begin() + gpus);
@@ -216,7 +272,7 @@ PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, Market mar
     // coming free.
     std::int64_t best_cost = -1;
     for (const auto& h : pool.hosts) {
-      if (!h.placeable || h.gpu_count < gpus) continue;
+      if (!usable(h) || h.gpu_count < gpus) continue;
       std::int64_t have = h.FreeEffective() + h.leaving, cost = 0;
       std::vector<SpotHolder> victims;
       for (const auto& s : pool.spot) {
@@ -232,6 +288,7 @@ PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, Market mar
         plan.victims = std::move(victims);
       }
     }
+    if (best_cost < 0 && constrained) throw NoCapacity(NoHostFor(pool, needs));
     if (best_cost < 0)
       throw NoCapacity("no host in " + pool.region + " can hold " + std::to_string(gpus) + " " + pool.gpu_model +
                        " GPUs, even by preempting spot instances");
@@ -256,7 +313,10 @@ void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const st
   for (int idx : plan.gpu_indices) tx.exec_prepared(kAllocate.name, plan.host_id, idx, instance_id);
   tx.exec_prepared(kSetPlaced.name, instance_id, ToString(*plan.state), plan.host_id, IntArrayLiteral(plan.gpu_indices));
   for (const auto& v : plan.victims) PreemptSpot(tx, fc, v.id, "capacity");
-  if (plan.state == InstanceState::kProvisioning) BumpHost(tx, plan.host_id);
+  if (plan.state == InstanceState::kProvisioning) {
+    AllocatePorts(tx, instance_id, plan.host_id);
+    BumpHost(tx, plan.host_id);
+  }
 }
 
 void BumpHost(pqxx::transaction_base& tx, const std::string& host_id) { tx.exec_prepared(kBumpHost.name, host_id); }
@@ -292,6 +352,7 @@ void EndInstance(pqxx::transaction_base& tx, const std::string& instance_id, Ins
                  const std::string& end_reason, TimeMs now) {
   const auto r = tx.exec_prepared(kEndInstance.name, instance_id, ToString(state), end_reason, FormatTime(now));
   tx.exec_prepared(kFreeGpus.name, instance_id);
+  ReleaseInstanceResources(tx, instance_id);
   if (!r.empty() && !r[0][0].is_null()) BumpHost(tx, r[0][0].as<std::string>());
 }
 
@@ -520,6 +581,8 @@ int PlacePending(pqxx::connection& conn, const FleetContext& fc) {
     const auto row = tx.exec_prepared(kPendingOne.name, id)[0];
     const std::string region = row[0].as<std::string>(), model = row[1].as<std::string>();
     const std::int64_t gpus = row[2].as<std::int64_t>();
+    PlacementNeeds needs{gpus, ParseMarket(row[3].as<std::string>()).value_or(Market::kOnDemand), TextFrom(row[5]),
+                         row[6].as<std::int64_t>()};
     PoolState pool = LoadPool(tx, region, model, /*lock=*/true);
     if (StateOf(tx.exec_prepared(kLockInstanceState.name, id)[0][0]) != InstanceState::kPending) return 0;
     PlacementPlan plan;
@@ -527,7 +590,7 @@ int PlacePending(pqxx::connection& conn, const FleetContext& fc) {
     for (auto& h : pool.hosts) {
       if (h.id != host) continue;
       h.claimed -= gpus;  // its own claim
-      if (h.placeable && static_cast<std::int64_t>(h.free.size()) >= gpus) {
+      if (h.placeable && static_cast<std::int64_t>(h.free.size()) >= gpus && h.free_ports >= needs.ports) {
         plan.state = InstanceState::kProvisioning;
         plan.host_id = h.id;
         plan.gpu_indices.assign(h.free.begin(), h.free.begin() + gpus);
@@ -535,7 +598,7 @@ int PlacePending(pqxx::connection& conn, const FleetContext& fc) {
         // Its host went away while it waited: plan again, anywhere in the pool.
         pool.on_demand -= gpus;
         try {
-          plan = PlanPlacement(pool, gpus, ParseMarket(row[3].as<std::string>()).value_or(Market::kOnDemand));
+          plan = PlanPlacement(pool, needs);
         } catch (const ApiError&) {
           plan = PlacementPlan{};
         }

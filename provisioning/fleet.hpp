@@ -61,6 +61,8 @@ struct HostSlot {
   std::vector<int> free;        // GPU indices with no allocation
   std::int64_t claimed = 0;     // GPUs promised to pending instances waiting on this host
   std::int64_t leaving = 0;     // GPUs of spot instances under preemption notice (free soon)
+  std::string cuda_version;     // the newest CUDA its driver supports ("" when it did not say)
+  std::int64_t free_ports = 0;  // external ports it can still map to instances
   std::int64_t FreeEffective() const { return static_cast<std::int64_t>(free.size()) - claimed; }
 };
 
@@ -99,8 +101,18 @@ struct PlacementPlan {
   std::vector<int> gpu_indices;
   std::vector<SpotHolder> victims;  // spot instances to preempt to make room
 };
-// Chooses where an instance of `gpus` GPUs goes (all on one host, best fit); throws ApiError 409
-// insufficient_capacity when it cannot go anywhere. Nothing is written.
+// What an instance needs of a host beyond its GPUs.
+struct PlacementNeeds {
+  std::int64_t gpus = 0;
+  Market market = Market::kOnDemand;
+  std::optional<std::string> min_cuda = std::nullopt;  // the host's CUDA at least this
+  std::int64_t ports = 0;                              // external ports to map
+};
+// Whether the host could take the instance but for its GPUs being free (CUDA, ports).
+bool HostMeets(const HostSlot& host, const PlacementNeeds& needs);
+// Chooses where an instance goes (all on one host that meets its needs, best fit); throws ApiError
+// 409 insufficient_capacity saying what would fit when it cannot go anywhere. Nothing is written.
+PlacementPlan PlanPlacement(const PoolState& pool, const PlacementNeeds& needs);
 PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, Market market);
 // Writes the plan for an instance row that already exists.
 void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,

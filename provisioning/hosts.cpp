@@ -1,5 +1,7 @@
 #include "provisioning/hosts.hpp"
 
+#include "provisioning/launch_spec.hpp"
+
 #include "accounts/audit.hpp"
 #include <algorithm>
 
@@ -188,6 +190,8 @@ Assignments HostAssignments(Tx& tx, const std::string& host_id) {
     a.instances.push_back(Assignment{r["id"].as<std::string>(),
                                      ParseInstanceState(r["state"].as<std::string>()).value_or(InstanceState::kRunning),
                                      ParseIntArray(r["gpu_indices"].as<std::string>()), TimeFrom(r["preempt_ms"])});
+  for (auto& i : a.instances)
+    if (i.state != InstanceState::kTerminating) i.spec = LoadWorkloadSpec(tx, i.instance_id);
   return a;
 }
 

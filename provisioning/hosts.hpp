@@ -64,6 +64,7 @@ struct Assignment {
   InstanceState state = InstanceState::kProvisioning;
   std::vector<int> gpu_indices;
   std::optional<TimeMs> preempt_at;
+  protocol::WorkloadSpec spec = {};  // what to run (for one being stopped: empty)
 };
 struct Assignments {
   std::int64_t version = 0;

@@ -20,7 +20,16 @@ namespace {
   SPW_EPOCH_MS("i.ended_at") " AS ended_ms, " SPW_EPOCH_MS("i.preempt_at") " AS preempt_ms, "              \
   "CASE WHEN i.state = 'pending' THEN " SPW_EPOCH_MS(                                                      \
       "(SELECT max(p.preempt_at) FROM instances p WHERE p.host_id = i.host_id AND p.state = 'preempting')") \
-  " END AS expected_ms"
+  " END AS expected_ms, "                                                                                   \
+  "i.image, i.min_cuda, i.disk_gb, to_json(i.command)::text AS command_json, "                             \
+  "to_json(i.ssh_key_ids)::text AS ssh_key_ids_json, "                                                      \
+  "coalesce((SELECT json_agg(k ORDER BY k) FROM jsonb_object_keys(i.env) k), '[]')::text AS env_names_json, " \
+  "(SELECT coalesce(h.public_address, h.hostname) FROM hosts h WHERE h.id = i.host_id) AS address, "      \
+  "coalesce((SELECT json_agg(json_build_object('port', p.internal_port, 'protocol', p.protocol, 'external', " \
+  "CASE WHEN p.released_at IS NULL THEN p.external_port END) ORDER BY p.internal_port) "                    \
+  "FROM instance_ports p WHERE p.instance_id = i.id), '[]')::text AS ports_json, "                          \
+  "coalesce((SELECT json_agg(json_build_object('volume_id', m.volume_id, 'mount_path', m.mount_path) "       \
+  "ORDER BY m.mount_path) FROM instance_volumes m WHERE m.instance_id = i.id), '[]')::text AS volumes_json"
 
 const Statement kInsertInstance{"insert_instance", R"sql(
 INSERT INTO instances (id, tenant_id, name, instance_type, gpu_model, gpus, region, market, max_price_micros, state,
@@ -60,6 +69,10 @@ Instance InstanceFrom(const pqxx::row& r) {
   i.end_reason = TextFrom(r["end_reason"]);
   i.preempt_reason = TextFrom(r["preempt_reason"]);
   i.expected_placement_at = TimeFrom(r["expected_ms"]);
+  i.access = AccessFromJson(TextFrom(r["image"]), TextFrom(r["min_cuda"]), r["command_json"].as<std::string>(),
+                            r["env_names_json"].as<std::string>(), r["ssh_key_ids_json"].as<std::string>(),
+                            IntFrom(r["disk_gb"]), TextFrom(r["address"]), r["ports_json"].as<std::string>(),
+                            r["volumes_json"].as<std::string>());
   return i;
 }
 
@@ -104,6 +117,8 @@ Instance LaunchInstance(Tx& tx, const FleetContext& fc, const LaunchRequest& req
                                         " more were asked"));
   if (!tx.exec_prepared(kRegionKnown.name, req.region)[0]["known"].as<bool>())
     throw ApiError(422, "validation_failed", "region: unknown region " + req.region);
+  CheckLaunchSpec(req.spec);
+  const auto authorized_keys = CheckLaunchReferences(tx, req.tenant_id, req.region, req.spec);
   PoolState pool = LoadPool(tx, req.region, type.gpu_model, /*lock=*/true);
   if (!pool.Offers(type.gpus))
     throw PlacementRefused(fc, "not_offered",
@@ -120,7 +135,8 @@ Instance LaunchInstance(Tx& tx, const FleetContext& fc, const LaunchRequest& req
   }
   PlacementPlan plan;
   try {
-    plan = PlanPlacement(pool, type.gpus, req.market);
+    plan = PlanPlacement(pool, PlacementNeeds{type.gpus, req.market, req.spec.min_cuda,
+                                              static_cast<std::int64_t>(PortsToMap(req.spec).size())});
   } catch (const ApiError& e) {
     throw PlacementRefused(fc, "insufficient_capacity", e);
   }
@@ -128,6 +144,7 @@ Instance LaunchInstance(Tx& tx, const FleetContext& fc, const LaunchRequest& req
   const auto max_price = TextOf(req.max_price_micros);
   tx.exec_prepared(kInsertInstance.name, id, req.tenant_id, req.name, type.name, type.gpu_model, type.gpus,
                    req.region, ToString(req.market), Nullable(max_price), FormatTime(fc.clock.Now()));
+  SaveLaunchSpec(tx, id, req.spec, authorized_keys);
   ApplyPlacement(tx, fc, id, plan);
   return *FindInstance(tx, id);
 }

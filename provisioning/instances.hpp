@@ -9,6 +9,7 @@
 #include "core/clock.hpp"
 #include "core/config.hpp"
 #include "core/db_fwd.hpp"
+#include "provisioning/launch_spec.hpp"
 #include "provisioning/words.hpp"
 
 namespace spillway {
@@ -30,6 +31,7 @@ struct Instance {
   std::optional<std::string> end_reason, preempt_reason;
   // Pending only: when the spot instances it waits for reach the end of their notice.
   std::optional<TimeMs> expected_placement_at;
+  InstanceAccess access;  // its launch spec as shown (env names only) and where it is reached
 };
 
 struct InstanceFilter {
@@ -51,11 +53,13 @@ struct LaunchRequest {
   Market market = Market::kOnDemand;
   std::string name;                             // "" = none
   std::optional<std::int64_t> max_price_micros; // spot only
+  LaunchSpec spec;                              // what runs, and how it is reached
 };
 // Checks the tenant's quota (the tenant row locked, so concurrent launches queue), the region and
 // the pool, places the instance (or leaves it pending behind preempted spot) and returns it.
-// Throws ApiError: 409 quota_exceeded, 422 instance_type_not_offered, 409 insufficient_capacity,
-// 409 max_price_below_spot_price.
+// Throws InvalidInput for a spec that breaks a rule or names what the tenant does not have; ApiError:
+// 409 quota_exceeded, 422 instance_type_not_offered, 409 volume_region_mismatch, 409 volume_attached,
+// 409 insufficient_capacity (saying what would fit), 409 max_price_below_spot_price.
 Instance LaunchInstance(Tx& tx, const FleetContext& fc, const LaunchRequest& request);
 
 struct TerminateOutcome {

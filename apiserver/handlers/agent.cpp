@@ -84,7 +84,7 @@ Reply AgentAssignments(Ctx& ctx) {
   protocol::AssignmentList list{a.version, {}};
   for (const auto& i : a.instances)
     list.instances.push_back({i.instance_id, i.state == InstanceState::kTerminating ? "stopped" : "running",
-                              i.gpu_indices, i.preempt_at});
+                              i.gpu_indices, i.preempt_at, i.spec});
   return {200, protocol::ToJson(list)};
 }
 

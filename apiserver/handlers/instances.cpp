@@ -14,6 +14,61 @@
 namespace spillway::handlers {
 namespace {
 
+boost::json::array StringArray(const std::vector<std::string>& v) {
+  boost::json::array a;
+  for (const auto& s : v) a.push_back(boost::json::string(s));
+  return a;
+}
+
+const boost::json::array* OptArray(const boost::json::object& o, const char* key) {
+  const auto* v = o.if_contains(key);
+  if (!v || v->is_null()) return nullptr;
+  if (!v->is_array()) throw InvalidInput(std::string(key) + ": must be an array");
+  return &v->as_array();
+}
+
+std::string StringAt(const boost::json::value& v, const std::string& field, std::size_t max_len) {
+  if (!v.is_string()) throw InvalidInput(field + ": must be a string");
+  if (v.as_string().size() > max_len) throw InvalidInput(field + ": at most " + std::to_string(max_len) + " bytes");
+  return std::string(v.as_string());
+}
+
+// The launch spec's fields; the rules that need the whole spec are CheckLaunchSpec's.
+LaunchSpec ParseSpec(const boost::json::object& body) {
+  LaunchSpec spec;
+  if (const auto image = OptString(body, "image", 255)) spec.image = *image;
+  if (const auto* command = OptArray(body, "command"))
+    for (std::size_t i = 0; i < command->size(); ++i)
+      spec.command.push_back(StringAt((*command)[i], "command[" + std::to_string(i) + "]", kMaxCommandBytes));
+  if (const auto* env = body.if_contains("env"); env && !env->is_null()) {
+    if (!env->is_object()) throw InvalidInput("env: must be an object of names to string values");
+    for (const auto& [name, value] : env->as_object())
+      spec.env.emplace_back(std::string(name), StringAt(value, "env." + std::string(name), kMaxEnvValueBytes));
+  }
+  if (const auto* keys = OptArray(body, "ssh_key_ids"))
+    for (const auto& k : *keys) spec.ssh_key_ids.push_back(StringAt(k, "ssh_key_ids[]", 64));
+  if (const auto* ports = OptArray(body, "ports"))
+    for (const auto& p : *ports) {
+      if (!p.is_object()) throw InvalidInput("ports[]: each is an object {port, protocol}");
+      const auto& po = p.as_object();
+      OnlyKeys(po, {"port", "protocol"});
+      const auto port = OptInt(po, "port", 1, 65535);
+      if (!port) throw InvalidInput("ports[].port: required");
+      spec.ports.push_back({static_cast<int>(*port), OptString(po, "protocol", 10).value_or("tcp")});
+    }
+  if (const auto disk = OptInt(body, "disk_gb", 1, 65536)) spec.disk_gb = static_cast<int>(*disk);
+  if (const auto* volumes = OptArray(body, "volumes"))
+    for (const auto& v : *volumes) {
+      if (!v.is_object()) throw InvalidInput("volumes[]: each is an object {volume_id, mount_path}");
+      const auto& vo = v.as_object();
+      OnlyKeys(vo, {"volume_id", "mount_path"});
+      spec.volumes.push_back({ReqString(vo, "volume_id", 64), ReqString(vo, "mount_path", 255)});
+    }
+  if (const auto cuda = OptString(body, "min_cuda", 10)) spec.min_cuda = *cuda;
+  CheckLaunchSpec(spec);
+  return spec;
+}
+
 boost::json::object InstanceJson(const Instance& i) {
   boost::json::array indices;
   for (int g : i.gpu_indices) indices.push_back(g);
@@ -37,6 +92,35 @@ boost::json::object InstanceJson(const Instance& i) {
                         {"preempt_at", JsonTime(i.preempt_at)},
                         {"preempt_reason", JsonText(i.preempt_reason)}};
   if (i.state == InstanceState::kPending) o["expected_placement_at"] = JsonTime(i.expected_placement_at);
+  // The launch spec as given, but env by name only: its values are write-only.
+  const InstanceAccess& a = i.access;
+  o["image"] = JsonText(a.image);
+  o["command"] = StringArray(a.command);
+  o["env_names"] = StringArray(a.env_names);
+  o["ssh_key_ids"] = StringArray(a.ssh_key_ids);
+  boost::json::array ports, volumes, mappings;
+  for (const auto& p : a.ports) ports.push_back(boost::json::object{{"port", p.port}, {"protocol", p.protocol}});
+  for (const auto& v : a.volumes)
+    volumes.push_back(boost::json::object{{"volume_id", v.volume_id}, {"mount_path", v.mount_path}});
+  o["ports"] = std::move(ports);
+  o["disk_gb"] = a.disk_gb ? boost::json::value(*a.disk_gb) : boost::json::value(nullptr);
+  o["volumes"] = std::move(volumes);
+  o["min_cuda"] = JsonText(a.min_cuda);
+  // Where to connect, once it runs: its host's address and the external ports mapped to it.
+  const bool reachable = (i.state == InstanceState::kRunning || i.state == InstanceState::kPreempting) && a.address;
+  boost::json::value ssh = nullptr;
+  if (reachable)
+    for (const auto& m : a.mappings) {
+      const std::string base = m.protocol + "://" + *a.address + ":" + std::to_string(m.external);
+      mappings.push_back(boost::json::object{{"internal", m.internal},
+                                             {"external", m.external},
+                                             {"protocol", m.protocol},
+                                             {"url", m.protocol == "http" ? base + "/" : base}});
+      if (m.internal == kSshPort && !a.ssh_key_ids.empty())
+        ssh = boost::json::object{{"host", *a.address}, {"port", m.external}, {"user", kSshUser}};
+    }
+  o["ssh"] = std::move(ssh);
+  o["port_mappings"] = std::move(mappings);
   return o;
 }
 
@@ -46,7 +130,8 @@ bool SeesAllTenants(const Ctx& ctx) { return ctx.principal.role_bit & (kOperator
 
 LaunchRequest ParseLaunch(const Ctx& ctx) {
   const auto& body = RequireObject(ctx.body);
-  OnlyKeys(body, {"instance_type", "region", "market", "max_price_per_gpu_hour", "name"});
+  OnlyKeys(body, {"instance_type", "region", "market", "max_price_per_gpu_hour", "name", "image", "command", "env",
+                  "ssh_key_ids", "ports", "disk_gb", "volumes", "min_cuda"});
   LaunchRequest req;
   req.tenant_id = ctx.principal.tenant_id;
   const std::string type = ReqString(body, "instance_type", 100);
@@ -65,6 +150,7 @@ LaunchRequest ParseLaunch(const Ctx& ctx) {
       throw ApiError(422, "validation_failed", "max_price_per_gpu_hour: must be a positive USD amount such as \"1.500000\"");
     req.max_price_micros = *micros;
   }
+  req.spec = ParseSpec(body);
   return req;
 }
 

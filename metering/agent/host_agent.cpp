@@ -137,7 +137,7 @@ void HostAgent::Apply(std::int64_t version, std::map<std::string, Assigned> next
   const auto now = NowMs();
   for (const auto& [id, a] : next) {
     const bool past_notice = a.preempt_at && *a.preempt_at <= now;
-    if (a.desired == "running" && !past_notice) runtime_->Start({id, a.gpus});
+    if (a.desired == "running" && !past_notice) runtime_->Start({id, a.gpus, a.spec});
     else runtime_->Stop(id);
   }
   // An instance absent from the list must not run on this host: also one the runtime took up again
@@ -185,7 +185,8 @@ void HostAgent::PollLoop() {
       auto list = protocol::ParseAssignmentList(boost::json::parse(r.body));
       std::map<std::string, Assigned> next;
       for (auto& i : list.instances)
-        next.emplace(std::move(i.id), Assigned{std::move(i.desired_state), std::move(i.gpu_indices), i.preempt_at});
+        next.emplace(std::move(i.id),
+                     Assigned{std::move(i.desired_state), std::move(i.gpu_indices), i.preempt_at, std::move(i.spec)});
       Apply(list.version, std::move(next));
     } catch (const std::exception& e) {
       client.reset();

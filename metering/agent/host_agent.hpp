@@ -65,6 +65,7 @@ class HostAgent {
     std::string desired;  // running | stopped
     std::vector<int> gpus;
     std::optional<TimeMs> preempt_at;
+    protocol::WorkloadSpec spec = {};
   };
   bool Register();
   void PollLoop();

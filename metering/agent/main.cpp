@@ -27,12 +27,13 @@ constexpr const char* kUsage =
     "                      [--hostname NAME] [--log-level info] [--state-dir DIR] [--drain-on-exit]\n"
     "                      [--sampler simulated|nvml] [--nvml-library PATH] [--spool-max-bytes N]\n"
     "                      [--admin-listen HOST:PORT] [--public-address ADDR] [--port-range FROM-TO]\n"
-    "                      [--cuda-version 12.8]\n"
+    "                      [--cuda-version 12.8] [--volume-root DIR]\n"
     "  --api              the apiserver, http://HOST:PORT\n"
     "  --bootstrap-token  the fleet's bootstrap token (or SPILLWAY_AGENT_BOOTSTRAP_TOKEN)\n"
     "  --runtime          simulated (default): instances boot for --boot-delay, then run;\n"
-    "                     exec: runs `sh -c CMD` per instance with CUDA_VISIBLE_DEVICES and\n"
-    "                     SPILLWAY_INSTANCE_ID set, stopped with SIGTERM, then SIGKILL after --stop-grace\n"
+    "                     exec: runs `sh -c CMD` per instance with CUDA_VISIBLE_DEVICES,\n"
+    "                     SPILLWAY_INSTANCE_ID and the launch spec (SPILLWAY_SPEC_FILE, SPILLWAY_IMAGE,\n"
+    "                     ...; see README) set, stopped with SIGTERM, then SIGKILL after --stop-grace\n"
     "  --simulate-hosts   stand in for N hosts, each with --gpus-per-host GPUs of --gpu-model\n"
     "  --state-dir        where each host keeps what its instances are (default /var/lib/spillway-agent);\n"
     "                     instances outlive the agent and a restarted agent takes them up again\n"
@@ -47,7 +48,9 @@ constexpr const char* kUsage =
     "  --admin-listen     serve GET /metrics (spool, shipping, sampler errors per host) and /healthz\n"
     "  --public-address   where tenants reach this host (default: the hostname)\n"
     "  --port-range       the ports this host maps to instances' ports (default 20000-29999)\n"
-    "  --cuda-version     the CUDA version simulated hosts claim (nvml reads the driver's)\n";
+    "  --cuda-version     the CUDA version simulated hosts claim (nvml reads the driver's)\n"
+    "  --volume-root      where volumes live: a filesystem shared by the region's hosts, one\n"
+    "                     directory per volume (an instance with volumes fails on a host without it)\n";
 
 int Usage(const std::string& why) {
   std::cerr << "spillway-agent: " << why << "\n" << kUsage;
@@ -114,7 +117,7 @@ int main(int argc, char** argv) {
       {"--boot-delay", "2s"}, {"--log-level", "info"}, {"--gpus-per-host", "8"}, {"--simulate-hosts", "0"},
       {"--state-dir", "/var/lib/spillway-agent"}, {"--sampler", "simulated"}, {"--nvml-library", ""},
       {"--spool-max-bytes", "1073741824"}, {"--admin-listen", ""}, {"--port-range", "20000-29999"},
-      {"--cuda-version", "12.8"}};
+      {"--cuda-version", "12.8"}, {"--volume-root", ""}};
   bool drain_on_exit = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -138,11 +141,20 @@ int main(int argc, char** argv) {
     static const std::vector<std::string> kKnown = {
         "--api", "--bootstrap-token", "--region", "--zone", "--runtime", "--launcher", "--stop-grace",
         "--simulate-hosts", "--gpu-model", "--gpus-per-host", "--boot-delay", "--hostname", "--log-level",
-        "--state-dir", "--sampler", "--nvml-library", "--spool-max-bytes", "--admin-listen", "--public-address", "--port-range", "--cuda-version"};
+        "--state-dir", "--sampler", "--nvml-library", "--spool-max-bytes", "--admin-listen", "--public-address", "--port-range",
+        "--cuda-version", "--volume-root"};
     if (std::find(kKnown.begin(), kKnown.end(), arg) == kKnown.end()) return Usage("unknown option " + arg);
     flags[arg] = value;
   }
   log::Init(flags["--log-level"]);
+  if (std::string& root = flags["--volume-root"]; !root.empty()) {
+    std::string why;
+    if (!PrepareStateDir(root, &why)) return Usage("--volume-root: " + why);
+    if (root[0] != '/') {  // launchers get absolute paths, whatever their working directory
+      char cwd[4096];
+      if (::getcwd(cwd, sizeof cwd)) root = std::string(cwd) + "/" + root;
+    }
+  }
   if (!flags.count("--api")) return Usage("--api is required");
   std::string token = flags.count("--bootstrap-token") ? flags["--bootstrap-token"] : "";
   if (token.empty())
@@ -259,7 +271,8 @@ int main(int argc, char** argv) {
     std::string why;
     if (!PrepareStateDir(state_dir, &why)) return Usage("--state-dir: " + why);
     RuntimePtr rt;
-    if (runtime == "exec") rt = std::make_unique<ExecRuntime>(flags["--launcher"], *stop_grace, state_dir, self);
+    if (runtime == "exec")
+      rt = std::make_unique<ExecRuntime>(flags["--launcher"], *stop_grace, state_dir, self, flags["--volume-root"]);
     else rt = std::make_unique<SimulatedRuntime>(*boot_delay, state_dir);
     MeteringOptions metering;
     metering.spool = Spool::Open({state_dir + "/spool", spool_max, 4LL << 20}, &why);

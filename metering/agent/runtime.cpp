@@ -1,5 +1,7 @@
 #include "metering/agent/runtime.hpp"
 
+#include <boost/json.hpp>
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -73,6 +75,13 @@ std::uint64_t ProcStart(int pid) {
   for (int i = 3; i <= 22 && rest >> field; ++i)
     if (i == 22) return std::strtoull(field.c_str(), nullptr, 10);
   return 0;
+}
+
+// "0,1": as CUDA_VISIBLE_DEVICES takes them.
+std::string GpuList(const std::vector<int>& gpus) {
+  std::string list;
+  for (size_t i = 0; i < gpus.size(); ++i) list += (i ? "," : "") + std::to_string(gpus[i]);
+  return list;
 }
 
 bool Alive(int pid, std::uint64_t start) { return pid > 0 && start != 0 && ProcStart(pid) == start; }
@@ -160,11 +169,12 @@ std::vector<std::string> SimulatedRuntime::Known() {
 // ExecRuntime
 
 ExecRuntime::ExecRuntime(std::string launcher, std::chrono::milliseconds stop_grace, std::string state_dir,
-                         std::string shim_binary)
+                         std::string shim_binary, std::string volume_root)
     : launcher_(std::move(launcher)),
       stop_grace_(stop_grace),
       state_dir_(std::move(state_dir)),
-      shim_binary_(std::move(shim_binary)) {
+      shim_binary_(std::move(shim_binary)),
+      volume_root_(std::move(volume_root)) {
   for (const auto& id : IdsIn(state_dir_, ".state")) {
     const auto kv = ReadKeyValues(state_dir_ + "/" + id + ".state");
     Entry e;
@@ -219,19 +229,80 @@ void ExecRuntime::RefreshLocked(const std::string& id, Entry& e) {
   log::Warn("launcher vanished without an exit status", {{"instance_id", id}, {"pid", e.pid}});
 }
 
+bool ExecRuntime::PrepareSpec(const InstanceSpec& spec, std::vector<std::string>* env, std::string* why) {
+  const protocol::WorkloadSpec& w = spec.workload;
+  const std::string base = state_dir_ + "/" + spec.id;
+  const std::string devices = GpuList(spec.gpu_indices);
+  // Volumes: a directory each under the volume root, made on first use.
+  boost::json::array volumes;
+  std::string volume_list;
+  for (const auto& v : w.volumes) {
+    if (volume_root_.empty()) {
+      *why = "the instance has volumes and this agent has no --volume-root";
+      return false;
+    }
+    const std::string dir = volume_root_ + "/" + v.volume_id;
+    if (!PrepareStateDir(dir, why)) return false;
+    volumes.push_back(boost::json::object{
+        {"volume_id", v.volume_id}, {"mount_path", v.mount_path}, {"size_gb", v.size_gb}, {"host_path", dir}});
+    volume_list += (volume_list.empty() ? "" : " ") + dir + ":" + v.mount_path;
+  }
+  std::string ports;
+  for (const auto& p : w.ports)
+    ports += (ports.empty() ? "" : " ") + std::to_string(p.internal) + ":" + std::to_string(p.external) + "/" + p.protocol;
+  std::string env_file, command_file, keys_file;
+  for (const auto& [name, value] : w.env) env_file += name + "=" + value + "\n";
+  for (const auto& arg : w.command) command_file += arg + std::string(1, '\0');
+  for (const auto& k : w.authorized_keys) keys_file += k + "\n";
+  auto spec_json = protocol::ToJson(w).as_object();
+  spec_json["volumes"] = std::move(volumes);
+  spec_json["instance_id"] = spec.id;
+  boost::json::array gpus;
+  for (int g : spec.gpu_indices) gpus.push_back(g);
+  spec_json["gpu_indices"] = std::move(gpus);
+  spec_json["stop_grace_seconds"] = static_cast<std::int64_t>((stop_grace_.count() + 999) / 1000);
+  // The env and the spec hold the tenant's secrets: readable by the agent's user only.
+  if (!WriteFileAtomically(base + ".spec.json", boost::json::serialize(spec_json) + "\n", 0600) ||
+      !WriteFileAtomically(base + ".env", env_file, 0600) || !WriteFileAtomically(base + ".command", command_file, 0600) ||
+      !WriteFileAtomically(base + ".authorized_keys", keys_file, 0644)) {
+    *why = "cannot write the instance's spec files under " + state_dir_;
+    return false;
+  }
+  env->push_back("CUDA_VISIBLE_DEVICES=" + devices);
+  env->push_back("SPILLWAY_INSTANCE_ID=" + spec.id);
+  env->push_back("SPILLWAY_GPU_INDICES=" + devices);
+  env->push_back("SPILLWAY_SPEC_FILE=" + base + ".spec.json");
+  env->push_back("SPILLWAY_IMAGE=" + w.image.value_or(""));
+  env->push_back("SPILLWAY_COMMAND_FILE=" + base + ".command");
+  env->push_back("SPILLWAY_ENV_FILE=" + base + ".env");
+  env->push_back("SPILLWAY_AUTHORIZED_KEYS_FILE=" + base + ".authorized_keys");
+  env->push_back("SPILLWAY_PORTS=" + ports);
+  env->push_back("SPILLWAY_VOLUMES=" + volume_list);
+  env->push_back("SPILLWAY_DISK_GB=" + (w.disk_gb ? std::to_string(*w.disk_gb) : std::string()));
+  env->push_back("SPILLWAY_STOP_GRACE_SECONDS=" + std::to_string((stop_grace_.count() + 999) / 1000));
+  return true;
+}
+
 void ExecRuntime::Start(const InstanceSpec& spec) {
   std::lock_guard lk(mu_);
   if (entries_.count(spec.id)) return;
-  std::string devices;
-  for (size_t i = 0; i < spec.gpu_indices.size(); ++i) devices += (i ? "," : "") + std::to_string(spec.gpu_indices[i]);
   // Everything the children need is prepared before fork: after it, only async-signal-safe calls.
+  // The agent's own SPILLWAY_* variables are not the launcher's business.
   std::vector<std::string> env_strings;
   for (char** e = environ; *e; ++e) {
     const std::string kv = *e;
-    if (kv.rfind("CUDA_VISIBLE_DEVICES=", 0) != 0 && kv.rfind("SPILLWAY_INSTANCE_ID=", 0) != 0) env_strings.push_back(kv);
+    if (kv.rfind("CUDA_VISIBLE_DEVICES=", 0) != 0 && kv.rfind("SPILLWAY_", 0) != 0) env_strings.push_back(kv);
   }
-  env_strings.push_back("CUDA_VISIBLE_DEVICES=" + devices);
-  env_strings.push_back("SPILLWAY_INSTANCE_ID=" + spec.id);
+  std::string why;
+  if (!PrepareSpec(spec, &env_strings, &why)) {
+    Entry failed;
+    failed.exited = true;
+    failed.exit_code = 127;
+    log::Error("could not start the launcher", {{"instance_id", spec.id}, {"error", why}});
+    entries_[spec.id] = failed;
+    return;
+  }
+  const std::string devices = GpuList(spec.gpu_indices);
   std::vector<char*> envp;
   for (auto& e : env_strings) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -334,7 +405,8 @@ void ExecRuntime::Forget(const std::string& id) {
   RefreshLocked(id, e);
   if (!e.exited && Alive(e.pid, e.proc_start)) ::kill(-e.pid, SIGKILL);
   if (e.shim_pid > 0) ::waitpid(e.shim_pid, nullptr, 0);  // it exits once the launcher is gone
-  for (const char* suffix : {".state", ".exit"}) ::unlink((state_dir_ + "/" + id + suffix).c_str());
+  for (const char* suffix : {".state", ".exit", ".spec.json", ".env", ".command", ".authorized_keys"})
+    ::unlink((state_dir_ + "/" + id + suffix).c_str());
   entries_.erase(it);
 }
 

@@ -13,11 +13,14 @@
 #include <string>
 #include <vector>
 
+#include "protocol/agent.hpp"
+
 namespace spillway::agent {
 
 struct InstanceSpec {
   std::string id;
   std::vector<int> gpu_indices;
+  protocol::WorkloadSpec workload = {};  // what the tenant asked to run
 };
 
 class Runtime {
@@ -57,7 +60,11 @@ class SimulatedRuntime : public Runtime {
 };
 
 // Runs `/bin/sh -c LAUNCHER` per instance with CUDA_VISIBLE_DEVICES set to the instance's GPU
-// indices and SPILLWAY_INSTANCE_ID to its id. Each launcher runs under a shim (RunShim, exec'd from
+// indices, SPILLWAY_INSTANCE_ID to its id, and the launch spec handed over as files in the state
+// directory and SPILLWAY_* variables (README, "Writing a launcher"): `<id>.spec.json` (all of it),
+// `<id>.env` (the tenant's env, NAME=value lines, mode 0600), `<id>.command` (the command's
+// arguments, each ended by NUL), `<id>.authorized_keys`; volumes are directories under the
+// volume root (`--volume-root`, a filesystem shared by the region's hosts). Each launcher runs under a shim (RunShim, exec'd from
 // the agent binary in a session of its own) that waits for the launcher (in its own process group)
 // and writes its exit status to the state directory, so the instance neither dies with nor depends on
 // the agent. The state directory
@@ -70,7 +77,7 @@ class ExecRuntime : public Runtime {
   // shim_binary: a spillway-agent binary, run as `spillway-agent --shim EXIT_FILE LAUNCHER` (see
   // RunShim); the agent passes itself.
   ExecRuntime(std::string launcher, std::chrono::milliseconds stop_grace, std::string state_dir,
-              std::string shim_binary);
+              std::string shim_binary, std::string volume_root = "");
   ~ExecRuntime() override;
   void Start(const InstanceSpec& spec) override;
   void Stop(const std::string& id) override;
@@ -93,10 +100,13 @@ class ExecRuntime : public Runtime {
   };
   void SaveLocked(const std::string& id, const Entry& e);
   void RefreshLocked(const std::string& id, Entry& e);
+  // Writes the spec's files and returns the SPILLWAY_* variables; "" in *why when it cannot.
+  bool PrepareSpec(const InstanceSpec& spec, std::vector<std::string>* env, std::string* why);
   std::string launcher_;
   std::chrono::milliseconds stop_grace_;
   std::string state_dir_;
   std::string shim_binary_;
+  std::string volume_root_;
   std::mutex mu_;
   std::map<std::string, Entry> entries_;
 };
