@@ -345,6 +345,7 @@ protocol::WorkloadSpec LoadWorkloadSpec(Tx& tx, const std::string& instance_id) 
   s.command = StringsOf(r["command"].as<std::string>());
   const auto env = boost::json::parse(r["env"].as<std::string>());
   for (const auto& [name, value] : env.as_object()) s.env.emplace_back(std::string(name), std::string(value.as_string()));
+  std::sort(s.env.begin(), s.env.end());  // by name, as the API lists them
   s.authorized_keys = StringsOf(r["authorized_keys"].as<std::string>());
   if (const auto d = IntFrom(r["disk_gb"])) s.disk_gb = static_cast<int>(*d);
   for (const auto& p : tx.exec_prepared(kInstancePorts.name, instance_id))
