@@ -225,18 +225,22 @@ void CheckLaunchSpec(const LaunchSpec& s) {
   }
   if (s.ports.size() > kMaxPorts) throw Invalid("ports: at most " + std::to_string(kMaxPorts) + " ports");
   std::set<int> ports;
-  for (const auto& p : s.ports) {
-    if (p.port < 1 || p.port > 65535) throw Invalid("ports[].port: must be within 1..65535");
-    if (p.protocol != "http" && p.protocol != "tcp") throw Invalid("ports[].protocol: must be http or tcp");
+  for (std::size_t i = 0; i < s.ports.size(); ++i) {
+    const auto& p = s.ports[i];
+    const std::string at = "ports[" + std::to_string(i) + "]";
+    if (p.port < 1 || p.port > 65535) throw Invalid(at + ".port: must be within 1..65535");
+    if (p.protocol != "http" && p.protocol != "tcp") throw Invalid(at + ".protocol: must be http or tcp");
     if (!ports.insert(p.port).second) throw Invalid("ports: port " + std::to_string(p.port) + " is listed twice");
   }
   if (s.disk_gb && (*s.disk_gb < 1 || *s.disk_gb > 65536)) throw Invalid("disk_gb: must be within 1..65536");
   if (s.volumes.size() > kMaxVolumes) throw Invalid("volumes: at most " + std::to_string(kMaxVolumes) + " volumes");
   std::set<std::string> volumes, paths;
-  for (const auto& v : s.volumes) {
-    if (!IsValidId(v.volume_id, "vol")) throw Invalid("volumes[].volume_id: " + v.volume_id + " is not a volume id");
+  for (std::size_t i = 0; i < s.volumes.size(); ++i) {
+    const auto& v = s.volumes[i];
+    const std::string at = "volumes[" + std::to_string(i) + "]";
+    if (!IsValidId(v.volume_id, "vol")) throw Invalid(at + ".volume_id: " + v.volume_id + " is not a volume id");
     if (!IsMountPath(v.mount_path))
-      throw Invalid("volumes[].mount_path: an absolute path of letters, digits, '.', '_' and '-' components, not /");
+      throw Invalid(at + ".mount_path: an absolute path of letters, digits, '.', '_' and '-' components, not /");
     if (!volumes.insert(v.volume_id).second) throw Invalid("volumes: " + v.volume_id + " is listed twice");
     if (!paths.insert(v.mount_path).second) throw Invalid("volumes: " + v.mount_path + " is mounted twice");
   }
@@ -257,7 +261,7 @@ std::vector<std::string> CheckLaunchReferences(Tx& tx, const std::string& tenant
   std::sort(mounts.begin(), mounts.end(), [](const auto& a, const auto& b) { return a.volume_id < b.volume_id; });
   for (const auto& m : mounts) {
     const auto r = tx.exec_prepared(kLockLaunchVolume.name, tenant_id, m.volume_id);
-    if (r.empty()) throw Invalid("volumes[].volume_id: this tenant has no volume " + m.volume_id);
+    if (r.empty()) throw Invalid("volumes: this tenant has no volume " + m.volume_id);
     const std::string volume_region = r[0]["region"].as<std::string>();
     if (volume_region != region)
       throw ApiError(409, "volume_region_mismatch",

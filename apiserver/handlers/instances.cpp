@@ -33,6 +33,16 @@ std::string StringAt(const boost::json::value& v, const std::string& field, std:
   return std::string(v.as_string());
 }
 
+// Runs fn, naming `prefix` (such as "ports[1]") before the field of any InvalidInput it throws.
+template <class Fn>
+void Within(const std::string& prefix, Fn&& fn) {
+  try {
+    fn();
+  } catch (const InvalidInput& e) {
+    throw InvalidInput(prefix + "." + e.what());
+  }
+}
+
 // The launch spec's fields; the rules that need the whole spec are CheckLaunchSpec's.
 LaunchSpec ParseSpec(const boost::json::object& body) {
   LaunchSpec spec;
@@ -48,21 +58,27 @@ LaunchSpec ParseSpec(const boost::json::object& body) {
   if (const auto* keys = OptArray(body, "ssh_key_ids"))
     for (const auto& k : *keys) spec.ssh_key_ids.push_back(StringAt(k, "ssh_key_ids[]", 64));
   if (const auto* ports = OptArray(body, "ports"))
-    for (const auto& p : *ports) {
-      if (!p.is_object()) throw InvalidInput("ports[]: each is an object {port, protocol}");
-      const auto& po = p.as_object();
-      OnlyKeys(po, {"port", "protocol"});
-      const auto port = OptInt(po, "port", 1, 65535);
-      if (!port) throw InvalidInput("ports[].port: required");
-      spec.ports.push_back({static_cast<int>(*port), OptString(po, "protocol", 10).value_or("tcp")});
+    for (std::size_t i = 0; i < ports->size(); ++i) {
+      const std::string at = "ports[" + std::to_string(i) + "]";
+      if (!(*ports)[i].is_object()) throw InvalidInput(at + ": each is an object {port, protocol}");
+      const auto& po = (*ports)[i].as_object();
+      Within(at, [&] {
+        OnlyKeys(po, {"port", "protocol"});
+        const auto port = OptInt(po, "port", 1, 65535);
+        if (!port) throw InvalidInput("port: required");
+        spec.ports.push_back({static_cast<int>(*port), OptString(po, "protocol", 10).value_or("tcp")});
+      });
     }
   if (const auto disk = OptInt(body, "disk_gb", 1, 65536)) spec.disk_gb = static_cast<int>(*disk);
   if (const auto* volumes = OptArray(body, "volumes"))
-    for (const auto& v : *volumes) {
-      if (!v.is_object()) throw InvalidInput("volumes[]: each is an object {volume_id, mount_path}");
-      const auto& vo = v.as_object();
-      OnlyKeys(vo, {"volume_id", "mount_path"});
-      spec.volumes.push_back({ReqString(vo, "volume_id", 64), ReqString(vo, "mount_path", 255)});
+    for (std::size_t i = 0; i < volumes->size(); ++i) {
+      const std::string at = "volumes[" + std::to_string(i) + "]";
+      if (!(*volumes)[i].is_object()) throw InvalidInput(at + ": each is an object {volume_id, mount_path}");
+      const auto& vo = (*volumes)[i].as_object();
+      Within(at, [&] {
+        OnlyKeys(vo, {"volume_id", "mount_path"});
+        spec.volumes.push_back({ReqString(vo, "volume_id", 64), ReqString(vo, "mount_path", 255)});
+      });
     }
   if (const auto cuda = OptString(body, "min_cuda", 10)) spec.min_cuda = *cuda;
   CheckLaunchSpec(spec);

@@ -176,12 +176,14 @@ TEST_F(Workloads, EveryBadFieldIsA422NamingItAndChangesNothing) {
       {R"("env":["A=1"])", "env:"},
       {R"("ssh_key_ids":["ssh_01m8cp7es1z5m5w25wwsax594h"])", "ssh_key_ids:"},
       {R"("ssh_key_ids":["not-an-id"])", "ssh_key_ids:"},
-      {R"("ports":[{"port":8000,"protocol":"udp"}])", "ports[].protocol:"},
-      {R"("ports":[{"port":70000}])", "port:"},
+      {R"("ports":[{"port":8000,"protocol":"udp"}])", "ports[0].protocol:"},
+      {R"("ports":[{"port":80},{"port":70000}])", "ports[1].port:"},
+      {R"("ports":[{"port":80,"proto":"tcp"}])", "ports[0].proto"},
       {R"("ports":[{"port":8000},{"port":8000}])", "ports:"},
       {R"("disk_gb":0)", "disk_gb:"},
-      {R"("volumes":[{"volume_id":"vol_01m8cp7es1z5m5w25wwsax594h","mount_path":"/data"}])", "volumes[].volume_id:"},
-      {R"("volumes":[{"volume_id":"x","mount_path":"relative"}])", "volumes[].volume_id:"},
+      {R"("volumes":[{"volume_id":"vol_01m8cp7es1z5m5w25wwsax594h","mount_path":"/data"}])", "volumes: this tenant has no volume"},
+      {R"("volumes":[{"volume_id":"x","mount_path":"relative"}])", "volumes[0].volume_id:"},
+      {R"("volumes":[{"mount_path":"/data"}])", "volumes[0].volume_id:"},
       {R"("min_cuda":"twelve")", "min_cuda:"},
       {R"("mystery":true)", "mystery"},
   };
@@ -193,7 +195,7 @@ TEST_F(Workloads, EveryBadFieldIsA422NamingItAndChangesNothing) {
   auto r = fleet_->Call("POST", "/v1/instances", member_,
                         base + R"("volumes":[{"volume_id":")" + volume_ + R"(","mount_path":"/"}]})");
   EXPECT_EQ(r.status, 422);
-  EXPECT_NE(r.body.find("volumes[].mount_path:"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("volumes[0].mount_path:"), std::string::npos) << r.body;
   // Another tenant's key or volume is not this tenant's to name.
   const std::string other = fleet_->NewKey(fleet_->NewTenant("other", 8), "member");
   r = fleet_->Call("POST", "/v1/instances", other, base + R"("ssh_key_ids":[")" + key_id_ + "\"]}");

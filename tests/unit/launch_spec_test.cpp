@@ -77,14 +77,14 @@ TEST(LaunchRules, SshKeysBringPort22AndEveryBadFieldIsNamed) {
   EXPECT_EQ(message(bad).rfind("env.OK:", 0), 0u);
   bad = {};
   bad.ports = {{8000, "udp"}};
-  EXPECT_EQ(message(bad).rfind("ports[].protocol:", 0), 0u);
+  EXPECT_EQ(message(bad).rfind("ports[0].protocol:", 0), 0u);
   bad.ports = {{8000, "http"}, {8000, "tcp"}};
   EXPECT_EQ(message(bad).rfind("ports:", 0), 0u);
   bad = {};
   bad.volumes = {{"vol_01m8cp7es1z5m5w25wwsax594h", "/"}};
-  EXPECT_EQ(message(bad).rfind("volumes[].mount_path:", 0), 0u);
+  EXPECT_EQ(message(bad).rfind("volumes[0].mount_path:", 0), 0u);
   bad.volumes = {{"nope", "/data"}};
-  EXPECT_EQ(message(bad).rfind("volumes[].volume_id:", 0), 0u);
+  EXPECT_EQ(message(bad).rfind("volumes[0].volume_id:", 0), 0u);
   bad = {};
   bad.min_cuda = "twelve";
   EXPECT_EQ(message(bad).rfind("min_cuda:", 0), 0u);
