@@ -5,6 +5,7 @@
 #include "accounts/audit.hpp"
 #include "core/db.hpp"
 #include "core/ids.hpp"
+#include "core/pg_async.hpp"
 #include "core/sql.hpp"
 
 namespace spillway {
@@ -50,17 +51,19 @@ const Statement kInsertOperator{"insert_operator_tenant",
                                 "INSERT INTO tenants (id, name, is_operator) VALUES ($1, $2, true) "
                                 "ON CONFLICT (is_operator) WHERE is_operator DO NOTHING"};
 
-Tenant TenantFrom(const pqxx::row& r) {
+// One mapping for a libpqxx row and for an io thread's non-blocking read (PgRow).
+template <class Row>
+Tenant TenantFrom(const Row& r) {
   Tenant t;
-  t.id = r["id"].as<std::string>();
-  t.name = r["name"].as<std::string>();
-  t.status = ParseTenantStatus(r["status"].as<std::string>()).value_or(TenantStatus::kSuspended);
-  t.gpu_quota = r["gpu_quota"].as<std::int64_t>();
-  t.is_operator = r["is_operator"].as<bool>();
+  t.id = r["id"].template as<std::string>();
+  t.name = r["name"].template as<std::string>();
+  t.status = ParseTenantStatus(r["status"].template as<std::string>()).value_or(TenantStatus::kSuspended);
+  t.gpu_quota = r["gpu_quota"].template as<std::int64_t>();
+  t.is_operator = r["is_operator"].template as<bool>();
   t.created_at = TimeFrom(r["created_ms"]).value_or(TimeMs{});
   t.updated_at = TimeFrom(r["updated_ms"]).value_or(TimeMs{});
   t.suspended_at = TimeFrom(r["suspended_ms"]);
-  t.gpus_in_use = r["gpus_in_use"].as<std::int64_t>();
+  t.gpus_in_use = r["gpus_in_use"].template as<std::int64_t>();
   return t;
 }
 
@@ -80,6 +83,12 @@ std::optional<TenantStatus> ParseTenantStatus(std::string_view s) {
 }
 
 std::optional<Tenant> FindTenant(Tx& tx, const std::string& id) { return First(tx.exec_prepared(kGetTenant.name, id)); }
+
+const Statement& FindTenantStatement() { return kGetTenant; }
+std::optional<Tenant> FoundTenant(const PgResult& rows) {
+  if (rows.size() == 0) return std::nullopt;
+  return TenantFrom(rows[0]);
+}
 
 std::vector<Tenant> ListTenants(Tx& tx, const std::string& after, std::optional<TenantStatus> status, int limit) {
   std::vector<Tenant> out;

@@ -11,6 +11,9 @@
 
 namespace spillway {
 
+class Statement;
+class PgResult;
+
 enum class TenantStatus { kActive, kSuspended };
 const char* ToString(TenantStatus s);
 std::optional<TenantStatus> ParseTenantStatus(std::string_view s);
@@ -27,6 +30,10 @@ struct Tenant {
 
 // The store. Each runs in the caller's transaction.
 std::optional<Tenant> FindTenant(Tx& tx, const std::string& id);
+// The same read without blocking, on an io thread (core/pg_async): the statement to send with the
+// id as its one parameter, and the tenant in its answer.
+const Statement& FindTenantStatement();
+std::optional<Tenant> FoundTenant(const PgResult& rows);
 // Page of tenants with id > after (all when after is empty), by id.
 std::vector<Tenant> ListTenants(Tx& tx, const std::string& after, std::optional<TenantStatus> status, int limit);
 // nullopt: the name is taken (the transaction is then aborted, as for any unique violation).

@@ -11,7 +11,9 @@
 #include "metering/ingest.hpp"
 #include "apiserver/idempotency.hpp"
 #include "provisioning/heartbeats.hpp"
+#include "apiserver/http/server.hpp"
 #include "core/db.hpp"
+#include "core/pg_async.hpp"
 #include "core/errors.hpp"
 #include "core/json.hpp"
 #include "core/log.hpp"
@@ -69,6 +71,100 @@ ApiDispatcher::ApiDispatcher(const Config& config, const ServerSettings& server,
                     .Name("http_request_duration_seconds")
                     .Help("Time from a request's first byte to its response written, by route pattern")
                     .Register(metrics.registry());
+  auto& reads = prometheus::BuildCounter()
+                    .Name("spillway_async_reads_total")
+                    .Help("Reads sent without blocking on an io thread, by outcome: answered there, or run again "
+                          "through a database worker (the connection broke, or the statement failed)")
+                    .Register(metrics.registry());
+  async_answered_ = &reads.Add({{"result", "answered"}});
+  async_fell_back_ = &reads.Add({{"result", "fell_back"}});
+  std::vector<const Statement*> statements;
+  for (const auto& r : router_.routes())
+    if (r.async_read) statements.push_back(&r.async_read->statement());
+  db_.EnableAsync(std::move(statements));
+}
+
+// A read in flight on a non-blocking connection, between its io thread's turns.
+struct ApiDispatcher::PendingRead {
+  std::unique_ptr<PgAsyncConnection> conn;
+  Principal principal;
+  std::map<std::string, std::string> params;
+  http::Request request;
+  http::Responder respond;
+  const Route* route;
+};
+
+bool ApiDispatcher::StartAsyncRead(http::Request& request, const Route& route,
+                                   std::map<std::string, std::string>& params, http::Responder& respond) {
+  if (!key_cache_) return false;
+  const auto principal = AuthenticateFromCache(request.Header("authorization"), *key_cache_);
+  if (!principal || !(route.roles & principal->role_bit)) return false;  // the full path answers
+  std::vector<std::string> values;
+  try {
+    values = route.async_read->params(*principal, params);
+  } catch (...) {
+    http::Response r = ErrorResponseForCurrent(request.request_id, route.pattern);
+    r.route = route.pattern;
+    respond(std::move(r));
+    return true;
+  }
+  auto conn = db_.TakeAsync();
+  if (!conn) return false;
+  if (!conn->Send(route.async_read->statement(), values)) {
+    db_.ReturnAsync(std::move(conn));  // broken: replaced later
+    return false;
+  }
+  AwaitRead(std::make_shared<PendingRead>(
+      PendingRead{std::move(conn), *principal, std::move(params), std::move(request), std::move(respond), &route}));
+  return true;
+}
+
+void ApiDispatcher::AwaitRead(std::shared_ptr<PendingRead> p) {
+  // Runs again on this io thread when PostgreSQL's answer (or part of it) has arrived.
+  auto on_readable = [this, p](bool readable) {
+    std::optional<PgResult> rows;
+    const auto step = readable ? p->conn->Read(&rows) : PgAsyncConnection::Step::kBroken;
+    if (step == PgAsyncConnection::Step::kWaiting) {
+      AwaitRead(p);
+      return;
+    }
+    if (step == PgAsyncConnection::Step::kBroken) {
+      p->conn.reset();
+      db_.ReturnAsync(nullptr);  // counted as missing: a worker opens another
+    } else {
+      db_.ReturnAsync(std::move(p->conn));
+    }
+    if (step == PgAsyncConnection::Step::kBroken || !rows->ok()) {
+      // A read changes nothing: the pool's path runs it again and answers as it always does (a
+      // restarted PostgreSQL, a statement timeout: its 503 or its error).
+      async_fell_back_->Increment();
+      Submit(p->route, std::make_shared<http::Request>(std::move(p->request)),
+             std::make_shared<std::map<std::string, std::string>>(std::move(p->params)), std::move(p->respond), false);
+      return;
+    }
+    async_answered_->Increment();
+    http::Response out;
+    try {
+      Reply reply = p->route->async_read->render(p->principal, p->params, *rows);
+      out.status = reply.status;
+      out.body = ToJson(reply.body);
+      out.body += '\n';
+      out.headers = std::move(reply.headers);
+    } catch (...) {
+      out = ErrorResponseForCurrent(p->request.request_id, p->route->pattern);
+    }
+    out.route = p->route->pattern;
+    p->respond(std::move(out));
+  };
+  if (!http::WhenReadable(p->conn->socket(), on_readable)) {
+    // Not on an io thread (never so from Dispatch): the statement is in flight, so the connection
+    // cannot be lent again; drop it and take the pool's path.
+    p->conn.reset();
+    db_.ReturnAsync(nullptr);
+    async_fell_back_->Increment();
+    Submit(p->route, std::make_shared<http::Request>(std::move(p->request)),
+           std::make_shared<std::map<std::string, std::string>>(std::move(p->params)), std::move(p->respond), false);
+  }
 }
 
 const Route* ApiDispatcher::Match(const http::Request& request, std::map<std::string, std::string>* params,
@@ -206,6 +302,7 @@ void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
     respond(std::move(r));
     return;
   }
+  if (route->async_read && StartAsyncRead(request, *route, params, respond)) return;
   if (route->inline_read) {
     if (auto conn = db_.TakeInline()) {
       Outcome out = Run(*conn, *route, params, request, false);

@@ -61,6 +61,13 @@ class ApiDispatcher : public http::Dispatcher {
   // ingest committer, which answers when the batch is committed; no database worker is held.
   bool FastIngest(const http::Request& request, const Route& route, http::Responder& respond);
   void NoteRefusedHeartbeat(const http::Request& request);
+  // A route with an async_read, from a key in the key cache: the statement is sent on a
+  // non-blocking connection and answered on this io thread when PostgreSQL's answer arrives (the
+  // thread serves others meanwhile). False, having used nothing it was given: take the usual path.
+  struct PendingRead;
+  bool StartAsyncRead(http::Request& request, const Route& route, std::map<std::string, std::string>& params,
+                      http::Responder& respond);
+  void AwaitRead(std::shared_ptr<PendingRead> pending);
   // The route for a request, or the 400/404/405 answer to send instead.
   const Route* Match(const http::Request& request, std::map<std::string, std::string>* params,
                      http::Response* refusal) const;
@@ -85,6 +92,8 @@ class ApiDispatcher : public http::Dispatcher {
   Router router_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* durations_;
+  prometheus::Counter* async_answered_;
+  prometheus::Counter* async_fell_back_;
   std::mutex series_mu_;
   std::unordered_map<std::string, std::pair<prometheus::Counter*, prometheus::Histogram*>> series_;
   const ServerSettings& server_;

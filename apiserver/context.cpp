@@ -29,11 +29,12 @@ AuditRecord Ctx::AuditOf(const std::string& tenant_id, const std::string& action
   return AuditRecord{tenant_id, principal.key_id, action, target, request.request_id};
 }
 
-void Ctx::RequireTenant(const std::string& tenant_id) const {
-  // Another tenant's resource is 404, never 403: a member cannot even learn that it exists.
+void RequireTenantOf(const Principal& principal, const std::string& tenant_id) {
   if (principal.role_bit == kMember && tenant_id != principal.tenant_id)
     throw ApiError(404, "not_found", "no such tenant");
 }
+
+void Ctx::RequireTenant(const std::string& tenant_id) const { RequireTenantOf(principal, tenant_id); }
 
 std::string Ctx::OwnerTenant(const std::optional<std::string>& named) const {
   if (principal.role_bit == kMember) {

@@ -37,6 +37,10 @@ struct Principal {
   bool is_operator = false;  // the key belongs to the operator's own tenant
 };
 
+// A member may name only its own tenant: another tenant is 404, never 403 (a member cannot even
+// learn that it exists).
+void RequireTenantOf(const Principal& principal, const std::string& tenant_id);
+
 struct Ctx {
   const http::Request& request;
   std::map<std::string, std::string> params;  // from the path pattern
@@ -116,5 +120,17 @@ struct Reply {
 };
 
 using Handler = Reply (*)(Ctx&);
+
+class PgResult;
+class Statement;
+using Params = std::map<std::string, std::string>;
+// The non-blocking form of a one-statement read (core/pg_async), answered on the io thread with
+// no thread waiting on PostgreSQL: the statement, its parameters for a request (throwing ApiError
+// as the handler would: a malformed id, another tenant's), and the reply made from its answer.
+struct AsyncRead {
+  const Statement& (*statement)();
+  std::vector<std::string> (*params)(const Principal& principal, const Params& params);
+  Reply (*render)(const Principal& principal, const Params& params, const PgResult& rows);
+};
 
 }  // namespace spillway

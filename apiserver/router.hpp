@@ -24,6 +24,9 @@ struct Route {
   // A short read (one indexed row or page, no long poll): run on the io thread that parsed it, on a
   // connection lent by the pool (Database::TakeInline), so it costs no thread hand-off.
   bool inline_read = false;
+  // Also has a non-blocking form (context.hpp, AsyncRead), used when the caller's key is in the key
+  // cache and a non-blocking connection is idle; otherwise the route runs as above.
+  const AsyncRead* async_read = nullptr;
 };
 
 class Router {

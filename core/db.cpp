@@ -9,6 +9,7 @@
 
 #include "core/errors.hpp"
 #include "core/log.hpp"
+#include "core/pg_async.hpp"
 
 namespace spillway {
 namespace {
@@ -110,55 +111,99 @@ DbOptions DbOptions::From(const Config& c) {
   o.retry_after = c.Duration("database.retry_after");
   o.inline_connections = static_cast<int>(c.Int("database.inline_connections"));
   o.inline_statement_timeout = c.Duration("database.inline_statement_timeout");
+  o.async_connections = static_cast<int>(c.Int("database.async_connections"));
   return o;
 }
 
-std::unique_ptr<pqxx::connection> Database::TakeInline() {
+template <class Conn>
+std::unique_ptr<Conn> Database::Take(Lent<Conn>& lent, void (Database::*open_later)()) {
   bool reopen = false;
-  std::unique_ptr<pqxx::connection> conn;
+  std::unique_ptr<Conn> conn;
   {
     std::lock_guard lk(inline_mu_);
-    if (!inline_idle_.empty()) {
-      conn = std::move(inline_idle_.back());
-      inline_idle_.pop_back();
-    } else if (inline_missing_ > 0 && SteadyMs() - inline_last_attempt_ms_ > 1000) {
-      --inline_missing_;
-      inline_last_attempt_ms_ = SteadyMs();
+    if (!lent.idle.empty()) {
+      conn = std::move(lent.idle.back());
+      lent.idle.pop_back();
+    } else if (lent.missing > 0 && SteadyMs() - lent.last_attempt_ms > 1000) {
+      --lent.missing;
+      lent.last_attempt_ms = SteadyMs();
       reopen = true;
     }
   }
-  if (reopen) OpenInlineLater();
+  if (reopen) (this->*open_later)();
   return conn;
 }
 
-void Database::ReturnInline(std::unique_ptr<pqxx::connection> conn) {
+template <class Conn>
+void Database::Return(Lent<Conn>& lent, std::unique_ptr<Conn> conn, bool healthy) {
   std::lock_guard lk(inline_mu_);
-  if (conn && conn->is_open()) {
-    inline_idle_.push_back(std::move(conn));
+  if (conn && healthy) {
+    lent.idle.push_back(std::move(conn));
   } else {
-    ++inline_missing_;  // replaced on a later TakeInline, by a worker
+    ++lent.missing;  // replaced on a later Take, by a worker
     open_gauge_->Decrement();
   }
 }
 
-void Database::OpenInlineLater() {
-  auto open = [this] {
+template <class Conn, class Open>
+void Database::OpenLater(Lent<Conn>& lent, Open open) {
+  auto run = [this, &lent, open] {
     try {
-      auto c = OpenSession({options_.url, "spillway-apiserver", options_.connect_timeout,
-                            options_.inline_statement_timeout});
+      auto c = open();
       open_gauge_->Increment();
       std::lock_guard lk(inline_mu_);
-      inline_idle_.push_back(std::move(c));
+      lent.idle.push_back(std::move(c));
     } catch (const std::exception& e) {
       std::lock_guard lk(inline_mu_);
-      ++inline_missing_;
+      ++lent.missing;
     }
   };
-  Submit(Job{[open](pqxx::connection&) { open(); },
-             [this](const DbUnavailable&) {
+  Submit(Job{[run](pqxx::connection&) { run(); },
+             [this, &lent](const DbUnavailable&) {
                std::lock_guard lk(inline_mu_);
-               ++inline_missing_;
+               ++lent.missing;
              }});
+}
+
+std::unique_ptr<pqxx::connection> Database::TakeInline() { return Take(inline_, &Database::OpenInlineLater); }
+
+void Database::ReturnInline(std::unique_ptr<pqxx::connection> conn) {
+  const bool healthy = conn && conn->is_open();
+  Return(inline_, std::move(conn), healthy);
+}
+
+void Database::OpenInlineLater() {
+  OpenLater(inline_, [this] {
+    return OpenSession({options_.url, "spillway-apiserver", options_.connect_timeout, options_.inline_statement_timeout});
+  });
+}
+
+void Database::EnableAsync(std::vector<const Statement*> statements) {
+  if (statements.empty()) return;
+  {
+    std::lock_guard lk(inline_mu_);
+    async_statements_ = std::move(statements);
+  }
+  for (int i = 0; i < options_.async_connections; ++i) OpenAsyncLater();
+}
+
+std::unique_ptr<PgAsyncConnection> Database::TakeAsync() { return Take(async_, &Database::OpenAsyncLater); }
+
+void Database::ReturnAsync(std::unique_ptr<PgAsyncConnection> conn) {
+  const bool healthy = conn && conn->healthy();
+  Return(async_, std::move(conn), healthy);
+}
+
+void Database::OpenAsyncLater() {
+  OpenLater(async_, [this] {
+    std::vector<const Statement*> statements;
+    {
+      std::lock_guard lk(inline_mu_);
+      statements = async_statements_;
+    }
+    return PgAsyncConnection::Open(
+        {options_.url, "spillway-apiserver", options_.connect_timeout, options_.inline_statement_timeout}, statements);
+  });
 }
 
 void Database::Stop() {
@@ -171,7 +216,8 @@ void Database::Stop() {
   for (auto& t : workers_) t.join();
   workers_.clear();
   std::lock_guard lk(inline_mu_);
-  inline_idle_.clear();
+  inline_.idle.clear();
+  async_.idle.clear();
 }
 
 DbUnavailable Database::Unavailable(bool busy, const std::string& message) const {

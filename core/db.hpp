@@ -26,6 +26,7 @@ class Histogram;
 namespace spillway {
 
 struct DbUnavailable;
+class PgAsyncConnection;
 
 // A named, parameterised query, prepared once on every pooled connection. Declare these as
 // namespace-scope constants beside the code that runs them.
@@ -101,6 +102,7 @@ struct DbOptions {
   Millis statement_timeout{30000};
   Millis retry_after{1000};
   int inline_connections = 0;          // lent to io threads for short reads (see TakeInline)
+  int async_connections = 0;           // non-blocking ones for the io threads' reads (see TakeAsync)
   Millis inline_statement_timeout{2000};
   static DbOptions From(const Config& config);  // the [database] section, read once at start
   // A session of its own (leader, notifier, heartbeat writer, ingest) with these settings.
@@ -134,6 +136,13 @@ class Database {
   std::unique_ptr<pqxx::connection> TakeInline();
   void ReturnInline(std::unique_ptr<pqxx::connection> conn);
 
+  // Non-blocking connections (core/pg_async) for the reads an io thread answers without waiting on
+  // PostgreSQL: async_connections of them, each with `statements` prepared, opened (and replaced
+  // when one breaks) by the workers. Call once, at start. TakeAsync: nullptr when none is idle.
+  void EnableAsync(std::vector<const Statement*> statements);
+  std::unique_ptr<PgAsyncConnection> TakeAsync();
+  void ReturnAsync(std::unique_ptr<PgAsyncConnection> conn);
+
  private:
   struct Queued {
     Job job;
@@ -141,11 +150,27 @@ class Database {
   };
   void WorkerLoop();
   std::unique_ptr<pqxx::connection> Connect();
-  void OpenInlineLater();  // a worker opens one more inline connection (when the database answers)
+  // Connections lent to io threads (blocking inline ones and non-blocking ones), under inline_mu_:
+  // the idle ones, and how many are owed (broke, or never opened), reopened by a worker at most
+  // once a second.
+  template <class Conn>
+  struct Lent {
+    std::vector<std::unique_ptr<Conn>> idle;
+    int missing = 0;
+    std::int64_t last_attempt_ms = 0;
+  };
+  template <class Conn>
+  std::unique_ptr<Conn> Take(Lent<Conn>& lent, void (Database::*open_later)());
+  template <class Conn>
+  void Return(Lent<Conn>& lent, std::unique_ptr<Conn> conn, bool healthy);
+  template <class Conn, class Open>
+  void OpenLater(Lent<Conn>& lent, Open open);  // a worker opens one more (when the database answers)
+  void OpenInlineLater();
+  void OpenAsyncLater();
   std::mutex inline_mu_;
-  std::vector<std::unique_ptr<pqxx::connection>> inline_idle_;
-  int inline_missing_ = 0;                   // lent connections that broke, or never opened
-  std::int64_t inline_last_attempt_ms_ = 0;  // of opening one
+  Lent<pqxx::connection> inline_;
+  Lent<PgAsyncConnection> async_;
+  std::vector<const Statement*> async_statements_;
   DbUnavailable Unavailable(bool busy, const std::string& message) const;
 
   DbOptions options_;

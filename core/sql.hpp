@@ -16,18 +16,23 @@
 
 namespace spillway {
 
-// An epoch-milliseconds column (see SPW_EPOCH_MS) as a time; nullopt for NULL.
-inline std::optional<TimeMs> TimeFrom(const pqxx::field& f) {
+// An epoch-milliseconds column (see SPW_EPOCH_MS) as a time; nullopt for NULL. Each takes a
+// libpqxx field or a core/pg_async PgField (the io threads' non-blocking reads), so one mapping
+// function serves both.
+template <class Field>
+std::optional<TimeMs> TimeFrom(const Field& f) {
   if (f.is_null()) return std::nullopt;
-  return TimeMs(std::chrono::milliseconds(f.as<std::int64_t>()));
+  return TimeMs(std::chrono::milliseconds(f.template as<std::int64_t>()));
 }
-inline std::optional<std::string> TextFrom(const pqxx::field& f) {
+template <class Field>
+std::optional<std::string> TextFrom(const Field& f) {
   if (f.is_null()) return std::nullopt;
-  return f.as<std::string>();
+  return f.template as<std::string>();
 }
-inline std::optional<std::int64_t> IntFrom(const pqxx::field& f) {
+template <class Field>
+std::optional<std::int64_t> IntFrom(const Field& f) {
   if (f.is_null()) return std::nullopt;
-  return f.as<std::int64_t>();
+  return f.template as<std::int64_t>();
 }
 
 // A nullable text parameter: NULL when empty. The optional must outlive the statement call.

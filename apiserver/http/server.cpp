@@ -165,6 +165,22 @@ struct ResponseSlot {
 
 }  // namespace
 
+namespace {
+thread_local net::io_context* tl_io_context = nullptr;  // the io thread's own, while it runs
+}  // namespace
+
+bool WhenReadable(int fd, std::function<void(bool readable)> ready) {
+  if (!tl_io_context) return false;
+  // The descriptor is borrowed: released (not closed) once the wait ends.
+  auto d = std::make_shared<net::posix::stream_descriptor>(*tl_io_context, fd);
+  d->async_wait(net::posix::stream_descriptor::wait_read,
+                [d, ready = std::move(ready)](const beast::error_code& ec) {
+                  d->release();
+                  ready(!ec);
+                });
+  return true;
+}
+
 // One io_context per io thread, each run by that thread alone: a connection lives on one of them
 // (round robin at accept), so its handlers are serialised without strands and no two threads
 // contend for one scheduler. Listeners, signals and the drain watcher live on the first.
@@ -505,8 +521,14 @@ void Runtime::Run(Millis shutdown_timeout) {
   std::vector<net::executor_work_guard<net::io_context::executor_type>> guards;
   for (auto& c : rt.contexts) guards.push_back(net::make_work_guard(*c));
   std::vector<std::thread> pool;
-  for (size_t i = 1; i < rt.contexts.size(); ++i) pool.emplace_back([c = rt.contexts[i].get()] { c->run(); });
+  for (size_t i = 1; i < rt.contexts.size(); ++i)
+    pool.emplace_back([c = rt.contexts[i].get()] {
+      tl_io_context = c;
+      c->run();
+    });
+  tl_io_context = rt.contexts[0].get();
   rt.contexts[0]->run();
+  tl_io_context = nullptr;
   for (auto& t : pool) t.join();
 }
 

@@ -20,6 +20,11 @@ struct ListenerOptions {
   Millis header_timeout{10000}, body_timeout{30000}, idle_timeout{60000};
 };
 
+// On an io thread (a Dispatcher's Dispatch): calls `ready` on this same thread once `fd` is
+// readable (false: the wait failed), without blocking it meanwhile. False when not called on an
+// io thread: then nothing is registered.
+bool WhenReadable(int fd, std::function<void(bool readable)> ready);
+
 class Runtime {
  public:
   explicit Runtime(int io_threads);

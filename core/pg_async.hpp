@@ -1,0 +1,98 @@
+#pragma once
+// libpq in non-blocking mode, for short reads answered on the io threads without blocking them
+// (docs/architecture.md, "Read path"): the io thread sends a prepared statement, goes back to its
+// event loop, and reads the answer when the connection's socket is readable. libpqxx stays for
+// everything else (transactions, the leader's steps, COPY, migrations).
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/db.hpp"
+
+typedef struct pg_conn PGconn;
+typedef struct pg_result PGresult;
+
+namespace spillway {
+
+// A column of one row, read as libpqxx's field is (is_null, as<T>), so one mapping function serves
+// rows from either (core/sql.hpp's TimeFrom etc. take both).
+class PgField {
+ public:
+  PgField(const PGresult* result, int row, int column) : r_(result), row_(row), col_(column) {}
+  bool is_null() const;
+  template <class T>
+  T as() const;
+
+ private:
+  const char* text() const;
+  const PGresult* r_;
+  int row_, col_;
+};
+template <>
+std::string PgField::as<std::string>() const;
+template <>
+std::int64_t PgField::as<std::int64_t>() const;
+template <>
+int PgField::as<int>() const;
+template <>
+bool PgField::as<bool>() const;
+
+class PgRow {
+ public:
+  PgRow(const PGresult* result, int row) : r_(result), row_(row) {}
+  // Throws std::out_of_range for a column the statement does not have.
+  PgField operator[](const char* column) const;
+
+ private:
+  const PGresult* r_;
+  int row_;
+};
+
+// One statement's answer: its rows, or the error PostgreSQL gave.
+class PgResult {
+ public:
+  explicit PgResult(PGresult* result);
+  PgResult(PgResult&& other) noexcept;
+  PgResult& operator=(PgResult&& other) noexcept;
+  PgResult(const PgResult&) = delete;
+  ~PgResult();
+  bool ok() const;             // rows (possibly none), not an error
+  std::string sqlstate() const;  // of an error: "57014" (statement timeout), "08006", ...
+  std::string error() const;
+  int size() const;
+  PgRow operator[](int row) const { return PgRow(r_, row); }
+
+ private:
+  PGresult* r_;
+};
+
+// One non-blocking session, opened as OpenSession opens a libpqxx one (UTC, statement_timeout,
+// application_name) with the given statements prepared. Not thread-safe: one operation at a time,
+// from whichever thread holds it.
+class PgAsyncConnection {
+ public:
+  // Blocking (connects and prepares): run it on a worker, never on an io thread. Throws
+  // std::runtime_error when the database cannot be reached.
+  static std::unique_ptr<PgAsyncConnection> Open(const SessionOptions& options,
+                                                 const std::vector<const Statement*>& statements);
+  ~PgAsyncConnection();
+  PgAsyncConnection(const PgAsyncConnection&) = delete;
+  PgAsyncConnection& operator=(const PgAsyncConnection&) = delete;
+
+  int socket() const;
+  bool healthy() const;  // false once it broke: drop it
+  // Sends a statement Open prepared; false when the connection is broken.
+  bool Send(const Statement& statement, const std::vector<std::string>& params);
+  enum class Step { kWaiting, kDone, kBroken };
+  // Once the socket is readable: takes in what arrived. kDone: *out holds the answer; kWaiting: wait
+  // for the socket again; kBroken: the connection is gone (the statement's fate unknown).
+  Step Read(std::optional<PgResult>* out);
+
+ private:
+  explicit PgAsyncConnection(PGconn* conn) : conn_(conn) {}
+  PGconn* conn_;
+  std::optional<PgResult> first_;  // the statement's result, kept until libpq says it is complete
+};
+
+}  // namespace spillway

@@ -1,0 +1,126 @@
+// The non-blocking read path (core/pg_async, docs/architecture.md "Read path"): GET /v1/tenants/{id}
+// from a cached key is sent on a non-blocking connection and answered by the io thread when
+// PostgreSQL answers; the thread serves other requests meanwhile; a statement that fails there is
+// run again through a database worker.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <boost/json.hpp>
+#include <thread>
+
+#include "tests/support/test_support.hpp"
+
+using namespace spillway::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+double Counter(int admin_port, const std::string& series) {
+  const std::string metrics = Http(admin_port, "GET", "/metrics").body;
+  const auto at = metrics.find(series + " ");
+  return at == std::string::npos ? -1 : std::stod(metrics.substr(at + series.size() + 1));
+}
+const std::string kAnswered = R"(spillway_async_reads_total{result="answered"})";
+const std::string kFellBack = R"(spillway_async_reads_total{result="fell_back"})";
+
+struct Tenant {
+  std::string id, path, member;
+};
+Tenant NewTenant(int port, const std::string& admin, const std::string& name) {
+  const auto t = Http(port, "POST", "/v1/tenants", admin, R"({"name":")" + name + R"("})");
+  EXPECT_EQ(t.status, 201) << t.body;
+  Tenant out;
+  out.id = std::string(boost::json::parse(t.body).at("id").as_string());
+  out.path = "/v1/tenants/" + out.id;
+  const auto k = Http(port, "POST", out.path + "/api-keys", admin, R"({"role":"member"})");
+  out.member = std::string(boost::json::parse(k.body).at("secret").as_string());
+  return out;
+}
+
+// Waits until a statement on `table` waits for a lock, as pg_stat_activity shows.
+bool WaitForLockWait(const TestDb& db) {
+  return WaitFor([&] {
+    auto c = db.Connect();
+    pqxx::nontransaction tx(*c);
+    return tx.exec("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                   "AND query LIKE '%FROM tenants%'")[0][0]
+               .as<int>() > 0;
+  }, 10s);
+}
+
+}  // namespace
+
+TEST(ReadPath, ATenantReadIsAnsweredOnTheIoThreadAsTheWorkerPathWouldAnswerIt) {
+  TestDb db;
+  ApiServer server(db.dsn());
+  ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
+  const auto admin = BootstrapAdmin(db.dsn());
+  const Tenant a = NewTenant(server.port(), admin, "a"), b = NewTenant(server.port(), admin, "b");
+  const auto first = Http(server.port(), "GET", a.path, a.member);  // the worker path, caching the key
+  ASSERT_EQ(first.status, 200) << first.body;
+  const double before = Counter(server.admin_port(), kAnswered);
+  std::atomic<int> same{0}, other{0};
+  std::vector<std::thread> load;
+  for (int t = 0; t < 4; ++t)
+    load.emplace_back([&] {
+      HttpConn conn(server.port());
+      for (int i = 0; i < 50; ++i) {
+        const auto r = conn.Call("GET", a.path, a.member);
+        (r.status == 200 && r.body == first.body ? same : other)++;
+      }
+    });
+  for (auto& t : load) t.join();
+  EXPECT_EQ(same, 200);
+  EXPECT_EQ(other, 0);
+  EXPECT_GE(Counter(server.admin_port(), kAnswered) - before, 190) << "the reads did not take the non-blocking path";
+  // The same rules as the handler: another tenant is 404 to a member, a malformed id 404.
+  EXPECT_EQ(Http(server.port(), "GET", b.path, a.member).status, 404);
+  EXPECT_EQ(Http(server.port(), "GET", "/v1/tenants/ten_nope", admin).status, 404);
+  EXPECT_EQ(Http(server.port(), "GET", "/v1/tenants/ten_01m8cp7es1z5m5w25wwsax594h", admin).status, 404);
+  EXPECT_EQ(Http(server.port(), "GET", b.path, admin).status, 200);
+}
+
+TEST(ReadPath, TheIoThreadServesOthersWhileAReadWaitsOnPostgres) {
+  TestDb db;
+  // One io thread: were it blocked on the read, nothing else could be answered.
+  ApiServer server(db.dsn(), {{"SPILLWAY_SERVER_IO_THREADS", "1"}, {"SPILLWAY_DATABASE_INLINE_STATEMENT_TIMEOUT", "30s"}});
+  ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
+  const auto admin = BootstrapAdmin(db.dsn());
+  const Tenant a = NewTenant(server.port(), admin, "a");
+  ASSERT_EQ(Http(server.port(), "GET", a.path, a.member).status, 200);
+
+  auto lock = db.Connect();
+  pqxx::work holder(*lock);
+  holder.exec("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE");
+  std::atomic<int> status{0};
+  std::thread reader([&] { status = Http(server.port(), "GET", a.path, a.member).status; });
+  ASSERT_TRUE(WaitForLockWait(db));
+  // The read waits on the lock; the same io thread answers another request meanwhile.
+  EXPECT_EQ(Http(server.port(), "GET", "/v1/openapi.yaml").status, 200);
+  EXPECT_EQ(Http(server.admin_port(), "GET", "/healthz").status, 200);
+  EXPECT_EQ(status, 0) << "the read finished while the table was locked";
+  holder.abort();
+  reader.join();
+  EXPECT_EQ(status, 200);
+}
+
+TEST(ReadPath, AReadThatFailsThereIsRunAgainThroughAWorker) {
+  TestDb db;
+  ApiServer server(db.dsn(), {{"SPILLWAY_DATABASE_INLINE_STATEMENT_TIMEOUT", "200ms"}});
+  ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
+  const auto admin = BootstrapAdmin(db.dsn());
+  const Tenant a = NewTenant(server.port(), admin, "a");
+  ASSERT_EQ(Http(server.port(), "GET", a.path, a.member).status, 200);
+  const double before = Counter(server.admin_port(), kFellBack);
+
+  auto lock = db.Connect();
+  pqxx::work holder(*lock);
+  holder.exec("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE");
+  std::atomic<int> status{0};
+  std::thread reader([&] { status = Http(server.port(), "GET", a.path, a.member).status; });
+  // Its statement times out on the io thread's connection; the worker's waits for the lock.
+  ASSERT_TRUE(WaitFor([&] { return Counter(server.admin_port(), kFellBack) > before; }, 10s));
+  holder.abort();
+  reader.join();
+  EXPECT_EQ(status, 200);
+}
