@@ -1,6 +1,9 @@
 #include "apiserver/app.hpp"
 
 #include <boost/json.hpp>
+
+#include <atomic>
+#include <deque>
 #include <prometheus/counter.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
@@ -48,6 +51,10 @@ std::string EdgeProblem(const http::Request& r) {
 
 }  // namespace
 
+namespace {
+std::atomic<std::uint64_t> next_dispatcher_id{1};  // see ApiDispatcher::Pipeline
+}  // namespace
+
 ApiDispatcher::ApiDispatcher(const Config& config, const ServerSettings& server, const FleetSettings& fleet, Database& db, Metrics& metrics,
                              const Clock& clock,
                              FleetMetrics* fleet_metrics, AssignmentNotifier* notifier, KeyCache* key_cache,
@@ -62,7 +69,8 @@ ApiDispatcher::ApiDispatcher(const Config& config, const ServerSettings& server,
       heartbeats_(heartbeats),
       ingest_(ingest),
       router_(ApiRoutes()),
-      server_(server) {
+      server_(server),
+      id_(next_dispatcher_id++) {
   requests_ = &prometheus::BuildCounter()
                    .Name("http_requests_total")
                    .Help("HTTP requests answered, by route pattern, method and status code")
@@ -84,15 +92,56 @@ ApiDispatcher::ApiDispatcher(const Config& config, const ServerSettings& server,
   db_.EnableAsync(std::move(statements));
 }
 
-// A read in flight on a non-blocking connection, between its io thread's turns.
+// A read in flight on its io thread's pipeline, until PostgreSQL's answer arrives.
 struct ApiDispatcher::PendingRead {
-  std::unique_ptr<PgAsyncConnection> conn;
   Principal principal;
   std::map<std::string, std::string> params;
   http::Request request;
   http::Responder respond;
   const Route* route;
+  std::optional<PgResult> result;
 };
+
+// One io thread's non-blocking connection in pipeline mode: the reads it sent, in order, each
+// batch ended by a sync (a null entry). Used by that thread alone.
+struct ApiDispatcher::ReadPipeline {
+  // Shared with a wait in progress on its socket, so a connection dropped meanwhile is closed only
+  // after that wait has let go of the descriptor.
+  std::shared_ptr<PgAsyncConnection> conn;
+  std::deque<std::shared_ptr<PendingRead>> in_flight;
+  bool flush_posted = false, reading = false;
+};
+
+namespace {
+// This io thread's pipeline, and which dispatcher it belongs to (by a number never reused, so a
+// pipeline of a dispatcher since destroyed is never taken for another's).
+thread_local std::uint64_t tl_pipeline_owner = 0;
+thread_local ApiDispatcher::ReadPipeline* tl_pipeline = nullptr;
+}  // namespace
+
+ApiDispatcher::~ApiDispatcher() = default;
+
+ApiDispatcher::ReadPipeline* ApiDispatcher::Pipeline() {
+  if (tl_pipeline_owner != id_) {
+    tl_pipeline_owner = id_;
+    tl_pipeline = nullptr;
+  }
+  if (tl_pipeline && tl_pipeline->conn) return tl_pipeline;
+  auto conn = db_.TakeAsync();
+  if (!conn) return nullptr;
+  if (!conn->EnterPipeline()) {
+    conn.reset();
+    db_.ReturnAsync(nullptr);
+    return nullptr;
+  }
+  if (!tl_pipeline) {
+    std::lock_guard lk(pipelines_mu_);
+    pipelines_.push_back(std::make_unique<ReadPipeline>());
+    tl_pipeline = pipelines_.back().get();
+  }
+  tl_pipeline->conn = std::shared_ptr<PgAsyncConnection>(std::move(conn));
+  return tl_pipeline;
+}
 
 bool ApiDispatcher::StartAsyncRead(http::Request& request, const Route& route,
                                    std::map<std::string, std::string>& params, http::Responder& respond) {
@@ -108,63 +157,117 @@ bool ApiDispatcher::StartAsyncRead(http::Request& request, const Route& route,
     respond(std::move(r));
     return true;
   }
-  auto conn = db_.TakeAsync();
-  if (!conn) return false;
-  if (!conn->Send(route.async_read->statement(), values)) {
-    db_.ReturnAsync(std::move(conn));  // broken: replaced later
+  ReadPipeline* p = Pipeline();
+  if (!p) return false;
+  if (!p->conn->Queue(route.async_read->statement(), values)) {
+    FailPipeline(*p);
     return false;
   }
-  AwaitRead(std::make_shared<PendingRead>(
-      PendingRead{std::move(conn), *principal, std::move(params), std::move(request), std::move(respond), &route}));
+  p->in_flight.push_back(std::make_shared<PendingRead>(
+      PendingRead{*principal, std::move(params), std::move(request), std::move(respond), &route, std::nullopt}));
+  // The batch is sent once the handlers ready on this thread have had their turn: reads parsed
+  // together go to PostgreSQL in one write.
+  if (!p->flush_posted) {
+    p->flush_posted = true;
+    http::PostHere([this, p] { FlushPipeline(*p); });
+  }
   return true;
 }
 
-void ApiDispatcher::AwaitRead(std::shared_ptr<PendingRead> p) {
-  // Runs again on this io thread when PostgreSQL's answer (or part of it) has arrived.
-  auto on_readable = [this, p](bool readable) {
-    std::optional<PgResult> rows;
-    const auto step = readable ? p->conn->Read(&rows) : PgAsyncConnection::Step::kBroken;
-    if (step == PgAsyncConnection::Step::kWaiting) {
-      AwaitRead(p);
-      return;
-    }
-    if (step == PgAsyncConnection::Step::kBroken) {
-      p->conn.reset();
-      db_.ReturnAsync(nullptr);  // counted as missing: a worker opens another
-    } else {
-      db_.ReturnAsync(std::move(p->conn));
-    }
-    if (step == PgAsyncConnection::Step::kBroken || !rows->ok()) {
-      // A read changes nothing: the pool's path runs it again and answers as it always does (a
-      // restarted PostgreSQL, a statement timeout: its 503 or its error).
-      async_fell_back_->Increment();
-      Submit(p->route, std::make_shared<http::Request>(std::move(p->request)),
-             std::make_shared<std::map<std::string, std::string>>(std::move(p->params)), std::move(p->respond), false);
-      return;
-    }
-    async_answered_->Increment();
-    http::Response out;
-    try {
-      Reply reply = p->route->async_read->render(p->principal, p->params, *rows);
-      out.status = reply.status;
-      out.body = ToJson(reply.body);
-      out.body += '\n';
-      out.headers = std::move(reply.headers);
-    } catch (...) {
-      out = ErrorResponseForCurrent(p->request.request_id, p->route->pattern);
-    }
-    out.route = p->route->pattern;
-    p->respond(std::move(out));
-  };
-  if (!http::WhenReadable(p->conn->socket(), on_readable)) {
-    // Not on an io thread (never so from Dispatch): the statement is in flight, so the connection
-    // cannot be lent again; drop it and take the pool's path.
-    p->conn.reset();
-    db_.ReturnAsync(nullptr);
-    async_fell_back_->Increment();
-    Submit(p->route, std::make_shared<http::Request>(std::move(p->request)),
-           std::make_shared<std::map<std::string, std::string>>(std::move(p->params)), std::move(p->respond), false);
+void ApiDispatcher::FlushPipeline(ReadPipeline& p) {
+  p.flush_posted = false;
+  if (!p.conn) return;
+  if (!p.conn->Sync()) {
+    FailPipeline(p);
+    return;
   }
+  p.in_flight.push_back(nullptr);  // the batch's sync
+  if (!p.reading) AwaitPipeline(p);
+}
+
+void ApiDispatcher::AwaitPipeline(ReadPipeline& p) {
+  p.reading = true;
+  auto conn = p.conn;
+  if (!http::WhenReadable(conn->socket(), [this, &p, conn](bool readable) {
+        if (conn != p.conn) return;  // dropped meanwhile: its reads went to the workers
+        OnPipelineReadable(p, readable);
+      })) {
+    p.reading = false;
+    FailPipeline(p);
+  }
+}
+
+void ApiDispatcher::OnPipelineReadable(ReadPipeline& p, bool readable) {
+  p.reading = false;
+  if (!p.conn || !readable || !p.conn->Consume()) {
+    FailPipeline(p);
+    return;
+  }
+  while (!p.in_flight.empty()) {
+    std::optional<PgResult> result;
+    const auto event = p.conn->Next(&result);
+    if (event == PgAsyncConnection::Event::kNothingYet) break;
+    auto& front = p.in_flight.front();
+    if (event == PgAsyncConnection::Event::kSync) {
+      if (front) {  // answers out of step with what was sent: trust none of it
+        FailPipeline(p);
+        return;
+      }
+      p.in_flight.pop_front();
+    } else if (!front) {
+      FailPipeline(p);
+      return;
+    } else if (event == PgAsyncConnection::Event::kResult) {
+      if (!front->result) front->result = std::move(result);
+    } else {  // the statement's answer is complete
+      auto read = std::move(front);
+      p.in_flight.pop_front();
+      FinishRead(std::move(read));
+    }
+  }
+  if (!p.in_flight.empty() && p.conn) AwaitPipeline(p);
+}
+
+void ApiDispatcher::FinishRead(std::shared_ptr<PendingRead> read) {
+  if (!read->result || !read->result->ok()) {
+    // A read changes nothing: a worker runs it again and answers as it always does (a statement
+    // timeout, a batch aborted by another read's error, a restarted PostgreSQL).
+    async_fell_back_->Increment();
+    Submit(read->route, std::make_shared<http::Request>(std::move(read->request)),
+           std::make_shared<std::map<std::string, std::string>>(std::move(read->params)), std::move(read->respond),
+           false);
+    return;
+  }
+  async_answered_->Increment();
+  http::Response out;
+  try {
+    Reply reply = read->route->async_read->render(read->principal, read->params, *read->result);
+    out.status = reply.status;
+    out.body = ToJson(reply.body);
+    out.body += '\n';
+    out.headers = std::move(reply.headers);
+  } catch (...) {
+    out = ErrorResponseForCurrent(read->request.request_id, read->route->pattern);
+  }
+  out.route = read->route->pattern;
+  read->respond(std::move(out));
+}
+
+void ApiDispatcher::FailPipeline(ReadPipeline& p) {
+  // The connection's state is unknown: drop it (a worker opens another) and send every read it
+  // held to the workers.
+  if (p.conn) {
+    p.conn.reset();
+    db_.ReturnAsync(nullptr);  // counted as missing: a worker opens another
+  }
+  p.reading = false;
+  auto reads = std::move(p.in_flight);
+  p.in_flight.clear();
+  for (auto& read : reads)
+    if (read) {
+      read->result.reset();
+      FinishRead(std::move(read));
+    }
 }
 
 const Route* ApiDispatcher::Match(const http::Request& request, std::map<std::string, std::string>* params,

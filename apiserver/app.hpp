@@ -46,6 +46,7 @@ class ApiDispatcher : public http::Dispatcher {
                 FleetMetrics* fleet_metrics = nullptr, AssignmentNotifier* notifier = nullptr,
                 KeyCache* key_cache = nullptr, HeartbeatRecorder* heartbeats = nullptr,
                 metering::Ingestor* ingest = nullptr);
+  ~ApiDispatcher() override;
   void Dispatch(http::Request request, http::Responder respond) override;
   // 100 only once the route exists and the key may call it.
   void Expect(const http::Request& head, http::Responder respond) override;
@@ -67,7 +68,19 @@ class ApiDispatcher : public http::Dispatcher {
   struct PendingRead;
   bool StartAsyncRead(http::Request& request, const Route& route, std::map<std::string, std::string>& params,
                       http::Responder& respond);
-  void AwaitRead(std::shared_ptr<PendingRead> pending);
+
+ public:
+  struct ReadPipeline;  // one per io thread (app.cpp)
+
+ private:
+  ReadPipeline* Pipeline();  // this io thread's, with a connection; nullptr when none can be had
+  void FlushPipeline(ReadPipeline& p);
+  void AwaitPipeline(ReadPipeline& p);  // calls OnPipelineReadable when its socket is readable
+  void OnPipelineReadable(ReadPipeline& p, bool readable);
+  void FinishRead(std::shared_ptr<PendingRead> read);
+  void FailPipeline(ReadPipeline& p);
+  std::mutex pipelines_mu_;
+  std::vector<std::unique_ptr<ReadPipeline>> pipelines_;
   // The route for a request, or the 400/404/405 answer to send instead.
   const Route* Match(const http::Request& request, std::map<std::string, std::string>* params,
                      http::Response* refusal) const;
@@ -97,6 +110,7 @@ class ApiDispatcher : public http::Dispatcher {
   std::mutex series_mu_;
   std::unordered_map<std::string, std::pair<prometheus::Counter*, prometheus::Histogram*>> series_;
   const ServerSettings& server_;
+  std::uint64_t id_;  // tells this dispatcher's per-thread pipelines from another's
 };
 
 // The admin listener: /metrics, /healthz, /readyz (database reachable and schema current).

@@ -100,7 +100,7 @@ const std::vector<KeySpec>& ConfigSchema() {
       {"database.statement_timeout", KeyType::kDuration, "30s"},
       {"database.retry_after", KeyType::kDuration, "1s"},
       {"database.inline_connections", KeyType::kInt, "2", 0, 256},
-      {"database.async_connections", KeyType::kInt, "8", 0, 256},
+      {"database.async_connections", KeyType::kInt, "4", 0, 256},
       {"database.inline_statement_timeout", KeyType::kDuration, "2s"},
       {"agent.bootstrap_token", KeyType::kString, ""},
       {"agent.heartbeat_interval", KeyType::kDuration, "5s"},

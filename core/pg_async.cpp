@@ -116,6 +116,38 @@ bool PgAsyncConnection::Send(const Statement& statement, const std::vector<std::
   return flushed == 0;
 }
 
+bool PgAsyncConnection::EnterPipeline() { return PQenterPipelineMode(conn_) == 1; }
+
+bool PgAsyncConnection::Queue(const Statement& statement, const std::vector<std::string>& params) {
+  std::vector<const char*> values;
+  values.reserve(params.size());
+  for (const auto& p : params) values.push_back(p.c_str());
+  return PQsendQueryPrepared(conn_, statement.name, static_cast<int>(values.size()), values.data(), nullptr, nullptr,
+                             0) == 1;
+}
+
+bool PgAsyncConnection::Sync() {
+  if (PQpipelineSync(conn_) != 1) return false;
+  int flushed;
+  while ((flushed = PQflush(conn_)) == 1) {
+  }
+  return flushed == 0;
+}
+
+bool PgAsyncConnection::Consume() { return PQconsumeInput(conn_) == 1; }
+
+PgAsyncConnection::Event PgAsyncConnection::Next(std::optional<PgResult>* out) {
+  if (PQisBusy(conn_)) return Event::kNothingYet;
+  PGresult* r = PQgetResult(conn_);
+  if (!r) return Event::kEndOfStatement;
+  if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+    PQclear(r);
+    return Event::kSync;
+  }
+  out->emplace(r);
+  return Event::kResult;
+}
+
 PgAsyncConnection::Step PgAsyncConnection::Read(std::optional<PgResult>* out) {
   if (!PQconsumeInput(conn_)) return Step::kBroken;
   while (!PQisBusy(conn_)) {

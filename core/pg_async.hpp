@@ -84,6 +84,17 @@ class PgAsyncConnection {
   bool healthy() const;  // false once it broke: drop it
   // Sends a statement Open prepared; false when the connection is broken.
   bool Send(const Statement& statement, const std::vector<std::string>& params);
+  // Pipeline mode (libpq's): many statements in flight, their answers in order. Queue buffers a
+  // statement, Sync ends a batch and sends everything buffered (one write, one wake-up of the
+  // backend for the batch); an error aborts the rest of its batch. After Consume, Next hands over
+  // what has arrived, one event at a time: call it only while something is in flight.
+  bool EnterPipeline();
+  bool Queue(const Statement& statement, const std::vector<std::string>& params);
+  bool Sync();
+  bool Consume();
+  enum class Event { kNothingYet, kResult, kEndOfStatement, kSync };
+  Event Next(std::optional<PgResult>* out);
+
   enum class Step { kWaiting, kDone, kBroken };
   // Once the socket is readable: takes in what arrived. kDone: *out holds the answer; kWaiting: wait
   // for the socket again; kBroken: the connection is gone (the statement's fate unknown).

@@ -181,6 +181,12 @@ bool WhenReadable(int fd, std::function<void(bool readable)> ready) {
   return true;
 }
 
+bool PostHere(std::function<void()> fn) {
+  if (!tl_io_context) return false;
+  net::post(*tl_io_context, std::move(fn));
+  return true;
+}
+
 // One io_context per io thread, each run by that thread alone: a connection lives on one of them
 // (round robin at accept), so its handlers are serialised without strands and no two threads
 // contend for one scheduler. Listeners, signals and the drain watcher live on the first.

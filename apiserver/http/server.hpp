@@ -24,6 +24,9 @@ struct ListenerOptions {
 // readable (false: the wait failed), without blocking it meanwhile. False when not called on an
 // io thread: then nothing is registered.
 bool WhenReadable(int fd, std::function<void(bool readable)> ready);
+// On an io thread: runs `fn` on this same thread after the handlers ready now (so work that
+// several of them queue can be done once). False when not called on an io thread.
+bool PostHere(std::function<void()> fn);
 
 class Runtime {
  public:
