@@ -169,15 +169,24 @@ namespace {
 thread_local net::io_context* tl_io_context = nullptr;  // the io thread's own, while it runs
 }  // namespace
 
+// A descriptor borrowed from its owner (libpq): released, never closed, whether the wait completes
+// or is destroyed unrun at shutdown.
+struct Borrowed {
+  Borrowed(net::io_context& io, int fd) : d(io, fd) {}
+  ~Borrowed() {
+    if (d.is_open()) d.release();
+  }
+  net::posix::stream_descriptor d;
+};
+
 bool WhenReadable(int fd, std::function<void(bool readable)> ready) {
   if (!tl_io_context) return false;
-  // The descriptor is borrowed: released (not closed) once the wait ends.
-  auto d = std::make_shared<net::posix::stream_descriptor>(*tl_io_context, fd);
-  d->async_wait(net::posix::stream_descriptor::wait_read,
-                [d, ready = std::move(ready)](const beast::error_code& ec) {
-                  d->release();
-                  ready(!ec);
-                });
+  auto b = std::make_shared<Borrowed>(*tl_io_context, fd);
+  b->d.async_wait(net::posix::stream_descriptor::wait_read,
+                  [b, ready = std::move(ready)](const beast::error_code& ec) {
+                    b->d.release();
+                    ready(!ec);
+                  });
   return true;
 }
 
