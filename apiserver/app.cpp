@@ -52,6 +52,18 @@ std::string EdgeProblem(const http::Request& r) {
 }  // namespace
 
 namespace {
+// A handler's reply as the response to send.
+http::Response ResponseOf(Reply reply) {
+  http::Response out;
+  out.status = reply.status;
+  out.body = ToJson(reply.body);
+  out.body += '\n';  // so that a curl in a terminal leaves the prompt on its own line
+  out.headers = std::move(reply.headers);
+  return out;
+}
+}  // namespace
+
+namespace {
 std::atomic<std::uint64_t> next_dispatcher_id{1};  // see ApiDispatcher::Pipeline
 }  // namespace
 
@@ -241,11 +253,7 @@ void ApiDispatcher::FinishRead(std::shared_ptr<PendingRead> read) {
   async_answered_->Increment();
   http::Response out;
   try {
-    Reply reply = read->route->async_read->render(read->principal, read->params, *read->result);
-    out.status = reply.status;
-    out.body = ToJson(reply.body);
-    out.body += '\n';
-    out.headers = std::move(reply.headers);
+    out = ResponseOf(read->route->async_read->render(read->principal, read->params, *read->result));
   } catch (...) {
     out = ErrorResponseForCurrent(read->request.request_id, read->route->pattern);
   }
@@ -485,10 +493,7 @@ ApiDispatcher::Outcome ApiDispatcher::Run(Session& conn, const Route& route,
       outcome.long_poll_ms = reply.long_poll_ms;
       return outcome;
     }
-    out.status = reply.status;
-    out.body = ToJson(reply.body);
-    out.body += '\n';  // so that a curl in a terminal leaves the prompt on its own line
-    out.headers = std::move(reply.headers);
+    out = ResponseOf(std::move(reply));
   } catch (...) {
     out = ErrorResponseForCurrent(request.request_id, route.pattern);
   }

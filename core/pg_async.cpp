@@ -51,11 +51,6 @@ PgResult::~PgResult() {
   if (r_) PQclear(r_);
 }
 bool PgResult::ok() const { return r_ && PQresultStatus(r_) == PGRES_TUPLES_OK; }
-std::string PgResult::sqlstate() const {
-  const char* s = r_ ? PQresultErrorField(r_, PG_DIAG_SQLSTATE) : nullptr;
-  return s ? s : "";
-}
-std::string PgResult::error() const { return r_ ? PQresultErrorMessage(r_) : "no result"; }
 int PgResult::size() const { return r_ ? PQntuples(r_) : 0; }
 
 // ------------------------------------------------------------------------------------------------
@@ -94,27 +89,11 @@ std::unique_ptr<PgAsyncConnection> PgAsyncConnection::Open(const SessionOptions&
 }
 
 PgAsyncConnection::~PgAsyncConnection() {
-  first_.reset();
   if (conn_) PQfinish(conn_);
 }
 
 int PgAsyncConnection::socket() const { return PQsocket(conn_); }
 bool PgAsyncConnection::healthy() const { return conn_ && PQstatus(conn_) == CONNECTION_OK; }
-
-bool PgAsyncConnection::Send(const Statement& statement, const std::vector<std::string>& params) {
-  std::vector<const char*> values;
-  values.reserve(params.size());
-  for (const auto& p : params) values.push_back(p.c_str());
-  first_.reset();
-  if (!PQsendQueryPrepared(conn_, statement.name, static_cast<int>(values.size()), values.data(), nullptr, nullptr, 0))
-    return false;
-  // The statement is small: it almost always leaves in one write. If not, push the rest now (a
-  // short wait for the kernel's buffer, never for PostgreSQL).
-  int flushed;
-  while ((flushed = PQflush(conn_)) == 1) {
-  }
-  return flushed == 0;
-}
 
 bool PgAsyncConnection::EnterPipeline() { return PQenterPipelineMode(conn_) == 1; }
 
@@ -146,22 +125,6 @@ PgAsyncConnection::Event PgAsyncConnection::Next(std::optional<PgResult>* out) {
   }
   out->emplace(r);
   return Event::kResult;
-}
-
-PgAsyncConnection::Step PgAsyncConnection::Read(std::optional<PgResult>* out) {
-  if (!PQconsumeInput(conn_)) return Step::kBroken;
-  while (!PQisBusy(conn_)) {
-    PGresult* r = PQgetResult(conn_);
-    if (!r) {  // the statement is complete
-      if (!first_) return Step::kBroken;
-      *out = std::move(first_);
-      first_.reset();
-      return Step::kDone;
-    }
-    if (!first_) first_.emplace(r);
-    else PQclear(r);
-  }
-  return Step::kWaiting;
 }
 
 }  // namespace spillway

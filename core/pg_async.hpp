@@ -57,9 +57,7 @@ class PgResult {
   PgResult& operator=(PgResult&& other) noexcept;
   PgResult(const PgResult&) = delete;
   ~PgResult();
-  bool ok() const;             // rows (possibly none), not an error
-  std::string sqlstate() const;  // of an error: "57014" (statement timeout), "08006", ...
-  std::string error() const;
+  bool ok() const;  // rows (possibly none), not an error
   int size() const;
   PgRow operator[](int row) const { return PgRow(r_, row); }
 
@@ -67,9 +65,9 @@ class PgResult {
   PGresult* r_;
 };
 
-// One non-blocking session, opened as OpenSession opens a libpqxx one (UTC, statement_timeout,
-// application_name) with the given statements prepared. Not thread-safe: one operation at a time,
-// from whichever thread holds it.
+// One non-blocking session in pipeline mode, opened as OpenSession opens a libpqxx one (UTC,
+// statement_timeout, application_name) with the given statements prepared. Not thread-safe: used
+// by the one io thread that holds it.
 class PgAsyncConnection {
  public:
   // Blocking (connects and prepares): run it on a worker, never on an io thread. Throws
@@ -82,12 +80,12 @@ class PgAsyncConnection {
 
   int socket() const;
   bool healthy() const;  // false once it broke: drop it
-  // Sends a statement Open prepared; false when the connection is broken.
-  bool Send(const Statement& statement, const std::vector<std::string>& params);
+
   // Pipeline mode (libpq's): many statements in flight, their answers in order. Queue buffers a
-  // statement, Sync ends a batch and sends everything buffered (one write, one wake-up of the
-  // backend for the batch); an error aborts the rest of its batch. After Consume, Next hands over
-  // what has arrived, one event at a time: call it only while something is in flight.
+  // statement Open prepared, Sync ends a batch and sends everything buffered (one write, one
+  // wake-up of the backend for the batch); an error aborts the rest of its batch. After Consume,
+  // Next hands over what has arrived, one event at a time: call it only while something is in
+  // flight. Each returns false when the connection is broken.
   bool EnterPipeline();
   bool Queue(const Statement& statement, const std::vector<std::string>& params);
   bool Sync();
@@ -95,15 +93,9 @@ class PgAsyncConnection {
   enum class Event { kNothingYet, kResult, kEndOfStatement, kSync };
   Event Next(std::optional<PgResult>* out);
 
-  enum class Step { kWaiting, kDone, kBroken };
-  // Once the socket is readable: takes in what arrived. kDone: *out holds the answer; kWaiting: wait
-  // for the socket again; kBroken: the connection is gone (the statement's fate unknown).
-  Step Read(std::optional<PgResult>* out);
-
  private:
   explicit PgAsyncConnection(PGconn* conn) : conn_(conn) {}
   PGconn* conn_;
-  std::optional<PgResult> first_;  // the statement's result, kept until libpq says it is complete
 };
 
 }  // namespace spillway

@@ -69,19 +69,17 @@ json::value ToJson(const Registered& r) {
 }
 
 json::value ToJson(const WorkloadSpec& w) {
-  json::array command, keys, ports, volumes;
-  for (const auto& c : w.command) command.push_back(json::string(c));
+  json::array ports, volumes;
   json::object env;
   for (const auto& [name, value] : w.env) env[name] = value;
-  for (const auto& k : w.authorized_keys) keys.push_back(json::string(k));
   for (const auto& p : w.ports)
     ports.push_back(json::object{{"internal", p.internal}, {"external", p.external}, {"protocol", p.protocol}});
   for (const auto& v : w.volumes)
     volumes.push_back(json::object{{"volume_id", v.volume_id}, {"mount_path", v.mount_path}, {"size_gb", v.size_gb}});
   return json::object{{"image", w.image ? json::value(*w.image) : json::value(nullptr)},
-                      {"command", std::move(command)},
+                      {"command", json::value_from(w.command)},
                       {"env", std::move(env)},
-                      {"authorized_keys", std::move(keys)},
+                      {"authorized_keys", json::value_from(w.authorized_keys)},
                       {"ports", std::move(ports)},
                       {"volumes", std::move(volumes)},
                       {"disk_gb", w.disk_gb ? json::value(*w.disk_gb) : json::value(nullptr)}};

@@ -29,20 +29,15 @@ const Statement kAttachVolume{"attach_volume",
 const Statement kInsertMount{"insert_instance_volume",
                              "INSERT INTO instance_volumes (instance_id, volume_id, mount_path) VALUES ($1, $2, $3)"};
 const Statement kInstanceSpec{"instance_spec", R"sql(
-SELECT i.image, to_json(i.command)::text AS command, i.env::text AS env, to_json(i.ssh_key_ids)::text AS ssh_key_ids,
-       to_json(i.authorized_keys)::text AS authorized_keys, i.disk_gb, i.min_cuda,
-       coalesce(h.public_address, h.hostname) AS address
-FROM instances i LEFT JOIN hosts h ON h.id = i.host_id WHERE i.id = $1)sql"};
+SELECT image, to_json(command)::text AS command, env::text AS env, to_json(authorized_keys)::text AS authorized_keys,
+       disk_gb
+FROM instances WHERE id = $1)sql"};
 const Statement kInstancePorts{"instance_ports_of",
                                "SELECT internal_port, protocol, external_port, released_at IS NULL AS live "
                                "FROM instance_ports WHERE instance_id = $1 ORDER BY internal_port"};
 const Statement kInstanceMounts{"instance_mounts_of", R"sql(
 SELECT m.volume_id, m.mount_path, v.size_gb FROM instance_volumes m JOIN volumes v ON v.id = m.volume_id
 WHERE m.instance_id = $1 ORDER BY m.mount_path)sql"};
-const Statement kFreePorts{"host_free_ports", R"sql(
-SELECT coalesce(h.port_range_to - h.port_range_from + 1, 0)
-       - (SELECT count(*) FROM instance_ports p WHERE p.host_id = h.id AND p.released_at IS NULL) AS free
-FROM hosts h WHERE h.id = $1)sql"};
 // The lowest external ports of the host's range with no live mapping.
 const Statement kPickPorts{"pick_free_ports", R"sql(
 SELECT p FROM hosts h, generate_series(h.port_range_from, h.port_range_to) AS p
@@ -61,15 +56,10 @@ const Statement kReleasePorts{"release_instance_ports",
 const Statement kDetachVolumes{"detach_instance_volumes",
                                "UPDATE volumes SET attached_instance_id = NULL WHERE attached_instance_id = $1"};
 
+// A text[] column read as to_json(col)::text.
 std::vector<std::string> StringsOf(const std::string& json_array) {
-  std::vector<std::string> out;
-  const auto v = boost::json::parse(json_array);
-  if (v.is_array())
-    for (const auto& s : v.as_array()) out.emplace_back(s.as_string());
-  return out;
+  return boost::json::value_to<std::vector<std::string>>(boost::json::parse(json_array));
 }
-
-InvalidInput Invalid(const std::string& message) { return InvalidInput(message); }
 
 }  // namespace
 
@@ -198,54 +188,54 @@ std::vector<PortRequest> PortsToMap(const LaunchSpec& spec) {
 
 void CheckLaunchSpec(const LaunchSpec& s) {
   if (s.image && !IsImageReference(*s.image))
-    throw Invalid("image: not an OCI image reference (such as \"docker.io/library/ubuntu:24.04\")");
+    throw InvalidInput("image: not an OCI image reference (such as \"docker.io/library/ubuntu:24.04\")");
   if (s.command.size() > kMaxCommandArgs)
-    throw Invalid("command: at most " + std::to_string(kMaxCommandArgs) + " arguments");
+    throw InvalidInput("command: at most " + std::to_string(kMaxCommandArgs) + " arguments");
   std::size_t bytes = 0;
   for (std::size_t i = 0; i < s.command.size(); ++i) {
     if (s.command[i].find('\0') != std::string::npos)
-      throw Invalid("command[" + std::to_string(i) + "]: must not contain NUL");
+      throw InvalidInput("command[" + std::to_string(i) + "]: must not contain NUL");
     bytes += s.command[i].size();
   }
-  if (bytes > kMaxCommandBytes) throw Invalid("command: at most " + std::to_string(kMaxCommandBytes) + " bytes in all");
-  if (s.env.size() > kMaxEnvVars) throw Invalid("env: at most " + std::to_string(kMaxEnvVars) + " variables");
+  if (bytes > kMaxCommandBytes) throw InvalidInput("command: at most " + std::to_string(kMaxCommandBytes) + " bytes in all");
+  if (s.env.size() > kMaxEnvVars) throw InvalidInput("env: at most " + std::to_string(kMaxEnvVars) + " variables");
   for (const auto& [name, value] : s.env) {
-    if (!IsEnvName(name)) throw Invalid("env." + name + ": a name is letters, digits and '_', not starting with a digit");
-    if (IsReservedEnvName(name)) throw Invalid("env." + name + ": set by the host, not by the launch");
+    if (!IsEnvName(name)) throw InvalidInput("env." + name + ": a name is letters, digits and '_', not starting with a digit");
+    if (IsReservedEnvName(name)) throw InvalidInput("env." + name + ": set by the host, not by the launch");
     if (value.size() > kMaxEnvValueBytes)
-      throw Invalid("env." + name + ": at most " + std::to_string(kMaxEnvValueBytes) + " bytes");
+      throw InvalidInput("env." + name + ": at most " + std::to_string(kMaxEnvValueBytes) + " bytes");
     if (value.find_first_of(std::string_view("\0\n\r", 3)) != std::string::npos)
-      throw Invalid("env." + name + ": must not contain NUL or a line break");
+      throw InvalidInput("env." + name + ": must not contain NUL or a line break");
   }
-  if (s.ssh_key_ids.size() > kMaxSshKeys) throw Invalid("ssh_key_ids: at most " + std::to_string(kMaxSshKeys) + " keys");
+  if (s.ssh_key_ids.size() > kMaxSshKeys) throw InvalidInput("ssh_key_ids: at most " + std::to_string(kMaxSshKeys) + " keys");
   std::set<std::string> seen;
   for (const auto& k : s.ssh_key_ids) {
-    if (!IsValidId(k, "ssh")) throw Invalid("ssh_key_ids: " + k + " is not an SSH key id");
-    if (!seen.insert(k).second) throw Invalid("ssh_key_ids: " + k + " is listed twice");
+    if (!IsValidId(k, "ssh")) throw InvalidInput("ssh_key_ids: " + k + " is not an SSH key id");
+    if (!seen.insert(k).second) throw InvalidInput("ssh_key_ids: " + k + " is listed twice");
   }
-  if (s.ports.size() > kMaxPorts) throw Invalid("ports: at most " + std::to_string(kMaxPorts) + " ports");
+  if (s.ports.size() > kMaxPorts) throw InvalidInput("ports: at most " + std::to_string(kMaxPorts) + " ports");
   std::set<int> ports;
   for (std::size_t i = 0; i < s.ports.size(); ++i) {
     const auto& p = s.ports[i];
     const std::string at = "ports[" + std::to_string(i) + "]";
-    if (p.port < 1 || p.port > 65535) throw Invalid(at + ".port: must be within 1..65535");
-    if (p.protocol != "http" && p.protocol != "tcp") throw Invalid(at + ".protocol: must be http or tcp");
-    if (!ports.insert(p.port).second) throw Invalid("ports: port " + std::to_string(p.port) + " is listed twice");
+    if (p.port < 1 || p.port > 65535) throw InvalidInput(at + ".port: must be within 1..65535");
+    if (p.protocol != "http" && p.protocol != "tcp") throw InvalidInput(at + ".protocol: must be http or tcp");
+    if (!ports.insert(p.port).second) throw InvalidInput("ports: port " + std::to_string(p.port) + " is listed twice");
   }
-  if (s.disk_gb && (*s.disk_gb < 1 || *s.disk_gb > 65536)) throw Invalid("disk_gb: must be within 1..65536");
-  if (s.volumes.size() > kMaxVolumes) throw Invalid("volumes: at most " + std::to_string(kMaxVolumes) + " volumes");
+  if (s.disk_gb && (*s.disk_gb < 1 || *s.disk_gb > 65536)) throw InvalidInput("disk_gb: must be within 1..65536");
+  if (s.volumes.size() > kMaxVolumes) throw InvalidInput("volumes: at most " + std::to_string(kMaxVolumes) + " volumes");
   std::set<std::string> volumes, paths;
   for (std::size_t i = 0; i < s.volumes.size(); ++i) {
     const auto& v = s.volumes[i];
     const std::string at = "volumes[" + std::to_string(i) + "]";
-    if (!IsValidId(v.volume_id, "vol")) throw Invalid(at + ".volume_id: " + v.volume_id + " is not a volume id");
+    if (!IsValidId(v.volume_id, "vol")) throw InvalidInput(at + ".volume_id: " + v.volume_id + " is not a volume id");
     if (!IsMountPath(v.mount_path))
-      throw Invalid(at + ".mount_path: an absolute path of letters, digits, '.', '_' and '-' components, not /");
-    if (!volumes.insert(v.volume_id).second) throw Invalid("volumes: " + v.volume_id + " is listed twice");
-    if (!paths.insert(v.mount_path).second) throw Invalid("volumes: " + v.mount_path + " is mounted twice");
+      throw InvalidInput(at + ".mount_path: an absolute path of letters, digits, '.', '_' and '-' components, not /");
+    if (!volumes.insert(v.volume_id).second) throw InvalidInput("volumes: " + v.volume_id + " is listed twice");
+    if (!paths.insert(v.mount_path).second) throw InvalidInput("volumes: " + v.mount_path + " is mounted twice");
   }
   if (s.min_cuda && !protocol::IsCudaVersion(*s.min_cuda))
-    throw Invalid("min_cuda: a CUDA version such as \"12.8\"");
+    throw InvalidInput("min_cuda: a CUDA version such as \"12.8\"");
 }
 
 std::vector<std::string> CheckLaunchReferences(Tx& tx, const std::string& tenant_id, const std::string& region,
@@ -253,7 +243,7 @@ std::vector<std::string> CheckLaunchReferences(Tx& tx, const std::string& tenant
   std::vector<std::string> keys;
   for (const auto& id : spec.ssh_key_ids) {
     const auto r = tx.exec_prepared(kTenantKey.name, tenant_id, id);
-    if (r.empty()) throw Invalid("ssh_key_ids: this tenant has no SSH key " + id);
+    if (r.empty()) throw InvalidInput("ssh_key_ids: this tenant has no SSH key " + id);
     keys.push_back(r[0]["public_key"].as<std::string>());
   }
   // Volumes in id order, so concurrent launches naming the same volumes lock them in one order.
@@ -261,7 +251,7 @@ std::vector<std::string> CheckLaunchReferences(Tx& tx, const std::string& tenant
   std::sort(mounts.begin(), mounts.end(), [](const auto& a, const auto& b) { return a.volume_id < b.volume_id; });
   for (const auto& m : mounts) {
     const auto r = tx.exec_prepared(kLockLaunchVolume.name, tenant_id, m.volume_id);
-    if (r.empty()) throw Invalid("volumes: this tenant has no volume " + m.volume_id);
+    if (r.empty()) throw InvalidInput("volumes: this tenant has no volume " + m.volume_id);
     const std::string volume_region = r[0]["region"].as<std::string>();
     if (volume_region != region)
       throw ApiError(409, "volume_region_mismatch",
@@ -314,11 +304,6 @@ InstanceAccess AccessFromJson(std::optional<std::string> image, std::optional<st
     for (const auto& m : v.as_array())
       a.volumes.push_back({std::string(m.at("volume_id").as_string()), std::string(m.at("mount_path").as_string())});
   return a;
-}
-
-std::int64_t FreePortsOn(Tx& tx, const std::string& host_id) {
-  const auto r = tx.exec_prepared(kFreePorts.name, host_id);
-  return r.empty() ? 0 : r[0]["free"].as<std::int64_t>();
 }
 
 void AllocatePorts(pqxx::transaction_base& tx, const std::string& instance_id, const std::string& host_id) {

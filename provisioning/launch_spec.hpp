@@ -93,8 +93,6 @@ InstanceAccess AccessFromJson(std::optional<std::string> image, std::optional<st
                               std::optional<std::int64_t> disk_gb, std::optional<std::string> address,
                               const std::string& ports, const std::string& volumes);
 
-// Ports a host can still map: the size of its range less the live mappings on it.
-std::int64_t FreePortsOn(Tx& tx, const std::string& host_id);
 // Maps each of the instance's ports to a free external port of host_id's range, lowest first.
 // The caller holds the host's row lock; the unique index is the guard whatever the code does.
 // Throws ApiError 409 insufficient_capacity when the range has too few left.

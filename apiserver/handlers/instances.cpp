@@ -14,12 +14,6 @@
 namespace spillway::handlers {
 namespace {
 
-boost::json::array StringArray(const std::vector<std::string>& v) {
-  boost::json::array a;
-  for (const auto& s : v) a.push_back(boost::json::string(s));
-  return a;
-}
-
 const boost::json::array* OptArray(const boost::json::object& o, const char* key) {
   const auto* v = o.if_contains(key);
   if (!v || v->is_null()) return nullptr;
@@ -111,9 +105,9 @@ boost::json::object InstanceJson(const Instance& i) {
   // The launch spec as given, but env by name only: its values are write-only.
   const InstanceAccess& a = i.access;
   o["image"] = JsonText(a.image);
-  o["command"] = StringArray(a.command);
-  o["env_names"] = StringArray(a.env_names);
-  o["ssh_key_ids"] = StringArray(a.ssh_key_ids);
+  o["command"] = boost::json::value_from(a.command);
+  o["env_names"] = boost::json::value_from(a.env_names);
+  o["ssh_key_ids"] = boost::json::value_from(a.ssh_key_ids);
   boost::json::array ports, volumes, mappings;
   for (const auto& p : a.ports) ports.push_back(boost::json::object{{"port", p.port}, {"protocol", p.protocol}});
   for (const auto& v : a.volumes)

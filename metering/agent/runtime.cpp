@@ -229,10 +229,10 @@ void ExecRuntime::RefreshLocked(const std::string& id, Entry& e) {
   log::Warn("launcher vanished without an exit status", {{"instance_id", id}, {"pid", e.pid}});
 }
 
-bool ExecRuntime::PrepareSpec(const InstanceSpec& spec, std::vector<std::string>* env, std::string* why) {
+bool ExecRuntime::PrepareSpec(const InstanceSpec& spec, const std::string& devices, std::vector<std::string>* env,
+                              std::string* why) {
   const protocol::WorkloadSpec& w = spec.workload;
   const std::string base = state_dir_ + "/" + spec.id;
-  const std::string devices = GpuList(spec.gpu_indices);
   // Volumes: a directory each under the volume root, made on first use.
   boost::json::array volumes;
   std::string volume_list;
@@ -260,7 +260,8 @@ bool ExecRuntime::PrepareSpec(const InstanceSpec& spec, std::vector<std::string>
   boost::json::array gpus;
   for (int g : spec.gpu_indices) gpus.push_back(g);
   spec_json["gpu_indices"] = std::move(gpus);
-  spec_json["stop_grace_seconds"] = static_cast<std::int64_t>((stop_grace_.count() + 999) / 1000);
+  const std::int64_t grace_seconds = (stop_grace_.count() + 999) / 1000;
+  spec_json["stop_grace_seconds"] = grace_seconds;
   // The env and the spec hold the tenant's secrets: readable by the agent's user only.
   if (!WriteFileAtomically(base + ".spec.json", boost::json::serialize(spec_json) + "\n", 0600) ||
       !WriteFileAtomically(base + ".env", env_file, 0600) || !WriteFileAtomically(base + ".command", command_file, 0600) ||
@@ -279,7 +280,7 @@ bool ExecRuntime::PrepareSpec(const InstanceSpec& spec, std::vector<std::string>
   env->push_back("SPILLWAY_PORTS=" + ports);
   env->push_back("SPILLWAY_VOLUMES=" + volume_list);
   env->push_back("SPILLWAY_DISK_GB=" + (w.disk_gb ? std::to_string(*w.disk_gb) : std::string()));
-  env->push_back("SPILLWAY_STOP_GRACE_SECONDS=" + std::to_string((stop_grace_.count() + 999) / 1000));
+  env->push_back("SPILLWAY_STOP_GRACE_SECONDS=" + std::to_string(grace_seconds));
   return true;
 }
 
@@ -293,8 +294,9 @@ void ExecRuntime::Start(const InstanceSpec& spec) {
     const std::string kv = *e;
     if (kv.rfind("CUDA_VISIBLE_DEVICES=", 0) != 0 && kv.rfind("SPILLWAY_", 0) != 0) env_strings.push_back(kv);
   }
+  const std::string devices = GpuList(spec.gpu_indices);
   std::string why;
-  if (!PrepareSpec(spec, &env_strings, &why)) {
+  if (!PrepareSpec(spec, devices, &env_strings, &why)) {
     Entry failed;
     failed.exited = true;
     failed.exit_code = 127;
@@ -302,7 +304,6 @@ void ExecRuntime::Start(const InstanceSpec& spec) {
     entries_[spec.id] = failed;
     return;
   }
-  const std::string devices = GpuList(spec.gpu_indices);
   std::vector<char*> envp;
   for (auto& e : env_strings) envp.push_back(e.data());
   envp.push_back(nullptr);

@@ -100,8 +100,10 @@ class ExecRuntime : public Runtime {
   };
   void SaveLocked(const std::string& id, const Entry& e);
   void RefreshLocked(const std::string& id, Entry& e);
-  // Writes the spec's files and returns the SPILLWAY_* variables; "" in *why when it cannot.
-  bool PrepareSpec(const InstanceSpec& spec, std::vector<std::string>* env, std::string* why);
+  // Writes the spec's files and adds the launcher's variables to *env; false, with *why, when it
+  // cannot.
+  bool PrepareSpec(const InstanceSpec& spec, const std::string& devices, std::vector<std::string>* env,
+                   std::string* why);
   std::string launcher_;
   std::chrono::milliseconds stop_grace_;
   std::string state_dir_;
