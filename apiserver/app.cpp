@@ -419,9 +419,10 @@ void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
       Outcome out = Run(*conn, *route, params, request, false);
       const bool broke = !conn->is_open();
       db_.ReturnInline(std::move(conn));  // a broken one is replaced by a worker
-      // A lent connection that broke (PostgreSQL restarted since it was opened) does not make the
-      // read fail: a read changes nothing, so the pool's path runs it again on a fresh connection.
-      if (!broke) {
+      // A lent connection that broke (PostgreSQL restarted since it was opened), or a statement cut
+      // off by the io thread's short inline_statement_timeout, does not make the read fail: a read
+      // changes nothing, so the pool's path runs it again (as the non-blocking path does).
+      if (!broke && !out.statement_timed_out) {
         respond(std::move(out.response));
         return;
       }
@@ -494,6 +495,9 @@ ApiDispatcher::Outcome ApiDispatcher::Run(Session& conn, const Route& route,
       return outcome;
     }
     out = ResponseOf(std::move(reply));
+  } catch (const pqxx::sql_error& e) {
+    outcome.statement_timed_out = e.sqlstate() == "57014";  // query_canceled
+    out = ErrorResponseForCurrent(request.request_id, route.pattern);
   } catch (...) {
     out = ErrorResponseForCurrent(request.request_id, route.pattern);
   }

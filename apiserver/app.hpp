@@ -88,6 +88,7 @@ class ApiDispatcher : public http::Dispatcher {
     http::Response response;
     std::string long_poll_host;  // set: wait for this host's assignments to change, then run again
     std::int64_t long_poll_ms = 0;
+    bool statement_timed_out = false;  // PostgreSQL cancelled a statement (statement_timeout)
   };
   Outcome Run(Session& conn, const Route& route, const std::map<std::string, std::string>& params,
               const http::Request& request, bool long_poll_retry);
