@@ -18,11 +18,11 @@ std::string RandomBytes(size_t n) {
 
 std::string HexEncode(std::string_view bytes) {
   static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (unsigned char c : bytes) {
-    out += kDigits[c >> 4];
-    out += kDigits[c & 15];
+  std::string out(bytes.size() * 2, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    const auto c = static_cast<unsigned char>(bytes[i]);
+    out[2 * i] = kDigits[c >> 4];
+    out[2 * i + 1] = kDigits[c & 15];
   }
   return out;
 }
@@ -90,7 +90,10 @@ std::optional<std::string> Base64Decode(std::string_view text) {
 std::string Sha256(std::string_view data) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned len = 0;
-  if (EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr) != 1)
+  // Fetched once: OpenSSL 3 otherwise looks the algorithm up on every call, and every
+  // authenticated request hashes its key.
+  static EVP_MD* const kSha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  if (!kSha256 || EVP_Digest(data.data(), data.size(), md, &len, kSha256, nullptr) != 1)
     throw std::runtime_error("SHA-256 failed");
   return std::string(reinterpret_cast<char*>(md), len);
 }

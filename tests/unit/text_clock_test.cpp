@@ -1,4 +1,5 @@
 // Text checks at the edge, and the clock's UTC helpers.
+#include <cstdint>
 #include <gtest/gtest.h>
 
 #include "core/clock.hpp"
@@ -27,6 +28,22 @@ TEST(Clock, FakeClockMovesOnlyWhenTold) {
   EXPECT_EQ(EpochMs(c.Now()), 1000);
   c.Advance(std::chrono::seconds(2));
   EXPECT_EQ(EpochMs(c.Now()), 3000);
+}
+
+TEST(Clock, FormatTimeWritesEveryFieldAndParsesBack) {
+  EXPECT_EQ(FormatTime(FromEpochMs(0)), "1970-01-01T00:00:00.000Z");
+  EXPECT_EQ(FormatTime(FromEpochMs(-1)), "1969-12-31T23:59:59.999Z");
+  EXPECT_EQ(FormatTime(FromEpochMs(253402300799999)), "9999-12-31T23:59:59.999Z");
+  EXPECT_EQ(FormatTime(FromEpochMs(951782400007)), "2000-02-29T00:00:00.007Z");
+  // A spread of instants from 1970 to 2100, each to the millisecond.
+  std::uint64_t x = 88172645463325252ULL;
+  for (int i = 0; i < 20000; ++i) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    const auto t = FromEpochMs(static_cast<std::int64_t>(x % 4102444800000ULL));
+    const std::string text = FormatTime(t);
+    ASSERT_EQ(text.size(), 24u) << text;
+    ASSERT_EQ(ParseTime(text), t) << text;
+  }
 }
 
 TEST(Clock, MonthsAndRfc3339) {
