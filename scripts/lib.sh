@@ -3,7 +3,8 @@
 set -euo pipefail
 
 SPW_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SPW_PG_BIN=/usr/lib/postgresql/15/bin
+# SPILLWAY_PG_BIN: PostgreSQL's programs from elsewhere (bench/device carries its own).
+SPW_PG_BIN=${SPILLWAY_PG_BIN:-/usr/lib/postgresql/15/bin}
 
 spw_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 spw_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -40,6 +41,21 @@ spw_install() {
 }
 
 spw_install_deps() { spw_install "${SPW_PACKAGES[@]}"; }
+
+# The benchmarks take their programs from SPILLWAY_PREBUILT (a folder of them, as bench/device
+# carries to a machine with no compiler or packages) when it is set, and build them otherwise.
+spw_bench_bin() {
+  if [ -n "${SPILLWAY_PREBUILT:-}" ]; then
+    SPW_BENCH_BIN=$SPILLWAY_PREBUILT
+    return 0
+  fi
+  spw_install_deps
+  if [ $# -gt 0 ]; then spw_install "$@"; fi
+  spw_log "building an optimised build in build-bench/"
+  cmake -S "$SPW_ROOT" -B "$SPW_ROOT/build-bench" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPILLWAY_TESTS=OFF >/dev/null
+  ninja -C "$SPW_ROOT/build-bench" spillway-apiserver spillway-agent spillway-ingest-bench >/dev/null
+  SPW_BENCH_BIN=$SPW_ROOT/build-bench/bin
+}
 
 # Configures and builds into build/ (executables in build/bin/). Extra args go to cmake.
 spw_build() {
