@@ -194,7 +194,9 @@ void ApiDispatcher::FlushPipeline(ReadPipeline& p) {
     return;
   }
   p.in_flight.push_back(nullptr);  // the batch's sync
-  if (!p.reading) AwaitPipeline(p);
+  // Sending a batch too large for the socket's buffers takes in answers meanwhile: hand over what
+  // is already here before waiting on the socket, which will not show it.
+  DrainPipeline(p);
 }
 
 void ApiDispatcher::AwaitPipeline(ReadPipeline& p) {
@@ -215,6 +217,10 @@ void ApiDispatcher::OnPipelineReadable(ReadPipeline& p, bool readable) {
     FailPipeline(p);
     return;
   }
+  DrainPipeline(p);
+}
+
+void ApiDispatcher::DrainPipeline(ReadPipeline& p) {
   while (!p.in_flight.empty()) {
     std::optional<PgResult> result;
     const auto event = p.conn->Next(&result);
@@ -237,7 +243,7 @@ void ApiDispatcher::OnPipelineReadable(ReadPipeline& p, bool readable) {
       FinishRead(std::move(read));
     }
   }
-  if (!p.in_flight.empty() && p.conn) AwaitPipeline(p);
+  if (!p.in_flight.empty() && p.conn && !p.reading) AwaitPipeline(p);
 }
 
 void ApiDispatcher::FinishRead(std::shared_ptr<PendingRead> read) {

@@ -77,6 +77,7 @@ class ApiDispatcher : public http::Dispatcher {
   void FlushPipeline(ReadPipeline& p);
   void AwaitPipeline(ReadPipeline& p);  // calls OnPipelineReadable when its socket is readable
   void OnPipelineReadable(ReadPipeline& p, bool readable);
+  void DrainPipeline(ReadPipeline& p);  // hands over the answers libpq holds; waits for more if due
   void FinishRead(std::shared_ptr<PendingRead> read);
   void FailPipeline(ReadPipeline& p);
   std::mutex pipelines_mu_;

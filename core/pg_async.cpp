@@ -1,7 +1,10 @@
 #include "core/pg_async.hpp"
 
 #include <libpq-fe.h>
+#include <openssl/ssl.h>
+#include <poll.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -85,6 +88,8 @@ std::unique_ptr<PgAsyncConnection> PgAsyncConnection::Open(const SessionOptions&
     if (!ok) throw Failure(conn, std::string("cannot prepare ") + s->name);
   }
   if (PQsetnonblocking(conn, 1) != 0) throw Failure(conn, "cannot make the connection non-blocking");
+  // How long Sync may wait to send a batch: as long as a statement may run (0 there means no limit).
+  if (options.statement_timeout.count() > 0) out->flush_timeout_ = options.statement_timeout;
   return out;
 }
 
@@ -94,6 +99,7 @@ PgAsyncConnection::~PgAsyncConnection() {
 
 int PgAsyncConnection::socket() const { return PQsocket(conn_); }
 bool PgAsyncConnection::healthy() const { return conn_ && PQstatus(conn_) == CONNECTION_OK; }
+bool PgAsyncConnection::encrypted() const { return conn_ && PQsslInUse(conn_) == 1; }
 
 bool PgAsyncConnection::EnterPipeline() { return PQenterPipelineMode(conn_) == 1; }
 
@@ -107,13 +113,34 @@ bool PgAsyncConnection::Queue(const Statement& statement, const std::vector<std:
 
 bool PgAsyncConnection::Sync() {
   if (PQpipelineSync(conn_) != 1) return false;
-  int flushed;
-  while ((flushed = PQflush(conn_)) == 1) {
+  // PQflush answers 1 while part of the batch is still unsent: the socket's buffer is full. With a
+  // large batch that lasts until we read, since PostgreSQL stops taking statements while its
+  // answers wait on us: so wait for the socket either way, and take in what arrives (libpq keeps
+  // it for Next). Spinning on PQflush here would never end.
+  const auto deadline = std::chrono::steady_clock::now() + flush_timeout_;
+  for (;;) {
+    const int flushed = PQflush(conn_);
+    if (flushed != 1) return flushed == 0;
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) return false;
+    pollfd p{PQsocket(conn_), POLLIN | POLLOUT, 0};
+    const int ready = ::poll(&p, 1, static_cast<int>(left));
+    if (ready < 0 && errno != EINTR) return false;
+    if (ready > 0 && (p.revents & (POLLIN | POLLERR | POLLHUP)) && !Consume()) return false;
   }
-  return flushed == 0;
 }
 
-bool PgAsyncConnection::Consume() { return PQconsumeInput(conn_) == 1; }
+bool PgAsyncConnection::Consume() {
+  if (PQconsumeInput(conn_) != 1) return false;
+  // Over TLS, OpenSSL can hold decrypted bytes of a record that did not fit libpq's buffer. The
+  // socket shows nothing for them, so a wait on it would not end: take them now.
+  if (auto* ssl = static_cast<SSL*>(PQsslStruct(conn_, "OpenSSL"))) {
+    for (int i = 0; i < 1024 && SSL_pending(ssl) > 0; ++i)
+      if (PQconsumeInput(conn_) != 1) return false;
+  }
+  return true;
+}
 
 PgAsyncConnection::Event PgAsyncConnection::Next(std::optional<PgResult>* out) {
   if (PQisBusy(conn_)) return Event::kNothingYet;

@@ -3,6 +3,7 @@
 // (docs/architecture.md, "Read path"): the io thread sends a prepared statement, goes back to its
 // event loop, and reads the answer when the connection's socket is readable. libpqxx stays for
 // everything else (transactions, the leader's steps, COPY, migrations).
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -79,13 +80,19 @@ class PgAsyncConnection {
   PgAsyncConnection& operator=(const PgAsyncConnection&) = delete;
 
   int socket() const;
-  bool healthy() const;  // false once it broke: drop it
+  bool healthy() const;    // false once it broke: drop it
+  bool encrypted() const;  // TLS to PostgreSQL
 
   // Pipeline mode (libpq's): many statements in flight, their answers in order. Queue buffers a
   // statement Open prepared, Sync ends a batch and sends everything buffered (one write, one
   // wake-up of the backend for the batch); an error aborts the rest of its batch. After Consume,
   // Next hands over what has arrived, one event at a time: call it only while something is in
   // flight. Each returns false when the connection is broken.
+  //
+  // Sync may take in answers while it sends (a batch larger than the socket's buffers cannot go
+  // out while PostgreSQL waits for us to read): call Next after it before waiting on the socket,
+  // since answers already in libpq's buffer will not make the socket readable. It blocks, on that
+  // rare path only, up to the session's statement timeout.
   bool EnterPipeline();
   bool Queue(const Statement& statement, const std::vector<std::string>& params);
   bool Sync();
@@ -96,6 +103,7 @@ class PgAsyncConnection {
  private:
   explicit PgAsyncConnection(PGconn* conn) : conn_(conn) {}
   PGconn* conn_;
+  std::chrono::milliseconds flush_timeout_{30000};  // Sync's limit: the statement timeout, if any
 };
 
 }  // namespace spillway

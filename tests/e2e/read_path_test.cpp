@@ -56,6 +56,22 @@ bool AsyncPathReady(ApiServer& server, const Tenant& t) {
   }, 10s);
 }
 
+// 200 reads of t from 4 connections at once: how many answered 200 with `body`.
+int SameAnswers(int port, const Tenant& t, const std::string& body) {
+  std::atomic<int> same{0};
+  std::vector<std::thread> load;
+  for (int k = 0; k < 4; ++k)
+    load.emplace_back([&] {
+      HttpConn conn(port);
+      for (int i = 0; i < 50; ++i) {
+        const auto r = conn.Call("GET", t.path, t.member);
+        if (r.status == 200 && r.body == body) ++same;
+      }
+    });
+  for (auto& th : load) th.join();
+  return same;
+}
+
 }  // namespace
 
 TEST(ReadPath, ATenantReadIsAnsweredOnTheIoThreadAsTheWorkerPathWouldAnswerIt) {
@@ -67,19 +83,7 @@ TEST(ReadPath, ATenantReadIsAnsweredOnTheIoThreadAsTheWorkerPathWouldAnswerIt) {
   const auto first = Http(server.port(), "GET", a.path, a.member);  // the worker path, caching the key
   ASSERT_EQ(first.status, 200) << first.body;
   const double before = Counter(server.admin_port(), kAnswered);
-  std::atomic<int> same{0}, other{0};
-  std::vector<std::thread> load;
-  for (int t = 0; t < 4; ++t)
-    load.emplace_back([&] {
-      HttpConn conn(server.port());
-      for (int i = 0; i < 50; ++i) {
-        const auto r = conn.Call("GET", a.path, a.member);
-        (r.status == 200 && r.body == first.body ? same : other)++;
-      }
-    });
-  for (auto& t : load) t.join();
-  EXPECT_EQ(same, 200);
-  EXPECT_EQ(other, 0);
+  EXPECT_EQ(SameAnswers(server.port(), a, first.body), 200);
   EXPECT_GE(Counter(server.admin_port(), kAnswered) - before, 190) << "the reads did not take the non-blocking path";
   // The same rules as the handler: another tenant is 404 to a member, a malformed id 404.
   EXPECT_EQ(Http(server.port(), "GET", b.path, a.member).status, 404);
@@ -159,4 +163,34 @@ TEST(ReadPath, AReadCutOffOnALentConnectionIsRunAgainThroughAWorker) {
   holder.abort();
   reader.join();
   EXPECT_EQ(status, 200);
+}
+
+// The apiserver connected to PostgreSQL over TLS (a remote database, as most are): the io threads'
+// non-blocking reads are answered there too, as the worker path would answer them.
+TEST(ReadPath, OverTlsToPostgresReadsAreAnsweredOnTheIoThread) {
+  OwnCluster pg(/*tls=*/true);
+  ASSERT_TRUE(pg.ok());
+  std::string out;
+  ASSERT_EQ(RunCommand({ApiServerBinary(), "migrate"}, {{"SPILLWAY_DATABASE_URL", pg.tls_dsn()}}, &out), 0) << out;
+  ApiServer server(pg.tls_dsn());
+  ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
+  const auto admin = BootstrapAdmin(pg.tls_dsn());
+  const Tenant a = NewTenant(server.port(), admin, "tls");
+  ASSERT_TRUE(AsyncPathReady(server, a)) << server.process().Stderr();
+  const auto expected = Http(server.port(), "GET", a.path, a.member);
+  ASSERT_EQ(expected.status, 200);
+  const double before = Counter(server.admin_port(), kAnswered);
+  EXPECT_EQ(SameAnswers(server.port(), a, expected.body), 200);
+  EXPECT_GE(Counter(server.admin_port(), kAnswered) - before, 200);
+  // Every session the server holds is encrypted, the io threads' included.
+  auto c = pqxx::connection(pg.dsn());
+  pqxx::nontransaction tx(c);
+  const auto plain = tx.exec(
+      "SELECT count(*) FROM pg_stat_activity a LEFT JOIN pg_stat_ssl s USING (pid) "
+      "WHERE a.application_name = 'spillway-apiserver' AND NOT coalesce(s.ssl, false)")[0][0].as<int>();
+  const auto encrypted = tx.exec(
+      "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+      "WHERE a.application_name = 'spillway-apiserver' AND s.ssl")[0][0].as<int>();
+  EXPECT_EQ(plain, 0);
+  EXPECT_GT(encrypted, 0);
 }

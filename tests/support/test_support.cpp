@@ -399,7 +399,7 @@ std::string ShellEscape(const std::string& s) {
 }
 }  // namespace
 
-OwnCluster::OwnCluster() {
+OwnCluster::OwnCluster(bool tls) : tls_(tls) {
   const char* bin = std::getenv("SPILLWAY_TEST_PG_BIN");
   bin_ = bin && *bin ? bin : "/usr/lib/postgresql/15/bin";
   char tmpl[] = "/tmp/spw-cluster-XXXXXX";
@@ -407,7 +407,13 @@ OwnCluster::OwnCluster() {
   port_ = FreePort();
   Sh("chmod 755 " + dir_ + " && mkdir -p " + dir_ + "/data " + dir_ + "/run" +
      (::geteuid() == 0 ? " && chown postgres:postgres " + dir_ + "/data " + dir_ + "/run" : ""));
-  ok_ = AsPg(bin_ + "/initdb -D " + dir_ + "/data -U postgres --auth=trust >/dev/null") == 0 && Start();
+  ok_ = AsPg(bin_ + "/initdb -D " + dir_ + "/data -U postgres --auth=trust >/dev/null") == 0;
+  if (ok_ && tls_) {
+    ok_ = AsPg("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost "
+               "-keyout " + dir_ + "/data/server.key -out " + dir_ + "/data/server.crt >/dev/null 2>&1 && chmod 600 " +
+               dir_ + "/data/server.key") == 0;
+  }
+  ok_ = ok_ && Start();
 }
 
 OwnCluster::~OwnCluster() {
@@ -419,8 +425,13 @@ std::string OwnCluster::dsn() const {
   return "host=" + dir_ + "/run port=" + std::to_string(port_) + " user=postgres dbname=postgres";
 }
 
+std::string OwnCluster::tls_dsn() const {
+  return "host=127.0.0.1 port=" + std::to_string(port_) + " user=postgres dbname=postgres sslmode=require";
+}
+
 bool OwnCluster::Start() {
-  return AsPg(bin_ + "/pg_ctl -D " + dir_ + "/data -w -l " + dir_ + "/data/log -o \"-c listen_addresses='' " +
+  const std::string listen = tls_ ? "-c listen_addresses='127.0.0.1' -c ssl=on " : "-c listen_addresses='' ";
+  return AsPg(bin_ + "/pg_ctl -D " + dir_ + "/data -w -l " + dir_ + "/data/log -o \"" + listen +
               "-c unix_socket_directories='" + dir_ + "/run' -p " + std::to_string(port_) +
               " -c fsync=off\" start >/dev/null") == 0;
 }

@@ -121,12 +121,15 @@ std::string AgentBinary();
 bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout);
 // A PostgreSQL cluster of the test's own (initdb under /tmp), so that stopping or restarting it
 // disturbs no other test. Its dsn() is the `postgres` database; Migrate() applies our migrations.
+// With tls, it also listens on 127.0.0.1 with ssl on (a self-signed certificate made by the openssl
+// command): tls_dsn() connects there with sslmode=require.
 class OwnCluster {
  public:
-  OwnCluster();
+  explicit OwnCluster(bool tls = false);
   ~OwnCluster();
   bool ok() const { return ok_; }
   std::string dsn() const;
+  std::string tls_dsn() const;
   bool Start();
   bool Stop();
   bool Migrate();
@@ -135,6 +138,7 @@ class OwnCluster {
   int AsPg(const std::string& cmd);
   std::string bin_, dir_;
   int port_ = 0;
+  bool tls_ = false;
   bool ok_ = false;
 };
 
