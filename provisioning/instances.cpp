@@ -6,6 +6,7 @@
 #include "core/errors.hpp"
 #include "core/ids.hpp"
 #include "core/money.hpp"
+#include "core/pg_async.hpp"
 #include "core/sql.hpp"
 #include "provisioning/fleet.hpp"
 #include "provisioning/fleet_metrics.hpp"
@@ -48,20 +49,22 @@ const Statement kSetTerminating{"set_terminating",
                                 "UPDATE instances SET state = 'terminating', end_reason = $2, version = version + 1 "
                                 "WHERE id = $1"};
 
-Instance InstanceFrom(const pqxx::row& r) {
+// One mapping for a libpqxx row and for an io thread's non-blocking read (PgRow).
+template <class Row>
+Instance InstanceFrom(const Row& r) {
   Instance i;
-  i.id = r["id"].as<std::string>();
-  i.tenant_id = r["tenant_id"].as<std::string>();
+  i.id = r["id"].template as<std::string>();
+  i.tenant_id = r["tenant_id"].template as<std::string>();
   i.name = TextFrom(r["name"]);
-  i.instance_type = r["instance_type"].as<std::string>();
-  i.gpu_model = r["gpu_model"].as<std::string>();
-  i.region = r["region"].as<std::string>();
-  i.market = ParseMarket(r["market"].as<std::string>()).value_or(Market::kOnDemand);
+  i.instance_type = r["instance_type"].template as<std::string>();
+  i.gpu_model = r["gpu_model"].template as<std::string>();
+  i.region = r["region"].template as<std::string>();
+  i.market = ParseMarket(r["market"].template as<std::string>()).value_or(Market::kOnDemand);
   i.max_price_micros = IntFrom(r["max_price_micros"]);
-  i.state = ParseInstanceState(r["state"].as<std::string>()).value_or(InstanceState::kFailed);
-  i.gpus = r["gpus"].as<std::int64_t>();
+  i.state = ParseInstanceState(r["state"].template as<std::string>()).value_or(InstanceState::kFailed);
+  i.gpus = r["gpus"].template as<std::int64_t>();
   i.host_id = TextFrom(r["host_id"]);
-  i.gpu_indices = ParseIntArray(r["gpu_indices"].as<std::string>());
+  i.gpu_indices = ParseIntArray(r["gpu_indices"].template as<std::string>());
   i.created_at = TimeFrom(r["created_ms"]).value_or(TimeMs{});
   i.started_at = TimeFrom(r["started_ms"]);
   i.ended_at = TimeFrom(r["ended_ms"]);
@@ -69,10 +72,10 @@ Instance InstanceFrom(const pqxx::row& r) {
   i.end_reason = TextFrom(r["end_reason"]);
   i.preempt_reason = TextFrom(r["preempt_reason"]);
   i.expected_placement_at = TimeFrom(r["expected_ms"]);
-  i.access = AccessFromJson(TextFrom(r["image"]), TextFrom(r["min_cuda"]), r["command_json"].as<std::string>(),
-                            r["env_names_json"].as<std::string>(), r["ssh_key_ids_json"].as<std::string>(),
-                            IntFrom(r["disk_gb"]), TextFrom(r["address"]), r["ports_json"].as<std::string>(),
-                            r["volumes_json"].as<std::string>());
+  i.access = AccessFromJson(TextFrom(r["image"]), TextFrom(r["min_cuda"]), r["command_json"].template as<std::string>(),
+                            r["env_names_json"].template as<std::string>(), r["ssh_key_ids_json"].template as<std::string>(),
+                            IntFrom(r["disk_gb"]), TextFrom(r["address"]), r["ports_json"].template as<std::string>(),
+                            r["volumes_json"].template as<std::string>());
   return i;
 }
 
@@ -95,6 +98,12 @@ std::vector<Instance> ListInstances(Tx& tx, const InstanceFilter& f) {
 std::optional<Instance> FindInstance(Tx& tx, const std::string& id) {
   const auto rows = tx.exec_prepared(kGetInstance.name, id);
   if (rows.empty()) return std::nullopt;
+  return InstanceFrom(rows[0]);
+}
+
+const Statement& FindInstanceStatement() { return kGetInstance; }
+std::optional<Instance> FoundInstance(const PgResult& rows) {
+  if (rows.size() == 0) return std::nullopt;
   return InstanceFrom(rows[0]);
 }
 

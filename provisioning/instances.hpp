@@ -15,6 +15,8 @@
 namespace spillway {
 
 struct FleetContext;
+class Statement;
+class PgResult;
 
 struct Instance {
   std::string id, tenant_id;
@@ -43,6 +45,10 @@ struct InstanceFilter {
 };
 std::vector<Instance> ListInstances(Tx& tx, const InstanceFilter& filter);
 std::optional<Instance> FindInstance(Tx& tx, const std::string& id);
+// The same read without blocking, on an io thread (core/pg_async): the statement to send with the
+// id as its one parameter, and the instance in its answer.
+const Statement& FindInstanceStatement();
+std::optional<Instance> FoundInstance(const PgResult& rows);
 // The tenant's live instances not already terminating (all of them, however many).
 std::vector<std::string> InstancesToStop(Tx& tx, const std::string& tenant_id);
 

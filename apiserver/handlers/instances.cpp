@@ -136,7 +136,8 @@ boost::json::object InstanceJson(const Instance& i) {
 
 // Members act on their own tenant's instances; operators and admins on any (to look up what runs
 // on a host, or stop a runaway one).
-bool SeesAllTenants(const Ctx& ctx) { return ctx.principal.role_bit & (kOperator | kAdmin); }
+bool SeesAll(const Principal& p) { return p.role_bit & (kOperator | kAdmin); }
+bool SeesAllTenants(const Ctx& ctx) { return SeesAll(ctx.principal); }
 
 LaunchRequest ParseLaunch(const Ctx& ctx) {
   const auto& body = RequireObject(ctx.body);
@@ -214,6 +215,24 @@ Reply GetInstance(Ctx& ctx) {
     throw ApiError(404, "not_found", "no such instance");
   return {200, InstanceJson(*instance)};
 }
+
+namespace {
+// GetInstance's non-blocking form: the same rules (a malformed id, or another tenant's instance to
+// a member, is 404), the same statement and the same JSON.
+std::vector<std::string> GetInstanceParams(const Principal&, const Params& params) {
+  const std::string& id = params.at("id");
+  if (!IsValidId(id, "ins")) throw ApiError(404, "not_found", "no such instance");
+  return {id};
+}
+Reply RenderInstance(const Principal& principal, const Params&, const PgResult& rows) {
+  const auto instance = FoundInstance(rows);
+  if (!instance || (!SeesAll(principal) && instance->tenant_id != principal.tenant_id))
+    throw ApiError(404, "not_found", "no such instance");
+  return {200, InstanceJson(*instance)};
+}
+}  // namespace
+
+const AsyncRead kGetInstanceAsync{FindInstanceStatement, GetInstanceParams, RenderInstance};
 
 Reply TerminateInstance(Ctx& ctx) {
   const std::string& id = ctx.Param("id");

@@ -8,6 +8,7 @@
 #include <boost/json.hpp>
 #include <thread>
 
+#include "tests/e2e/fleet_support.hpp"
 #include "tests/support/test_support.hpp"
 
 using namespace spillway::test;
@@ -193,4 +194,36 @@ TEST(ReadPath, OverTlsToPostgresReadsAreAnsweredOnTheIoThread) {
       "WHERE a.application_name = 'spillway-apiserver' AND s.ssl")[0][0].as<int>();
   EXPECT_EQ(plain, 0);
   EXPECT_GT(encrypted, 0);
+}
+
+// GET /v1/instances/{id}, the read customers poll, has the non-blocking form too: the same JSON as
+// the handler (the launch spec and where to connect included), and the same rule that another
+// tenant's instance is 404 to a member.
+TEST(ReadPath, AnInstanceReadIsAnsweredOnTheIoThreadAsTheWorkerPathWouldAnswerIt) {
+  TestDb db;
+  ApiServer server(db.dsn(), FastFleetEnv());
+  ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
+  spillway::test::Fleet fleet(db, server);
+  auto agent = fleet.StartAgent("rp", "H100-80GB", 1, 8, {"--public-address", "gpu1.example.net"});
+  const auto tenant = fleet.NewTenant("reader", 8), other = fleet.NewTenant("other", 8);
+  const auto member = fleet.NewKey(tenant, "member"), stranger = fleet.NewKey(other, "member");
+  ASSERT_TRUE(WaitFor([&] { return fleet.PoolInt("rp", "H100-80GB", "total_gpus") == 8; }, 20s));
+  const auto created = fleet.Call("POST", "/v1/instances", member,
+                                  R"({"instance_type":"h100.1x","region":"rp","market":"on_demand","image":"ghcr.io/acme/train:1",)"
+                                  R"("command":["python","train.py"],"env":{"MODE":"x"},)"
+                                  R"("ports":[{"port":8888,"protocol":"http"}]})");
+  ASSERT_EQ(created.status, 201) << created.body;
+  const std::string id = Str(Json(created), "id"), path = "/v1/instances/" + id;
+  ASSERT_TRUE(fleet.WaitState(member, id, "running", 20s));
+  const auto first = fleet.Call("GET", path, member);  // caches the key; the next reads take the io thread's path
+  ASSERT_EQ(first.status, 200) << first.body;
+  ASSERT_NE(first.body.find("gpu1.example.net"), std::string::npos) << first.body;
+  const double before = Counter(server.admin_port(), kAnswered);
+  EXPECT_EQ(SameAnswers(server.port(), {id, path, member}, first.body), 200);
+  EXPECT_GE(Counter(server.admin_port(), kAnswered) - before, 190) << "the reads did not take the non-blocking path";
+  EXPECT_EQ(fleet.Call("GET", path, stranger).status, 404);  // twice: the second from the key cache
+  EXPECT_EQ(fleet.Call("GET", path, stranger).status, 404);
+  EXPECT_EQ(fleet.Call("GET", path, fleet.operator_key).body, first.body);
+  EXPECT_EQ(fleet.Call("GET", "/v1/instances/ins_nope", member).status, 404);
+  EXPECT_EQ(fleet.Call("GET", "/v1/instances/ins_01m8cp7es1z5m5w25wwsax594h", member).status, 404);
 }
