@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -241,8 +242,14 @@ std::vector<std::string> MergedEnv(const std::map<std::string, std::string>& ext
 int Spawn(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env, int out_fd,
           int err_fd) {
   auto envs = MergedEnv(env);
+  const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid == 0) {
+    // A test binary that aborts (a failed ASSERT in a helper thread, a sanitizer report) never runs
+    // the destructors that stop what it started: the kernel stops it instead. Processes are started
+    // from the test's own thread, which lives as long as the test (PDEATHSIG follows the thread).
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) std::_Exit(127);
     if (out_fd >= 0) ::dup2(out_fd, 1);
     if (err_fd >= 0) ::dup2(err_fd, 2);
     std::vector<char*> a, e;
