@@ -31,8 +31,10 @@ http::Response ErrorResponseForCurrent(const std::string& request_id, const std:
   } catch (const ApiError& e) {
     return ErrorResponseFor(e, request_id);
   } catch (const protocol::SampleError& e) {
+    std::vector<std::pair<std::string, std::vector<std::int64_t>>> lists;
+    if (!e.unheld.empty()) lists.push_back({"unheld_sample_indexes", {e.unheld.begin(), e.unheld.end()}});
     return http::ErrorResponse(422, "invalid_sample", e.what(), request_id,
-                               {{"sample_index", static_cast<std::int64_t>(e.index)}});
+                               {{"sample_index", static_cast<std::int64_t>(e.index)}}, lists);
   } catch (const InvalidInput& e) {
     return http::ErrorResponse(422, "validation_failed", e.what(), request_id);
   } catch (const MalformedJson& e) {

@@ -91,6 +91,8 @@ std::optional<IngestResult> CheckBatch(const protocol::SampleBatch& batch, const
                                        const IngestRules& rules) {
   const TimeMs latest = now + rules.skew_tolerance;
   const std::int64_t max_interval = 3 * rules.sample_interval.count();
+  std::vector<std::size_t> unheld;
+  std::string first_unheld;
   for (std::size_t i = 0; i < batch.samples.size(); ++i) {
     const auto& s = batch.samples[i];
     const std::string at = "samples[" + std::to_string(i) + "].";
@@ -111,9 +113,14 @@ std::optional<IngestResult> CheckBatch(const protocol::SampleBatch& batch, const
         return a.instance_id == *s.instance_id && a.host_id == host_id && a.gpu_index == s.gpu_index &&
                begins >= a.from - rules.skew_tolerance && (!a.to || s.ts_ms <= *a.to + rules.skew_tolerance);
       });
-      if (!held)
-        return Rejected(i, at + "instance_id: " + *s.instance_id + " did not hold GPU " + std::to_string(s.gpu_index) +
-                               " of this host from " + FormatTime(begins) + " to " + FormatTime(s.ts_ms));
+      if (!held) {
+        // Not a malformed sample: the control plane took the GPU back while the host could not hear
+        // it. Reported for every such sample, once nothing else is wrong with the batch.
+        if (unheld.empty())
+          first_unheld = at + "instance_id: " + *s.instance_id + " did not hold GPU " + std::to_string(s.gpu_index) +
+                         " of this host from " + FormatTime(begins) + " to " + FormatTime(s.ts_ms);
+        unheld.push_back(i);
+      }
     }
   }
   // No two samples of one GPU may cover the same time: each millisecond is billed once.
@@ -137,6 +144,11 @@ std::optional<IngestResult> CheckBatch(const protocol::SampleBatch& batch, const
     return Rejected(std::nullopt, "sampled_through_ms: " + FormatTime(batch.sampled_through_ms) +
                                       " is ahead of the server's clock (" + FormatTime(now) + ") by more than " +
                                       FormatDuration(rules.skew_tolerance));
+  if (!unheld.empty()) {
+    auto r = Rejected(unheld.front(), first_unheld);
+    r.unheld = std::move(unheld);
+    return r;
+  }
   return std::nullopt;
 }
 

@@ -52,6 +52,10 @@ struct IngestResult {
   std::int64_t accepted = 0;
   std::optional<std::size_t> sample_index;  // kRejected: the sample at fault, when one is
   std::string message;                      // kRejected / kUnavailable: why
+  // kRejected, when the batch's only fault is samples naming an instance that did not hold their GPU
+  // then (a host cut off from the control plane while its instances were failed): all of them, so
+  // the agent can send the batch again with those samples unattributed.
+  std::vector<std::size_t> unheld{};
 };
 
 struct IngestSettings {

@@ -133,10 +133,14 @@ Sample ParseSample(const boost::json::value& v);
 // The envelope and each sample's shape; a bad sample throws SampleError with its index.
 SampleBatch ParseSampleBatch(const boost::json::value& v);
 
-// A sample that is not acceptable, at `index` in its batch (422 with error.sample_index).
+// A sample that is not acceptable, at `index` in its batch (422 with error.sample_index). When the
+// batch's only fault is samples naming an instance that did not hold their GPU, `unheld` lists them
+// all (error.unheld_sample_indexes): the agent sends the batch again with those unattributed.
 struct SampleError : std::runtime_error {
-  SampleError(std::size_t index, const std::string& message) : std::runtime_error(message), index(index) {}
+  SampleError(std::size_t index, const std::string& message, std::vector<std::size_t> unheld = {})
+      : std::runtime_error(message), index(index), unheld(std::move(unheld)) {}
   std::size_t index;
+  std::vector<std::size_t> unheld;
 };
 
 // Readers of what the server answers (the agent's side): throw std::exception on a malformed reply.

@@ -17,7 +17,7 @@ Reply SamplesReply(const metering::IngestResult& r, Millis retry_after) {
     case Kind::kDuplicate:
       return {200, protocol::ToJson(protocol::SamplesAnswer{0, true})};
     case Kind::kRejected:
-      if (r.sample_index) throw protocol::SampleError(*r.sample_index, r.message);
+      if (r.sample_index) throw protocol::SampleError(*r.sample_index, r.message, r.unheld);
       throw InvalidInput(r.message);
     case Kind::kUnavailable:
       break;

@@ -13,11 +13,17 @@
 namespace spillway::http {
 
 Response ErrorResponse(int status, const std::string& code, const std::string& message,
-                       const std::string& request_id, const std::vector<std::pair<std::string, std::int64_t>>& numbers) {
+                       const std::string& request_id, const std::vector<std::pair<std::string, std::int64_t>>& numbers,
+                       const std::vector<std::pair<std::string, std::vector<std::int64_t>>>& lists) {
   Response r;
   r.status = status;
   boost::json::object err{{"code", code}, {"message", message}, {"request_id", request_id}};
   for (const auto& [name, value] : numbers) err[name] = value;
+  for (const auto& [name, values] : lists) {
+    boost::json::array a;
+    for (const std::int64_t v : values) a.push_back(v);
+    err[name] = std::move(a);
+  }
   r.body = ToJson(boost::json::object{{"error", std::move(err)}}) + "\n";  // quotes nothing raw: see ToJson
   return r;
 }

@@ -50,10 +50,12 @@ class Dispatcher {
   virtual void Finished(const Request& request, const Response& response, double seconds) = 0;
 };
 
-// The one error body: {"error":{"code","message","request_id"}}, plus any `numbers` (sample_index).
+// The one error body: {"error":{"code","message","request_id"}}, plus any `numbers` (sample_index)
+// and `lists` of them (unheld_sample_indexes).
 Response ErrorResponse(int status, const std::string& code, const std::string& message,
                        const std::string& request_id,
-                       const std::vector<std::pair<std::string, std::int64_t>>& numbers = {});
+                       const std::vector<std::pair<std::string, std::int64_t>>& numbers = {},
+                       const std::vector<std::pair<std::string, std::vector<std::int64_t>>>& lists = {});
 // A valid client-supplied X-Request-Id, or a new one.
 std::string RequestIdFrom(const std::string& supplied);
 std::string PercentDecode(const std::string& s, bool plus_is_space);

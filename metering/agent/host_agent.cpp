@@ -44,6 +44,7 @@ MeteringStats HostAgent::Metering() const {
   m.batches_shipped = batches_shipped_;
   m.ship_failures = ship_failures_;
   m.sampler_errors = sampler_errors_;
+  m.samples_unattributed = samples_unattributed_;
   return m;
 }
 
@@ -294,6 +295,27 @@ void HostAgent::SampleLoop() {
   }
 }
 
+namespace {
+// The samples a 422 says named an instance that did not hold their GPU, when that was the batch's
+// only fault (error.unheld_sample_indexes); empty otherwise, or when the answer is not understood.
+std::vector<std::size_t> UnheldSamples(const std::string& body, std::size_t batch_size) {
+  std::vector<std::size_t> out;
+  try {
+    const auto v = boost::json::parse(body);
+    const auto* list = v.at("error").as_object().if_contains("unheld_sample_indexes");
+    if (!list) return {};
+    for (const auto& i : list->as_array()) {
+      const std::int64_t k = i.as_int64();
+      if (k < 0 || static_cast<std::size_t>(k) >= batch_size) return {};
+      out.push_back(static_cast<std::size_t>(k));
+    }
+  } catch (const std::exception&) {
+    return {};
+  }
+  return out;
+}
+}  // namespace
+
 void HostAgent::ShipLoop() {
   std::unique_ptr<HttpClient> client;
   std::chrono::milliseconds backoff{0};
@@ -316,15 +338,32 @@ void HostAgent::ShipLoop() {
     for (;;) {  // drain what is waiting, one batch at a time
       auto batch = spool_->NextBatch(batch_samples_);
       if (!batch || stopping_) break;
-      batch->sent_at_ms = NowMs();
-      HttpClient::Result r;
-      try {
-        if (!client) client = std::make_unique<HttpClient>(options_.api);
-        r = client->Call("POST", "/v1/agent/samples", token, boost::json::serialize(protocol::ToJson(*batch)),
-                         std::chrono::seconds(30));
-      } catch (const std::exception& e) {
-        client.reset();
-        r = {0, e.what()};
+      const auto send = [&] {
+        batch->sent_at_ms = NowMs();
+        HttpClient::Result r;
+        try {
+          if (!client) client = std::make_unique<HttpClient>(options_.api);
+          r = client->Call("POST", "/v1/agent/samples", token, boost::json::serialize(protocol::ToJson(*batch)),
+                           std::chrono::seconds(30));
+        } catch (const std::exception& e) {
+          client.reset();
+          r = {0, e.what()};
+        }
+        return r;
+      };
+      HttpClient::Result r = send();
+      if (r.status == 422) {
+        // Samples of an instance the control plane took back while this host could not hear it
+        // (failed for its silence, say): the GPU's time is real but no longer that instance's. The
+        // server stored nothing; the batch goes again, same batch_seq, with those unattributed.
+        if (const auto unheld = UnheldSamples(r.body, batch->samples.size()); !unheld.empty()) {
+          for (const std::size_t i : unheld) batch->samples[i].instance_id.reset();
+          samples_unattributed_ += static_cast<std::int64_t>(unheld.size());
+          log::Warn("samples named instances that no longer held their GPUs: sent again unattributed",
+                    {{"hostname", options_.hostname}, {"batch_seq", batch->batch_seq},
+                     {"samples", static_cast<std::int64_t>(unheld.size())}, {"body", r.body}});
+          r = send();
+        }
       }
       if (r.status == 200) {
         spool_->Acknowledge();

@@ -218,6 +218,51 @@ TEST_F(Metering, KillNineOfTheAgentOrTheApiserverLosesNothingAndStoresNothingTwi
   EXPECT_GT(Scalar("SELECT sum(interval_ms) FROM usage_samples WHERE instance_id = $1", id), 3000);
 }
 
+// A host cut off from the control plane (frozen here) has its instance failed for its silence and
+// the GPU taken back, while the agent, hearing nothing, still attributes the GPU to it. When it is
+// heard again, the server refuses those samples (the instance did not hold the GPU then) but lists
+// them; the agent sends the batch again with them unattributed. Nothing is quarantined, nothing
+// is lost, and the instance is metered only while it held the GPU.
+TEST_F(Metering, AHostCutOffWhileItsInstanceFailsShipsThatTimeUnattributedNotQuarantined) {
+  const int admin = FreePort();
+  auto agent = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2, {"--admin-listen", "127.0.0.1:" + std::to_string(admin)});
+  ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2; }, 20s));
+  const std::string id = Launch();
+  ASSERT_TRUE(fleet_->WaitState(member_, id, "running"));
+  std::this_thread::sleep_for(1500ms);
+  ASSERT_EQ(::kill(agent->pid(), SIGSTOP), 0);
+  const bool failed = fleet_->WaitState(member_, id, "failed", 20s);
+  // Longer than the clock-skew tolerance (5 s) past the release, so that what the agent claims on
+  // waking (up to 3 intervals back) lies beyond it.
+  std::this_thread::sleep_for(7s);
+  ASSERT_EQ(::kill(agent->pid(), SIGCONT), 0);
+  ASSERT_TRUE(failed) << "the silent host's instance was not failed";
+  const auto agent_counter = [&](const std::string& name) -> double {
+    const auto m = Http(admin, "GET", "/metrics").body;
+    const auto at = m.find("\n" + name + "{");
+    if (at == std::string::npos) return -1;
+    return std::stod(m.substr(m.find("} ", at) + 2));
+  };
+  EXPECT_TRUE(WaitFor([&] { return agent_counter("spillway_agent_samples_unattributed_total") > 0; }, 20s))
+      << "no sample was sent again unattributed\n" << Http(admin, "GET", "/metrics").body << agent->Stderr();
+  EXPECT_TRUE(WaitFor([&] { return agent_counter("spillway_agent_spool_unsent_samples") == 0; }, 20s));
+  EXPECT_EQ(agent_counter("spillway_agent_batches_quarantined_total"), 0);
+  WaitShipped();
+  // Metered to the instance only while it held the GPU (within the clock-skew tolerance); the time
+  // after, on that GPU, is stored without an owner.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM usage_samples s WHERE s.instance_id = $1 AND s.ts > "
+                   "(SELECT max(released_at) FROM gpu_allocation_history WHERE instance_id = $1) + interval '5 s'",
+                   id),
+            0);
+  EXPECT_GT(Scalar("SELECT count(*) FROM usage_samples s JOIN gpu_allocation_history a ON a.instance_id = $1 "
+                   "AND a.host_id = s.host_id AND a.gpu_index = s.gpu_index WHERE s.instance_id IS NULL "
+                   "AND s.ts > a.released_at",
+                   id),
+            0);
+  EXPECT_GT(Scalar("SELECT sum(interval_ms) FROM usage_samples WHERE instance_id = $1", id), 1000);
+  for (const auto& g : Tiling()) EXPECT_EQ(g.overlaps, 0) << "a millisecond of a GPU stored twice";
+}
+
 // (c) PostgreSQL restarts while hosts ship: batches meet 503s (or a lost connection), stay in the
 // spools, and go in once the database is back: still no overlap, no gap.
 TEST(MeteringDatabaseRestart, SamplesWaitInTheSpoolsAndGoInOnceEach) {

@@ -57,3 +57,24 @@ TEST(CheckBatch, RefusesTheFirstBadSampleByIndex) {
   EXPECT_FALSE(r->sample_index);
   EXPECT_NE(r->message.find("sampled_through_ms"), std::string::npos);
 }
+
+TEST(CheckBatch, SamplesOfAnInstanceThatNoLongerHeldTheGpuAreAllListedWhenNothingElseIsWrong) {
+  // A host cut off from the control plane kept attributing GPU 0 to ins_1 after its release at 11:30.
+  const auto r = Check({At("2026-11-26T11:29:00Z", 0, "ins_1"), At("2026-11-26T11:31:00Z", 0, "ins_1"),
+                        At("2026-11-26T11:31:00Z", 1, std::nullopt), At("2026-11-26T11:32:00Z", 0, "ins_1")});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->kind, IngestResult::Kind::kRejected);
+  EXPECT_EQ(IndexOf(r), 1u);
+  EXPECT_EQ(r->unheld, (std::vector<std::size_t>{1, 3}));
+  EXPECT_NE(r->message.find("did not hold GPU 0"), std::string::npos) << r->message;
+  // The same with the unheld samples unattributed is accepted.
+  EXPECT_FALSE(Check({At("2026-11-26T11:29:00Z", 0, "ins_1"), At("2026-11-26T11:31:00Z", 0, std::nullopt),
+                      At("2026-11-26T11:31:00Z", 1, std::nullopt), At("2026-11-26T11:32:00Z", 0, std::nullopt)}));
+  // Anything else wrong in the batch is reported instead, with no list: the batch is not repairable.
+  const auto bad = Check({At("2026-11-26T11:31:00Z", 0, "ins_1"), At("2026-11-26T11:31:00Z", 2, std::nullopt)});
+  EXPECT_EQ(IndexOf(bad), 1u);
+  EXPECT_TRUE(bad->unheld.empty());
+  const auto overlap = Check({At("2026-11-26T11:31:00Z", 0, "ins_1"), At("2026-11-26T11:31:05Z", 0, std::nullopt)});
+  EXPECT_EQ(IndexOf(overlap), 1u);
+  EXPECT_TRUE(overlap->unheld.empty());
+}
