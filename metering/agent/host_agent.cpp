@@ -2,10 +2,12 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <random>
 
 #include "core/crypto.hpp"
 #include "core/log.hpp"
+#include "metering/agent/files.hpp"
 #include "metering/agent/http_client.hpp"
 
 namespace spillway::agent {
@@ -20,6 +22,7 @@ HostAgent::HostAgent(HostOptions options, RuntimePtr runtime, MeteringOptions me
       sampler_(std::move(metering.sampler)),
       batch_samples_(metering.batch_samples) {
   if (!spool_) return;
+  LoadLastKnown();
   std::vector<int> indices;
   for (const auto& g : options_.gpus) indices.push_back(static_cast<int>(g.index));
   meter_ = std::make_unique<Meter>(indices, sample_interval_, NowMs());
@@ -28,6 +31,35 @@ HostAgent::HostAgent(HostOptions options, RuntimePtr runtime, MeteringOptions me
     sampler_ = std::make_unique<SimulatedSampler>(std::stoull(seed, nullptr, 16), options_.gpus,
                                                   [this](int gpu) { return meter_->Busy(gpu); });
   }
+}
+
+void HostAgent::LoadLastKnown() {
+  if (options_.state_dir.empty()) return;
+  const auto text = ReadFile(options_.state_dir + "/last_known.json");
+  if (!text) return;
+  try {
+    const auto v = boost::json::parse(*text).as_object();
+    if (const auto* ms = v.if_contains("sample_interval_ms"))
+      sample_interval_ = std::chrono::milliseconds(std::max<std::int64_t>(100, ms->as_int64()));
+    if (const auto* gpus = v.if_contains("instance_gpus"))
+      for (const auto& [id, list] : gpus->as_object())
+        recovered_gpus_[std::string(id)] = boost::json::value_to<std::vector<int>>(list);
+  } catch (const std::exception& e) {
+    log::Warn("last_known.json unreadable: ignored", {{"hostname", options_.hostname}, {"error", e.what()}});
+    recovered_gpus_.clear();
+  }
+}
+
+void HostAgent::SaveLastKnown() {
+  if (options_.state_dir.empty() || !spool_) return;
+  boost::json::object gpus;
+  if (have_assignments_)
+    for (const auto& [id, a] : assigned_) gpus[id] = boost::json::value_from(a.gpus);
+  else  // registered, not yet told: keep what was known
+    for (const auto& [id, list] : recovered_gpus_) gpus[id] = boost::json::value_from(list);
+  const boost::json::object v{{"sample_interval_ms", sample_interval_.count()}, {"instance_gpus", std::move(gpus)}};
+  if (!WriteFileAtomically(options_.state_dir + "/last_known.json", boost::json::serialize(v)))
+    log::Warn("cannot write last_known.json", {{"hostname", options_.hostname}});
 }
 
 HostAgent::~HostAgent() {
@@ -124,6 +156,7 @@ bool HostAgent::Register() {
     cv_.notify_all();
     if (meter_) meter_->SetInterval(sample_interval_);
     if (spool_) spool_->AdoptNextSeq(reply.next_batch_seq);
+    SaveLastKnown();
     version_ = -1;
     log::Info("registered", {{"hostname", options_.hostname}, {"host_id", host_id_}, {"status", r.status}});
     return true;
@@ -147,8 +180,15 @@ void HostAgent::Apply(std::int64_t version, std::map<std::string, Assigned> next
     if (!next.count(id)) runtime_->Forget(id);
   for (const auto& id : runtime_->Known())
     if (!next.count(id)) runtime_->Forget(id);
+  const bool changed = !have_assignments_ || next.size() != assigned_.size() ||
+                       !std::equal(next.begin(), next.end(), assigned_.begin(), [](const auto& x, const auto& y) {
+                         return x.first == y.first && x.second.gpus == y.second.gpus;
+                       });
   assigned_ = std::move(next);
   version_ = version;
+  have_assignments_ = true;
+  recovered_gpus_.clear();
+  if (changed) SaveLastKnown();
   kick_ = true;
   cv_.notify_all();
 }
@@ -226,6 +266,12 @@ void HostAgent::HeartbeatLoop() {
         for (const auto& [id, state] : states)
           if (state == "running")
             for (int g : assigned_[id].gpus) running[g] = id;
+        // Restarted and not yet told: the instances the runtime took up again run on the GPUs they
+        // were last assigned (the control plane settles it when heard: see ShipLoop's 422 repair).
+        if (!have_assignments_)
+          for (const auto& [id, gpus] : recovered_gpus_)
+            if (runtime_->State(id) == "running")
+              for (int g : gpus) running.emplace(g, id);
         meter_->Observe(now, running);
       }
       token = token_;

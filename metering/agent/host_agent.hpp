@@ -27,6 +27,10 @@ struct HostOptions {
   std::optional<std::string> driver_version, cuda_version, public_address;
   std::optional<protocol::PortRange> port_range;
   bool simulated = false;
+  // The host's folder under --state-dir: where the agent keeps what the control plane last told it
+  // (last_known.json: the sample interval and each instance's GPUs), so that an agent restarted
+  // while the apiserver is unreachable meters at the right interval and to the right instances.
+  std::string state_dir;
 };
 
 // Metering (docs/architecture.md): every sample interval each GPU is read, attributed (Meter),
@@ -72,6 +76,8 @@ class HostAgent {
   void PollLoop();
   void HeartbeatLoop();
   void Apply(std::int64_t version, std::map<std::string, Assigned> next);
+  void LoadLastKnown();
+  void SaveLastKnown();  // under mu_
   std::string Token();
   void Invalidate(const std::string& token);  // a 401: register again before the next call
   void SampleLoop();
@@ -87,6 +93,10 @@ class HostAgent {
   std::chrono::milliseconds heartbeat_interval_{5000};
   std::int64_t version_ = -1;
   std::map<std::string, Assigned> assigned_;
+  // Until the first assignments arrive after a start: each instance's GPUs as last assigned before
+  // it (last_known.json), for the meter only (nothing is started or stopped by them).
+  std::map<std::string, std::vector<int>> recovered_gpus_;
+  bool have_assignments_ = false;
   bool kick_ = false;
   std::atomic<bool> stopping_{false};
   std::thread poll_thread_, heartbeat_thread_;

@@ -271,6 +271,7 @@ int main(int argc, char** argv) {
     }
     // One state folder per host: simulated hosts of one process keep theirs apart.
     const std::string state_dir = flags["--state-dir"] + "/" + o.hostname;
+    o.state_dir = state_dir;
     std::string why;
     if (!PrepareStateDir(state_dir, &why)) return Usage("--state-dir: " + why);
     RuntimePtr rt;

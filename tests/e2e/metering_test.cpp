@@ -263,6 +263,41 @@ TEST_F(Metering, AHostCutOffWhileItsInstanceFailsShipsThatTimeUnattributedNotQua
   for (const auto& g : Tiling()) EXPECT_EQ(g.overlaps, 0) << "a millisecond of a GPU stored twice";
 }
 
+// An agent restarted while the apiserver is down cannot be told anything: it meters at the interval
+// and to the instances it was last told (last_known.json), so the instance's time in that outage
+// is the instance's, not idle, once it is shipped.
+TEST_F(Metering, AnAgentRestartedWhileTheApiserverIsDownMetersItsInstancesAsLastTold) {
+  auto agent = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2);
+  ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2; }, 20s));
+  const std::string id = Launch();
+  ASSERT_TRUE(fleet_->WaitState(member_, id, "running"));
+  std::this_thread::sleep_for(1s);
+  ASSERT_EQ(server_->process().Stop(SIGKILL), 128 + SIGKILL);
+  ASSERT_EQ(agent->Stop(SIGTERM), 0);  // the instance runs on
+  agent = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2);
+  const auto from = NowMs();
+  std::this_thread::sleep_for(3s);
+  const auto to = NowMs();
+  server_->Restart();
+  ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
+  std::this_thread::sleep_for(1500ms);
+  WaitShipped();
+  // On the instance's GPU, between the agent's restart (and one interval) and the apiserver's return.
+  const std::string window =
+      "FROM usage_samples s JOIN gpu_allocation_history a ON a.instance_id = $1 AND a.host_id = s.host_id "
+      "AND a.gpu_index = s.gpu_index WHERE s.ts > to_timestamp($2::bigint / 1000.0) "
+      "AND s.ts <= to_timestamp($3::bigint / 1000.0)";
+  const auto begin_ms = EpochMs(from) + 600, end_ms = EpochMs(to);
+  EXPECT_EQ(Scalar("SELECT coalesce(sum(s.interval_ms), 0) " + window + " AND s.instance_id IS NULL", id, begin_ms,
+                   end_ms),
+            0)
+      << "the instance's GPU was metered idle while the agent could not reach the apiserver";
+  EXPECT_GE(Scalar("SELECT coalesce(sum(s.interval_ms), 0) " + window + " AND s.instance_id = $1", id, begin_ms,
+                   end_ms),
+            1500);
+  for (const auto& g : Tiling()) EXPECT_EQ(g.overlaps, 0) << "a millisecond of a GPU stored twice";
+}
+
 // (c) PostgreSQL restarts while hosts ship: batches meet 503s (or a lost connection), stay in the
 // spools, and go in once the database is back: still no overlap, no gap.
 TEST(MeteringDatabaseRestart, SamplesWaitInTheSpoolsAndGoInOnceEach) {
