@@ -35,9 +35,18 @@ bool PgField::as<bool>() const {
 }
 
 PgField PgRow::operator[](const char* column) const {
-  const int c = PQfnumber(r_, column);
-  if (c < 0) throw std::out_of_range(std::string("no column ") + column);
-  return PgField(r_, row_, c);
+  // Not PQfnumber: it copies and case-folds the name and scans from the first column on every call
+  // (3 % of the server's CPU for an instance read, 31 columns). Exact names, and the search starts
+  // where the last one ended, so a mapping that reads in SELECT order finds each at once.
+  const int n = PQnfields(r_);
+  for (int k = 0; k < n; ++k) {
+    const int c = (next_ + k) % n;
+    if (std::strcmp(PQfname(r_, c), column) == 0) {
+      next_ = c + 1 < n ? c + 1 : 0;
+      return PgField(r_, row_, c);
+    }
+  }
+  throw std::out_of_range(std::string("no column ") + column);
 }
 
 PgResult::PgResult(PGresult* result) : r_(result) {}

@@ -42,12 +42,14 @@ bool PgField::as<bool>() const;
 class PgRow {
  public:
   PgRow(const PGresult* result, int row) : r_(result), row_(row) {}
-  // Throws std::out_of_range for a column the statement does not have.
+  // The column named exactly so (as the statement's AS names it). Throws std::out_of_range for a
+  // column the statement does not have.
   PgField operator[](const char* column) const;
 
  private:
   const PGresult* r_;
   int row_;
+  mutable int next_ = 0;  // where the last lookup ended: mappings read columns in SELECT order
 };
 
 // One statement's answer: its rows, or the error PostgreSQL gave.

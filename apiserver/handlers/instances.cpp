@@ -101,6 +101,7 @@ boost::json::object InstanceJson(const Instance& i) {
                         {"end_reason", i.ended_at ? JsonText(i.end_reason) : boost::json::value(nullptr)},
                         {"preempt_at", JsonTime(i.preempt_at)},
                         {"preempt_reason", JsonText(i.preempt_reason)}};
+  o.reserve(o.size() + 16);  // the fields below: grown once, not as they come
   if (i.state == InstanceState::kPending) o["expected_placement_at"] = JsonTime(i.expected_placement_at);
   // The launch spec as given, but env by name only: its values are write-only.
   const InstanceAccess& a = i.access;
