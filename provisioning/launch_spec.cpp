@@ -303,6 +303,12 @@ InstanceAccess AccessFromJson(std::optional<std::string> image, std::optional<st
   if (const auto v = boost::json::parse(volumes); v.is_array())
     for (const auto& m : v.as_array())
       a.volumes.push_back({std::string(m.at("volume_id").as_string()), std::string(m.at("mount_path").as_string())});
+  // Shown in a stable order (the statement leaves it to us): names bytewise, ports by number,
+  // volumes by mount path.
+  std::sort(a.env_names.begin(), a.env_names.end());
+  std::sort(a.ports.begin(), a.ports.end(), [](const auto& x, const auto& y) { return x.port < y.port; });
+  std::sort(a.mappings.begin(), a.mappings.end(), [](const auto& x, const auto& y) { return x.internal < y.internal; });
+  std::sort(a.volumes.begin(), a.volumes.end(), [](const auto& x, const auto& y) { return x.mount_path < y.mount_path; });
   return a;
 }
 
