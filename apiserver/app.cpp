@@ -61,9 +61,7 @@ http::Response ResponseOf(Reply reply) {
   out.headers = std::move(reply.headers);
   return out;
 }
-}  // namespace
 
-namespace {
 std::atomic<std::uint64_t> next_dispatcher_id{1};  // see ApiDispatcher::Pipeline
 }  // namespace
 

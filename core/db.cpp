@@ -44,13 +44,14 @@ void PauseBeforeRetry(int attempt) {
   std::this_thread::sleep_for(std::chrono::microseconds(500 + rng() % (2000u * static_cast<unsigned>(attempt))));
 }
 
+const char* const kSessionSetupSql =
+    "SELECT set_config('TimeZone', 'UTC', false), set_config('application_name', $1, false), "
+    "set_config('statement_timeout', $2, false), set_config('client_connection_check_interval', '1000', false)";
+
 std::unique_ptr<pqxx::connection> OpenSession(const SessionOptions& options) {
   auto conn = std::make_unique<pqxx::connection>(WithConnectTimeout(options.url, options.connect_timeout));
   pqxx::nontransaction setup(*conn);
-  setup.exec_params(
-      "SELECT set_config('TimeZone', 'UTC', false), set_config('application_name', $1, false), "
-      "set_config('statement_timeout', $2, false), set_config('client_connection_check_interval', '1000', false)",
-      options.application_name, std::to_string(options.statement_timeout.count()));
+  setup.exec_params(kSessionSetupSql, options.application_name, std::to_string(options.statement_timeout.count()));
   setup.commit();
   PrepareAll(*conn);
   return conn;
@@ -172,10 +173,13 @@ void Database::ReturnInline(std::unique_ptr<pqxx::connection> conn) {
   Return(inline_, std::move(conn), healthy);
 }
 
+// An io thread's lent connection, blocking or not: its statements are cut off sooner than a worker's.
+SessionOptions Database::LentSession() const {
+  return {options_.url, "spillway-apiserver", options_.connect_timeout, options_.inline_statement_timeout};
+}
+
 void Database::OpenInlineLater() {
-  OpenLater(inline_, [this] {
-    return OpenSession({options_.url, "spillway-apiserver", options_.connect_timeout, options_.inline_statement_timeout});
-  });
+  OpenLater(inline_, [this] { return OpenSession(LentSession()); });
 }
 
 void Database::EnableAsync(std::vector<const Statement*> statements) {
@@ -201,8 +205,7 @@ void Database::OpenAsyncLater() {
       std::lock_guard lk(inline_mu_);
       statements = async_statements_;
     }
-    return PgAsyncConnection::Open(
-        {options_.url, "spillway-apiserver", options_.connect_timeout, options_.inline_statement_timeout}, statements);
+    return PgAsyncConnection::Open(LentSession(), statements);
   });
 }
 

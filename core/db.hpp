@@ -55,6 +55,10 @@ struct SessionOptions {
   Millis statement_timeout{30000};  // 0: none
 };
 std::unique_ptr<pqxx::connection> OpenSession(const SessionOptions& options);
+// The statement that gives a new connection those settings (UTC, $1 application_name, $2
+// statement_timeout in ms, a dead client noticed within a second): OpenSession's and
+// PgAsyncConnection::Open's alike.
+extern const char* const kSessionSetupSql;
 
 // True for SQLSTATE class 40 (deadlock detected, serialization failure): the transaction lost a
 // race and may simply run again.
@@ -167,6 +171,7 @@ class Database {
   void OpenLater(Lent<Conn>& lent, Open open);  // a worker opens one more (when the database answers)
   void OpenInlineLater();
   void OpenAsyncLater();
+  SessionOptions LentSession() const;
   std::mutex inline_mu_;
   Lent<pqxx::connection> inline_;
   Lent<PgAsyncConnection> async_;

@@ -84,11 +84,7 @@ std::unique_ptr<PgAsyncConnection> PgAsyncConnection::Open(const SessionOptions&
   // The same session settings as OpenSession gives libpqxx's connections.
   const std::string timeout = std::to_string(options.statement_timeout.count());
   const char* params[] = {options.application_name.c_str(), timeout.c_str()};
-  PgResult setup(PQexecParams(conn,
-                              "SELECT set_config('TimeZone', 'UTC', false), set_config('application_name', $1, false), "
-                              "set_config('statement_timeout', $2, false), "
-                              "set_config('client_connection_check_interval', '1000', false)",
-                              2, nullptr, params, nullptr, nullptr, 0));
+  PgResult setup(PQexecParams(conn, kSessionSetupSql, 2, nullptr, params, nullptr, nullptr, 0));
   if (!setup.ok()) throw Failure(conn, "cannot set up the session");
   for (const Statement* s : statements) {
     PGresult* prepared = PQprepare(conn, s->name, s->sql, 0, nullptr);

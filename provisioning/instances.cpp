@@ -27,13 +27,13 @@ namespace {
   " END AS expected_ms, "                                                                                   \
   "i.image, i.min_cuda, i.disk_gb, to_json(i.command)::text AS command_json, "                             \
   "to_json(i.ssh_key_ids)::text AS ssh_key_ids_json, "                                                      \
-  "coalesce((SELECT json_agg(k) FROM jsonb_object_keys(i.env) k), '[]')::text AS env_names_json, " \
+  "coalesce((SELECT json_agg(k) FROM jsonb_object_keys(i.env) k), '[]')::text AS env_names_json, "        \
   "(SELECT coalesce(h.public_address, h.hostname) FROM hosts h WHERE h.id = i.host_id) AS address, "      \
   "coalesce((SELECT json_agg(json_build_object('port', p.internal_port, 'protocol', p.protocol, 'external', " \
-  "CASE WHEN p.released_at IS NULL THEN p.external_port END)) "                    \
+  "CASE WHEN p.released_at IS NULL THEN p.external_port END)) "                                            \
   "FROM instance_ports p WHERE p.instance_id = i.id), '[]')::text AS ports_json, "                          \
-  "coalesce((SELECT json_agg(json_build_object('volume_id', m.volume_id, 'mount_path', m.mount_path) "       \
-  ") FROM instance_volumes m WHERE m.instance_id = i.id), '[]')::text AS volumes_json"
+  "coalesce((SELECT json_agg(json_build_object('volume_id', m.volume_id, 'mount_path', m.mount_path)) "      \
+  "FROM instance_volumes m WHERE m.instance_id = i.id), '[]')::text AS volumes_json"
 
 const Statement kInsertInstance{"insert_instance", R"sql(
 INSERT INTO instances (id, tenant_id, name, instance_type, gpu_model, gpus, region, market, max_price_micros, state,
