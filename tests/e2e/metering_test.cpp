@@ -79,6 +79,19 @@ class Metering : public ::testing::Test {
     EXPECT_EQ(r.status, 201) << r.body;
     return Str(Json(r), "id");
   }
+  // An agent simulating `hosts` hosts of 2 GPUs in eu-north, once the pool has them all; null if
+  // they never registered.
+  std::unique_ptr<Process> StartHosts(int hosts, std::vector<std::string> extra = {}) {
+    auto agent = fleet_->StartAgent("eu-north", "H100-80GB", hosts, 2, std::move(extra));
+    if (!WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2 * hosts; }, 20s))
+      return nullptr;
+    return agent;
+  }
+  // A launched instance once it runs; "" if it never did.
+  std::string LaunchRunning() {
+    const std::string id = Launch();
+    return fleet_->WaitState(member_, id, "running") ? id : "";
+  }
   // Waits until the agent's spool is drained: the stored samples stop changing.
   void WaitShipped() {
     std::int64_t last = -1;
@@ -178,10 +191,10 @@ TEST_F(Metering, AnInstanceIsMeteredForTheTimeItRanAndIdleGpusToo) {
 }
 
 TEST_F(Metering, KillNineOfTheAgentOrTheApiserverLosesNothingAndStoresNothingTwice) {
-  auto agent = fleet_->StartAgent("eu-north", "H100-80GB", 2, 2);
-  ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 4; }, 20s));
-  const std::string id = Launch();
-  ASSERT_TRUE(fleet_->WaitState(member_, id, "running"));
+  auto agent = StartHosts(2);
+  ASSERT_TRUE(agent);
+  const std::string id = LaunchRunning();
+  ASSERT_FALSE(id.empty());
   std::this_thread::sleep_for(1500ms);
 
   // (b) The agent killed mid-whatever, and started again on the same state directory.
@@ -225,10 +238,10 @@ TEST_F(Metering, KillNineOfTheAgentOrTheApiserverLosesNothingAndStoresNothingTwi
 // is lost, and the instance is metered only while it held the GPU.
 TEST_F(Metering, AHostCutOffWhileItsInstanceFailsShipsThatTimeUnattributedNotQuarantined) {
   const int admin = FreePort();
-  auto agent = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2, {"--admin-listen", "127.0.0.1:" + std::to_string(admin)});
-  ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2; }, 20s));
-  const std::string id = Launch();
-  ASSERT_TRUE(fleet_->WaitState(member_, id, "running"));
+  auto agent = StartHosts(1, {"--admin-listen", "127.0.0.1:" + std::to_string(admin)});
+  ASSERT_TRUE(agent);
+  const std::string id = LaunchRunning();
+  ASSERT_FALSE(id.empty());
   std::this_thread::sleep_for(1500ms);
   ASSERT_EQ(::kill(agent->pid(), SIGSTOP), 0);
   const bool failed = fleet_->WaitState(member_, id, "failed", 20s);
@@ -267,10 +280,10 @@ TEST_F(Metering, AHostCutOffWhileItsInstanceFailsShipsThatTimeUnattributedNotQua
 // and to the instances it was last told (last_known.json), so the instance's time in that outage
 // is the instance's, not idle, once it is shipped.
 TEST_F(Metering, AnAgentRestartedWhileTheApiserverIsDownMetersItsInstancesAsLastTold) {
-  auto agent = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2);
-  ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2; }, 20s));
-  const std::string id = Launch();
-  ASSERT_TRUE(fleet_->WaitState(member_, id, "running"));
+  auto agent = StartHosts(1);
+  ASSERT_TRUE(agent);
+  const std::string id = LaunchRunning();
+  ASSERT_FALSE(id.empty());
   std::this_thread::sleep_for(1s);
   ASSERT_EQ(server_->process().Stop(SIGKILL), 128 + SIGKILL);
   ASSERT_EQ(agent->Stop(SIGTERM), 0);  // the instance runs on
