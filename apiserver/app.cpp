@@ -160,7 +160,7 @@ bool ApiDispatcher::StartAsyncRead(http::Request& request, const Route& route,
   if (!principal || !(route.roles & principal->role_bit)) return false;  // the full path answers
   std::vector<std::string> values;
   try {
-    values = route.async_read->params(*principal, params);
+    values = route.async_read->params(*principal, params, request.query);
   } catch (...) {
     http::Response r = ErrorResponseForCurrent(request.request_id, route.pattern);
     r.route = route.pattern;
@@ -257,7 +257,7 @@ void ApiDispatcher::FinishRead(std::shared_ptr<PendingRead> read) {
   async_answered_->Increment();
   http::Response out;
   try {
-    out = ResponseOf(read->route->async_read->render(read->principal, read->params, *read->result));
+    out = ResponseOf(read->route->async_read->render(read->principal, read->params, read->request.query, *read->result));
   } catch (...) {
     out = ErrorResponseForCurrent(read->request.request_id, read->route->pattern);
   }

@@ -50,13 +50,14 @@ std::string Ctx::OwnerTenantFromQuery() const {
   return OwnerTenant(t.empty() ? std::nullopt : std::optional<std::string>(t));
 }
 
-std::string Ctx::Query(const std::string& name) const {
-  auto it = request.query.find(name);
-  return it == request.query.end() ? std::string() : it->second;
+std::string QueryText(const QueryParams& query, const std::string& name) {
+  auto it = query.find(name);
+  return it == query.end() ? std::string() : it->second;
 }
 
-std::int64_t Ctx::QueryInt(const std::string& name, std::int64_t dflt, std::int64_t min, std::int64_t max) const {
-  const std::string text = Query(name);
+std::int64_t QueryInt(const QueryParams& query, const std::string& name, std::int64_t dflt, std::int64_t min,
+                      std::int64_t max) {
+  const std::string text = QueryText(query, name);
   if (text.empty()) return dflt;
   std::int64_t v = 0;
   auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
@@ -64,6 +65,10 @@ std::int64_t Ctx::QueryInt(const std::string& name, std::int64_t dflt, std::int6
     throw ApiError(400, "invalid_parameter",
                    name + " must be an integer from " + std::to_string(min) + " to " + std::to_string(max));
   return v;
+}
+
+int QueryLimit(const QueryParams& query, int dflt, int max) {
+  return static_cast<int>(QueryInt(query, "limit", dflt, 1, max));
 }
 
 }  // namespace spillway

@@ -41,6 +41,16 @@ struct Principal {
 // learn that it exists).
 void RequireTenantOf(const Principal& principal, const std::string& tenant_id);
 
+// A request's query (percent-decoded), for handlers (Ctx) and non-blocking reads (AsyncRead) alike.
+using QueryParams = std::map<std::string, std::string>;
+// ?name=, empty when absent.
+std::string QueryText(const QueryParams& query, const std::string& name);
+// ?name= as an integer in [min, max] (dflt when absent), 400 on anything else.
+std::int64_t QueryInt(const QueryParams& query, const std::string& name, std::int64_t dflt, std::int64_t min,
+                      std::int64_t max);
+// ?limit= (1..max, default dflt).
+int QueryLimit(const QueryParams& query, int dflt = 50, int max = 200);
+
 struct Ctx {
   const http::Request& request;
   std::map<std::string, std::string> params;  // from the path pattern
@@ -79,12 +89,12 @@ struct Ctx {
   const std::string& Param(const std::string& name) const { return params.at(name); }
   // 404 unless the caller may see tenant `tenant_id` (a member only its own; other roles all).
   void RequireTenant(const std::string& tenant_id) const;
-  // ?name= as an integer in [min, max] (dflt when absent), 400 on anything else.
-  std::int64_t QueryInt(const std::string& name, std::int64_t dflt, std::int64_t min, std::int64_t max) const;
-  // ?limit= (1..max, default dflt).
-  int Limit(int dflt = 50, int max = 200) const { return static_cast<int>(QueryInt("limit", dflt, 1, max)); }
-  // ?name=, empty when absent.
-  std::string Query(const std::string& name) const;
+  // The free functions above, on this request's query.
+  std::int64_t QueryInt(const std::string& name, std::int64_t dflt, std::int64_t min, std::int64_t max) const {
+    return spillway::QueryInt(request.query, name, dflt, min, max);
+  }
+  int Limit(int dflt = 50, int max = 200) const { return QueryLimit(request.query, dflt, max); }
+  std::string Query(const std::string& name) const { return QueryText(request.query, name); }
   // Whose resources a tenant-owned route (SSH keys, volumes) acts on: a member's own tenant (naming
   // another is 404); an admin must name one, `named` (else 400).
   std::string OwnerTenant(const std::optional<std::string>& named) const;
@@ -126,11 +136,12 @@ class Statement;
 using Params = std::map<std::string, std::string>;
 // The non-blocking form of a one-statement read (core/pg_async), answered on the io thread with
 // no thread waiting on PostgreSQL: the statement, its parameters for a request (throwing ApiError
-// as the handler would: a malformed id, another tenant's), and the reply made from its answer.
+// as the handler would: a malformed id or query, another tenant's), and the reply made from its
+// answer. `params` are the path's, `query` the request's.
 struct AsyncRead {
   const Statement& (*statement)();
-  std::vector<std::string> (*params)(const Principal& principal, const Params& params);
-  Reply (*render)(const Principal& principal, const Params& params, const PgResult& rows);
+  std::vector<std::string> (*params)(const Principal& principal, const Params& params, const QueryParams& query);
+  Reply (*render)(const Principal& principal, const Params& params, const QueryParams& query, const PgResult& rows);
 };
 
 }  // namespace spillway

@@ -89,11 +89,19 @@ ApiError PlacementRefused(const FleetContext& fc, const char* reason, ApiError e
 
 }  // namespace
 
+// kListInstances' parameters, in its order, for libpqxx and for an io thread's connection alike.
+std::vector<std::string> ListInstancesValues(const InstanceFilter& f) {
+  return {f.after,
+          f.tenant_id,
+          f.host_id,
+          f.state ? ToString(*f.state) : "",
+          f.market ? ToString(*f.market) : "",
+          std::to_string(f.limit)};
+}
+
 std::vector<Instance> ListInstances(Tx& tx, const InstanceFilter& f) {
   std::vector<Instance> out;
-  for (const auto& r : tx.exec_prepared(kListInstances.name, f.after, f.tenant_id, f.host_id,
-                                        f.state ? ToString(*f.state) : "", f.market ? ToString(*f.market) : "",
-                                        f.limit))
+  for (const auto& r : tx.exec_prepared(kListInstances.name, pqxx::prepare::make_dynamic_params(ListInstancesValues(f))))
     out.push_back(InstanceFrom(r));
   return out;
 }
@@ -108,6 +116,14 @@ const Statement& FindInstanceStatement() { return kGetInstance; }
 std::optional<Instance> FoundInstance(const PgResult& rows) {
   if (rows.size() == 0) return std::nullopt;
   return InstanceFrom(rows[0]);
+}
+
+const Statement& ListInstancesStatement() { return kListInstances; }
+std::vector<Instance> FoundInstances(const PgResult& rows) {
+  std::vector<Instance> out;
+  out.reserve(static_cast<size_t>(rows.size()));
+  for (int i = 0; i < rows.size(); ++i) out.push_back(InstanceFrom(rows[i]));
+  return out;
 }
 
 std::vector<std::string> InstancesToStop(Tx& tx, const std::string& tenant_id) {

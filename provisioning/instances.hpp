@@ -45,10 +45,13 @@ struct InstanceFilter {
 };
 std::vector<Instance> ListInstances(Tx& tx, const InstanceFilter& filter);
 std::optional<Instance> FindInstance(Tx& tx, const std::string& id);
-// The same read without blocking, on an io thread (core/pg_async): the statement to send with the
-// id as its one parameter, and the instance in its answer.
+// The same reads without blocking, on an io thread (core/pg_async): the statement to send, its
+// parameters (the id; the filter's), and what its answer holds.
 const Statement& FindInstanceStatement();
 std::optional<Instance> FoundInstance(const PgResult& rows);
+const Statement& ListInstancesStatement();
+std::vector<std::string> ListInstancesValues(const InstanceFilter& filter);
+std::vector<Instance> FoundInstances(const PgResult& rows);
 // The tenant's live instances not already terminating (all of them, however many).
 std::vector<std::string> InstancesToStop(Tx& tx, const std::string& tenant_id);
 

@@ -178,35 +178,55 @@ Reply CreateInstance(Ctx& ctx) {
   });
 }
 
-Reply ListInstances(Ctx& ctx) {
+namespace {
+// The filter of GET /v1/instances, for the handler and its non-blocking form: a member sees its own
+// tenant only (naming another is 404, filtering by host 400); the page is one longer than asked,
+// to tell whether there is a next one.
+InstanceFilter ListFilter(const Principal& principal, const QueryParams& query) {
   InstanceFilter f;
-  f.limit = ctx.Limit();
-  f.after = ctx.Query("cursor");
+  f.limit = QueryLimit(query) + 1;
+  f.after = QueryText(query, "cursor");
   if (!f.after.empty() && !IsValidId(f.after, "ins"))
     throw ApiError(400, "invalid_parameter", "cursor is not one this API returned");
-  if (const std::string s = ctx.Query("state"); !s.empty()) {
+  if (const std::string s = QueryText(query, "state"); !s.empty()) {
     f.state = ParseInstanceState(s);
     if (!f.state) throw ApiError(400, "invalid_parameter", "state: unknown state " + s);
   }
-  if (const std::string m = ctx.Query("market"); !m.empty()) {
+  if (const std::string m = QueryText(query, "market"); !m.empty()) {
     f.market = ParseMarket(m);
     if (!f.market) throw ApiError(400, "invalid_parameter", "market must be on_demand or spot");
   }
-  f.tenant_id = ctx.Query("tenant_id");
-  f.host_id = ctx.Query("host_id");
-  if (!SeesAllTenants(ctx)) {
+  f.tenant_id = QueryText(query, "tenant_id");
+  f.host_id = QueryText(query, "host_id");
+  if (!SeesAll(principal)) {
     if (!f.host_id.empty()) throw ApiError(400, "invalid_parameter", "host_id: only operators and admins filter by host");
     // A member asking for another tenant learns nothing: its own tenant only, as 404 elsewhere.
-    if (!f.tenant_id.empty() && f.tenant_id != ctx.principal.tenant_id)
-      throw ApiError(404, "not_found", "no such tenant");
-    f.tenant_id = ctx.principal.tenant_id;
+    if (!f.tenant_id.empty() && f.tenant_id != principal.tenant_id) throw ApiError(404, "not_found", "no such tenant");
+    f.tenant_id = principal.tenant_id;
   }
   if (!f.tenant_id.empty() && !IsValidId(f.tenant_id, "ten")) throw ApiError(400, "invalid_parameter", "tenant_id is not a tenant id");
   if (!f.host_id.empty() && !IsValidId(f.host_id, "hst")) throw ApiError(400, "invalid_parameter", "host_id is not a host id");
-  const int limit = f.limit++;  // one more than the page: whether there is a next one
-  const auto instances = ctx.Read([&](Tx& tx) { return spillway::ListInstances(tx, f); });
-  return {200, Page(instances, limit, InstanceJson)};
+  return f;
 }
+}  // namespace
+
+Reply ListInstances(Ctx& ctx) {
+  const InstanceFilter f = ListFilter(ctx.principal, ctx.request.query);
+  const auto instances = ctx.Read([&](Tx& tx) { return spillway::ListInstances(tx, f); });
+  return {200, Page(instances, f.limit - 1, InstanceJson)};
+}
+
+namespace {
+// ListInstances' non-blocking form: the same filter, statement and page.
+std::vector<std::string> ListInstancesParams(const Principal& principal, const Params&, const QueryParams& query) {
+  return ListInstancesValues(ListFilter(principal, query));
+}
+Reply RenderInstances(const Principal&, const Params&, const QueryParams& query, const PgResult& rows) {
+  return {200, Page(FoundInstances(rows), QueryLimit(query), InstanceJson)};
+}
+}  // namespace
+
+const AsyncRead kListInstancesAsync{ListInstancesStatement, ListInstancesParams, RenderInstances};
 
 Reply GetInstance(Ctx& ctx) {
   const std::string& id = ctx.Param("id");
@@ -220,12 +240,12 @@ Reply GetInstance(Ctx& ctx) {
 namespace {
 // GetInstance's non-blocking form: the same rules (a malformed id, or another tenant's instance to
 // a member, is 404), the same statement and the same JSON.
-std::vector<std::string> GetInstanceParams(const Principal&, const Params& params) {
+std::vector<std::string> GetInstanceParams(const Principal&, const Params& params, const QueryParams&) {
   const std::string& id = params.at("id");
   if (!IsValidId(id, "ins")) throw ApiError(404, "not_found", "no such instance");
   return {id};
 }
-Reply RenderInstance(const Principal& principal, const Params&, const PgResult& rows) {
+Reply RenderInstance(const Principal& principal, const Params&, const QueryParams&, const PgResult& rows) {
   const auto instance = FoundInstance(rows);
   if (!instance || (!SeesAll(principal) && instance->tenant_id != principal.tenant_id))
     throw ApiError(404, "not_found", "no such instance");

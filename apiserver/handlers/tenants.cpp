@@ -72,13 +72,13 @@ Reply GetTenant(Ctx& ctx) {
 namespace {
 // GetTenant's non-blocking form: the same rule (the route's tenant check, then a malformed id is
 // 404), the same statement and the same JSON.
-std::vector<std::string> GetTenantParams(const Principal& principal, const Params& params) {
+std::vector<std::string> GetTenantParams(const Principal& principal, const Params& params, const QueryParams&) {
   const std::string& id = params.at("id");
   RequireTenantOf(principal, id);
   if (!IsValidId(id, "ten")) throw ApiError(404, "not_found", "no such tenant");
   return {id};
 }
-Reply RenderTenant(const Principal&, const Params&, const PgResult& rows) {
+Reply RenderTenant(const Principal&, const Params&, const QueryParams&, const PgResult& rows) {
   const auto tenant = FoundTenant(rows);
   if (!tenant) throw ApiError(404, "not_found", "no such tenant");
   return {200, TenantJson(*tenant)};

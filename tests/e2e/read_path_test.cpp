@@ -4,6 +4,7 @@
 // run again through a database worker.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/json.hpp>
 #include <thread>
@@ -226,4 +227,88 @@ TEST(ReadPath, AnInstanceReadIsAnsweredOnTheIoThreadAsTheWorkerPathWouldAnswerIt
   EXPECT_EQ(fleet.Call("GET", path, fleet.operator_key).body, first.body);
   EXPECT_EQ(fleet.Call("GET", "/v1/instances/ins_nope", member).status, 404);
   EXPECT_EQ(fleet.Call("GET", "/v1/instances/ins_01m8cp7es1z5m5w25wwsax594h", member).status, 404);
+}
+
+// GET /v1/instances, the list a tenant's dashboard polls, has the non-blocking form too: every
+// filter, page and refusal answers as the handler does (a second apiserver on the same database,
+// with no non-blocking connections, is the handler's side), and a member sees only its tenant.
+TEST(ReadPath, AnInstanceListIsAnsweredOnTheIoThreadAsTheWorkerPathWouldAnswerIt) {
+  TestDb db;
+  ApiServer server(db.dsn(), FastFleetEnv());
+  ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
+  auto handler_env = FastFleetEnv();
+  handler_env["SPILLWAY_DATABASE_ASYNC_CONNECTIONS"] = "0";
+  ApiServer handler_side(db.dsn(), handler_env);
+  ASSERT_TRUE(handler_side.WaitReady()) << handler_side.process().Stderr();
+  spillway::test::Fleet fleet(db, server);
+  auto agent = fleet.StartAgent("rl", "H100-80GB", 1, 8);
+  const auto tenant = fleet.NewTenant("lister", 8), other = fleet.NewTenant("other", 8);
+  const auto member = fleet.NewKey(tenant, "member"), stranger = fleet.NewKey(other, "member");
+  ASSERT_TRUE(WaitFor([&] { return fleet.PoolInt("rl", "H100-80GB", "total_gpus") == 8; }, 20s));
+  const auto launch = [&](const std::string& key, const std::string& market) {
+    const auto r = fleet.Call("POST", "/v1/instances", key,
+                              R"({"instance_type":"h100.1x","region":"rl","market":")" + market + R"("})");
+    EXPECT_EQ(r.status, 201) << r.body;
+    return Str(Json(r), "id");
+  };
+  std::vector<std::string> mine = {launch(member, "on_demand"), launch(member, "spot"), launch(member, "on_demand")};
+  const std::string theirs = launch(stranger, "on_demand");
+  for (const auto& id : mine) ASSERT_TRUE(fleet.WaitState(member, id, "running", 20s));
+  ASSERT_EQ(fleet.Call("DELETE", "/v1/instances/" + mine[2], member).status, 200);
+  ASSERT_TRUE(fleet.WaitState(member, mine[2], "terminated", 20s));  // no state changes under the comparison
+  std::sort(mine.begin(), mine.end());
+  const std::string host = Str(fleet.Instance(member, mine[0]), "host_id");
+
+  const std::vector<std::pair<std::string, std::string>> asks = {
+      {member, ""},
+      {member, "?limit=1"},
+      {member, "?limit=2&cursor=" + mine[0]},
+      {member, "?cursor=" + mine[2]},
+      {member, "?state=running"},
+      {member, "?market=spot"},
+      {member, "?state=terminated&market=on_demand"},
+      {member, "?tenant_id=" + tenant},
+      {member, "?tenant_id=" + other},        // 404: another tenant
+      {member, "?host_id=" + host},           // 400: members do not filter by host
+      {member, "?state=sleeping"},            // 400
+      {member, "?market=cheap"},              // 400
+      {member, "?limit=0"},                   // 400
+      {member, "?limit=201"},                 // 400
+      {member, "?cursor=nope"},               // 400
+      {stranger, ""},
+      {fleet.operator_key, ""},
+      {fleet.operator_key, "?tenant_id=" + other},
+      {fleet.operator_key, "?host_id=" + host + "&limit=2"},
+      {fleet.operator_key, "?tenant_id=ten_bad"},  // 400
+  };
+  // The first read of a key takes the handler's path and puts the key in the cache.
+  for (const auto& key : {member, stranger, fleet.operator_key})
+    ASSERT_EQ(Http(server.port(), "GET", "/v1/instances", key).status, 200);
+  const double before = Counter(server.admin_port(), kAnswered);
+  int oks = 0;
+  for (const auto& [key, query] : asks) {
+    const auto got = Http(server.port(), "GET", "/v1/instances" + query, key);
+    const auto want = Http(handler_side.port(), "GET", "/v1/instances" + query, key);
+    ASSERT_EQ(got.status, want.status) << query << ": " << got.body;
+    if (want.status == 200) {
+      ++oks;
+      EXPECT_EQ(got.body, want.body) << query;
+    } else {  // the same error; the request ids differ
+      const auto g = Json(got).at("error"), w = Json(want).at("error");
+      EXPECT_EQ(g.at("code"), w.at("code")) << query;
+      EXPECT_EQ(g.at("message"), w.at("message")) << query;
+    }
+  }
+  EXPECT_EQ(oks, 12);
+  EXPECT_EQ(Counter(server.admin_port(), kAnswered) - before, oks) << "the lists did not take the non-blocking path";
+  // What the pages hold: a member its own three, newest state included; the stranger its one.
+  const auto page = Json(Http(server.port(), "GET", "/v1/instances", member)).at("data").as_array();
+  ASSERT_EQ(page.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(Str(page[i], "id"), mine[i]);
+  const auto two = Json(Http(server.port(), "GET", "/v1/instances?limit=2", member));
+  EXPECT_EQ(two.at("data").as_array().size(), 2u);
+  EXPECT_EQ(Str(two, "next_cursor"), mine[1]);
+  const auto strangers = Json(Http(server.port(), "GET", "/v1/instances", stranger)).at("data").as_array();
+  ASSERT_EQ(strangers.size(), 1u);
+  EXPECT_EQ(Str(strangers[0], "id"), theirs);
 }
