@@ -40,7 +40,7 @@ UPDATE tenants SET name = COALESCE($2, name), status = COALESCE($3, status),
 WHERE id = $1 RETURNING )sql" SPW_TENANT_COLUMNS};
 const Statement kLockQuota{"lock_tenant_quota", "SELECT gpu_quota FROM tenants WHERE id = $1 FOR NO KEY UPDATE"};
 const Statement kGpusInUse{"tenant_gpus_in_use",
-                           "SELECT COALESCE(sum(gpus), 0)::bigint FROM instances "
+                           "SELECT COALESCE(sum(gpus), 0)::bigint AS in_use FROM instances "
                            "WHERE tenant_id = $1 AND instance_is_live(state)"};
 const Statement kSuspendedWithLive{"suspended_tenants_with_live_instances",
                                    "SELECT id FROM tenants WHERE " SPW_SUSPENDED_SINCE " <= $1::timestamptz "
@@ -123,7 +123,7 @@ std::optional<std::int64_t> LockTenantQuota(Tx& tx, const std::string& id) {
 }
 
 std::int64_t TenantGpusInUse(Tx& tx, const std::string& id) {
-  return tx.exec_prepared(kGpusInUse.name, id)[0][0].as<std::int64_t>();
+  return tx.exec_prepared(kGpusInUse.name, id)[0]["in_use"].as<std::int64_t>();
 }
 
 std::vector<std::string> SuspendedWithLiveInstances(Tx& tx, TimeMs cutoff) {

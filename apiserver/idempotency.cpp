@@ -12,7 +12,7 @@ namespace spillway {
 namespace {
 
 const Statement kLockKey{"idempotency_lock", R"sql(
-SELECT pg_try_advisory_xact_lock(hashtextextended('idempotency' || chr(10) || $1 || chr(10) || $2, 0)))sql"};
+SELECT pg_try_advisory_xact_lock(hashtextextended('idempotency' || chr(10) || $1 || chr(10) || $2, 0)) AS locked)sql"};
 const Statement kReadKey{"idempotency_read", R"sql(
 SELECT request_hash, response_status, response_body, created_at < $3::timestamptz AS expired
 FROM idempotency_keys WHERE tenant_id = $1 AND key = $2)sql"};
@@ -45,13 +45,13 @@ Reply RunIdempotent(Ctx& ctx, Handler handler, const std::string& key, Millis tt
       Sha256Hex(ctx.request.method + " " + ctx.request.path + "\n" + CanonicalJson(ctx.body));
   const TimeMs now = ctx.clock.Now();
   return InTransaction(ctx.conn, [&](pqxx::work& tx) -> Reply {
-    if (!tx.exec_prepared(kLockKey.name, scope, key)[0][0].as<bool>())
+    if (!tx.exec_prepared(kLockKey.name, scope, key)[0]["locked"].as<bool>())
       throw ApiError(409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still in progress");
     const auto row = tx.exec_prepared(kReadKey.name, scope, key, Timestamp(now - ttl));
-    if (!row.empty() && !row[0][3].as<bool>()) {
-      if (row[0][0].as<std::string>() != hash)
+    if (!row.empty() && !row[0]["expired"].as<bool>()) {
+      if (row[0]["request_hash"].as<std::string>() != hash)
         throw ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request");
-      return Reply{row[0][1].as<int>(), ParseJsonBody(row[0][2].as<std::string>()),
+      return Reply{row[0]["response_status"].as<int>(), ParseJsonBody(row[0]["response_body"].as<std::string>()),
                    {{"Idempotent-Replayed", "true"}}};
     }
     if (!row.empty()) tx.exec_prepared(kDeleteKey.name, scope, key);  // expired: the key starts afresh

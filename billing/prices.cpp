@@ -24,14 +24,14 @@ INSERT INTO spot_prices (region, gpu_model, effective_from, price_micros_per_gpu
                          spare_fraction_ppm, target_micros)
 VALUES ($1, $2, clock_timestamp(), $3, $4, $5, $6))sql"};
 const Statement kSpotHistory{"price_spot_history", R"sql(
-SELECT region, gpu_model, (extract(epoch FROM effective_from) * 1000000)::bigint, price_micros_per_gpu_hour,
+SELECT region, gpu_model, (extract(epoch FROM effective_from) * 1000000)::bigint AS effective_from_us, price_micros_per_gpu_hour,
        on_demand_micros, spare_fraction_ppm, target_micros
 FROM spot_prices
 WHERE ($1 = '' OR region = $1) AND ($2 = '' OR gpu_model = $2)
   AND effective_from >= to_timestamp($3::bigint / 1000000.0) AND effective_from > to_timestamp($4::bigint / 1000000.0)
 ORDER BY effective_from, region, gpu_model LIMIT $5)sql"};
 const Statement kSpotHistoryDesc{"price_spot_history_desc", R"sql(
-SELECT region, gpu_model, (extract(epoch FROM effective_from) * 1000000)::bigint, price_micros_per_gpu_hour,
+SELECT region, gpu_model, (extract(epoch FROM effective_from) * 1000000)::bigint AS effective_from_us, price_micros_per_gpu_hour,
        on_demand_micros, spare_fraction_ppm, target_micros
 FROM spot_prices
 WHERE ($1 = '' OR region = $1) AND ($2 = '' OR gpu_model = $2)
@@ -39,7 +39,7 @@ WHERE ($1 = '' OR region = $1) AND ($2 = '' OR gpu_model = $2)
   AND ($4::bigint = 0 OR effective_from < to_timestamp($4::bigint / 1000000.0))
 ORDER BY effective_from DESC, region, gpu_model LIMIT $5)sql"};
 const Statement kSpotLatestAll{"price_spot_latest_all", R"sql(
-SELECT DISTINCT ON (region, gpu_model) region, gpu_model, (extract(epoch FROM effective_from) * 1000000)::bigint,
+SELECT DISTINCT ON (region, gpu_model) region, gpu_model, (extract(epoch FROM effective_from) * 1000000)::bigint AS effective_from_us,
        price_micros_per_gpu_hour, on_demand_micros, spare_fraction_ppm, target_micros
 FROM spot_prices
 WHERE ($1 = '' OR region = $1) AND ($2 = '' OR gpu_model = $2)
@@ -49,9 +49,10 @@ const Statement kInsertOnDemand{"price_insert_on_demand",
                                 "INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) "
                                 "VALUES ($1, 'on_demand', $2, $3::timestamptz)"};
 
+// The price of the one row a price-at-a-time statement finds, if any.
 std::optional<std::int64_t> One(const pqxx::result& r) {
   if (r.empty()) return std::nullopt;
-  return r[0][0].as<std::int64_t>();
+  return r[0]["price_micros_per_gpu_hour"].as<std::int64_t>();
 }
 
 }  // namespace
@@ -81,7 +82,7 @@ std::vector<SpotPricePoint> Points(const pqxx::result& rows) {
     SpotPricePoint p;
     p.price.region = r["region"].as<std::string>();
     p.price.gpu_model = r["gpu_model"].as<std::string>();
-    p.effective_from_us = r[2].as<std::int64_t>();
+    p.effective_from_us = r["effective_from_us"].as<std::int64_t>();
     p.price.price_micros = r["price_micros_per_gpu_hour"].as<std::int64_t>();
     p.price.on_demand_micros = r["on_demand_micros"].as<std::int64_t>();
     p.price.spare_fraction_ppm = r["spare_fraction_ppm"].as<std::int64_t>();

@@ -21,11 +21,11 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 std::map<std::string, std::string> Recorded(pqxx::connection& conn) {
   pqxx::nontransaction tx(conn);
-  const auto exists = tx.exec1("SELECT to_regclass('schema_migrations') IS NOT NULL")[0].as<bool>();
+  const auto exists = tx.exec1("SELECT to_regclass('schema_migrations') IS NOT NULL AS present")["present"].as<bool>();
   std::map<std::string, std::string> out;
   if (!exists) return out;
   for (const auto& row : tx.exec("SELECT name, checksum FROM schema_migrations"))
-    out[row[0].as<std::string>()] = row[1].as<std::string>();
+    out[row["name"].as<std::string>()] = row["checksum"].as<std::string>();
   return out;
 }
 

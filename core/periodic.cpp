@@ -9,7 +9,7 @@
 
 namespace spillway {
 namespace {
-const Statement kTryLead{"leader_try_lock", "SELECT pg_try_advisory_lock($1)"};
+const Statement kTryLead{"leader_try_lock", "SELECT pg_try_advisory_lock($1) AS leading"};
 }
 
 PeriodicSteps::PeriodicSteps(LeaderOptions options, const Clock& clock, prometheus::Registry& registry)
@@ -75,7 +75,7 @@ void PeriodicSteps::Loop() {
       if (!conn) conn = OpenSession(options_.session);
       if (!leader) {
         pqxx::nontransaction tx(*conn);
-        leader = tx.exec_prepared(kTryLead.name, options_.lock_key)[0][0].as<bool>();
+        leader = tx.exec_prepared(kTryLead.name, options_.lock_key)[0]["leading"].as<bool>();
         if (leader) {
           log::Info("this replica now runs the periodic steps");
           leader_->Set(1);

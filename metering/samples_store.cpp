@@ -47,7 +47,7 @@ const Statement kPruneLedger{"metering_prune_ledger", R"sql(
 DELETE FROM ingest_batches WHERE ctid = ANY(ARRAY(
   SELECT ctid FROM ingest_batches WHERE received_at < to_timestamp($1::bigint / 1000.0) LIMIT $2)))sql"};
 const Statement kNextBatchSeq{"metering_next_batch_seq",
-                              "SELECT coalesce((SELECT last_batch_seq + 1 FROM host_watermarks WHERE host_id = $1), 0)"};
+                              "SELECT coalesce((SELECT last_batch_seq + 1 FROM host_watermarks WHERE host_id = $1), 0) AS next_seq"};
 const Statement kActiveWatermarks{"metering_active_watermarks",
                                   "SELECT w.host_id, " SPW_EPOCH_MS("w.sampled_through") " AS through_ms, "
                                   "w.last_batch_seq, " SPW_EPOCH_MS("w.last_batch_at") " AS last_ms, w.clock_skew_ms "
@@ -151,7 +151,7 @@ std::int64_t PruneLedger(Tx& tx, TimeMs before, int limit) {
 }
 
 std::int64_t NextBatchSeq(Tx& tx, const std::string& host_id) {
-  return tx.exec_prepared(kNextBatchSeq.name, host_id)[0][0].as<std::int64_t>();
+  return tx.exec_prepared(kNextBatchSeq.name, host_id)[0]["next_seq"].as<std::int64_t>();
 }
 
 std::vector<HostWatermark> ActiveWatermarks(Tx& tx) {

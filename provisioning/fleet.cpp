@@ -84,8 +84,8 @@ UPDATE instances SET last_reported_at = $3::timestamptz,
 WHERE id = $1)sql"};
 const Statement kAllPools{"all_pools", "SELECT DISTINCT region, gpu_model FROM hosts ORDER BY region, gpu_model"};
 const Statement kHostHealth{"host_health", R"sql(
-SELECT id, region, health, state, (extract(epoch FROM last_heartbeat) * 1000)::bigint,
-       (extract(epoch FROM down_since) * 1000)::bigint, down_reason = 'mass_silence'
+SELECT id, region, health, state, (extract(epoch FROM last_heartbeat) * 1000)::bigint AS heartbeat_ms,
+       (extract(epoch FROM down_since) * 1000)::bigint AS down_since_ms, down_reason = 'mass_silence' AS braked
 FROM hosts ORDER BY id)sql"};
 const Statement kMarkDown{"mark_host_down", R"sql(
 UPDATE hosts SET health = 'down', down_since = $2::timestamptz, down_reason = $3
@@ -109,10 +109,10 @@ const Statement kUnreported{"unreported_instances", R"sql(
 SELECT i.id FROM instances i JOIN hosts h ON h.id = i.host_id
 WHERE i.state IN ('provisioning', 'running', 'preempting', 'terminating')
   AND i.last_reported_at < $1::timestamptz AND (h.health = 'up' OR i.state = 'terminating'))sql"};
-const Statement kGaugeInstances{"gauge_instances", "SELECT state, market, count(*) FROM instances GROUP BY state, market"};
-const Statement kGaugeHosts{"gauge_hosts", "SELECT health, state, count(*) FROM hosts GROUP BY health, state"};
+const Statement kGaugeInstances{"gauge_instances", "SELECT state, market, count(*) AS n FROM instances GROUP BY state, market"};
+const Statement kGaugeHosts{"gauge_hosts", "SELECT health, state, count(*) AS n FROM hosts GROUP BY health, state"};
 const Statement kGaugeHeartbeat{"gauge_heartbeat",
-                                "SELECT COALESCE(EXTRACT(epoch FROM now() - min(last_heartbeat)), 0)::bigint "
+                                "SELECT COALESCE(EXTRACT(epoch FROM now() - min(last_heartbeat)), 0)::bigint AS age_s "
                                 "FROM hosts WHERE health = 'up'"};
 
 InstanceState StateOf(const pqxx::field& f) {
@@ -162,33 +162,34 @@ PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const 
   // Under READ COMMITTED each statement has its own snapshot: a host registered since the first
   // one is not in `index`, and its GPUs are left for the next look at the pool.
   for (const auto& r : tx.exec_prepared(kPoolFreeGpus.name, region, gpu_model))
-    if (auto it = index.find(r[0].as<std::string>()); it != index.end()) p.hosts[it->second].free.push_back(r[1].as<int>());
+    if (auto it = index.find(r["host_id"].as<std::string>()); it != index.end())
+      p.hosts[it->second].free.push_back(r["gpu_index"].as<int>());
   // A draining host takes nothing new: its free GPUs are never offered (spare, availability).
   for (const auto& h : p.hosts)
     if (h.draining) p.draining_idle += static_cast<std::int64_t>(h.free.size());
   for (const auto& r : tx.exec_prepared(kPoolLiveInstances.name, region, gpu_model)) {
-    const auto market = ParseMarket(r[3].as<std::string>());
-    const InstanceState state = StateOf(r[4]);
-    const std::int64_t gpus = r[2].as<std::int64_t>();
+    const auto market = ParseMarket(r["market"].as<std::string>());
+    const InstanceState state = StateOf(r["state"]);
+    const std::int64_t gpus = r["gpus"].as<std::int64_t>();
+    const auto host = TextFrom(r["host_id"]);
     if (market == Market::kOnDemand) {
       p.on_demand += gpus;
     } else if (state == InstanceState::kPreempting) {
       p.spot_leaving += gpus;
-      if (!r[1].is_null()) {
-        if (auto it = index.find(r[1].as<std::string>()); it != index.end()) p.hosts[it->second].leaving += gpus;
+      if (host) {
+        if (auto it = index.find(*host); it != index.end()) p.hosts[it->second].leaving += gpus;
       }
     } else {
       p.spot_active += gpus;
-      SpotHolder s{r[0].as<std::string>(), r[1].is_null() ? "" : r[1].as<std::string>(), gpus, std::nullopt};
-      if (!r[5].is_null()) s.max_price_micros = r[5].as<std::int64_t>();
+      SpotHolder s{r["id"].as<std::string>(), host.value_or(""), gpus, IntFrom(r["max_price_micros"])};
       p.spot.push_back(std::move(s));
     }
-    if (state == InstanceState::kPending && !r[1].is_null()) {
-      if (auto it = index.find(r[1].as<std::string>()); it != index.end()) p.hosts[it->second].claimed += gpus;
+    if (state == InstanceState::kPending && host) {
+      if (auto it = index.find(*host); it != index.end()) p.hosts[it->second].claimed += gpus;
     }
   }
   const auto res = tx.exec_prepared(kPoolReserved.name, region, gpu_model);
-  if (!res.empty()) p.reserved = res[0][0].as<std::int64_t>();
+  if (!res.empty()) p.reserved = res[0]["internal_reserved_gpus"].as<std::int64_t>();
   return p;
 }
 
@@ -343,8 +344,8 @@ void PreemptSpot(pqxx::transaction_base& tx, const FleetContext& fc, const std::
   const TimeMs preempt_at = fc.clock.Now() + fc.settings.preemption_notice;
   const auto r = tx.exec_prepared(kPreempt.name, instance_id, FormatTime(preempt_at), reason);
   if (r.empty()) return;  // already leaving or gone
-  if (!r[0][0].is_null()) BumpHost(tx, r[0][0].as<std::string>());
-  if (fc.metrics) fc.metrics->Preempted(r[0][1].as<std::string>(), r[0][2].as<std::string>(), reason);
+  if (const auto host = TextFrom(r[0]["host_id"])) BumpHost(tx, *host);
+  if (fc.metrics) fc.metrics->Preempted(r[0]["region"].as<std::string>(), r[0]["gpu_model"].as<std::string>(), reason);
   log::Info("spot instance preempted", {{"instance_id", instance_id}, {"reason", reason}});
 }
 
@@ -353,7 +354,8 @@ void EndInstance(pqxx::transaction_base& tx, const std::string& instance_id, Ins
   const auto r = tx.exec_prepared(kEndInstance.name, instance_id, ToString(state), end_reason, FormatTime(now));
   tx.exec_prepared(kFreeGpus.name, instance_id);
   ReleaseInstanceResources(tx, instance_id);
-  if (!r.empty() && !r[0][0].is_null()) BumpHost(tx, r[0][0].as<std::string>());
+  if (!r.empty())
+    if (const auto host = TextFrom(r[0]["host_id"])) BumpHost(tx, *host);
 }
 
 void SetReservation(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& region,
@@ -385,7 +387,7 @@ std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const std::string& host
     const ReportedInstance& r = *rp;
     const auto row = tx.exec_prepared(kLockHostInstance.name, r.id, host_id);
     if (row.empty()) continue;  // not this host's: the agent will see it absent from its assignments
-    const InstanceState state = StateOf(row[0][0]);
+    const InstanceState state = StateOf(row[0]["state"]);
     if (!IsLive(state) || state == InstanceState::kPending) continue;
     if (r.state == "starting" || r.state == "running") {
       tx.exec_prepared(kReported.name, r.id, r.state == "running", FormatTime(now));
@@ -398,7 +400,7 @@ std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const std::string& host
     }
   }
   // Re-read: ending an instance above bumps the version the agent should wait on.
-  return tx.exec_prepared(kHostVersionOf.name, host_id)[0][0].as<std::int64_t>();
+  return tx.exec_prepared(kHostVersionOf.name, host_id)[0]["assignment_version"].as<std::int64_t>();
 }
 
 int Reprice(pqxx::connection_base& conn, const FleetContext& fc, const std::string& region, const std::string& gpu_model) {
@@ -406,7 +408,7 @@ int Reprice(pqxx::connection_base& conn, const FleetContext& fc, const std::stri
   std::vector<std::pair<std::string, std::string>> pools;
   if (region.empty()) {
     pqxx::nontransaction read(conn);
-    for (const auto& r : read.exec_prepared(kAllPools.name)) pools.emplace_back(r[0].as<std::string>(), r[1].as<std::string>());
+    pools = AllPools(read);
   } else {
     pools.emplace_back(region, gpu_model);
   }
@@ -495,14 +497,15 @@ int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc, TimeMs heard
     pqxx::nontransaction read(conn);
     for (const auto& r : read.exec_prepared(kHostHealth.name)) {
       HostHealth h;
-      h.id = r[0].as<std::string>();
-      h.region = r[1].as<std::string>();
-      h.up = r[2].as<std::string>() == "up";
-      h.disabled = r[3].as<std::string>() == "disabled";
-      h.last_heartbeat = FromEpochMs(r[4].as<std::int64_t>());
-      if (!r[5].is_null()) h.down_since = FromEpochMs(r[5].as<std::int64_t>());
-      h.braked = !r[6].is_null() && r[6].as<bool>();
-      seen_heartbeat[h.id] = r[4].as<std::int64_t>();
+      h.id = r["id"].as<std::string>();
+      h.region = r["region"].as<std::string>();
+      h.up = r["health"].as<std::string>() == "up";
+      h.disabled = r["state"].as<std::string>() == "disabled";
+      const auto heartbeat_ms = r["heartbeat_ms"].as<std::int64_t>();
+      h.last_heartbeat = FromEpochMs(heartbeat_ms);
+      if (const auto down_ms = IntFrom(r["down_since_ms"])) h.down_since = FromEpochMs(*down_ms);
+      h.braked = !r["braked"].is_null() && r["braked"].as<bool>();
+      seen_heartbeat[h.id] = heartbeat_ms;
       hosts.push_back(std::move(h));
     }
   }
@@ -531,7 +534,7 @@ int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc, TimeMs heard
       }
       log::Warn("host missed its heartbeats: marked down, its instances failed", {{"host_id", host}});
       for (const auto& i : tx.exec_prepared(kLiveOnHost.name, host)) {
-        EndInstance(tx, i[0].as<std::string>(), InstanceState::kFailed, "host_down", now);
+        EndInstance(tx, i["id"].as<std::string>(), InstanceState::kFailed, "host_down", now);
         ++failed;
       }
     });
@@ -557,7 +560,7 @@ int FinishPreemptions(pqxx::connection& conn, const FleetContext& fc) {
   std::vector<std::string> due;
   {
     pqxx::nontransaction read(conn);
-    for (const auto& r : read.exec_prepared(kDuePreemptions.name, FormatTime(now))) due.push_back(r[0].as<std::string>());
+    for (const auto& r : read.exec_prepared(kDuePreemptions.name, FormatTime(now))) due.push_back(r["id"].as<std::string>());
   }
   int n = 0;
   for (const auto& id : due)
@@ -573,20 +576,20 @@ int PlacePending(pqxx::connection& conn, const FleetContext& fc) {
   std::vector<std::string> ids;
   {
     pqxx::nontransaction read(conn);
-    for (const auto& r : read.exec_prepared(kPendingInstances.name)) ids.push_back(r[0].as<std::string>());
+    for (const auto& r : read.exec_prepared(kPendingInstances.name)) ids.push_back(r["id"].as<std::string>());
   }
   int placed = 0;
   for (const auto& id : ids) {
     placed += InTransaction(conn, [&](pqxx::work& tx) -> int {
     const auto row = tx.exec_prepared(kPendingOne.name, id)[0];
-    const std::string region = row[0].as<std::string>(), model = row[1].as<std::string>();
-    const std::int64_t gpus = row[2].as<std::int64_t>();
-    PlacementNeeds needs{gpus, ParseMarket(row[3].as<std::string>()).value_or(Market::kOnDemand), TextFrom(row[5]),
-                         row[6].as<std::int64_t>()};
+    const std::string region = row["region"].as<std::string>(), model = row["gpu_model"].as<std::string>();
+    const std::int64_t gpus = row["gpus"].as<std::int64_t>();
+    PlacementNeeds needs{gpus, ParseMarket(row["market"].as<std::string>()).value_or(Market::kOnDemand),
+                         TextFrom(row["min_cuda"]), row["ports"].as<std::int64_t>()};
     PoolState pool = LoadPool(tx, region, model, /*lock=*/true);
-    if (StateOf(tx.exec_prepared(kLockInstanceState.name, id)[0][0]) != InstanceState::kPending) return 0;
+    if (StateOf(tx.exec_prepared(kLockInstanceState.name, id)[0]["state"]) != InstanceState::kPending) return 0;
     PlacementPlan plan;
-    const std::string host = row[4].is_null() ? "" : row[4].as<std::string>();
+    const std::string host = TextFrom(row["host_id"]).value_or("");
     for (auto& h : pool.hosts) {
       if (h.id != host) continue;
       h.claimed -= gpus;  // its own claim
@@ -619,7 +622,7 @@ int FailUnreportedInstances(pqxx::connection& conn, const FleetContext& fc, Time
   std::vector<std::string> ids;
   {
     pqxx::nontransaction read(conn);
-    for (const auto& r : read.exec_prepared(kUnreported.name, FormatTime(now - grace))) ids.push_back(r[0].as<std::string>());
+    for (const auto& r : read.exec_prepared(kUnreported.name, FormatTime(now - grace))) ids.push_back(r["id"].as<std::string>());
   }
   int n = 0;
   for (const auto& id : ids)
@@ -670,9 +673,7 @@ int EndSuspendedTenantsInstances(pqxx::connection_base& conn, const FleetContext
 void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc) {
   if (!fc.metrics) return;
   pqxx::work tx(conn);
-  std::vector<std::pair<std::string, std::string>> pools;
-  for (const auto& r : tx.exec_prepared(kAllPools.name)) pools.emplace_back(r[0].as<std::string>(), r[1].as<std::string>());
-  for (const auto& [region, model] : pools) {
+  for (const auto& [region, model] : AllPools(tx)) {
     const PoolState p = LoadPool(tx, region, model, false);
     auto set = [&](const char* use, std::int64_t v) {
       fc.metrics->gpus->Add({{"region", region}, {"gpu_model", model}, {"use", use}}).Set(static_cast<double>(v));
@@ -690,15 +691,15 @@ void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc) {
     for (Market market : {Market::kOnDemand, Market::kSpot})
       fc.metrics->instances->Add({{"state", ToString(state)}, {"market", ToString(market)}}).Set(0);
   for (const auto& r : tx.exec_prepared(kGaugeInstances.name))
-    fc.metrics->instances->Add({{"state", r[0].as<std::string>()}, {"market", r[1].as<std::string>()}})
-        .Set(r[2].as<double>());
-  fc.metrics->heartbeat_age->Set(tx.exec_prepared(kGaugeHeartbeat.name)[0][0].as<double>());
+    fc.metrics->instances->Add({{"state", r["state"].as<std::string>()}, {"market", r["market"].as<std::string>()}})
+        .Set(r["n"].as<double>());
+  fc.metrics->heartbeat_age->Set(tx.exec_prepared(kGaugeHeartbeat.name)[0]["age_s"].as<double>());
   for (const char* health : {"up", "down"})
     for (const char* state : {"active", "draining", "disabled"})
       fc.metrics->hosts->Add({{"health", health}, {"state", state}}).Set(0);
   for (const auto& r : tx.exec_prepared(kGaugeHosts.name))
-    fc.metrics->hosts->Add({{"health", r[0].as<std::string>()}, {"state", r[1].as<std::string>()}})
-        .Set(r[2].as<double>());
+    fc.metrics->hosts->Add({{"health", r["health"].as<std::string>()}, {"state", r["state"].as<std::string>()}})
+        .Set(r["n"].as<double>());
   tx.commit();
 }
 

@@ -35,7 +35,7 @@ VALUES ($1, $2::timestamptz, $2::timestamptz, $3::timestamptz)
 ON CONFLICT (replica_id) DO UPDATE SET flushed_at = EXCLUDED.flushed_at, refused_at = EXCLUDED.refused_at)sql"};
 const Statement kWriterGone{"heartbeat_writer_gone", "DELETE FROM heartbeat_writers WHERE replica_id = $1"};
 const Statement kWritersLagging{"heartbeat_writers_lagging", R"sql(
-SELECT count(*) FROM heartbeat_writers
+SELECT count(*) AS lagging FROM heartbeat_writers
 WHERE (flushed_at < $1::timestamptz OR refused_at >= $1::timestamptz) AND flushed_at >= $2::timestamptz)sql"};
 const Statement kWritersDead{"heartbeat_writers_dead", "DELETE FROM heartbeat_writers WHERE flushed_at < $1::timestamptz"};
 
@@ -205,7 +205,7 @@ void HeartbeatRecorder::Loop() {
 bool HeartbeatWritersLagging(pqxx::connection& conn, TimeMs now, Millis lag_limit, Millis dead_after) {
   pqxx::nontransaction tx(conn);
   tx.exec_prepared(kWritersDead.name, FormatTime(now - dead_after));
-  return tx.exec_prepared(kWritersLagging.name, FormatTime(now - lag_limit), FormatTime(now - dead_after))[0][0]
+  return tx.exec_prepared(kWritersLagging.name, FormatTime(now - lag_limit), FormatTime(now - dead_after))[0]["lagging"]
              .as<std::int64_t>() > 0;
 }
 

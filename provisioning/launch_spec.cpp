@@ -40,7 +40,7 @@ SELECT m.volume_id, m.mount_path, v.size_gb FROM instance_volumes m JOIN volumes
 WHERE m.instance_id = $1 ORDER BY m.mount_path)sql"};
 // The lowest external ports of the host's range with no live mapping.
 const Statement kPickPorts{"pick_free_ports", R"sql(
-SELECT p FROM hosts h, generate_series(h.port_range_from, h.port_range_to) AS p
+SELECT p AS port FROM hosts h, generate_series(h.port_range_from, h.port_range_to) AS p
 WHERE h.id = $1 AND NOT EXISTS (SELECT 1 FROM instance_ports m
                                 WHERE m.host_id = $1 AND m.external_port = p AND m.released_at IS NULL)
 ORDER BY p LIMIT $2)sql"};
@@ -314,11 +314,11 @@ InstanceAccess AccessFromJson(std::optional<std::string> image, std::optional<st
 
 void AllocatePorts(pqxx::transaction_base& tx, const std::string& instance_id, const std::string& host_id) {
   std::vector<int> internal;
-  for (const auto& r : tx.exec_prepared(kUnmappedPorts.name, instance_id)) internal.push_back(r[0].as<int>());
+  for (const auto& r : tx.exec_prepared(kUnmappedPorts.name, instance_id)) internal.push_back(r["internal_port"].as<int>());
   if (internal.empty()) return;
   std::vector<int> external;
   for (const auto& r : tx.exec_prepared(kPickPorts.name, host_id, static_cast<int>(internal.size())))
-    external.push_back(r[0].as<int>());
+    external.push_back(r["port"].as<int>());
   if (external.size() < internal.size())
     throw ApiError(409, "insufficient_capacity", "host " + host_id + " has " + std::to_string(external.size()) +
                                                      " free ports to map; " + std::to_string(internal.size()) + " asked");
