@@ -48,7 +48,7 @@ const Statement kBumpHost{"bump_host", "UPDATE hosts SET assignment_version = as
 const Statement kAllocate{"allocate_gpu",
                           "INSERT INTO gpu_allocations (host_id, gpu_index, instance_id) VALUES ($1, $2, $3)"};
 const Statement kSetPlaced{"set_instance_placed", R"sql(
-UPDATE instances SET state = $2, host_id = $3, gpu_indices = $4::integer[], last_reported_at = now(),
+UPDATE instances SET state = $2, host_id = $3, gpu_indices = $4::integer[], last_reported_at = $5::timestamptz,
        version = version + 1
 WHERE id = $1)sql"};
 const Statement kPreempt{"preempt_instance", R"sql(
@@ -112,7 +112,7 @@ WHERE i.state IN ('provisioning', 'running', 'preempting', 'terminating')
 const Statement kGaugeInstances{"gauge_instances", "SELECT state, market, count(*) AS n FROM instances GROUP BY state, market"};
 const Statement kGaugeHosts{"gauge_hosts", "SELECT health, state, count(*) AS n FROM hosts GROUP BY health, state"};
 const Statement kGaugeHeartbeat{"gauge_heartbeat",
-                                "SELECT COALESCE(EXTRACT(epoch FROM now() - min(last_heartbeat)), 0)::bigint AS age_s "
+                                "SELECT COALESCE(EXTRACT(epoch FROM $1::timestamptz - min(last_heartbeat)), 0)::bigint AS age_s "
                                 "FROM hosts WHERE health = 'up'"};
 
 InstanceState StateOf(const pqxx::field& f) {
@@ -312,7 +312,10 @@ PlacementPlan PlanPlacement(const PoolState& pool, const PlacementNeeds& needs) 
 void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
                     const PlacementPlan& plan) {
   for (int idx : plan.gpu_indices) tx.exec_prepared(kAllocate.name, plan.host_id, idx, instance_id);
-  tx.exec_prepared(kSetPlaced.name, instance_id, ToString(*plan.state), plan.host_id, IntArrayLiteral(plan.gpu_indices));
+  // Placed counts as reported: the grace before an unreported instance is failed runs from here, on
+  // the clock the grace is judged by.
+  tx.exec_prepared(kSetPlaced.name, instance_id, ToString(*plan.state), plan.host_id, IntArrayLiteral(plan.gpu_indices),
+                   FormatTime(fc.clock.Now()));
   for (const auto& v : plan.victims) PreemptSpot(tx, fc, v.id, "capacity");
   if (plan.state == InstanceState::kProvisioning) {
     AllocatePorts(tx, instance_id, plan.host_id);
@@ -693,7 +696,9 @@ void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc) {
   for (const auto& r : tx.exec_prepared(kGaugeInstances.name))
     fc.metrics->instances->Add({{"state", r["state"].as<std::string>()}, {"market", r["market"].as<std::string>()}})
         .Set(r["n"].as<double>());
-  fc.metrics->heartbeat_age->Set(tx.exec_prepared(kGaugeHeartbeat.name)[0]["age_s"].as<double>());
+  // Heartbeats are stamped by the clock, so their age is measured by it too.
+  fc.metrics->heartbeat_age->Set(
+      tx.exec_prepared(kGaugeHeartbeat.name, FormatTime(fc.clock.Now()))[0]["age_s"].as<double>());
   for (const char* health : {"up", "down"})
     for (const char* state : {"active", "draining", "disabled"})
       fc.metrics->hosts->Add({{"health", health}, {"state", state}}).Set(0);

@@ -111,6 +111,24 @@ TEST_F(FleetRules, AnUnreportedInstanceIsFailedOnlyAfterTheGraceOfHeardTime) {
   EXPECT_EQ(Field("SELECT state || '/' || end_reason FROM instances WHERE id = 'ins_1'"), "failed/lost");
 }
 
+// Placement counts as the instance's first report, stamped by the same clock that judges the
+// grace: an instance just placed is not "unreported" however the database's clock differs.
+TEST_F(FleetRules, AnInstanceJustPlacedIsGivenItsGraceByTheClock) {
+  InTransaction(*conn_, [&](pqxx::work& tx) {
+    tx.exec("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state) "
+            "VALUES ('ins_p', 'ten_t', 'h100.x', 'H100-80GB', 1, 'us-east', 'on_demand', 'pending')");
+    const auto pool = LoadPool(tx, "us-east", "H100-80GB", true);
+    ApplyPlacement(tx, fc_, "ins_p", PlanPlacement(pool, 1, Market::kOnDemand));
+  });
+  EXPECT_EQ(Field("SELECT last_reported_at = $1::timestamptz FROM instances WHERE id = 'ins_p'", FormatTime(kT0)), "t");
+  clock_.Advance(59s);
+  EXPECT_EQ(FailUnreportedInstances(*conn_, fc_, kT0 - 1h), 0);
+  EXPECT_EQ(Field("SELECT state FROM instances WHERE id = 'ins_p'"), "provisioning");
+  clock_.Advance(2s);  // past the 60 s grace without a word from its host
+  EXPECT_EQ(FailUnreportedInstances(*conn_, fc_, kT0 - 1h), 1);
+  EXPECT_EQ(Field("SELECT state || '/' || end_reason FROM instances WHERE id = 'ins_p'"), "failed/lost");
+}
+
 TEST_F(FleetRules, APreemptionEndsAtItsDeadlineByTheClock) {
   Launch("ins_s", 2, "spot");
   InTransaction(*conn_, [&](pqxx::work& tx) {
