@@ -91,7 +91,7 @@ const Statement kMarkDown{"mark_host_down", R"sql(
 UPDATE hosts SET health = 'down', down_since = $2::timestamptz, down_reason = $3
 WHERE id = $1 AND health = 'up' AND last_heartbeat = to_timestamp($4::bigint / 1000.0) RETURNING id)sql"};
 const Statement kLiveOnHost{"live_on_host",
-                            "SELECT id FROM instances WHERE host_id = $1 AND state NOT IN ('terminated', 'failed', 'pending')"};
+                            "SELECT id FROM instances WHERE host_id = $1 AND " SPW_ON_HOST("state")};
 const Statement kDuePreemptions{"due_preemptions",
                                 "SELECT id FROM instances WHERE state = 'preempting' AND preempt_at <= $1::timestamptz "
                                 "ORDER BY preempt_at"};
@@ -107,7 +107,7 @@ const Statement kLockInstanceState{"lock_instance_state", "SELECT state FROM ins
 // brake until it answers again); only one that is being terminated is ended there.
 const Statement kUnreported{"unreported_instances", R"sql(
 SELECT i.id FROM instances i JOIN hosts h ON h.id = i.host_id
-WHERE i.state IN ('provisioning', 'running', 'preempting', 'terminating')
+WHERE )sql" SPW_ON_HOST("i.state") R"sql(
   AND i.last_reported_at < $1::timestamptz AND (h.health = 'up' OR i.state = 'terminating'))sql"};
 const Statement kGaugeInstances{"gauge_instances", "SELECT state, market, count(*) AS n FROM instances GROUP BY state, market"};
 const Statement kGaugeHosts{"gauge_hosts", "SELECT health, state, count(*) AS n FROM hosts GROUP BY health, state"};
@@ -391,7 +391,7 @@ std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const std::string& host
     const auto row = tx.exec_prepared(kLockHostInstance.name, r.id, host_id);
     if (row.empty()) continue;  // not this host's: the agent will see it absent from its assignments
     const InstanceState state = StateOf(row[0]["state"]);
-    if (!IsLive(state) || state == InstanceState::kPending) continue;
+    if (!IsOnHost(state)) continue;
     if (r.state == "starting" || r.state == "running") {
       tx.exec_prepared(kReported.name, r.id, r.state == "running", FormatTime(now));
     } else if (r.state == "stopped") {

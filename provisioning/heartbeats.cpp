@@ -12,6 +12,7 @@
 #include "core/ids.hpp"
 #include "core/json.hpp"
 #include "core/log.hpp"
+#include "provisioning/words.hpp"
 
 namespace spillway {
 namespace {
@@ -27,7 +28,7 @@ WHERE h.id = v.id AND h.last_heartbeat < v.at)sql"};
 const Statement kFlushInstances{"heartbeat_flush_instances", R"sql(
 UPDATE instances i SET last_reported_at = v.at
 FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS v(id, host_id, at)
-WHERE i.id = v.id AND i.host_id = v.host_id AND i.state IN ('provisioning', 'running', 'preempting', 'terminating')
+WHERE i.id = v.id AND i.host_id = v.host_id AND )sql" SPW_ON_HOST("i.state") R"sql(
   AND (i.last_reported_at IS NULL OR i.last_reported_at < v.at))sql"};
 const Statement kWriterFlushed{"heartbeat_writer_flushed", R"sql(
 INSERT INTO heartbeat_writers (replica_id, flushed_at, started_at, refused_at)

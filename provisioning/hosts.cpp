@@ -10,6 +10,7 @@
 #include "core/errors.hpp"
 #include "core/ids.hpp"
 #include "core/sql.hpp"
+#include "provisioning/words.hpp"
 
 namespace spillway {
 namespace {
@@ -52,7 +53,7 @@ const Statement kHostVersion{"host_version", "SELECT assignment_version FROM hos
 const Statement kAssignments{"host_assignments", R"sql(
 SELECT id, state, gpu_indices::text AS gpu_indices, )sql" SPW_EPOCH_MS("preempt_at") R"sql( AS preempt_ms
 FROM instances
-WHERE host_id = $1 AND state IN ('provisioning', 'running', 'preempting', 'terminating') ORDER BY id)sql"};
+WHERE host_id = $1 AND )sql" SPW_ON_HOST("state") " ORDER BY id"};
 
 Host HostFrom(const pqxx::row& r) {
   Host h;

@@ -66,6 +66,7 @@ TEST(Schema, LiveMeansTheSameInCppAndSql) {
   for (spillway::InstanceState s : spillway::kAllInstanceStates) {
     const std::string name = spillway::ToString(s);
     EXPECT_EQ(tx.exec_params1("SELECT instance_is_live($1)", name)[0].as<bool>(), spillway::IsLive(s)) << name;
+    EXPECT_EQ(tx.exec_params1("SELECT " SPW_ON_HOST("$1::text"), name)[0].as<bool>(), spillway::IsOnHost(s)) << name;
     EXPECT_EQ(spillway::ParseInstanceState(name), s);
   }
   const auto check = tx.exec1(
