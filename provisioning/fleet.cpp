@@ -90,8 +90,7 @@ FROM hosts ORDER BY id)sql"};
 const Statement kMarkDown{"mark_host_down", R"sql(
 UPDATE hosts SET health = 'down', down_since = $2::timestamptz, down_reason = $3
 WHERE id = $1 AND health = 'up' AND last_heartbeat = to_timestamp($4::bigint / 1000.0) RETURNING id)sql"};
-const Statement kLiveOnHost{"live_on_host",
-                            "SELECT id FROM instances WHERE host_id = $1 AND " SPW_ON_HOST("state")};
+const Statement kOnHost{"instances_on_host", "SELECT id FROM instances WHERE host_id = $1 AND " SPW_ON_HOST("state")};
 const Statement kDuePreemptions{"due_preemptions",
                                 "SELECT id FROM instances WHERE state = 'preempting' AND preempt_at <= $1::timestamptz "
                                 "ORDER BY preempt_at"};
@@ -357,8 +356,8 @@ void EndInstance(pqxx::transaction_base& tx, const std::string& instance_id, Ins
   const auto r = tx.exec_prepared(kEndInstance.name, instance_id, ToString(state), end_reason, FormatTime(now));
   tx.exec_prepared(kFreeGpus.name, instance_id);
   ReleaseInstanceResources(tx, instance_id);
-  if (!r.empty())
-    if (const auto host = TextFrom(r[0]["host_id"])) BumpHost(tx, *host);
+  if (r.empty()) return;  // it had ended already
+  if (const auto host = TextFrom(r[0]["host_id"])) BumpHost(tx, *host);
 }
 
 void SetReservation(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& region,
@@ -536,7 +535,7 @@ int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc, TimeMs heard
         return;
       }
       log::Warn("host missed its heartbeats: marked down, its instances failed", {{"host_id", host}});
-      for (const auto& i : tx.exec_prepared(kLiveOnHost.name, host)) {
+      for (const auto& i : tx.exec_prepared(kOnHost.name, host)) {
         EndInstance(tx, i["id"].as<std::string>(), InstanceState::kFailed, "host_down", now);
         ++failed;
       }
