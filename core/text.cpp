@@ -57,6 +57,16 @@ bool IsCleanText(std::string_view s) {
   return true;
 }
 
+bool IsOneLineText(std::string_view s) {
+  std::uint32_t cp;
+  for (size_t i = 0; i < s.size();) {
+    const size_t n = Sequence(s, i, &cp);
+    if (n == 0 || cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) || cp == 0x2028 || cp == 0x2029) return false;
+    i += n;
+  }
+  return true;
+}
+
 bool HasVisibleCharacter(std::string_view s) {
   std::uint32_t cp;
   for (size_t i = 0; i < s.size();) {

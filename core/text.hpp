@@ -10,6 +10,10 @@ namespace spillway {
 bool IsValidUtf8(std::string_view s);
 // Valid UTF-8 holding no C0/C1 control character and no DEL (so no NUL, newline or escape).
 bool IsCleanText(std::string_view s);
+// IsCleanText, and no Unicode line or paragraph separator (U+2028, U+2029) either: text that is one
+// line wherever it is written (an environment file, a shell, a log), whichever line breaks its
+// reader knows.
+bool IsOneLineText(std::string_view s);
 // True when s holds at least one character that is not white space (ASCII or Unicode spaces).
 bool HasVisibleCharacter(std::string_view s);
 // s with every byte that is not part of well-formed UTF-8 replaced by U+FFFD, so it can be quoted

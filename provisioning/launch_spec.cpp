@@ -9,6 +9,7 @@
 #include "core/errors.hpp"
 #include "core/ids.hpp"
 #include "core/sql.hpp"
+#include "core/text.hpp"
 #include "protocol/agent.hpp"
 
 namespace spillway {
@@ -169,6 +170,14 @@ bool IsMountPath(std::string_view path) {
   return true;
 }
 
+bool IsSystemPath(std::string_view path) {
+  if (path.empty() || path[0] != '/') return false;
+  const std::string_view top = path.substr(1, path.find('/', 1) == std::string_view::npos ? std::string_view::npos
+                                                                                          : path.find('/', 1) - 1);
+  static constexpr std::string_view kSystem[] = {"", "proc", "sys", "dev", "etc", "usr", "bin", "sbin", "boot", "run"};
+  return std::find(std::begin(kSystem), std::end(kSystem), top) != std::end(kSystem) || top.rfind("lib", 0) == 0;
+}
+
 bool CudaAtLeast(std::string_view have, std::string_view need) {
   if (!protocol::IsCudaVersion(have) || !protocol::IsCudaVersion(need)) return false;
   auto parts = [](std::string_view v) {
@@ -204,8 +213,10 @@ void CheckLaunchSpec(const LaunchSpec& s) {
     if (IsReservedEnvName(name)) throw InvalidInput("env." + name + ": set by the host, not by the launch");
     if (value.size() > kMaxEnvValueBytes)
       throw InvalidInput("env." + name + ": at most " + std::to_string(kMaxEnvValueBytes) + " bytes");
-    if (value.find_first_of(std::string_view("\0\n\r", 3)) != std::string::npos)
-      throw InvalidInput("env." + name + ": must not contain NUL or a line break");
+    if (!IsOneLineText(value))
+      throw InvalidInput("env." + name +
+                         ": must be one line of text: no control character (NUL, tab, line breaks, U+0085) and no "
+                         "U+2028 or U+2029");
   }
   if (s.ssh_key_ids.size() > kMaxSshKeys) throw InvalidInput("ssh_key_ids: at most " + std::to_string(kMaxSshKeys) + " keys");
   std::set<std::string> seen;
@@ -231,6 +242,10 @@ void CheckLaunchSpec(const LaunchSpec& s) {
     if (!IsValidId(v.volume_id, "vol")) throw InvalidInput(at + ".volume_id: " + v.volume_id + " is not a volume id");
     if (!IsMountPath(v.mount_path))
       throw InvalidInput(at + ".mount_path: an absolute path of letters, digits, '.', '_' and '-' components, not /");
+    if (IsSystemPath(v.mount_path))
+      throw InvalidInput(at + ".mount_path: " + v.mount_path +
+                         " is the system's: a volume is not mounted on or under /proc, /sys, /dev, /etc, /usr, /bin, "
+                         "/sbin, /lib*, /boot or /run");
     if (!volumes.insert(v.volume_id).second) throw InvalidInput("volumes: " + v.volume_id + " is listed twice");
     if (!paths.insert(v.mount_path).second) throw InvalidInput("volumes: " + v.mount_path + " is mounted twice");
   }

@@ -50,6 +50,9 @@ bool IsEnvName(std::string_view name);
 bool IsReservedEnvName(std::string_view name);
 // An absolute, normalised path of [A-Za-z0-9._-] components, not "/", at most 255 characters.
 bool IsMountPath(std::string_view path);
+// `/` itself, or on or under a directory the container's system lives in (/proc, /sys, /dev, /etc,
+// /usr, /bin, /sbin, /lib*, /boot, /run): no volume is mounted there.
+bool IsSystemPath(std::string_view path);
 // Compares "12.8"-style versions; false when either is not one.
 bool CudaAtLeast(std::string_view have, std::string_view need);
 // The ports an instance is mapped: those asked for, and 22/tcp when it takes SSH keys.

@@ -73,8 +73,15 @@ TEST(LaunchRules, SshKeysBringPort22AndEveryBadFieldIsNamed) {
   bad = {};
   bad.env = {{"CUDA_VISIBLE_DEVICES", "0"}};
   EXPECT_EQ(message(bad).rfind("env.CUDA_VISIBLE_DEVICES:", 0), 0u);
-  bad.env = {{"OK", "line\nbreak"}};
-  EXPECT_EQ(message(bad).rfind("env.OK:", 0), 0u);
+  // Every control character, and the Unicode line breaks, in an env value: one line wherever it is written.
+  for (const std::string& value : std::vector<std::string>{"line\nbreak", std::string("nul\0x", 5), "tab\there", "vertical\vtab", "cr\r",
+                                  "esc\x1b[0m", "del\x7f", "next\xc2\x85line", "c1\xc2\x9f", "line\xe2\x80\xa8sep",
+                                  "para\xe2\x80\xa9sep"}) {
+    bad.env = {{"OK", value}};
+    EXPECT_EQ(message(bad).rfind("env.OK:", 0), 0u) << value;
+  }
+  bad.env = {{"OK", "caf\xc3\xa9 \xe2\x82\xac 100% = ok; \"quoted\" \\ \xf0\x9f\x9a\x80"}};
+  EXPECT_EQ(message(bad), "");
   bad = {};
   bad.ports = {{8000, "udp"}};
   EXPECT_EQ(message(bad).rfind("ports[0].protocol:", 0), 0u);
@@ -83,6 +90,16 @@ TEST(LaunchRules, SshKeysBringPort22AndEveryBadFieldIsNamed) {
   bad = {};
   bad.volumes = {{"vol_01m8cp7es1z5m5w25wwsax594h", "/"}};
   EXPECT_EQ(message(bad).rfind("volumes[0].mount_path:", 0), 0u);
+  for (const char* path : {"/proc", "/proc/1", "/sys", "/sys/fs/cgroup", "/dev", "/dev/shm", "/etc", "/etc/ssh",
+                           "/usr", "/usr/local", "/bin", "/sbin", "/lib", "/lib64", "/libx32", "/lib/modules", "/boot",
+                           "/run", "/run/secrets"}) {
+    bad.volumes = {{"vol_01m8cp7es1z5m5w25wwsax594h", path}};
+    EXPECT_EQ(message(bad).rfind("volumes[0].mount_path:", 0), 0u) << path;
+  }
+  for (const char* path : {"/data", "/etcetera", "/home/user/data", "/mnt/lib", "/workspace/run", "/srv/proc"}) {
+    bad.volumes = {{"vol_01m8cp7es1z5m5w25wwsax594h", path}};
+    EXPECT_EQ(message(bad), "") << path;
+  }
   bad.volumes = {{"nope", "/data"}};
   EXPECT_EQ(message(bad).rfind("volumes[0].volume_id:", 0), 0u);
   bad = {};
