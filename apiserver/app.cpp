@@ -388,7 +388,8 @@ bool ApiDispatcher::FastIngest(const http::Request& request, const Route& route,
       r.route = pattern;
       respond(std::move(r));
     };
-    if (ingest_->Submit(principal->host_id, std::move(batch), std::move(answer))) return true;
+    if (ingest_->Submit(principal->host_id, std::move(batch), std::move(answer), handlers::ArrivalOf(request)))
+      return true;
     out = ErrorResponseFor(DbUnavailable(true, "the ingest queue is full; send the batch again", retry),
                            request.request_id);
   } catch (...) {

@@ -33,6 +33,8 @@ http::Response ErrorResponseForCurrent(const std::string& request_id, const std:
   } catch (const protocol::SampleError& e) {
     std::vector<std::pair<std::string, std::vector<std::int64_t>>> lists;
     if (!e.unheld.empty()) lists.push_back({"unheld_sample_indexes", {e.unheld.begin(), e.unheld.end()}});
+    if (!e.overlapping.empty())
+      lists.push_back({"overlapping_sample_indexes", {e.overlapping.begin(), e.overlapping.end()}});
     return http::ErrorResponse(422, "invalid_sample", e.what(), request_id,
                                {{"sample_index", static_cast<std::int64_t>(e.index)}}, lists);
   } catch (const InvalidInput& e) {

@@ -158,6 +158,8 @@ int RunServe(const Config& config) {
              [&ingest](pqxx::connection& c, const StepContext& s) { ingest.PruneLedger(c, s.now); }});
   steps.Add({"metering_gauges", std::chrono::seconds(15),
              [&ingest](pqxx::connection& c, const StepContext& s) { ingest.RefreshGauges(c, s.now); }});
+  steps.Add({"metering_attribution_check", std::chrono::minutes(1),
+             [&ingest](pqxx::connection& c, const StepContext& s) { ingest.CheckAttribution(c, s.now); }});
 
   http::Runtime runtime(server.io_threads);
   runtime.OnDrain([&notifier] { notifier.Stop(); });

@@ -12,13 +12,13 @@
 #include <numeric>
 
 #include "core/log.hpp"
+#include "metering/attribution.hpp"
 #include "metering/usage.hpp"
 
 namespace spillway::metering {
 namespace {
 
 constexpr std::int64_t kDayMs = 24LL * 3600 * 1000;
-constexpr std::int64_t kHourMs = 3600LL * 1000;
 
 IngestResult Rejected(std::optional<std::size_t> index, std::string message) {
   return {IngestResult::Kind::kRejected, 0, index, std::move(message)};
@@ -88,7 +88,7 @@ IngestSettings IngestSettings::From(const Config& c) {
 std::optional<IngestResult> CheckBatch(const protocol::SampleBatch& batch, const std::string& host_id,
                                        const std::set<std::pair<std::string, int>>& gpus,
                                        const std::vector<AllocationSpan>& allocations, TimeMs now,
-                                       const IngestRules& rules) {
+                                       const IngestRules& rules, const std::set<std::size_t>& overlapping) {
   const TimeMs latest = now + rules.skew_tolerance;
   const std::int64_t max_interval = 3 * rules.sample_interval.count();
   std::vector<std::size_t> unheld;
@@ -144,12 +144,25 @@ std::optional<IngestResult> CheckBatch(const protocol::SampleBatch& batch, const
     return Rejected(std::nullopt, "sampled_through_ms: " + FormatTime(batch.sampled_through_ms) +
                                       " is ahead of the server's clock (" + FormatTime(now) + ") by more than " +
                                       FormatDuration(rules.skew_tolerance));
-  if (!unheld.empty()) {
-    auto r = Rejected(unheld.front(), first_unheld);
-    r.unheld = std::move(unheld);
-    return r;
+  // Repairable: the agent sends the batch again with the unheld samples unattributed and the
+  // overlapping ones left out (docs/protocol.md).
+  std::vector<std::size_t> overlaps;
+  for (const std::size_t i : overlapping)
+    if (i < batch.samples.size()) overlaps.push_back(i);
+  if (unheld.empty() && overlaps.empty()) return std::nullopt;
+  IngestResult r;
+  if (!overlaps.empty() && (unheld.empty() || overlaps.front() < unheld.front())) {
+    const auto& s = batch.samples[overlaps.front()];
+    r = Rejected(overlaps.front(), "samples[" + std::to_string(overlaps.front()) + "]: GPU " +
+                                       std::to_string(s.gpu_index) + "'s time from " +
+                                       FormatTime(s.ts_ms - Millis(s.interval_ms)) + " to " + FormatTime(s.ts_ms) +
+                                       " is already stored (sent before, under another batch_seq)");
+  } else {
+    r = Rejected(unheld.front(), first_unheld);
   }
-  return std::nullopt;
+  r.unheld = std::move(unheld);
+  r.overlapping = std::move(overlaps);
+  return r;
 }
 
 Ingestor::Ingestor(SessionOptions session, IngestSettings settings, const Clock& clock, prometheus::Registry& registry)
@@ -169,6 +182,18 @@ Ingestor::Ingestor(SessionOptions session, IngestSettings settings, const Clock&
   duplicate_ = &batches_->Add({{"result", "duplicate"}});
   rejected_ = &batches_->Add({{"result", "rejected"}});
   refused_ = &batches_->Add({{"result", "refused"}});
+  unowned_seconds_ = &BuildCounter()
+                    .Name("spillway_ingest_unattributed_named_gpu_seconds_total")
+                    .Help("GPU time that samples named an instance for but that lay outside its hold of the GPU "
+                          "(within the clock-skew tolerance): stored without an owner, never billed")
+                    .Register(registry)
+                    .Add({});
+  overattributed_seconds_ = &BuildCounter()
+                           .Name("spillway_metering_overattributed_gpu_seconds_total")
+                           .Help("GPU time found attributed to an instance beyond the time it held its GPUs (the "
+                                 "leader's metering_attribution_check; must stay 0)")
+                           .Register(registry)
+                           .Add({});
   commit_seconds_ = &BuildHistogram()
                          .Name("spillway_ingest_commit_seconds")
                          .Help("Time to commit one group of batches (one transaction, one COPY)")
@@ -198,7 +223,8 @@ Ingestor::Ingestor(SessionOptions session, IngestSettings settings, const Clock&
                    .Add({});
   skew_ = &BuildGauge()
                .Name("spillway_host_clock_skew_seconds")
-               .Help("A host's clock minus the server's, from its last sample batch (sent_at_ms vs receipt)")
+               .Help("A host's clock minus the server's, from its last sample batch (sent_at_ms against the "
+                     "moment the request arrived)")
                .Register(registry);
 }
 
@@ -227,24 +253,25 @@ void Ingestor::Stop() {
   for (auto& p : left) p.done({IngestResult::Kind::kUnavailable, 0, std::nullopt, "the server is stopping"});
 }
 
-bool Ingestor::Submit(std::string host_id, protocol::SampleBatch batch, Done done) {
+bool Ingestor::Submit(std::string host_id, protocol::SampleBatch batch, Done done, std::optional<TimeMs> arrived) {
   {
     std::lock_guard lk(mu_);
     if (stopping_ || threads_.empty() || queue_.size() >= settings_.max_queued_batches) {
       refused_->Increment();
       return false;
     }
-    queue_.push_back({std::move(host_id), std::move(batch), std::move(done), clock_.Now(), std::nullopt});
+    queue_.push_back({std::move(host_id), std::move(batch), std::move(done), arrived.value_or(clock_.Now()), std::nullopt});
     queued_->Set(static_cast<double>(queue_.size()));
   }
   cv_.notify_one();
   return true;
 }
 
-IngestResult Ingestor::SubmitAndWait(std::string host_id, protocol::SampleBatch batch) {
+IngestResult Ingestor::SubmitAndWait(std::string host_id, protocol::SampleBatch batch, std::optional<TimeMs> arrived) {
   auto promise = std::make_shared<std::promise<IngestResult>>();
   auto future = promise->get_future();
-  if (!Submit(std::move(host_id), std::move(batch), [promise](IngestResult r) { promise->set_value(std::move(r)); }))
+  if (!Submit(std::move(host_id), std::move(batch), [promise](IngestResult r) { promise->set_value(std::move(r)); },
+              arrived))
     return {IngestResult::Kind::kUnavailable, 0, std::nullopt, "the ingest queue is full"};
   return future.get();
 }
@@ -318,9 +345,24 @@ bool Ingestor::TryCommit(Committer& c, std::vector<Pending>& group) {
   std::sort(instances.begin(), instances.end());
   instances.erase(std::unique(instances.begin(), instances.end()), instances.end());
 
+  // First, the GPUs this group writes to, locked until commit: nobody else stores their time
+  // meanwhile, and what a committer that held them before us stored (its ledger rows too) is
+  // visible to every statement from here on, so a replay racing its first copy is a duplicate.
+  std::set<GpuKey> touched;
+  for (const auto& p : group)
+    for (const auto& s : p.batch.samples) touched.insert({p.host_id, s.gpu_index});
+  auto marks = LockGpuMarks(tx, touched);
   std::set<HostSeq> done = CommittedBatches(tx, keys);
   const auto gpus = HostGpuIndices(tx, hosts);
   const auto allocations = AllocationsOf(tx, hosts, instances);
+  // Open holds end, for attribution, at the database's now: the clock that stamps the holds.
+  const TimeMs held_until = instances.empty() ? now : DatabaseNow(tx);
+  // Each instance's holds of each GPU, as attribution cuts samples at them.
+  std::map<std::tuple<std::string, std::string, int>, std::vector<Hold>> holds;
+  for (const auto& a : allocations) holds[{a.instance_id, a.host_id, a.gpu_index}].push_back({a.from, a.to});
+  // Time stored earlier in this group, per GPU: [begins, ends) in ms.
+  std::map<GpuKey, std::vector<std::pair<std::int64_t, std::int64_t>>> stored_here;
+  const Millis longest = 3 * settings_.rules.sample_interval;
 
   std::string copy;
   {
@@ -331,35 +373,65 @@ bool Ingestor::TryCommit(Committer& c, std::vector<Pending>& group) {
   TimeText time_text;
   std::vector<LedgerRow> ledger;
   std::set<std::int64_t> days, hours;
-  std::int64_t samples = 0;
+  std::int64_t samples = 0, unowned_ms = 0;
   for (auto& p : group) {
     const HostSeq key{p.host_id, p.batch.batch_seq};
     if (done.count(key)) {  // in the ledger, or earlier in this group
       p.result = IngestResult{IngestResult::Kind::kDuplicate, 0, std::nullopt, ""};
       continue;
     }
-    if (auto problem = CheckBatch(p.batch, p.host_id, gpus, allocations, now, settings_.rules)) {
+    // A sample that begins before its GPU's mark may cover time already stored: checked against
+    // what this group stored and what is in the table.
+    std::set<std::size_t> overlapping;
+    std::vector<OverlapProbe> probes;
+    for (std::size_t i = 0; i < p.batch.samples.size(); ++i) {
+      const auto& s = p.batch.samples[i];
+      const auto mark = marks.find({p.host_id, s.gpu_index});
+      const TimeMs begins = s.ts_ms - Millis(s.interval_ms);
+      if (mark == marks.end() || !mark->second || begins >= *mark->second) continue;
+      const auto& here = stored_here[mark->first];
+      const bool clash = std::any_of(here.begin(), here.end(), [&](const auto& iv) {
+        return iv.first < EpochMs(s.ts_ms) && EpochMs(begins) < iv.second;
+      });
+      if (clash) overlapping.insert(i);
+      else probes.push_back({i, s.gpu_index, begins, s.ts_ms});
+    }
+    for (const std::size_t i : OverlapsStored(tx, p.host_id, probes, longest)) overlapping.insert(i);
+    if (auto problem = CheckBatch(p.batch, p.host_id, gpus, allocations, now, settings_.rules, overlapping)) {
       p.result = std::move(*problem);
       continue;
     }
     done.insert(key);
     for (const auto& s : p.batch.samples) {
-      days.insert(EpochMs(s.ts_ms) / kDayMs);
-      hours.insert(EpochMs(s.ts_ms) / kHourMs * kHourMs);
-      time_text.Append(copy, s.ts_ms);
-      copy += '\t';
-      AppendCopyText(copy, p.host_id);
-      copy += '\t';
-      AppendInt(copy, s.gpu_index);
-      copy += '\t';
-      if (s.instance_id) AppendCopyText(copy, *s.instance_id);
-      else copy += "\\N";
-      for (std::int64_t v : {s.interval_ms, static_cast<std::int64_t>(s.util_pct), s.mem_used_bytes, s.power_mw,
-                             s.energy_mj}) {
-        copy += '\t';
-        AppendInt(copy, v);
+      const GpuKey gpu{p.host_id, s.gpu_index};
+      stored_here[gpu].emplace_back(EpochMs(s.ts_ms) - s.interval_ms, EpochMs(s.ts_ms));
+      auto& mark = marks[gpu];
+      if (!mark || s.ts_ms > *mark) mark = s.ts_ms;
+      const std::vector<Hold>* held = nullptr;
+      if (s.instance_id) {
+        const auto it = holds.find({*s.instance_id, p.host_id, s.gpu_index});
+        static const std::vector<Hold> kNone;
+        held = it == holds.end() ? &kNone : &it->second;
       }
-      copy += '\n';
+      for (const SamplePiece& piece : CutSample(s.ts_ms, s.interval_ms, s.energy_mj, held, held_until)) {
+        days.insert(EpochMs(piece.ts) / kDayMs);
+        hours.insert(HourOfEnd(piece.ts));
+        if (s.instance_id && !piece.attributed) unowned_ms += piece.interval_ms;
+        time_text.Append(copy, piece.ts);
+        copy += '\t';
+        AppendCopyText(copy, p.host_id);
+        copy += '\t';
+        AppendInt(copy, s.gpu_index);
+        copy += '\t';
+        if (piece.attributed) AppendCopyText(copy, *s.instance_id);
+        else copy += "\\N";
+        for (std::int64_t v : {piece.interval_ms, static_cast<std::int64_t>(s.util_pct), s.mem_used_bytes, s.power_mw,
+                               piece.energy_mj}) {
+          copy += '\t';
+          AppendInt(copy, v);
+        }
+        copy += '\n';
+      }
     }
     std::optional<std::int64_t> skew;
     if (p.batch.sent_at_ms) skew = (*p.batch.sent_at_ms - p.received).count();
@@ -379,10 +451,12 @@ bool Ingestor::TryCommit(Committer& c, std::vector<Pending>& group) {
   MarkDirtyHours(tx, std::vector<std::int64_t>(hours.begin(), hours.end()), now);
   if (!copy.empty()) copy.pop_back();  // the writer ends the last line
   CopySamples(tx, copy);
+  AdvanceGpuMarks(tx, marks);
   RecordBatches(tx, ledger, now);
   tx.commit();
   c.partitions.insert(days.begin(), days.end());
   samples_total_->Increment(static_cast<double>(samples));
+  unowned_seconds_->Increment(static_cast<double>(unowned_ms) / 1000.0);
   commit_seconds_->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   for (const auto& row : ledger)
     if (row.clock_skew_ms) NoteSkew(row.host_id, *row.clock_skew_ms);
@@ -417,6 +491,27 @@ std::int64_t Ingestor::PruneLedger(pqxx::connection& conn, TimeMs now) const {
     total += n;
     if (n < 10'000) return total;
   }
+}
+
+std::int64_t Ingestor::CheckAttribution(pqxx::connection& conn, TimeMs now) {
+  // Samples older than the age limit are refused, so only instances with usage since then can change.
+  const TimeMs since = now - settings_.rules.max_sample_age - settings_.rules.skew_tolerance - Millis(kDayMs);
+  std::vector<Overattribution> found;
+  {
+    pqxx::read_transaction tx(conn, "metering_attribution_check");
+    found = OverattributedInstances(tx, since);
+  }
+  std::int64_t excess = 0;
+  for (const auto& o : found) {
+    excess += o.excess_ms();
+    auto& seen = overattributed_seen_[o.instance_id];
+    if (o.excess_ms() <= seen) continue;
+    overattributed_seconds_->Increment(static_cast<double>(o.excess_ms() - seen) / 1000.0);
+    seen = o.excess_ms();
+    log::Error("an instance is attributed more GPU time than it held: metering must be looked at before it is billed",
+               {{"instance_id", o.instance_id}, {"attributed_gpu_ms", o.attributed_ms}, {"held_gpu_ms", o.held_ms}});
+  }
+  return excess;
 }
 
 void Ingestor::RefreshGauges(pqxx::connection& conn, TimeMs now) {

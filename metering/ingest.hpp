@@ -56,6 +56,9 @@ struct IngestResult {
   // then (a host cut off from the control plane while its instances were failed): all of them, so
   // the agent can send the batch again with those samples unattributed.
   std::vector<std::size_t> unheld{};
+  // kRejected, likewise: samples covering GPU time already stored (sent before under another
+  // batch_seq): the agent sends the batch again without them.
+  std::vector<std::size_t> overlapping{};
 };
 
 struct IngestSettings {
@@ -75,11 +78,14 @@ struct IngestSettings {
 // sample is acceptable: its GPU is one of the host's (`gpus`), it covers at most 3 sample
 // intervals, it is not from the future (beyond the tolerance) nor older than max_sample_age, no two
 // samples of one GPU overlap, and a sample with an instance lies within that instance's
-// allocation of that GPU on this host (`allocations`, widened by the tolerance at both ends).
+// allocation of that GPU on this host (`allocations`, widened by the tolerance at both ends), and
+// none covers GPU time already stored (`overlapping`: the indexes of those that do). Samples of an
+// instance outside its allocation and samples overlapping stored time are the repairable faults:
+// when they are all that is wrong, every one of them is listed (unheld, overlapping).
 std::optional<IngestResult> CheckBatch(const protocol::SampleBatch& batch, const std::string& host_id,
-                                                const std::set<std::pair<std::string, int>>& gpus,
-                                                const std::vector<AllocationSpan>& allocations, TimeMs now,
-                                                const IngestRules& rules);
+                                       const std::set<std::pair<std::string, int>>& gpus,
+                                       const std::vector<AllocationSpan>& allocations, TimeMs now,
+                                       const IngestRules& rules, const std::set<std::size_t>& overlapping = {});
 
 class Ingestor {
  public:
@@ -90,10 +96,12 @@ class Ingestor {
 
   using Done = std::function<void(IngestResult)>;
   // Queues `batch` of `host_id`; `done` is called once, from the committer thread. False (and
-  // `done` not called) when the queue is full: answer 503 with Retry-After.
-  bool Submit(std::string host_id, protocol::SampleBatch batch, Done done);
+  // `done` not called) when the queue is full: answer 503 with Retry-After. `arrived`: when the
+  // request reached the server (its first byte read), which the host's clock skew is measured
+  // against, so that time spent queued here is not taken for skew; now when not known.
+  bool Submit(std::string host_id, protocol::SampleBatch batch, Done done, std::optional<TimeMs> arrived = {});
   // Submit, then wait for the answer (for callers on a worker thread). kUnavailable when full.
-  IngestResult SubmitAndWait(std::string host_id, protocol::SampleBatch batch);
+  IngestResult SubmitAndWait(std::string host_id, protocol::SampleBatch batch, std::optional<TimeMs> arrived = {});
 
   Millis retry_after() const { return settings_.retry_after; }
   // Partitions for today and partitions_ahead days (the metering step calls it on the leader).
@@ -105,6 +113,11 @@ class Ingestor {
   // spillway_ingest_lag_seconds, spillway_rollup_lag_seconds and spillway_metering_coverage_ratio
   // (the leader's step).
   void RefreshGauges(pqxx::connection& conn, TimeMs now);
+  // The invariant (the leader's metering_attribution_check step): no instance is attributed more
+  // GPU time than it held. Counts what any instance has beyond its holds in
+  // spillway_metering_overattributed_gpu_seconds_total (which must stay 0) and logs each; returns the
+  // excess found now, in GPU-ms.
+  std::int64_t CheckAttribution(pqxx::connection& conn, TimeMs now);
 
  private:
   struct Pending {
@@ -136,6 +149,9 @@ class Ingestor {
   prometheus::Counter* samples_total_ = nullptr;
   prometheus::Family<prometheus::Counter>* batches_ = nullptr;
   prometheus::Counter *accepted_ = nullptr, *duplicate_ = nullptr, *rejected_ = nullptr, *refused_ = nullptr;
+  prometheus::Counter* unowned_seconds_ = nullptr;         // GPU time named by samples but outside its instance's hold
+  prometheus::Counter* overattributed_seconds_ = nullptr;  // the invariant's breaches (must stay 0)
+  std::map<std::string, std::int64_t> overattributed_seen_;  // per instance, already counted
   prometheus::Histogram* commit_seconds_ = nullptr;
   prometheus::Gauge* queued_ = nullptr;
   prometheus::Gauge* lag_ = nullptr;

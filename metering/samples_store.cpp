@@ -22,6 +22,26 @@ const Statement kAllocations{"metering_allocations",
                              "SELECT instance_id, host_id, gpu_index, " SPW_EPOCH_MS("allocated_at") " AS from_ms, "
                              SPW_EPOCH_MS("released_at") " AS to_ms FROM gpu_allocation_history "
                              "WHERE instance_id = ANY($2::text[]) AND host_id = ANY($1::text[])"};
+const Statement kDatabaseNow{"metering_database_now", "SELECT " SPW_EPOCH_MS("now()") " AS now_ms"};
+const Statement kLockGpuMarks{"metering_lock_gpu_marks", R"sql(
+SELECT m.host_id, m.gpu_index, )sql" SPW_EPOCH_MS("m.stored_through") R"sql( AS through_ms
+FROM gpu_sample_marks m JOIN unnest($1::text[], $2::integer[]) AS q (host_id, gpu_index)
+  ON m.host_id = q.host_id AND m.gpu_index = q.gpu_index
+ORDER BY m.host_id, m.gpu_index FOR UPDATE OF m)sql"};
+const Statement kAdvanceGpuMarks{"metering_advance_gpu_marks", R"sql(
+UPDATE gpu_sample_marks m
+SET stored_through = greatest(m.stored_through, to_timestamp(q.through_ms / 1000.0))
+FROM unnest($1::text[], $2::integer[], $3::bigint[]) AS q (host_id, gpu_index, through_ms)
+WHERE m.host_id = q.host_id AND m.gpu_index = q.gpu_index)sql"};
+// A stored sample (ts - interval_ms, ts] overlaps [begins, ends) when it ends after `begins` and
+// begins before `ends`; it ends before `ends` + the longest interval, which bounds the ts range read.
+const Statement kOverlapsStored{"metering_overlaps_stored", R"sql(
+SELECT q.i FROM unnest($2::integer[], $3::integer[], $4::bigint[], $5::bigint[]) AS q (i, gpu_index, begins_ms, ends_ms)
+WHERE EXISTS (
+  SELECT 1 FROM usage_samples s
+  WHERE s.host_id = $1 AND s.gpu_index = q.gpu_index
+    AND s.ts > to_timestamp(q.begins_ms / 1000.0) AND s.ts < to_timestamp((q.ends_ms + $6::bigint) / 1000.0)
+    AND s.ts - s.interval_ms * interval '1 millisecond' < to_timestamp(q.ends_ms / 1000.0)))sql"};
 const Statement kEnsurePartition{"metering_ensure_partition",
                                  "SELECT usage_samples_partition(to_timestamp($1::bigint / 1000.0))"};
 const Statement kInsertLedger{"metering_insert_ledger", R"sql(
@@ -83,6 +103,53 @@ std::vector<AllocationSpan> AllocationsOf(Tx& tx, const std::vector<std::string>
   for (const auto& r : tx.exec_prepared(kAllocations.name, TextArrayLiteral(hosts), TextArrayLiteral(instances)))
     out.push_back({r["instance_id"].as<std::string>(), r["host_id"].as<std::string>(), r["gpu_index"].as<int>(),
                    *TimeFrom(r["from_ms"]), TimeFrom(r["to_ms"])});
+  return out;
+}
+
+TimeMs DatabaseNow(Tx& tx) { return *TimeFrom(tx.exec_prepared1(kDatabaseNow.name)["now_ms"]); }
+
+std::map<GpuKey, std::optional<TimeMs>> LockGpuMarks(Tx& tx, const std::set<GpuKey>& gpus) {
+  std::map<GpuKey, std::optional<TimeMs>> out;
+  if (gpus.empty()) return out;
+  std::vector<std::string> hosts;
+  std::vector<std::int64_t> indexes;
+  for (const auto& [h, g] : gpus) {
+    hosts.push_back(h);
+    indexes.push_back(g);
+  }
+  for (const auto& r : tx.exec_prepared(kLockGpuMarks.name, TextArrayLiteral(hosts), Int64ArrayLiteral(indexes)))
+    out[{r["host_id"].as<std::string>(), r["gpu_index"].as<int>()}] = TimeFrom(r["through_ms"]);
+  return out;
+}
+
+void AdvanceGpuMarks(Tx& tx, const std::map<GpuKey, std::optional<TimeMs>>& marks) {
+  std::vector<std::string> hosts;
+  std::vector<std::int64_t> indexes, through;
+  for (const auto& [key, mark] : marks) {
+    if (!mark) continue;
+    hosts.push_back(key.first);
+    indexes.push_back(key.second);
+    through.push_back(EpochMs(*mark));
+  }
+  if (!hosts.empty())
+    tx.exec_prepared(kAdvanceGpuMarks.name, TextArrayLiteral(hosts), Int64ArrayLiteral(indexes),
+                     Int64ArrayLiteral(through));
+}
+
+std::set<std::size_t> OverlapsStored(Tx& tx, const std::string& host_id, const std::vector<OverlapProbe>& probes,
+                                     Millis longest) {
+  std::set<std::size_t> out;
+  if (probes.empty()) return out;
+  std::vector<std::int64_t> index, gpu, begins, ends;
+  for (const auto& p : probes) {
+    index.push_back(static_cast<std::int64_t>(p.index));
+    gpu.push_back(p.gpu_index);
+    begins.push_back(EpochMs(p.begins));
+    ends.push_back(EpochMs(p.ends));
+  }
+  for (const auto& r : tx.exec_prepared(kOverlapsStored.name, host_id, Int64ArrayLiteral(index), Int64ArrayLiteral(gpu),
+                                        Int64ArrayLiteral(begins), Int64ArrayLiteral(ends), longest.count()))
+    out.insert(static_cast<std::size_t>(r["i"].as<std::int64_t>()));
   return out;
 }
 

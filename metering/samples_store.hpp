@@ -4,6 +4,7 @@
 #include <pqxx/pqxx>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include "core/clock.hpp"
 #include "core/db_fwd.hpp"
+#include "core/duration.hpp"
 
 namespace spillway::metering {
 
@@ -32,6 +34,29 @@ std::set<std::pair<std::string, int>> HostGpuIndices(Tx& tx, const std::vector<s
 // Every allocation of `instances` on `hosts`.
 std::vector<AllocationSpan> AllocationsOf(Tx& tx, const std::vector<std::string>& hosts,
                                           const std::vector<std::string>& instances);
+// The database's clock now (the clock gpu_allocation_history is stamped by), to the millisecond as
+// allocation times are read.
+TimeMs DatabaseNow(Tx& tx);
+
+using GpuKey = std::pair<std::string, int>;  // host, gpu_index
+// Locks the per-GPU marks of `gpus` (in key order: concurrent committers take them in one order)
+// and returns each GPU's stored_through: the end of the latest sample stored for it (absent when
+// none). A committer holds them until it commits, so no two store time of one GPU at once.
+std::map<GpuKey, std::optional<TimeMs>> LockGpuMarks(Tx& tx, const std::set<GpuKey>& gpus);
+// Moves the marks forward to `marks` (never back).
+void AdvanceGpuMarks(Tx& tx, const std::map<GpuKey, std::optional<TimeMs>>& marks);
+
+// A sample that begins before its GPU's mark: it may cover time already stored.
+struct OverlapProbe {
+  std::size_t index = 0;  // in its batch
+  int gpu_index = 0;
+  TimeMs begins{}, ends{};
+};
+// Of `probes` (samples of `host_id`), the indexes of those that overlap a stored sample of their GPU.
+// `longest`: the longest interval a stored sample can have (bounds the search).
+std::set<std::size_t> OverlapsStored(Tx& tx, const std::string& host_id, const std::vector<OverlapProbe>& probes,
+                                     Millis longest);
+
 // Creates the daily partition holding `day` when missing.
 void EnsureDayPartition(Tx& tx, TimeMs day);
 // COPY of rows already in COPY text format (one line per sample, tab-separated, \N for null,

@@ -15,14 +15,19 @@ const Statement kClearInstanceHour{"rollup_clear_instance_hour",
                                    "DELETE FROM usage_hourly WHERE hour = to_timestamp($1::bigint / 1000.0)"};
 const Statement kClearPoolHour{"rollup_clear_pool_hour",
                                "DELETE FROM pool_usage_hourly WHERE hour = to_timestamp($1::bigint / 1000.0)"};
-// A sample's GPU-milliseconds go to the instance it names; utilisation is weighted by time.
+// A stored sample's GPU-milliseconds go to the instance it names (ingest attributed only its part
+// inside the instance's hold); utilisation is weighted by time. A sample is in the hour that holds
+// its last millisecond (ingest cut samples at the turns of hours): ts in (hour, hour + 1 h].
+#define SPW_IN_HOUR(ts) \
+  "(" ts " > to_timestamp($1::bigint / 1000.0) AND " ts " <= to_timestamp($1::bigint / 1000.0) + interval '1 hour')"
 const Statement kFoldInstanceHour{"rollup_fold_instance_hour", R"sql(
-INSERT INTO usage_hourly (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_mean, energy_mj, mem_peak_bytes)
+INSERT INTO usage_hourly (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_mean, energy_mj, mem_peak_bytes,
+                          last_sample_at)
 SELECT to_timestamp($1::bigint / 1000.0), s.instance_id, i.tenant_id, sum(s.interval_ms), count(*),
-       sum(s.util_pct::double precision * s.interval_ms) / sum(s.interval_ms), sum(s.energy_mj), max(s.mem_used_bytes)
+       sum(s.util_pct::double precision * s.interval_ms) / sum(s.interval_ms), sum(s.energy_mj), max(s.mem_used_bytes),
+       max(s.ts)
 FROM usage_samples s JOIN instances i ON i.id = s.instance_id
-WHERE s.ts >= to_timestamp($1::bigint / 1000.0) AND s.ts < to_timestamp($1::bigint / 1000.0) + interval '1 hour'
-  AND s.instance_id IS NOT NULL
+WHERE )sql" SPW_IN_HOUR("s.ts") R"sql( AND s.instance_id IS NOT NULL
 GROUP BY s.instance_id, i.tenant_id)sql"};
 const Statement kFoldPoolHour{"rollup_fold_pool_hour", R"sql(
 INSERT INTO pool_usage_hourly (hour, region, gpu_model, allocated_gpu_ms, idle_gpu_ms, samples, util_pct_mean, energy_mj)
@@ -31,7 +36,7 @@ SELECT to_timestamp($1::bigint / 1000.0), h.region, h.gpu_model,
        coalesce(sum(s.interval_ms) FILTER (WHERE s.instance_id IS NULL), 0), count(*),
        sum(s.util_pct::double precision * s.interval_ms) / sum(s.interval_ms), sum(s.energy_mj)
 FROM usage_samples s JOIN hosts h ON h.id = s.host_id
-WHERE s.ts >= to_timestamp($1::bigint / 1000.0) AND s.ts < to_timestamp($1::bigint / 1000.0) + interval '1 hour'
+WHERE )sql" SPW_IN_HOUR("s.ts") R"sql(
 GROUP BY h.region, h.gpu_model)sql"};
 // Each partition's day, from its name (usage_samples_YYYYMMDD).
 const Statement kPartitions{"retention_partitions", R"sql(
@@ -40,10 +45,14 @@ SELECT c.relname AS name,
 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'usage_samples'::regclass AND c.relname ~ '^usage_samples_[0-9]{8}$'
 ORDER BY c.relname)sql"};
+// A day's partition holds ts in [day, day + 24 h): samples of the hours from the one before the day
+// (a sample ending at midnight) to its last, and of the month before when the day is a first.
 const Statement kDroppable{"retention_droppable", R"sql(
 SELECT NOT EXISTS (SELECT 1 FROM usage_dirty_hours
-                   WHERE hour >= to_timestamp($1::bigint / 1000.0) AND hour < to_timestamp($1::bigint / 1000.0) + interval '24 hours')
-   AND EXISTS (SELECT 1 FROM billing_periods_closed WHERE period = $2) AS ok)sql"};
+                   WHERE hour >= to_timestamp($1::bigint / 1000.0) - interval '1 hour'
+                     AND hour < to_timestamp($1::bigint / 1000.0) + interval '24 hours')
+   AND EXISTS (SELECT 1 FROM billing_periods_closed WHERE period = $2)
+   AND EXISTS (SELECT 1 FROM billing_periods_closed WHERE period = $3) AS ok)sql"};
 const Statement kDropPartition{"retention_drop_partition", "SELECT usage_samples_drop_partition($1) AS dropped"};
 const Statement kWatermarksNow{"rollup_watermarks_now",
                                "SELECT host_id, " SPW_EPOCH_MS("sampled_through") " AS through_ms FROM host_watermarks"};
@@ -70,18 +79,38 @@ SELECT instance_id, )sql" SPW_EPOCH_MS("date_trunc($5, hour)") R"sql( AS period_
 FROM usage_hourly
 WHERE tenant_id = $1 AND ($2 = '' OR instance_id = $2) AND hour >= $3::timestamptz AND hour < $4::timestamptz
 GROUP BY instance_id, date_trunc($5, hour) ORDER BY 2, 1)sql"};
+// Held time is measured in milliseconds rounded as ingest reads the holds (SPW_EPOCH_MS), up to
+// the later of the host's complete_through and the end of the instance's latest metered sample in
+// the window: every metered millisecond lies inside a hold and before that, so metered <= held.
 const Statement kTenantInstances{"usage_tenant_instances", R"sql(
 SELECT i.id, )sql" SPW_EPOCH_MS("w.folded_through") R"sql( AS through_ms,
        (i.gpus::bigint * greatest(0, extract(epoch FROM
           least(coalesce(i.ended_at, $5::timestamptz), $4::timestamptz, coalesce(w.folded_through, $3::timestamptz))
           - greatest(i.started_at, $3::timestamptz)) * 1000))::bigint AS running_gpu_ms,
-       coalesce((SELECT sum(u.gpu_ms) FROM usage_hourly u
-                 WHERE u.instance_id = i.id AND u.hour >= $3::timestamptz AND u.hour < $4::timestamptz), 0)::bigint
-         AS metered_gpu_ms
+       coalesce(u.metered, 0)::bigint AS metered_gpu_ms,
+       coalesce((SELECT sum(greatest(0,
+                   least()sql" SPW_EPOCH_MS("coalesce(h.released_at, now())") R"sql(, )sql" SPW_EPOCH_MS("$4::timestamptz") R"sql(,
+                         greatest()sql" SPW_EPOCH_MS("w.folded_through") R"sql(, )sql" SPW_EPOCH_MS("u.last_sample_at") R"sql())
+                   - greatest()sql" SPW_EPOCH_MS("h.allocated_at") R"sql(, )sql" SPW_EPOCH_MS("$3::timestamptz") R"sql()))
+                 FROM gpu_allocation_history h WHERE h.instance_id = i.id), 0)::bigint AS held_gpu_ms
 FROM instances i LEFT JOIN host_watermarks w ON w.host_id = i.host_id
+LEFT JOIN LATERAL (SELECT sum(gpu_ms) AS metered, max(last_sample_at) AS last_sample_at FROM usage_hourly
+                   WHERE instance_id = i.id AND hour >= $3::timestamptz AND hour < $4::timestamptz) u ON true
 WHERE i.tenant_id = $1 AND ($2 = '' OR i.id = $2) AND i.started_at IS NOT NULL AND i.started_at < $4::timestamptz
   AND (i.ended_at IS NULL OR i.ended_at > $3::timestamptz)
 ORDER BY i.id)sql"};
+// The invariant: per instance, its metered GPU-ms (every hour folded) against what its holds add
+// up to, open ones up to now (ingest attributes nothing past the database's now of its commit).
+const Statement kOverattributed{"metering_overattributed", R"sql(
+SELECT u.instance_id, u.attributed_ms, coalesce(h.held_ms, 0)::bigint AS held_ms
+FROM (SELECT instance_id, sum(gpu_ms)::bigint AS attributed_ms FROM usage_hourly
+      WHERE instance_id IN (SELECT instance_id FROM usage_hourly WHERE hour >= to_timestamp($1::bigint / 1000.0))
+      GROUP BY instance_id) u
+LEFT JOIN LATERAL (
+  SELECT sum()sql" SPW_EPOCH_MS("coalesce(released_at, now())") " - " SPW_EPOCH_MS("allocated_at") R"sql() AS held_ms
+  FROM gpu_allocation_history WHERE instance_id = u.instance_id) h ON true
+WHERE u.attributed_ms > coalesce(h.held_ms, 0)
+ORDER BY u.instance_id)sql"};
 const Statement kFleetUsage{"usage_fleet", R"sql(
 SELECT region, gpu_model, )sql" SPW_EPOCH_MS("date_trunc($5, hour)") R"sql( AS period_ms,
        sum(allocated_gpu_ms)::bigint AS allocated, sum(idle_gpu_ms)::bigint AS idle, sum(samples)::bigint AS samples,
@@ -139,7 +168,9 @@ std::vector<std::string> DropExpiredPartitions(pqxx::connection& conn, TimeMs no
   std::vector<std::string> dropped;
   for (const auto& [name, day] : old) {
     const bool done = InTransaction(conn, [&](Tx& tx) {
-      if (!tx.exec_prepared1(kDroppable.name, day, MonthOf(FromEpochMs(day)).Label())["ok"].as<bool>()) return false;
+      if (!tx.exec_prepared1(kDroppable.name, day, MonthOf(FromEpochMs(day)).Label(),
+                             MonthOf(FromEpochMs(day - 1)).Label())["ok"].as<bool>())
+        return false;
       return tx.exec_prepared1(kDropPartition.name, name)["dropped"].as<bool>();
     });
     if (!done) continue;
@@ -168,7 +199,8 @@ UsageReport TenantUsage(Tx& tx, const UsageQuery& q, TimeMs now) {
   for (const auto& r :
        tx.exec_prepared(kTenantInstances.name, q.tenant_id, q.instance_id, from, to, FormatTime(now))) {
     InstanceUsage u{r["id"].as<std::string>(), r["metered_gpu_ms"].as<std::int64_t>(),
-                    r["running_gpu_ms"].as<std::int64_t>(), TimeFrom(r["through_ms"])};
+                    r["running_gpu_ms"].as<std::int64_t>(), TimeFrom(r["through_ms"]),
+                    r["held_gpu_ms"].as<std::int64_t>()};
     out.instances.push_back(u);
   }
   // The oldest of the hosts' (none folded yet for one of them: nothing is known complete).
@@ -178,6 +210,14 @@ UsageReport TenantUsage(Tx& tx, const UsageQuery& q, TimeMs now) {
     else if (!out.complete_through || *u.complete_through < *out.complete_through) out.complete_through = u.complete_through;
   }
   if (unknown) out.complete_through.reset();
+  return out;
+}
+
+std::vector<Overattribution> OverattributedInstances(Tx& tx, TimeMs since) {
+  std::vector<Overattribution> out;
+  for (const auto& r : tx.exec_prepared(kOverattributed.name, EpochMs(since)))
+    out.push_back({r["instance_id"].as<std::string>(), r["attributed_ms"].as<std::int64_t>(),
+                   r["held_ms"].as<std::int64_t>()});
   return out;
 }
 

@@ -47,6 +47,10 @@ struct InstanceUsage {
   std::int64_t metered_gpu_ms = 0;
   std::int64_t running_gpu_ms = 0;            // by its lifecycle, up to complete_through
   std::optional<TimeMs> complete_through;     // its host's samples are all folded up to here
+  // The GPU time it held (gpu_allocation_history) within the window, up to the later of
+  // complete_through and the end of its latest metered sample: metered time lies inside it, so
+  // metered / held is never above 1.
+  std::int64_t held_gpu_ms = 0;
 };
 struct UsageReport {
   std::vector<UsageRow> rows;
@@ -54,6 +58,16 @@ struct UsageReport {
   std::optional<TimeMs> complete_through;  // the oldest of theirs
 };
 UsageReport TenantUsage(Tx& tx, const UsageQuery& q, TimeMs now);
+
+// An instance attributed more GPU time (its rollups, all hours) than it held its GPUs (its holds,
+// open ones up to the database's now): what must never happen.
+struct Overattribution {
+  std::string instance_id;
+  std::int64_t attributed_ms = 0, held_ms = 0;
+  std::int64_t excess_ms() const { return attributed_ms - held_ms; }
+};
+// Every such instance among those with usage in hours from `since` on.
+std::vector<Overattribution> OverattributedInstances(Tx& tx, TimeMs since);
 
 struct PoolUsageRow {
   std::string region, gpu_model;

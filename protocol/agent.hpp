@@ -134,13 +134,16 @@ Sample ParseSample(const boost::json::value& v);
 SampleBatch ParseSampleBatch(const boost::json::value& v);
 
 // A sample that is not acceptable, at `index` in its batch (422 with error.sample_index). When the
-// batch's only fault is samples naming an instance that did not hold their GPU, `unheld` lists them
-// all (error.unheld_sample_indexes): the agent sends the batch again with those unattributed.
+// batch's only faults are samples naming an instance that did not hold their GPU and samples
+// covering GPU time already stored, `unheld` and `overlapping` list them all
+// (error.unheld_sample_indexes, error.overlapping_sample_indexes): the agent sends the batch again
+// with the first unattributed and the second left out.
 struct SampleError : std::runtime_error {
-  SampleError(std::size_t index, const std::string& message, std::vector<std::size_t> unheld = {})
-      : std::runtime_error(message), index(index), unheld(std::move(unheld)) {}
+  SampleError(std::size_t index, const std::string& message, std::vector<std::size_t> unheld = {},
+              std::vector<std::size_t> overlapping = {})
+      : std::runtime_error(message), index(index), unheld(std::move(unheld)), overlapping(std::move(overlapping)) {}
   std::size_t index;
-  std::vector<std::size_t> unheld;
+  std::vector<std::size_t> unheld, overlapping;
 };
 
 // Readers of what the server answers (the agent's side): throw std::exception on a malformed reply.

@@ -17,7 +17,7 @@ Reply SamplesReply(const metering::IngestResult& r, Millis retry_after) {
     case Kind::kDuplicate:
       return {200, protocol::ToJson(protocol::SamplesAnswer{0, true})};
     case Kind::kRejected:
-      if (r.sample_index) throw protocol::SampleError(*r.sample_index, r.message, r.unheld);
+      if (r.sample_index) throw protocol::SampleError(*r.sample_index, r.message, r.unheld, r.overlapping);
       throw InvalidInput(r.message);
     case Kind::kUnavailable:
       break;
@@ -26,10 +26,16 @@ Reply SamplesReply(const metering::IngestResult& r, Millis retry_after) {
                       retry_after);
 }
 
+std::optional<TimeMs> ArrivalOf(const http::Request& request) {
+  if (request.received_ms <= 0) return std::nullopt;
+  return FromEpochMs(request.received_ms);
+}
+
 Reply IngestSamples(Ctx& ctx) {
   if (!ctx.ingest) throw DbUnavailable(false, "this server does not ingest samples", Millis(1000));
   protocol::SampleBatch batch = protocol::ParseSampleBatch(ctx.body);
-  return SamplesReply(ctx.ingest->SubmitAndWait(ctx.principal.host_id, std::move(batch)), ctx.ingest->retry_after());
+  return SamplesReply(ctx.ingest->SubmitAndWait(ctx.principal.host_id, std::move(batch), ArrivalOf(ctx.request)),
+                      ctx.ingest->retry_after());
 }
 
 }  // namespace spillway::handlers

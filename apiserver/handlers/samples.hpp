@@ -14,5 +14,8 @@ Reply IngestSamples(Ctx& ctx);
 // The answer to an ingest result: 200 {"accepted", "duplicate"}; otherwise throws what
 // apiserver/errors.cpp maps (422 invalid_sample with sample_index, 422 validation_failed, 503).
 Reply SamplesReply(const metering::IngestResult& result, Millis retry_after);
+// When the request arrived, as the transport saw it (nullopt when it did not say): the moment a
+// host's sent_at_ms is compared with.
+std::optional<TimeMs> ArrivalOf(const http::Request& request);
 
 }  // namespace spillway::handlers

@@ -76,13 +76,17 @@ Reply GetUsage(Ctx& ctx) {
                     {"energy_kwh", KiloWattHours(r.energy_mj)},
                     {"peak_mem_bytes", r.mem_peak_bytes}});
   for (const auto& i : report.instances) {
-    boost::json::value coverage = nullptr;
-    if (i.running_gpu_ms > 0)
-      coverage = std::round(static_cast<double>(i.metered_gpu_ms) / static_cast<double>(i.running_gpu_ms) * 1e4) / 1e4;
+    // Four decimals, rounded down: a ratio that is not 1 is never shown as 1.
+    auto ratio = [](std::int64_t part, std::int64_t whole) -> boost::json::value {
+      if (whole <= 0) return nullptr;
+      return static_cast<double>(static_cast<__int128>(part) * 10'000 / whole) / 1e4;
+    };
     instances.push_back({{"instance_id", i.instance_id},
                          {"gpu_hours", GpuHours(i.metered_gpu_ms)},
                          {"running_gpu_hours", GpuHours(i.running_gpu_ms)},
-                         {"coverage", std::move(coverage)},
+                         {"coverage", ratio(i.metered_gpu_ms, i.running_gpu_ms)},
+                         {"held_gpu_hours", GpuHours(i.held_gpu_ms)},
+                         {"held_coverage", ratio(i.metered_gpu_ms, i.held_gpu_ms)},
                          {"complete_through", JsonTime(i.complete_through)}});
   }
   return {200, boost::json::object{{"tenant_id", tenant},

@@ -20,6 +20,10 @@ namespace {
 struct SessionState {
   std::atomic<bool> busy{false};        // a complete request is being served
   beast::tcp_stream* stream = nullptr;  // touched only on the session's strand
+  // When the request being read arrived (its first byte, or the end of the one before it in a
+  // pipeline), system clock ms: what a host's clock is compared with, whatever the request waits
+  // for afterwards. Kept here rather than in the coroutine's frame (session's strand only).
+  std::int64_t arrived_ms = 0;
 };
 
 struct Listener {
@@ -317,6 +321,9 @@ struct Runtime::Impl {
         buffer.commit(n);
       }
       const auto started = std::chrono::steady_clock::now();
+      st.arrived_ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+              .count();
       bhttp::request_parser<bhttp::string_body> parser;
       parser.header_limit(16 * 1024);
       parser.body_limit(l.options.max_body_bytes);
@@ -428,6 +435,7 @@ struct Runtime::Impl {
       st.busy = true;
       tcp_layer.expires_never();
       Request req = ToRequest(parser.get());
+      req.received_ms = st.arrived_ms;
       Request copy;  // what Finished needs once req has gone to the dispatcher
       copy.method = req.method;
       copy.path = req.path;

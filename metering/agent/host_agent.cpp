@@ -77,6 +77,7 @@ MeteringStats HostAgent::Metering() const {
   m.ship_failures = ship_failures_;
   m.sampler_errors = sampler_errors_;
   m.samples_unattributed = samples_unattributed_;
+  m.samples_already_stored = samples_already_stored_;
   return m;
 }
 
@@ -342,18 +343,28 @@ void HostAgent::SampleLoop() {
 }
 
 namespace {
-// The samples a 422 says named an instance that did not hold their GPU, when that was the batch's
-// only fault (error.unheld_sample_indexes); empty otherwise, or when the answer is not understood.
-std::vector<std::size_t> UnheldSamples(const std::string& body, std::size_t batch_size) {
-  std::vector<std::size_t> out;
+// What a 422 says can be repaired, when that was all that was wrong with the batch: samples naming
+// an instance that did not hold their GPU (error.unheld_sample_indexes) and samples covering GPU
+// time the server already holds (error.overlapping_sample_indexes). Both empty otherwise, or when
+// the answer is not understood.
+struct Repairs {
+  std::vector<std::size_t> unheld, overlapping;
+  bool empty() const { return unheld.empty() && overlapping.empty(); }
+};
+Repairs RepairsOf(const std::string& body, std::size_t batch_size) {
+  Repairs out;
   try {
     const auto v = boost::json::parse(body);
-    const auto* list = v.at("error").as_object().if_contains("unheld_sample_indexes");
-    if (!list) return {};
-    for (const auto& i : list->as_array()) {
-      const std::int64_t k = i.as_int64();
-      if (k < 0 || static_cast<std::size_t>(k) >= batch_size) return {};
-      out.push_back(static_cast<std::size_t>(k));
+    const auto& error = v.at("error").as_object();
+    for (auto [name, into] : {std::pair{"unheld_sample_indexes", &out.unheld},
+                              std::pair{"overlapping_sample_indexes", &out.overlapping}}) {
+      const auto* list = error.if_contains(name);
+      if (!list) continue;
+      for (const auto& i : list->as_array()) {
+        const std::int64_t k = i.as_int64();
+        if (k < 0 || static_cast<std::size_t>(k) >= batch_size) return {};
+        into->push_back(static_cast<std::size_t>(k));
+      }
     }
   } catch (const std::exception&) {
     return {};
@@ -400,14 +411,23 @@ void HostAgent::ShipLoop() {
       HttpClient::Result r = send();
       if (r.status == 422) {
         // Samples of an instance the control plane took back while this host could not hear it
-        // (failed for its silence, say): the GPU's time is real but no longer that instance's. The
-        // server stored nothing; the batch goes again, same batch_seq, with those unattributed.
-        if (const auto unheld = UnheldSamples(r.body, batch->samples.size()); !unheld.empty()) {
-          for (const std::size_t i : unheld) batch->samples[i].instance_id.reset();
-          samples_unattributed_ += static_cast<std::int64_t>(unheld.size());
-          log::Warn("samples named instances that no longer held their GPUs: sent again unattributed",
+        // (failed for its silence, say): the GPU's time is real but no longer that instance's. And
+        // samples of GPU time the server already holds (sent before under another batch number: a
+        // restored state directory, say). The server stored nothing; the batch goes again, same
+        // batch_seq, with the first unattributed and the second left out.
+        if (auto repairs = RepairsOf(r.body, batch->samples.size()); !repairs.empty()) {
+          for (const std::size_t i : repairs.unheld) batch->samples[i].instance_id.reset();
+          std::sort(repairs.overlapping.begin(), repairs.overlapping.end());
+          repairs.overlapping.erase(std::unique(repairs.overlapping.begin(), repairs.overlapping.end()),
+                                    repairs.overlapping.end());
+          for (auto it = repairs.overlapping.rbegin(); it != repairs.overlapping.rend(); ++it)
+            batch->samples.erase(batch->samples.begin() + static_cast<std::ptrdiff_t>(*it));
+          samples_unattributed_ += static_cast<std::int64_t>(repairs.unheld.size());
+          samples_already_stored_ += static_cast<std::int64_t>(repairs.overlapping.size());
+          log::Warn("batch refused for samples the server cannot take as they are: sent again repaired",
                     {{"hostname", options_.hostname}, {"batch_seq", batch->batch_seq},
-                     {"samples", static_cast<std::int64_t>(unheld.size())}, {"body", r.body}});
+                     {"unattributed", static_cast<std::int64_t>(repairs.unheld.size())},
+                     {"left_out", static_cast<std::int64_t>(repairs.overlapping.size())}, {"body", r.body}});
           r = send();
         }
       }

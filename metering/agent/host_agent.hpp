@@ -44,7 +44,8 @@ struct MeteringOptions {
 struct MeteringStats {
   SpoolStats spool;
   std::int64_t batches_shipped = 0, ship_failures = 0, sampler_errors = 0;
-  std::int64_t samples_unattributed = 0;  // sent again without their instance (see ShipLoop)
+  std::int64_t samples_unattributed = 0;    // sent again without their instance (see ShipLoop)
+  std::int64_t samples_already_stored = 0;  // left out of a batch sent again: that time was stored
 };
 
 // One GPU host's side of PROTOCOL.md: registers (again, with a fresh token, when its token stops
@@ -111,7 +112,8 @@ class HostAgent {
   std::mutex sample_mu_;                               // one tick at a time (the loop, or Stop's last)
   std::condition_variable ship_cv_;
   bool ship_kick_ = false;
-  std::atomic<std::int64_t> batches_shipped_{0}, ship_failures_{0}, sampler_errors_{0}, samples_unattributed_{0};
+  std::atomic<std::int64_t> batches_shipped_{0}, ship_failures_{0}, sampler_errors_{0}, samples_unattributed_{0},
+      samples_already_stored_{0};
   std::thread sample_thread_, ship_thread_;
 };
 

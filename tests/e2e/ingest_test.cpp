@@ -75,6 +75,23 @@ class Ingest : public FleetTest {
                    R"({"instances":[{"id":")" + id + R"(","state":"running"}]})").status, 200);
     return {id, static_cast<int>(j.at("gpu_indices").as_array().at(0).as_int64())};
   }
+  // When `instance` was given its GPU (the database's clock, as its hold is recorded), in ms; and
+  // when it let it go (0 while held).
+  std::pair<std::int64_t, std::int64_t> Hold(const std::string& instance) {
+    return {Scalar("SELECT (extract(epoch FROM allocated_at) * 1000)::bigint FROM gpu_allocation_history "
+                   "WHERE instance_id = $1", instance),
+            Scalar("SELECT coalesce((extract(epoch FROM released_at) * 1000)::bigint, 0) FROM gpu_allocation_history "
+                   "WHERE instance_id = $1", instance)};
+  }
+  // Waits until the clock has passed `ms` (and is not within a second of the turn of an hour,
+  // where stored samples are cut in two).
+  static void SleepPast(std::int64_t ms) {
+    for (;;) {
+      const std::int64_t now = EpochMs(NowMs());
+      if (now > ms && now % 3'600'000 > 5'000) return;
+      std::this_thread::sleep_for(50ms);
+    }
+  }
   // One value of a query; `args` are its $1, $2, … parameters.
   template <class... Args>
   std::int64_t Scalar(const std::string& sql, const Args&... args) {
@@ -87,7 +104,9 @@ class Ingest : public FleetTest {
 TEST_F(Ingest, ABatchIsStoredOnceAndAReplayIsADuplicate) {
   const Host host = Register("gpu-1");
   const auto [instance, gpu] = RunningInstance(host);
-  const std::int64_t now = EpochMs(NowMs());
+  // Two seconds of the instance's hold, once they have passed.
+  const std::int64_t now = Hold(instance).first + 2000;
+  SleepPast(now);
   const std::string batch = Batch(0, {{now - 1000, gpu, instance}, {now - 1000, 1 - gpu, ""}, {now, gpu, instance}});
   auto r = Call("POST", "/v1/agent/samples", host.token, batch);
   ASSERT_EQ(r.status, 200) << r.body;
@@ -193,4 +212,97 @@ TEST_F(Ingest, EveryBatchSentThreeTimesConcurrentlyFromManyHostsIsStoredOnce) {
   EXPECT_EQ(Scalar("SELECT sum(interval_ms) FROM usage_samples"), kHosts * kBatches * kPerBatch * 10);
   EXPECT_EQ(Scalar("SELECT count(*) FROM ingest_batches"), kHosts * kBatches);
   EXPECT_EQ(Scalar("SELECT max(n) FROM (SELECT count(*) AS n FROM usage_samples GROUP BY host_id, gpu_index, ts) c"), 1);
+}
+
+TEST_F(Ingest, AnInstanceIsAttributedOnlyWhileItHeldItsGpuHoweverSamplesArrive) {
+  const Host host = Register("gpu-1");
+  const auto [instance, gpu] = RunningInstance(host);
+  std::this_thread::sleep_for(3s);
+  ASSERT_EQ(Call("DELETE", "/v1/instances/" + instance, member_).status, 200);
+  ASSERT_EQ(Call("POST", "/v1/agent/heartbeat", host.token,
+                 R"({"instances":[{"id":")" + instance + R"(","state":"stopped"}]})").status, 200);
+  ASSERT_TRUE(fleet_->WaitState(member_, instance, "terminated"));
+  const auto [from, to] = Hold(instance);
+  ASSERT_GT(to, from + 2700);
+  SleepPast(to + 4000);
+  // As a buggy or hostile host would send them, each batch on its own: all accepted (within the
+  // clock-skew tolerance), none attributed past the hold's ends.
+  const std::vector<std::vector<S>> batches = {
+      {{to + 1, gpu, instance, 1000}},     // ends 1 ms after the release
+      {{to + 2, gpu, instance, 1}},        // wholly after it
+      {{to + 4000, gpu, instance, 2000}},  // 2,000 ms ending 4 s after
+      {{from + 700, gpu, instance, 1000}}, // begins 300 ms before the hold
+      {{from + 1700, gpu, instance, 1000}},
+  };
+  std::int64_t seq = 0, sent_ms = 0;
+  for (const auto& b : batches) {
+    const auto r = Call("POST", "/v1/agent/samples", host.token, Batch(seq++, b));
+    ASSERT_EQ(r.status, 200) << r.body;
+    for (const auto& s : b) sent_ms += s.interval_ms;
+  }
+  const std::int64_t attributed = Scalar("SELECT sum(interval_ms) FROM usage_samples WHERE instance_id = $1", instance);
+  EXPECT_EQ(attributed, 999 + 700 + 1000);
+  EXPECT_LE(attributed, to - from);
+  EXPECT_EQ(Scalar("SELECT sum(interval_ms) FROM usage_samples"), sent_ms);  // the rest kept, without an owner
+  const auto metrics = Http(server_->admin_port(), "GET", "/metrics").body;
+  auto value = [&](const std::string& name) {
+    const auto at = metrics.find("\n" + name + " ");
+    return at == std::string::npos ? -1.0 : std::stod(metrics.substr(at + name.size() + 2));
+  };
+  EXPECT_NEAR(value("spillway_ingest_unattributed_named_gpu_seconds_total"), (sent_ms - attributed) / 1000.0, 1e-9)
+      << metrics;
+  EXPECT_EQ(value("spillway_metering_overattributed_gpu_seconds_total"), 0) << metrics;
+}
+
+TEST_F(Ingest, GpuTimeSentUnderFreshBatchNumbersIsStoredOnceEvenFromTwoConnectionsAtOnce) {
+  const Host host = Register("gpu-1");
+  std::int64_t start = EpochMs(NowMs()) - 120'000;
+  start -= start % 1000;
+  if ((start + 100'000) / 3'600'000 != start / 3'600'000) start -= 110'000;  // clear of an hour's turn
+  // The same sample under batch_seq 0, 1 and 2: stored once, the others refused with its index.
+  for (std::int64_t seq : {0, 1, 2}) {
+    const auto r = Call("POST", "/v1/agent/samples", host.token, Batch(seq, {{start + 2000, 0, "", 2000}}));
+    if (seq == 0) {
+      ASSERT_EQ(r.status, 200) << r.body;
+      continue;
+    }
+    ASSERT_EQ(r.status, 422) << r.body;
+    EXPECT_EQ(Json(r).at("error").at("overlapping_sample_indexes"), boost::json::parse("[0]")) << r.body;
+  }
+  EXPECT_EQ(Scalar("SELECT sum(interval_ms) FROM usage_samples"), 2000);
+  // Two senders at once, each round's samples overlapping the other's by half, under fresh numbers.
+  constexpr int kRounds = 40;
+  std::atomic<int> accepted{0}, refused{0}, failures{0};
+  std::atomic<std::int64_t> next_seq{100};
+  auto sender = [&](std::int64_t shift) {
+    for (int round = 0; round < kRounds; ++round) {
+      const std::int64_t ts = start + 10'000 + round * 2000 + 1000 + shift;
+      const std::string body = Batch(next_seq++, {{ts, 1, "", 1000}, {ts, 0, "", 1000}});
+      for (int attempt = 0;; ++attempt) {
+        const auto r = Call("POST", "/v1/agent/samples", host.token, body);
+        if (r.status == 200) ++accepted;
+        else if (r.status == 422 && r.body.find("overlapping_sample_indexes") != std::string::npos) ++refused;
+        else if (r.status == 503 && attempt < 50) {
+          std::this_thread::sleep_for(50ms);
+          continue;
+        } else {
+          ++failures;
+          ADD_FAILURE() << r.status << " " << r.body;
+        }
+        break;
+      }
+    }
+  };
+  std::thread a(sender, 0), b(sender, 500);
+  a.join();
+  b.join();
+  ASSERT_EQ(failures, 0);
+  EXPECT_EQ(accepted + refused, 2 * kRounds);
+  // Each round: both GPUs' second stored once, whichever sender came first.
+  EXPECT_EQ(Scalar("SELECT sum(interval_ms) FROM usage_samples"), 2000 + accepted * 2000);
+  EXPECT_EQ(accepted, kRounds);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM (SELECT ts - interval_ms * interval '1 millisecond' AS begins, "
+                   "lag(ts) OVER (PARTITION BY host_id, gpu_index ORDER BY ts) AS prev_end FROM usage_samples) x "
+                   "WHERE begins < prev_end"),
+            0);
 }

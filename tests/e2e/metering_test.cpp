@@ -171,6 +171,10 @@ TEST_F(Metering, AnInstanceIsMeteredForTheTimeItRanAndIdleGpusToo) {
   std::snprintf(expected, sizeof expected, "%.6f", static_cast<double>(metered) / 3.6e6);
   EXPECT_EQ(Str(mine, "gpu_hours"), expected);
   EXPECT_NEAR(mine.at("coverage").as_double(), 1.0, 0.1) << usage;
+  // Against the time it held its GPU (from placement, before it ran): never above 1.
+  EXPECT_LE(mine.at("held_coverage").as_double(), 1.0) << usage;
+  EXPECT_GT(mine.at("held_coverage").as_double(), 0.7) << usage;
+  EXPECT_GE(Str(mine, "held_gpu_hours"), Str(mine, "gpu_hours")) << usage;  // same width: compares as numbers
   EXPECT_FALSE(usage.at("usage_complete_through").is_null());
   EXPECT_GE(usage.at("data").as_array().size(), 1u);
   EXPECT_EQ(Str(usage.at("data").as_array().at(0), "instance_id"), id);
@@ -352,4 +356,38 @@ TEST(MeteringDatabaseRestart, SamplesWaitInTheSpoolsAndGoInOnceEach) {
   EXPECT_EQ(r["overlaps"].as<std::int64_t>(), 0);
   EXPECT_LE(r["max_gap_ms"].as<std::int64_t>(), 50) << "samples lost while the database was down";
   EXPECT_EQ(r["gpus"].as<std::int64_t>(), 8);
+}
+
+TEST_F(Metering, AnAgentLeavesOutSamplesOfGpuTimeAlreadyStoredAndShipsTheRest) {
+  const int admin = FreePort();
+  auto agent = StartHosts(1, {"--admin-listen", "127.0.0.1:" + std::to_string(admin)});
+  ASSERT_TRUE(agent);
+  std::string host;
+  {
+    auto c = db_->Connect();
+    host = pqxx::nontransaction(*c).exec1("SELECT id FROM hosts")[0].as<std::string>();
+  }
+  // A second of GPU 0's time a little ahead is stored already (sent once under other batch
+  // numbers, say, from a state directory restored from a backup).
+  const std::int64_t at = EpochMs(NowMs()) + 2000;
+  {
+    auto c = db_->Connect();
+    pqxx::work tx(*c);
+    tx.exec_params("INSERT INTO usage_samples VALUES (to_timestamp($2::bigint / 1000.0), $1, 0, NULL, 1000, 0, 0, 0, 0)",
+                   host, at);
+    tx.exec_params("UPDATE gpu_sample_marks SET stored_through = to_timestamp($2::bigint / 1000.0) "
+                   "WHERE host_id = $1 AND gpu_index = 0",
+                   host, at);
+    tx.commit();
+  }
+  // The agent's batch over that second is refused with those samples listed; it sends it again
+  // without them, and the rest of its time goes in.
+  EXPECT_TRUE(WaitFor([&] { return AgentCounter(admin, "spillway_agent_samples_already_stored_total") > 0; }, 20s))
+      << agent->Stderr();
+  const std::int64_t stored_after = Scalar("SELECT count(*) FROM usage_samples WHERE ts > to_timestamp($1::bigint / 1000.0)", at);
+  EXPECT_TRUE(WaitFor([&] {
+    return Scalar("SELECT count(*) FROM usage_samples WHERE ts > to_timestamp($1::bigint / 1000.0)", at) > stored_after + 2;
+  }, 20s));
+  EXPECT_EQ(AgentCounter(admin, "spillway_agent_batches_quarantined_total"), 0);
+  for (const auto& g : Tiling()) EXPECT_EQ(g.overlaps, 0);
 }

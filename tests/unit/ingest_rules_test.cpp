@@ -78,3 +78,22 @@ TEST(CheckBatch, SamplesOfAnInstanceThatNoLongerHeldTheGpuAreAllListedWhenNothin
   EXPECT_EQ(IndexOf(overlap), 1u);
   EXPECT_TRUE(overlap->unheld.empty());
 }
+
+TEST(CheckBatch, SamplesOverStoredTimeAreListedWithTheUnheldOnesWhenNothingElseIsWrong) {
+  protocol::SampleBatch b{1, kNow - 1min, std::nullopt,
+                          {At("2026-11-26T11:29:00Z", 0, "ins_1"), At("2026-11-26T11:31:00Z", 0, "ins_1"),
+                           At("2026-11-26T11:31:00Z", 1, std::nullopt)}};
+  // Sample 0 and 2 cover time already stored; sample 1 names ins_1 after its release.
+  auto r = CheckBatch(b, "hst_a", kGpus, kAllocations, kNow, IngestRules{}, {0, 2});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(IndexOf(r), 0u);
+  EXPECT_EQ(r->overlapping, (std::vector<std::size_t>{0, 2}));
+  EXPECT_EQ(r->unheld, (std::vector<std::size_t>{1}));
+  EXPECT_NE(r->message.find("is already stored"), std::string::npos) << r->message;
+  // A hard fault hides both lists: the batch cannot be repaired.
+  b.samples.push_back(At("2026-11-26T11:31:00Z", 2, std::nullopt));
+  r = CheckBatch(b, "hst_a", kGpus, kAllocations, kNow, IngestRules{}, {0, 2});
+  EXPECT_EQ(IndexOf(r), 3u);
+  EXPECT_TRUE(r->overlapping.empty());
+  EXPECT_TRUE(r->unheld.empty());
+}
