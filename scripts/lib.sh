@@ -95,6 +95,34 @@ spw_pg_start() {
     start >/dev/null || { tail -20 "$data/server.log" >&2; spw_die "PostgreSQL did not start"; }
 }
 
+# spw_report_skips LOG: from ctest's LastTest.log, prints how many tests skipped and why; returns
+# non-zero when one skipped for anything but a missing GPU (its skip message says "no GPU").
+spw_report_skips() {
+  local log=$1
+  [ -f "$log" ] || { spw_log "no test log at $log"; return 1; }
+  local skips
+  skips=$(awk '
+    /^[0-9]+\/[0-9]+ Test: / { name = $0; sub(/^[0-9]+\/[0-9]+ Test: /, "", name); skipped = 0; why = ""; next }
+    why == "?" { why = $0 }
+    /: Skipped$/ { why = "?" }
+    /\[  SKIPPED \]/ { skipped = 1 }
+    / end time: / { if (skipped) printf "%s\t%s\n", name, why; skipped = 0 }
+  ' "$log")
+  local total=0 gpu=0 other=0 line
+  while IFS= read -r line; do
+    [ -n "$line" ] || continue
+    total=$((total + 1))
+    if printf '%s' "$line" | grep -q 'no GPU'; then
+      gpu=$((gpu + 1))
+    else
+      other=$((other + 1))
+      printf 'skipped, and not for want of a GPU: %s\n' "$line" >&2
+    fi
+  done <<<"$skips"
+  spw_log "skipped tests: $total ($gpu need a GPU this machine does not have)"
+  [ "$other" -eq 0 ]
+}
+
 spw_pg_stop() {
   local data=$1
   [ -f "$data/postmaster.pid" ] || return 0
