@@ -68,7 +68,7 @@ std::atomic<std::uint64_t> next_dispatcher_id{1};  // see ApiDispatcher::Pipelin
 ApiDispatcher::ApiDispatcher(const Config& config, const ServerSettings& server, const FleetSettings& fleet, Database& db, Metrics& metrics,
                              const Clock& clock,
                              FleetMetrics* fleet_metrics, AssignmentNotifier* notifier, KeyCache* key_cache,
-                             HeartbeatRecorder* heartbeats, metering::Ingestor* ingest)
+                             HeartbeatRecorder* heartbeats, metering::Ingestor* ingest, const SecretBox* secrets)
     : config_(config),
       fleet_(fleet),
       db_(db),
@@ -78,6 +78,7 @@ ApiDispatcher::ApiDispatcher(const Config& config, const ServerSettings& server,
       key_cache_(key_cache),
       heartbeats_(heartbeats),
       ingest_(ingest),
+      secrets_(secrets),
       router_(ApiRoutes()),
       server_(server),
       id_(next_dispatcher_id++) {
@@ -490,6 +491,7 @@ ApiDispatcher::Outcome ApiDispatcher::Run(Session& conn, const Route& route,
     ctx.heartbeats = heartbeats_;
     ctx.fleet = &fleet_;
     ctx.ingest = ingest_;
+    ctx.secrets = secrets_;
     if (!route.tenant_param.empty()) ctx.RequireTenant(ctx.Param(route.tenant_param));
     const std::string idempotency_key = request.Header("idempotency-key");
     Reply reply = route.idempotent && !idempotency_key.empty() ? RunIdempotent(ctx, route.handler, idempotency_key, server_.idempotency_ttl)

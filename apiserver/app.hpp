@@ -21,6 +21,7 @@ class Histogram;
 }  // namespace prometheus
 
 namespace spillway {
+class SecretBox;
 
 class Database;
 class Metrics;
@@ -45,7 +46,7 @@ class ApiDispatcher : public http::Dispatcher {
   ApiDispatcher(const Config& config, const ServerSettings& server, const FleetSettings& fleet, Database& db, Metrics& metrics, const Clock& clock,
                 FleetMetrics* fleet_metrics = nullptr, AssignmentNotifier* notifier = nullptr,
                 KeyCache* key_cache = nullptr, HeartbeatRecorder* heartbeats = nullptr,
-                metering::Ingestor* ingest = nullptr);
+                metering::Ingestor* ingest = nullptr, const SecretBox* secrets = nullptr);
   ~ApiDispatcher() override;
   void Dispatch(http::Request request, http::Responder respond) override;
   // 100 only once the route exists and the key may call it.
@@ -104,6 +105,7 @@ class ApiDispatcher : public http::Dispatcher {
   KeyCache* key_cache_;
   HeartbeatRecorder* heartbeats_;
   metering::Ingestor* ingest_;
+  const SecretBox* secrets_;
   Router router_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* durations_;

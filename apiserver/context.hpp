@@ -20,6 +20,7 @@
 namespace spillway {
 
 struct AuditRecord;
+class SecretBox;
 struct FleetMetrics;
 class KeyCache;
 class HeartbeatRecorder;
@@ -68,6 +69,7 @@ struct Ctx {
   HeartbeatRecorder* heartbeats = nullptr;  // heartbeats' fast path (may be null: tools, tests)
   const FleetSettings* fleet = nullptr;     // the fleet's typed configuration
   metering::Ingestor* ingest = nullptr;     // sample batches' group committer (may be null: tools)
+  const SecretBox* secrets = nullptr;       // seals and opens tenants' env values (may be null: tools)
 
   // Runs fn(tx) in a transaction of its own (retried when it loses a race, see InTransaction), or
   // inside the idempotency record's transaction when there is one. Returns what fn returns.

@@ -24,6 +24,7 @@
 #include "core/migrate.hpp"
 #include "metering/ingest.hpp"
 #include "metering/usage.hpp"
+#include "provisioning/sealed_env.hpp"
 #include "provisioning/volumes.hpp"
 
 namespace spillway {
@@ -89,6 +90,27 @@ int RunBootstrapAdmin(const Config& config) {
   }
 }
 
+int RunRotateSecrets(const Config& config) {
+  try {
+    const SecretBox box = SecretBox::FromFile(config.String("secrets.key_file"));
+    auto conn = ConnectOnce(config, "spillway-rotate-secrets");
+    if (!conn) return 1;
+    if (int rc = RequireCurrentSchema(*conn)) return rc;
+    const ResealReport r = ResealEnv(*conn, box);
+    std::cout << "re-sealed " << r.values << " env value(s) of " << r.instances << " instance(s) under key "
+              << box.newest_key_id() << "\n";
+    for (const auto& id : r.retired)
+      std::cout << "key " << id << " seals nothing any more: it may be removed from " << box.source() << "\n";
+    return 0;
+  } catch (const SecretError& e) {
+    std::cerr << "spillway-apiserver rotate-secrets: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "spillway-apiserver rotate-secrets: " << e.what() << "\n";
+    return 1;
+  }
+}
+
 int RunServe(const Config& config) {
   std::signal(SIGPIPE, SIG_IGN);
   ServerSettings server;
@@ -109,6 +131,20 @@ int RunServe(const Config& config) {
       return 1;
     }
   }
+  std::optional<SecretBox> secrets;
+  try {
+    secrets = SecretBox::FromFile(config.String("secrets.key_file"));
+    auto conn = ConnectOnce(config, "spillway-apiserver");
+    if (!conn) return 1;
+    if (const std::int64_t sealed = PrepareSecrets(*conn, *secrets); sealed > 0)
+      log::Info("env values stored before sealing are sealed now", {{"values", sealed}});
+  } catch (const SecretError& e) {
+    std::cerr << "spillway-apiserver: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "spillway-apiserver: cannot prepare the database's secrets: " << e.what() << "\n";
+    return 1;
+  }
   Metrics metrics;
   const FleetSettings fleet_settings = FleetSettings::From(config);
   const DbOptions db_options = DbOptions::From(config);
@@ -128,7 +164,7 @@ int RunServe(const Config& config) {
   heartbeats.Start();
   notifier.Start();
   const Clock& clock = SystemClockInstance();
-  const FleetContext fleet{fleet_settings, &fleet_metrics, clock};
+  const FleetContext fleet{fleet_settings, &fleet_metrics, clock, &*secrets};
   LeaderOptions leader;
   leader.session = db_options.Session("spillway-leader");
   leader.lock_key = kLeaderLock;
@@ -164,7 +200,7 @@ int RunServe(const Config& config) {
   http::Runtime runtime(server.io_threads);
   runtime.OnDrain([&notifier] { notifier.Stop(); });
   ApiDispatcher api(config, server, fleet_settings, db, metrics, clock, &fleet_metrics, &notifier, &key_cache, &heartbeats,
-                    &ingest);
+                    &ingest, &*secrets);
   AdminDispatcher admin(db, metrics, [&runtime] { return runtime.Draining(); });
   try {
     runtime.AddListener(server.api, api);

@@ -6,6 +6,8 @@ namespace spillway {
 // The apiserver's commands; each returns the process exit code (0 done, 1 failed, 2 bad usage/config).
 int RunMigrate(const Config& config);
 int RunBootstrapAdmin(const Config& config);
+// Seals every env value again under the newest key of secrets.key_file (rotation).
+int RunRotateSecrets(const Config& config);
 int RunServe(const Config& config);
 
 }  // namespace spillway

@@ -128,6 +128,7 @@ const std::vector<KeySpec>& ConfigSchema() {
       {"controllers.tick", KeyType::kDuration, "1s"},
       {"idempotency.ttl", KeyType::kDuration, "24h"},
       {"tenants.suspension_grace", KeyType::kDuration, "24h"},
+      {"secrets.key_file", KeyType::kString, ""},
       {"auth.key_cache_ttl", KeyType::kDuration, "60s"},
       {"operator.tenant_name", KeyType::kString, "operator"},
       {"log.level", KeyType::kString, "info", 0, 0, {"trace", "debug", "info", "warn", "error"}},

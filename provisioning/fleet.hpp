@@ -47,10 +47,13 @@ struct FleetSettings {
   static FleetSettings From(const Config& config);
 };
 
+class SecretBox;
+
 struct FleetContext {
   const FleetSettings& settings;
   FleetMetrics* metrics = nullptr;  // may be null (tools, tests)
   const Clock& clock = SystemClockInstance();
+  const SecretBox* secrets = nullptr;  // seals env values at launch (LaunchInstance needs it)
 };
 
 struct HostSlot {

@@ -184,7 +184,7 @@ std::int64_t HostAssignmentVersion(Tx& tx, const std::string& host_id) {
   return tx.exec_prepared(kHostVersion.name, host_id)[0]["assignment_version"].as<std::int64_t>();
 }
 
-Assignments HostAssignments(Tx& tx, const std::string& host_id) {
+Assignments HostAssignments(Tx& tx, const std::string& host_id, const SecretBox& secrets) {
   Assignments a;
   a.version = HostAssignmentVersion(tx, host_id);
   for (const auto& r : tx.exec_prepared(kAssignments.name, host_id))
@@ -192,7 +192,7 @@ Assignments HostAssignments(Tx& tx, const std::string& host_id) {
                                      ParseInstanceState(r["state"].as<std::string>()).value_or(InstanceState::kRunning),
                                      ParseIntArray(r["gpu_indices"].as<std::string>()), TimeFrom(r["preempt_ms"])});
   for (auto& i : a.instances)
-    if (i.state != InstanceState::kTerminating) i.spec = LoadWorkloadSpec(tx, i.instance_id);
+    if (i.state != InstanceState::kTerminating) i.spec = LoadWorkloadSpec(tx, i.instance_id, secrets);
   return a;
 }
 

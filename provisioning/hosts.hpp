@@ -12,6 +12,7 @@
 #include "provisioning/words.hpp"
 
 namespace spillway {
+class SecretBox;
 
 struct Host {
   std::string id, hostname, region, zone, gpu_model;
@@ -72,6 +73,6 @@ struct Assignments {
 };
 std::int64_t HostAssignmentVersion(Tx& tx, const std::string& host_id);
 // The instances the host should be running (or stopping), with the version they are as of.
-Assignments HostAssignments(Tx& tx, const std::string& host_id);
+Assignments HostAssignments(Tx& tx, const std::string& host_id, const SecretBox& secrets);
 
 }  // namespace spillway

@@ -172,7 +172,8 @@ Instance LaunchInstance(Tx& tx, const FleetContext& fc, const LaunchRequest& req
   const auto max_price = TextOf(req.max_price_micros);
   tx.exec_prepared(kInsertInstance.name, id, req.tenant_id, req.name, type.name, type.gpu_model, type.gpus,
                    req.region, ToString(req.market), Nullable(max_price), FormatTime(fc.clock.Now()));
-  SaveLaunchSpec(tx, id, req.spec, authorized_keys);
+  if (!fc.secrets) throw std::logic_error("a launch needs the secret box to seal env values");
+  SaveLaunchSpec(tx, id, req.spec, authorized_keys, *fc.secrets);
   ApplyPlacement(tx, fc, id, plan);
   return *FindInstance(tx, id);
 }

@@ -10,6 +10,7 @@
 #include "core/ids.hpp"
 #include "core/sql.hpp"
 #include "core/text.hpp"
+#include "provisioning/sealed_env.hpp"
 #include "protocol/agent.hpp"
 
 namespace spillway {
@@ -279,12 +280,11 @@ std::vector<std::string> CheckLaunchReferences(Tx& tx, const std::string& tenant
 }
 
 void SaveLaunchSpec(Tx& tx, const std::string& instance_id, const LaunchSpec& spec,
-                    const std::vector<std::string>& authorized_keys) {
-  boost::json::object env;
-  for (const auto& [name, value] : spec.env) env[name] = value;
+                    const std::vector<std::string>& authorized_keys, const SecretBox& secrets) {
+  const std::string env = SealEnv(secrets, instance_id, spec.env);
   const auto disk = TextOf(spec.disk_gb ? std::optional<std::int64_t>(*spec.disk_gb) : std::nullopt);
   tx.exec_prepared(kSetInstanceSpec.name, instance_id, Nullable(spec.image), TextArrayLiteral(spec.command),
-                   boost::json::serialize(env), TextArrayLiteral(spec.ssh_key_ids), TextArrayLiteral(authorized_keys),
+                   env, TextArrayLiteral(spec.ssh_key_ids), TextArrayLiteral(authorized_keys),
                    Nullable(disk), Nullable(spec.min_cuda));
   for (const auto& p : PortsToMap(spec)) tx.exec_prepared(kInsertPort.name, instance_id, p.port, p.protocol);
   for (const auto& m : spec.volumes) {
@@ -346,16 +346,14 @@ void ReleaseInstanceResources(pqxx::transaction_base& tx, const std::string& ins
   tx.exec_prepared(kDetachVolumes.name, instance_id);
 }
 
-protocol::WorkloadSpec LoadWorkloadSpec(Tx& tx, const std::string& instance_id) {
+protocol::WorkloadSpec LoadWorkloadSpec(Tx& tx, const std::string& instance_id, const SecretBox& secrets) {
   protocol::WorkloadSpec s;
   const auto rows = tx.exec_prepared(kInstanceSpec.name, instance_id);
   if (rows.empty()) return s;
   const auto& r = rows[0];
   s.image = TextFrom(r["image"]);
   s.command = StringsOf(r["command"].as<std::string>());
-  const auto env = boost::json::parse(r["env"].as<std::string>());
-  for (const auto& [name, value] : env.as_object()) s.env.emplace_back(std::string(name), std::string(value.as_string()));
-  std::sort(s.env.begin(), s.env.end());  // by name, as the API lists them
+  s.env = OpenEnv(secrets, instance_id, r["env"].as<std::string>());  // by name, as the API lists them
   s.authorized_keys = StringsOf(r["authorized_keys"].as<std::string>());
   if (const auto d = IntFrom(r["disk_gb"])) s.disk_gb = static_cast<int>(*d);
   for (const auto& p : tx.exec_prepared(kInstancePorts.name, instance_id))

@@ -15,6 +15,7 @@
 #include "protocol/agent.hpp"
 
 namespace spillway {
+class SecretBox;
 
 // Bounds a launch spec is held to (docs/protocol.md repeats them).
 inline constexpr std::size_t kMaxCommandArgs = 256, kMaxCommandBytes = 64 * 1024;
@@ -71,8 +72,9 @@ std::vector<std::string> CheckLaunchReferences(Tx& tx, const std::string& tenant
                                                const LaunchSpec& spec);
 // Writes the spec of the new instance: its columns, the ports to map, and its volumes, attached
 // to it here, in the launch's transaction.
+// Env values are sealed with `secrets` (provisioning/sealed_env).
 void SaveLaunchSpec(Tx& tx, const std::string& instance_id, const LaunchSpec& spec,
-                    const std::vector<std::string>& authorized_keys);
+                    const std::vector<std::string>& authorized_keys, const SecretBox& secrets);
 
 struct PortMapping {
   int internal = 0, external = 0;
@@ -104,6 +106,7 @@ void AllocatePorts(pqxx::transaction_base& tx, const std::string& instance_id, c
 void ReleaseInstanceResources(pqxx::transaction_base& tx, const std::string& instance_id);
 
 // What the host's agent is told to run (assignments), env values and public keys included.
-protocol::WorkloadSpec LoadWorkloadSpec(Tx& tx, const std::string& instance_id);
+// Env values are opened with `secrets` (provisioning/sealed_env).
+protocol::WorkloadSpec LoadWorkloadSpec(Tx& tx, const std::string& instance_id, const SecretBox& secrets);
 
 }  // namespace spillway

@@ -123,6 +123,16 @@ spw_report_skips() {
   [ "$other" -eq 0 ]
 }
 
+# spw_secrets_key FILE: a key file for secrets.key_file (one random key, mode 0600) unless FILE has
+# one; exports SPILLWAY_SECRETS_KEY_FILE=FILE.
+spw_secrets_key() {
+  local file=$1
+  if [ ! -s "$file" ]; then
+    (umask 077 && printf 'k%s %s\n' "$(date -u +%Y%m%d)" "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$file")
+  fi
+  export SPILLWAY_SECRETS_KEY_FILE=$file
+}
+
 spw_pg_stop() {
   local data=$1
   [ -f "$data/postmaster.pid" ] || return 0

@@ -80,7 +80,9 @@ Reply AgentAssignments(Ctx& ctx) {
     r.long_poll_ms = wait * 1000;
     return r;
   }
-  const Assignments a = ctx.ReadSnapshot([&](Tx& tx) { return HostAssignments(tx, host); });  // one snapshot
+  if (!ctx.secrets) throw std::logic_error("assignments need the secret box to open env values");
+  const Assignments a =
+      ctx.ReadSnapshot([&](Tx& tx) { return HostAssignments(tx, host, *ctx.secrets); });  // one snapshot
   protocol::AssignmentList list{a.version, {}};
   for (const auto& i : a.instances)
     list.instances.push_back({i.instance_id, i.state == InstanceState::kTerminating ? "stopped" : "running",

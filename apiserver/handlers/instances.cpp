@@ -170,7 +170,7 @@ LaunchRequest ParseLaunch(const Ctx& ctx) {
 
 Reply CreateInstance(Ctx& ctx) {
   const LaunchRequest req = ParseLaunch(ctx);
-  const FleetContext fc{*ctx.fleet, ctx.fleet_metrics, ctx.clock};
+  const FleetContext fc{*ctx.fleet, ctx.fleet_metrics, ctx.clock, ctx.secrets};
   return ctx.Write([&](Tx& tx) {
     const Instance instance = LaunchInstance(tx, fc, req);
     RecordAudit(tx, ctx.AuditOf(req.tenant_id, "instance.create", instance.id));

@@ -205,7 +205,8 @@ TEST(Lifecycle, TlsListenerSpeaksTls12And13Only) {
                         {"SPILLWAY_LISTEN", "127.0.0.1:" + std::to_string(FreePort())},
                         {"SPILLWAY_ADMIN_LISTEN", "127.0.0.1:" + std::to_string(FreePort())},
                         {"SPILLWAY_TLS_LISTEN", "127.0.0.1:" + std::to_string(FreePort())},
-                        {"SPILLWAY_TLS_CERT_FILE", "/nonexistent.pem"}, {"SPILLWAY_TLS_KEY_FILE", "/nonexistent.pem"}},
+                        {"SPILLWAY_TLS_CERT_FILE", "/nonexistent.pem"}, {"SPILLWAY_TLS_KEY_FILE", "/nonexistent.pem"},
+                        {"SPILLWAY_SECRETS_KEY_FILE", TestSecretsKeyFile()}},
                        &err),
             2);
   EXPECT_NE(err.find("tls.cert_file"), std::string::npos) << err;

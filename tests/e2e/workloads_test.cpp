@@ -131,6 +131,15 @@ TEST_F(Workloads, ALaunchSpecReachesTheLauncherAndTheInstanceShowsWhereToConnect
   for (const auto& g : i.at("gpu_indices").as_array()) gpus += (gpus.empty() ? "" : ",") + std::to_string(g.as_int64());
   EXPECT_NE(env.find("CUDA_VISIBLE_DEVICES=" + gpus + "\n"), std::string::npos) << env;
   EXPECT_EQ(ReadAll(Out(id, "tenant.env")), "HF_TOKEN=hf_secret_value_123\nMODE=eval\n");
+  {  // At rest the values are sealed: the column holds no plain text, each value under the test key.
+    auto conn = db_->Connect();
+    const std::string stored = pqxx::nontransaction(*conn).exec_params1("SELECT env::text FROM instances WHERE id = $1", id)[0].as<std::string>();
+    EXPECT_EQ(stored.find("hf_secret_value_123"), std::string::npos) << stored;
+    EXPECT_EQ(stored.find("eval"), std::string::npos) << stored;
+    const auto sealed = boost::json::parse(stored).as_object();
+    ASSERT_EQ(sealed.size(), 2u) << stored;
+    for (const auto& [name, value] : sealed) EXPECT_EQ(std::string(value.as_string()).rfind("spw1:test1:", 0), 0u) << stored;
+  }
   EXPECT_EQ(ReadAll(Out(id, "command")), std::string("python3\0-m\0http.server\0008000\0", 28));
   EXPECT_EQ(ReadAll(Out(id, "keys")), kKey + "\n");
   const auto spec = boost::json::parse(ReadAll(Out(id, "spec.json")));

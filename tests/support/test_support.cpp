@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "core/migrate.hpp"
+#include "core/secrets.hpp"
 
 extern char** environ;
 
@@ -334,8 +335,24 @@ bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds timeou
   }
 }
 
+const std::string& TestSecretsKeyFile() {
+  static const std::string path = [] {
+    std::string p = "/tmp/spillway-test-secrets-" + std::to_string(::getpid()) + ".key";
+    const int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) throw std::runtime_error("cannot create " + p);
+    const std::string line = SecretBox::NewKeyLine("test1");
+    const bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+    ::close(fd);
+    if (!ok) throw std::runtime_error("cannot write " + p);
+    std::atexit([] { ::unlink(TestSecretsKeyFile().c_str()); });
+    return p;
+  }();
+  return path;
+}
+
 ApiServer::ApiServer(const std::string& dsn, std::map<std::string, std::string> env) : env_(std::move(env)) {
   env_["SPILLWAY_DATABASE_URL"] = dsn;
+  env_.emplace("SPILLWAY_SECRETS_KEY_FILE", TestSecretsKeyFile());
   env_.emplace("SPILLWAY_DATABASE_POOL_SIZE", "4");
   Spawn();
 }

@@ -117,6 +117,9 @@ class ApiServer {
 
 std::string ApiServerBinary();
 std::string AgentBinary();
+// A key file for secrets.key_file (mode 0600), one per test binary, removed when it exits: every
+// apiserver a test starts seals env values with it (ApiServer sets SPILLWAY_SECRETS_KEY_FILE).
+const std::string& TestSecretsKeyFile();
 // Polls `done` every 50 ms until it holds or `timeout` passes; returns whether it held.
 bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout);
 // A PostgreSQL cluster of the test's own (initdb under /tmp), so that stopping or restarting it
