@@ -3,6 +3,7 @@
 #include "apiserver/app.hpp"
 #include "apiserver/handlers/api_keys.hpp"
 #include "apiserver/handlers/audit.hpp"
+#include "apiserver/handlers/billing_prices.hpp"
 #include "apiserver/handlers/agent.hpp"
 #include "apiserver/handlers/samples.hpp"
 #include "apiserver/handlers/ssh_keys.hpp"
@@ -61,6 +62,8 @@ std::vector<Route> ApiRoutes() {
       {"POST", "/v1/agent/samples", kHost, IngestSamples, Body::kRequired},
       {"GET", "/v1/usage", kMember | kAdmin | kFinance, GetUsage},
       {"GET", "/v1/fleet/usage", kOperator | kAdmin, GetFleetUsage},
+      {"GET", "/v1/billing/prices", kFinance | kAdmin | kOperator, ListPrices},
+      {"POST", "/v1/billing/prices", kFinance | kAdmin, SchedulePrice, Body::kRequired, "", /*idempotent=*/true},
   };
 }
 

@@ -22,6 +22,7 @@
 #include "core/log.hpp"
 #include "core/metrics.hpp"
 #include "core/migrate.hpp"
+#include "core/money.hpp"
 #include "metering/ingest.hpp"
 #include "metering/usage.hpp"
 #include "provisioning/sealed_env.hpp"
@@ -125,7 +126,8 @@ int RunServe(const Config& config) {
     if (!conn) return 1;
     try {
       if (int rc = RequireCurrentSchema(*conn)) return rc;
-      SeedPriceBook(*conn, config.on_demand_prices(), SystemClockInstance().Now());
+      SeedPriceBook(*conn, config.on_demand_prices(), *ParseMicros(config.String("billing.storage_price_per_gb_month")),
+                    SystemClockInstance().Now());
     } catch (const std::exception& e) {
       std::cerr << "spillway-apiserver: cannot prepare the database: " << e.what() << "\n";
       return 1;

@@ -49,8 +49,29 @@ std::vector<SpotPricePoint> SpotPriceHistory(Tx& tx, const SpotHistoryQuery& que
 std::vector<SpotPricePoint> LatestSpotPrices(Tx& tx, const std::string& region,
                                              const std::string& gpu_model);
 
-// Adds the config's on-demand prices to the book, effective `now`, where they differ from the
-// price in effect; one replica at a time (an advisory lock). Returns how many changed.
-int SeedPriceBook(Session& conn, const std::vector<OnDemandPrice>& prices, TimeMs now);
+// Seeds the book from the config, effective `now`: a GPU model's on-demand price only when the book
+// holds none for that model, the storage price only when it holds none. The book is finance's from
+// then on: a restart never undoes a price set through the API. One replica at a time (an advisory
+// lock). Returns how many prices were added.
+int SeedPriceBook(Session& conn, const std::vector<OnDemandPrice>& prices, std::int64_t storage_micros_per_gb_month,
+                  TimeMs now);
+
+// The storage price per GB-month in effect at `at`; nullopt when none was yet.
+std::optional<std::int64_t> StoragePriceAt(Tx& tx, TimeMs at);
+
+// One price of the book: a GPU model's on-demand price per GPU-hour, or the storage price per GB-month.
+struct PriceBookEntry {
+  std::string gpu_model;  // "" for the storage price
+  std::int64_t price_micros = 0;
+  TimeMs effective_from{};
+  bool storage() const { return gpu_model.empty(); }
+};
+// Every price of the book, past, in effect and scheduled: GPU models by name then time, storage last.
+std::vector<PriceBookEntry> PriceBook(Tx& tx);
+// The first price of `gpu_model` ("" for storage) taking effect after `now`, if one is scheduled.
+std::optional<PriceBookEntry> NextPrice(Tx& tx, const std::string& gpu_model, TimeMs now);
+// Adds `entry` to the book. False (nothing written) when that model, or storage, already has a
+// price taking effect at that very time. The caller checks it is in the future.
+bool SchedulePrice(Tx& tx, const PriceBookEntry& entry);
 
 }  // namespace spillway

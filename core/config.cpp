@@ -76,6 +76,11 @@ std::string CheckMoney(const std::string& text) {
   return ParseMicros(text) ? "" : "must be a decimal USD amount such as \"0.100000\"";
 }
 
+std::string CheckPositiveMoney(const std::string& text) {
+  const auto micros = ParseMicros(text);
+  return micros && *micros > 0 ? "" : "must be a positive decimal USD amount such as \"0.100000\"";
+}
+
 }  // namespace
 
 const std::vector<KeySpec>& ConfigSchema() {
@@ -129,6 +134,7 @@ const std::vector<KeySpec>& ConfigSchema() {
       {"idempotency.ttl", KeyType::kDuration, "24h"},
       {"tenants.suspension_grace", KeyType::kDuration, "24h"},
       {"secrets.key_file", KeyType::kString, ""},
+      {"billing.storage_price_per_gb_month", KeyType::kString, "0.100000", 0, 0, {}, false, CheckPositiveMoney},
       {"auth.key_cache_ttl", KeyType::kDuration, "60s"},
       {"operator.tenant_name", KeyType::kString, "operator"},
       {"log.level", KeyType::kString, "info", 0, 0, {"trace", "debug", "info", "warn", "error"}},

@@ -55,6 +55,7 @@ Reply ListInstanceTypes(Ctx& ctx) {
     boost::json::array data;
     for (const auto& t : ctx.config.instance_types()) {
       const auto od = OnDemandPriceAt(tx, t.gpu_model, ctx.clock.Now());
+      const auto next = NextPrice(tx, t.gpu_model, ctx.clock.Now());
       boost::json::array regions;
       for (const auto& p : by_model[t.gpu_model]) {
         if (!p.Offers(t.gpus)) continue;  // no host here could ever hold it
@@ -73,6 +74,9 @@ Reply ListInstanceTypes(Ctx& ctx) {
                       {"vcpus", t.vcpus},
                       {"memory_gib", t.memory_gib},
                       {"on_demand_price_per_gpu_hour", JsonMicros(od)},
+                      {"next_on_demand_price", next ? boost::json::value{{"price_per_gpu_hour", FormatMicros(next->price_micros)},
+                                                                          {"effective_from", FormatTime(next->effective_from)}}
+                                                    : boost::json::value(nullptr)},
                       {"regions", std::move(regions)}});
     }
     return Reply{200, boost::json::object{{"data", std::move(data)}}};
