@@ -7,12 +7,8 @@ CREATE TABLE storage_prices (
   price_micros_per_gb_month bigint NOT NULL CHECK (price_micros_per_gb_month > 0)
 );
 
--- Both books only grow: a price once set is history that invoices were rated against.
-CREATE FUNCTION price_book_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  RAISE EXCEPTION 'the price book is append-only: % on %', TG_OP, TG_TABLE_NAME USING ERRCODE = 'restrict_violation';
-END $$;
+-- Both books only grow, as the spot history does: a price once set is what usage was rated against.
 CREATE TRIGGER prices_append_only BEFORE UPDATE OR DELETE ON prices
-  FOR EACH ROW EXECUTE FUNCTION price_book_append_only();
+  FOR EACH STATEMENT EXECUTE FUNCTION forbid_change();
 CREATE TRIGGER storage_prices_append_only BEFORE UPDATE OR DELETE ON storage_prices
-  FOR EACH ROW EXECUTE FUNCTION price_book_append_only();
+  FOR EACH STATEMENT EXECUTE FUNCTION forbid_change();
