@@ -121,6 +121,7 @@ int RunServe(const Config& config) {
     std::cerr << "spillway-apiserver: " << e.what() << "\n";
     return 2;
   }
+  std::optional<SecretBox> secrets;
   {
     auto conn = ConnectOnce(config, "spillway-apiserver");
     if (!conn) return 1;
@@ -128,24 +129,16 @@ int RunServe(const Config& config) {
       if (int rc = RequireCurrentSchema(*conn)) return rc;
       SeedPriceBook(*conn, config.on_demand_prices(), *ParseMicros(config.String("billing.storage_price_per_gb_month")),
                     SystemClockInstance().Now());
+      secrets = SecretBox::FromFile(config.String("secrets.key_file"));
+      if (const std::int64_t sealed = PrepareSecrets(*conn, *secrets); sealed > 0)
+        log::Info("env values stored before sealing are sealed now", {{"values", sealed}});
+    } catch (const SecretError& e) {
+      std::cerr << "spillway-apiserver: " << e.what() << "\n";
+      return 2;
     } catch (const std::exception& e) {
       std::cerr << "spillway-apiserver: cannot prepare the database: " << e.what() << "\n";
       return 1;
     }
-  }
-  std::optional<SecretBox> secrets;
-  try {
-    secrets = SecretBox::FromFile(config.String("secrets.key_file"));
-    auto conn = ConnectOnce(config, "spillway-apiserver");
-    if (!conn) return 1;
-    if (const std::int64_t sealed = PrepareSecrets(*conn, *secrets); sealed > 0)
-      log::Info("env values stored before sealing are sealed now", {{"values", sealed}});
-  } catch (const SecretError& e) {
-    std::cerr << "spillway-apiserver: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "spillway-apiserver: cannot prepare the database's secrets: " << e.what() << "\n";
-    return 1;
   }
   Metrics metrics;
   const FleetSettings fleet_settings = FleetSettings::From(config);

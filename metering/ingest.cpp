@@ -354,12 +354,12 @@ bool Ingestor::TryCommit(Committer& c, std::vector<Pending>& group) {
   auto marks = LockGpuMarks(tx, touched);
   std::set<HostSeq> done = CommittedBatches(tx, keys);
   const auto gpus = HostGpuIndices(tx, hosts);
-  const auto allocations = AllocationsOf(tx, hosts, instances);
+  const HeldGpus allocations = AllocationsOf(tx, hosts, instances);
   // Open holds end, for attribution, at the database's now: the clock that stamps the holds.
-  const TimeMs held_until = instances.empty() ? now : DatabaseNow(tx);
+  const TimeMs held_until = allocations.database_now.value_or(now);
   // Each instance's holds of each GPU, as attribution cuts samples at them.
   std::map<std::tuple<std::string, std::string, int>, std::vector<Hold>> holds;
-  for (const auto& a : allocations) holds[{a.instance_id, a.host_id, a.gpu_index}].push_back({a.from, a.to});
+  for (const auto& a : allocations.spans) holds[{a.instance_id, a.host_id, a.gpu_index}].push_back({a.from, a.to});
   // Time stored earlier in this group, per GPU: [begins, ends) in ms.
   std::map<GpuKey, std::vector<std::pair<std::int64_t, std::int64_t>>> stored_here;
   const Millis longest = 3 * settings_.rules.sample_interval;
@@ -397,7 +397,7 @@ bool Ingestor::TryCommit(Committer& c, std::vector<Pending>& group) {
       else probes.push_back({i, s.gpu_index, begins, s.ts_ms});
     }
     for (const std::size_t i : OverlapsStored(tx, p.host_id, probes, longest)) overlapping.insert(i);
-    if (auto problem = CheckBatch(p.batch, p.host_id, gpus, allocations, now, settings_.rules, overlapping)) {
+    if (auto problem = CheckBatch(p.batch, p.host_id, gpus, allocations.spans, now, settings_.rules, overlapping)) {
       p.result = std::move(*problem);
       continue;
     }

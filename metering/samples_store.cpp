@@ -20,9 +20,9 @@ const Statement kHostGpuIndices{"metering_host_gpus",
                                 "SELECT host_id, gpu_index FROM gpus WHERE host_id = ANY($1::text[])"};
 const Statement kAllocations{"metering_allocations",
                              "SELECT instance_id, host_id, gpu_index, " SPW_EPOCH_MS("allocated_at") " AS from_ms, "
-                             SPW_EPOCH_MS("released_at") " AS to_ms FROM gpu_allocation_history "
+                             SPW_EPOCH_MS("released_at") " AS to_ms, " SPW_EPOCH_MS("now()") " AS now_ms "
+                             "FROM gpu_allocation_history "
                              "WHERE instance_id = ANY($2::text[]) AND host_id = ANY($1::text[])"};
-const Statement kDatabaseNow{"metering_database_now", "SELECT " SPW_EPOCH_MS("now()") " AS now_ms"};
 const Statement kLockGpuMarks{"metering_lock_gpu_marks", R"sql(
 SELECT m.host_id, m.gpu_index, )sql" SPW_EPOCH_MS("m.stored_through") R"sql( AS through_ms
 FROM gpu_sample_marks m JOIN unnest($1::text[], $2::integer[]) AS q (host_id, gpu_index)
@@ -96,17 +96,16 @@ std::set<std::pair<std::string, int>> HostGpuIndices(Tx& tx, const std::vector<s
   return out;
 }
 
-std::vector<AllocationSpan> AllocationsOf(Tx& tx, const std::vector<std::string>& hosts,
-                                          const std::vector<std::string>& instances) {
-  std::vector<AllocationSpan> out;
+HeldGpus AllocationsOf(Tx& tx, const std::vector<std::string>& hosts, const std::vector<std::string>& instances) {
+  HeldGpus out;
   if (instances.empty()) return out;
-  for (const auto& r : tx.exec_prepared(kAllocations.name, TextArrayLiteral(hosts), TextArrayLiteral(instances)))
-    out.push_back({r["instance_id"].as<std::string>(), r["host_id"].as<std::string>(), r["gpu_index"].as<int>(),
-                   *TimeFrom(r["from_ms"]), TimeFrom(r["to_ms"])});
+  for (const auto& r : tx.exec_prepared(kAllocations.name, TextArrayLiteral(hosts), TextArrayLiteral(instances))) {
+    out.spans.push_back({r["instance_id"].as<std::string>(), r["host_id"].as<std::string>(), r["gpu_index"].as<int>(),
+                         *TimeFrom(r["from_ms"]), TimeFrom(r["to_ms"])});
+    out.database_now = TimeFrom(r["now_ms"]);  // now() is one value for the whole transaction
+  }
   return out;
 }
-
-TimeMs DatabaseNow(Tx& tx) { return *TimeFrom(tx.exec_prepared1(kDatabaseNow.name)["now_ms"]); }
 
 std::map<GpuKey, std::optional<TimeMs>> LockGpuMarks(Tx& tx, const std::set<GpuKey>& gpus) {
   std::map<GpuKey, std::optional<TimeMs>> out;

@@ -31,12 +31,14 @@ using HostSeq = std::pair<std::string, std::int64_t>;
 std::set<HostSeq> CommittedBatches(Tx& tx, const std::vector<HostSeq>& batches);
 // (host, gpu_index) of every GPU of `hosts`.
 std::set<std::pair<std::string, int>> HostGpuIndices(Tx& tx, const std::vector<std::string>& hosts);
-// Every allocation of `instances` on `hosts`.
-std::vector<AllocationSpan> AllocationsOf(Tx& tx, const std::vector<std::string>& hosts,
-                                          const std::vector<std::string>& instances);
-// The database's clock now (the clock gpu_allocation_history is stamped by), to the millisecond as
-// allocation times are read.
-TimeMs DatabaseNow(Tx& tx);
+// Every allocation of `instances` on `hosts`, and the database's clock as the statement read them
+// (the clock gpu_allocation_history is stamped by, to the millisecond as allocation times are read):
+// an open hold is known to be held up to then. No allocation, no clock: none is needed.
+struct HeldGpus {
+  std::vector<AllocationSpan> spans;
+  std::optional<TimeMs> database_now;
+};
+HeldGpus AllocationsOf(Tx& tx, const std::vector<std::string>& hosts, const std::vector<std::string>& instances);
 
 using GpuKey = std::pair<std::string, int>;  // host, gpu_index
 // Locks the per-GPU marks of `gpus` (in key order: concurrent committers take them in one order)

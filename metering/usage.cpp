@@ -37,8 +37,8 @@ const Statement kClearRatedHour{"rollup_clear_rated_hour",
 // at its start (one index probe per model or pool) and those that begin inside it.
 const Statement kFoldRatedHour{"rollup_fold_rated_hour", R"sql(
 WITH h AS (SELECT to_timestamp($1::bigint / 1000.0) AS start, to_timestamp($1::bigint / 1000.0) + interval '1 hour' AS stop),
-used AS (SELECT DISTINCT i.market, i.region, i.gpu_model FROM usage_samples s JOIN instances i ON i.id = s.instance_id, h
-         WHERE s.ts > h.start AND s.ts <= h.stop AND s.instance_id IS NOT NULL),
+used AS (SELECT DISTINCT i.market, i.region, i.gpu_model FROM usage_samples s JOIN instances i ON i.id = s.instance_id
+         WHERE )sql" SPW_IN_HOUR("s.ts") R"sql( AND s.instance_id IS NOT NULL),
 points AS (
   SELECT u.market, u.region, u.gpu_model, p.price, p.from_ts FROM used u, h,
   LATERAL (SELECT price_micros_per_gpu_hour AS price, effective_from AS from_ts FROM prices

@@ -16,6 +16,12 @@ constexpr std::int64_t kDayMs = 24 * kHourMs;
 
 // Six decimals (FormatMicros), rounded half up.
 std::string GpuHours(std::int64_t gpu_ms) { return FormatMicros((gpu_ms * 10 + 18) / 36); }  // ms -> µh
+// A coverage: four decimals, rounded down, so a ratio that is not 1 is never shown as 1; null for
+// nothing to compare with.
+boost::json::value Ratio(std::int64_t part, std::int64_t whole) {
+  if (whole <= 0) return nullptr;
+  return static_cast<double>(static_cast<__int128>(part) * 10'000 / whole) / 1e4;
+}
 std::string KiloWattHours(std::int64_t mj) { return FormatMicros((mj + 1800) / 3600); }      // mJ -> µkWh
 
 struct Window {
@@ -76,17 +82,12 @@ Reply GetUsage(Ctx& ctx) {
                     {"energy_kwh", KiloWattHours(r.energy_mj)},
                     {"peak_mem_bytes", r.mem_peak_bytes}});
   for (const auto& i : report.instances) {
-    // Four decimals, rounded down: a ratio that is not 1 is never shown as 1.
-    auto ratio = [](std::int64_t part, std::int64_t whole) -> boost::json::value {
-      if (whole <= 0) return nullptr;
-      return static_cast<double>(static_cast<__int128>(part) * 10'000 / whole) / 1e4;
-    };
     instances.push_back({{"instance_id", i.instance_id},
                          {"gpu_hours", GpuHours(i.metered_gpu_ms)},
                          {"running_gpu_hours", GpuHours(i.running_gpu_ms)},
-                         {"coverage", ratio(i.metered_gpu_ms, i.running_gpu_ms)},
+                         {"coverage", Ratio(i.metered_gpu_ms, i.running_gpu_ms)},
                          {"held_gpu_hours", GpuHours(i.held_gpu_ms)},
-                         {"held_coverage", ratio(i.metered_gpu_ms, i.held_gpu_ms)},
+                         {"held_coverage", Ratio(i.metered_gpu_ms, i.held_gpu_ms)},
                          {"complete_through", JsonTime(i.complete_through)}});
   }
   return {200, boost::json::object{{"tenant_id", tenant},
