@@ -56,6 +56,12 @@ namespace {
 http::Response ResponseOf(Reply reply) {
   http::Response out;
   out.status = reply.status;
+  if (!reply.content_type.empty()) {
+    out.content_type = std::move(reply.content_type);
+    out.body = std::move(reply.raw_body);
+    out.headers = std::move(reply.headers);
+    return out;
+  }
   out.body = ToJson(reply.body);
   out.body += '\n';  // so that a curl in a terminal leaves the prompt on its own line
   out.headers = std::move(reply.headers);
@@ -492,6 +498,7 @@ ApiDispatcher::Outcome ApiDispatcher::Run(Session& conn, const Route& route,
     ctx.fleet = &fleet_;
     ctx.ingest = ingest_;
     ctx.secrets = secrets_;
+    ctx.billing = billing_;
     if (!route.tenant_param.empty()) ctx.RequireTenant(ctx.Param(route.tenant_param));
     const std::string idempotency_key = request.Header("idempotency-key");
     Reply reply = route.idempotent && !idempotency_key.empty() ? RunIdempotent(ctx, route.handler, idempotency_key, server_.idempotency_ttl)

@@ -52,6 +52,9 @@ class ApiDispatcher : public http::Dispatcher {
   // 100 only once the route exists and the key may call it.
   void Expect(const http::Request& head, http::Responder respond) override;
   void Finished(const http::Request& request, const http::Response& response, double seconds) override;
+  // Billing's settings and metrics, for its routes (a close through the API is counted as the
+  // leader's are). Set before serving.
+  void SetBilling(Billing* billing) { billing_ = billing; }
 
  private:
   // Who calls, and whether they may call this route: throws ApiError 401/403 otherwise.
@@ -106,6 +109,7 @@ class ApiDispatcher : public http::Dispatcher {
   HeartbeatRecorder* heartbeats_;
   metering::Ingestor* ingest_;
   const SecretBox* secrets_;
+  Billing* billing_ = nullptr;
   Router router_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* durations_;

@@ -28,6 +28,7 @@ struct FleetSettings;
 namespace metering {
 class Ingestor;
 }
+class Billing;
 
 struct Principal {
   std::string host_id;  // for kHost
@@ -70,6 +71,7 @@ struct Ctx {
   const FleetSettings* fleet = nullptr;     // the fleet's typed configuration
   metering::Ingestor* ingest = nullptr;     // sample batches' group committer (may be null: tools)
   const SecretBox* secrets = nullptr;       // seals and opens tenants' env values (may be null: tools)
+  Billing* billing = nullptr;               // billing's settings and metrics (may be null: tools)
 
   // Runs fn(tx) in a transaction of its own (retried when it loses a race, see InTransaction), or
   // inside the idempotency record's transaction when there is one. Returns what fn returns.
@@ -129,6 +131,9 @@ struct Reply {
   // long_poll_ms passes, by running the handler again with Ctx::long_poll_retry set.
   std::string long_poll_host = {};
   std::int64_t long_poll_ms = 0;
+  // A body that is not JSON (CSV, say): sent as is under this content type when it is set.
+  std::string content_type = {};
+  std::string raw_body = {};
 };
 
 using Handler = Reply (*)(Ctx&);

@@ -4,6 +4,7 @@
 #include "apiserver/handlers/api_keys.hpp"
 #include "apiserver/handlers/audit.hpp"
 #include "apiserver/handlers/billing_prices.hpp"
+#include "apiserver/handlers/invoices.hpp"
 #include "apiserver/handlers/agent.hpp"
 #include "apiserver/handlers/samples.hpp"
 #include "apiserver/handlers/ssh_keys.hpp"
@@ -64,6 +65,18 @@ std::vector<Route> ApiRoutes() {
       {"GET", "/v1/fleet/usage", kOperator | kAdmin, GetFleetUsage},
       {"GET", "/v1/billing/prices", kFinance | kAdmin | kOperator, ListPrices},
       {"POST", "/v1/billing/prices", kFinance | kAdmin, SchedulePrice, Body::kRequired, "", /*idempotent=*/true},
+      {"GET", "/v1/invoices", kMember, ListMyInvoices},
+      {"GET", "/v1/invoices/{id}", kMember | kFinance | kAdmin, GetInvoice},
+      {"GET", "/v1/billing/invoices", kFinance | kAdmin, ListAllInvoices},
+      {"GET", "/v1/billing/invoices.csv", kFinance | kAdmin, ExportInvoicesCsv},
+      {"POST", "/v1/billing/invoices/{id}/credit-notes", kFinance | kAdmin, CreateCreditNote, Body::kRequired, "",
+       /*idempotent=*/true},
+      {"GET", "/v1/billing/periods", kFinance | kAdmin, ListClosedPeriods},
+      {"POST", "/v1/billing/periods/{period}/close", kFinance | kAdmin, ClosePeriodNow, Body::kOptional, "",
+       /*idempotent=*/true},
+      {"GET", "/v1/tenants/{id}/billing-profile", kAdmin | kFinance | kMember, GetBillingProfile, Body::kNone, "id"},
+      {"PUT", "/v1/tenants/{id}/billing-profile", kAdmin | kFinance, SetBillingProfile, Body::kRequired, "id",
+       /*idempotent=*/true},
   };
 }
 

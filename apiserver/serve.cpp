@@ -5,6 +5,7 @@
 
 #include "apiserver/app.hpp"
 #include "apiserver/settings.hpp"
+#include "apiserver/billing_steps.hpp"
 #include "apiserver/idempotency.hpp"
 #include "provisioning/fleet_steps.hpp"
 #include "provisioning/heartbeats.hpp"
@@ -192,10 +193,14 @@ int RunServe(const Config& config) {
   steps.Add({"metering_attribution_check", std::chrono::minutes(1),
              [&ingest](pqxx::connection& c, const StepContext& s) { ingest.CheckAttribution(c, s.now); }});
 
+  Billing billing(billing::BillingSettings::From(config), metrics.registry());
+  billing.Register(steps, ingest_settings.rollup_interval);
+
   http::Runtime runtime(server.io_threads);
   runtime.OnDrain([&notifier] { notifier.Stop(); });
   ApiDispatcher api(config, server, fleet_settings, db, metrics, clock, &fleet_metrics, &notifier, &key_cache, &heartbeats,
                     &ingest, &*secrets);
+  api.SetBilling(&billing);
   AdminDispatcher admin(db, metrics, [&runtime] { return runtime.Draining(); });
   try {
     runtime.AddListener(server.api, api);

@@ -29,8 +29,17 @@ SELECT to_timestamp($1::bigint / 1000.0), s.instance_id, i.tenant_id, sum(s.inte
 FROM usage_samples s JOIN instances i ON i.id = s.instance_id
 WHERE )sql" SPW_IN_HOUR("s.ts") R"sql( AND s.instance_id IS NOT NULL
 GROUP BY s.instance_id, i.tenant_id)sql"};
+// Billing redrafts each tenant-month whose rated usage the fold rewrote (billing_dirty): the tenants
+// of the hour's rows before (cleared) and after (folded).
+#define SPW_MARK_BILLING(tenants)                                                                      \
+  "INSERT INTO billing_dirty (tenant_id, period, marked_at) SELECT DISTINCT tenant_id, "               \
+  "to_char(to_timestamp($1::bigint / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM'), now() FROM " tenants \
+  " ON CONFLICT (tenant_id, period) DO NOTHING"
 const Statement kClearRatedHour{"rollup_clear_rated_hour",
-                                "DELETE FROM usage_rated_hourly WHERE hour = to_timestamp($1::bigint / 1000.0)"};
+                                "WITH gone AS (DELETE FROM usage_rated_hourly WHERE hour = to_timestamp($1::bigint / 1000.0) "
+                                "RETURNING tenant_id) " SPW_MARK_BILLING("gone")};
+const Statement kMarkRatedHour{"rollup_mark_rated_hour",
+                               SPW_MARK_BILLING("usage_rated_hourly WHERE hour = to_timestamp($1::bigint / 1000.0)")};
 // The hour's metered GPU-ms per instance and price in effect at each row's ts (effective_from <= ts):
 // the on-demand book for on-demand instances, the pool's spot history for spot ones. Each price's
 // span is [effective_from, the next one's): the spans that reach into the hour are the one in effect
@@ -185,6 +194,7 @@ int FoldDirtyHours(pqxx::connection& conn, int max_hours) {
       tx.exec_prepared(kClearRatedHour.name, hour);
       tx.exec_prepared(kFoldInstanceHour.name, hour);
       tx.exec_prepared(kFoldRatedHour.name, hour);
+      tx.exec_prepared(kMarkRatedHour.name, hour);
       tx.exec_prepared(kFoldPoolHour.name, hour);
     });
     ++folded;

@@ -8,6 +8,7 @@
 #include "apiserver/app.hpp"
 #include "apiserver/context.hpp"
 #include "core/crypto.hpp"
+#include "core/db.hpp"
 #include "tests/support/test_support.hpp"
 
 using namespace spillway;
@@ -45,6 +46,14 @@ class Auth : public ::testing::Test {
                            R"({"instance_type":"h100.1x","region":"us-east","market":"on_demand"})");
     ASSERT_EQ(inst.status, 201) << inst.body;
     instance_a_ = Str(Json(inst), "id");
+    // A draft invoice of tenant A (what the billing step would write), for the invoice routes.
+    auto conn = db_->Connect();
+    pqxx::work tx(*conn);
+    tx.exec_params("INSERT INTO invoices (id, tenant_id, period, status, subtotal_cents, tax_rate_bp, tax_cents, "
+                   "total_cents, buyer, issuer, content_sha256, created_at, updated_at) VALUES ('inv_walk', $1, "
+                   "'2026-11', 'draft', 0, 0, 0, 0, '{}', '{}', '-', now(), now())",
+                   tenant_a_);
+    tx.commit();
   }
   int port() const { return server_->port(); }
   // The server hears revocations (LISTEN spillway_auth) and so may use its key cache.
@@ -83,7 +92,9 @@ TEST_F(Auth, EveryRouteRefusesNoKeyWrongRoleAndOtherTenants) {
     };
     const bool instances = route.pattern.rfind("/v1/instances", 0) == 0;
     const bool hosts = route.pattern.rfind("/v1/hosts", 0) == 0;
-    fill("id", instances ? instance_a_ : hosts ? host_id_ : tenant_a_);
+    const bool invoices = route.pattern.find("/invoices/") != std::string::npos;
+    fill("id", instances ? instance_a_ : hosts ? host_id_ : invoices ? "inv_walk" : tenant_a_);
+    fill("period", "2026-11");
     fill("key_id", member_a_id_);
     fill("region", "us-east");
     fill("gpu_model", "H100-80GB");

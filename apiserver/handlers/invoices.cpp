@@ -1,0 +1,308 @@
+// Invoices, period closes, credit notes and billing profiles (docs/architecture.md, "Billing").
+#include "apiserver/handlers/invoices.hpp"
+
+#include <boost/json.hpp>
+
+#include <chrono>
+
+#include "accounts/audit.hpp"
+#include "accounts/tenants.hpp"
+#include "apiserver/billing_steps.hpp"
+#include "apiserver/handlers/common.hpp"
+#include "billing/exact_amount.hpp"
+#include "billing/invoices.hpp"
+#include "core/errors.hpp"
+#include "core/json.hpp"
+#include "core/money.hpp"
+
+namespace spillway::handlers {
+namespace {
+
+using billing::CreditNote;
+using billing::FormatAmount;
+using billing::Invoice;
+using billing::InvoiceLine;
+using billing::StoredInvoice;
+
+BillingSettings SettingsOf(const Ctx& ctx) {
+  return ctx.billing ? ctx.billing->settings() : BillingSettings::From(ctx.config);
+}
+
+boost::json::object PartyJson(const billing::Party& p) {
+  return {{"legal_name", p.legal_name}, {"address", p.address}, {"tax_id", p.tax_id}, {"email", p.email}};
+}
+
+boost::json::object CreditNoteJson(const CreditNote& n) {
+  return {{"id", n.id},
+          {"number", n.number},
+          {"invoice_id", n.invoice_id},
+          {"tenant_id", n.tenant_id},
+          {"amount", FormatAmount(n.subtotal_cents)},
+          {"tax", FormatAmount(n.tax_cents)},
+          {"total", FormatAmount(n.total_cents)},
+          {"reason", n.reason},
+          {"created_at", FormatTime(n.created_at)}};
+}
+
+boost::json::object LineJson(const InvoiceLine& l, int position) {
+  boost::json::object o{{"position", position},
+                        {"kind", l.kind},
+                        {"description", l.description},
+                        {"quantity", l.quantity},
+                        {"unit", l.unit},
+                        {"amount", FormatAmount(l.amount_cents)}};
+  if (l.instance_id) o["instance_id"] = *l.instance_id;
+  if (l.volume_id) o["volume_id"] = *l.volume_id;
+  if (l.market) o["market"] = *l.market;
+  if (l.usage_period) o["usage_period"] = *l.usage_period;
+  if (l.unit == "gpu_hour") o["gpu_hours"] = l.quantity;
+  if (l.unit == "gb_month") o["gb_months"] = l.quantity;
+  if (l.unit_price_micros) o["unit_price"] = FormatMicros(*l.unit_price_micros);
+  return o;
+}
+
+boost::json::object InvoiceJson(const StoredInvoice& s) {
+  const Invoice& i = s.invoice;
+  boost::json::array lines, notes, behind;
+  int position = 0;
+  for (const auto& l : i.lines) lines.push_back(LineJson(l, ++position));
+  for (const auto& n : s.credit_notes) notes.push_back(CreditNoteJson(n));
+  for (const auto& h : i.hosts_behind) behind.push_back(boost::json::value(h));
+  const std::int64_t credited = s.credited_cents();
+  boost::json::object o{{"id", i.id},
+                        {"tenant_id", i.tenant_id},
+                        {"period", i.period},
+                        {"status", i.status},
+                        {"number", JsonText(i.number)},
+                        {"currency", i.currency},
+                        {"lines", std::move(lines)},
+                        {"subtotal", FormatAmount(i.subtotal_cents)},
+                        {"tax_rate_bp", i.tax_rate_bp},
+                        {"tax", FormatAmount(i.tax_cents)},
+                        {"total", FormatAmount(i.total_cents)},
+                        {"credit_notes", std::move(notes)},
+                        {"credited", FormatAmount(credited)},
+                        {"balance", FormatAmount(i.total_cents - credited)},
+                        {"usage_complete_through", JsonTime(i.usage_complete_through)},
+                        {"coverage", JsonText(i.coverage)},
+                        {"closed_incomplete", i.closed_incomplete},
+                        {"hosts_behind", std::move(behind)},
+                        {"buyer", PartyJson(i.buyer)},
+                        {"issuer", PartyJson(i.issuer)},
+                        {"finalized_at", JsonTime(i.finalized_at)},
+                        {"sha256", s.sha256.empty() ? boost::json::value(nullptr) : boost::json::value(s.sha256)},
+                        {"created_at", FormatTime(s.created_at)},
+                        {"updated_at", FormatTime(s.updated_at)}};
+  return o;
+}
+
+// RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled. A text a tenant
+// chose (an instance's name, in a description) that a spreadsheet would read as a formula is
+// prefixed with ' (OWASP's CSV injection advice).
+std::string CsvField(const std::string& v, bool text = false) {
+  std::string s = v;
+  if (text && !s.empty() && (s[0] == '=' || s[0] == '+' || s[0] == '-' || s[0] == '@' || s[0] == '\t' || s[0] == '\r'))
+    s.insert(0, 1, '\'');
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+constexpr const char* kCsvHeader =
+    "invoice_id,invoice_number,tenant_id,period,status,line,kind,description,instance_id,volume_id,market,"
+    "usage_period,quantity,unit,unit_price,amount,currency\r\n";
+
+void AppendCsv(std::string& out, const StoredInvoice& s) {
+  const Invoice& i = s.invoice;
+  const std::string head = CsvField(i.id) + "," + CsvField(i.number.value_or("")) + "," + CsvField(i.tenant_id) + "," +
+                           i.period + "," + i.status + ",";
+  int position = 0;
+  for (const auto& l : i.lines) {
+    out += head + std::to_string(++position) + "," + l.kind + "," + CsvField(l.description, true) + "," +
+           CsvField(l.instance_id.value_or("")) + "," + CsvField(l.volume_id.value_or("")) + "," + l.market.value_or("") +
+           "," + l.usage_period.value_or("") + "," + l.quantity + "," + l.unit + "," +
+           (l.unit_price_micros ? FormatMicros(*l.unit_price_micros) : "") + "," + FormatAmount(l.amount_cents) + "," +
+           i.currency + "\r\n";
+  }
+  for (const auto& n : s.credit_notes)
+    out += head + "," + "credit_note," + CsvField(n.number + ": " + n.reason, true) + ",,,,,,,," +
+           FormatAmount(-n.total_cents) + "," + i.currency + "\r\n";
+}
+
+Reply Csv(std::string body, const std::string& filename) {
+  Reply r;
+  r.content_type = "text/csv; charset=utf-8";
+  r.raw_body = std::move(body);
+  r.headers.emplace_back("Content-Disposition", "attachment; filename=\"" + filename + "\"");
+  return r;
+}
+
+std::string PeriodParam(const std::string& text, const char* field) {
+  if (!ParseMonth(text)) throw InvalidInput(std::string(field) + ": a month as YYYY-MM, such as \"2026-11\"");
+  return text;
+}
+
+bool WantsCsv(const Ctx& ctx) { return ctx.request.Header("accept").find("text/csv") != std::string::npos; }
+
+StoredInvoice Visible(Ctx& ctx, const std::string& id) {
+  auto found = ctx.ReadSnapshot([&](Tx& tx) { return billing::FindInvoice(tx, id); });
+  // Another tenant's invoice is 404, exactly as one that does not exist.
+  if (!found || (ctx.principal.role_bit == kMember && found->invoice.tenant_id != ctx.principal.tenant_id))
+    throw ApiError(404, "not_found", "no invoice " + id);
+  return std::move(*found);
+}
+
+boost::json::object PeriodJson(const PeriodClose& c) {
+  boost::json::array behind;
+  for (const auto& h : c.hosts_behind) behind.push_back(boost::json::value(h));
+  return {{"period", c.period},
+          {"closed_at", FormatTime(c.closed_at)},
+          {"incomplete", c.incomplete},
+          {"hosts_behind", std::move(behind)},
+          {"closed_by", c.closed_by},
+          {"invoices", c.invoices}};
+}
+
+boost::json::object ProfileJson(const billing::BillingProfile& p) {
+  boost::json::object o = PartyJson(p.party);
+  o["tenant_id"] = p.tenant_id;
+  o["tax_rate_bp"] = p.tax_rate_bp;
+  o["updated_at"] = JsonTime(p.updated_at);
+  return o;
+}
+
+}  // namespace
+
+Reply ListMyInvoices(Ctx& ctx) {
+  billing::InvoiceQuery q;
+  q.tenant_id = ctx.principal.tenant_id;
+  q.limit = ctx.Limit() + 1;
+  q.after = ctx.Query("cursor");
+  const auto found = ctx.ReadSnapshot([&](Tx& tx) { return billing::ListInvoices(tx, q); });
+  return {200, Page(found, q.limit - 1, InvoiceJson,
+                    [](const StoredInvoice& s) { return s.invoice.period + "/" + s.invoice.id; })};
+}
+
+Reply GetInvoice(Ctx& ctx) {
+  const StoredInvoice s = Visible(ctx, ctx.Param("id"));
+  if (WantsCsv(ctx)) {
+    std::string body = kCsvHeader;
+    AppendCsv(body, s);
+    return Csv(std::move(body), (s.invoice.number ? *s.invoice.number : s.invoice.id) + ".csv");
+  }
+  return {200, InvoiceJson(s)};
+}
+
+Reply ListAllInvoices(Ctx& ctx) {
+  billing::InvoiceQuery q;
+  q.tenant_id = ctx.Query("tenant_id");
+  if (const std::string p = ctx.Query("period"); !p.empty()) q.period = PeriodParam(p, "period");
+  q.status = ctx.Query("status");
+  if (!q.status.empty() && q.status != "draft" && q.status != "finalized")
+    throw InvalidInput("status: draft or finalized");
+  q.limit = ctx.Limit() + 1;
+  q.after = ctx.Query("cursor");
+  const auto found = ctx.ReadSnapshot([&](Tx& tx) { return billing::ListInvoices(tx, q); });
+  return {200, Page(found, q.limit - 1, InvoiceJson,
+                    [](const StoredInvoice& s) { return s.invoice.period + "/" + s.invoice.id; })};
+}
+
+Reply ExportInvoicesCsv(Ctx& ctx) {
+  const std::string period = PeriodParam(ctx.Query("period"), "period");
+  std::string body = kCsvHeader;
+  ctx.ReadSnapshot([&](Tx& tx) {
+    billing::InvoiceQuery q;
+    q.period = period;
+    q.limit = 1000;
+    for (;;) {
+      const auto page = billing::ListInvoices(tx, q);
+      for (const auto& s : page) AppendCsv(body, s);
+      if (static_cast<int>(page.size()) < q.limit) break;
+      q.after = page.back().invoice.period + "/" + page.back().invoice.id;
+    }
+  });
+  return Csv(std::move(body), "invoices-" + period + ".csv");
+}
+
+Reply ClosePeriodNow(Ctx& ctx) {
+  const std::string period = PeriodParam(ctx.Param("period"), "period");
+  const BillingSettings settings = SettingsOf(ctx);
+  const auto start = std::chrono::steady_clock::now();
+  PeriodClose c;
+  try {
+    c = ctx.Write([&](Tx& tx) {
+      PeriodClose closed =
+          billing::ClosePeriod(tx, *ParseMonth(period), ctx.clock.Now(), settings, "key:" + ctx.principal.key_id);
+      if (!closed.already) RecordAudit(tx, ctx.AuditOf("", "billing.period_close", period));
+      return closed;
+    });
+  } catch (const ApiError&) {
+    throw;
+  } catch (...) {
+    if (ctx.billing) ctx.billing->Failed("api_close");
+    throw;
+  }
+  if (ctx.billing)
+    ctx.billing->Observe(c, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  boost::json::object o = PeriodJson(c);
+  o["already_closed"] = c.already;
+  return {200, std::move(o)};
+}
+
+Reply ListClosedPeriods(Ctx& ctx) {
+  const auto periods = ctx.Read([&](Tx& tx) { return billing::ClosedPeriods(tx); });
+  boost::json::array data;
+  for (const auto& p : periods) data.push_back(PeriodJson(p));
+  return {200, boost::json::object{{"data", std::move(data)}}};
+}
+
+Reply CreateCreditNote(Ctx& ctx) {
+  const auto& body = RequireObject(ctx.body);
+  OnlyKeys(body, {"amount", "reason"});
+  const auto amount = billing::ParseAmount(ReqString(body, "amount", 32));
+  if (!amount || *amount <= 0)
+    throw InvalidInput("amount: a positive USD amount before tax with at most two decimals, such as \"12.50\"");
+  const std::string reason = ReqString(body, "reason", 500);
+  const std::string id = ctx.Param("id");
+  return ctx.Write([&](Tx& tx) {
+    const CreditNote n = billing::IssueCreditNote(tx, id, *amount, reason, "key:" + ctx.principal.key_id, ctx.clock.Now());
+    RecordAudit(tx, ctx.AuditOf(n.tenant_id, "billing.credit_note", n.number + " on " + id + " " + FormatAmount(n.total_cents)));
+    return Reply{201, CreditNoteJson(n)};
+  });
+}
+
+Reply GetBillingProfile(Ctx& ctx) {
+  const std::string tenant = ctx.Param("id");
+  return ctx.Read([&](Tx& tx) {
+    if (!FindTenant(tx, tenant)) throw ApiError(404, "not_found", "no such tenant");
+    return Reply{200, ProfileJson(billing::ProfileOf(tx, tenant))};
+  });
+}
+
+Reply SetBillingProfile(Ctx& ctx) {
+  const auto& body = RequireObject(ctx.body);
+  OnlyKeys(body, {"legal_name", "address", "tax_id", "email", "tax_rate_bp"});
+  billing::BillingProfile p;
+  p.tenant_id = ctx.Param("id");
+  p.party.legal_name = OptString(body, "legal_name", 200).value_or("");
+  p.party.address = OptString(body, "address", 500).value_or("");
+  p.party.tax_id = OptString(body, "tax_id", 64).value_or("");
+  p.party.email = OptString(body, "email", 254).value_or("");
+  if (!p.party.email.empty() && p.party.email.find('@') == std::string::npos)
+    throw InvalidInput("email: an email address");
+  p.tax_rate_bp = static_cast<int>(OptInt(body, "tax_rate_bp", 0, 10'000).value_or(0));
+  return ctx.Write([&](Tx& tx) {
+    if (!FindTenant(tx, p.tenant_id)) throw ApiError(404, "not_found", "no such tenant");
+    billing::SetProfile(tx, p, ctx.clock.Now());
+    RecordAudit(tx, ctx.AuditOf(p.tenant_id, "billing.profile_set",
+                                p.tenant_id + " tax_rate_bp=" + std::to_string(p.tax_rate_bp)));
+    auto profile = billing::ProfileOf(tx, p.tenant_id);
+    return Reply{200, ProfileJson(profile)};
+  });
+}
+
+}  // namespace spillway::handlers

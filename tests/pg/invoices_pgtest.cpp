@@ -1,0 +1,472 @@
+// Invoices against a real PostgreSQL (docs/architecture.md, "Billing"): drafts kept current, the
+// period close (gap-free numbers, hash, closed incomplete), PostgreSQL refusing any change to a
+// finalized invoice, late usage, tax, credit notes on lago-api #2643's figures, storage across a
+// price change inside an hour, two closers at once with rollbacks injected, and a tenant never
+// billed more GPU time than it held whatever samples arrive.
+#include <gtest/gtest.h>
+#include <prometheus/registry.h>
+
+#include <algorithm>
+#include <atomic>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "billing/invoices.hpp"
+#include "core/crypto.hpp"
+#include "core/db.hpp"
+#include "core/errors.hpp"
+#include "core/money.hpp"
+#include "metering/ingest.hpp"
+#include "metering/usage.hpp"
+#include "provisioning/hosts.hpp"
+#include "provisioning/volumes.hpp"
+#include "tests/support/test_support.hpp"
+
+using namespace spillway;
+using namespace spillway::billing;
+using spillway::test::TestDb;
+using namespace std::chrono_literals;
+
+namespace {
+
+TimeMs T(const char* s) { return *ParseTime(s); }
+
+BillingSettings Settings() {
+  BillingSettings s;
+  s.issuer = {"Spillway GPU Cloud Ltd", "1 Spare Street", "GB123", "billing@spillway.example"};
+  return s;
+}
+
+std::int64_t Scalar(pqxx::connection& c, const std::string& sql) {
+  pqxx::nontransaction tx(c);
+  return tx.exec(sql)[0][0].as<std::int64_t>();
+}
+std::string Text(pqxx::connection& c, const std::string& sql) {
+  pqxx::nontransaction tx(c);
+  const auto r = tx.exec(sql);
+  return r.empty() || r[0][0].is_null() ? "" : r[0][0].as<std::string>();
+}
+void Exec(pqxx::connection& c, const std::string& sql) {
+  pqxx::work tx(c);
+  tx.exec(sql);
+  tx.commit();
+}
+
+// A tenant with instances on one host whose watermark is folded through `through`, and rated usage
+// written as the metering fold writes it (usage_rated_hourly, marked for billing).
+struct Books {
+  TestDb db;
+  std::unique_ptr<pqxx::connection> conn = OpenSession({db.dsn(), "spillway-test", 3000ms, 30000ms});
+  std::string host;
+  explicit Books(const char* through = "2026-12-01T00:10:00Z") {
+    host = InTransaction(*conn, [&](Tx& tx) {
+      return RegisterHost(tx, {"gpu-b", "r1", "r1-a", {{0, 80LL << 30, "GPU-b-0", "H100-80GB"}}}, T("2026-10-01T00:00:00Z"))
+          .host_id;
+    });
+    Exec(*conn, "INSERT INTO host_watermarks (host_id, sampled_through, last_batch_seq, last_batch_at, clock_skew_ms, "
+                "folded_through) VALUES ('" + host + "', '" + through + "', 0, now(), 0, '" + through + "')");
+  }
+  void Tenant(const std::string& id) {
+    Exec(*conn, "INSERT INTO tenants (id, name, gpu_quota) VALUES ('" + id + "', '" + id + "', 8)");
+  }
+  void Instance(const std::string& id, const std::string& tenant, const char* from, const char* to,
+                const char* market = "on_demand") {
+    Exec(*conn, "INSERT INTO instances (id, tenant_id, name, instance_type, gpu_model, gpus, region, market, state, host_id, "
+                "started_at, ended_at, end_reason) VALUES ('" + id + "', '" + tenant + "', 'job-" + id +
+                    "', 'h100.1x', 'H100-80GB', 1, 'r1', '" + market + "', 'terminated', '" + host + "', '" + from +
+                    "', '" + to + "', 'terminated')");
+    Exec(*conn, "INSERT INTO gpu_allocation_history (instance_id, host_id, gpu_index, allocated_at, released_at) VALUES ('" +
+                    id + "', '" + host + "', 0, '" + from + "', '" + to + "')");
+  }
+  void Rated(const std::string& instance, const std::string& tenant, const char* hour, std::int64_t price,
+             std::int64_t gpu_ms, const char* market = "on_demand") {
+    Exec(*conn, "INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour, gpu_ms) "
+                "VALUES ('" + std::string(hour) + "', '" + instance + "', '" + tenant + "', '" + market + "', " +
+                    std::to_string(price) + ", " + std::to_string(gpu_ms) + ")");
+    Exec(*conn, "INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ('" + tenant + "', to_char('" + hour +
+                    "'::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM'), now()) ON CONFLICT DO NOTHING");
+  }
+  void Draft(const char* now) { DraftInvoices(*conn, T(now), Settings()); }
+  PeriodClose Close(const char* month, const char* now) {
+    return InTransaction(*conn, [&](Tx& tx) { return ClosePeriod(tx, *ParseMonth(month), T(now), Settings(), "test"); });
+  }
+  std::optional<StoredInvoice> InvoiceOf(const std::string& tenant, const std::string& period) {
+    pqxx::read_transaction tx(*conn);
+    InvoiceQuery q;
+    q.tenant_id = tenant;
+    q.period = period;
+    auto found = ListInvoices(tx, q);
+    if (found.empty()) return std::nullopt;
+    return found[0];
+  }
+  void SetTax(const std::string& tenant, int bp) {
+    InTransaction(*conn, [&](Tx& tx) {
+      BillingProfile p;
+      p.tenant_id = tenant;
+      p.party = {tenant + " Inc", "2 Buyer Road", "US-99", "ap@" + tenant + ".example"};
+      p.tax_rate_bp = bp;
+      SetProfile(tx, p, T("2026-11-02T00:00:00Z"));
+    });
+  }
+};
+
+std::vector<std::string> Amounts(const Invoice& inv, const std::string& kind) {
+  std::vector<std::string> out;
+  for (const auto& l : inv.lines)
+    if (l.kind == kind) out.push_back(FormatAmount(l.amount_cents));
+  return out;
+}
+
+}  // namespace
+
+TEST(Invoices, LagoFiguresTaxOnTheSubtotalAndCreditNotesGiveBackExactlyTheTotal) {
+  Books b;
+  b.Tenant("ten_l");
+  b.SetTax("ten_l", 2000);
+  // One GPU-hour each at $68.33, $68.33, $57.50 and $85.00 (lago-api #2643's charges).
+  const std::pair<const char*, std::int64_t> charges[] = {
+      {"ins_1", 68'330'000}, {"ins_2", 68'330'000}, {"ins_3", 57'500'000}, {"ins_4", 85'000'000}};
+  for (const auto& [id, price] : charges) {
+    b.Instance(id, "ten_l", "2026-11-10T00:00:00Z", "2026-11-10T01:00:00Z");
+    b.Rated(id, "ten_l", "2026-11-10T00:00:00Z", price, 3'600'000);
+  }
+  b.Draft("2026-11-20T00:00:00Z");
+  auto draft = b.InvoiceOf("ten_l", "2026-11");
+  ASSERT_TRUE(draft);
+  EXPECT_EQ(draft->invoice.status, "draft");
+  EXPECT_EQ(FormatAmount(draft->invoice.total_cents), "334.99");
+
+  const PeriodClose c = b.Close("2026-11", "2026-12-01T01:00:00Z");
+  EXPECT_FALSE(c.already);
+  EXPECT_FALSE(c.incomplete);
+  EXPECT_EQ(c.invoices, 1);
+  auto inv = b.InvoiceOf("ten_l", "2026-11");
+  ASSERT_TRUE(inv);
+  EXPECT_EQ(inv->invoice.status, "finalized");
+  EXPECT_EQ(inv->invoice.number, "SPW-000001");
+  EXPECT_EQ(Amounts(inv->invoice, "usage"), (std::vector<std::string>{"68.33", "68.33", "57.50", "85.00"}));
+  EXPECT_EQ(FormatAmount(inv->invoice.subtotal_cents), "279.16");
+  EXPECT_EQ(Amounts(inv->invoice, "tax"), (std::vector<std::string>{"55.83"}));  // 55.832
+  EXPECT_EQ(FormatAmount(inv->invoice.total_cents), "334.99");
+  EXPECT_EQ(inv->invoice.buyer.legal_name, "ten_l Inc");
+  EXPECT_EQ(inv->invoice.issuer.legal_name, "Spillway GPU Cloud Ltd");
+  // The hash is of the stored canonical JSON, which says what the invoice says.
+  EXPECT_EQ(inv->sha256, Sha256Hex(inv->canonical));
+  EXPECT_NE(inv->canonical.find("\"number\":\"SPW-000001\""), std::string::npos);
+  EXPECT_NE(inv->canonical.find("\"total\":\"334.99\""), std::string::npos);
+
+  // One credit note per charge, as lago's client issued them: 82.00, 69.00, 102.00 and 81.99.
+  std::vector<std::string> totals;
+  for (std::int64_t amount : {6833, 5750, 8500, 6833}) {
+    const CreditNote n = InTransaction(*b.conn, [&](Tx& tx) {
+      return IssueCreditNote(tx, inv->invoice.id, amount, "goodwill", "test", T("2026-12-02T00:00:00Z"));
+    });
+    totals.push_back(FormatAmount(n.total_cents));
+  }
+  EXPECT_EQ(totals, (std::vector<std::string>{"82.00", "69.00", "102.00", "81.99"}));
+  EXPECT_EQ(Scalar(*b.conn, "SELECT sum(total_cents) FROM credit_notes"), 33499);
+  EXPECT_EQ(Text(*b.conn, "SELECT string_agg(number, ',' ORDER BY number) FROM credit_notes"),
+            "SPW-CN-000001,SPW-CN-000002,SPW-CN-000003,SPW-CN-000004");
+  // Nothing remains: one more cent is refused, and no number is used up by the refusal.
+  EXPECT_THROW(InTransaction(*b.conn, [&](Tx& tx) {
+                 return IssueCreditNote(tx, inv->invoice.id, 1, "again", "test", T("2026-12-02T00:00:00Z"));
+               }),
+               InvalidInput);
+  EXPECT_EQ(Scalar(*b.conn, "SELECT last_value FROM billing_number_series WHERE series = 'credit_note'"), 4);
+
+  // Changing the rate later changes no finalized invoice.
+  b.SetTax("ten_l", 500);
+  EXPECT_EQ(FormatAmount(b.InvoiceOf("ten_l", "2026-11")->invoice.tax_cents), "55.83");
+  // Closing again is a no-op.
+  EXPECT_TRUE(b.Close("2026-11", "2026-12-01T02:00:00Z").already);
+  EXPECT_EQ(Scalar(*b.conn, "SELECT last_value FROM billing_number_series WHERE series = 'invoice'"), 1);
+}
+
+TEST(Invoices, PostgresRefusesAnyChangeToAFinalizedInvoiceItsLinesOrCreditNotes) {
+  Books b;
+  b.Tenant("ten_f");
+  b.Instance("ins_f", "ten_f", "2026-11-05T00:00:00Z", "2026-11-05T02:00:00Z");
+  b.Rated("ins_f", "ten_f", "2026-11-05T00:00:00Z", 2'490'000, 3'600'000);
+  b.Close("2026-11", "2026-12-01T01:00:00Z");
+  const std::string id = Text(*b.conn, "SELECT id FROM invoices");
+  ASSERT_FALSE(id.empty());
+  for (const std::string& sql : std::vector<std::string>{"UPDATE invoices SET total_cents = 1, subtotal_cents = 1, tax_cents = 0 WHERE id = '" + id + "'",
+        "UPDATE invoices SET status = 'draft', number = NULL WHERE id = '" + id + "'",
+        "DELETE FROM invoices WHERE id = '" + id + "'",
+        "UPDATE invoice_lines SET amount_cents = 0 WHERE invoice_id = '" + id + "'",
+        "DELETE FROM invoice_lines WHERE invoice_id = '" + id + "'",
+        "INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, unit, amount_cents) VALUES ('" + id +
+            "', 99, 'usage', 'x', '1.000000', 'gpu_hour', 100)",
+        "DELETE FROM invoice_usage WHERE invoice_id = '" + id + "'", "TRUNCATE invoices CASCADE",
+        "UPDATE billing_number_series SET last_value = -1"}) {
+    EXPECT_THROW(Exec(*b.conn, sql), pqxx::sql_error) << sql;
+  }
+  InTransaction(*b.conn, [&](Tx& tx) { IssueCreditNote(tx, id, 100, "sla", "test", T("2026-12-02T00:00:00Z")); });
+  EXPECT_THROW(Exec(*b.conn, "UPDATE credit_notes SET total_cents = 0"), pqxx::sql_error);
+  EXPECT_THROW(Exec(*b.conn, "DELETE FROM credit_notes"), pqxx::sql_error);
+  EXPECT_EQ(Scalar(*b.conn, "SELECT total_cents FROM invoices"), 249);
+}
+
+TEST(Invoices, LateUsageIsBilledOnTheNextDraftAtItsOwnPricesAndNothingFinalizedChanges) {
+  Books b("2026-12-08T00:00:00Z");
+  b.Tenant("ten_late");
+  b.Instance("ins_a", "ten_late", "2026-11-30T20:00:00Z", "2026-12-01T01:00:00Z");
+  b.Rated("ins_a", "ten_late", "2026-11-30T20:00:00Z", 2'000'000, 3'600'000);
+  b.Close("2026-11", "2026-12-01T01:00:00Z");
+  const auto november = b.InvoiceOf("ten_late", "2026-11");
+  ASSERT_TRUE(november);
+  EXPECT_EQ(FormatAmount(november->invoice.total_cents), "2.00");
+  // Samples of 23:00-24:00 on 30 November arrive after the close (a host was offline), at that
+  // hour's prices: half an hour at $2.00 and half at $3.00; and December's own usage.
+  b.Rated("ins_a", "ten_late", "2026-11-30T23:00:00Z", 2'000'000, 1'800'000);
+  b.Rated("ins_a", "ten_late", "2026-11-30T23:00:00Z", 3'000'000, 1'800'000);
+  b.Rated("ins_a", "ten_late", "2026-12-01T00:00:00Z", 3'000'000, 3'600'000);
+  b.Draft("2026-12-05T00:00:00Z");
+  const auto december = b.InvoiceOf("ten_late", "2026-12");
+  ASSERT_TRUE(december);
+  EXPECT_EQ(Amounts(december->invoice, "usage"), (std::vector<std::string>{"3.00"}));
+  EXPECT_EQ(Amounts(december->invoice, "late_usage"), (std::vector<std::string>{"2.50"}));
+  for (const auto& l : december->invoice.lines)
+    if (l.kind == "late_usage") {
+      EXPECT_EQ(l.usage_period, "2026-11");
+      EXPECT_NE(l.description.find("usage from 2026-11"), std::string::npos);
+      EXPECT_EQ(l.quantity, "1.000000");
+    }
+  // November's invoice is as it was, hash and all.
+  const auto again = b.InvoiceOf("ten_late", "2026-11");
+  EXPECT_EQ(again->sha256, november->sha256);
+  EXPECT_EQ(again->invoice.total_cents, november->invoice.total_cents);
+  // Drafting again bills it once; closing December finalizes it; afterwards nothing is late.
+  b.Draft("2026-12-06T00:00:00Z");
+  EXPECT_EQ(Amounts(b.InvoiceOf("ten_late", "2026-12")->invoice, "late_usage").size(), 1u);
+  b.Close("2026-12", "2027-01-01T01:00:00Z");
+  const auto closed = b.InvoiceOf("ten_late", "2026-12");
+  EXPECT_EQ(closed->invoice.number, "SPW-000002");
+  EXPECT_EQ(FormatAmount(closed->invoice.total_cents), "5.50");
+  Exec(*b.conn, "INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ('ten_late', '2026-11', now())");
+  b.Draft("2027-01-02T00:00:00Z");
+  EXPECT_FALSE(b.InvoiceOf("ten_late", "2027-01")) << "nothing new is late: no invoice";
+  EXPECT_EQ(Scalar(*b.conn, "SELECT sum(gpu_ms) FROM invoice_usage WHERE usage_period = '2026-11'"), 7'200'000);
+}
+
+TEST(Invoices, DraftsFollowUsageAndTaxAndNothingBilledIsNoInvoice) {
+  Books b;
+  b.Tenant("ten_d");
+  b.Tenant("ten_idle");
+  b.Instance("ins_d", "ten_d", "2026-11-05T00:00:00Z", "2026-11-05T03:00:00Z");
+  b.Rated("ins_d", "ten_d", "2026-11-05T00:00:00Z", 2'490'000, 3'600'000);
+  b.Draft("2026-11-05T01:05:00Z");
+  const auto first = b.InvoiceOf("ten_d", "2026-11");
+  ASSERT_TRUE(first);
+  EXPECT_EQ(FormatAmount(first->invoice.total_cents), "2.49");
+  EXPECT_EQ(first->invoice.lines[0].quantity, "1.000000");
+  EXPECT_EQ(first->invoice.lines[0].unit_price_micros, 2'490'000);
+  EXPECT_EQ(first->invoice.lines[0].description, "h100.1x (H100-80GB) ins_d \"job-ins_d\", on-demand");
+  // Unchanged usage: the draft is not rewritten.
+  Exec(*b.conn, "INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ('ten_d', '2026-11', now())");
+  b.Draft("2026-11-05T01:06:00Z");
+  EXPECT_EQ(b.InvoiceOf("ten_d", "2026-11")->updated_at, first->updated_at);
+  // The next hour arrives, and a tax rate is set: the draft follows both.
+  b.Rated("ins_d", "ten_d", "2026-11-05T01:00:00Z", 2'490'000, 1'800'000);
+  b.SetTax("ten_d", 825);
+  b.Draft("2026-11-05T02:05:00Z");
+  const auto second = b.InvoiceOf("ten_d", "2026-11");
+  EXPECT_EQ(second->invoice.id, first->invoice.id);
+  EXPECT_EQ(FormatAmount(second->invoice.subtotal_cents), "3.74");  // 1.5 h × 2.49 = 3.735: half-even 3.74
+  EXPECT_EQ(Amounts(second->invoice, "tax"), (std::vector<std::string>{"0.31"}));  // 8.25 % of 3.74 = 0.30855
+  EXPECT_EQ(FormatAmount(second->invoice.total_cents), "4.05");
+  EXPECT_EQ(Scalar(*b.conn, "SELECT count(*) FROM invoices"), 1) << "ten_idle billed nothing: no invoice";
+  // Closed, the idle tenant still has none, and the series has no gap.
+  b.Close("2026-11", "2026-12-01T01:00:00Z");
+  EXPECT_EQ(Scalar(*b.conn, "SELECT count(*) FROM invoices"), 1);
+  EXPECT_EQ(Text(*b.conn, "SELECT number FROM invoices"), "SPW-000001");
+}
+
+TEST(Invoices, StorageIsPricedPerGbMonthOfItsOwnMonthAcrossAPriceChangeInsideAnHour) {
+  Books b;
+  b.Tenant("ten_s");
+  // 100 GB from 1 February 00:00 to 11 February 00:30 (a 28-day month); the price goes from $0.10
+  // to $0.28 per GB-month at 10 February 12:20, inside an hour.
+  Exec(*b.conn, "INSERT INTO storage_prices (effective_from, price_micros_per_gb_month) VALUES "
+                "('2026-01-01T00:00:00Z', 100000), ('2027-02-10T12:20:00Z', 280000)");
+  Exec(*b.conn, "INSERT INTO volumes (id, tenant_id, name, region, size_gb, created_at, deleted_at) VALUES "
+                "('vol_s', 'ten_s', 'data', 'r1', 100, '2027-02-01T00:00:00Z', '2027-02-11T00:30:00Z')");
+  // The leader's volume metering, hour by hour through the month (up to 744 hours a run).
+  while (MeterVolumeHours(*b.conn, T("2027-03-01T00:30:00Z")) > 0) {
+  }
+  b.Close("2027-02", "2027-03-01T01:00:00Z");
+  const auto inv = b.InvoiceOf("ten_s", "2027-02");
+  ASSERT_TRUE(inv);
+  ASSERT_EQ(inv->invoice.lines.size(), 2u);
+  const InvoiceLine& l = inv->invoice.lines[0];
+  EXPECT_EQ(l.kind, "storage");
+  EXPECT_EQ(l.volume_id, "vol_s");
+  // At $0.10: 9 d 12 h 20 m = 822,000,000 ms; at $0.28: 12 h 10 m = 43,800,000 ms; × 100 GB.
+  // Exact: (82,200,000,000 × 100,000 + 4,380,000,000 × 280,000) µ$·GB-ms / 2,419,200,000 ms
+  // = 3,904,761.9 µ$: $3.90. GB-months: 86,580,000,000 / 2,419,200,000 = 35.788690.
+  EXPECT_EQ(FormatAmount(l.amount_cents), "3.90");
+  EXPECT_EQ(l.quantity, "35.788690");
+  EXPECT_EQ(l.unit, "gb_month");
+  EXPECT_EQ(l.unit_price_micros, 109'106);  // 9.4464e15 / 86,580,000,000 GB-ms, half-even
+  // The same GB-ms as the hourly volume metering wrote for the month.
+  EXPECT_EQ(Scalar(*b.conn, "SELECT sum(gb_ms) FROM volume_usage_hourly WHERE hour >= '2027-02-01' AND hour < '2027-03-01'"),
+            86'580'000'000);
+}
+
+TEST(Invoices, TwoClosersAtOnceWithRollbacksLeaveNoGapNoDuplicateAndEveryTenantMonthOnce) {
+  Books b;
+  constexpr int kTenants = 24;
+  for (int i = 0; i < kTenants; ++i) {
+    const std::string t = "ten_" + std::to_string(100 + i), ins = "ins_" + std::to_string(100 + i);
+    b.Tenant(t);
+    b.Instance(ins, t, "2026-10-03T00:00:00Z", "2026-10-03T01:00:00Z");
+    b.Rated(ins, t, "2026-10-03T00:00:00Z", 1'000'000 + i, 3'600'000);
+  }
+  b.Draft("2026-10-04T00:00:00Z");
+  // Roughly one finalization in eight fails, in either closer, wherever it falls in the close.
+  Exec(*b.conn, R"sql(
+CREATE FUNCTION test_flaky() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.status = 'finalized' AND random() < 0.125 THEN RAISE EXCEPTION 'injected failure'; END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER test_flaky BEFORE UPDATE ON invoices FOR EACH ROW EXECUTE FUNCTION test_flaky();)sql");
+  std::atomic<int> rollbacks{0}, closes{0}, noops{0};
+  const auto closer = [&] {
+    auto conn = OpenSession({b.db.dsn(), "spillway-test", 3000ms, 30000ms});
+    for (int attempt = 0; attempt < 500; ++attempt) {
+      try {
+        const PeriodClose c = InTransaction(*conn, [&](Tx& tx) {
+          return ClosePeriod(tx, *ParseMonth("2026-10"), T("2026-11-01T00:05:00Z"), Settings(), "test");
+        });
+        (c.already ? noops : closes)++;
+        return;
+      } catch (const pqxx::sql_error&) {
+        rollbacks++;
+      }
+    }
+  };
+  std::thread one(closer), two(closer);
+  one.join();
+  two.join();
+  EXPECT_EQ(closes.load(), 1);
+  EXPECT_EQ(noops.load(), 1);
+  EXPECT_GT(rollbacks.load(), 0) << "the injected failures must have struck";
+  EXPECT_EQ(Scalar(*b.conn, "SELECT count(*) FROM invoices WHERE status = 'finalized'"), kTenants);
+  EXPECT_EQ(Scalar(*b.conn, "SELECT count(DISTINCT (tenant_id, period)) FROM invoices"), kTenants);
+  EXPECT_EQ(Scalar(*b.conn, "SELECT count(DISTINCT number) FROM invoices"), kTenants);
+  EXPECT_EQ(Scalar(*b.conn, "SELECT max(substr(number, 5)::int) FROM invoices"), kTenants);
+  EXPECT_EQ(Scalar(*b.conn, "SELECT min(substr(number, 5)::int) FROM invoices"), 1);
+  EXPECT_EQ(Scalar(*b.conn, "SELECT last_value FROM billing_number_series WHERE series = 'invoice'"), kTenants);
+  EXPECT_EQ(Scalar(*b.conn, "SELECT count(*) FROM billing_periods_closed WHERE period = '2026-10'"), 1);
+  // Numbered in tenant order within the close.
+  EXPECT_EQ(Text(*b.conn, "SELECT number FROM invoices WHERE tenant_id = 'ten_100'"), "SPW-000001");
+}
+
+TEST(Invoices, AMonthClosesIncompleteNamingTheHostsBehindAndWaitsOtherwise) {
+  Books b("2026-11-30T23:00:00Z");  // the host has reported only up to an hour before the end
+  b.Tenant("ten_i");
+  b.Instance("ins_i", "ten_i", "2026-11-30T20:00:00Z", "2026-12-01T02:00:00Z");
+  b.Rated("ins_i", "ten_i", "2026-11-30T20:00:00Z", 2'000'000, 3'600'000);
+  {
+    pqxx::read_transaction tx(*b.conn);
+    const auto r = ReadinessOf(tx, *ParseMonth("2026-11"));
+    EXPECT_FALSE(r.ready());
+    EXPECT_EQ(r.hosts_behind, std::vector<std::string>{b.host});
+  }
+  // Closed on demand all the same: the record and the invoice say so.
+  const PeriodClose c = b.Close("2026-11", "2026-12-01T03:00:00Z");
+  EXPECT_TRUE(c.incomplete);
+  EXPECT_EQ(c.hosts_behind, std::vector<std::string>{b.host});
+  const auto inv = b.InvoiceOf("ten_i", "2026-11");
+  EXPECT_TRUE(inv->invoice.closed_incomplete);
+  EXPECT_EQ(inv->invoice.hosts_behind, std::vector<std::string>{b.host});
+  EXPECT_EQ(FormatTime(*inv->invoice.usage_complete_through), "2026-11-30T23:00:00.000Z");
+  // A month not yet ended cannot be closed; nor one after a month still open.
+  EXPECT_THROW(b.Close("2026-12", "2026-12-20T00:00:00Z"), ApiError);
+}
+
+TEST(Invoices, ATenantIsNeverBilledMoreGpuTimeThanItHeldWhateverSamplesArrive) {
+  TestDb db;
+  auto conn = OpenSession({db.dsn(), "spillway-test", 3000ms, 30000ms});
+  const std::string host = InTransaction(*conn, [&](Tx& tx) {
+    return RegisterHost(tx,
+                        {"gpu-h", "r1", "r1-a",
+                         {{0, 80LL << 30, "GPU-h-0", "H100-80GB"}, {1, 80LL << 30, "GPU-h-1", "H100-80GB"}}},
+                        T("2026-11-01T00:00:00Z"))
+        .host_id;
+  });
+  Exec(*conn, "INSERT INTO tenants (id, name, gpu_quota) VALUES ('ten_h', 'held', 8)");
+  Exec(*conn, "INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) VALUES "
+              "('H100-80GB', 'on_demand', 2490000, '2026-01-01T00:00:00Z')");
+  // Three instances with short, odd holds on two GPUs, and one hold that moves GPUs.
+  const char* holds[][4] = {{"ins_h1", "0", "2026-11-30T22:00:00.250Z", "2026-11-30T22:07:13.777Z"},
+                            {"ins_h2", "1", "2026-11-30T22:01:00Z", "2026-11-30T22:03:30.001Z"},
+                            {"ins_h2", "0", "2026-11-30T22:08:00Z", "2026-11-30T22:09:59.999Z"},
+                            {"ins_h3", "1", "2026-11-30T22:04:00.500Z", "2026-11-30T22:20:00Z"}};
+  for (const char* id : {"ins_h1", "ins_h2", "ins_h3"})
+    Exec(*conn, "INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id, "
+                "started_at, ended_at, end_reason) VALUES ('" + std::string(id) + "', 'ten_h', 'h100.1x', 'H100-80GB', 1, "
+                "'r1', 'on_demand', 'terminated', '" + host + "', '2026-11-30T22:00:00Z', '2026-11-30T22:20:00Z', 'terminated')");
+  for (const auto& h : holds)
+    Exec(*conn, "INSERT INTO gpu_allocation_history (instance_id, host_id, gpu_index, allocated_at, released_at) VALUES ('" +
+                    std::string(h[0]) + "', '" + host + "', " + h[1] + ", '" + h[2] + "', '" + h[3] + "')");
+  prometheus::Registry registry;
+  FakeClock clock(T("2026-12-01T00:30:00Z"));
+  metering::Ingestor ingest({db.dsn(), "spillway-ingest", 3000ms, 30000ms}, metering::IngestSettings{}, clock, registry);
+  ingest.Start();
+  // Random samples: any GPU, any of the instances (or none), any length, any end in the window,
+  // overlapping each other and the holds' edges. Refused ones are simply refused.
+  std::mt19937_64 rng(20261203);
+  std::int64_t seq = 0;
+  for (int batch = 0; batch < 30; ++batch) {
+    protocol::SampleBatch b;
+    b.batch_seq = seq++;
+    for (int i = 0; i < 20; ++i) {
+      const std::int64_t end = EpochMs(T("2026-11-30T22:00:00Z")) + static_cast<std::int64_t>(rng() % 1'260'000);
+      const std::int64_t len = 1 + static_cast<std::int64_t>(rng() % 30'000);
+      const char* ids[] = {"ins_h1", "ins_h2", "ins_h3", ""};
+      const std::string instance = ids[rng() % 4];
+      b.samples.push_back({FromEpochMs(end), static_cast<int>(rng() % 2), instance, len, 50, 1 << 30, 1000, 100});
+      if (instance.empty()) b.samples.back().instance_id.reset();
+    }
+    // As the agent does: samples refused as unheld are sent unattributed, those overlapping time
+    // already stored are left out, and a sample at fault (overlapping its own batch) is dropped.
+    for (int round = 0; round < 60 && !b.samples.empty(); ++round) {
+      b.sampled_through_ms = TimeMs{};
+      for (const auto& s : b.samples) b.sampled_through_ms = std::max(b.sampled_through_ms, s.ts_ms);
+      const auto r = ingest.SubmitAndWait(host, b);
+      if (r.kind == metering::IngestResult::Kind::kAccepted || r.kind == metering::IngestResult::Kind::kDuplicate) break;
+      ASSERT_EQ(r.kind, metering::IngestResult::Kind::kRejected) << r.message;
+      b.batch_seq = seq++;
+      for (std::size_t i : r.unheld) b.samples[i].instance_id.reset();
+      std::vector<std::size_t> drop = r.overlapping;
+      if (r.unheld.empty() && r.overlapping.empty() && r.sample_index) drop.push_back(*r.sample_index);
+      std::sort(drop.rbegin(), drop.rend());
+      for (std::size_t i : drop) b.samples.erase(b.samples.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+  }
+  ingest.Stop();
+  while (metering::FoldDirtyHours(*conn, 48) > 0) {
+  }
+  DraftInvoices(*conn, T("2026-12-01T00:30:00Z"), Settings());
+  InTransaction(*conn, [&](Tx& tx) { ClosePeriod(tx, *ParseMonth("2026-11"), T("2026-12-01T00:30:00Z"), Settings(), "t"); });
+  // Per instance: what the invoice billed against what its holds add up to, to the millisecond.
+  pqxx::nontransaction tx(*conn);
+  const auto rows = tx.exec(R"sql(
+SELECT h.instance_id, h.held, coalesce(u.billed, 0) AS billed FROM
+  (SELECT instance_id, sum((extract(epoch FROM released_at - allocated_at) * 1000)::bigint) AS held
+   FROM gpu_allocation_history GROUP BY instance_id) h
+LEFT JOIN (SELECT instance_id, sum(gpu_ms) AS billed FROM invoice_usage GROUP BY instance_id) u
+  ON u.instance_id = h.instance_id ORDER BY 1)sql");
+  ASSERT_EQ(rows.size(), 3u);
+  std::int64_t billed_total = 0;
+  for (const auto& r : rows) {
+    EXPECT_LE(r["billed"].as<std::int64_t>(), r["held"].as<std::int64_t>()) << r["instance_id"].as<std::string>();
+    billed_total += r["billed"].as<std::int64_t>();
+  }
+  EXPECT_GT(billed_total, 0);
+  // And the invoice's usage lines add up to exactly what invoice_usage holds.
+  EXPECT_EQ(tx.exec("SELECT count(*) FROM invoices WHERE status = 'finalized'")[0][0].as<int>(), 1);
+}
