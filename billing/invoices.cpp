@@ -51,16 +51,14 @@ GROUP BY v.id, v.name, v.size_gb, sp.price
 ORDER BY v.id)sql"};
 const Statement kVolumeMetered{"billing_volume_metered",
                                "SELECT " SPW_EPOCH_MS("metered_through") " AS through_ms FROM volume_metering"};
-// The hosts that ran instances ($1: one tenant's, '' for all) in [$2, $3): how far each has been
-// folded, and how far it must be for the month to be complete (the end of the month, or of the
-// latest of those instances on it that ended within the month).
+// The hosts that ran instances ($1: one tenant's, '' for all) in [$2, $3), and how far each has
+// been folded: the month is complete once each is folded past its end ($3).
 const Statement kHostsOf{"billing_hosts_of", R"sql(
-SELECT i.host_id, )sql" SPW_EPOCH_MS("w.folded_through") R"sql( AS through_ms,
-       max(least(coalesce()sql" SPW_EPOCH_MS("i.ended_at") R"sql(, $3::bigint), $3::bigint))::bigint AS needed_ms
+SELECT DISTINCT i.host_id, )sql" SPW_EPOCH_MS("w.folded_through") R"sql( AS through_ms, $3::bigint AS needed_ms
 FROM instances i LEFT JOIN host_watermarks w ON w.host_id = i.host_id
 WHERE ($1 = '' OR i.tenant_id = $1) AND i.host_id IS NOT NULL AND i.started_at IS NOT NULL
   AND i.started_at < )sql" SPW_TS(3) " AND (i.ended_at IS NULL OR i.ended_at > " SPW_TS(2) R"sql()
-GROUP BY i.host_id, w.folded_through ORDER BY i.host_id)sql"};
+ORDER BY i.host_id)sql"};
 // GPU time the tenant's instances held in [$2, $3), each hold up to its host's folded watermark.
 const Statement kHeld{"billing_held", R"sql(
 SELECT coalesce(sum(greatest(0,

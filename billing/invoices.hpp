@@ -70,8 +70,8 @@ struct PeriodClose {
   BilledDelta billed;     // rated money the close added beyond the drafts
 };
 
-// The hosts that ran instances in `month` and have not reported (folded) through the end of what
-// they ran in it, and whether some of the month's usage is still to be folded.
+// The hosts that ran instances in `month` and have not reported (folded) past its end, and whether
+// some of the month's usage is still to be folded.
 struct CloseReadiness {
   std::vector<std::string> hosts_behind;
   bool folding = false;

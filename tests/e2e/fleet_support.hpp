@@ -34,7 +34,8 @@ class Fleet {
     state_dir = ::mkdtemp(tmpl);
     admin = BootstrapAdmin(dsn);
     const auto tenants = Json(Call("GET", "/v1/tenants", admin));
-    operator_tenant = Str(tenants.at("data").as_array()[0], "id");
+    for (const auto& t : tenants.at("data").as_array())  // the operator's own, made by bootstrap-admin
+      if (Str(t, "name") == "operator") operator_tenant = Str(t, "id");
     operator_key = NewKey(operator_tenant, "operator");
   }
   HttpResponse Call(const std::string& method, const std::string& path, const std::string& key,

@@ -1,0 +1,324 @@
+// The finance story (README, "Finance"), through the real apiserver and a simulated agent: the fleet
+// runs and a member's draft grows; finance sets the tenant's tax rate, schedules a price change,
+// closes last month on demand; the invoice is finalized with its number and hash; its CSV matches its
+// JSON to the cent; a credit note is issued; bad money is refused naming the field.
+//
+// Last month cannot be run live, so its usage is stored as the ingest would have stored it (samples of
+// one instance on the live host, inside its hold, and the on-demand prices then in effect); from
+// there the real server folds, rates, drafts and closes it.
+#include <gtest/gtest.h>
+
+#include <boost/json.hpp>
+
+#include <thread>
+
+#include "core/clock.hpp"
+#include "core/crypto.hpp"
+#include "core/db.hpp"
+#include "core/ids.hpp"
+#include "provisioning/hosts.hpp"
+#include "tests/e2e/fleet_support.hpp"
+#include "tests/support/test_support.hpp"
+
+using namespace spillway;
+using namespace spillway::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::vector<std::vector<std::string>> ParseCsv(const std::string& text) {
+  std::vector<std::vector<std::string>> rows;
+  std::vector<std::string> row;
+  std::string field;
+  bool quoted = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < text.size() && text[i + 1] == '"') field += '"', ++i;
+      else if (c == '"') quoted = false;
+      else field += c;
+    } else if (c == '"') {
+      quoted = true;
+    } else if (c == ',') {
+      row.push_back(field), field.clear();
+    } else if (c == '\r') {
+    } else if (c == '\n') {
+      row.push_back(field), field.clear();
+      rows.push_back(row), row.clear();
+    } else {
+      field += c;
+    }
+  }
+  return rows;
+}
+
+// Cents of a decimal string "12.34" / "-0.05".
+std::int64_t Cents(const std::string& s) {
+  const bool neg = !s.empty() && s[0] == '-';
+  const std::string t = neg ? s.substr(1) : s;
+  const auto dot = t.find('.');
+  const std::int64_t v = std::stoll(t.substr(0, dot)) * 100 + std::stoll(t.substr(dot + 1));
+  return neg ? -v : v;
+}
+
+}  // namespace
+
+class Finance : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = std::make_unique<TestDb>();
+    conn_ = OpenSession({db_->dsn(), "spillway-test", std::chrono::milliseconds(3000), std::chrono::milliseconds(30000)});
+    tenant_ = NewId("ten");
+    Exec("INSERT INTO tenants (id, name, gpu_quota) VALUES ('" + tenant_ + "', 'acme', 4)");
+    SeedLastMonth();
+    auto env = FastFleetEnv();
+    env["SPILLWAY_METERING_ROLLUP_INTERVAL"] = "1s";
+    // The leader waits this long for a host behind before it closes a month by itself (the story
+    // closes it on demand first, whatever day of the month it runs).
+    env["SPILLWAY_BILLING_CLOSE_MAX_WAIT"] = "2000h";
+    env["SPILLWAY_BILLING_ISSUER_NAME"] = "Spare GPU Co";
+    env["SPILLWAY_BILLING_ISSUER_TAX_ID"] = "EU-123";
+    server_ = std::make_unique<ApiServer>(db_->dsn(), env);
+    ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
+    fleet_ = std::make_unique<Fleet>(*db_, *server_);
+    member_ = fleet_->NewKey(tenant_, "member");
+    finance_ = fleet_->NewKey(fleet_->operator_tenant, "finance");
+  }
+  // Last month, before the server starts (else its leader closes the month, nothing having run in
+  // it): an instance of the tenant ran 11:00-13:00 on the 15th on a host since retired (it reported
+  // up to 13:05 and no more), at $2.00 an H100-hour until noon and $3.00 from noon; its samples
+  // (one every 10 s) were stored, as ingest stores them, inside its hold.
+  void SeedLastMonth() {
+    const Month last = MonthOf(MonthOf(SystemClockInstance().Now()).begin - std::chrono::milliseconds(1));
+    const std::string day15 = last.Label() + "-15";
+    retired_host_ = InTransaction(*conn_, [&](Tx& tx) {
+      return RegisterHost(tx, {"retired-1", "eu-west", "eu-west-a", {{0, 80LL << 30, "GPU-retired-0", "H100-80GB"}}},
+                          *ParseTime(last.Label() + "-01T00:00:00Z"))
+          .host_id;
+    });
+    Exec("INSERT INTO host_watermarks (host_id, sampled_through, last_batch_seq, last_batch_at, clock_skew_ms, "
+         "folded_through) VALUES ('" + retired_host_ + "', '" + day15 + "T13:05:00Z', 3, '" + day15 + "T13:05:00Z', 0, '" +
+         day15 + "T13:05:00Z')");
+    Exec("INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) VALUES "
+         "('H100-80GB', 'on_demand', 2000000, '" + last.Label() + "-01T00:00:00Z'), "
+         "('H100-80GB', 'on_demand', 3000000, '" + day15 + "T12:00:00Z')");
+    Exec("INSERT INTO instances (id, tenant_id, name, instance_type, gpu_model, gpus, region, market, state, host_id, "
+         "started_at, ended_at, end_reason) VALUES ('ins_lastmonth', '" + tenant_ + "', 'train-7b', 'h100.1x', 'H100-80GB', 1, "
+         "'eu-west', 'on_demand', 'terminated', '" + retired_host_ + "', '" + day15 + "T11:00:00Z', '" + day15 +
+         "T13:00:00Z', 'terminated')");
+    Exec("INSERT INTO gpu_allocation_history (instance_id, host_id, gpu_index, allocated_at, released_at) VALUES "
+         "('ins_lastmonth', '" + retired_host_ + "', 0, '" + day15 + "T11:00:00Z', '" + day15 + "T13:00:00Z')");
+    Exec("SELECT usage_samples_partition('" + day15 + "T00:00:00Z')");
+    Exec("INSERT INTO usage_samples (ts, host_id, gpu_index, instance_id, interval_ms, util_pct, mem_used_bytes, power_mw, "
+         "energy_mj) SELECT ts, '" + retired_host_ + "', 0, 'ins_lastmonth', 10000, 90, 1073741824, 600000, 6000000 FROM "
+         "generate_series('" + day15 + "T11:00:10Z'::timestamptz, '" + day15 + "T13:00:00Z', interval '10 seconds') AS ts");
+    Exec("INSERT INTO usage_dirty_hours (hour, marked_at) VALUES ('" + day15 + "T11:00:00Z', now()), ('" + day15 +
+         "T12:00:00Z', now()) ON CONFLICT DO NOTHING");
+  }
+  void Exec(const std::string& sql) {
+    pqxx::work tx(*conn_);
+    tx.exec(sql);
+    tx.commit();
+  }
+  std::string One(const std::string& sql) {
+    pqxx::nontransaction tx(*conn_);
+    const auto r = tx.exec(sql);
+    return r.empty() || r[0][0].is_null() ? "" : r[0][0].as<std::string>();
+  }
+  HttpResponse Call(const std::string& method, const std::string& path, const std::string& key,
+                    const std::string& body = "", std::map<std::string, std::string> headers = {}) {
+    return fleet_->Call(method, path, key, body, std::move(headers));
+  }
+  std::unique_ptr<TestDb> db_;
+  std::unique_ptr<ApiServer> server_;
+  std::unique_ptr<Fleet> fleet_;
+  std::unique_ptr<pqxx::connection> conn_;
+  std::string tenant_, member_, finance_, retired_host_;
+};
+
+TEST_F(Finance, TheFinanceStory) {
+  const Month now = MonthOf(SystemClockInstance().Now());
+  const Month last = MonthOf(now.begin - 1ms);
+  const std::string this_period = now.Label(), last_period = last.Label();
+
+  // Finance sets the buyer's details and a 20 % tax rate.
+  auto r = Call("PUT", "/v1/tenants/" + tenant_ + "/billing-profile", finance_,
+                R"({"legal_name":"Acme Research Ltd","address":"1 Main St","tax_id":"GB999","email":"ap@acme.example","tax_rate_bp":2000})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(Json(r).at("tax_rate_bp").as_int64(), 2000);
+  EXPECT_EQ(Call("PUT", "/v1/tenants/" + tenant_ + "/billing-profile", member_, "{}").status, 403);
+  EXPECT_EQ(Call("PUT", "/v1/tenants/" + tenant_ + "/billing-profile", finance_, R"({"tax_rate_bp":10001})").status, 422);
+  EXPECT_EQ(Str(Json(Call("GET", "/v1/tenants/" + tenant_ + "/billing-profile", member_)), "legal_name"),
+            "Acme Research Ltd");
+
+  // The fleet runs; the member's instance runs, and its draft for this month grows.
+  auto agent = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2);
+  ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2; }, 20s));
+  r = Call("POST", "/v1/instances", member_, R"({"instance_type":"h100.1x","region":"eu-north","market":"on_demand"})");
+  ASSERT_EQ(r.status, 201) << r.body;
+  const std::string running = Str(Json(r), "id");
+  ASSERT_TRUE(fleet_->WaitState(member_, running, "running"));
+  const auto draft_hours = [&]() -> std::string {
+    const auto list = Json(Call("GET", "/v1/invoices", member_));
+    if (list.at("data").as_array().empty()) return "";
+    const auto& inv = list.at("data").as_array()[0];
+    if (Str(inv, "period") != this_period || Str(inv, "status") != "draft") return "";
+    for (const auto& l : inv.at("lines").as_array())
+      if (Str(l, "kind") == "usage" && Str(l, "instance_id") == running) return Str(l, "gpu_hours");
+    return "";
+  };
+  std::string first;
+  ASSERT_TRUE(WaitFor([&] { return !(first = draft_hours()).empty(); }, 30s)) << "no draft for " << this_period;
+  std::string later;
+  ASSERT_TRUE(WaitFor([&] { return (later = draft_hours()) > first; }, 30s)) << first << " never grew";
+
+  // Finance schedules a price change (from tomorrow: a past time is refused).
+  r = Call("POST", "/v1/billing/prices", finance_,
+           R"({"kind":"gpu","gpu_model":"H100-80GB","price_per_gpu_hour":"2.750000","effective_from":")" +
+               FormatTime(SystemClockInstance().Now() + 24h) + "\"}");
+  EXPECT_EQ(r.status, 201) << r.body;
+
+  // Samples ending 11:00:10-11:59:50 at $2.00 (3,590,000 ms), 12:00:00-13:00:00 at $3.00 (3,610,000):
+  // 18,010,000,000,000 µ$·ms/h = $5.0027...: $5.00; tax 20 %: $1.00; total $6.00.
+  boost::json::value draft;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        const auto list = Json(Call("GET", "/v1/billing/invoices?period=" + last_period + "&tenant_id=" + tenant_, finance_));
+        if (list.at("data").as_array().empty()) return false;
+        draft = list.at("data").as_array()[0];
+        return Str(draft, "total") == "6.00";
+      },
+      30s))
+      << draft << " rated: " << One("SELECT count(*) || '/' || coalesce(sum(gpu_ms), 0) FROM usage_rated_hourly WHERE instance_id = 'ins_lastmonth'")
+      << " marks: " << One("SELECT string_agg(tenant_id || ' ' || period, ', ') FROM billing_dirty")
+      << " dirty hours: " << One("SELECT string_agg(hour::text, ', ') FROM usage_dirty_hours")
+      << " invoices: " << One("SELECT string_agg(period || ' ' || status || ' ' || total_cents, ', ') FROM invoices")
+      << "\n" << server_->process().Stderr().substr(server_->process().Stderr().size() > 6000 ? server_->process().Stderr().size() - 6000 : 0);
+  EXPECT_EQ(Str(draft, "status"), "draft");
+  EXPECT_TRUE(draft.at("number").is_null());
+
+  // Finance closes last month on demand: finalized, numbered, hashed.
+  r = Call("POST", "/v1/billing/periods/" + last_period + "/close", finance_);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const auto closed = Json(r);
+  EXPECT_FALSE(closed.at("already_closed").as_bool());
+  // The retired host never reported past the month's end: the leader would have waited for it up to
+  // billing.close_max_wait; closed on demand, the month and the invoice say so.
+  EXPECT_TRUE(closed.at("incomplete").as_bool()) << closed;
+  EXPECT_EQ(closed.at("hosts_behind").as_array().size(), 1u);
+  EXPECT_EQ(closed.at("hosts_behind").as_array()[0].as_string(), retired_host_);
+  EXPECT_EQ(closed.at("invoices").as_int64(), 1);
+  r = Call("POST", "/v1/billing/periods/" + last_period + "/close", finance_);
+  EXPECT_TRUE(Json(r).at("already_closed").as_bool()) << r.body;
+  EXPECT_EQ(Call("POST", "/v1/billing/periods/" + this_period + "/close", finance_).status, 409);  // not ended
+  EXPECT_EQ(Call("POST", "/v1/billing/periods/2026-13/close", finance_).status, 422);
+  EXPECT_EQ(Call("POST", "/v1/billing/periods/" + last_period + "/close", member_).status, 403);
+
+  const std::string id = Str(draft, "id");
+  auto inv = Json(Call("GET", "/v1/invoices/" + id, member_));
+  EXPECT_EQ(Str(inv, "status"), "finalized");
+  EXPECT_EQ(Str(inv, "number"), "SPW-000001");
+  EXPECT_EQ(Str(inv, "subtotal"), "5.00");
+  EXPECT_EQ(Str(inv, "tax"), "1.00");
+  EXPECT_EQ(Str(inv, "total"), "6.00");
+  EXPECT_EQ(Str(inv.at("buyer"), "legal_name"), "Acme Research Ltd");
+  EXPECT_EQ(Str(inv.at("issuer"), "legal_name"), "Spare GPU Co");
+  EXPECT_EQ(Str(inv.at("issuer"), "tax_id"), "EU-123");
+  EXPECT_EQ(Str(inv, "coverage"), "1.0000");
+  EXPECT_TRUE(inv.at("closed_incomplete").as_bool());
+  EXPECT_EQ(Str(inv, "usage_complete_through"), last_period + "-15T13:05:00.000Z");
+  const auto& lines = inv.at("lines").as_array();
+  ASSERT_EQ(lines.size(), 2u) << inv;
+  EXPECT_EQ(Str(lines[0], "kind"), "usage");
+  EXPECT_EQ(Str(lines[0], "instance_id"), "ins_lastmonth");
+  EXPECT_EQ(Str(lines[0], "gpu_hours"), "2.000000");
+  EXPECT_EQ(Str(lines[0], "unit_price"), "2.501389");  // 18,010,000,000,000 / 7,200,000 ms
+  EXPECT_EQ(Str(lines[0], "amount"), "5.00");
+  EXPECT_EQ(Str(lines[1], "kind"), "tax");
+  EXPECT_EQ(Str(lines[1], "quantity"), "20.00");
+  EXPECT_EQ(Str(lines[1], "amount"), "1.00");
+  // The hash is the SHA-256 of the canonical JSON the database keeps, which holds the number.
+  const std::string canonical = One("SELECT canonical FROM invoices WHERE id = '" + id + "'");
+  EXPECT_EQ(Str(inv, "sha256"), Sha256Hex(canonical));
+  EXPECT_NE(canonical.find("\"number\":\"SPW-000001\""), std::string::npos);
+
+  // Its CSV matches its JSON to the cent, and so does finance's export of the month.
+  r = Call("GET", "/v1/invoices/" + id, member_, "", {{"Accept", "text/csv"}});
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.Header("content-type"), "text/csv; charset=utf-8");
+  auto rows = ParseCsv(r.body);
+  ASSERT_EQ(rows.size(), 3u) << r.body;
+  EXPECT_EQ(rows[0][0], "invoice_id");
+  ASSERT_EQ(rows[0].size(), 17u);
+  std::int64_t csv_total = 0;
+  for (std::size_t i = 1; i < rows.size(); ++i) {
+    EXPECT_EQ(rows[i][1], "SPW-000001");
+    EXPECT_EQ(rows[i][15], Str(lines[i - 1], "amount"));
+    csv_total += Cents(rows[i][15]);
+  }
+  EXPECT_EQ(csv_total, Cents(Str(inv, "total")));
+  const auto month_csv = Call("GET", "/v1/billing/invoices.csv?period=" + last_period, finance_);
+  ASSERT_EQ(month_csv.status, 200);
+  EXPECT_EQ(ParseCsv(month_csv.body), rows);
+  EXPECT_EQ(Call("GET", "/v1/billing/invoices.csv", finance_).status, 422);  // which month?
+
+  // A credit note of $1.50 before tax: $0.30 tax, $1.80 back. Sent twice under one key: one note.
+  const std::map<std::string, std::string> key = {{"Idempotency-Key", "cn-acme-1"}};
+  r = Call("POST", "/v1/billing/invoices/" + id + "/credit-notes", finance_, R"({"amount":"1.50","reason":"SLA breach"})", key);
+  ASSERT_EQ(r.status, 201) << r.body;
+  const auto note = Json(r);
+  EXPECT_EQ(Str(note, "number"), "SPW-CN-000001");
+  EXPECT_EQ(Str(note, "tax"), "0.30");
+  EXPECT_EQ(Str(note, "total"), "1.80");
+  r = Call("POST", "/v1/billing/invoices/" + id + "/credit-notes", finance_, R"({"amount":"1.50","reason":"SLA breach"})", key);
+  EXPECT_EQ(Str(Json(r), "id"), Str(note, "id"));
+  // Bad money is refused naming the field, and writes nothing.
+  for (const char* bad : {"\"-1.00\"", "\"0\"", "\"0.00\"", "\"1.001\"", "\"1e2\"", "\"NaN\"", "\"Infinity\"", "1.5", "\"\"",
+                          "\"1234567890123456789012345678901234567890\"", "\" 1.00\"", "\"1,00\"", "\"3.51\""}) {
+    r = Call("POST", "/v1/billing/invoices/" + id + "/credit-notes", finance_,
+             std::string(R"({"amount":)") + bad + R"(,"reason":"x"})");
+    EXPECT_EQ(r.status, 422) << bad << ": " << r.body;
+    EXPECT_NE(r.body.find("amount"), std::string::npos) << bad << ": " << r.body;
+  }
+  EXPECT_EQ(One("SELECT count(*) FROM credit_notes"), "1");
+  EXPECT_EQ(Call("POST", "/v1/billing/invoices/" + id + "/credit-notes", member_, R"({"amount":"1.00","reason":"x"})").status, 403);
+  inv = Json(Call("GET", "/v1/invoices/" + id, member_));
+  EXPECT_EQ(inv.at("credit_notes").as_array().size(), 1u);
+  EXPECT_EQ(Str(inv, "credited"), "1.80");
+  EXPECT_EQ(Str(inv, "balance"), "4.20");
+  EXPECT_EQ(Str(inv, "total"), "6.00");  // the invoice itself never changes
+  // The rest, $3.50, gives back exactly what remains: $4.20.
+  r = Call("POST", "/v1/billing/invoices/" + id + "/credit-notes", finance_, R"({"amount":"3.50","reason":"refund"})");
+  ASSERT_EQ(r.status, 201) << r.body;
+  EXPECT_EQ(Str(Json(r), "total"), "4.20");
+  EXPECT_EQ(Str(Json(Call("GET", "/v1/invoices/" + id, member_)), "balance"), "0.00");
+  rows = ParseCsv(Call("GET", "/v1/billing/invoices.csv?period=" + last_period, finance_).body);
+  ASSERT_EQ(rows.size(), 5u);
+  EXPECT_EQ(rows[3][6], "credit_note");
+  EXPECT_EQ(rows[3][15], "-1.80");
+
+  // The member sees this month's draft first, then last month's invoice; another tenant sees neither.
+  const auto mine = Json(Call("GET", "/v1/invoices", member_));
+  ASSERT_EQ(mine.at("data").as_array().size(), 2u);
+  EXPECT_EQ(Str(mine.at("data").as_array()[0], "period"), this_period);
+  EXPECT_EQ(Str(mine.at("data").as_array()[1], "number"), "SPW-000001");
+  const std::string other = fleet_->NewKey(fleet_->NewTenant("other", 1), "member");
+  EXPECT_EQ(Call("GET", "/v1/invoices/" + id, other).status, 404);
+  EXPECT_TRUE(Json(Call("GET", "/v1/invoices", other)).at("data").as_array().empty());
+  // Finance filters by status; the closed period is listed.
+  const auto finals = Json(Call("GET", "/v1/billing/invoices?status=finalized", finance_));
+  EXPECT_EQ(finals.at("data").as_array().size(), 1u);
+  const auto periods = Json(Call("GET", "/v1/billing/periods", finance_));
+  EXPECT_EQ(Str(periods.at("data").as_array().at(0), "period"), last_period);
+
+  // SREs see it.
+  const auto metrics = Http(server_->admin_port(), "GET", "/metrics").body;
+  EXPECT_NE(metrics.find("spillway_period_close_seconds_count 1"), std::string::npos);
+  EXPECT_NE(metrics.find("spillway_billed_micros_total{market=\"on_demand\"}"), std::string::npos);
+  EXPECT_NE(metrics.find("spillway_billing_failures_total{step=\"billing_drafts\"} 0"), std::string::npos);
+  EXPECT_TRUE(WaitFor([&] {
+    return Http(server_->admin_port(), "GET", "/metrics").body.find("spillway_invoices{status=\"finalized\"} 1") !=
+           std::string::npos;
+  }, 30s));
+  ASSERT_EQ(Call("DELETE", "/v1/instances/" + running, member_).status, 200);
+}
