@@ -28,6 +28,18 @@ SELECT instance_id, market, price_micros_per_gpu_hour AS price, sum(gpu_ms)::big
 FROM usage_rated_hourly
 WHERE tenant_id = $1 AND hour >= )sql" SPW_TS(2) " AND hour < " SPW_TS(3) R"sql(
 GROUP BY instance_id, market, price_micros_per_gpu_hour)sql"};
+// The same for a few tenants at once (an index scan each), or for every tenant: one pass over the
+// month's rows, as the SQL aggregate finance could run itself.
+const Statement kRatedRowsOf{"billing_rated_rows_of", R"sql(
+SELECT tenant_id, instance_id, market, price_micros_per_gpu_hour AS price, sum(gpu_ms)::bigint AS gpu_ms
+FROM usage_rated_hourly
+WHERE tenant_id = ANY($1::text[]) AND hour >= )sql" SPW_TS(2) " AND hour < " SPW_TS(3) R"sql(
+GROUP BY tenant_id, instance_id, market, price_micros_per_gpu_hour)sql"};
+const Statement kRatedRowsAll{"billing_rated_rows_all", R"sql(
+SELECT tenant_id, instance_id, market, price_micros_per_gpu_hour AS price, sum(gpu_ms)::bigint AS gpu_ms
+FROM usage_rated_hourly
+WHERE hour >= )sql" SPW_TS(1) " AND hour < " SPW_TS(2) R"sql(
+GROUP BY tenant_id, instance_id, market, price_micros_per_gpu_hour)sql"};
 const Statement kInvoiced{"billing_invoiced_usage", R"sql(
 SELECT instance_id, market, price_micros AS price, sum(gpu_ms)::bigint AS gpu_ms
 FROM invoice_usage WHERE tenant_id = $1 AND usage_period = $2
@@ -144,7 +156,6 @@ const Statement kEarlierOpen{"billing_earlier_open",
                              "SELECT period FROM invoices WHERE period < $1 AND status = 'draft' ORDER BY period LIMIT 1"};
 const Statement kTenantsOfPeriod{"billing_tenants_of_period", R"sql(
 SELECT tenant_id FROM invoices WHERE period = $1
-UNION SELECT tenant_id FROM usage_rated_hourly WHERE hour >= )sql" SPW_TS(2) " AND hour < " SPW_TS(3) R"sql(
 UNION SELECT tenant_id FROM volumes WHERE created_at < )sql" SPW_TS(3) " AND (deleted_at IS NULL OR deleted_at > " SPW_TS(2) R"sql()
 UNION SELECT tenant_id FROM billing_late_usage WHERE period < $1
 ORDER BY 1)sql"};
@@ -254,8 +265,37 @@ std::vector<InstanceFacts> FactsOf(Tx& tx, const std::vector<RatedUsage>& rows) 
 }
 
 // Everything (tenant, period)'s invoice says now. `storage_through`: storage is billed up to it.
+// The month's rated rows of several tenants, fetched at once, and the facts of their instances.
+struct MonthRows {
+  std::map<std::string, std::vector<RatedUsage>> by_tenant;
+  std::vector<InstanceFacts> facts;
+};
+
+// Beyond this many tenants one pass over the whole month costs less than their index scans.
+constexpr std::size_t kTenantsForOnePass = 50;
+
+MonthRows FetchMonthRows(Tx& tx, const std::vector<std::string>* tenants, const Month& month) {
+  MonthRows m;
+  const bool one_pass = !tenants || tenants->size() > kTenantsForOnePass;
+  const std::set<std::string> wanted = tenants ? std::set<std::string>(tenants->begin(), tenants->end())
+                                               : std::set<std::string>{};
+  const pqxx::result result =
+      one_pass ? tx.exec_prepared(kRatedRowsAll.name, EpochMs(month.begin), EpochMs(month.end))
+               : tx.exec_prepared(kRatedRowsOf.name, TextArrayLiteral(*tenants), EpochMs(month.begin), EpochMs(month.end));
+  std::vector<RatedUsage> all;
+  for (const auto& r : result) {
+    std::string tenant = r["tenant_id"].as<std::string>();
+    if (tenants && one_pass && !wanted.count(tenant)) continue;
+    m.by_tenant[std::move(tenant)].push_back({r["instance_id"].as<std::string>(), r["market"].as<std::string>(),
+                                              month.begin, r["gpu_ms"].as<std::int64_t>(), IntFrom(r["price"])});
+  }
+  for (const auto& [t, rows] : m.by_tenant) all.insert(all.end(), rows.begin(), rows.end());
+  m.facts = FactsOf(tx, all);
+  return m;
+}
+
 Computed Compute(Tx& tx, const std::string& tenant_id, const std::string& period, TimeMs storage_through,
-                 const BillingSettings& settings) {
+                 const BillingSettings& settings, const MonthRows& rows) {
   const Month month = *ParseMonth(period);
   const std::int64_t from = EpochMs(month.begin), to = EpochMs(month.end);
   Computed c;
@@ -268,8 +308,9 @@ Computed Compute(Tx& tx, const std::string& tenant_id, const std::string& period
   inv.tax_rate_bp = profile.tax_rate_bp;
 
   // The month's own usage, priced at each sample's time.
-  std::vector<RatedUsage> own = RowsOf(tx.exec_prepared(kRatedRows.name, tenant_id, from, to), month.begin);
-  std::vector<InvoiceLine> usage = UsageLines(own, FactsOf(tx, own), std::nullopt);
+  const auto found = rows.by_tenant.find(tenant_id);
+  std::vector<RatedUsage> own = found == rows.by_tenant.end() ? std::vector<RatedUsage>{} : found->second;
+  std::vector<InvoiceLine> usage = UsageLines(own, rows.facts, std::nullopt);
   std::int64_t metered = 0;
   for (const auto& r : own) metered += r.gpu_ms;
   c.billed.push_back({period, std::move(own)});
@@ -543,51 +584,84 @@ void SetProfile(Tx& tx, const BillingProfile& p, TimeMs now) {
   tx.exec_prepared(kMarkDrafts.name, p.tenant_id);  // its open drafts show the new buyer and rate
 }
 
-BilledDelta RefreshDraft(Tx& tx, const std::string& tenant_id, const std::string& period, TimeMs now,
-                         const BillingSettings& settings) {
+BilledDelta RefreshDrafts(Tx& tx, const std::vector<std::string>& tenants, const std::string& period, TimeMs now,
+                          const BillingSettings& settings) {
   tx.exec_prepared(kLockShared.name, kBillingLock);
   BilledDelta delta;
-  if (IsClosed(tx, period)) return delta;
-  Computed c = Compute(tx, tenant_id, period, VolumeMeteredThrough(tx, now), settings);
-  WriteDraft(tx, c, now, &delta);
+  if (tenants.empty() || IsClosed(tx, period)) return delta;
+  const TimeMs storage_through = VolumeMeteredThrough(tx, now);
+  const MonthRows rows = FetchMonthRows(tx, &tenants, *ParseMonth(period));
+  for (const auto& tenant : tenants) {
+    Computed c = Compute(tx, tenant, period, storage_through, settings, rows);
+    BilledDelta d;
+    WriteDraft(tx, c, now, &d);
+    Accumulate(delta, d);
+  }
   return delta;
 }
 
 BilledDelta DraftInvoices(Session& conn, TimeMs now, const BillingSettings& settings, int* drafted) {
-  constexpr int kBatch = 1000;
+  constexpr int kBatch = 5000;  // marks taken per run
+  constexpr std::size_t kChunk = 5000;  // tenants drafted per transaction (one aggregate each)
   BilledDelta total;
   int count = 0;
-  std::vector<std::pair<std::string, std::string>> marks;
+  std::map<std::string, std::vector<std::string>> marked;  // period -> tenants
   std::vector<std::string> volume_tenants;
   const Month current = MonthOf(now);
   const std::string previous = MonthOf(current.begin - Millis(1)).Label();
   {
     pqxx::read_transaction tx(conn, "billing_drafts_plan");
     for (const auto& r : tx.exec_prepared(kMarks.name, kBatch))
-      marks.emplace_back(r["tenant_id"].as<std::string>(), r["period"].as<std::string>());
+      marked[r["period"].as<std::string>()].push_back(r["tenant_id"].as<std::string>());
     for (const auto& r : tx.exec_prepared(kVolumeTenants.name, EpochMs(MonthOf(current.begin - Millis(1)).begin)))
       volume_tenants.push_back(r["tenant_id"].as<std::string>());
   }
-  std::set<std::pair<std::string, std::string>> done;
-  const auto refresh = [&](const std::string& tenant, const std::string& period) {
-    if (!done.insert({tenant, period}).second) return;
-    Accumulate(total, InTransaction(conn, [&](Tx& tx) { return RefreshDraft(tx, tenant, period, now, settings); }));
-    ++count;
-  };
-  for (const auto& [tenant, period] : marks) {
-    // Taking the mark and noting late usage commit together; the draft is refreshed after.
-    const std::string target = InTransaction(conn, [&](Tx& tx) -> std::string {
-      tx.exec_prepared(kLockShared.name, kBillingLock);
-      if (tx.exec_prepared(kTakeMark.name, tenant, period).empty()) return "";
-      if (!IsClosed(tx, period)) return period;
-      tx.exec_prepared(kAddLate.name, tenant, period);
-      return FirstOpenAfter(tx, period);
-    });
-    if (!target.empty()) refresh(tenant, target);
+  std::map<std::string, std::set<std::string>> todo;  // period -> tenants whose drafts to refresh
+  for (const auto& [period, tenants] : marked)
+    for (std::size_t i = 0; i < tenants.size(); i += kChunk) {
+      const std::vector<std::string> chunk(tenants.begin() + static_cast<std::ptrdiff_t>(i),
+                                           tenants.begin() + static_cast<std::ptrdiff_t>(std::min(tenants.size(), i + kChunk)));
+      // Taking the marks and drafting commit together (a mark is never lost to a failed draft); a
+      // mark of a closed month is late usage, drafted below on the first open month after it.
+      struct Out {
+        BilledDelta delta;
+        std::vector<std::pair<std::string, std::string>> late;
+        int drafted = 0;
+      };
+      const Out out = InTransaction(conn, [&](Tx& tx) {
+        Out o;
+        tx.exec_prepared(kLockShared.name, kBillingLock);
+        std::vector<std::string> taken;
+        for (const auto& t : chunk)
+          if (!tx.exec_prepared(kTakeMark.name, t, period).empty()) taken.push_back(t);
+        if (IsClosed(tx, period)) {
+          const std::string target = taken.empty() ? "" : FirstOpenAfter(tx, period);
+          for (const auto& t : taken) {
+            tx.exec_prepared(kAddLate.name, t, period);
+            o.late.emplace_back(target, t);
+          }
+          return o;
+        }
+        o.delta = RefreshDrafts(tx, taken, period, now, settings);
+        o.drafted = static_cast<int>(taken.size());
+        return o;
+      });
+      Accumulate(total, out.delta);
+      count += out.drafted;
+      for (const auto& [target, t] : out.late) todo[target].insert(t);
+    }
+  for (const auto& t : volume_tenants) {
+    todo[current.Label()].insert(t);
+    todo[previous].insert(t);  // nothing once it is closed
   }
-  for (const auto& tenant : volume_tenants) {
-    refresh(tenant, current.Label());
-    refresh(tenant, previous);  // a no-op once it is closed
+  for (const auto& [period, set] : todo) {
+    const std::vector<std::string> tenants(set.begin(), set.end());
+    for (std::size_t i = 0; i < tenants.size(); i += kChunk) {
+      const std::vector<std::string> chunk(tenants.begin() + static_cast<std::ptrdiff_t>(i),
+                                           tenants.begin() + static_cast<std::ptrdiff_t>(std::min(tenants.size(), i + kChunk)));
+      Accumulate(total, InTransaction(conn, [&](Tx& tx) { return RefreshDrafts(tx, chunk, period, now, settings); }));
+      count += static_cast<int>(chunk.size());
+    }
   }
   if (drafted) *drafted = count;
   return total;
@@ -626,10 +700,14 @@ PeriodClose ClosePeriod(Tx& tx, const Month& month, TimeMs now, const BillingSet
   out.incomplete = !readiness.hosts_behind.empty();
   out.hosts_behind = readiness.hosts_behind;
   const std::int64_t from = EpochMs(month.begin), to = EpochMs(month.end);
-  std::vector<std::string> tenants;
-  for (const auto& r : tx.exec_prepared(kTenantsOfPeriod.name, period, from, to)) tenants.push_back(r["tenant_id"].as<std::string>());
+  // Every tenant with usage rated in the month (from the one pass over it), a draft, storage or late usage.
+  const MonthRows rows = FetchMonthRows(tx, nullptr, month);
+  std::set<std::string> tenant_set;
+  for (const auto& [t, r] : rows.by_tenant) tenant_set.insert(t);
+  for (const auto& r : tx.exec_prepared(kTenantsOfPeriod.name, period, from, to)) tenant_set.insert(r["tenant_id"].as<std::string>());
+  const std::vector<std::string> tenants(tenant_set.begin(), tenant_set.end());
   for (const auto& tenant : tenants) {
-    Computed c = Compute(tx, tenant, period, month.end, settings);
+    Computed c = Compute(tx, tenant, period, month.end, settings, rows);
     BilledDelta delta;
     const std::string id = WriteDraft(tx, c, now, &delta);
     Accumulate(out.billed, delta);

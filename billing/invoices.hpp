@@ -49,10 +49,11 @@ struct StoredInvoice {
 // What a draft refresh or a close changed of rated money, per market (for the billed counter).
 using BilledDelta = std::map<std::string, std::int64_t>;  // market -> cents
 
-// Brings the draft of (tenant, period) up to date: created when something is billed, rewritten
-// only when it changed, removed when nothing is left. Nothing when that invoice is finalized.
-BilledDelta RefreshDraft(Tx& tx, const std::string& tenant_id, const std::string& period, TimeMs now,
-                         const BillingSettings& settings);
+// Brings the drafts of (tenants, period) up to date, from one aggregate of the month's rated usage:
+// each created when something is billed, rewritten only when it changed, removed when nothing is
+// left. Nothing once the month is closed.
+BilledDelta RefreshDrafts(Tx& tx, const std::vector<std::string>& tenants, const std::string& period, TimeMs now,
+                          const BillingSettings& settings);
 
 // The leader's billing_drafts step: takes the tenant-months the metering fold marked (a mark of a
 // closed month is late usage, billed on the tenant's next open draft) and refreshes the drafts of
