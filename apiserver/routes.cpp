@@ -65,7 +65,7 @@ std::vector<Route> ApiRoutes() {
       {"GET", "/v1/fleet/usage", kOperator | kAdmin, GetFleetUsage},
       {"GET", "/v1/billing/prices", kFinance | kAdmin | kOperator, ListPrices},
       {"POST", "/v1/billing/prices", kFinance | kAdmin, SchedulePrice, Body::kRequired, "", /*idempotent=*/true},
-      {"GET", "/v1/invoices", kMember, ListMyInvoices},
+      {"GET", "/v1/invoices", kMember | kFinance | kAdmin, ListMyInvoices},
       {"GET", "/v1/invoices/{id}", kMember | kFinance | kAdmin, GetInvoice},
       {"GET", "/v1/billing/invoices", kFinance | kAdmin, ListAllInvoices},
       {"GET", "/v1/billing/invoices.csv", kFinance | kAdmin, ExportInvoicesCsv},

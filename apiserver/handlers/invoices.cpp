@@ -55,7 +55,10 @@ boost::json::object LineJson(const InvoiceLine& l, int position) {
   if (l.volume_id) o["volume_id"] = *l.volume_id;
   if (l.market) o["market"] = *l.market;
   if (l.usage_period) o["usage_period"] = *l.usage_period;
-  if (l.unit == "gpu_hour") o["gpu_hours"] = l.quantity;
+  if (l.unit == "gpu_hour") {
+    o["gpu_hours"] = l.quantity;
+    if (l.unit_price_micros) o["average_price_per_gpu_hour"] = FormatMicros(*l.unit_price_micros);
+  }
   if (l.unit == "gb_month") o["gb_months"] = l.quantity;
   if (l.unit_price_micros) o["unit_price"] = FormatMicros(*l.unit_price_micros);
   return o;
@@ -178,6 +181,8 @@ boost::json::object ProfileJson(const billing::BillingProfile& p) {
 }  // namespace
 
 Reply ListMyInvoices(Ctx& ctx) {
+  // Finance and admins see every tenant's here too (as at /v1/billing/invoices).
+  if (ctx.principal.role_bit != kMember) return ListAllInvoices(ctx);
   billing::InvoiceQuery q;
   q.tenant_id = ctx.principal.tenant_id;
   q.limit = ctx.Limit() + 1;
@@ -200,6 +205,7 @@ Reply GetInvoice(Ctx& ctx) {
 Reply ListAllInvoices(Ctx& ctx) {
   billing::InvoiceQuery q;
   q.tenant_id = ctx.Query("tenant_id");
+  if (q.tenant_id.empty()) q.tenant_id = ctx.Query("tenant");  // docs/architecture.md's first name for it
   if (const std::string p = ctx.Query("period"); !p.empty()) q.period = PeriodParam(p, "period");
   q.status = ctx.Query("status");
   if (!q.status.empty() && q.status != "draft" && q.status != "finalized")

@@ -233,6 +233,7 @@ TEST_F(Finance, TheFinanceStory) {
   EXPECT_EQ(Str(lines[0], "instance_id"), "ins_lastmonth");
   EXPECT_EQ(Str(lines[0], "gpu_hours"), "2.000000");
   EXPECT_EQ(Str(lines[0], "unit_price"), "2.501389");  // 18,010,000,000,000 / 7,200,000 ms
+  EXPECT_EQ(Str(lines[0], "average_price_per_gpu_hour"), "2.501389");  // docs/protocol.md's name
   EXPECT_EQ(Str(lines[0], "amount"), "5.00");
   EXPECT_EQ(Str(lines[1], "kind"), "tax");
   EXPECT_EQ(Str(lines[1], "quantity"), "20.00");
@@ -308,6 +309,7 @@ TEST_F(Finance, TheFinanceStory) {
   // Finance filters by status; the closed period is listed.
   const auto finals = Json(Call("GET", "/v1/billing/invoices?status=finalized", finance_));
   EXPECT_EQ(finals.at("data").as_array().size(), 1u);
+  EXPECT_EQ(Json(Call("GET", "/v1/invoices?tenant=" + tenant_, finance_)).at("data").as_array().size(), 2u);
   const auto periods = Json(Call("GET", "/v1/billing/periods", finance_));
   EXPECT_EQ(Str(periods.at("data").as_array().at(0), "period"), last_period);
 
