@@ -72,6 +72,7 @@ std::vector<Route> ApiRoutes() {
       {"POST", "/v1/billing/invoices/{id}/credit-notes", kFinance | kAdmin, CreateCreditNote, Body::kRequired, "",
        /*idempotent=*/true},
       {"GET", "/v1/billing/periods", kFinance | kAdmin, ListClosedPeriods},
+      {"GET", "/v1/billing/reports/revenue", kFinance | kOperator | kAdmin, GetRevenueReport},
       {"POST", "/v1/billing/periods/{period}/close", kFinance | kAdmin, ClosePeriodNow, Body::kOptional, "",
        /*idempotent=*/true},
       {"GET", "/v1/tenants/{id}/billing-profile", kAdmin | kFinance | kMember, GetBillingProfile, Body::kNone, "id"},

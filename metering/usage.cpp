@@ -41,22 +41,30 @@ const Statement kClearRatedHour{"rollup_clear_rated_hour",
 const Statement kMarkRatedHour{"rollup_mark_rated_hour",
                                SPW_MARK_BILLING("usage_rated_hourly WHERE hour = to_timestamp($1::bigint / 1000.0)")};
 // The hour's metered GPU-ms per instance and price in effect at each row's ts (effective_from <= ts):
-// the on-demand book for on-demand instances, the pool's spot history for spot ones. Each price's
-// span is [effective_from, the next one's): the spans that reach into the hour are the one in effect
-// at its start (one index probe per model or pool) and those that begin inside it.
+// the on-demand book for on-demand instances, the pool's spot history for spot ones; and beside it
+// the list price, the on-demand book's at that ts for both (a spot row's saving is list - price).
+// Each price's span is [effective_from, the next one's): the spans that reach into the hour are the
+// one in effect at its start (one index probe per model or pool) and those that begin inside it.
 const Statement kFoldRatedHour{"rollup_fold_rated_hour", R"sql(
 WITH h AS (SELECT to_timestamp($1::bigint / 1000.0) AS start, to_timestamp($1::bigint / 1000.0) + interval '1 hour' AS stop),
 used AS (SELECT DISTINCT i.market, i.region, i.gpu_model FROM usage_samples s JOIN instances i ON i.id = s.instance_id
          WHERE )sql" SPW_IN_HOUR("s.ts") R"sql( AND s.instance_id IS NOT NULL),
-points AS (
-  SELECT u.market, u.region, u.gpu_model, p.price, p.from_ts FROM used u, h,
+models AS (SELECT DISTINCT gpu_model FROM used),
+list_points AS (
+  SELECT m.gpu_model, p.price, p.from_ts FROM models m, h,
   LATERAL (SELECT price_micros_per_gpu_hour AS price, effective_from AS from_ts FROM prices
-           WHERE u.market = 'on_demand' AND gpu_model = u.gpu_model AND market = 'on_demand' AND effective_from <= h.start
+           WHERE gpu_model = m.gpu_model AND market = 'on_demand' AND effective_from <= h.start
            ORDER BY effective_from DESC LIMIT 1) p
   UNION ALL
-  SELECT u.market, u.region, u.gpu_model, p.price_micros_per_gpu_hour, p.effective_from FROM used u, h, prices p
-  WHERE u.market = 'on_demand' AND p.gpu_model = u.gpu_model AND p.market = 'on_demand'
-    AND p.effective_from > h.start AND p.effective_from <= h.stop
+  SELECT m.gpu_model, p.price_micros_per_gpu_hour, p.effective_from FROM models m, h, prices p
+  WHERE p.gpu_model = m.gpu_model AND p.market = 'on_demand' AND p.effective_from > h.start AND p.effective_from <= h.stop),
+list_spans AS (
+  SELECT gpu_model, price, from_ts,
+         coalesce(lead(from_ts) OVER (PARTITION BY gpu_model ORDER BY from_ts), 'infinity') AS to_ts
+  FROM list_points),
+points AS (
+  SELECT u.market, u.region, u.gpu_model, l.price, l.from_ts FROM used u JOIN list_points l ON l.gpu_model = u.gpu_model
+  WHERE u.market = 'on_demand'
   UNION ALL
   SELECT u.market, u.region, u.gpu_model, p.price, p.from_ts FROM used u, h,
   LATERAL (SELECT price_micros_per_gpu_hour AS price, effective_from AS from_ts FROM spot_prices
@@ -70,13 +78,15 @@ spans AS (
   SELECT market, region, gpu_model, price, from_ts,
          coalesce(lead(from_ts) OVER (PARTITION BY market, region, gpu_model ORDER BY from_ts), 'infinity') AS to_ts
   FROM points)
-INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour, gpu_ms)
-SELECT (SELECT start FROM h), s.instance_id, i.tenant_id, i.market, sp.price, sum(s.interval_ms)
+INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour,
+                                list_price_micros_per_gpu_hour, gpu_ms)
+SELECT (SELECT start FROM h), s.instance_id, i.tenant_id, i.market, sp.price, ls.price, sum(s.interval_ms)
 FROM usage_samples s JOIN instances i ON i.id = s.instance_id
 LEFT JOIN spans sp ON sp.market = i.market AND sp.region = i.region AND sp.gpu_model = i.gpu_model
                   AND s.ts >= sp.from_ts AND s.ts < sp.to_ts
+LEFT JOIN list_spans ls ON ls.gpu_model = i.gpu_model AND s.ts >= ls.from_ts AND s.ts < ls.to_ts
 WHERE )sql" SPW_IN_HOUR("s.ts") R"sql( AND s.instance_id IS NOT NULL
-GROUP BY s.instance_id, i.tenant_id, i.market, sp.price)sql"};
+GROUP BY s.instance_id, i.tenant_id, i.market, sp.price, ls.price)sql"};
 const Statement kFoldPoolHour{"rollup_fold_pool_hour", R"sql(
 INSERT INTO pool_usage_hourly (hour, region, gpu_model, allocated_gpu_ms, idle_gpu_ms, samples, util_pct_mean, energy_mj)
 SELECT to_timestamp($1::bigint / 1000.0), h.region, h.gpu_model,

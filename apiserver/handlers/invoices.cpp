@@ -11,6 +11,7 @@
 #include "apiserver/handlers/common.hpp"
 #include "billing/exact_amount.hpp"
 #include "billing/invoices.hpp"
+#include "billing/reports.hpp"
 #include "core/errors.hpp"
 #include "core/json.hpp"
 #include "core/money.hpp"
@@ -178,6 +179,11 @@ boost::json::object ProfileJson(const billing::BillingProfile& p) {
   return o;
 }
 
+std::string GpuHours(std::int64_t ms) {
+  return billing::FormatQuantity(
+      static_cast<std::int64_t>(billing::DivideHalfEven(static_cast<billing::Int128>(ms) * 1'000'000, billing::kMsPerHour)));
+}
+
 }  // namespace
 
 Reply ListMyInvoices(Ctx& ctx) {
@@ -309,6 +315,77 @@ Reply SetBillingProfile(Ctx& ctx) {
     auto profile = billing::ProfileOf(tx, p.tenant_id);
     return Reply{200, ProfileJson(profile)};
   });
+}
+
+}  // namespace spillway::handlers
+
+namespace spillway::handlers {
+
+Reply GetRevenueReport(Ctx& ctx) {
+  const std::string period = PeriodParam(ctx.Query("period"), "period");
+  const auto month = *ParseMonth(period);
+  const auto report = ctx.ReadSnapshot([&](Tx& tx) { return billing::RevenueOf(tx, month); });
+  const std::int64_t month_ms = EpochMs(month.end) - EpochMs(month.begin);
+  const auto gb_months = [&](std::int64_t gb_ms) {
+    return billing::FormatQuantity(static_cast<std::int64_t>(
+        billing::DivideHalfEven(static_cast<billing::Int128>(gb_ms) * 1'000'000, month_ms)));
+  };
+  std::int64_t revenue = 0, discount = 0, storage_revenue = 0, offered = 0, sold = 0;
+  if (ctx.Query("format") == "csv" || WantsCsv(ctx)) {
+    std::string body =
+        "period,region,gpu_model,market,gpu_hours_sold,revenue,list_value,spot_discount_given,"
+        "spare_gpu_hours_offered,spare_gpu_hours_unsold,storage_gb_months,currency\r\n";
+    for (const auto& l : report.lines)
+      body += period + "," + CsvField(l.region) + "," + CsvField(l.gpu_model) + "," + l.market + "," + GpuHours(l.gpu_ms) +
+              "," + FormatAmount(l.billed.Cents()) + "," + FormatAmount(l.list.Cents()) + "," +
+              FormatAmount(l.discount_cents()) + ",,,,USD\r\n";
+    for (const auto& p : report.pools)
+      body += period + "," + CsvField(p.region) + "," + CsvField(p.gpu_model) + ",spare,,,,," + GpuHours(p.offered_gpu_ms()) +
+              "," + GpuHours(p.idle_gpu_ms) + ",,USD\r\n";
+    for (const auto& st : report.storage)
+      body += period + "," + CsvField(st.region) + ",,storage,," + FormatAmount(st.amount.Cents()) + ",,,,," +
+              gb_months(st.gb_ms) + ",USD\r\n";
+    return Csv(std::move(body), "revenue-" + period + ".csv");
+  }
+  boost::json::array lines, pools, storage;
+  for (const auto& l : report.lines) {
+    revenue += l.billed.Cents();
+    discount += l.discount_cents();
+    lines.push_back({{"region", l.region},
+                     {"gpu_model", l.gpu_model},
+                     {"market", l.market},
+                     {"gpu_hours_sold", GpuHours(l.gpu_ms)},
+                     {"revenue", FormatAmount(l.billed.Cents())},
+                     {"list_value", FormatAmount(l.list.Cents())},
+                     {"spot_discount_given", FormatAmount(l.discount_cents())},
+                     {"unpriced_gpu_hours", GpuHours(l.unpriced_gpu_ms)}});
+  }
+  for (const auto& p : report.pools) {
+    offered += p.offered_gpu_ms();
+    sold += p.spot_sold_gpu_ms;
+    pools.push_back({{"region", p.region},
+                     {"gpu_model", p.gpu_model},
+                     {"spare_gpu_hours_offered", GpuHours(p.offered_gpu_ms())},
+                     {"spare_gpu_hours_sold", GpuHours(p.spot_sold_gpu_ms)},
+                     {"spare_gpu_hours_unsold", GpuHours(p.idle_gpu_ms)}});
+  }
+  for (const auto& st : report.storage) {
+    storage_revenue += st.amount.Cents();
+    storage.push_back({{"region", st.region}, {"gb_months", gb_months(st.gb_ms)}, {"revenue", FormatAmount(st.amount.Cents())}});
+  }
+  return {200, boost::json::object{{"period", period},
+                                   {"currency", "USD"},
+                                   {"closed", report.closed},
+                                   {"usage", std::move(lines)},
+                                   {"spare", std::move(pools)},
+                                   {"storage", std::move(storage)},
+                                   {"totals",
+                                    {{"gpu_revenue", FormatAmount(revenue)},
+                                     {"spot_discount_given", FormatAmount(discount)},
+                                     {"storage_revenue", FormatAmount(storage_revenue)},
+                                     {"revenue", FormatAmount(revenue + storage_revenue)},
+                                     {"spare_gpu_hours_offered", GpuHours(offered)},
+                                     {"spare_gpu_hours_sold", GpuHours(sold)}}}}};
 }
 
 }  // namespace spillway::handlers

@@ -14,5 +14,6 @@ Reply ListClosedPeriods(Ctx& ctx);    // GET /v1/billing/periods
 Reply CreateCreditNote(Ctx& ctx);     // POST /v1/billing/invoices/{id}/credit-notes
 Reply GetBillingProfile(Ctx& ctx);    // GET /v1/tenants/{id}/billing-profile
 Reply SetBillingProfile(Ctx& ctx);    // PUT /v1/tenants/{id}/billing-profile
+Reply GetRevenueReport(Ctx& ctx);     // GET /v1/billing/reports/revenue?period=: JSON, or CSV
 
 }  // namespace spillway::handlers

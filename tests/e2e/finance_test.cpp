@@ -313,6 +313,22 @@ TEST_F(Finance, TheFinanceStory) {
   const auto periods = Json(Call("GET", "/v1/billing/periods", finance_));
   EXPECT_EQ(Str(periods.at("data").as_array().at(0), "period"), last_period);
 
+  // What selling the spare capacity earned last month (finance or an operator; not a member).
+  const auto report = Json(Call("GET", "/v1/billing/reports/revenue?period=" + last_period, fleet_->operator_key));
+  ASSERT_EQ(report.at("usage").as_array().size(), 1u) << report;
+  const auto& sold = report.at("usage").as_array()[0];
+  EXPECT_EQ(Str(sold, "region"), "eu-west");
+  EXPECT_EQ(Str(sold, "market"), "on_demand");
+  EXPECT_EQ(Str(sold, "gpu_hours_sold"), "2.000000");
+  EXPECT_EQ(Str(sold, "revenue"), "5.00");
+  EXPECT_EQ(Str(sold, "spot_discount_given"), "0.00");
+  EXPECT_TRUE(report.at("closed").as_bool());
+  EXPECT_EQ(Str(report.at("totals"), "revenue"), "5.00");
+  const auto report_csv = Call("GET", "/v1/billing/reports/revenue?period=" + last_period + "&format=csv", finance_);
+  EXPECT_NE(report_csv.body.find(last_period + ",eu-west,H100-80GB,on_demand,2.000000,5.00,5.00,0.00,"), std::string::npos)
+      << report_csv.body;
+  EXPECT_EQ(Call("GET", "/v1/billing/reports/revenue?period=" + last_period, member_).status, 403);
+
   // SREs see it.
   const auto metrics = Http(server_->admin_port(), "GET", "/metrics").body;
   EXPECT_NE(metrics.find("spillway_period_close_seconds_count 1"), std::string::npos);

@@ -125,6 +125,17 @@ TEST(Rating, EachSampleIsPricedAtItsOwnTimeAndEachLineIsExactToTheCent) {
   EXPECT_TRUE(december[0].amount.numerator() == static_cast<Int128>(7'500'000'000LL));
   EXPECT_EQ(FormatAmount(december[0].amount.Cents()), "0.00");
   // Never more GPU time than the instances held: ins_od held 7,200,500 ms of November and 2,500 of December.
+  // Beside each row its list price, the on-demand book's at the same ts: the spot rows' is $2.49
+  // (the saving is list - price), an on-demand row's is its own price.
+  EXPECT_EQ(tx.exec("SELECT string_agg(DISTINCT list_price_micros_per_gpu_hour::text, ',') FROM usage_rated_hourly "
+                    "WHERE instance_id = 'ins_sp'")[0][0].as<std::string>(),
+            "2490000");
+  EXPECT_EQ(tx.exec("SELECT count(*) FROM usage_rated_hourly WHERE instance_id = 'ins_od' AND "
+                    "list_price_micros_per_gpu_hour IS DISTINCT FROM price_micros_per_gpu_hour")[0][0].as<int>(),
+            0);
+  EXPECT_EQ(tx.exec("SELECT sum(gpu_ms) FROM usage_rated_hourly WHERE instance_id = 'ins_od' AND "
+                    "list_price_micros_per_gpu_hour = 3000000")[0][0].as<std::int64_t>(),
+            1'810'000 + 2'500);
 }
 
 TEST(Rating, TimeNoPriceCoveredIsReportedNeverBilledAtZero) {

@@ -1,0 +1,91 @@
+#include "billing/reports.hpp"
+
+#include <algorithm>
+#include <map>
+
+#include "core/db.hpp"
+#include "core/sql.hpp"
+
+namespace spillway::billing {
+namespace {
+
+#define SPW_TS(n) "to_timestamp($" #n "::bigint / 1000.0)"
+
+const Statement kRevenueUsage{"report_revenue_usage", R"sql(
+SELECT i.region, i.gpu_model, r.market, r.price_micros_per_gpu_hour AS price,
+       r.list_price_micros_per_gpu_hour AS list_price, sum(r.gpu_ms)::bigint AS gpu_ms
+FROM usage_rated_hourly r JOIN instances i ON i.id = r.instance_id
+WHERE r.hour >= )sql" SPW_TS(1) " AND r.hour < " SPW_TS(2) R"sql(
+GROUP BY i.region, i.gpu_model, r.market, r.price_micros_per_gpu_hour, r.list_price_micros_per_gpu_hour)sql"};
+const Statement kRevenuePools{"report_revenue_pools", R"sql(
+SELECT region, gpu_model, sum(idle_gpu_ms)::bigint AS idle_ms FROM pool_usage_hourly
+WHERE hour >= )sql" SPW_TS(1) " AND hour < " SPW_TS(2) R"sql( GROUP BY region, gpu_model)sql"};
+// Every volume's GB-ms in [$1, $2) per region and storage price in effect (as billing/invoices).
+const Statement kRevenueStorage{"report_revenue_storage", R"sql(
+WITH spans AS (
+  SELECT price_micros_per_gb_month AS price, effective_from AS from_ts,
+         coalesce(lead(effective_from) OVER (ORDER BY effective_from), 'infinity') AS to_ts
+  FROM storage_prices)
+SELECT v.region, sp.price,
+       sum(v.size_gb::bigint * greatest(0,
+             )sql" SPW_EPOCH_MS("least(coalesce(v.deleted_at, " SPW_TS(2) "), sp.to_ts, " SPW_TS(2) ")") R"sql(
+           - )sql" SPW_EPOCH_MS("greatest(v.created_at, sp.from_ts, " SPW_TS(1) ")") R"sql())::bigint AS gb_ms
+FROM volumes v JOIN spans sp ON sp.from_ts < )sql" SPW_TS(2) " AND sp.to_ts > " SPW_TS(1) R"sql(
+WHERE v.created_at < )sql" SPW_TS(2) " AND (v.deleted_at IS NULL OR v.deleted_at > " SPW_TS(1) R"sql()
+GROUP BY v.region, sp.price)sql"};
+const Statement kReportVolumeMetered{"report_volume_metered",
+                                     "SELECT " SPW_EPOCH_MS("metered_through") " AS through_ms FROM volume_metering"};
+const Statement kReportClosed{"report_closed", "SELECT EXISTS (SELECT 1 FROM billing_periods_closed WHERE period = $1) AS closed"};
+
+}  // namespace
+
+RevenueReport RevenueOf(Tx& tx, const Month& month) {
+  RevenueReport out;
+  out.month = month;
+  out.closed = tx.exec_prepared1(kReportClosed.name, month.Label())["closed"].as<bool>();
+  const std::int64_t from = EpochMs(month.begin), to = EpochMs(month.end);
+  std::map<std::tuple<std::string, std::string, std::string>, RevenueLine> lines;
+  std::map<std::pair<std::string, std::string>, PoolSpare> pools;
+  for (const auto& r : tx.exec_prepared(kRevenueUsage.name, from, to)) {
+    const std::string region = r["region"].as<std::string>(), model = r["gpu_model"].as<std::string>(),
+                      market = r["market"].as<std::string>();
+    RevenueLine& l = lines[{region, model, market}];
+    l.region = region, l.gpu_model = model, l.market = market;
+    const std::int64_t ms = r["gpu_ms"].as<std::int64_t>();
+    l.gpu_ms += ms;
+    const auto price = IntFrom(r["price"]);
+    if (price) l.billed.Add(ms, *price);
+    else l.unpriced_gpu_ms += ms;
+    // With no list price then, the list value is what was billed (no discount is claimed).
+    if (const auto list = IntFrom(r["list_price"])) l.list.Add(ms, *list);
+    else if (price) l.list.Add(ms, *price);
+    PoolSpare& p = pools[{region, model}];
+    p.region = region, p.gpu_model = model;
+    if (market == "spot") p.spot_sold_gpu_ms += ms;
+  }
+  for (const auto& r : tx.exec_prepared(kRevenuePools.name, from, to)) {
+    const std::string region = r["region"].as<std::string>(), model = r["gpu_model"].as<std::string>();
+    PoolSpare& p = pools[{region, model}];
+    p.region = region, p.gpu_model = model;
+    p.idle_gpu_ms += r["idle_ms"].as<std::int64_t>();
+  }
+  // Storage of an open month up to the hour the volume metering has reached.
+  std::int64_t through = to;
+  if (const auto rows = tx.exec_prepared(kReportVolumeMetered.name); !rows.empty() && !rows[0]["through_ms"].is_null())
+    through = std::clamp(rows[0]["through_ms"].as<std::int64_t>(), from, to);
+  const int days = static_cast<int>((to - from) / kMsPerDay);
+  std::map<std::string, StorageRevenue> storage;
+  for (const auto& r : tx.exec_prepared(kRevenueStorage.name, from, through)) {
+    const std::string region = r["region"].as<std::string>();
+    auto [it, fresh] = storage.try_emplace(region, days);
+    it->second.region = region;
+    it->second.gb_ms += r["gb_ms"].as<std::int64_t>();
+    it->second.amount.Add(r["gb_ms"].as<std::int64_t>(), r["price"].as<std::int64_t>());
+  }
+  for (auto& [k, l] : lines) out.lines.push_back(std::move(l));
+  for (auto& [k, p] : pools) out.pools.push_back(std::move(p));
+  for (auto& [k, s] : storage) out.storage.push_back(std::move(s));
+  return out;
+}
+
+}  // namespace spillway::billing

@@ -1,0 +1,74 @@
+// The spare-capacity revenue report on a hand-computed month: on-demand and spot GPU time in one
+// pool with the list price at each row's time, idle GPU time from the pool rollups, storage.
+#include <gtest/gtest.h>
+
+#include "billing/reports.hpp"
+#include "core/db.hpp"
+#include "core/money.hpp"
+#include "provisioning/hosts.hpp"
+#include "tests/support/test_support.hpp"
+
+using namespace spillway;
+using namespace spillway::billing;
+using spillway::test::TestDb;
+using namespace std::chrono_literals;
+
+TEST(RevenueReport, SoldSpotDiscountSpareOfferedAndStoragePerPoolExactly) {
+  TestDb db;
+  auto conn = OpenSession({db.dsn(), "spillway-test", 3000ms, 30000ms});
+  const std::string host = InTransaction(*conn, [&](Tx& tx) {
+    return RegisterHost(tx, {"rev-1", "r1", "r1-a", {{0, 80LL << 30, "GPU-rev-0", "H100-80GB"}}}, *ParseTime("2026-10-01T00:00:00Z"))
+        .host_id;
+  });
+  {
+    pqxx::work tx(*conn);
+    tx.exec("INSERT INTO tenants (id, name, gpu_quota) VALUES ('ten_r', 'r', 8)");
+    for (const char* row : {"('ins_od', 'on_demand')", "('ins_sp', 'spot')"})
+      tx.exec(std::string("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id, "
+                          "started_at, ended_at, end_reason) SELECT v.id, 'ten_r', 'h100.1x', 'H100-80GB', 1, 'r1', v.market, "
+                          "'terminated', '") + host + "', '2026-11-01', '2026-11-02', 'terminated' FROM (VALUES " + row +
+              ") AS v (id, market)");
+    // On-demand: 2 h at $2.49 (list $2.49). Spot: 1 h at $1.00 and 30 min at $0.90 while the list was
+    // $2.49, and 30 min at $1.20 while it was $3.00.
+    tx.exec("INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour, "
+            "list_price_micros_per_gpu_hour, gpu_ms) VALUES "
+            "('2026-11-01T10:00:00Z', 'ins_od', 'ten_r', 'on_demand', 2490000, 2490000, 7200000), "
+            "('2026-11-01T10:00:00Z', 'ins_sp', 'ten_r', 'spot', 1000000, 2490000, 3600000), "
+            "('2026-11-01T11:00:00Z', 'ins_sp', 'ten_r', 'spot', 900000, 2490000, 1800000), "
+            "('2026-11-01T11:00:00Z', 'ins_sp', 'ten_r', 'spot', 1200000, 3000000, 1800000), "
+            "('2026-12-01T00:00:00Z', 'ins_sp', 'ten_r', 'spot', 1200000, 3000000, 3600000)");  // another month
+    tx.exec("INSERT INTO pool_usage_hourly (hour, region, gpu_model, allocated_gpu_ms, idle_gpu_ms, samples, util_pct_mean, "
+            "energy_mj) VALUES ('2026-11-01T10:00:00Z', 'r1', 'H100-80GB', 10800000, 3600000, 10, 50, 0), "
+            "('2026-11-01T11:00:00Z', 'r1', 'H100-80GB', 3600000, 10800000, 10, 50, 0)");
+    // 300 GB for the whole of November (30 days) at $0.10 per GB-month: $30.00.
+    tx.exec("INSERT INTO storage_prices (effective_from, price_micros_per_gb_month) VALUES ('2026-01-01', 100000)");
+    tx.exec("INSERT INTO volumes (id, tenant_id, name, region, size_gb, created_at) VALUES "
+            "('vol_r', 'ten_r', 'data', 'r1', 300, '2026-10-20T00:00:00Z')");
+    tx.commit();
+  }
+  pqxx::read_transaction tx(*conn);
+  const RevenueReport r = RevenueOf(tx, *ParseMonth("2026-11"));
+  EXPECT_FALSE(r.closed);
+  ASSERT_EQ(r.lines.size(), 2u);
+  const RevenueLine& od = r.lines[0];
+  EXPECT_EQ(od.market, "on_demand");
+  EXPECT_EQ(od.gpu_ms, 7'200'000);
+  EXPECT_EQ(FormatCents(od.billed.Micros()), "4.98");
+  EXPECT_EQ(od.discount_cents(), 0);
+  const RevenueLine& sp = r.lines[1];
+  EXPECT_EQ(sp.market, "spot");
+  EXPECT_EQ(sp.gpu_ms, 7'200'000);
+  // Billed: 1.00 + 0.45 + 0.60 = $2.05. List: 2.49 + 1.245 + 1.50 = $5.235: $5.24 (half-even on
+  // 523.5 cents). Discount: $5.24 - $2.05 = $3.19.
+  EXPECT_EQ(sp.billed.Cents(), 205);
+  EXPECT_EQ(sp.list.Cents(), 524);
+  EXPECT_EQ(sp.discount_cents(), 319);
+  ASSERT_EQ(r.pools.size(), 1u);
+  EXPECT_EQ(r.pools[0].idle_gpu_ms, 14'400'000);                 // 4 idle GPU-hours unsold
+  EXPECT_EQ(r.pools[0].spot_sold_gpu_ms, 7'200'000);             // 2 sold as spot
+  EXPECT_EQ(r.pools[0].offered_gpu_ms(), 21'600'000);            // 6 offered
+  ASSERT_EQ(r.storage.size(), 1u);
+  EXPECT_EQ(r.storage[0].region, "r1");
+  EXPECT_EQ(r.storage[0].gb_ms, 300LL * 30 * 86'400'000);
+  EXPECT_EQ(r.storage[0].amount.Cents(), 3000);
+}
