@@ -98,9 +98,10 @@ const Statement kMarkDrafts{"billing_mark_drafts",
 const Statement kTenantInvoice{"billing_tenant_invoice",
                                "SELECT id, status, content_sha256 FROM invoices WHERE tenant_id = $1 AND period = $2 "
                                "FOR UPDATE"};
+// Rated money per market of an invoice's lines (storage as its own "market"; tax aside).
 const Statement kMarketCents{"billing_market_cents",
-                             "SELECT market, sum(amount_cents)::bigint AS cents FROM invoice_lines "
-                             "WHERE invoice_id = $1 AND market IS NOT NULL GROUP BY market"};
+                             "SELECT coalesce(market, 'storage') AS market, sum(amount_cents)::bigint AS cents "
+                             "FROM invoice_lines WHERE invoice_id = $1 AND kind <> 'tax' GROUP BY 1"};
 const Statement kInsertInvoice{"billing_insert_invoice", R"sql(
 INSERT INTO invoices (id, tenant_id, period, status, subtotal_cents, tax_rate_bp, tax_cents, total_cents,
                       usage_complete_through, coverage, buyer, issuer, content_sha256, created_at, updated_at)
@@ -407,7 +408,7 @@ BilledDelta MarketCents(Tx& tx, const std::string& invoice_id) {
 BilledDelta MarketCents(const Invoice& inv) {
   BilledDelta out;
   for (const auto& l : inv.lines)
-    if (l.market) out[*l.market] += l.amount_cents;
+    if (l.kind != "tax") out[l.market.value_or("storage")] += l.amount_cents;
   return out;
 }
 BilledDelta Minus(BilledDelta now, const BilledDelta& before) {

@@ -39,7 +39,7 @@ const Statement kReportClosed{"report_closed", "SELECT EXISTS (SELECT 1 FROM bil
 
 }  // namespace
 
-RevenueReport RevenueOf(Tx& tx, const Month& month) {
+RevenueReport RevenueOf(Tx& tx, const Month& month, TimeMs now) {
   RevenueReport out;
   out.month = month;
   out.closed = tx.exec_prepared1(kReportClosed.name, month.Label())["closed"].as<bool>();
@@ -69,10 +69,13 @@ RevenueReport RevenueOf(Tx& tx, const Month& month) {
     p.region = region, p.gpu_model = model;
     p.idle_gpu_ms += r["idle_ms"].as<std::int64_t>();
   }
-  // Storage of an open month up to the hour the volume metering has reached.
-  std::int64_t through = to;
+  // Storage of an open month up to the hour the volume metering has reached (as drafts bill it), and
+  // never past now.
+  std::int64_t through = EpochMs(now);
   if (const auto rows = tx.exec_prepared(kReportVolumeMetered.name); !rows.empty() && !rows[0]["through_ms"].is_null())
-    through = std::clamp(rows[0]["through_ms"].as<std::int64_t>(), from, to);
+    through = std::min(through, rows[0]["through_ms"].as<std::int64_t>());
+  if (now >= month.end) through = std::max(through, to);  // an ended month: all of it (as its close bills it)
+  through = std::clamp(through, from, to);
   const int days = static_cast<int>((to - from) / kMsPerDay);
   std::map<std::string, StorageRevenue> storage;
   for (const auto& r : tx.exec_prepared(kRevenueStorage.name, from, through)) {

@@ -44,7 +44,8 @@ struct RevenueReport {
   std::vector<StorageRevenue> storage; // by region
 };
 
-// The report of `month`; an open month's so far (storage up to the volume metering's hour).
-RevenueReport RevenueOf(Tx& tx, const Month& month);
+// The report of `month` as of `now`: an open month's so far (storage up to the volume metering's
+// hour, and never past `now`).
+RevenueReport RevenueOf(Tx& tx, const Month& month, TimeMs now);
 
 }  // namespace spillway::billing

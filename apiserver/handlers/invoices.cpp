@@ -324,7 +324,7 @@ namespace spillway::handlers {
 Reply GetRevenueReport(Ctx& ctx) {
   const std::string period = PeriodParam(ctx.Query("period"), "period");
   const auto month = *ParseMonth(period);
-  const auto report = ctx.ReadSnapshot([&](Tx& tx) { return billing::RevenueOf(tx, month); });
+  const auto report = ctx.ReadSnapshot([&](Tx& tx) { return billing::RevenueOf(tx, month, ctx.clock.Now()); });
   const std::int64_t month_ms = EpochMs(month.end) - EpochMs(month.begin);
   const auto gb_months = [&](std::int64_t gb_ms) {
     return billing::FormatQuantity(static_cast<std::int64_t>(

@@ -295,7 +295,8 @@ TEST(Invoices, StorageIsPricedPerGbMonthOfItsOwnMonthAcrossAPriceChangeInsideAnH
   // The leader's volume metering, hour by hour through the month (up to 744 hours a run).
   while (MeterVolumeHours(*b.conn, T("2027-03-01T00:30:00Z")) > 0) {
   }
-  b.Close("2027-02", "2027-03-01T01:00:00Z");
+  const PeriodClose c = b.Close("2027-02", "2027-03-01T01:00:00Z");
+  EXPECT_EQ(c.billed.at("storage"), 390) << "storage counts in spillway_billed_micros_total{market=\"storage\"}";
   const auto inv = b.InvoiceOf("ten_s", "2027-02");
   ASSERT_TRUE(inv);
   ASSERT_EQ(inv->invoice.lines.size(), 2u);

@@ -47,7 +47,7 @@ TEST(RevenueReport, SoldSpotDiscountSpareOfferedAndStoragePerPoolExactly) {
     tx.commit();
   }
   pqxx::read_transaction tx(*conn);
-  const RevenueReport r = RevenueOf(tx, *ParseMonth("2026-11"));
+  const RevenueReport r = RevenueOf(tx, *ParseMonth("2026-11"), *ParseTime("2026-12-05T00:00:00Z"));
   EXPECT_FALSE(r.closed);
   ASSERT_EQ(r.lines.size(), 2u);
   const RevenueLine& od = r.lines[0];
@@ -71,4 +71,9 @@ TEST(RevenueReport, SoldSpotDiscountSpareOfferedAndStoragePerPoolExactly) {
   EXPECT_EQ(r.storage[0].region, "r1");
   EXPECT_EQ(r.storage[0].gb_ms, 300LL * 30 * 86'400'000);
   EXPECT_EQ(r.storage[0].amount.Cents(), 3000);
+  // Asked on the 16th, the month so far: 15 days of storage, never the rest of the month ahead.
+  const RevenueReport mid = RevenueOf(tx, *ParseMonth("2026-11"), *ParseTime("2026-11-16T00:00:00Z"));
+  ASSERT_EQ(mid.storage.size(), 1u);
+  EXPECT_EQ(mid.storage[0].gb_ms, 300LL * 15 * 86'400'000);
+  EXPECT_EQ(mid.storage[0].amount.Cents(), 1500);
 }
