@@ -23,11 +23,17 @@ boost::json::value Opt(const std::optional<std::string>& s) {
   return boost::json::value(*s);
 }
 
+}  // namespace
+
 boost::json::object PartyJson(const Party& p) {
   return {{"legal_name", p.legal_name}, {"address", p.address}, {"tax_id", p.tax_id}, {"email", p.email}};
 }
 
-}  // namespace
+std::string FormatInUnits(std::int64_t quantity_ms, std::int64_t unit_ms) {
+  return FormatQuantity(static_cast<std::int64_t>(DivideHalfEven(static_cast<Int128>(quantity_ms) * 1'000'000, unit_ms)));
+}
+
+std::string FormatGpuHours(std::int64_t gpu_ms) { return FormatInUnits(gpu_ms, kMsPerHour); }
 
 bool Invoice::Empty() const {
   for (const auto& l : lines)
@@ -62,9 +68,7 @@ std::vector<InvoiceLine> UsageLines(const std::vector<RatedUsage>& rows, const s
                     Describe(it == by_id.end() ? nullptr : it->second, u.instance_id) + ", " +
                     (u.market == "spot" ? "spot" : "on-demand");
     if (u.unpriced_gpu_ms > 0)
-      l.description += " (" + FormatQuantity(static_cast<std::int64_t>(DivideHalfEven(
-                                  static_cast<Int128>(u.unpriced_gpu_ms) * 1'000'000, kMsPerHour))) +
-                       " GPU-hours had no price in effect and are not billed)";
+      l.description += " (" + FormatGpuHours(u.unpriced_gpu_ms) + " GPU-hours had no price in effect and are not billed)";
     l.instance_id = u.instance_id;
     l.market = u.market;
     l.usage_period = late_from;
@@ -97,7 +101,7 @@ std::vector<InvoiceLine> StorageLines(const std::vector<StorageUsage>& rows, int
     l.kind = "storage";
     l.description = "volume " + id + " \"" + a.first->name + "\", " + std::to_string(a.first->size_gb) + " GB";
     l.volume_id = id;
-    l.quantity = FormatQuantity(static_cast<std::int64_t>(DivideHalfEven(static_cast<Int128>(a.gb_ms) * 1'000'000, month_ms)));
+    l.quantity = FormatInUnits(a.gb_ms, month_ms);
     l.unit = "gb_month";
     // amount / GB-months = (numerator / month_ms) / (gb_ms / month_ms) = numerator / gb_ms
     l.unit_price_micros = static_cast<std::int64_t>(DivideHalfEven(a.amount.numerator(), a.gb_ms));

@@ -3,6 +3,8 @@
 // from rated usage, storage and late usage; its subtotal, tax and total; the canonical JSON its
 // SHA-256 is taken of; and how a credit note splits into amount and tax. Every amount is cents
 // rounded half-even once, from the exact value (billing/exact_amount).
+#include <boost/json/object.hpp>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -48,6 +50,13 @@ struct Invoice {
 
 // A line's quantity: micro-units (GPU-hours, GB-months ×10^6) with six decimals: 1500000 -> "1.500000".
 std::string FormatQuantity(std::int64_t micro_units);
+// GPU-milliseconds as GPU-hours with six decimals, rounded half-even: 5400000 -> "1.500000".
+std::string FormatGpuHours(std::int64_t gpu_ms);
+// A quantity of milliseconds (GB-ms, say) in units of `unit_ms` (a month's milliseconds: GB-months),
+// with six decimals, rounded half-even.
+std::string FormatInUnits(std::int64_t quantity_ms, std::int64_t unit_ms);
+// A party as JSON: {legal_name, address, tax_id, email}.
+boost::json::object PartyJson(const Party& party);
 // Basis points as a percentage with two decimals: 2000 -> "20.00".
 std::string FormatRate(int basis_points);
 // The tax on `subtotal_cents` at `basis_points`, rounded half-even once.

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <set>
 
+#include "billing/storage_sql.hpp"
 #include "core/crypto.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"
@@ -18,18 +19,11 @@ namespace {
 // Drafting takes it shared, a close exclusively: a draft is never written for a month being closed.
 constexpr std::int64_t kBillingLock = 7308324466018009711LL;
 
-#define SPW_TS(n) "to_timestamp($" #n "::bigint / 1000.0)"
-
 const Statement kLockShared{"billing_lock_shared", "SELECT pg_advisory_xact_lock_shared($1::bigint)"};
 const Statement kLockExclusive{"billing_lock_exclusive", "SELECT pg_advisory_xact_lock($1::bigint)"};
 
-const Statement kRatedRows{"billing_rated_rows", R"sql(
-SELECT instance_id, market, price_micros_per_gpu_hour AS price, sum(gpu_ms)::bigint AS gpu_ms
-FROM usage_rated_hourly
-WHERE tenant_id = $1 AND hour >= )sql" SPW_TS(2) " AND hour < " SPW_TS(3) R"sql(
-GROUP BY instance_id, market, price_micros_per_gpu_hour)sql"};
-// The same for a few tenants at once (an index scan each), or for every tenant: one pass over the
-// month's rows, as the SQL aggregate finance could run itself.
+// A month's rated GPU-ms per tenant, instance and price, for a few tenants (an index scan each) or
+// for every tenant: one pass over the month's rows, as the SQL aggregate finance could run itself.
 const Statement kRatedRowsOf{"billing_rated_rows_of", R"sql(
 SELECT tenant_id, instance_id, market, price_micros_per_gpu_hour AS price, sum(gpu_ms)::bigint AS gpu_ms
 FROM usage_rated_hourly
@@ -48,19 +42,10 @@ const Statement kInstanceFacts{"billing_instance_facts",
                                "SELECT id, gpu_model, instance_type, name FROM instances WHERE id = ANY($1::text[])"};
 // Each volume's GB-ms in [$2, $3) at each storage price in effect (a price applies from its
 // effective_from, inclusive, to the next one's).
-const Statement kStorage{"billing_storage", R"sql(
-WITH spans AS (
-  SELECT price_micros_per_gb_month AS price, effective_from AS from_ts,
-         coalesce(lead(effective_from) OVER (ORDER BY effective_from), 'infinity') AS to_ts
-  FROM storage_prices)
-SELECT v.id, v.name, v.size_gb, sp.price,
-       sum(v.size_gb::bigint * greatest(0,
-             )sql" SPW_EPOCH_MS("least(coalesce(v.deleted_at, " SPW_TS(3) "), sp.to_ts, " SPW_TS(3) ")") R"sql(
-           - )sql" SPW_EPOCH_MS("greatest(v.created_at, sp.from_ts, " SPW_TS(2) ")") R"sql())::bigint AS gb_ms
-FROM volumes v JOIN spans sp ON sp.from_ts < )sql" SPW_TS(3) " AND sp.to_ts > " SPW_TS(2) R"sql(
-WHERE v.tenant_id = $1 AND v.created_at < )sql" SPW_TS(3) " AND (v.deleted_at IS NULL OR v.deleted_at > " SPW_TS(2) R"sql()
-GROUP BY v.id, v.name, v.size_gb, sp.price
-ORDER BY v.id)sql"};
+const Statement kStorage{"billing_storage",
+                         "WITH " SPW_STORAGE_SPANS " SELECT v.id, v.name, v.size_gb, sp.price, sum(" SPW_STORAGE_GB_MS(2, 3)
+                         ")::bigint AS gb_ms" SPW_STORAGE_FROM(2, 3)
+                         " AND v.tenant_id = $1 GROUP BY v.id, v.name, v.size_gb, sp.price ORDER BY v.id"};
 const Statement kVolumeMetered{"billing_volume_metered",
                                "SELECT " SPW_EPOCH_MS("metered_through") " AS through_ms FROM volume_metering"};
 // The hosts that ran instances ($1: one tenant's, '' for all) in [$2, $3), and how far each has
@@ -138,6 +123,8 @@ WHERE id = $1 AND status = 'draft')sql"};
 const Statement kMarks{"billing_marks", "SELECT tenant_id, period FROM billing_dirty ORDER BY marked_at, tenant_id, period LIMIT $1"};
 const Statement kTakeMark{"billing_take_mark",
                           "DELETE FROM billing_dirty WHERE tenant_id = $1 AND period = $2 RETURNING tenant_id"};
+const Statement kIsClosed{"billing_is_closed",
+                          "SELECT EXISTS (SELECT 1 FROM billing_periods_closed WHERE period = $1) AS closed"};
 const Statement kClosedSince{"billing_closed_since",
                              "SELECT period FROM billing_periods_closed WHERE period >= $1 ORDER BY period"};
 const Statement kAddLate{"billing_add_late",
@@ -205,9 +192,6 @@ std::string MonthLabelAfter(const std::string& period) {
   return MonthOf(m->end).Label();
 }
 
-boost::json::object PartyJson(const Party& p) {
-  return {{"legal_name", p.legal_name}, {"address", p.address}, {"tax_id", p.tax_id}, {"email", p.email}};
-}
 Party PartyFrom(const std::string& json) {
   const boost::json::value v = boost::json::parse(json);
   const auto& o = v.as_object();
@@ -230,14 +214,6 @@ std::vector<std::string> SplitList(const std::string& s) {
   return out;
 }
 
-std::vector<RatedUsage> RowsOf(const pqxx::result& result, TimeMs hour) {
-  std::vector<RatedUsage> out;
-  for (const auto& r : result)
-    out.push_back({r["instance_id"].as<std::string>(), r["market"].as<std::string>(), hour, r["gpu_ms"].as<std::int64_t>(),
-                   IntFrom(r["price"])});
-  return out;
-}
-
 // A usage key: (instance, market, price or -1).
 using UsageKey = std::tuple<std::string, std::string, std::int64_t>;
 
@@ -250,7 +226,16 @@ struct Billed {
 struct Computed {
   Invoice invoice;
   std::vector<Billed> billed;  // the month's own usage, then each late month's
+  // The hosts that ran the tenant's instances in the month and were not folded past its end: the
+  // invoice records them if the month closes now.
+  std::vector<std::string> hosts_behind;
 };
+
+// A host from kHostsOf is behind when it was never folded, or not up to what the month needs.
+bool Behind(const pqxx::row& r) {
+  const auto through = IntFrom(r["through_ms"]);
+  return !through || *through < r["needed_ms"].as<std::int64_t>();
+}
 
 std::string FirstOpenAfter(Tx& tx, const std::string& period);
 
@@ -265,7 +250,6 @@ std::vector<InstanceFacts> FactsOf(Tx& tx, const std::vector<RatedUsage>& rows) 
   return out;
 }
 
-// Everything (tenant, period)'s invoice says now. `storage_through`: storage is billed up to it.
 // The month's rated rows of several tenants, fetched at once, and the facts of their instances.
 struct MonthRows {
   std::map<std::string, std::vector<RatedUsage>> by_tenant;
@@ -295,6 +279,7 @@ MonthRows FetchMonthRows(Tx& tx, const std::vector<std::string>* tenants, const 
   return m;
 }
 
+// Everything (tenant, period)'s invoice says now. `storage_through`: storage is billed up to it.
 Computed Compute(Tx& tx, const std::string& tenant_id, const std::string& period, TimeMs storage_through,
                  const BillingSettings& settings, const MonthRows& rows) {
   const Month month = *ParseMonth(period);
@@ -331,9 +316,11 @@ Computed Compute(Tx& tx, const std::string& tenant_id, const std::string& period
     // Billed on the first open month after it only (a later draft shows it once that one closes).
     if (FirstOpenAfter(tx, late_period) != period) continue;
     const Month lm = *ParseMonth(late_period);
+    const std::vector<std::string> one{tenant_id};
+    const MonthRows then = FetchMonthRows(tx, &one, lm);
     std::map<UsageKey, std::int64_t> rated;
-    for (const auto& r : RowsOf(tx.exec_prepared(kRatedRows.name, tenant_id, EpochMs(lm.begin), EpochMs(lm.end)), lm.begin))
-      rated[{r.instance_id, r.market, r.price_micros.value_or(-1)}] += r.gpu_ms;
+    if (const auto it = then.by_tenant.find(tenant_id); it != then.by_tenant.end())
+      for (const auto& r : it->second) rated[{r.instance_id, r.market, r.price_micros.value_or(-1)}] += r.gpu_ms;
     for (const auto& r : tx.exec_prepared(kInvoiced.name, tenant_id, late_period))
       rated[{r["instance_id"].as<std::string>(), r["market"].as<std::string>(),
              IntFrom(r["price"]).value_or(-1)}] -= r["gpu_ms"].as<std::int64_t>();
@@ -344,7 +331,7 @@ Computed Compute(Tx& tx, const std::string& tenant_id, const std::string& period
       extra.push_back({instance, market, lm.begin, ms, price < 0 ? std::nullopt : std::optional<std::int64_t>(price)});
     }
     if (extra.empty()) continue;
-    auto lines = UsageLines(extra, FactsOf(tx, extra), late_period);
+    auto lines = UsageLines(extra, then.facts, late_period);
     late.insert(late.end(), lines.begin(), lines.end());
     c.billed.push_back({late_period, std::move(extra)});
   }
@@ -359,6 +346,7 @@ Computed Compute(Tx& tx, const std::string& tenant_id, const std::string& period
   std::optional<std::int64_t> complete;
   bool unknown = false;
   for (const auto& r : tx.exec_prepared(kHostsOf.name, tenant_id, from, to)) {
+    if (Behind(r)) c.hosts_behind.push_back(r["host_id"].as<std::string>());
     const auto t = IntFrom(r["through_ms"]);
     if (!t) {
       unknown = true;
@@ -423,11 +411,11 @@ std::string WriteDraft(Tx& tx, Computed& c, TimeMs now, BilledDelta* delta) {
   const auto existing = tx.exec_prepared(kTenantInvoice.name, inv.tenant_id, inv.period);
   if (!existing.empty() && existing[0]["status"].as<std::string>() != "draft") return "";
   const std::string hash = ContentHash(inv);
+  const auto complete = TextOf(inv.usage_complete_through ? std::optional<std::int64_t>(EpochMs(*inv.usage_complete_through))
+                                                          : std::nullopt);  // epoch ms, for SPW_TS
   if (existing.empty()) {
     if (inv.Empty()) return "";
     inv.id = NewId("inv");
-    const auto complete = TextOf(inv.usage_complete_through ? std::optional<std::int64_t>(EpochMs(*inv.usage_complete_through))
-                                                            : std::nullopt);
     tx.exec_prepared(kInsertInvoice.name, inv.id, inv.tenant_id, inv.period, inv.subtotal_cents, inv.tax_rate_bp,
                      inv.tax_cents, inv.total_cents, Nullable(complete), Nullable(inv.coverage),
                      ToJson(PartyJson(inv.buyer)), ToJson(PartyJson(inv.issuer)), hash, EpochMs(now));
@@ -444,8 +432,6 @@ std::string WriteDraft(Tx& tx, Computed& c, TimeMs now, BilledDelta* delta) {
     if (delta) *delta = Minus({}, before);
     return "";
   }
-  const auto complete = TextOf(inv.usage_complete_through ? std::optional<std::int64_t>(EpochMs(*inv.usage_complete_through))
-                                                          : std::nullopt);
   tx.exec_prepared(kUpdateDraft.name, inv.id, inv.subtotal_cents, inv.tax_rate_bp, inv.tax_cents, inv.total_cents,
                    Nullable(complete), Nullable(inv.coverage), ToJson(PartyJson(inv.buyer)),
                    ToJson(PartyJson(inv.issuer)), hash, EpochMs(now));
@@ -454,15 +440,6 @@ std::string WriteDraft(Tx& tx, Computed& c, TimeMs now, BilledDelta* delta) {
   return inv.id;
 }
 
-TimeMs VolumeMeteredThrough(Tx& tx, TimeMs fallback) {
-  const auto rows = tx.exec_prepared(kVolumeMetered.name);
-  if (rows.empty() || rows[0]["through_ms"].is_null()) return fallback;
-  return FromEpochMs(rows[0]["through_ms"].as<std::int64_t>());
-}
-
-bool IsClosed(Tx& tx, const std::string& period) {
-  return !tx.exec_prepared(kClosed.name, period).empty();
-}
 
 // The first month after `period` that is not closed.
 std::string FirstOpenAfter(Tx& tx, const std::string& period) {
@@ -539,6 +516,23 @@ void LoadParts(Tx& tx, std::vector<StoredInvoice>& invoices) {
   }
 }
 
+// `items` in runs of at most `size`, in order.
+std::vector<std::vector<std::string>> Chunks(const std::vector<std::string>& items, std::size_t size) {
+  std::vector<std::vector<std::string>> out;
+  for (std::size_t i = 0; i < items.size(); i += size)
+    out.emplace_back(items.begin() + static_cast<std::ptrdiff_t>(i),
+                     items.begin() + static_cast<std::ptrdiff_t>(std::min(items.size(), i + size)));
+  return out;
+}
+
+// The next number of `series` ("invoice", "credit_note"), taken in `tx`: "SPW-000042".
+std::string TakeNumber(Tx& tx, const char* series) {
+  const auto number = tx.exec_prepared1(kTakeNumber.name, series);
+  std::string digits = std::to_string(number["last_value"].as<std::int64_t>());
+  if (digits.size() < 6) digits.insert(0, 6 - digits.size(), '0');
+  return number["prefix"].as<std::string>() + digits;
+}
+
 PeriodClose CloseFrom(const pqxx::row& r) {
   PeriodClose c;
   c.period = r["period"].as<std::string>();
@@ -558,6 +552,16 @@ BillingSettings BillingSettings::From(const Config& config) {
   s.issuer = {config.String("billing.issuer_name"), config.String("billing.issuer_address"),
               config.String("billing.issuer_tax_id"), config.String("billing.issuer_email")};
   return s;
+}
+
+bool PeriodClosed(Tx& tx, const std::string& period) {
+  return tx.exec_prepared1(kIsClosed.name, period)["closed"].as<bool>();
+}
+
+TimeMs VolumeMeteredThrough(Tx& tx, TimeMs fallback) {
+  const auto rows = tx.exec_prepared(kVolumeMetered.name);
+  if (rows.empty() || rows[0]["through_ms"].is_null()) return fallback;
+  return FromEpochMs(rows[0]["through_ms"].as<std::int64_t>());
 }
 
 std::int64_t StoredInvoice::credited_cents() const {
@@ -589,7 +593,7 @@ BilledDelta RefreshDrafts(Tx& tx, const std::vector<std::string>& tenants, const
                           const BillingSettings& settings) {
   tx.exec_prepared(kLockShared.name, kBillingLock);
   BilledDelta delta;
-  if (tenants.empty() || IsClosed(tx, period)) return delta;
+  if (tenants.empty() || PeriodClosed(tx, period)) return delta;
   const TimeMs storage_through = VolumeMeteredThrough(tx, now);
   const MonthRows rows = FetchMonthRows(tx, &tenants, *ParseMonth(period));
   for (const auto& tenant : tenants) {
@@ -619,9 +623,7 @@ BilledDelta DraftInvoices(Session& conn, TimeMs now, const BillingSettings& sett
   }
   std::map<std::string, std::set<std::string>> todo;  // period -> tenants whose drafts to refresh
   for (const auto& [period, tenants] : marked)
-    for (std::size_t i = 0; i < tenants.size(); i += kChunk) {
-      const std::vector<std::string> chunk(tenants.begin() + static_cast<std::ptrdiff_t>(i),
-                                           tenants.begin() + static_cast<std::ptrdiff_t>(std::min(tenants.size(), i + kChunk)));
+    for (const auto& chunk : Chunks(tenants, kChunk)) {
       // Taking the marks and drafting commit together (a mark is never lost to a failed draft); a
       // mark of a closed month is late usage, drafted below on the first open month after it.
       struct Out {
@@ -635,7 +637,7 @@ BilledDelta DraftInvoices(Session& conn, TimeMs now, const BillingSettings& sett
         std::vector<std::string> taken;
         for (const auto& t : chunk)
           if (!tx.exec_prepared(kTakeMark.name, t, period).empty()) taken.push_back(t);
-        if (IsClosed(tx, period)) {
+        if (PeriodClosed(tx, period)) {
           const std::string target = taken.empty() ? "" : FirstOpenAfter(tx, period);
           for (const auto& t : taken) {
             tx.exec_prepared(kAddLate.name, t, period);
@@ -656,10 +658,7 @@ BilledDelta DraftInvoices(Session& conn, TimeMs now, const BillingSettings& sett
     todo[previous].insert(t);  // nothing once it is closed
   }
   for (const auto& [period, set] : todo) {
-    const std::vector<std::string> tenants(set.begin(), set.end());
-    for (std::size_t i = 0; i < tenants.size(); i += kChunk) {
-      const std::vector<std::string> chunk(tenants.begin() + static_cast<std::ptrdiff_t>(i),
-                                           tenants.begin() + static_cast<std::ptrdiff_t>(std::min(tenants.size(), i + kChunk)));
+    for (const auto& chunk : Chunks({set.begin(), set.end()}, kChunk)) {
       Accumulate(total, InTransaction(conn, [&](Tx& tx) { return RefreshDrafts(tx, chunk, period, now, settings); }));
       count += static_cast<int>(chunk.size());
     }
@@ -670,10 +669,8 @@ BilledDelta DraftInvoices(Session& conn, TimeMs now, const BillingSettings& sett
 
 CloseReadiness ReadinessOf(Tx& tx, const Month& month) {
   CloseReadiness r;
-  for (const auto& row : tx.exec_prepared(kHostsOf.name, "", EpochMs(month.begin), EpochMs(month.end))) {
-    const auto through = IntFrom(row["through_ms"]);
-    if (!through || *through < row["needed_ms"].as<std::int64_t>()) r.hosts_behind.push_back(row["host_id"].as<std::string>());
-  }
+  for (const auto& row : tx.exec_prepared(kHostsOf.name, "", EpochMs(month.begin), EpochMs(month.end)))
+    if (Behind(row)) r.hosts_behind.push_back(row["host_id"].as<std::string>());
   r.folding = tx.exec_prepared1(kFoldingIn.name, EpochMs(month.begin), EpochMs(month.end))["folding"].as<bool>();
   return r;
 }
@@ -731,15 +728,9 @@ PeriodClose ClosePeriod(Tx& tx, const Month& month, TimeMs now, const BillingSet
       tx.exec_prepared(kInsertUsage.name, id, tenant, TextArrayLiteral(periods), TextArrayLiteral(instances),
                        TextArrayLiteral(markets), Int64ArrayLiteral(prices), Int64ArrayLiteral(gpu_ms));
     // Its hosts behind, if the month closed incomplete for it.
-    for (const auto& r : tx.exec_prepared(kHostsOf.name, tenant, from, to)) {
-      const auto through = IntFrom(r["through_ms"]);
-      if (!through || *through < r["needed_ms"].as<std::int64_t>()) inv.hosts_behind.push_back(r["host_id"].as<std::string>());
-    }
+    inv.hosts_behind = c.hosts_behind;
     inv.closed_incomplete = !inv.hosts_behind.empty();
-    const auto number = tx.exec_prepared1(kTakeNumber.name, "invoice");
-    std::string digits = std::to_string(number["last_value"].as<std::int64_t>());
-    if (digits.size() < 6) digits.insert(0, 6 - digits.size(), '0');
-    inv.number = number["prefix"].as<std::string>() + digits;
+    inv.number = TakeNumber(tx, "invoice");
     inv.status = "finalized";
     inv.finalized_at = now;
     const std::string canonical = CanonicalInvoiceJson(inv);
@@ -769,7 +760,7 @@ std::vector<Month> PeriodsToClose(Tx& tx, TimeMs now) {
   std::set<std::string> periods;
   for (const auto& r : tx.exec_prepared(kOpenDraftPeriods.name, current.Label())) periods.insert(r["period"].as<std::string>());
   const std::string previous = MonthOf(current.begin - Millis(1)).Label();
-  if (!IsClosed(tx, previous)) periods.insert(previous);
+  if (!PeriodClosed(tx, previous)) periods.insert(previous);
   std::vector<Month> out;
   for (const auto& p : periods) out.push_back(*ParseMonth(p));
   return out;
@@ -812,10 +803,7 @@ CreditNote IssueCreditNote(Tx& tx, const std::string& invoice_id, std::int64_t a
                        " (before tax) remains to be credited on this invoice");
   CreditNote n;
   n.id = NewId("cn");
-  const auto number = tx.exec_prepared1(kTakeNumber.name, "credit_note");
-  std::string digits = std::to_string(number["last_value"].as<std::int64_t>());
-  if (digits.size() < 6) digits.insert(0, 6 - digits.size(), '0');
-  n.number = number["prefix"].as<std::string>() + digits;
+  n.number = TakeNumber(tx, "credit_note");
   n.invoice_id = invoice_id;
   n.tenant_id = rows[0]["tenant_id"].as<std::string>();
   n.subtotal_cents = split->subtotal_cents;

@@ -92,6 +92,11 @@ std::vector<PeriodClose> ClosedPeriods(Tx& tx);
 // The months the leader should consider closing now, oldest first: ended and not closed.
 std::vector<Month> PeriodsToClose(Tx& tx, TimeMs now);
 
+// Whether `period` ("2026-11") is closed.
+bool PeriodClosed(Tx& tx, const std::string& period);
+// Up to where (an hour) the volume metering has measured every volume; `fallback` before its first hour.
+TimeMs VolumeMeteredThrough(Tx& tx, TimeMs fallback);
+
 // Reads.
 std::optional<StoredInvoice> FindInvoice(Tx& tx, const std::string& id);
 struct InvoiceQuery {

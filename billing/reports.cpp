@@ -3,13 +3,13 @@
 #include <algorithm>
 #include <map>
 
+#include "billing/invoices.hpp"
+#include "billing/storage_sql.hpp"
 #include "core/db.hpp"
 #include "core/sql.hpp"
 
 namespace spillway::billing {
 namespace {
-
-#define SPW_TS(n) "to_timestamp($" #n "::bigint / 1000.0)"
 
 const Statement kRevenueUsage{"report_revenue_usage", R"sql(
 SELECT i.region, i.gpu_model, r.market, r.price_micros_per_gpu_hour AS price,
@@ -21,28 +21,16 @@ const Statement kRevenuePools{"report_revenue_pools", R"sql(
 SELECT region, gpu_model, sum(idle_gpu_ms)::bigint AS idle_ms FROM pool_usage_hourly
 WHERE hour >= )sql" SPW_TS(1) " AND hour < " SPW_TS(2) R"sql( GROUP BY region, gpu_model)sql"};
 // Every volume's GB-ms in [$1, $2) per region and storage price in effect (as billing/invoices).
-const Statement kRevenueStorage{"report_revenue_storage", R"sql(
-WITH spans AS (
-  SELECT price_micros_per_gb_month AS price, effective_from AS from_ts,
-         coalesce(lead(effective_from) OVER (ORDER BY effective_from), 'infinity') AS to_ts
-  FROM storage_prices)
-SELECT v.region, sp.price,
-       sum(v.size_gb::bigint * greatest(0,
-             )sql" SPW_EPOCH_MS("least(coalesce(v.deleted_at, " SPW_TS(2) "), sp.to_ts, " SPW_TS(2) ")") R"sql(
-           - )sql" SPW_EPOCH_MS("greatest(v.created_at, sp.from_ts, " SPW_TS(1) ")") R"sql())::bigint AS gb_ms
-FROM volumes v JOIN spans sp ON sp.from_ts < )sql" SPW_TS(2) " AND sp.to_ts > " SPW_TS(1) R"sql(
-WHERE v.created_at < )sql" SPW_TS(2) " AND (v.deleted_at IS NULL OR v.deleted_at > " SPW_TS(1) R"sql()
-GROUP BY v.region, sp.price)sql"};
-const Statement kReportVolumeMetered{"report_volume_metered",
-                                     "SELECT " SPW_EPOCH_MS("metered_through") " AS through_ms FROM volume_metering"};
-const Statement kReportClosed{"report_closed", "SELECT EXISTS (SELECT 1 FROM billing_periods_closed WHERE period = $1) AS closed"};
+const Statement kRevenueStorage{"report_revenue_storage",
+                                "WITH " SPW_STORAGE_SPANS " SELECT v.region, sp.price, sum(" SPW_STORAGE_GB_MS(1, 2)
+                                ")::bigint AS gb_ms" SPW_STORAGE_FROM(1, 2) " GROUP BY v.region, sp.price"};
 
 }  // namespace
 
 RevenueReport RevenueOf(Tx& tx, const Month& month, TimeMs now) {
   RevenueReport out;
   out.month = month;
-  out.closed = tx.exec_prepared1(kReportClosed.name, month.Label())["closed"].as<bool>();
+  out.closed = PeriodClosed(tx, month.Label());
   const std::int64_t from = EpochMs(month.begin), to = EpochMs(month.end);
   std::map<std::tuple<std::string, std::string, std::string>, RevenueLine> lines;
   std::map<std::pair<std::string, std::string>, PoolSpare> pools;
@@ -71,9 +59,7 @@ RevenueReport RevenueOf(Tx& tx, const Month& month, TimeMs now) {
   }
   // Storage of an open month up to the hour the volume metering has reached (as drafts bill it), and
   // never past now.
-  std::int64_t through = EpochMs(now);
-  if (const auto rows = tx.exec_prepared(kReportVolumeMetered.name); !rows.empty() && !rows[0]["through_ms"].is_null())
-    through = std::min(through, rows[0]["through_ms"].as<std::int64_t>());
+  std::int64_t through = std::min(EpochMs(now), EpochMs(VolumeMeteredThrough(tx, now)));
   if (now >= month.end) through = std::max(through, to);  // an ended month: all of it (as its close bills it)
   through = std::clamp(through, from, to);
   const int days = static_cast<int>((to - from) / kMsPerDay);

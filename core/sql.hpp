@@ -13,6 +13,8 @@
 
 // A timestamptz column as epoch milliseconds (NULL stays NULL): SELECT SPW_EPOCH_MS("created_at") AS created_ms.
 #define SPW_EPOCH_MS(column) "(extract(epoch FROM " column ") * 1000)::bigint"
+// Parameter $n, epoch milliseconds, as a timestamptz: WHERE hour >= " SPW_TS(2) "
+#define SPW_TS(n) "to_timestamp($" #n "::bigint / 1000.0)"
 
 namespace spillway {
 

@@ -29,10 +29,6 @@ BillingSettings SettingsOf(const Ctx& ctx) {
   return ctx.billing ? ctx.billing->settings() : BillingSettings::From(ctx.config);
 }
 
-boost::json::object PartyJson(const billing::Party& p) {
-  return {{"legal_name", p.legal_name}, {"address", p.address}, {"tax_id", p.tax_id}, {"email", p.email}};
-}
-
 boost::json::object CreditNoteJson(const CreditNote& n) {
   return {{"id", n.id},
           {"number", n.number},
@@ -91,8 +87,8 @@ boost::json::object InvoiceJson(const StoredInvoice& s) {
                         {"coverage", JsonText(i.coverage)},
                         {"closed_incomplete", i.closed_incomplete},
                         {"hosts_behind", std::move(behind)},
-                        {"buyer", PartyJson(i.buyer)},
-                        {"issuer", PartyJson(i.issuer)},
+                        {"buyer", billing::PartyJson(i.buyer)},
+                        {"issuer", billing::PartyJson(i.issuer)},
                         {"finalized_at", JsonTime(i.finalized_at)},
                         {"sha256", s.sha256.empty() ? boost::json::value(nullptr) : boost::json::value(s.sha256)},
                         {"created_at", FormatTime(s.created_at)},
@@ -172,16 +168,20 @@ boost::json::object PeriodJson(const PeriodClose& c) {
 }
 
 boost::json::object ProfileJson(const billing::BillingProfile& p) {
-  boost::json::object o = PartyJson(p.party);
+  boost::json::object o = billing::PartyJson(p.party);
   o["tenant_id"] = p.tenant_id;
   o["tax_rate_bp"] = p.tax_rate_bp;
   o["updated_at"] = JsonTime(p.updated_at);
   return o;
 }
 
-std::string GpuHours(std::int64_t ms) {
-  return billing::FormatQuantity(
-      static_cast<std::int64_t>(billing::DivideHalfEven(static_cast<billing::Int128>(ms) * 1'000'000, billing::kMsPerHour)));
+// A page of the invoices `q` selects, with ?limit= and ?cursor= ("period/id" of the last one seen).
+Reply InvoicePage(Ctx& ctx, billing::InvoiceQuery q) {
+  q.limit = ctx.Limit() + 1;
+  q.after = ctx.Query("cursor");
+  const auto found = ctx.ReadSnapshot([&](Tx& tx) { return billing::ListInvoices(tx, q); });
+  return {200, Page(found, q.limit - 1, InvoiceJson,
+                    [](const StoredInvoice& s) { return s.invoice.period + "/" + s.invoice.id; })};
 }
 
 }  // namespace
@@ -191,11 +191,7 @@ Reply ListMyInvoices(Ctx& ctx) {
   if (ctx.principal.role_bit != kMember) return ListAllInvoices(ctx);
   billing::InvoiceQuery q;
   q.tenant_id = ctx.principal.tenant_id;
-  q.limit = ctx.Limit() + 1;
-  q.after = ctx.Query("cursor");
-  const auto found = ctx.ReadSnapshot([&](Tx& tx) { return billing::ListInvoices(tx, q); });
-  return {200, Page(found, q.limit - 1, InvoiceJson,
-                    [](const StoredInvoice& s) { return s.invoice.period + "/" + s.invoice.id; })};
+  return InvoicePage(ctx, q);
 }
 
 Reply GetInvoice(Ctx& ctx) {
@@ -216,11 +212,7 @@ Reply ListAllInvoices(Ctx& ctx) {
   q.status = ctx.Query("status");
   if (!q.status.empty() && q.status != "draft" && q.status != "finalized")
     throw InvalidInput("status: draft or finalized");
-  q.limit = ctx.Limit() + 1;
-  q.after = ctx.Query("cursor");
-  const auto found = ctx.ReadSnapshot([&](Tx& tx) { return billing::ListInvoices(tx, q); });
-  return {200, Page(found, q.limit - 1, InvoiceJson,
-                    [](const StoredInvoice& s) { return s.invoice.period + "/" + s.invoice.id; })};
+  return InvoicePage(ctx, q);
 }
 
 Reply ExportInvoicesCsv(Ctx& ctx) {
@@ -326,22 +318,19 @@ Reply GetRevenueReport(Ctx& ctx) {
   const auto month = *ParseMonth(period);
   const auto report = ctx.ReadSnapshot([&](Tx& tx) { return billing::RevenueOf(tx, month, ctx.clock.Now()); });
   const std::int64_t month_ms = EpochMs(month.end) - EpochMs(month.begin);
-  const auto gb_months = [&](std::int64_t gb_ms) {
-    return billing::FormatQuantity(static_cast<std::int64_t>(
-        billing::DivideHalfEven(static_cast<billing::Int128>(gb_ms) * 1'000'000, month_ms)));
-  };
+  const auto gb_months = [&](std::int64_t gb_ms) { return billing::FormatInUnits(gb_ms, month_ms); };
   std::int64_t revenue = 0, discount = 0, storage_revenue = 0, offered = 0, sold = 0;
   if (ctx.Query("format") == "csv" || WantsCsv(ctx)) {
     std::string body =
         "period,region,gpu_model,market,gpu_hours_sold,revenue,list_value,spot_discount_given,"
         "spare_gpu_hours_offered,spare_gpu_hours_unsold,storage_gb_months,currency\r\n";
     for (const auto& l : report.lines)
-      body += period + "," + CsvField(l.region) + "," + CsvField(l.gpu_model) + "," + l.market + "," + GpuHours(l.gpu_ms) +
+      body += period + "," + CsvField(l.region) + "," + CsvField(l.gpu_model) + "," + l.market + "," + billing::FormatGpuHours(l.gpu_ms) +
               "," + FormatAmount(l.billed.Cents()) + "," + FormatAmount(l.list.Cents()) + "," +
               FormatAmount(l.discount_cents()) + ",,,,USD\r\n";
     for (const auto& p : report.pools)
-      body += period + "," + CsvField(p.region) + "," + CsvField(p.gpu_model) + ",spare,,,,," + GpuHours(p.offered_gpu_ms()) +
-              "," + GpuHours(p.idle_gpu_ms) + ",,USD\r\n";
+      body += period + "," + CsvField(p.region) + "," + CsvField(p.gpu_model) + ",spare,,,,," + billing::FormatGpuHours(p.offered_gpu_ms()) +
+              "," + billing::FormatGpuHours(p.idle_gpu_ms) + ",,USD\r\n";
     for (const auto& st : report.storage)
       body += period + "," + CsvField(st.region) + ",,storage,," + FormatAmount(st.amount.Cents()) + ",,,,," +
               gb_months(st.gb_ms) + ",USD\r\n";
@@ -354,20 +343,20 @@ Reply GetRevenueReport(Ctx& ctx) {
     lines.push_back({{"region", l.region},
                      {"gpu_model", l.gpu_model},
                      {"market", l.market},
-                     {"gpu_hours_sold", GpuHours(l.gpu_ms)},
+                     {"gpu_hours_sold", billing::FormatGpuHours(l.gpu_ms)},
                      {"revenue", FormatAmount(l.billed.Cents())},
                      {"list_value", FormatAmount(l.list.Cents())},
                      {"spot_discount_given", FormatAmount(l.discount_cents())},
-                     {"unpriced_gpu_hours", GpuHours(l.unpriced_gpu_ms)}});
+                     {"unpriced_gpu_hours", billing::FormatGpuHours(l.unpriced_gpu_ms)}});
   }
   for (const auto& p : report.pools) {
     offered += p.offered_gpu_ms();
     sold += p.spot_sold_gpu_ms;
     pools.push_back({{"region", p.region},
                      {"gpu_model", p.gpu_model},
-                     {"spare_gpu_hours_offered", GpuHours(p.offered_gpu_ms())},
-                     {"spare_gpu_hours_sold", GpuHours(p.spot_sold_gpu_ms)},
-                     {"spare_gpu_hours_unsold", GpuHours(p.idle_gpu_ms)}});
+                     {"spare_gpu_hours_offered", billing::FormatGpuHours(p.offered_gpu_ms())},
+                     {"spare_gpu_hours_sold", billing::FormatGpuHours(p.spot_sold_gpu_ms)},
+                     {"spare_gpu_hours_unsold", billing::FormatGpuHours(p.idle_gpu_ms)}});
   }
   for (const auto& st : report.storage) {
     storage_revenue += st.amount.Cents();
@@ -384,8 +373,8 @@ Reply GetRevenueReport(Ctx& ctx) {
                                      {"spot_discount_given", FormatAmount(discount)},
                                      {"storage_revenue", FormatAmount(storage_revenue)},
                                      {"revenue", FormatAmount(revenue + storage_revenue)},
-                                     {"spare_gpu_hours_offered", GpuHours(offered)},
-                                     {"spare_gpu_hours_sold", GpuHours(sold)}}}}};
+                                     {"spare_gpu_hours_offered", billing::FormatGpuHours(offered)},
+                                     {"spare_gpu_hours_sold", billing::FormatGpuHours(sold)}}}}};
 }
 
 }  // namespace spillway::handlers
