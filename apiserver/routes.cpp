@@ -73,6 +73,8 @@ std::vector<Route> ApiRoutes() {
        /*idempotent=*/true},
       {"GET", "/v1/billing/periods", kFinance | kAdmin, ListClosedPeriods},
       {"GET", "/v1/billing/reports/revenue", kFinance | kOperator | kAdmin, GetRevenueReport},
+      {"GET", "/v1/billing/exports/focus", kFinance | kAdmin, ExportFocusAll},
+      {"GET", "/v1/cost-export", kMember | kFinance | kAdmin, ExportFocusOwn},
       {"POST", "/v1/billing/periods/{period}/close", kFinance | kAdmin, ClosePeriodNow, Body::kOptional, "",
        /*idempotent=*/true},
       {"GET", "/v1/tenants/{id}/billing-profile", kAdmin | kFinance | kMember, GetBillingProfile, Body::kNone, "id"},

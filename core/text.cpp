@@ -95,4 +95,17 @@ std::string ScrubUtf8(std::string_view s) {
   return out;
 }
 
+std::string CsvField(std::string_view v, bool chosen_text) {
+  std::string s(v);
+  if (chosen_text && !s.empty() && (s[0] == '=' || s[0] == '+' || s[0] == '-' || s[0] == '@' || s[0] == '\t' || s[0] == '\r'))
+    s.insert(0, 1, '\'');
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
 }  // namespace spillway

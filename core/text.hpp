@@ -19,5 +19,9 @@ bool HasVisibleCharacter(std::string_view s);
 // s with every byte that is not part of well-formed UTF-8 replaced by U+FFFD, so it can be quoted
 // in JSON bodies and log lines without writing invalid text.
 std::string ScrubUtf8(std::string_view s);
+// One CSV field (RFC 4180): quoted when it holds a comma, quote or line break, quotes doubled. With
+// `chosen_text` (a text a tenant chose, such as an instance's name) one a spreadsheet would read as
+// a formula is prefixed with ' (OWASP's CSV injection advice).
+std::string CsvField(std::string_view v, bool chosen_text = false);
 
 }  // namespace spillway

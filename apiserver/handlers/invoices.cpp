@@ -10,11 +10,13 @@
 #include "apiserver/billing_steps.hpp"
 #include "apiserver/handlers/common.hpp"
 #include "billing/exact_amount.hpp"
+#include "billing/focus.hpp"
 #include "billing/invoices.hpp"
 #include "billing/reports.hpp"
 #include "core/errors.hpp"
 #include "core/json.hpp"
 #include "core/money.hpp"
+#include "core/text.hpp"
 
 namespace spillway::handlers {
 namespace {
@@ -94,22 +96,6 @@ boost::json::object InvoiceJson(const StoredInvoice& s) {
                         {"created_at", FormatTime(s.created_at)},
                         {"updated_at", FormatTime(s.updated_at)}};
   return o;
-}
-
-// RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled. A text a tenant
-// chose (an instance's name, in a description) that a spreadsheet would read as a formula is
-// prefixed with ' (OWASP's CSV injection advice).
-std::string CsvField(const std::string& v, bool text = false) {
-  std::string s = v;
-  if (text && !s.empty() && (s[0] == '=' || s[0] == '+' || s[0] == '-' || s[0] == '@' || s[0] == '\t' || s[0] == '\r'))
-    s.insert(0, 1, '\'');
-  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"') out += '"';
-    out += c;
-  }
-  return out + "\"";
 }
 
 constexpr const char* kCsvHeader =
@@ -376,5 +362,26 @@ Reply GetRevenueReport(Ctx& ctx) {
                                      {"spare_gpu_hours_offered", billing::FormatGpuHours(offered)},
                                      {"spare_gpu_hours_sold", billing::FormatGpuHours(sold)}}}}};
 }
+
+namespace {
+
+Reply FocusCsv(Ctx& ctx, const std::string& tenant_id) {
+  const std::string period = PeriodParam(ctx.Query("period"), "period");
+  const Month month = *ParseMonth(period);
+  const BillingSettings settings = SettingsOf(ctx);
+  std::string body =
+      ctx.ReadSnapshot([&](Tx& tx) { return billing::ExportFocus(tx, month, tenant_id, settings).Csv(); });
+  return Csv(std::move(body), "focus-" + (tenant_id.empty() ? "" : tenant_id + "-") + period + ".csv");
+}
+
+}  // namespace
+
+Reply ExportFocusAll(Ctx& ctx) {
+  std::string tenant = ctx.Query("tenant_id");
+  if (tenant.empty()) tenant = ctx.Query("tenant");
+  return FocusCsv(ctx, tenant);
+}
+
+Reply ExportFocusOwn(Ctx& ctx) { return FocusCsv(ctx, ctx.principal.tenant_id); }
 
 }  // namespace spillway::handlers

@@ -15,5 +15,9 @@ Reply CreateCreditNote(Ctx& ctx);     // POST /v1/billing/invoices/{id}/credit-n
 Reply GetBillingProfile(Ctx& ctx);    // GET /v1/tenants/{id}/billing-profile
 Reply SetBillingProfile(Ctx& ctx);    // PUT /v1/tenants/{id}/billing-profile
 Reply GetRevenueReport(Ctx& ctx);     // GET /v1/billing/reports/revenue?period=: JSON, or CSV
+// The FOCUS 1.2 cost export (docs/focus.md), CSV: every tenant's (?tenant_id= narrows it), or the
+// caller's own tenant's.
+Reply ExportFocusAll(Ctx& ctx);       // GET /v1/billing/exports/focus?period=[&tenant_id=]
+Reply ExportFocusOwn(Ctx& ctx);       // GET /v1/cost-export?period=
 
 }  // namespace spillway::handlers

@@ -18,6 +18,7 @@
 #include "core/ids.hpp"
 #include "provisioning/hosts.hpp"
 #include "tests/e2e/fleet_support.hpp"
+#include "tests/support/focus_check.hpp"
 #include "tests/support/test_support.hpp"
 
 using namespace spillway;
@@ -25,32 +26,6 @@ using namespace spillway::test;
 using namespace std::chrono_literals;
 
 namespace {
-
-std::vector<std::vector<std::string>> ParseCsv(const std::string& text) {
-  std::vector<std::vector<std::string>> rows;
-  std::vector<std::string> row;
-  std::string field;
-  bool quoted = false;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (quoted) {
-      if (c == '"' && i + 1 < text.size() && text[i + 1] == '"') field += '"', ++i;
-      else if (c == '"') quoted = false;
-      else field += c;
-    } else if (c == '"') {
-      quoted = true;
-    } else if (c == ',') {
-      row.push_back(field), field.clear();
-    } else if (c == '\r') {
-    } else if (c == '\n') {
-      row.push_back(field), field.clear();
-      rows.push_back(row), row.clear();
-    } else {
-      field += c;
-    }
-  }
-  return rows;
-}
 
 // Cents of a decimal string "12.34" / "-0.05".
 std::int64_t Cents(const std::string& s) {
@@ -297,6 +272,53 @@ TEST_F(Finance, TheFinanceStory) {
   ASSERT_EQ(rows.size(), 5u);
   EXPECT_EQ(rows[3][6], "credit_note");
   EXPECT_EQ(rows[3][15], "-1.80");
+
+  // The FOCUS 1.2 export of last month: the invoice's hours at each price and its tax, by FOCUS's
+  // rules, adding up to the invoice; the credit notes were issued this month, so they are in this
+  // month's export. Hour 11 holds 3,590,000 ms at $2.00 and the 10,000 ms ending 12:00:00 at $3.00.
+  const auto focus_csv = Call("GET", "/v1/billing/exports/focus?period=" + last_period, finance_);
+  ASSERT_EQ(focus_csv.status, 200) << focus_csv.body;
+  EXPECT_EQ(focus_csv.Header("content-type"), "text/csv; charset=utf-8");
+  const auto focus = test::ParseFocus(focus_csv.body);
+  const auto violations = test::FocusViolations(focus);
+  EXPECT_TRUE(violations.empty()) << violations.front() << "\n" << focus_csv.body;
+  EXPECT_EQ(test::BilledCentsByInvoice(focus), (std::map<std::string, std::int64_t>{{id, 600}}));
+  ASSERT_EQ(focus.rows.size(), 4u) << focus_csv.body;
+  const auto& h11 = focus.rows[0];
+  EXPECT_EQ(h11.at("ChargePeriodStart"), last_period + "-15T11:00:00Z");
+  EXPECT_EQ(h11.at("ChargePeriodEnd"), last_period + "-15T12:00:00Z");
+  EXPECT_EQ(h11.at("PricingQuantity"), "0.997222");
+  EXPECT_EQ(h11.at("ListUnitPrice"), "2.000000");
+  EXPECT_EQ(h11.at("ListCost"), "1.994444");
+  EXPECT_EQ(h11.at("x_InvoiceNumber"), "SPW-000001");
+  EXPECT_EQ(h11.at("SubAccountName"), "acme");
+  EXPECT_EQ(h11.at("ResourceName"), "train-7b");
+  EXPECT_EQ(h11.at("RegionId"), "eu-west");
+  EXPECT_EQ(h11.at("InvoiceIssuerName"), "Spare GPU Co");
+  // The line's $5.00 over $1.99444, $0.00833 and $3.00 exactly: 1.99, 0.01 (the largest remainder), 3.00.
+  EXPECT_EQ(h11.at("BilledCost"), "1.99");
+  EXPECT_EQ(focus.rows[1].at("BilledCost"), "0.01");
+  EXPECT_EQ(focus.rows[1].at("ListUnitPrice"), "3.000000");
+  EXPECT_EQ(focus.rows[2].at("BilledCost"), "3.00");
+  EXPECT_EQ(focus.rows[2].at("ChargePeriodStart"), last_period + "-15T12:00:00Z");
+  EXPECT_EQ(focus.rows[3].at("ChargeCategory"), "Tax");
+  EXPECT_EQ(focus.rows[3].at("BilledCost"), "1.00");
+  // The member's own export is the same rows; finance's is for finance only; a month is required.
+  const auto own = Call("GET", "/v1/cost-export?period=" + last_period, member_);
+  ASSERT_EQ(own.status, 200) << own.body;
+  EXPECT_EQ(own.body, focus_csv.body);
+  EXPECT_EQ(Call("GET", "/v1/billing/exports/focus?period=" + last_period, member_).status, 403);
+  EXPECT_EQ(Call("GET", "/v1/billing/exports/focus", finance_).status, 422);
+  EXPECT_EQ(test::ParseFocus(Call("GET", "/v1/cost-export?period=" + last_period, fleet_->NewKey(fleet_->NewTenant("nobody", 1), "member")).body).rows.size(), 0u);
+  const auto this_month = test::ParseFocus(Call("GET", "/v1/billing/exports/focus?period=" + this_period, finance_).body);
+  const auto month_violations = test::FocusViolations(this_month);
+  EXPECT_TRUE(month_violations.empty()) << month_violations.front();
+  const auto by_invoice = test::BilledCentsByInvoice(this_month);
+  std::int64_t credited_back = 0;
+  const auto with_notes = Json(Call("GET", "/v1/invoices/" + id, member_));
+  for (const auto& n : with_notes.at("credit_notes").as_array())
+    credited_back += by_invoice.at(Str(n, "id"));
+  EXPECT_EQ(credited_back, -600);
 
   // The member sees this month's draft first, then last month's invoice; another tenant sees neither.
   const auto mine = Json(Call("GET", "/v1/invoices", member_));

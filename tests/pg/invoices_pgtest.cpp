@@ -12,6 +12,7 @@
 #include <set>
 #include <thread>
 
+#include "billing/focus.hpp"
 #include "billing/invoices.hpp"
 #include "core/crypto.hpp"
 #include "core/db.hpp"
@@ -21,6 +22,7 @@
 #include "metering/usage.hpp"
 #include "provisioning/hosts.hpp"
 #include "provisioning/volumes.hpp"
+#include "tests/support/focus_check.hpp"
 #include "tests/support/test_support.hpp"
 
 using namespace spillway;
@@ -99,6 +101,14 @@ struct Books {
     auto found = ListInvoices(tx, q);
     if (found.empty()) return std::nullopt;
     return found[0];
+  }
+  // The FOCUS export of `month`, checked against FOCUS's rules.
+  test::FocusRows Focus(const char* month) {
+    pqxx::read_transaction tx(*conn);
+    auto focus = test::ParseFocus(ExportFocus(tx, *ParseMonth(month), "", Settings()).Csv());
+    const auto violations = test::FocusViolations(focus);
+    EXPECT_TRUE(violations.empty()) << violations.front();
+    return focus;
   }
   void SetTax(const std::string& tenant, int bp) {
     InTransaction(*conn, [&](Tx& tx) {
@@ -237,6 +247,21 @@ TEST(Invoices, LateUsageIsBilledOnTheNextDraftAtItsOwnPricesAndNothingFinalizedC
   const auto again = b.InvoiceOf("ten_late", "2026-11");
   EXPECT_EQ(again->sha256, november->sha256);
   EXPECT_EQ(again->invoice.total_cents, november->invoice.total_cents);
+  // The cost export shows the late hour as corrections in December, at each price, after the hours
+  // November's invoice billed; November's export is its one hour.
+  auto focus = b.Focus("2026-12");
+  std::vector<std::string> late_rows;
+  for (const auto& r : focus.rows)
+    if (r.at("ChargeClass") == "Correction")
+      late_rows.push_back(r.at("ChargePeriodStart") + " " + r.at("ContractedUnitPrice") + " " + r.at("PricingQuantity") +
+                          " " + r.at("BilledCost") + " " + r.at("BillingPeriodStart"));
+  EXPECT_EQ(late_rows, (std::vector<std::string>{"2026-11-30T23:00:00Z 2.000000 0.500000 1.00 2026-12-01T00:00:00Z",
+                                                 "2026-11-30T23:00:00Z 3.000000 0.500000 1.50 2026-12-01T00:00:00Z"}));
+  EXPECT_EQ(test::BilledCentsByInvoice(focus).at(december->invoice.id), december->invoice.total_cents);
+  focus = b.Focus("2026-11");
+  ASSERT_EQ(focus.rows.size(), 2u);  // the hour and the tax
+  EXPECT_EQ(focus.rows[0].at("ChargePeriodStart"), "2026-11-30T20:00:00Z");
+  EXPECT_EQ(test::BilledCentsByInvoice(focus).at(november->invoice.id), 200);
   // Drafting again bills it once; closing December finalizes it; afterwards nothing is late.
   b.Draft("2026-12-06T00:00:00Z");
   EXPECT_EQ(Amounts(b.InvoiceOf("ten_late", "2026-12")->invoice, "late_usage").size(), 1u);
@@ -248,6 +273,12 @@ TEST(Invoices, LateUsageIsBilledOnTheNextDraftAtItsOwnPricesAndNothingFinalizedC
   b.Draft("2027-01-02T00:00:00Z");
   EXPECT_FALSE(b.InvoiceOf("ten_late", "2027-01")) << "nothing new is late: no invoice";
   EXPECT_EQ(Scalar(*b.conn, "SELECT sum(gpu_ms) FROM invoice_usage WHERE usage_period = '2026-11'"), 7'200'000);
+  // Finalized, December's export still adds up to its invoice, its late rows where they were.
+  focus = b.Focus("2026-12");
+  EXPECT_EQ(test::BilledCentsByInvoice(focus).at(closed->invoice.id), 550);
+  int corrections = 0;
+  for (const auto& r : focus.rows) corrections += r.at("ChargeClass") == "Correction";
+  EXPECT_EQ(corrections, 2);
 }
 
 TEST(Invoices, DraftsFollowUsageAndTaxAndNothingBilledIsNoInvoice) {
@@ -310,6 +341,20 @@ TEST(Invoices, StorageIsPricedPerGbMonthOfItsOwnMonthAcrossAPriceChangeInsideAnH
   EXPECT_EQ(l.quantity, "35.788690");
   EXPECT_EQ(l.unit, "gb_month");
   EXPECT_EQ(l.unit_price_micros, 109'106);  // 9.4464e15 / 86,580,000,000 GB-ms, half-even
+  // The export: one row per hour of the volume's life (the hour of the price change twice), adding
+  // up to the line, each priced per GB-month.
+  const auto focus = b.Focus("2027-02");
+  int hours = 0;
+  std::int64_t cents = 0;
+  for (const auto& r : focus.rows)
+    if (r.at("ServiceName") == "Volumes") {
+      ++hours;
+      cents += test::CentsOf(r.at("BilledCost"));
+      EXPECT_EQ(r.at("PricingUnit"), "GB-Months");
+      EXPECT_EQ(r.at("ServiceCategory"), "Storage");
+    }
+  EXPECT_EQ(hours, 10 * 24 + 1 + 1);
+  EXPECT_EQ(cents, 390);
   // The same GB-ms as the hourly volume metering wrote for the month.
   EXPECT_EQ(Scalar(*b.conn, "SELECT sum(gb_ms) FROM volume_usage_hourly WHERE hour >= '2027-02-01' AND hour < '2027-03-01'"),
             86'580'000'000);
