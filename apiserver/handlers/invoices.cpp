@@ -17,6 +17,7 @@
 #include "core/json.hpp"
 #include "core/money.hpp"
 #include "core/text.hpp"
+#include "documents/invoice_pdf.hpp"
 
 namespace spillway::handlers {
 namespace {
@@ -132,7 +133,12 @@ std::string PeriodParam(const std::string& text, const char* field) {
   return text;
 }
 
-bool WantsCsv(const Ctx& ctx) { return ctx.request.Header("accept").find("text/csv") != std::string::npos; }
+bool WantsCsv(const Ctx& ctx) {
+  return ctx.request.Header("accept").find("text/csv") != std::string::npos || ctx.Query("format") == "csv";
+}
+bool WantsPdf(const Ctx& ctx) {
+  return ctx.request.Header("accept").find("application/pdf") != std::string::npos || ctx.Query("format") == "pdf";
+}
 
 StoredInvoice Visible(Ctx& ctx, const std::string& id) {
   auto found = ctx.ReadSnapshot([&](Tx& tx) { return billing::FindInvoice(tx, id); });
@@ -182,10 +188,18 @@ Reply ListMyInvoices(Ctx& ctx) {
 
 Reply GetInvoice(Ctx& ctx) {
   const StoredInvoice s = Visible(ctx, ctx.Param("id"));
+  const std::string name = s.invoice.number ? *s.invoice.number : s.invoice.id;
+  if (WantsPdf(ctx)) {
+    Reply r;
+    r.content_type = "application/pdf";
+    r.raw_body = documents::InvoicePdf(s);
+    r.headers.emplace_back("Content-Disposition", "attachment; filename=\"" + name + ".pdf\"");
+    return r;
+  }
   if (WantsCsv(ctx)) {
     std::string body = kCsvHeader;
     AppendCsv(body, s);
-    return Csv(std::move(body), (s.invoice.number ? *s.invoice.number : s.invoice.id) + ".csv");
+    return Csv(std::move(body), name + ".csv");
   }
   return {200, InvoiceJson(s)};
 }
@@ -306,7 +320,7 @@ Reply GetRevenueReport(Ctx& ctx) {
   const std::int64_t month_ms = EpochMs(month.end) - EpochMs(month.begin);
   const auto gb_months = [&](std::int64_t gb_ms) { return billing::FormatInUnits(gb_ms, month_ms); };
   std::int64_t revenue = 0, discount = 0, storage_revenue = 0, offered = 0, sold = 0;
-  if (ctx.Query("format") == "csv" || WantsCsv(ctx)) {
+  if (WantsCsv(ctx)) {
     std::string body =
         "period,region,gpu_model,market,gpu_hours_sold,revenue,list_value,spot_discount_given,"
         "spare_gpu_hours_offered,spare_gpu_hours_unsold,storage_gb_months,currency\r\n";

@@ -10,6 +10,8 @@
 
 #include <boost/json.hpp>
 
+#include <cstdlib>
+#include <fstream>
 #include <thread>
 
 #include "core/clock.hpp"
@@ -34,6 +36,21 @@ std::int64_t Cents(const std::string& s) {
   const auto dot = t.find('.');
   const std::int64_t v = std::stoll(t.substr(0, dot)) * 100 + std::stoll(t.substr(dot + 1));
   return neg ? -v : v;
+}
+
+// The text pdftotext (poppler-utils) finds in `pdf`, which is kept as a test artifact.
+std::string PdfText(const std::string& pdf, const std::string& name) {
+  const char* dir = std::getenv("SPILLWAY_TEST_ARTIFACTS");
+  const std::string base = std::string(dir ? dir : "/tmp") + "/" + name;
+  std::ofstream(base + ".pdf", std::ios::binary) << pdf;
+  std::string out;
+  EXPECT_EQ(RunCommand({"/usr/bin/pdftotext", "-layout", base + ".pdf", base + ".txt"}, {}, &out), 0) << out;
+  std::ifstream in(base + ".txt");
+  const std::string text(std::istreambuf_iterator<char>(in), {});
+  std::string words;  // runs of blanks as one space: "Total USD      6.00" -> "Total USD 6.00"
+  for (char c : text)
+    if (c != ' ' || (!words.empty() && words.back() != ' ')) words += c;
+  return words;
 }
 
 }  // namespace
@@ -272,6 +289,34 @@ TEST_F(Finance, TheFinanceStory) {
   ASSERT_EQ(rows.size(), 5u);
   EXPECT_EQ(rows[3][6], "credit_note");
   EXPECT_EQ(rows[3][15], "-1.80");
+
+  // The invoice as a PDF: the same bytes each time, and its text says what its JSON says.
+  const auto pdf = Call("GET", "/v1/invoices/" + id, member_, "", {{"Accept", "application/pdf"}});
+  ASSERT_EQ(pdf.status, 200) << pdf.body;
+  EXPECT_EQ(pdf.Header("content-type"), "application/pdf");
+  EXPECT_EQ(pdf.Header("content-disposition"), "attachment; filename=\"SPW-000001.pdf\"");
+  EXPECT_EQ(Call("GET", "/v1/invoices/" + id + "?format=pdf", finance_).body, pdf.body);
+  const std::string pdf_text = PdfText(pdf.body, "invoice-SPW-000001");
+  const auto with_credits = Json(Call("GET", "/v1/invoices/" + id, member_));
+  for (const std::string want : {std::string("SPW-000001"), std::string("Spare GPU Co"), std::string("Acme Research Ltd"),
+                                 std::string("EU-123"), std::string("GB999"), last_period,
+                                 "Usage complete through " + last_period + "-15T13:05:00Z", Str(with_credits, "sha256")})
+    EXPECT_NE(pdf_text.find(want), std::string::npos) << want << " not in:\n" << pdf_text;
+  for (const auto& l : with_credits.at("lines").as_array())
+    EXPECT_NE(pdf_text.find(Str(l, "amount")), std::string::npos) << Str(l, "kind") << " " << Str(l, "amount");
+  EXPECT_NE(pdf_text.find("Total USD " + Str(with_credits, "total")), std::string::npos) << pdf_text;
+  for (const auto& n : with_credits.at("credit_notes").as_array()) {
+    EXPECT_NE(pdf_text.find(Str(n, "number")), std::string::npos);
+    EXPECT_NE(pdf_text.find("-" + Str(n, "total")), std::string::npos);
+  }
+  EXPECT_NE(pdf_text.find("Balance due USD " + Str(with_credits, "balance")), std::string::npos) << pdf_text;
+  EXPECT_EQ(pdf_text.find("DRAFT"), std::string::npos);
+  // This month's draft says DRAFT.
+  const auto drafts = Json(Call("GET", "/v1/invoices", member_));
+  const std::string draft_id = Str(drafts.at("data").as_array().at(0), "id");
+  const auto draft_pdf = Call("GET", "/v1/invoices/" + draft_id, member_, "", {{"Accept", "application/pdf"}});
+  ASSERT_EQ(draft_pdf.status, 200);
+  EXPECT_NE(PdfText(draft_pdf.body, "invoice-draft").find("DRAFT INVOICE"), std::string::npos);
 
   // The FOCUS 1.2 export of last month: the invoice's hours at each price and its tax, by FOCUS's
   // rules, adding up to the invoice; the credit notes were issued this month, so they are in this
