@@ -9,6 +9,7 @@
 #include "apiserver/handlers/samples.hpp"
 #include "apiserver/handlers/ssh_keys.hpp"
 #include "apiserver/handlers/volumes.hpp"
+#include "apiserver/handlers/webhooks.hpp"
 #include "apiserver/handlers/usage.hpp"
 #include "apiserver/handlers/capacity.hpp"
 #include "apiserver/handlers/catalog.hpp"
@@ -74,6 +75,9 @@ std::vector<Route> ApiRoutes() {
       {"GET", "/v1/billing/periods", kFinance | kAdmin, ListClosedPeriods},
       {"GET", "/v1/billing/reports/revenue", kFinance | kOperator | kAdmin, GetRevenueReport},
       {"GET", "/v1/billing/exports/focus", kFinance | kAdmin, ExportFocusAll},
+      {"POST", "/v1/webhooks", kMember | kFinance | kAdmin, CreateWebhook, Body::kRequired, "", /*idempotent=*/true},
+      {"GET", "/v1/webhooks", kMember | kFinance | kAdmin, ListWebhooks},
+      {"DELETE", "/v1/webhooks/{id}", kMember | kFinance | kAdmin, DeleteWebhook},
       {"GET", "/v1/cost-export", kMember | kFinance | kAdmin, ExportFocusOwn},
       {"POST", "/v1/billing/periods/{period}/close", kFinance | kAdmin, ClosePeriodNow, Body::kOptional, "",
        /*idempotent=*/true},

@@ -6,6 +6,7 @@
 #include "apiserver/app.hpp"
 #include "apiserver/settings.hpp"
 #include "apiserver/billing_steps.hpp"
+#include "apiserver/webhook_steps.hpp"
 #include "apiserver/idempotency.hpp"
 #include "provisioning/fleet_steps.hpp"
 #include "provisioning/heartbeats.hpp"
@@ -195,6 +196,8 @@ int RunServe(const Config& config) {
 
   Billing billing(billing::BillingSettings::From(config), metrics.registry());
   billing.Register(steps, ingest_settings.rollup_interval);
+  Webhooks webhooks(webhooks::Settings::From(config), &*secrets, metrics.registry());
+  webhooks.Register(steps);
 
   http::Runtime runtime(server.io_threads);
   runtime.OnDrain([&notifier] { notifier.Stop(); });

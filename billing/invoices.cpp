@@ -12,6 +12,7 @@
 #include "core/ids.hpp"
 #include "core/json.hpp"
 #include "core/sql.hpp"
+#include "webhooks/webhooks.hpp"
 
 namespace spillway::billing {
 namespace {
@@ -96,6 +97,9 @@ const Statement kUpdateDraft{"billing_update_draft", R"sql(
 UPDATE invoices SET subtotal_cents = $2, tax_rate_bp = $3, tax_cents = $4, total_cents = $5,
   usage_complete_through = )sql" SPW_TS(6) R"sql(, coverage = $7, buyer = $8::jsonb, issuer = $9::jsonb,
   content_sha256 = $10, updated_at = )sql" SPW_TS(11) " WHERE id = $1 AND status = 'draft'"};
+const Statement kLateCents{"billing_late_cents",
+                           "SELECT usage_period, sum(amount_cents)::bigint AS cents FROM invoice_lines "
+                           "WHERE invoice_id = $1 AND kind = 'late_usage' GROUP BY usage_period"};
 const Statement kDeleteLines{"billing_delete_lines", "DELETE FROM invoice_lines WHERE invoice_id = $1"};
 const Statement kDeleteInvoice{"billing_delete_invoice", "DELETE FROM invoices WHERE id = $1 AND status = 'draft'"};
 // One statement for all of an invoice's lines; NULLs travel as '' (texts) and -1 (prices).
@@ -406,6 +410,25 @@ BilledDelta Minus(BilledDelta now, const BilledDelta& before) {
 
 // Writes `c` as the draft of its tenant-month (inserting, rewriting or removing it). Returns the
 // invoice's id ("" when there is none) and fills `delta` with what changed per market.
+// usage.late for each earlier month whose late usage on this draft grew (from `before`, per month).
+void EmitLate(Tx& tx, const Invoice& inv, const std::map<std::string, std::int64_t>& before, TimeMs now) {
+  std::map<std::string, std::int64_t> after;
+  for (const auto& l : inv.lines)
+    if (l.kind == "late_usage" && l.usage_period) after[*l.usage_period] += l.amount_cents;
+  for (const auto& [period, cents] : after) {
+    const auto was = before.find(period);
+    const std::int64_t prior = was == before.end() ? 0 : was->second;
+    if (cents <= prior) continue;
+    webhooks::Emit(tx, "usage.late", inv.tenant_id,
+                   ToJson(boost::json::object{{"usage_period", period},
+                                              {"invoice_id", inv.id},
+                                              {"invoice_period", inv.period},
+                                              {"amount", FormatAmount(cents)},
+                                              {"added", FormatAmount(cents - prior)}}),
+                   now);
+  }
+}
+
 std::string WriteDraft(Tx& tx, Computed& c, TimeMs now, BilledDelta* delta) {
   Invoice& inv = c.invoice;
   const auto existing = tx.exec_prepared(kTenantInvoice.name, inv.tenant_id, inv.period);
@@ -420,12 +443,16 @@ std::string WriteDraft(Tx& tx, Computed& c, TimeMs now, BilledDelta* delta) {
                      inv.tax_cents, inv.total_cents, Nullable(complete), Nullable(inv.coverage),
                      ToJson(PartyJson(inv.buyer)), ToJson(PartyJson(inv.issuer)), hash, EpochMs(now));
     WriteLines(tx, inv.id, inv.lines);
+    EmitLate(tx, inv, {}, now);
     if (delta) *delta = MarketCents(inv);
     return inv.id;
   }
   inv.id = existing[0]["id"].as<std::string>();
   if (existing[0]["content_sha256"].as<std::string>() == hash) return inv.id;
   const BilledDelta before = MarketCents(tx, inv.id);
+  std::map<std::string, std::int64_t> late_before;
+  for (const auto& r : tx.exec_prepared(kLateCents.name, inv.id))
+    late_before[r["usage_period"].as<std::string>()] = r["cents"].as<std::int64_t>();
   tx.exec_prepared(kDeleteLines.name, inv.id);
   if (inv.Empty()) {
     tx.exec_prepared(kDeleteInvoice.name, inv.id);
@@ -436,6 +463,7 @@ std::string WriteDraft(Tx& tx, Computed& c, TimeMs now, BilledDelta* delta) {
                    Nullable(complete), Nullable(inv.coverage), ToJson(PartyJson(inv.buyer)),
                    ToJson(PartyJson(inv.issuer)), hash, EpochMs(now));
   WriteLines(tx, inv.id, inv.lines);
+  EmitLate(tx, inv, late_before, now);
   if (delta) *delta = Minus(MarketCents(inv), before);
   return inv.id;
 }
@@ -736,6 +764,16 @@ PeriodClose ClosePeriod(Tx& tx, const Month& month, TimeMs now, const BillingSet
     const std::string canonical = CanonicalInvoiceJson(inv);
     tx.exec_prepared(kFinalize.name, id, *inv.number, canonical, Sha256Hex(canonical), EpochMs(now),
                      inv.closed_incomplete, TextArrayLiteral(inv.hosts_behind));
+    webhooks::Emit(tx, "invoice.finalized", tenant,
+                   ToJson(boost::json::object{{"invoice_id", id},
+                                              {"number", *inv.number},
+                                              {"period", period},
+                                              {"subtotal", FormatAmount(inv.subtotal_cents)},
+                                              {"tax", FormatAmount(inv.tax_cents)},
+                                              {"total", FormatAmount(inv.total_cents)},
+                                              {"currency", inv.currency},
+                                              {"closed_incomplete", inv.closed_incomplete}}),
+                   now);
     ++out.invoices;
   }
   tx.exec_prepared(kInsertClosed.name, period, EpochMs(now), out.incomplete, TextArrayLiteral(out.hosts_behind),
@@ -814,6 +852,15 @@ CreditNote IssueCreditNote(Tx& tx, const std::string& invoice_id, std::int64_t a
   n.created_at = now;
   tx.exec_prepared(kInsertCreditNote.name, n.id, n.number, n.invoice_id, n.tenant_id, n.subtotal_cents, n.tax_cents,
                    n.total_cents, n.reason, n.created_by, EpochMs(now));
+  webhooks::Emit(tx, "credit_note.created", n.tenant_id,
+                 ToJson(boost::json::object{{"credit_note_id", n.id},
+                                            {"number", n.number},
+                                            {"invoice_id", n.invoice_id},
+                                            {"amount", FormatAmount(n.subtotal_cents)},
+                                            {"tax", FormatAmount(n.tax_cents)},
+                                            {"total", FormatAmount(n.total_cents)},
+                                            {"reason", n.reason}}),
+                 now);
   return n;
 }
 

@@ -13,6 +13,7 @@ std::string Base64Encode(std::string_view bytes, bool pad);  // the standard alp
 std::optional<std::string> Base64Decode(std::string_view text);  // padded standard base64; nullopt if not
 std::string Sha256(std::string_view data);            // raw 32 bytes
 std::string Sha256Hex(std::string_view data);
+std::string HmacSha256Hex(std::string_view key, std::string_view data);  // RFC 2104, lower-case hex
 // Compares in time independent of where the inputs differ (lengths are not secret).
 bool ConstantTimeEquals(std::string_view a, std::string_view b);
 

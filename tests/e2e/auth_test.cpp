@@ -46,6 +46,11 @@ class Auth : public ::testing::Test {
                            R"({"instance_type":"h100.1x","region":"us-east","market":"on_demand"})");
     ASSERT_EQ(inst.status, 201) << inst.body;
     instance_a_ = Str(Json(inst), "id");
+    // A webhook of tenant A, for the webhook routes.
+    const auto hook = Http(port(), "POST", "/v1/webhooks", member_a_,
+                           R"({"url":"https://hooks.example/a","events":["invoice.finalized"]})");
+    ASSERT_EQ(hook.status, 201) << hook.body;
+    webhook_a_ = Str(Json(hook), "id");
     // A draft invoice of tenant A (what the billing step would write), for the invoice routes.
     auto conn = db_->Connect();
     pqxx::work tx(*conn);
@@ -75,7 +80,7 @@ class Auth : public ::testing::Test {
   std::unique_ptr<TestDb> db_;
   std::unique_ptr<ApiServer> server_;
   std::string admin_, finance_, operator_, member_a_, member_b_, member_a_id_;
-  std::string operator_tenant_, tenant_a_, tenant_b_, host_id_, host_token_, instance_a_;
+  std::string operator_tenant_, tenant_a_, tenant_b_, host_id_, host_token_, instance_a_, webhook_a_;
 };
 
 TEST_F(Auth, EveryRouteRefusesNoKeyWrongRoleAndOtherTenants) {
@@ -93,7 +98,8 @@ TEST_F(Auth, EveryRouteRefusesNoKeyWrongRoleAndOtherTenants) {
     const bool instances = route.pattern.rfind("/v1/instances", 0) == 0;
     const bool hosts = route.pattern.rfind("/v1/hosts", 0) == 0;
     const bool invoices = route.pattern.find("/invoices/") != std::string::npos;
-    fill("id", instances ? instance_a_ : hosts ? host_id_ : invoices ? "inv_walk" : tenant_a_);
+    const bool webhooks = route.pattern.rfind("/v1/webhooks", 0) == 0;
+    fill("id", instances ? instance_a_ : hosts ? host_id_ : invoices ? "inv_walk" : webhooks ? webhook_a_ : tenant_a_);
     fill("period", "2026-11");
     fill("key_id", member_a_id_);
     fill("region", "us-east");

@@ -262,9 +262,13 @@ TEST(Invoices, LateUsageIsBilledOnTheNextDraftAtItsOwnPricesAndNothingFinalizedC
   ASSERT_EQ(focus.rows.size(), 2u);  // the hour and the tax
   EXPECT_EQ(focus.rows[0].at("ChargePeriodStart"), "2026-11-30T20:00:00Z");
   EXPECT_EQ(test::BilledCentsByInvoice(focus).at(november->invoice.id), 200);
-  // Drafting again bills it once; closing December finalizes it; afterwards nothing is late.
+  // Drafting again bills it once (and tells webhooks once); closing December finalizes it;
+  // afterwards nothing is late.
   b.Draft("2026-12-06T00:00:00Z");
   EXPECT_EQ(Amounts(b.InvoiceOf("ten_late", "2026-12")->invoice, "late_usage").size(), 1u);
+  EXPECT_EQ(Text(*b.conn, "SELECT string_agg(type || ' ' || (data->>'usage_period') || ' ' || (data->>'added'), ',') "
+                          "FROM webhook_events WHERE type = 'usage.late'"),
+            "usage.late 2026-11 2.50");
   b.Close("2026-12", "2027-01-01T01:00:00Z");
   const auto closed = b.InvoiceOf("ten_late", "2026-12");
   EXPECT_EQ(closed->invoice.number, "SPW-000002");
@@ -273,6 +277,9 @@ TEST(Invoices, LateUsageIsBilledOnTheNextDraftAtItsOwnPricesAndNothingFinalizedC
   b.Draft("2027-01-02T00:00:00Z");
   EXPECT_FALSE(b.InvoiceOf("ten_late", "2027-01")) << "nothing new is late: no invoice";
   EXPECT_EQ(Scalar(*b.conn, "SELECT sum(gpu_ms) FROM invoice_usage WHERE usage_period = '2026-11'"), 7'200'000);
+  EXPECT_EQ(Text(*b.conn, "SELECT string_agg(data->>'number', ',' ORDER BY seq) FROM webhook_events "
+                          "WHERE type = 'invoice.finalized'"),
+            "SPW-000001,SPW-000002");
   // Finalized, December's export still adds up to its invoice, its late rows where they were.
   focus = b.Focus("2026-12");
   EXPECT_EQ(test::BilledCentsByInvoice(focus).at(closed->invoice.id), 550);
