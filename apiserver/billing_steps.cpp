@@ -1,11 +1,17 @@
 #include "apiserver/billing_steps.hpp"
 
+#include <boost/json.hpp>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 
+#include "accounts/audit.hpp"
 #include "core/db.hpp"
+#include "core/json.hpp"
+#include "core/money.hpp"
+#include "provisioning/instances.hpp"
+#include "webhooks/webhooks.hpp"
 #include "core/log.hpp"
 #include "core/periodic.hpp"
 
@@ -41,9 +47,27 @@ Billing::Billing(BillingSettings settings, Registry& registry) : settings_(std::
                                  "passed, or closed on demand)")
                            .Register(registry)
                            .Add({});
+  stopped_ = &BuildCounter()
+                  .Name("spillway_instances_stopped_for_funds_total")
+                  .Help("Instances stopped because a prepaid balance ran out (insufficient_funds) or a monthly spend "
+                        "limit was reached (spend_limit)")
+                  .Register(registry);
+  balances_ = &BuildGauge()
+                   .Name("spillway_tenant_balance_micros")
+                   .Help("Prepaid balances in micro-dollars, as aggregates only: their sum and the lowest (set by the "
+                         "leader after each fold)")
+                   .Register(registry);
+  low_ = &BuildGauge()
+              .Name("spillway_tenants_low_balance")
+              .Help("Prepaid tenants whose runway is under billing.low_balance_runway (set by the leader)")
+              .Register(registry)
+              .Add({});
+  for (const char* reason : {"insufficient_funds", "spend_limit"}) stopped_->Add({{"reason", reason}});
+  for (const char* stat : {"sum", "min"}) balances_->Add({{"stat", stat}});
   for (const char* status : {"draft", "finalized"}) invoices_->Add({{"status", status}});
   for (const char* market : {"on_demand", "spot", "storage"}) billed_->Add({{"market", market}});
-  for (const char* step : {"billing_drafts", "billing_close", "billing_gauges", "api_close"}) failures_->Add({{"step", step}});
+  for (const char* step : {"billing_drafts", "billing_close", "billing_gauges", "spend_controls", "api_close"})
+    failures_->Add({{"step", step}});
 }
 
 void Billing::Register(PeriodicSteps& steps, Millis draft_interval) {
@@ -62,6 +86,10 @@ void Billing::Register(PeriodicSteps& steps, Millis draft_interval) {
              counted("billing_drafts", [this](pqxx::connection& c, TimeMs now) { Drafts(c, now); })});
   steps.Add({"billing_close", std::chrono::minutes(1),
              counted("billing_close", [this](pqxx::connection& c, TimeMs now) { CloseDue(c, now); })});
+  // Right after each fold (registered after it, at the same interval): a balance is as current as
+  // the rated usage, so an empty one is stopped within a sample and a rating interval.
+  steps.Add({"spend_controls", draft_interval,
+             counted("spend_controls", [this](pqxx::connection& c, TimeMs now) { SpendControls(c, now); })});
   steps.Add({"billing_gauges", std::chrono::seconds(15),
              counted("billing_gauges", [this](pqxx::connection& c, TimeMs now) { Gauges(c, now); })});
 }
@@ -85,6 +113,53 @@ int Billing::CloseDue(Session& conn, TimeMs now) {
     ++closed;
   }
   return closed;
+}
+
+int Billing::SpendControls(Session& conn, TimeMs now) {
+  const auto verdicts = InTransaction(conn, [&](Tx& tx) { return EvaluateFunds(tx, now, settings_.funds); });
+  std::int64_t sum = 0, min = 0, low = 0;
+  bool any = false;
+  const std::int64_t low_runway = std::chrono::duration_cast<std::chrono::seconds>(settings_.funds.low_balance_runway).count();
+  for (const auto& v : verdicts) {
+    if (v.funds.mode != "prepaid") continue;
+    const std::int64_t b = v.funds.balance_micros();
+    sum += b;
+    min = any ? std::min(min, b) : b;
+    any = true;
+    const auto runway = v.funds.runway_seconds();
+    if (b <= 0 || (runway && *runway < low_runway)) ++low;
+  }
+  balances_->Add({{"stat", "sum"}}).Set(static_cast<double>(sum));
+  balances_->Add({{"stat", "min"}}).Set(static_cast<double>(min));
+  low_->Set(static_cast<double>(low));
+  int stopped = 0;
+  for (const auto& v : verdicts) {
+    if (!v.stop_reason) continue;
+    std::vector<std::string> ids;
+    {
+      pqxx::nontransaction read(conn);
+      ids = InstancesToStop(read, v.funds.tenant_id);
+    }
+    for (const auto& id : ids) {
+      const bool done = InTransaction(conn, [&](Tx& tx) {
+        const auto out = TerminateInstance(tx, id, v.funds.tenant_id, *v.stop_reason, now);
+        if (!out || !out->changed) return false;
+        RecordAudit(tx, SystemAudit(v.funds.tenant_id, "instance.terminate", id + " " + *v.stop_reason));
+        webhooks::Emit(tx, "instance.stopped_for_funds", v.funds.tenant_id,
+                       ToJson(boost::json::object{{"instance_id", id},
+                                                  {"reason", *v.stop_reason},
+                                                  {"balance", FormatMicros(v.funds.balance_micros())},
+                                                  {"spent_this_month", FormatMicros(v.funds.spent_this_month_micros)}}),
+                       now);
+        return true;
+      });
+      if (!done) continue;
+      stopped_->Add({{"reason", *v.stop_reason}}).Increment();
+      ++stopped;
+      log::Info("instance stopped for funds", {{"tenant_id", v.funds.tenant_id}, {"instance_id", id}, {"reason", *v.stop_reason}});
+    }
+  }
+  return stopped;
 }
 
 void Billing::Gauges(Session& conn, TimeMs now) {

@@ -37,6 +37,9 @@ class Billing {
   // Closes every ended month that is ready, or past close_max_wait, oldest first. Returns how many.
   int CloseDue(Session& conn, TimeMs now);
   void Gauges(Session& conn, TimeMs now);
+  // Evaluates prepaid balances and spend limits (alerts once per crossing) and stops the instances
+  // of tenants out of funds or over their limit. Returns how many it stopped.
+  int SpendControls(Session& conn, TimeMs now);
 
   // What a close did (by the step or through the API), for the metrics.
   void Observe(const PeriodClose& close, double seconds);
@@ -51,6 +54,9 @@ class Billing {
   prometheus::Gauge* rating_lag_;
   prometheus::Histogram* close_seconds_;
   prometheus::Counter* close_incomplete_;
+  prometheus::Family<prometheus::Counter>* stopped_;
+  prometheus::Family<prometheus::Gauge>* balances_;
+  prometheus::Gauge* low_;
 };
 
 }  // namespace spillway

@@ -4,6 +4,7 @@
 #include "apiserver/handlers/api_keys.hpp"
 #include "apiserver/handlers/audit.hpp"
 #include "apiserver/handlers/billing_prices.hpp"
+#include "apiserver/handlers/funds.hpp"
 #include "apiserver/handlers/invoices.hpp"
 #include "apiserver/handlers/agent.hpp"
 #include "apiserver/handlers/samples.hpp"
@@ -75,6 +76,12 @@ std::vector<Route> ApiRoutes() {
       {"GET", "/v1/billing/periods", kFinance | kAdmin, ListClosedPeriods},
       {"GET", "/v1/billing/reports/revenue", kFinance | kOperator | kAdmin, GetRevenueReport},
       {"GET", "/v1/billing/exports/focus", kFinance | kAdmin, ExportFocusAll},
+      {"GET", "/v1/billing/balance", kMember | kFinance | kAdmin, GetBalance},
+      {"POST", "/v1/billing/tenants/{id}/credits", kFinance | kAdmin, AddCredit, Body::kRequired, "", /*idempotent=*/true},
+      {"GET", "/v1/billing/tenants/{id}/credits", kFinance | kAdmin, ListCredits},
+      {"PUT", "/v1/billing/tenants/{id}/mode", kFinance | kAdmin, SetPaymentMode, Body::kRequired, "", /*idempotent=*/true},
+      {"PUT", "/v1/tenants/{id}/spend-limit", kMember | kFinance | kAdmin, SetSpendLimit, Body::kRequired, "id",
+       /*idempotent=*/true},
       {"POST", "/v1/webhooks", kMember | kFinance | kAdmin, CreateWebhook, Body::kRequired, "", /*idempotent=*/true},
       {"GET", "/v1/webhooks", kMember | kFinance | kAdmin, ListWebhooks},
       {"DELETE", "/v1/webhooks/{id}", kMember | kFinance | kAdmin, DeleteWebhook},

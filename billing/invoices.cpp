@@ -577,6 +577,7 @@ PeriodClose CloseFrom(const pqxx::row& r) {
 BillingSettings BillingSettings::From(const Config& config) {
   BillingSettings s;
   s.close_max_wait = config.Duration("billing.close_max_wait");
+  s.funds = FundsSettings::From(config);
   s.issuer = {config.String("billing.issuer_name"), config.String("billing.issuer_address"),
               config.String("billing.issuer_tax_id"), config.String("billing.issuer_email")};
   return s;

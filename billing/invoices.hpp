@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "billing/funds.hpp"
 #include "billing/invoice.hpp"
 #include "core/clock.hpp"
 #include "core/config.hpp"
@@ -18,6 +19,7 @@ namespace spillway::billing {
 struct BillingSettings {
   Millis close_max_wait{std::chrono::hours(24)};  // billing.close_max_wait
   Party issuer;                                   // billing.issuer_*
+  FundsSettings funds;                            // billing.low_balance_runway, min_launch_runway
   static BillingSettings From(const Config& config);
 };
 

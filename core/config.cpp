@@ -140,6 +140,8 @@ const std::vector<KeySpec>& ConfigSchema() {
       {"billing.issuer_address", KeyType::kString, ""},
       {"billing.issuer_tax_id", KeyType::kString, ""},
       {"billing.issuer_email", KeyType::kString, ""},
+      {"billing.low_balance_runway", KeyType::kDuration, "24h"},
+      {"billing.min_launch_runway", KeyType::kDuration, "1h"},
       {"webhooks.http_hosts", KeyType::kString, ""},
       {"webhooks.timeout", KeyType::kDuration, "5s"},
       {"webhooks.retry_base", KeyType::kDuration, "10s"},

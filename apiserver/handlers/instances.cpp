@@ -3,6 +3,7 @@
 #include <boost/json.hpp>
 
 #include "accounts/audit.hpp"
+#include "billing/funds.hpp"
 #include "apiserver/handlers/common.hpp"
 #include "core/errors.hpp"
 #include "core/ids.hpp"
@@ -171,7 +172,15 @@ LaunchRequest ParseLaunch(const Ctx& ctx) {
 Reply CreateInstance(Ctx& ctx) {
   const LaunchRequest req = ParseLaunch(ctx);
   const FleetContext fc{*ctx.fleet, ctx.fleet_metrics, ctx.clock, ctx.secrets};
+  const auto funds = billing::FundsSettings::From(ctx.config);
   return ctx.Write([&](Tx& tx) {
+    // A prepaid tenant needs the runway, a limited one room under its limit (402 otherwise).
+    const TimeMs now = ctx.clock.Now();
+    billing::CheckLaunchFunds(tx, req.tenant_id,
+                              billing::LaunchBurnMicros(tx, req.type->gpu_model, req.region,
+                                                        req.market == Market::kSpot ? "spot" : "on_demand",
+                                                        static_cast<int>(req.type->gpus), now),
+                              now, funds);
     const Instance instance = LaunchInstance(tx, fc, req);
     RecordAudit(tx, ctx.AuditOf(req.tenant_id, "instance.create", instance.id));
     return Reply{201, InstanceJson(instance)};

@@ -1,0 +1,242 @@
+#include "billing/funds.hpp"
+
+#include <boost/json.hpp>
+
+#include <cstdint>
+
+#include "billing/exact_amount.hpp"
+#include "core/db.hpp"
+#include "core/errors.hpp"
+#include "core/ids.hpp"
+#include "core/json.hpp"
+#include "core/money.hpp"
+#include "core/sql.hpp"
+#include "webhooks/webhooks.hpp"
+
+namespace spillway::billing {
+namespace {
+
+// Storage per GB-month at the storage price in effect at `at`, over the milliseconds of its month.
+#define SPW_STORAGE_PRICE_AT(at)                                                                        \
+  "(SELECT price_micros_per_gb_month FROM storage_prices WHERE effective_from <= " at                   \
+  " ORDER BY effective_from DESC LIMIT 1)"
+#define SPW_MONTH_MS(at)                                                                                \
+  "(extract(epoch FROM (date_trunc('month', (" at ") AT TIME ZONE 'UTC') + interval '1 month') - "      \
+  "date_trunc('month', (" at ") AT TIME ZONE 'UTC')) * 1000)"
+
+const Statement kControls{"funds_controls", R"sql(
+SELECT mode, )sql" SPW_EPOCH_MS("prepaid_since") R"sql( AS since_ms, monthly_limit_cents, low_alerted, empty_alerted,
+       limit_warned_period, limit_reached_period
+FROM spend_controls WHERE tenant_id = $1)sql"};
+const Statement kControlled{"funds_controlled",
+                            "SELECT tenant_id FROM spend_controls WHERE mode = 'prepaid' OR monthly_limit_cents IS NOT NULL "
+                            "ORDER BY tenant_id FOR UPDATE"};
+const Statement kCredits{"funds_credits",
+                         "SELECT coalesce(sum(amount_cents), 0)::bigint AS cents FROM credit_ledger WHERE tenant_id = $1"};
+// What a tenant's rated GPU time and metered storage cost from the hour of $2 on, in µ$.
+const Statement kRatedSince{"funds_rated_since", R"sql(
+SELECT coalesce((SELECT round(sum(gpu_ms::numeric * price_micros_per_gpu_hour) / 3600000)
+                 FROM usage_rated_hourly
+                 WHERE tenant_id = $1 AND hour >= date_trunc('hour', )sql" SPW_TS(2) R"sql()
+                   AND price_micros_per_gpu_hour IS NOT NULL), 0)::bigint AS gpu_micros,
+       coalesce((SELECT round(sum(u.gb_ms::numeric * )sql" SPW_STORAGE_PRICE_AT("u.hour") " / " SPW_MONTH_MS("u.hour") R"sql())
+                 FROM volume_usage_hourly u
+                 WHERE u.tenant_id = $1 AND u.hour >= date_trunc('hour', )sql" SPW_TS(2) R"sql()), 0)::bigint AS storage_micros)sql"};
+// What a tenant's live instances and volumes cost an hour at the prices in effect at $2, in µ$.
+#define SPW_GPU_PRICE_NOW(market, region, model, at)                                                     \
+  "CASE WHEN " market " = 'spot' THEN (SELECT s.price_micros_per_gpu_hour FROM spot_prices s WHERE s.region = " region \
+  " AND s.gpu_model = " model " AND s.effective_from <= " at " ORDER BY s.effective_from DESC LIMIT 1) "              \
+  "ELSE (SELECT p.price_micros_per_gpu_hour FROM prices p WHERE p.gpu_model = " model                                 \
+  " AND p.market = 'on_demand' AND p.effective_from <= " at " ORDER BY p.effective_from DESC LIMIT 1) END"
+const Statement kBurn{"funds_burn", R"sql(
+SELECT coalesce((SELECT sum(i.gpus::bigint * )sql" SPW_GPU_PRICE_NOW("i.market", "i.region", "i.gpu_model", SPW_TS(2)) R"sql()
+                 FROM instances i
+                 WHERE i.tenant_id = $1 AND i.state IN ('provisioning', 'running', 'preempting')), 0)::bigint
+     + coalesce((SELECT round(sum(v.size_gb::numeric) * )sql" SPW_STORAGE_PRICE_AT(SPW_TS(2)) " * 3600000 / " SPW_MONTH_MS(SPW_TS(2)) R"sql()
+                 FROM volumes v WHERE v.tenant_id = $1 AND v.deleted_at IS NULL), 0)::bigint AS burn)sql"};
+const Statement kLaunchBurn{"funds_launch_burn",
+                            "SELECT coalesce($4::bigint * " SPW_GPU_PRICE_NOW("$3", "$2", "$1", SPW_TS(5)) ", 0)::bigint AS burn"};
+const Statement kInsertCredit{"funds_insert_credit", R"sql(
+INSERT INTO credit_ledger (id, tenant_id, amount_cents, reason, created_by, created_at)
+VALUES ($1, $2, $3, $4, $5, )sql" SPW_TS(6) ")"};
+const Statement kCreditsOf{"funds_credits_of", R"sql(
+SELECT id, tenant_id, amount_cents, reason, created_by, )sql" SPW_EPOCH_MS("created_at") R"sql( AS created_ms
+FROM credit_ledger WHERE tenant_id = $1 ORDER BY created_at, id)sql"};
+const Statement kSetMode{"funds_set_mode", R"sql(
+INSERT INTO spend_controls (tenant_id, mode, prepaid_since, updated_at)
+VALUES ($1, $2, CASE WHEN $2 = 'prepaid' THEN )sql" SPW_TS(3) R"sql( END, )sql" SPW_TS(3) R"sql()
+ON CONFLICT (tenant_id) DO UPDATE SET mode = EXCLUDED.mode,
+  prepaid_since = CASE WHEN EXCLUDED.mode = 'prepaid' THEN coalesce(spend_controls.prepaid_since, EXCLUDED.prepaid_since) END,
+  low_alerted = false, empty_alerted = false, updated_at = EXCLUDED.updated_at)sql"};
+const Statement kSetLimit{"funds_set_limit", R"sql(
+INSERT INTO spend_controls (tenant_id, monthly_limit_cents, updated_at) VALUES ($1, nullif($2, 0), )sql" SPW_TS(3) R"sql()
+ON CONFLICT (tenant_id) DO UPDATE SET monthly_limit_cents = EXCLUDED.monthly_limit_cents, limit_warned_period = NULL,
+  limit_reached_period = NULL, updated_at = EXCLUDED.updated_at)sql"};
+const Statement kSetFlags{"funds_set_flags", R"sql(
+UPDATE spend_controls SET low_alerted = $2, empty_alerted = $3, limit_warned_period = nullif($4, ''),
+  limit_reached_period = nullif($5, '') WHERE tenant_id = $1)sql"};
+
+std::string Dollars(std::int64_t micros) { return FormatMicros(micros); }
+
+// "2h 5m", "45s": a runway as people read it.
+std::string Span(std::int64_t seconds) {
+  if (seconds >= 3600) return std::to_string(seconds / 3600) + "h " + std::to_string(seconds % 3600 / 60) + "m";
+  if (seconds >= 60) return std::to_string(seconds / 60) + "m " + std::to_string(seconds % 60) + "s";
+  return std::to_string(seconds) + "s";
+}
+
+std::int64_t RatedSince(Tx& tx, const std::string& tenant_id, TimeMs since) {
+  const auto r = tx.exec_prepared1(kRatedSince.name, tenant_id, EpochMs(since));
+  return r["gpu_micros"].as<std::int64_t>() + r["storage_micros"].as<std::int64_t>();
+}
+
+}  // namespace
+
+FundsSettings FundsSettings::From(const Config& config) {
+  return {config.Duration("billing.low_balance_runway"), config.Duration("billing.min_launch_runway")};
+}
+
+std::optional<std::int64_t> Funds::runway_seconds() const {
+  if (burn_micros_per_hour <= 0) return std::nullopt;
+  const std::int64_t balance = balance_micros();
+  if (balance <= 0) return 0;
+  return static_cast<std::int64_t>(static_cast<Int128>(balance) * 3600 / burn_micros_per_hour);
+}
+
+Funds FundsOf(Tx& tx, const std::string& tenant_id, TimeMs now) {
+  Funds f;
+  f.tenant_id = tenant_id;
+  const auto c = tx.exec_prepared(kControls.name, tenant_id);
+  if (!c.empty()) {
+    f.mode = c[0]["mode"].as<std::string>();
+    f.prepaid_since = TimeFrom(c[0]["since_ms"]);
+    f.monthly_limit_cents = IntFrom(c[0]["monthly_limit_cents"]);
+    f.low_alerted = c[0]["low_alerted"].as<bool>();
+    f.empty_alerted = c[0]["empty_alerted"].as<bool>();
+    f.limit_warned_period = TextFrom(c[0]["limit_warned_period"]);
+    f.limit_reached_period = TextFrom(c[0]["limit_reached_period"]);
+  }
+  f.credits_micros = tx.exec_prepared1(kCredits.name, tenant_id)["cents"].as<std::int64_t>() * kMicrosPerCent;
+  if (f.mode == "prepaid" && f.prepaid_since) f.consumed_micros = RatedSince(tx, tenant_id, *f.prepaid_since);
+  f.spent_this_month_micros = RatedSince(tx, tenant_id, MonthOf(now).begin);
+  f.burn_micros_per_hour = tx.exec_prepared1(kBurn.name, tenant_id, EpochMs(now))["burn"].as<std::int64_t>();
+  return f;
+}
+
+Credit AddCredit(Tx& tx, const std::string& tenant_id, std::int64_t amount_cents, const std::string& reason,
+                 const std::string& created_by, TimeMs now) {
+  Credit c{NewId("crd"), tenant_id, reason, created_by, amount_cents, now};
+  tx.exec_prepared(kInsertCredit.name, c.id, tenant_id, amount_cents, reason, created_by, EpochMs(now));
+  return c;
+}
+
+std::vector<Credit> CreditsOf(Tx& tx, const std::string& tenant_id) {
+  std::vector<Credit> out;
+  for (const auto& r : tx.exec_prepared(kCreditsOf.name, tenant_id))
+    out.push_back({r["id"].as<std::string>(), r["tenant_id"].as<std::string>(), r["reason"].as<std::string>(),
+                   r["created_by"].as<std::string>(), r["amount_cents"].as<std::int64_t>(), *TimeFrom(r["created_ms"])});
+  return out;
+}
+
+void SetMode(Tx& tx, const std::string& tenant_id, const std::string& mode, TimeMs now) {
+  if (mode != "prepaid" && mode != "postpaid") throw InvalidInput("mode: prepaid or postpaid");
+  tx.exec_prepared(kSetMode.name, tenant_id, mode, EpochMs(now));
+}
+
+void SetMonthlyLimit(Tx& tx, const std::string& tenant_id, std::optional<std::int64_t> cents, TimeMs now) {
+  tx.exec_prepared(kSetLimit.name, tenant_id, cents.value_or(0), EpochMs(now));
+}
+
+std::int64_t LaunchBurnMicros(Tx& tx, const std::string& gpu_model, const std::string& region, const std::string& market,
+                              int gpus, TimeMs now) {
+  return tx.exec_prepared1(kLaunchBurn.name, gpu_model, region, market, gpus, EpochMs(now))["burn"].as<std::int64_t>();
+}
+
+void CheckLaunchFunds(Tx& tx, const std::string& tenant_id, std::int64_t launch_burn_micros, TimeMs now,
+                      const FundsSettings& settings) {
+  // Most tenants are postpaid without a limit: one indexed lookup, and nothing to add up.
+  const auto c = tx.exec_prepared(kControls.name, tenant_id);
+  if (c.empty() || (c[0]["mode"].as<std::string>() == "postpaid" && c[0]["monthly_limit_cents"].is_null())) return;
+  const Funds f = FundsOf(tx, tenant_id, now);
+  if (f.mode == "prepaid") {
+    const std::int64_t balance = f.balance_micros(), burn = f.burn_micros_per_hour + launch_burn_micros;
+    const std::int64_t runway =
+        balance <= 0 ? 0 : burn <= 0 ? INT64_MAX : static_cast<std::int64_t>(static_cast<Int128>(balance) * 3600 / burn);
+    const std::int64_t needed = std::chrono::duration_cast<std::chrono::seconds>(settings.min_launch_runway).count();
+    if (runway < needed)
+      throw ApiError(402, "insufficient_funds",
+                     "the prepaid balance is $" + Dollars(balance) + "; this launch would burn $" +
+                         Dollars(launch_burn_micros) + " an hour (all running, $" + Dollars(burn) +
+                         "), a runway of " + Span(runway) + ", under billing.min_launch_runway (" + Span(needed) +
+                         "): add credit first");
+  }
+  if (f.monthly_limit_cents && f.spent_this_month_micros >= *f.monthly_limit_cents * kMicrosPerCent)
+    throw ApiError(402, "spend_limit_reached",
+                   "this month's spend, $" + Dollars(f.spent_this_month_micros) + ", reached the monthly limit of $" +
+                       FormatAmount(*f.monthly_limit_cents) + "; this launch would burn $" +
+                       Dollars(launch_burn_micros) + " an hour: raise the limit to launch");
+}
+
+std::vector<FundsVerdict> EvaluateFunds(Tx& tx, TimeMs now, const FundsSettings& settings) {
+  std::vector<std::string> tenants;
+  for (const auto& r : tx.exec_prepared(kControlled.name)) tenants.push_back(r["tenant_id"].as<std::string>());
+  const std::string month = MonthOf(now).Label();
+  const std::int64_t low = std::chrono::duration_cast<std::chrono::seconds>(settings.low_balance_runway).count();
+  std::vector<FundsVerdict> out;
+  for (const auto& t : tenants) {
+    FundsVerdict v;
+    v.funds = FundsOf(tx, t, now);
+    Funds& f = v.funds;
+    bool low_alerted = f.low_alerted, empty_alerted = f.empty_alerted;
+    std::string warned = f.limit_warned_period.value_or(""), reached = f.limit_reached_period.value_or("");
+    const auto balance_event = [&](const char* threshold) {
+      const auto runway = f.runway_seconds();
+      v.events.emplace_back("balance.low", ToJson(boost::json::object{
+                                               {"threshold", threshold},
+                                               {"balance", Dollars(f.balance_micros())},
+                                               {"burn_per_hour", Dollars(f.burn_micros_per_hour)},
+                                               {"runway_seconds", runway ? boost::json::value(*runway) : nullptr},
+                                               {"low_balance_runway_seconds", low}}));
+    };
+    if (f.mode == "prepaid") {
+      const auto runway = f.runway_seconds();
+      if (f.balance_micros() <= 0) {
+        if (!empty_alerted) balance_event("zero");
+        empty_alerted = low_alerted = true;
+        v.stop_reason = "insufficient_funds";
+      } else if (runway && *runway < low) {
+        if (!low_alerted) balance_event("runway");
+        low_alerted = true;
+        empty_alerted = false;
+      } else {
+        low_alerted = empty_alerted = false;
+      }
+    }
+    if (f.monthly_limit_cents) {
+      const std::int64_t limit = *f.monthly_limit_cents * kMicrosPerCent, spent = f.spent_this_month_micros;
+      const auto limit_event = [&](int percent) {
+        v.events.emplace_back("spend_limit.reached",
+                              ToJson(boost::json::object{{"threshold_percent", percent},
+                                                         {"period", month},
+                                                         {"monthly_limit", FormatAmount(*f.monthly_limit_cents)},
+                                                         {"spent", Dollars(spent)}}));
+      };
+      if (spent >= limit) {
+        if (reached != month) limit_event(100);
+        reached = warned = month;
+        if (!v.stop_reason) v.stop_reason = "spend_limit";
+      } else if (static_cast<Int128>(spent) * 100 >= static_cast<Int128>(limit) * 80) {
+        if (warned != month) limit_event(80);
+        warned = month;
+      }
+    }
+    for (const auto& [type, data] : v.events) webhooks::Emit(tx, type, t, data, now);
+    if (low_alerted != f.low_alerted || empty_alerted != f.empty_alerted || warned != f.limit_warned_period.value_or("") ||
+        reached != f.limit_reached_period.value_or(""))
+      tx.exec_prepared(kSetFlags.name, t, low_alerted, empty_alerted, warned, reached);
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+}  // namespace spillway::billing
