@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
+#include <openssl/ssl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -16,6 +17,7 @@
 #include <set>
 #include <thread>
 
+#include "apiserver/http/client.hpp"
 #include "core/clock.hpp"
 #include "core/crypto.hpp"
 #include "core/db.hpp"
@@ -329,4 +331,66 @@ TEST_F(WebhooksE2e, EveryEventReachesAReceiverExactlyOnceByIdAcrossAKillDuringDe
   // A member deletes its own webhook; pending deliveries to it are dropped.
   EXPECT_EQ(Call("DELETE", "/v1/webhooks/" + member_hook, members_[0]).status, 200);
   EXPECT_EQ(Call("DELETE", "/v1/webhooks/" + member_hook, members_[0]).status, 404);
+}
+
+// https targets: the peer's certificate is checked (against webhooks.ca_file here, a self-signed
+// one), a certificate no trusted CA signed is refused at the handshake, and the request arrives.
+TEST(WebhookTls, AnHttpsTargetIsDeliveredOnlyOverAVerifiedConnection) {
+  const std::string dir = "/tmp/spw-webhook-tls-" + std::to_string(::getpid());
+  std::string out;
+  ASSERT_EQ(RunCommand({"/bin/mkdir", "-p", dir}, {}, &out), 0);
+  ASSERT_EQ(RunCommand({"/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                        "-keyout", dir + "/key.pem", "-out", dir + "/cert.pem"},
+                       {}, &out),
+            0)
+      << out;
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  ASSERT_EQ(SSL_CTX_use_certificate_file(ctx, (dir + "/cert.pem").c_str(), SSL_FILETYPE_PEM), 1);
+  ASSERT_EQ(SSL_CTX_use_PrivateKey_file(ctx, (dir + "/key.pem").c_str(), SSL_FILETYPE_PEM), 1);
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(fd, 8), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  const std::string port = std::to_string(ntohs(a.sin_port));
+  std::vector<std::string> bodies;
+  std::thread server([&] {
+    for (int i = 0; i < 2; ++i) {  // the refused handshake, then the delivery
+      const int c = ::accept(fd, nullptr, nullptr);
+      SSL* ssl = SSL_new(ctx);
+      SSL_set_fd(ssl, c);
+      if (SSL_accept(ssl) == 1) {
+        std::string in;
+        char buf[4096];
+        int n;
+        while (in.find("\r\n\r\n") == std::string::npos || in.size() < in.find("\r\n\r\n") + 4 + 12) {
+          if ((n = SSL_read(ssl, buf, sizeof buf)) <= 0) break;
+          in.append(buf, static_cast<std::size_t>(n));
+        }
+        bodies.push_back(in);
+        const std::string reply = "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n";
+        SSL_write(ssl, reply.data(), static_cast<int>(reply.size()));
+        SSL_shutdown(ssl);
+      }
+      SSL_free(ssl);
+      ::close(c);
+    }
+  });
+  const http::OutboundRequest req{"https", "localhost", port, "/hook", {{"Spillway-Event-Id", "evt_tls"}}, R"({"id":"evt_tls"})"};
+  auto r = http::Post(req, 5s);  // the system's CAs only: not this certificate
+  EXPECT_EQ(r.status, 0);
+  EXPECT_NE(r.error.find("TLS handshake"), std::string::npos) << r.error;
+  r = http::Post(req, 5s, dir + "/cert.pem");
+  EXPECT_EQ(r.status, 204) << r.error;
+  server.join();
+  ASSERT_EQ(bodies.size(), 1u);
+  EXPECT_EQ(bodies[0].rfind("POST /hook HTTP/1.1\r\n", 0), 0u) << bodies[0];
+  EXPECT_NE(bodies[0].find("Spillway-Event-Id: evt_tls"), std::string::npos) << bodies[0];
+  ::close(fd);
+  SSL_CTX_free(ctx);
+  RunCommand({"/bin/rm", "-rf", dir}, {}, &out);
 }
