@@ -1,0 +1,148 @@
+// Prepaid balances and spend limits against a real PostgreSQL (billing/funds): the balance counts
+// rated GPU time and storage from the hour the tenant became prepaid, the burn rate its live
+// instances and volumes at today's prices; alerts go out once per crossing and re-arm when the
+// condition clears; an empty balance or a reached limit says to stop; a launch is refused with 402.
+#include <gtest/gtest.h>
+
+#include "billing/funds.hpp"
+#include "core/db.hpp"
+#include "core/errors.hpp"
+#include "provisioning/hosts.hpp"
+#include "tests/support/test_support.hpp"
+
+using namespace spillway;
+using namespace spillway::billing;
+using spillway::test::TestDb;
+using namespace std::chrono_literals;
+
+namespace {
+
+TimeMs T(const char* s) { return *ParseTime(s); }
+
+struct Books {
+  TestDb db;
+  std::unique_ptr<pqxx::connection> conn = OpenSession({db.dsn(), "spillway-test", 3000ms, 30000ms});
+  std::string host;
+  Books() {
+    host = InTransaction(*conn, [&](Tx& tx) {
+      return RegisterHost(tx, {"gpu-f", "r1", "r1-a", {{0, 80LL << 30, "GPU-f-0", "H100-80GB"}, {1, 80LL << 30, "GPU-f-1", "H100-80GB"}}},
+                          T("2026-10-01T00:00:00Z"))
+          .host_id;
+    });
+    Exec("INSERT INTO tenants (id, name, gpu_quota) VALUES ('ten_f', 'f', 8)");
+    Exec("INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) VALUES "
+         "('H100-80GB', 'on_demand', 2000000, '2026-01-01T00:00:00Z')");
+    Exec("INSERT INTO storage_prices (effective_from, price_micros_per_gb_month) VALUES ('2026-01-01T00:00:00Z', 100000)");
+  }
+  void Exec(const std::string& sql) {
+    pqxx::work tx(*conn);
+    tx.exec(sql);
+    tx.commit();
+  }
+  std::string Text(const std::string& sql) {
+    pqxx::nontransaction tx(*conn);
+    const auto r = tx.exec(sql);
+    return r.empty() || r[0][0].is_null() ? "" : r[0][0].as<std::string>();
+  }
+  void Rated(const char* hour, std::int64_t gpu_ms) {
+    Exec("INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour, gpu_ms) VALUES ('" +
+         std::string(hour) + "', 'ins_f', 'ten_f', 'on_demand', 2000000, " + std::to_string(gpu_ms) + ")");
+  }
+  Funds Of(const char* now) {
+    pqxx::read_transaction tx(*conn);
+    return FundsOf(tx, "ten_f", T(now));
+  }
+  std::vector<FundsVerdict> Evaluate(const char* now, Millis low = std::chrono::hours(2)) {
+    return InTransaction(*conn, [&](Tx& tx) { return EvaluateFunds(tx, T(now), FundsSettings{low, std::chrono::hours(1)}); });
+  }
+  std::string Events() {
+    return Text("SELECT string_agg(type || ':' || coalesce(data->>'threshold', data->>'threshold_percent'), ',' ORDER BY seq) "
+                "FROM webhook_events");
+  }
+};
+
+}  // namespace
+
+TEST(Funds, ABalanceIsCreditLessRatedUsageAndStorageSinceItBecamePrepaid) {
+  Books b;
+  // A 2-GPU instance running since 09:00; a 100 GB volume; prepaid from 10:20 on the 5th (the
+  // usage of 10:00's hour on spends credit; 09:00's does not).
+  b.Exec("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id, started_at) "
+         "VALUES ('ins_f', 'ten_f', 'h100.2x', 'H100-80GB', 2, 'r1', 'on_demand', 'running', '" + b.host +
+         "', '2026-11-05T09:00:00Z')");
+  b.Exec("INSERT INTO volumes (id, tenant_id, name, region, size_gb, created_at) VALUES "
+         "('vol_f', 'ten_f', 'data', 'r1', 100, '2026-11-05T09:00:00Z')");
+  InTransaction(*b.conn, [&](Tx& tx) {
+    SetMode(tx, "ten_f", "prepaid", T("2026-11-05T10:20:00Z"));
+    AddCredit(tx, "ten_f", 1000, "trial", "test", T("2026-11-05T10:20:00Z"));
+  });
+  b.Rated("2026-11-05T09:00:00Z", 7'200'000);  // before: not from the credit
+  b.Rated("2026-11-05T10:00:00Z", 7'200'000);  // 2 GPU-hours at $2.00: $4.00
+  // 100 GB for an hour of a 30-day month at $0.10 a GB-month: 13,888.9 µ$, rounded 13,889.
+  b.Exec("INSERT INTO volume_usage_hourly (hour, volume_id, tenant_id, gb_ms) VALUES "
+         "('2026-11-05T09:00:00Z', 'vol_f', 'ten_f', 360000000), ('2026-11-05T10:00:00Z', 'vol_f', 'ten_f', 360000000)");
+  const Funds f = b.Of("2026-11-05T11:00:00Z");
+  EXPECT_EQ(f.mode, "prepaid");
+  EXPECT_EQ(f.credits_micros, 10'000'000);
+  EXPECT_EQ(f.consumed_micros, 4'013'889);
+  EXPECT_EQ(f.balance_micros(), 5'986'111);
+  EXPECT_EQ(f.spent_this_month_micros, 8'027'778);  // the month's, from the 1st
+  // Burn: 2 GPUs × $2.00 + 100 GB × $0.10 / 720 h = $4.013889 an hour; runway 5,986,111 × 3600 / it.
+  EXPECT_EQ(f.burn_micros_per_hour, 4'013'889);
+  EXPECT_EQ(f.runway_seconds(), 5368);
+  // Under the 2 h runway threshold: one balance.low, not again on the next evaluation.
+  auto v = b.Evaluate("2026-11-05T11:00:00Z");
+  ASSERT_EQ(v.size(), 1u);
+  EXPECT_FALSE(v[0].stop_reason);
+  b.Evaluate("2026-11-05T11:00:30Z");
+  EXPECT_EQ(b.Events(), "balance.low:runway");
+  // Credit lifts it above the threshold: re-armed; then usage runs it to zero: one alert, and stop.
+  InTransaction(*b.conn, [&](Tx& tx) { AddCredit(tx, "ten_f", 500, "top-up", "test", T("2026-11-05T11:01:00Z")); });
+  b.Evaluate("2026-11-05T11:01:00Z");
+  b.Rated("2026-11-05T11:00:00Z", 36'000'000);  // 10 GPU-hours: $20.00
+  v = b.Evaluate("2026-11-05T12:00:00Z");
+  EXPECT_EQ(v[0].stop_reason, "insufficient_funds");
+  v = b.Evaluate("2026-11-05T12:00:05Z");
+  EXPECT_EQ(v[0].stop_reason, "insufficient_funds") << "still out of funds: still stopping whatever runs";
+  EXPECT_EQ(b.Events(), "balance.low:runway,balance.low:zero");
+  // A launch is refused, saying the balance and the launch's burn.
+  try {
+    InTransaction(*b.conn, [&](Tx& tx) {
+      CheckLaunchFunds(tx, "ten_f", LaunchBurnMicros(tx, "H100-80GB", "r1", "on_demand", 1, T("2026-11-05T12:00:06Z")),
+                       T("2026-11-05T12:00:06Z"), FundsSettings{});
+    });
+    ADD_FAILURE() << "launched without funds";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 402);
+    EXPECT_NE(std::string(e.what()).find("would burn $2.000000 an hour"), std::string::npos) << e.what();
+  }
+  // The ledger never changes.
+  EXPECT_THROW(b.Exec("DELETE FROM credit_ledger"), pqxx::sql_error);
+  EXPECT_THROW(b.Exec("TRUNCATE credit_ledger"), pqxx::sql_error);
+}
+
+TEST(Funds, AMonthlyLimitWarnsAtEightyPercentStopsAtAHundredOncePerMonthAndRaisingItLifts) {
+  Books b;
+  b.Exec("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id, started_at) "
+         "VALUES ('ins_f', 'ten_f', 'h100.1x', 'H100-80GB', 1, 'r1', 'on_demand', 'running', '" + b.host +
+         "', '2026-11-05T09:00:00Z')");
+  InTransaction(*b.conn, [&](Tx& tx) { SetMonthlyLimit(tx, "ten_f", 1000, T("2026-11-05T09:00:00Z")); });  // $10
+  b.Rated("2026-11-05T09:00:00Z", 14'400'000);  // $8.00: 80 %
+  EXPECT_FALSE(b.Evaluate("2026-11-05T10:00:00Z")[0].stop_reason);
+  b.Evaluate("2026-11-05T10:00:10Z");
+  EXPECT_EQ(b.Events(), "spend_limit.reached:80");
+  b.Rated("2026-11-05T10:00:00Z", 3'600'000);  // $10.00: 100 %
+  EXPECT_EQ(b.Evaluate("2026-11-05T11:00:00Z")[0].stop_reason, "spend_limit");
+  b.Evaluate("2026-11-05T11:00:10Z");
+  EXPECT_EQ(b.Events(), "spend_limit.reached:80,spend_limit.reached:100");
+  // Raised to $20: no stop; 50 %: no alert.
+  InTransaction(*b.conn, [&](Tx& tx) { SetMonthlyLimit(tx, "ten_f", 2000, T("2026-11-05T11:01:00Z")); });
+  EXPECT_FALSE(b.Evaluate("2026-11-05T11:01:00Z")[0].stop_reason);
+  EXPECT_EQ(b.Events(), "spend_limit.reached:80,spend_limit.reached:100");
+  // A new month starts from nothing.
+  InTransaction(*b.conn, [&](Tx& tx) { SetMonthlyLimit(tx, "ten_f", 1000, T("2026-11-30T00:00:00Z")); });
+  EXPECT_FALSE(b.Evaluate("2026-12-01T00:10:00Z")[0].stop_reason);
+  // No limit, postpaid: nothing to evaluate.
+  InTransaction(*b.conn, [&](Tx& tx) { SetMonthlyLimit(tx, "ten_f", std::nullopt, T("2026-12-01T00:11:00Z")); });
+  EXPECT_TRUE(b.Evaluate("2026-12-01T00:12:00Z").empty());
+}
