@@ -179,6 +179,11 @@ SilenceVerdict JudgeSilence(const std::vector<HostHealth>& hosts, TimeMs now, Ti
 // it changed and preempts spot instances whose max price is now below it. Returns prices written.
 int Reprice(pqxx::connection_base& conn, const FleetContext& fc, const std::string& region = "",
             const std::string& gpu_model = "");
+// A pool whose capacity changed, to be priced at the leader's next tick (in the change's transaction;
+// a storm of registrations into one pool marks it once).
+void MarkPoolToReprice(pqxx::transaction_base& tx, const std::string& region, const std::string& gpu_model);
+// The leader's pass over the marked pools, each priced once and its mark taken in the same transaction.
+int RepriceMarkedPools(pqxx::connection_base& conn, const FleetContext& fc);
 
 // The controllers' periodic steps; each returns how many instances or hosts it changed.
 // `heard_since`: see JudgeSilence.

@@ -12,6 +12,9 @@ void RegisterFleetSteps(PeriodicSteps& steps, const FleetContext& fc) {
   const FleetContext* f = &fc;
   steps.Add({"spot_reprice", fc.settings.reprice_interval,
              [f](pqxx::connection& c, const StepContext&) { Reprice(c, *f); }});
+  // Pools whose capacity changed (registrations), priced once per tick however many changed it.
+  steps.Add({"reprice_marked_pools", tick,
+             [f](pqxx::connection& c, const StepContext&) { RepriceMarkedPools(c, *f); }});
   steps.Add({"finish_preemptions", tick, [f](pqxx::connection& c, const StepContext&) { FinishPreemptions(c, *f); }});
   // Heartbeats are written in batches by every replica: while one lags (its database writes fail,
   // or it is starved), what it heard is not in `hosts` yet, and nobody is judged on that time.

@@ -38,6 +38,9 @@ Reply RegisterAgent(Ctx& ctx) {
   const Registered out = ctx.Write([&](Tx& tx) {
     Registered r = RegisterHost(tx, reg, ctx.clock.Now());
     next_batch_seq = metering::NextBatchSeq(tx, r.host_id);
+    // The pool's spot price follows its new GPUs at the leader's next tick: a storm of registrations
+    // into one pool costs one whole-pool pass per tick, not one per registration behind its locks.
+    MarkPoolToReprice(tx, region, model);
     return r;
   });
   const std::string& host_id = out.host_id;
@@ -49,8 +52,6 @@ Reply RegisterAgent(Ctx& ctx) {
   }
   log::Info("host registered", {{"host_id", host_id}, {"hostname", hostname}, {"region", region}, {"gpu_model", model},
                                 {"gpus", static_cast<std::int64_t>(gpus.size())}});
-  // A new pool gets its first spot price at once; an existing pool's price reflects the new GPUs.
-  Reprice(ctx.conn, FleetContext{*ctx.fleet, ctx.fleet_metrics, ctx.clock}, region, model);
   return RegistrationReply(ctx, 201, host_id, token, next_batch_seq);
 }
 

@@ -23,6 +23,10 @@ class FleetE2E : public FleetTest {
                                      fleet_->PoolInt("us-west", "H200-141GB", "total_gpus") == 8; },
                         20s))
         << h100_->Stderr();
+    // The leader prices a pool whose hosts registered at its next tick.
+    ASSERT_TRUE(WaitFor([&] {
+      return Json(fleet_->Call("GET", "/v1/spot-prices/latest", member_)).at("data").as_array().size() == 2;
+    }, 10s));
   }
   std::string Launch(const std::string& body, int expect = 201, std::map<std::string, std::string> headers = {}) {
     const auto r = fleet_->Call("POST", "/v1/instances", member_, body, std::move(headers));

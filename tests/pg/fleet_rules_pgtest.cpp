@@ -174,3 +174,24 @@ TEST_F(FleetRules, RepricingPreemptsSpotBidsBelowTheNewPrice) {
   EXPECT_EQ(Field("SELECT state || '/' || preempt_reason FROM instances WHERE id = 'ins_cheap'"), "preempting/price");
   EXPECT_EQ(Reprice(*conn_, fc_), 0);  // the price has reached its target: nothing new
 }
+
+// A registration storm into one pool marks it once; the leader's pass prices it once and takes the
+// mark, so N registrations cost one whole-pool pass per tick, not N behind the pool's locks.
+TEST_F(FleetRules, ARegistrationStormMarksItsPoolOnceAndTheLeaderPricesItOnce) {
+  InTransaction(*conn_, [&](pqxx::work& tx) {
+    tx.exec("INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) "
+            "VALUES ('H100-80GB', 'on_demand', 2490000, '2020-01-01')");
+  });
+  for (int i = 0; i < 200; ++i)
+    InTransaction(*conn_, [&](pqxx::work& tx) {
+      AddHost(tx, "hst_s" + std::to_string(i), "eu-storm");
+      MarkPoolToReprice(tx, "eu-storm", "H100-80GB");
+    });
+  EXPECT_EQ(Field("SELECT count(*) FROM pools_to_reprice"), "1");
+  EXPECT_EQ(Field("SELECT count(*) FROM spot_prices WHERE region = 'eu-storm'"), "0");
+  EXPECT_EQ(RepriceMarkedPools(*conn_, fc_), 1);
+  EXPECT_EQ(Field("SELECT count(*) || ' ' || min(price_micros_per_gpu_hour) FROM spot_prices WHERE region = 'eu-storm'"),
+            "1 747000");  // an idle pool: 70 % off $2.49
+  EXPECT_EQ(Field("SELECT count(*) FROM pools_to_reprice"), "0");
+  EXPECT_EQ(RepriceMarkedPools(*conn_, fc_), 0);  // nothing marked: nothing done
+}
