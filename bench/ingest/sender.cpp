@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "core/clock.hpp"
-#include "metering/agent/http_client.hpp"
+#include "agent/http_client.hpp"
 #include "protocol/agent.hpp"
 
 using namespace spillway;

@@ -2,7 +2,7 @@
 // is sampled with no instance, and no millisecond of a GPU is claimed twice or left unobserved.
 #include <gtest/gtest.h>
 
-#include "metering/agent/meter.hpp"
+#include "agent/meter.hpp"
 
 using namespace spillway;
 using namespace spillway::agent;

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "metering/agent/sampler.hpp"
+#include "agent/sampler.hpp"
 
 using namespace spillway;
 using namespace spillway::agent;

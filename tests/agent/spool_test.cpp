@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "metering/agent/spool.hpp"
+#include "agent/spool.hpp"
 
 using namespace spillway;
 using namespace spillway::agent;

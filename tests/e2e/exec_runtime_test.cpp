@@ -8,7 +8,7 @@
 #include <fstream>
 #include <thread>
 
-#include "metering/agent/runtime.hpp"
+#include "agent/runtime.hpp"
 #include "tests/support/test_support.hpp"
 
 using namespace spillway::agent;

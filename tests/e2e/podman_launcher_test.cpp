@@ -1,4 +1,4 @@
-// The podman launcher that ships beside the agent (metering/agent/launchers/): what `podman run`
+// The podman launcher that ships beside the agent (agent/launchers/): what `podman run`
 // it makes of a launch spec and how it stops, with a recording podman; and, where podman runs
 // containers on this machine, a real container from an image imported offline.
 #include <gtest/gtest.h>

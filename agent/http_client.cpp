@@ -1,4 +1,4 @@
-#include "metering/agent/http_client.hpp"
+#include "agent/http_client.hpp"
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "core/clock.hpp"
-#include "metering/agent/sampler.hpp"
+#include "agent/sampler.hpp"
 #include "protocol/agent.hpp"
 
 namespace spillway::agent {

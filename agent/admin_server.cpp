@@ -1,4 +1,4 @@
-#include "metering/agent/admin_server.hpp"
+#include "agent/admin_server.hpp"
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>

@@ -13,8 +13,8 @@
 #include "core/duration.hpp"
 #include "core/log.hpp"
 #include "core/config.hpp"
-#include "metering/agent/admin_server.hpp"
-#include "metering/agent/host_agent.hpp"
+#include "agent/admin_server.hpp"
+#include "agent/host_agent.hpp"
 
 using namespace spillway;
 using namespace spillway::agent;

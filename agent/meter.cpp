@@ -1,4 +1,4 @@
-#include "metering/agent/meter.hpp"
+#include "agent/meter.hpp"
 
 #include <algorithm>
 

@@ -1,4 +1,4 @@
-#include "metering/agent/runtime.hpp"
+#include "agent/runtime.hpp"
 
 #include <boost/json.hpp>
 
@@ -16,7 +16,7 @@
 
 #include "core/clock.hpp"
 #include "core/log.hpp"
-#include "metering/agent/files.hpp"
+#include "agent/files.hpp"
 
 extern char** environ;
 

@@ -10,10 +10,10 @@
 
 #include "core/clock.hpp"
 #include "core/json.hpp"
-#include "metering/agent/meter.hpp"
-#include "metering/agent/runtime.hpp"
-#include "metering/agent/sampler.hpp"
-#include "metering/agent/spool.hpp"
+#include "agent/meter.hpp"
+#include "agent/runtime.hpp"
+#include "agent/sampler.hpp"
+#include "agent/spool.hpp"
 #include "protocol/agent.hpp"
 
 namespace spillway::agent {

@@ -1,4 +1,4 @@
-#include "metering/agent/files.hpp"
+#include "agent/files.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-#include "metering/agent/spool.hpp"
+#include "agent/spool.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -14,7 +14,7 @@
 #include <mutex>
 
 #include "core/log.hpp"
-#include "metering/agent/files.hpp"
+#include "agent/files.hpp"
 
 namespace spillway::agent {
 namespace json = boost::json;

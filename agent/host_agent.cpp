@@ -1,4 +1,4 @@
-#include "metering/agent/host_agent.hpp"
+#include "agent/host_agent.hpp"
 
 #include <boost/json.hpp>
 
@@ -7,8 +7,8 @@
 
 #include "core/crypto.hpp"
 #include "core/log.hpp"
-#include "metering/agent/files.hpp"
-#include "metering/agent/http_client.hpp"
+#include "agent/files.hpp"
+#include "agent/http_client.hpp"
 
 namespace spillway::agent {
 namespace {

@@ -1,4 +1,4 @@
-#include "metering/agent/sampler.hpp"
+#include "agent/sampler.hpp"
 
 #include <dlfcn.h>
 
