@@ -36,6 +36,9 @@ namespace {
 // The advisory lock whose holder runs the periodic steps (the same key as before the steps were
 // split out, so mixed versions during a rolling upgrade still elect one leader).
 constexpr std::int64_t kLeaderLock = 7308324466018009602LL;
+// Webhook deliveries run in a loop of their own (their own lock, session and thread): a slow
+// receiver holds up its deliveries only, never the fleet's steps.
+constexpr std::int64_t kWebhookLeaderLock = 7308324466018009603LL;
 
 std::unique_ptr<pqxx::connection> ConnectOnce(const Config& config, const char* role) {
   try {
@@ -196,8 +199,14 @@ int RunServe(const Config& config) {
 
   Billing billing(billing::BillingSettings::From(config), metrics.registry());
   billing.Register(steps, ingest_settings.rollup_interval);
+  LeaderOptions deliverer;
+  deliverer.session = db_options.Session("spillway-webhooks");
+  deliverer.lock_key = kWebhookLeaderLock;
+  deliverer.tick = std::chrono::milliseconds(250);
+  deliverer.leader_metric = "spillway_webhook_leader";
+  PeriodicSteps webhook_steps(deliverer, clock, metrics.registry());
   Webhooks webhooks(webhooks::Settings::From(config), &*secrets, metrics.registry());
-  webhooks.Register(steps);
+  webhooks.Register(webhook_steps);
 
   http::Runtime runtime(server.io_threads);
   runtime.OnDrain([&notifier] { notifier.Stop(); });
@@ -215,8 +224,10 @@ int RunServe(const Config& config) {
   }
   ingest.Start();
   steps.Start();
+  webhook_steps.Start();
   log::Info("spillway-apiserver serving", {{"version", SPILLWAY_VERSION}});
   runtime.Run(server.shutdown_timeout);
+  webhook_steps.Stop();
   steps.Stop();
   ingest.Stop();
   notifier.Stop();

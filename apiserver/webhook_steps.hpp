@@ -1,5 +1,6 @@
 #pragma once
-// The leader's webhook_deliveries step and its metrics (docs/architecture.md, "Webhooks"): each
+// The webhook_deliveries step and its metrics (docs/architecture.md, "Webhooks"), run by the replica
+// that leads the webhook loop (a lock and a thread of its own, beside the controllers'): each
 // second it takes the deliveries that are due (at most 16), posts them at once, each under
 // webhooks.timeout, signed, and records each outcome: delivered on a 2xx; otherwise tried again
 // with backoff, and given up after webhooks.max_attempts. A delivery is marked only after its

@@ -16,8 +16,8 @@ PeriodicSteps::PeriodicSteps(LeaderOptions options, const Clock& clock, promethe
     : options_(std::move(options)), clock_(clock) {
   using namespace prometheus;
   leader_ = &BuildGauge()
-                 .Name("spillway_controller_leader")
-                 .Help("Whether this replica runs the periodic steps (holds their advisory lock): 1 or 0")
+                 .Name(options_.leader_metric)
+                 .Help("Whether this replica runs these periodic steps (holds their advisory lock): 1 or 0")
                  .Register(registry)
                  .Add({});
   seconds_ = &BuildHistogram()

@@ -44,6 +44,9 @@ struct LeaderOptions {
   std::int64_t lock_key = 0;   // the advisory lock whose holder leads
   Millis tick{1000};           // how often the leader looks for due steps
   Millis stall_limit{15000};   // a gap between ticks longer than this restarts listening_since
+  // The gauge that says whether this replica leads this loop (1 or 0): another loop (webhook
+  // deliveries) has a lock and a gauge of its own.
+  std::string leader_metric = "spillway_controller_leader";
 };
 
 class PeriodicSteps {

@@ -326,7 +326,8 @@ TEST_F(WebhooksE2e, EveryEventReachesAReceiverExactlyOnceByIdAcrossAKillDuringDe
   EXPECT_TRUE(WaitFor([&] {
     const auto m = Http(server_->admin_port(), "GET", "/metrics").body;
     return m.find("spillway_webhook_deliveries_total{result=\"failed\"}") != std::string::npos &&
-           m.find("spillway_webhook_backlog 1") != std::string::npos;  // the redirecting one
+           m.find("spillway_webhook_backlog 1") != std::string::npos &&  // the redirecting one
+           m.find("\nspillway_webhook_leader 1\n") != std::string::npos;
   }, 20s)) << Http(server_->admin_port(), "GET", "/metrics").body.substr(0, 200);
   // A member deletes its own webhook; pending deliveries to it are dropped.
   EXPECT_EQ(Call("DELETE", "/v1/webhooks/" + member_hook, members_[0]).status, 200);
