@@ -149,6 +149,10 @@ TEST_F(NewUser, SpotPricesReadNewestFirstAndTheLatestPerPool) {
     return fleet_->PoolInt("eu-north", "A100-80GB", "total_gpus") == 8 &&
            fleet_->PoolInt("us-east", "H100-80GB", "total_gpus") == 8;
   }, 20s));
+  // The leader prices each new pool at its next tick (idle: 70 % off); then a launch moves it.
+  ASSERT_TRUE(WaitFor([&] {
+    return Json(fleet_->Call("GET", "/v1/spot-prices/latest", member_)).at("data").as_array().size() == 2;
+  }, 10s));
   Launch(member_, R"({"instance_type":"h100.8x","region":"us-east","market":"on_demand"})");  // the price moves
   ASSERT_TRUE(WaitFor([&] {
     return Json(fleet_->Call("GET", "/v1/spot-prices?region=us-east", member_)).at("data").as_array().size() >= 3;

@@ -1,0 +1,123 @@
+#pragma once
+// The fleet's statements and the helpers its files share (pools, placement, locking, instance ends,
+// spot pricing, silence, gauges): internal to provisioning/, never included by handlers.
+#include <pqxx/pqxx>
+
+#include <string>
+
+#include "core/db.hpp"
+#include "core/errors.hpp"
+#include "core/sql.hpp"
+#include "provisioning/fleet.hpp"
+#include "provisioning/words.hpp"
+
+namespace spillway::fleet_sql {
+
+#define SPW_POOL_HOST_COLUMNS                                                                          \
+  "id, gpu_count, state, health, coalesce(cuda_version, '') AS cuda_version, "                         \
+  "coalesce(port_range_to - port_range_from + 1, 0) - (SELECT count(*) FROM instance_ports p "        \
+  "WHERE p.host_id = hosts.id AND p.released_at IS NULL) AS free_ports "
+inline const Statement kPoolHostsLocked{"pool_hosts_locked",
+                                 "SELECT " SPW_POOL_HOST_COLUMNS "FROM hosts "
+                                 "WHERE region = $1 AND gpu_model = $2 ORDER BY id FOR UPDATE"};
+inline const Statement kPoolHosts{"pool_hosts",
+                           "SELECT " SPW_POOL_HOST_COLUMNS "FROM hosts "
+                           "WHERE region = $1 AND gpu_model = $2 ORDER BY id"};
+inline const Statement kPoolFreeGpus{"pool_free_gpus", R"sql(
+SELECT g.host_id, g.gpu_index FROM gpus g JOIN hosts h ON h.id = g.host_id
+WHERE h.region = $1 AND h.gpu_model = $2
+  AND NOT EXISTS (SELECT 1 FROM gpu_allocations a WHERE a.host_id = g.host_id AND a.gpu_index = g.gpu_index)
+ORDER BY g.host_id, g.gpu_index)sql"};
+inline const Statement kPoolLiveInstances{"pool_live_instances", R"sql(
+SELECT id, host_id, gpus, market, state, max_price_micros FROM instances
+WHERE region = $1 AND gpu_model = $2 AND instance_is_live(state)
+ORDER BY max_price_micros ASC NULLS LAST, created_at DESC, id DESC)sql"};
+inline const Statement kPoolReserved{"pool_reserved",
+                              "SELECT internal_reserved_gpus FROM pool_reservations WHERE region = $1 AND gpu_model = $2"};
+inline const Statement kBumpHost{"bump_host", "UPDATE hosts SET assignment_version = assignment_version + 1 WHERE id = $1"};
+inline const Statement kAllocate{"allocate_gpu",
+                          "INSERT INTO gpu_allocations (host_id, gpu_index, instance_id) VALUES ($1, $2, $3)"};
+inline const Statement kSetPlaced{"set_instance_placed", R"sql(
+UPDATE instances SET state = $2, host_id = $3, gpu_indices = $4::integer[], last_reported_at = $5::timestamptz,
+       version = version + 1
+WHERE id = $1)sql"};
+inline const Statement kPreempt{"preempt_instance", R"sql(
+UPDATE instances SET state = 'preempting', preempt_at = $2::timestamptz, preempt_reason = $3, version = version + 1
+WHERE id = $1 AND state IN ('provisioning', 'running')
+RETURNING host_id, region, gpu_model)sql"};
+inline const Statement kEndInstance{"end_instance", R"sql(
+UPDATE instances SET state = $2, end_reason = COALESCE(end_reason, $3), ended_at = greatest($4::timestamptz, created_at),
+       version = version + 1
+WHERE id = $1 AND instance_is_live(state)
+RETURNING host_id)sql"};
+inline const Statement kFreeGpus{"free_instance_gpus", "DELETE FROM gpu_allocations WHERE instance_id = $1"};
+inline const Statement kUpsertReservation{"upsert_reservation", R"sql(
+INSERT INTO pool_reservations (region, gpu_model, internal_reserved_gpus) VALUES ($1, $2, $3)
+ON CONFLICT (region, gpu_model) DO UPDATE SET internal_reserved_gpus = EXCLUDED.internal_reserved_gpus,
+                                              updated_at = now())sql"};
+inline const Statement kHeartbeatHost{"heartbeat_host", R"sql(
+UPDATE hosts SET last_heartbeat = $3::timestamptz, health = 'up', down_since = NULL, down_reason = NULL,
+       agent_version = NULLIF($2, '')
+WHERE id = $1 RETURNING assignment_version, health)sql"};
+inline const Statement kHostVersionOf{"host_version_of", "SELECT assignment_version FROM hosts WHERE id = $1"};
+inline const Statement kLockHost{"lock_host", "SELECT 1 FROM hosts WHERE id = $1 FOR NO KEY UPDATE"};
+inline const Statement kInstanceHostOf{"instance_host_of", "SELECT host_id FROM instances WHERE id = $1"};
+inline const Statement kLockInstanceRow{"lock_instance_row",
+                                 "SELECT state, host_id, tenant_id FROM instances WHERE id = $1 FOR UPDATE"};
+inline const Statement kLockHostInstance{"lock_host_instance",
+                                  "SELECT state FROM instances WHERE id = $1 AND host_id = $2 FOR UPDATE"};
+inline const Statement kReported{"instance_reported", R"sql(
+UPDATE instances SET last_reported_at = $3::timestamptz,
+       state = CASE WHEN $2 AND state = 'provisioning' THEN 'running' ELSE state END,
+       started_at = CASE WHEN $2 AND state = 'provisioning' THEN $3::timestamptz ELSE started_at END,
+       version = version + CASE WHEN $2 AND state = 'provisioning' THEN 1 ELSE 0 END
+WHERE id = $1)sql"};
+inline const Statement kAllPools{"all_pools", "SELECT DISTINCT region, gpu_model FROM hosts ORDER BY region, gpu_model"};
+inline const Statement kHostHealth{"host_health", R"sql(
+SELECT id, region, health, state, (extract(epoch FROM last_heartbeat) * 1000)::bigint AS heartbeat_ms,
+       (extract(epoch FROM down_since) * 1000)::bigint AS down_since_ms, down_reason = 'mass_silence' AS braked
+FROM hosts ORDER BY id)sql"};
+inline const Statement kMarkDown{"mark_host_down", R"sql(
+UPDATE hosts SET health = 'down', down_since = $2::timestamptz, down_reason = $3
+WHERE id = $1 AND health = 'up' AND last_heartbeat = to_timestamp($4::bigint / 1000.0) RETURNING id)sql"};
+inline const Statement kOnHost{"instances_on_host", "SELECT id FROM instances WHERE host_id = $1 AND " SPW_ON_HOST("state")};
+inline const Statement kDuePreemptions{"due_preemptions",
+                                "SELECT id FROM instances WHERE state = 'preempting' AND preempt_at <= $1::timestamptz "
+                                "ORDER BY preempt_at"};
+inline const Statement kPendingInstances{"pending_instances",
+                                  "SELECT id, region, gpu_model, gpus, market, host_id FROM instances "
+                                  "WHERE state = 'pending' ORDER BY created_at, id"};
+inline const Statement kPendingOne{"pending_one", R"sql(
+SELECT region, gpu_model, gpus, market, host_id, min_cuda,
+       (SELECT count(*) FROM instance_ports p WHERE p.instance_id = instances.id) AS ports
+FROM instances WHERE id = $1)sql"};
+inline const Statement kLockInstanceState{"lock_instance_state", "SELECT state FROM instances WHERE id = $1 FOR UPDATE"};
+// Instances on a host that is down were dealt with when it went down (failed, or kept by the
+// brake until it answers again); only one that is being terminated is ended there.
+inline const Statement kUnreported{"unreported_instances", R"sql(
+SELECT i.id FROM instances i JOIN hosts h ON h.id = i.host_id
+WHERE )sql" SPW_ON_HOST("i.state") R"sql(
+  AND i.last_reported_at < $1::timestamptz AND (h.health = 'up' OR i.state = 'terminating'))sql"};
+inline const Statement kGaugeInstances{"gauge_instances", "SELECT state, market, count(*) AS n FROM instances GROUP BY state, market"};
+inline const Statement kGaugeHosts{"gauge_hosts", "SELECT health, state, count(*) AS n FROM hosts GROUP BY health, state"};
+inline const Statement kGaugeHeartbeat{"gauge_heartbeat",
+                                "SELECT COALESCE(EXTRACT(epoch FROM $1::timestamptz - min(last_heartbeat)), 0)::bigint AS age_s "
+                                "FROM hosts WHERE health = 'up'"};
+
+inline InstanceState StateOf(const pqxx::field& f) {
+  return ParseInstanceState(f.as<std::string>()).value_or(InstanceState::kFailed);
+}
+
+
+inline ApiError NoCapacity(const std::string& why) { return ApiError(409, "insufficient_capacity", why); }
+
+// Runs fn(tx, state) with the instance's host locked and then the instance (the lock order) in a
+// transaction of its own; nothing when the instance is gone.
+template <class Fn>
+void WithInstanceLocked(pqxx::connection& conn, const std::string& id, Fn&& fn) {
+  InTransaction(conn, [&](pqxx::work& tx) {
+    if (const auto locked = LockInstance(tx, id)) fn(tx, locked->state);
+  });
+}
+
+}  // namespace spillway::fleet_sql
