@@ -115,8 +115,10 @@ class FocusExport {
 // dropped: 3086417500000 -> "3.0864175", -5 × 10^10 -> "-0.05", 0 -> "0".
 std::string FormatPico(Int128 pico);
 
-// The export of `period` read in `tx` (a snapshot): every invoice of the period (one tenant's, or
-// every tenant's for ""), each line cut into the hours it billed, and the credit notes issued in it.
-FocusExport ExportFocus(Tx& tx, const Month& period, const std::string& tenant_id, const BillingSettings& settings);
+// The export of `period` read in `tx` (a snapshot) at `now`: every invoice of the period (one
+// tenant's, or every tenant's for ""), each line cut into the hours it billed, and the credit notes
+// issued in it.
+FocusExport ExportFocus(Tx& tx, const Month& period, const std::string& tenant_id, const BillingSettings& settings,
+                        TimeMs now);
 
 }  // namespace spillway::billing

@@ -90,7 +90,8 @@ std::vector<HourlyRated> HoursBilledBy(const StoredInvoice& s, const MonthUsage&
 
 }  // namespace
 
-FocusExport ExportFocus(Tx& tx, const Month& period, const std::string& tenant_id, const BillingSettings& settings) {
+FocusExport ExportFocus(Tx& tx, const Month& period, const std::string& tenant_id, const BillingSettings& settings,
+                        TimeMs now) {
   FocusExport out(period, settings.issuer.legal_name);
   std::vector<StoredInvoice> invoices;
   InvoiceQuery q;
@@ -123,8 +124,9 @@ FocusExport ExportFocus(Tx& tx, const Month& period, const std::string& tenant_i
     return a == accounts.end() ? FocusAccount{id, id} : a->second;
   };
 
-  // Storage is shown up to where volume metering has measured (as drafts bill it).
-  const TimeMs storage_through = std::min(period.end, std::max(period.begin, VolumeMeteredThrough(tx, period.begin)));
+  // Storage is shown up to where volume metering has measured, or now before its first hour (as
+  // drafts bill it).
+  const TimeMs storage_through = std::min(period.end, std::max(period.begin, VolumeMeteredThrough(tx, now)));
   for (const auto& s : invoices) {
     const Invoice& inv = s.invoice;
     std::map<std::string, MonthUsage> months;  // usage period -> its usage

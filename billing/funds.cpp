@@ -97,7 +97,7 @@ FundsSettings FundsSettings::From(const Config& config) {
 }
 
 std::optional<std::int64_t> Funds::runway_seconds() const {
-  if (burn_micros_per_hour <= 0) return std::nullopt;
+  if (mode != "prepaid" || burn_micros_per_hour <= 0) return std::nullopt;
   const std::int64_t balance = balance_micros();
   if (balance <= 0) return 0;
   return static_cast<std::int64_t>(static_cast<Int128>(balance) * 3600 / burn_micros_per_hour);

@@ -31,7 +31,8 @@ struct Funds {
   std::int64_t consumed_micros = 0;  // rated since prepaid_since (prepaid only)
   std::int64_t balance_micros() const { return credits_micros - consumed_micros; }
   std::int64_t burn_micros_per_hour = 0;  // live instances and volumes, at today's prices
-  // Seconds the balance lasts at the burn rate (0 when it is spent; nullopt when nothing burns).
+  // Seconds a prepaid balance lasts at the burn rate (0 when it is spent; nullopt when nothing burns,
+  // or for a postpaid tenant, which has no balance to run down).
   std::optional<std::int64_t> runway_seconds() const;
   std::optional<std::int64_t> monthly_limit_cents;
   std::int64_t spent_this_month_micros = 0;  // rated in the current UTC month

@@ -383,8 +383,9 @@ Reply FocusCsv(Ctx& ctx, const std::string& tenant_id) {
   const std::string period = PeriodParam(ctx.Query("period"), "period");
   const Month month = *ParseMonth(period);
   const BillingSettings settings = SettingsOf(ctx);
+  const TimeMs now = ctx.clock.Now();
   std::string body =
-      ctx.ReadSnapshot([&](Tx& tx) { return billing::ExportFocus(tx, month, tenant_id, settings).Csv(); });
+      ctx.ReadSnapshot([&](Tx& tx) { return billing::ExportFocus(tx, month, tenant_id, settings, now).Csv(); });
   return Csv(std::move(body), "focus-" + (tenant_id.empty() ? "" : tenant_id + "-") + period + ".csv");
 }
 

@@ -167,6 +167,10 @@ TEST_F(Spend, AMonthlyLimitStopsAtTheLimitWarnsAtEightyPercentAndRaisingItLifts)
   EXPECT_EQ(Str(Json(r), "mode"), "postpaid");
   r = Launch();
   ASSERT_EQ(r.status, 201) << r.body;
+  EXPECT_TRUE(Balance().at("runway_seconds").is_null()) << "a postpaid tenant has no balance to run down";
+  ASSERT_EQ(Call("DELETE", "/v1/instances/" + Str(Json(r), "id"), member_).status, 200);
+  r = Launch();
+  ASSERT_EQ(r.status, 201) << r.body;
   const std::string id = Str(Json(r), "id");
   ASSERT_TRUE(WaitFor([&] { return One("SELECT end_reason FROM instances WHERE id = '" + id + "'") == "spend_limit"; }, 90s))
       << Balance();

@@ -105,7 +105,8 @@ struct Books {
   // The FOCUS export of `month`, checked against FOCUS's rules.
   test::FocusRows Focus(const char* month) {
     pqxx::read_transaction tx(*conn);
-    auto focus = test::ParseFocus(ExportFocus(tx, *ParseMonth(month), "", Settings()).Csv());
+    const Month m = *ParseMonth(month);
+    auto focus = test::ParseFocus(ExportFocus(tx, m, "", Settings(), m.end).Csv());
     const auto violations = test::FocusViolations(focus);
     EXPECT_TRUE(violations.empty()) << violations.front();
     return focus;
