@@ -2,8 +2,6 @@
 // The fleet's rules, in SQL transactions: pool accounting, placement, preemption, instance ends,
 // agent heartbeats and the controllers' periodic steps. Handlers and controllers call these with
 // their own transaction, so each change commits whole or not at all.
-#include <pqxx/pqxx>
-
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -12,6 +10,7 @@
 #include "billing/spot_curve.hpp"
 #include "core/clock.hpp"
 #include "core/config.hpp"
+#include "core/db_fwd.hpp"
 #include "protocol/agent.hpp"
 #include "provisioning/words.hpp"
 
@@ -91,11 +90,11 @@ struct PoolState {
 };
 
 // Every pool that has a host: (region, gpu_model), in order.
-std::vector<std::pair<std::string, std::string>> AllPools(pqxx::transaction_base& tx);
+std::vector<std::pair<std::string, std::string>> AllPools(Tx& tx);
 
 // Reads the pool; with lock=true its hosts are locked FOR UPDATE (in id order), which serialises
 // every change to the pool's allocations.
-PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const std::string& gpu_model, bool lock);
+PoolState LoadPool(Tx& tx, const std::string& region, const std::string& gpu_model, bool lock);
 
 
 struct PlacementPlan {
@@ -118,13 +117,13 @@ bool HostMeets(const HostSlot& host, const PlacementNeeds& needs);
 PlacementPlan PlanPlacement(const PoolState& pool, const PlacementNeeds& needs);
 PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, Market market);
 // Writes the plan for an instance row that already exists.
-void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
+void ApplyPlacement(Tx& tx, const FleetContext& fc, const std::string& instance_id,
                     const PlacementPlan& plan);
 
 // Tells the host's agent to look at its assignments again.
-void BumpHost(pqxx::transaction_base& tx, const std::string& host_id);
+void BumpHost(Tx& tx, const std::string& host_id);
 // Locks one host (FOR NO KEY UPDATE), first in the lock order; false when there is no such host.
-bool LockHost(pqxx::transaction_base& tx, const std::string& host_id);
+bool LockHost(Tx& tx, const std::string& host_id);
 // Locks an instance in the lock order: its host (read first without a lock), then the instance,
 // looking again if it moved to another host meanwhile. nullopt when there is no such instance.
 struct LockedInstance {
@@ -132,23 +131,23 @@ struct LockedInstance {
   std::optional<std::string> host_id;
   InstanceState state = InstanceState::kPending;
 };
-std::optional<LockedInstance> LockInstance(pqxx::transaction_base& tx, const std::string& id);
+std::optional<LockedInstance> LockInstance(Tx& tx, const std::string& id);
 // A live spot instance enters its notice: state preempting, preempt_at = now + spot.preemption_notice.
-void PreemptSpot(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
+void PreemptSpot(Tx& tx, const FleetContext& fc, const std::string& instance_id,
                  const std::string& reason);
 // Ends an instance (terminated or failed) and frees its GPUs. The caller holds its host's lock.
 // An end_reason set earlier (a termination's cause, given when it began) is kept.
-void EndInstance(pqxx::transaction_base& tx, const std::string& instance_id, InstanceState state,
+void EndInstance(Tx& tx, const std::string& instance_id, InstanceState state,
                  const std::string& end_reason, TimeMs now = NowMs());
 
 // PUT /v1/capacity/pools/{region}/{gpu_model}: sets the internal reservation, preempting spot
 // instances as needed; 409 when it exceeds total − on-demand.
-void SetReservation(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& region,
+void SetReservation(Tx& tx, const FleetContext& fc, const std::string& region,
                     const std::string& gpu_model, std::int64_t reserved);
 
 using ReportedInstance = protocol::ReportedInstance;  // starting | running | stopped | failed
 // A heartbeat at `now`: marks the host up and moves its instances by what the agent reports.
-std::int64_t RecordHeartbeat(pqxx::transaction_base& tx, const std::string& host_id, const std::string& agent_version,
+std::int64_t RecordHeartbeat(Tx& tx, const std::string& host_id, const std::string& agent_version,
                              const std::vector<ReportedInstance>& reported, TimeMs now);
 
 // What the silence rule looks at for one host.
@@ -177,25 +176,25 @@ SilenceVerdict JudgeSilence(const std::vector<HostHealth>& hosts, TimeMs now, Ti
 
 // One spot-pricer pass over one pool (or every pool when region is empty): appends a new price when
 // it changed and preempts spot instances whose max price is now below it. Returns prices written.
-int Reprice(pqxx::connection_base& conn, const FleetContext& fc, const std::string& region = "",
+int Reprice(Session& conn, const FleetContext& fc, const std::string& region = "",
             const std::string& gpu_model = "");
 // A pool whose capacity changed, to be priced at the leader's next tick (in the change's transaction;
 // a storm of registrations into one pool marks it once).
-void MarkPoolToReprice(pqxx::transaction_base& tx, const std::string& region, const std::string& gpu_model);
+void MarkPoolToReprice(Tx& tx, const std::string& region, const std::string& gpu_model);
 // The leader's pass over the marked pools, each priced once and its mark taken in the same transaction.
-int RepriceMarkedPools(pqxx::connection_base& conn, const FleetContext& fc);
+int RepriceMarkedPools(Session& conn, const FleetContext& fc);
 
 // The controllers' periodic steps; each returns how many instances or hosts it changed.
 // `heard_since`: see JudgeSilence.
-int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc, TimeMs heard_since);
-int FinishPreemptions(pqxx::connection& conn, const FleetContext& fc);
-int PlacePending(pqxx::connection& conn, const FleetContext& fc);
+int FailSilentHosts(Session& conn, const FleetContext& fc, TimeMs heard_since);
+int FinishPreemptions(Session& conn, const FleetContext& fc);
+int PlacePending(Session& conn, const FleetContext& fc);
 // Instances their (up) host stopped reporting for fleet.instance_report_grace of heard time.
-int FailUnreportedInstances(pqxx::connection& conn, const FleetContext& fc, TimeMs heard_since);
+int FailUnreportedInstances(Session& conn, const FleetContext& fc, TimeMs heard_since);
 // Terminates (end_reason "tenant_suspended") the live instances of tenants suspended for longer
 // than tenants.suspension_grace, audited as the system's act. Returns how many it ended or stopped.
-int EndSuspendedTenantsInstances(pqxx::connection_base& conn, const FleetContext& fc);
-void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc);
+int EndSuspendedTenantsInstances(Session& conn, const FleetContext& fc);
+void RefreshFleetGauges(Session& conn, const FleetContext& fc);
 
 
 }  // namespace spillway

@@ -16,7 +16,7 @@
 namespace spillway {
 using namespace fleet_sql;
 
-void RefreshFleetGauges(pqxx::connection& conn, const FleetContext& fc) {
+void RefreshFleetGauges(Session& conn, const FleetContext& fc) {
   if (!fc.metrics) return;
   pqxx::work tx(conn);
   for (const auto& [region, model] : AllPools(tx)) {

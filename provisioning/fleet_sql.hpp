@@ -114,7 +114,7 @@ inline ApiError NoCapacity(const std::string& why) { return ApiError(409, "insuf
 // Runs fn(tx, state) with the instance's host locked and then the instance (the lock order) in a
 // transaction of its own; nothing when the instance is gone.
 template <class Fn>
-void WithInstanceLocked(pqxx::connection& conn, const std::string& id, Fn&& fn) {
+void WithInstanceLocked(Session& conn, const std::string& id, Fn&& fn) {
   InTransaction(conn, [&](pqxx::work& tx) {
     if (const auto locked = LockInstance(tx, id)) fn(tx, locked->state);
   });

@@ -35,7 +35,7 @@ void EndInstance(pqxx::transaction_base& tx, const std::string& instance_id, Ins
   if (const auto host = TextFrom(r[0]["host_id"])) BumpHost(tx, *host);
 }
 
-int FinishPreemptions(pqxx::connection& conn, const FleetContext& fc) {
+int FinishPreemptions(Session& conn, const FleetContext& fc) {
   const TimeMs now = fc.clock.Now();
   std::vector<std::string> due;
   {

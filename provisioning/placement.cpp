@@ -149,7 +149,7 @@ void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const st
   }
 }
 
-int PlacePending(pqxx::connection& conn, const FleetContext& fc) {
+int PlacePending(Session& conn, const FleetContext& fc) {
   std::vector<std::string> ids;
   {
     pqxx::nontransaction read(conn);

@@ -78,7 +78,7 @@ SilenceVerdict JudgeSilence(const std::vector<HostHealth>& hosts, TimeMs now, Ti
   return v;
 }
 
-int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc, TimeMs heard_since) {
+int FailSilentHosts(Session& conn, const FleetContext& fc, TimeMs heard_since) {
   const TimeMs now = fc.clock.Now();
   std::vector<HostHealth> hosts;
   std::map<std::string, std::int64_t> seen_heartbeat;
@@ -133,7 +133,7 @@ int FailSilentHosts(pqxx::connection& conn, const FleetContext& fc, TimeMs heard
   return failed;
 }
 
-int FailUnreportedInstances(pqxx::connection& conn, const FleetContext& fc, TimeMs heard_since) {
+int FailUnreportedInstances(Session& conn, const FleetContext& fc, TimeMs heard_since) {
   const TimeMs now = fc.clock.Now();
   const Millis grace = fc.settings.instance_report_grace;
   if (now - heard_since <= grace) return 0;  // not listening long enough to judge anyone
