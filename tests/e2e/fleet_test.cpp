@@ -215,7 +215,10 @@ TEST_F(FleetE2E, DrainingHostsTakeNothingNewAndSilentHostsFailTheirInstances) {
   const auto detail = Json(fleet_->Call("GET", "/v1/hosts/" + open, fleet_->operator_key));
   EXPECT_EQ(detail.at("gpus").as_array().size(), 8u);
   EXPECT_EQ(detail.at("gpus_allocated").as_int64(), 4);
-  for (const auto& id : ids) ASSERT_TRUE(fleet_->WaitState(member_, id, "running"));
+  for (const auto& id : ids)
+    ASSERT_TRUE(fleet_->WaitState(member_, id, "running"))  // seen once under ctest -j2: say what it was doing
+        << fleet_->Instance(member_, id) << "\nagent: " << h100_->Stderr().substr(0, 6000)
+        << "\napiserver: " << server_->process().Stderr().substr(0, 6000);
 
   // The agent dies: past fleet.heartbeat_timeout its hosts are down and their instances failed.
   h100_->Stop(SIGKILL);
