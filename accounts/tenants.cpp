@@ -4,6 +4,7 @@
 
 #include "accounts/audit.hpp"
 #include "core/db.hpp"
+#include "core/errors.hpp"
 #include "core/ids.hpp"
 #include "core/pg_async.hpp"
 #include "core/sql.hpp"
@@ -83,6 +84,12 @@ std::optional<TenantStatus> ParseTenantStatus(std::string_view s) {
 }
 
 std::optional<Tenant> FindTenant(Tx& tx, const std::string& id) { return First(tx.exec_prepared(kGetTenant.name, id)); }
+
+Tenant RequireTenant(Tx& tx, const std::string& id) {
+  auto t = IsValidId(id, "ten") ? FindTenant(tx, id) : std::nullopt;
+  if (!t) throw ApiError(404, "not_found", "no such tenant");
+  return std::move(*t);
+}
 
 const Statement& FindTenantStatement() { return kGetTenant; }
 std::optional<Tenant> FoundTenant(const PgResult& rows) {

@@ -30,6 +30,8 @@ struct Tenant {
 
 // The store. Each runs in the caller's transaction.
 std::optional<Tenant> FindTenant(Tx& tx, const std::string& id);
+// The tenant, or ApiError 404 "no such tenant" (a string that is no tenant id is never looked up).
+Tenant RequireTenant(Tx& tx, const std::string& id);
 // The same read without blocking, on an io thread (core/pg_async): the statement to send with the
 // id as its one parameter, and the tenant in its answer.
 const Statement& FindTenantStatement();

@@ -45,6 +45,13 @@ void SetPriced(FocusRow& row, const Priced& p, const char* unit) {
   row[C::ContractedCost] = FormatPico(p.contracted_pico());
 }
 
+// One hour of a line at one price: its quantity in milliseconds of its unit (GPU-ms, GB-ms), the
+// price per unit and the list price.
+struct Piece {
+  TimeMs hour;
+  std::int64_t quantity_ms = 0, price = 0, list_price = 0;
+};
+
 void SetBilled(FocusRow& row, std::int64_t cents) {
   row[C::BilledCost] = FormatAmount(cents);
   row[C::EffectiveCost] = FormatAmount(cents);  // no commitments to amortize: what is billed
@@ -172,16 +179,34 @@ void FocusExport::AddInvoice(const StoredInvoice& s, const FocusAccount& account
   const std::int64_t month_ms = DaysInMonth(inv.period) * kMsPerDay;
   Int128 list_pico = 0, contracted_pico = 0;  // the invoice's, for its tax row
 
-  const auto emit = [&](FocusRow row, std::int64_t cents, const std::optional<Priced>& p, TimeMs from, TimeMs to) {
+  const auto emit = [&](FocusRow row, std::int64_t cents, const Priced& p, TimeMs from, TimeMs to) {
     SetBilled(row, cents);
-    if (p) {
-      SetPriced(row, *p, row[C::ResourceType] == "Volume" ? "GB-Months" : "GPU-Hours");
-      list_pico += p->list_pico();
-      contracted_pico += p->contracted_pico();
-    }
+    SetPriced(row, p, row[C::ResourceType] == "Volume" ? "GB-Months" : "GPU-Hours");
+    list_pico += p.list_pico();
+    contracted_pico += p.contracted_pico();
     row[C::ChargePeriodStart] = FocusTime(from);
     row[C::ChargePeriodEnd] = FocusTime(to);
     rows_.push_back(std::move(row));
+  };
+  // A line over its hours: its amount shared by their exact values (quantity × price), each hour
+  // priced per unit of `unit_ms`; with no hours left to show (rows since dropped), one row over
+  // `whole` at the line's own quantity and price.
+  const auto spread = [&](const FocusRow& row, const InvoiceLine& l, const std::vector<Piece>& pieces,
+                          std::int64_t unit_ms, const Month& whole) {
+    if (pieces.empty()) {
+      const std::int64_t price = l.unit_price_micros.value_or(0);
+      emit(row, l.amount_cents, Priced{MicroUnits(l.quantity), price, price}, whole.begin, whole.end);
+      return;
+    }
+    std::vector<Int128> weights;
+    for (const auto& pc : pieces) weights.push_back(static_cast<Int128>(pc.quantity_ms) * pc.price);
+    const auto cents = Apportion(l.amount_cents, weights);
+    for (std::size_t i = 0; i < pieces.size(); ++i) {
+      const auto& pc = pieces[i];
+      const Priced p{static_cast<std::int64_t>(DivideHalfEven(static_cast<Int128>(pc.quantity_ms) * kMicro, unit_ms)),
+                     pc.list_price, pc.price};
+      emit(row, cents[i], p, pc.hour, pc.hour + std::chrono::hours(1));
+    }
   };
 
   for (const InvoiceLine& l : inv.lines) {
@@ -210,24 +235,12 @@ void FocusExport::AddInvoice(const StoredInvoice& s, const FocusAccount& account
         row[C::SkuPriceId] = market == "spot" ? "gpu-hour:" + k.gpu_model + ":spot:" + k.region
                                               : "gpu-hour:" + k.gpu_model + ":on-demand";
       }
-      const auto found = hours.find({usage_period, instance, market});
-      if (found == hours.end() || found->second.empty()) {
-        const Month q = *ParseMonth(usage_period);
-        emit(row, l.amount_cents,
-             Priced{MicroUnits(l.quantity), l.unit_price_micros.value_or(0), l.unit_price_micros.value_or(0)}, q.begin,
-             q.end);
-        continue;
-      }
-      const auto& hs = found->second;
-      std::vector<Int128> weights;
-      for (const auto& h : hs) weights.push_back(static_cast<Int128>(h.gpu_ms) * h.price_micros);
-      const auto cents = Apportion(l.amount_cents, weights);
-      for (std::size_t i = 0; i < hs.size(); ++i) {
-        const auto& h = hs[i];
-        const Priced p{static_cast<std::int64_t>(DivideHalfEven(static_cast<Int128>(h.gpu_ms) * kMicro, kMsPerHour)),
-                       h.list_price_micros.value_or(h.price_micros), h.price_micros};
-        emit(row, cents[i], p, h.hour, h.hour + std::chrono::hours(1));
-      }
+      std::vector<Piece> pieces;
+      if (const auto found = hours.find({usage_period, instance, market}); found != hours.end())
+        for (const auto& h : found->second)
+          pieces.push_back({h.hour, h.gpu_ms, h.price_micros, h.list_price_micros.value_or(h.price_micros)});
+      const Month q = *ParseMonth(usage_period);
+      spread(row, l, pieces, kMsPerHour, q);
     } else if (l.kind == "storage") {
       const std::string volume = l.volume_id.value_or("");
       row[C::ChargeCategory] = "Usage";
@@ -239,10 +252,6 @@ void FocusExport::AddInvoice(const StoredInvoice& s, const FocusAccount& account
       row[C::PricingCategory] = "Standard";
       row[C::SkuId] = "storage-gb-month";
       row[C::SkuPriceId] = "storage-gb-month:standard";
-      struct Piece {
-        TimeMs hour;
-        std::int64_t gb_ms, price;
-      };
       std::vector<Piece> pieces;
       for (const auto& v : volumes) {
         if (v.volume_id != volume) continue;
@@ -251,27 +260,13 @@ void FocusExport::AddInvoice(const StoredInvoice& s, const FocusAccount& account
         row[C::RegionName] = v.region;
         for (TimeMs h = FromEpochMs(EpochMs(v.from) / kMsPerHour * kMsPerHour); h < v.to; h += std::chrono::hours(1)) {
           const TimeMs a = std::max(h, v.from), b = std::min(h + std::chrono::hours(1), v.to);
-          if (b > a) pieces.push_back({h, v.size_gb * (b - a).count(), v.price_micros});
+          if (b > a) pieces.push_back({h, v.size_gb * (b - a).count(), v.price_micros, v.price_micros});
         }
       }
       std::sort(pieces.begin(), pieces.end(), [](const Piece& x, const Piece& y) {
         return std::tie(x.hour, x.price) < std::tie(y.hour, y.price);
       });
-      if (pieces.empty()) {
-        emit(row, l.amount_cents,
-             Priced{MicroUnits(l.quantity), l.unit_price_micros.value_or(0), l.unit_price_micros.value_or(0)},
-             month.begin, month.end);
-        continue;
-      }
-      std::vector<Int128> weights;
-      for (const auto& p : pieces) weights.push_back(static_cast<Int128>(p.gb_ms) * p.price);
-      const auto cents = Apportion(l.amount_cents, weights);
-      for (std::size_t i = 0; i < pieces.size(); ++i) {
-        const auto& pc = pieces[i];
-        const Priced p{static_cast<std::int64_t>(DivideHalfEven(static_cast<Int128>(pc.gb_ms) * kMicro, month_ms)),
-                       pc.price, pc.price};
-        emit(row, cents[i], p, pc.hour, pc.hour + std::chrono::hours(1));
-      }
+      spread(row, l, pieces, month_ms, month);
     } else if (l.kind == "tax") {
       row[C::ChargeCategory] = "Tax";
       row[C::ChargeFrequency] = "Usage-Based";

@@ -43,10 +43,6 @@ boost::json::object CreditJson(const billing::Credit& c) {
 
 billing::FundsSettings Settings(const Ctx& ctx) { return billing::FundsSettings::From(ctx.config); }
 
-void RequireTenant(Tx& tx, const std::string& id) {
-  if (!IsValidId(id, "ten") || !FindTenant(tx, id)) throw ApiError(404, "not_found", "no such tenant");
-}
-
 }  // namespace
 
 Reply GetBalance(Ctx& ctx) {

@@ -282,7 +282,7 @@ Reply CreateCreditNote(Ctx& ctx) {
 Reply GetBillingProfile(Ctx& ctx) {
   const std::string tenant = ctx.Param("id");
   return ctx.Read([&](Tx& tx) {
-    if (!FindTenant(tx, tenant)) throw ApiError(404, "not_found", "no such tenant");
+    RequireTenant(tx, tenant);
     return Reply{200, ProfileJson(billing::ProfileOf(tx, tenant))};
   });
 }
@@ -300,7 +300,7 @@ Reply SetBillingProfile(Ctx& ctx) {
     throw InvalidInput("email: an email address");
   p.tax_rate_bp = static_cast<int>(OptInt(body, "tax_rate_bp", 0, 10'000).value_or(0));
   return ctx.Write([&](Tx& tx) {
-    if (!FindTenant(tx, p.tenant_id)) throw ApiError(404, "not_found", "no such tenant");
+    RequireTenant(tx, p.tenant_id);
     billing::SetProfile(tx, p, ctx.clock.Now());
     RecordAudit(tx, ctx.AuditOf(p.tenant_id, "billing.profile_set",
                                 p.tenant_id + " tax_rate_bp=" + std::to_string(p.tax_rate_bp)));

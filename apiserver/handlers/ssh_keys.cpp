@@ -25,10 +25,6 @@ boost::json::object SshKeyJson(const SshKey& k) {
           {"created_at", FormatTime(k.created_at)}};
 }
 
-void RequireTenantExists(Tx& tx, const std::string& tenant_id) {
-  if (!IsValidId(tenant_id, "ten") || !FindTenant(tx, tenant_id)) throw ApiError(404, "not_found", "no such tenant");
-}
-
 }  // namespace
 
 Reply CreateSshKey(Ctx& ctx) {
@@ -54,7 +50,7 @@ Reply CreateSshKey(Ctx& ctx) {
     key = std::move(*parsed);
   }
   return ctx.Write([&](Tx& tx) {
-    RequireTenantExists(tx, tenant);
+    RequireTenant(tx, tenant);
     const SshKey added = AddSshKey(tx, tenant, name, key, ctx.clock.Now());
     RecordAudit(tx, ctx.AuditOf(tenant, "ssh_key.create", added.id));
     auto json = SshKeyJson(added);
@@ -70,7 +66,7 @@ Reply ListSshKeys(Ctx& ctx) {
   if (!cursor.empty() && !IsValidId(cursor, "ssh"))
     throw ApiError(400, "invalid_parameter", "cursor is not one this API returned");
   const auto keys = ctx.Read([&](Tx& tx) {
-    RequireTenantExists(tx, tenant);
+    RequireTenant(tx, tenant);
     return spillway::ListSshKeys(tx, tenant, cursor, limit + 1);
   });
   return {200, Page(keys, limit, SshKeyJson)};

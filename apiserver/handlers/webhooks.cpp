@@ -67,7 +67,7 @@ Reply CreateWebhook(Ctx& ctx) {
   webhooks::Endpoint e{NewId("whk"), tenant, url, events, description, "key:" + ctx.principal.key_id, ctx.clock.Now()};
   const std::string sealed = ctx.secrets->Seal(secret, kWebhookSecretContext);
   return ctx.Write([&](Tx& tx) {
-    if (tenant && (!IsValidId(*tenant, "ten") || !FindTenant(tx, *tenant))) throw ApiError(404, "not_found", "no such tenant");
+    if (tenant) RequireTenant(tx, *tenant);
     if (tenant && webhooks::ListEndpoints(tx, tenant).size() >= kEndpointsPerTenant)
       throw ApiError(409, "too_many_webhooks", "a tenant has at most " + std::to_string(kEndpointsPerTenant) + " webhooks");
     webhooks::CreateEndpoint(tx, e, sealed);

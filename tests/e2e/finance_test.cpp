@@ -107,16 +107,8 @@ class Finance : public ::testing::Test {
     Exec("INSERT INTO usage_dirty_hours (hour, marked_at) VALUES ('" + day15 + "T11:00:00Z', now()), ('" + day15 +
          "T12:00:00Z', now()) ON CONFLICT DO NOTHING");
   }
-  void Exec(const std::string& sql) {
-    pqxx::work tx(*conn_);
-    tx.exec(sql);
-    tx.commit();
-  }
-  std::string One(const std::string& sql) {
-    pqxx::nontransaction tx(*conn_);
-    const auto r = tx.exec(sql);
-    return r.empty() || r[0][0].is_null() ? "" : r[0][0].as<std::string>();
-  }
+  void Exec(const std::string& sql) { ExecSql(*conn_, sql); }
+  std::string One(const std::string& sql) { return SqlValue(*conn_, sql); }
   HttpResponse Call(const std::string& method, const std::string& path, const std::string& key,
                     const std::string& body = "", std::map<std::string, std::string> headers = {}) {
     return fleet_->Call(method, path, key, body, std::move(headers));
@@ -298,7 +290,7 @@ TEST_F(Finance, TheFinanceStory) {
   EXPECT_EQ(Call("GET", "/v1/invoices/" + id + "?format=pdf", finance_).body, pdf.body);
   const std::string pdf_text = PdfText(pdf.body, "invoice-SPW-000001");
   const auto with_credits = Json(Call("GET", "/v1/invoices/" + id, member_));
-  for (const std::string want : {std::string("SPW-000001"), std::string("Spare GPU Co"), std::string("Acme Research Ltd"),
+  for (const std::string& want : {std::string("SPW-000001"), std::string("Spare GPU Co"), std::string("Acme Research Ltd"),
                                  std::string("EU-123"), std::string("GB999"), last_period,
                                  "Usage complete through " + last_period + "-15T13:05:00Z", Str(with_credits, "sha256")})
     EXPECT_NE(pdf_text.find(want), std::string::npos) << want << " not in:\n" << pdf_text;

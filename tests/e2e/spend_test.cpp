@@ -57,16 +57,8 @@ class Spend : public ::testing::Test {
     agent_ = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2);
     ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2; }, 20s));
   }
-  void Exec(const std::string& sql) {
-    pqxx::work tx(*conn_);
-    tx.exec(sql);
-    tx.commit();
-  }
-  std::string One(const std::string& sql) {
-    pqxx::nontransaction tx(*conn_);
-    const auto r = tx.exec(sql);
-    return r.empty() || r[0][0].is_null() ? "" : r[0][0].as<std::string>();
-  }
+  void Exec(const std::string& sql) { ExecSql(*conn_, sql); }
+  std::string One(const std::string& sql) { return SqlValue(*conn_, sql); }
   HttpResponse Call(const std::string& method, const std::string& path, const std::string& key,
                     const std::string& body = "") {
     return fleet_->Call(method, path, key, body);

@@ -200,16 +200,8 @@ class WebhooksE2e : public ::testing::Test {
       Exec("INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ('" + t + "', '" + period_ + "', now())");
     }
   }
-  void Exec(const std::string& sql) {
-    pqxx::work tx(*conn_);
-    tx.exec(sql);
-    tx.commit();
-  }
-  std::string One(const std::string& sql) {
-    pqxx::nontransaction tx(*conn_);
-    const auto r = tx.exec(sql);
-    return r.empty() || r[0][0].is_null() ? "" : r[0][0].as<std::string>();
-  }
+  void Exec(const std::string& sql) { ExecSql(*conn_, sql); }
+  std::string One(const std::string& sql) { return SqlValue(*conn_, sql); }
   HttpResponse Call(const std::string& method, const std::string& path, const std::string& key,
                     const std::string& body = "") {
     return fleet_->Call(method, path, key, body);
@@ -227,7 +219,7 @@ TEST_F(WebhooksE2e, EveryEventReachesAReceiverExactlyOnceByIdAcrossAKillDuringDe
   const std::string base = "http://127.0.0.1:" + std::to_string(receiver.port());
 
   // Targets: https, or http to a host the config allows; known event types only.
-  for (const std::string bad : {std::string(R"({"url":"http://hooks.example/x","events":["invoice.finalized"]})"),
+  for (const std::string& bad : {std::string(R"({"url":"http://hooks.example/x","events":["invoice.finalized"]})"),
                                 std::string(R"({"url":"ftp://127.0.0.1/x","events":["invoice.finalized"]})"),
                                 R"({"url":")" + base + R"(/hook","events":["invoice.paid"]})",
                                 R"({"url":")" + base + R"(/hook","events":[]})"}) {

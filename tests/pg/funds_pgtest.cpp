@@ -34,16 +34,8 @@ struct Books {
          "('H100-80GB', 'on_demand', 2000000, '2026-01-01T00:00:00Z')");
     Exec("INSERT INTO storage_prices (effective_from, price_micros_per_gb_month) VALUES ('2026-01-01T00:00:00Z', 100000)");
   }
-  void Exec(const std::string& sql) {
-    pqxx::work tx(*conn);
-    tx.exec(sql);
-    tx.commit();
-  }
-  std::string Text(const std::string& sql) {
-    pqxx::nontransaction tx(*conn);
-    const auto r = tx.exec(sql);
-    return r.empty() || r[0][0].is_null() ? "" : r[0][0].as<std::string>();
-  }
+  void Exec(const std::string& sql) { test::ExecSql(*conn, sql); }
+  std::string Text(const std::string& sql) { return test::SqlValue(*conn, sql); }
   void Rated(const char* hour, std::int64_t gpu_ms) {
     Exec("INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour, gpu_ms) VALUES ('" +
          std::string(hour) + "', 'ins_f', 'ten_f', 'on_demand', 2000000, " + std::to_string(gpu_ms) + ")");

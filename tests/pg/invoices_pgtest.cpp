@@ -44,16 +44,8 @@ std::int64_t Scalar(pqxx::connection& c, const std::string& sql) {
   pqxx::nontransaction tx(c);
   return tx.exec(sql)[0][0].as<std::int64_t>();
 }
-std::string Text(pqxx::connection& c, const std::string& sql) {
-  pqxx::nontransaction tx(c);
-  const auto r = tx.exec(sql);
-  return r.empty() || r[0][0].is_null() ? "" : r[0][0].as<std::string>();
-}
-void Exec(pqxx::connection& c, const std::string& sql) {
-  pqxx::work tx(c);
-  tx.exec(sql);
-  tx.commit();
-}
+std::string Text(pqxx::connection& c, const std::string& sql) { return test::SqlValue(c, sql); }
+void Exec(pqxx::connection& c, const std::string& sql) { test::ExecSql(c, sql); }
 
 // A tenant with instances on one host whose watermark is folded through `through`, and rated usage
 // written as the metering fold writes it (usage_rated_hourly, marked for billing).

@@ -315,6 +315,18 @@ std::string Process::Stderr() const {
   return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
 }
 
+void ExecSql(pqxx::connection& conn, const std::string& sql) {
+  pqxx::work tx(conn);
+  tx.exec(sql);
+  tx.commit();
+}
+
+std::string SqlValue(pqxx::connection& conn, const std::string& sql) {
+  pqxx::nontransaction tx(conn);
+  const auto r = tx.exec(sql);
+  return r.empty() || r[0][0].is_null() ? "" : r[0][0].as<std::string>();
+}
+
 int RunCommand(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
                std::string* out) {
   Process p(argv, env);

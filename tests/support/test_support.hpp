@@ -70,6 +70,11 @@ HttpResponse Http(int port, const std::string& method, const std::string& target
 
 int FreePort();
 
+// Runs `sql` on `conn` in a transaction of its own and commits it.
+void ExecSql(pqxx::connection& conn, const std::string& sql);
+// The first column of the first row `sql` answers on `conn`; "" when there is no row or it is NULL.
+std::string SqlValue(pqxx::connection& conn, const std::string& sql);
+
 // A child process with extra environment variables; stderr goes to a file (shown on failure).
 class Process {
  public:
