@@ -6,8 +6,6 @@
 #include <prometheus/histogram.h>
 
 #include <algorithm>
-#include <charconv>
-#include <climits>
 #include <future>
 #include <numeric>
 
@@ -22,50 +20,6 @@ constexpr std::int64_t kDayMs = 24LL * 3600 * 1000;
 
 IngestResult Rejected(std::optional<std::size_t> index, std::string message) {
   return {IngestResult::Kind::kRejected, 0, index, std::move(message)};
-}
-
-void AppendInt(std::string& out, std::int64_t v) {
-  char buf[24];
-  const auto r = std::to_chars(buf, buf + sizeof buf, v);
-  out.append(buf, r.ptr);
-}
-
-// A time as COPY text ("2026-11-26T17:45:01.123Z"); the date and time up to the second are kept
-// from the previous call, since a group's samples share few seconds.
-class TimeText {
- public:
-  void Append(std::string& out, TimeMs t) {
-    const std::int64_t ms = EpochMs(t);
-    const std::int64_t second = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
-    if (second != second_) {
-      second_ = second;
-      prefix_ = FormatTime(FromEpochMs(second * 1000));
-      prefix_.resize(prefix_.size() - 4);  // keep "...:SS."
-    }
-    out += prefix_;
-    const int milli = static_cast<int>(ms - second * 1000);
-    out += static_cast<char>('0' + milli / 100);
-    out += static_cast<char>('0' + milli / 10 % 10);
-    out += static_cast<char>('0' + milli % 10);
-    out += 'Z';
-  }
-
- private:
-  std::int64_t second_ = INT64_MIN;
-  std::string prefix_;
-};
-
-// COPY text format: backslash, tab, newline and carriage return escaped.
-void AppendCopyText(std::string& out, const std::string& s) {
-  for (char c : s) {
-    switch (c) {
-      case '\\': out += "\\\\"; break;
-      case '\t': out += "\\t"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      default: out += c;
-    }
-  }
 }
 
 }  // namespace
@@ -364,13 +318,12 @@ bool Ingestor::TryCommit(Committer& c, std::vector<Pending>& group) {
   std::map<GpuKey, std::vector<std::pair<std::int64_t, std::int64_t>>> stored_here;
   const Millis longest = 3 * settings_.rules.sample_interval;
 
-  std::string copy;
+  SampleRows rows;
   {
     std::size_t n = 0;
     for (const auto& p : group) n += p.batch.samples.size();
-    copy.reserve(n * 110);
+    rows.Reserve(n);
   }
-  TimeText time_text;
   std::vector<LedgerRow> ledger;
   std::set<std::int64_t> days, hours;
   std::int64_t samples = 0, unowned_ms = 0;
@@ -417,20 +370,8 @@ bool Ingestor::TryCommit(Committer& c, std::vector<Pending>& group) {
         days.insert(EpochMs(piece.ts) / kDayMs);
         hours.insert(HourOfEnd(piece.ts));
         if (s.instance_id && !piece.attributed) unowned_ms += piece.interval_ms;
-        time_text.Append(copy, piece.ts);
-        copy += '\t';
-        AppendCopyText(copy, p.host_id);
-        copy += '\t';
-        AppendInt(copy, s.gpu_index);
-        copy += '\t';
-        if (piece.attributed) AppendCopyText(copy, *s.instance_id);
-        else copy += "\\N";
-        for (std::int64_t v : {piece.interval_ms, static_cast<std::int64_t>(s.util_pct), s.mem_used_bytes, s.power_mw,
-                               piece.energy_mj}) {
-          copy += '\t';
-          AppendInt(copy, v);
-        }
-        copy += '\n';
+        rows.Add(piece.ts, p.host_id, s.gpu_index, piece.attributed ? s.instance_id : std::nullopt, piece.interval_ms,
+                 s.util_pct, s.mem_used_bytes, s.power_mw, piece.energy_mj);
       }
     }
     std::optional<std::int64_t> skew;
@@ -449,8 +390,7 @@ bool Ingestor::TryCommit(Committer& c, std::vector<Pending>& group) {
     if (!c.partitions.count(day)) EnsureDayPartition(tx, FromEpochMs(day * kDayMs));
   // Before the COPY: a fold of one of these hours running now finishes first, or sees the mark.
   MarkDirtyHours(tx, std::vector<std::int64_t>(hours.begin(), hours.end()), now);
-  if (!copy.empty()) copy.pop_back();  // the writer ends the last line
-  CopySamples(tx, copy);
+  CopySamples(tx, rows);
   AdvanceGpuMarks(tx, marks);
   RecordBatches(tx, ledger, now);
   tx.commit();

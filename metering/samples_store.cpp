@@ -1,5 +1,7 @@
 #include "metering/samples_store.hpp"
 
+#include <charconv>
+
 #include "core/db.hpp"
 #include "core/sql.hpp"
 
@@ -48,11 +50,14 @@ const Statement kInsertLedger{"metering_insert_ledger", R"sql(
 INSERT INTO ingest_batches (host_id, batch_seq, samples, sampled_through, received_at)
 SELECT host_id, batch_seq, samples, to_timestamp(through_ms / 1000.0), to_timestamp($5::bigint / 1000.0)
 FROM unnest($1::text[], $2::bigint[], $3::integer[], $4::bigint[]) AS q (host_id, batch_seq, samples, through_ms))sql"};
-// One row per host (the caller folds a host's batches first): the watermark only moves forward.
+// One row per host (the caller folds a host's batches first): the watermark only moves forward. In
+// host order, so two groups committing at once (metering.ingest_committers) lock the rows, and
+// insert a storm's new hosts, in one order instead of deadlocking.
 const Statement kUpsertWatermarks{"metering_upsert_watermarks", R"sql(
 INSERT INTO host_watermarks AS w (host_id, sampled_through, last_batch_seq, last_batch_at, clock_skew_ms)
 SELECT host_id, to_timestamp(through_ms / 1000.0), batch_seq, to_timestamp($5::bigint / 1000.0), skew_ms
 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS q (host_id, through_ms, batch_seq, skew_ms)
+ORDER BY host_id
 ON CONFLICT (host_id) DO UPDATE SET
   sampled_through = greatest(w.sampled_through, EXCLUDED.sampled_through),
   last_batch_seq = greatest(w.last_batch_seq, EXCLUDED.last_batch_seq),
@@ -154,8 +159,59 @@ std::set<std::size_t> OverlapsStored(Tx& tx, const std::string& host_id, const s
 
 void EnsureDayPartition(Tx& tx, TimeMs day) { tx.exec_prepared(kEnsurePartition.name, EpochMs(day)); }
 
-void CopySamples(Tx& tx, const std::string& copy_text) {
-  if (copy_text.empty()) return;
+namespace {
+void AppendInt(std::string& out, std::int64_t v) {
+  char buf[24];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
+// COPY text format: backslash, tab, newline and carriage return escaped.
+void AppendCopyText(std::string& out, const std::string& s) {
+  for (char c : s) {
+    switch (c) {
+      case '\\': out += "\\\\"; break;
+      case '\t': out += "\\t"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      default: out += c;
+    }
+  }
+}
+}  // namespace
+
+void SampleRows::Add(TimeMs ts, const std::string& host_id, int gpu_index, const std::optional<std::string>& instance_id,
+                     std::int64_t interval_ms, int util_pct, std::int64_t mem_used_bytes, std::int64_t power_mw,
+                     std::int64_t energy_mj) {
+  // ts as "2026-11-26T17:45:01.123Z"
+  const std::int64_t ms = EpochMs(ts);
+  const std::int64_t second = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
+  if (second != second_) {
+    second_ = second;
+    second_text_ = FormatTime(FromEpochMs(second * 1000));
+    second_text_.resize(second_text_.size() - 4);  // keep "...:SS."
+  }
+  text_ += second_text_;
+  const int milli = static_cast<int>(ms - second * 1000);
+  text_ += static_cast<char>('0' + milli / 100);
+  text_ += static_cast<char>('0' + milli / 10 % 10);
+  text_ += static_cast<char>('0' + milli % 10);
+  text_ += "Z\t";
+  AppendCopyText(text_, host_id);
+  text_ += '\t';
+  AppendInt(text_, gpu_index);
+  text_ += '\t';
+  if (instance_id) AppendCopyText(text_, *instance_id);
+  else text_ += "\\N";
+  for (std::int64_t v : {interval_ms, static_cast<std::int64_t>(util_pct), mem_used_bytes, power_mw, energy_mj}) {
+    text_ += '\t';
+    AppendInt(text_, v);
+  }
+  text_ += '\n';
+}
+
+void CopySamples(Tx& tx, SampleRows& rows) {
+  if (rows.text_.empty()) return;
+  rows.text_.pop_back();  // the writer ends the last line
   // One COPY for the whole group. tablewriter is libpqxx 6's way to hand COPY pre-formatted text
   // (stream_to would format every field again); write_raw_line sends it in one PQputCopyData.
 #pragma GCC diagnostic push
@@ -163,9 +219,10 @@ void CopySamples(Tx& tx, const std::string& copy_text) {
   static const std::vector<std::string> kColumns = {"ts",       "host_id",        "gpu_index", "instance_id", "interval_ms",
                                                     "util_pct", "mem_used_bytes", "power_mw",  "energy_mj"};
   pqxx::tablewriter writer(tx, "usage_samples", kColumns.begin(), kColumns.end());
-  writer.write_raw_line(copy_text);
+  writer.write_raw_line(rows.text_);
   writer.complete();
 #pragma GCC diagnostic pop
+  rows.text_.clear();
 }
 
 void RecordBatches(Tx& tx, const std::vector<LedgerRow>& unordered, TimeMs now) {

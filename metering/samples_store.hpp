@@ -61,11 +61,25 @@ std::set<std::size_t> OverlapsStored(Tx& tx, const std::string& host_id, const s
 
 // Creates the daily partition holding `day` when missing.
 void EnsureDayPartition(Tx& tx, TimeMs day);
-// COPY of rows already in COPY text format (one line per sample, tab-separated, \N for null,
-// columns as kSampleCopyColumns), without the final newline.
-void CopySamples(Tx& tx, const std::string& copy_text);
-inline constexpr const char* kSampleCopyColumns =
-    "ts, host_id, gpu_index, instance_id, interval_ms, util_pct, mem_used_bytes, power_mw, energy_mj";
+// usage_samples rows as they are stored (the table's one writer): appended one at a time, in COPY
+// text format (tab-separated, \N for null, escaped), and sent with one COPY by CopySamples.
+class SampleRows {
+ public:
+  void Reserve(std::size_t rows) { text_.reserve(rows * 110); }
+  // `instance_id` null: no tenant instance owned the time (never billed).
+  void Add(TimeMs ts, const std::string& host_id, int gpu_index, const std::optional<std::string>& instance_id,
+           std::int64_t interval_ms, int util_pct, std::int64_t mem_used_bytes, std::int64_t power_mw,
+           std::int64_t energy_mj);
+  bool empty() const { return text_.empty(); }
+
+ private:
+  friend void CopySamples(Tx& tx, SampleRows& rows);
+  std::string text_;
+  // "2026-11-26T17:45:01." of the last row's second: a group's samples share few seconds.
+  std::int64_t second_ = INT64_MIN;
+  std::string second_text_;
+};
+void CopySamples(Tx& tx, SampleRows& rows);
 
 struct LedgerRow {
   std::string host_id;
