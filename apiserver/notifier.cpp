@@ -43,7 +43,8 @@ void AssignmentNotifier::Wait(const std::string& host_id, Millis timeout, std::f
   {
     std::lock_guard lk(mu_);
     if (!stopping_) {
-      waiters_.emplace(host_id, Waiter{std::chrono::steady_clock::now() + timeout, std::move(wake)});
+      const auto deadline = deadlines_.emplace(std::chrono::steady_clock::now() + timeout, host_id);
+      waiters_.emplace(host_id, Waiter{deadline, std::move(wake)});
       return;
     }
   }
@@ -54,15 +55,31 @@ void AssignmentNotifier::Fire(const std::vector<std::string>& hosts, bool all) {
   std::vector<std::function<void()>> due;
   {
     std::lock_guard lk(mu_);
-    const auto now = std::chrono::steady_clock::now();
-    for (auto it = waiters_.begin(); it != waiters_.end();) {
-      const bool hit = all || it->second.deadline <= now ||
-                       std::find(hosts.begin(), hosts.end(), it->first) != hosts.end();
-      if (hit) {
-        due.push_back(std::move(it->second.wake));
-        it = waiters_.erase(it);
-      } else {
-        ++it;
+    if (all) {
+      for (auto& [host, w] : waiters_) due.push_back(std::move(w.wake));
+      waiters_.clear();
+      deadlines_.clear();
+    } else {
+      for (const auto& host : hosts) {
+        auto [from, to] = waiters_.equal_range(host);
+        for (auto it = from; it != to; ++it) {
+          due.push_back(std::move(it->second.wake));
+          deadlines_.erase(it->second.deadline);
+        }
+        waiters_.erase(from, to);
+      }
+      // Then those whose wait is over: the earliest deadlines first, each found among its host's.
+      const auto now = std::chrono::steady_clock::now();
+      while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+        const auto d = deadlines_.begin();
+        auto [from, to] = waiters_.equal_range(d->second);
+        for (auto it = from; it != to; ++it)
+          if (it->second.deadline == d) {
+            due.push_back(std::move(it->second.wake));
+            waiters_.erase(it);
+            break;
+          }
+        deadlines_.erase(d);
       }
     }
   }

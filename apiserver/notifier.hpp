@@ -34,8 +34,11 @@ class AssignmentNotifier {
   void Observe(Observer observer) { observer_ = std::move(observer); }
 
  private:
+  // Waiters by host (a change wakes its host's) and by deadline (the loop's tick wakes those due):
+  // each tick and change costs what it wakes, not a walk over every waiting agent.
+  using Deadlines = std::multimap<std::chrono::steady_clock::time_point, std::string>;
   struct Waiter {
-    std::chrono::steady_clock::time_point deadline;
+    Deadlines::iterator deadline;
     std::function<void()> wake;
   };
   void Loop();
@@ -47,6 +50,7 @@ class AssignmentNotifier {
   KeyCache* key_cache_;
   std::mutex mu_;
   std::multimap<std::string, Waiter> waiters_;
+  Deadlines deadlines_;
   bool stopping_ = false;
   std::thread thread_;
 };
