@@ -1,5 +1,7 @@
 #include "apiserver/http/server.hpp"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -324,7 +326,10 @@ struct Runtime::Impl {
       st.arrived_ms =
           std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
               .count();
-      bhttp::request_parser<bhttp::string_body> parser;
+      // In an optional so that a request parked for long (an agent's long poll) gives back its
+      // header and body storage while it waits (see below).
+      std::optional<bhttp::request_parser<bhttp::string_body>> parser_storage;
+      auto& parser = parser_storage.emplace();
       parser.header_limit(16 * 1024);
       parser.body_limit(l.options.max_body_bytes);
       Request meta;  // for requests that fail before they are whole
@@ -440,12 +445,21 @@ struct Runtime::Impl {
       copy.method = req.method;
       copy.path = req.path;
       copy.request_id = req.request_id;
+      const bool wants_keep_alive = parser.get().keep_alive();
       auto slot = std::make_shared<ResponseSlot>();
       l.dispatcher->Dispatch(std::move(req), ResponseSlot::ResponderFor(slot));
       Response res;
-      if (auto given = slot->TakeEarly()) res = std::move(*given);
-      else res = co_await slot->Await();
-      const bool keep_alive = parser.get().keep_alive() && !draining;
+      if (auto given = slot->TakeEarly()) {
+        res = std::move(*given);
+      } else {
+        // Answered later (a pool worker, or a long poll held up to its wait): what this session
+        // holds meanwhile is what 10,000 agents' held long polls cost, so the parsed request and
+        // an empty read buffer are let go now (the next request allocates them again).
+        parser_storage.reset();
+        if (buffer.size() == 0) buffer.shrink_to_fit();
+        res = co_await slot->Await();
+      }
+      const bool keep_alive = wants_keep_alive && !draining;
       co_await Write(l, stream, copy, std::move(res), keep_alive, started);
       if (!keep_alive) co_return;
     }
@@ -538,6 +552,30 @@ void Runtime::Run(Millis shutdown_timeout) {
           co_await timer.async_wait(net::use_awaitable);
         }
         for (auto& c : rt.contexts) c->stop();
+      },
+      net::detached);
+  // Memory held by connections comes back when they close: glibc keeps freed heap for reuse, so
+  // once many sessions have gone (a fleet's agents moved to another replica, a storm passed) it
+  // is handed back to the system (malloc_trim).
+  net::co_spawn(
+      *rt.contexts[0],
+      [&rt]() -> net::awaitable<void> {
+        net::steady_timer timer(co_await net::this_coro::executor);
+        std::size_t peak = 0;
+        while (!rt.draining) {
+          timer.expires_after(std::chrono::seconds(5));
+          co_await timer.async_wait(net::as_tuple(net::use_awaitable));
+          std::size_t now;
+          {
+            std::lock_guard lk(rt.mu);
+            now = rt.sessions.size();
+          }
+          peak = std::max(peak, now);
+          if (peak >= now + 256) {
+            ::malloc_trim(0);
+            peak = now;
+          }
+        }
       },
       net::detached);
   // Contexts other than the first may be idle (no connection yet): keep them running until stopped.
