@@ -10,7 +10,6 @@
 
 #include "apiserver/auth/api_keys.hpp"
 #include "apiserver/errors.hpp"
-#include "apiserver/handlers/samples.hpp"
 #include "metering/ingest.hpp"
 #include "apiserver/idempotency.hpp"
 #include "provisioning/heartbeats.hpp"
@@ -355,56 +354,12 @@ void ApiDispatcher::Expect(const http::Request& head, http::Responder respond) {
       }});
 }
 
-bool ApiDispatcher::FastHeartbeat(const http::Request& request, const Route& route, http::Responder& respond) {
-  if (!heartbeats_ || !key_cache_ || !IsJsonContentType(request.Header("content-type"))) return false;
+bool ApiDispatcher::TryFastPath(const http::Request& request, const Route& route, http::Responder& respond) {
+  if (!key_cache_ || !IsJsonContentType(request.Header("content-type"))) return false;
   const auto principal = AuthenticateFromCache(request.Header("authorization"), *key_cache_);
   if (!principal || !(route.roles & principal->role_bit)) return false;
-  HeartbeatReport report;
-  try {
-    report = protocol::ParseHeartbeat(ParseJsonBody(request.body));
-  } catch (const std::exception&) {
-    return false;  // the full path says what is wrong with it
-  }
-  std::int64_t version = 0;
-  if (!heartbeats_->TryRecord(principal->host_id, report, clock_.Now(), &version)) return false;
-  http::Response r;
-  r.body = ToJson(protocol::ToJson(protocol::HeartbeatAnswer{version})) + "\n";
-  r.route = route.pattern;
-  respond(std::move(r));
-  return true;
-}
-
-bool ApiDispatcher::FastIngest(const http::Request& request, const Route& route, http::Responder& respond) {
-  if (!ingest_ || !key_cache_ || !IsJsonContentType(request.Header("content-type"))) return false;
-  const auto principal = AuthenticateFromCache(request.Header("authorization"), *key_cache_);
-  if (!principal || !(route.roles & principal->role_bit)) return false;
-  http::Response out;
-  try {
-    protocol::SampleBatch batch = protocol::ParseSampleBatch(ParseJsonBody(request.body));
-    const Millis retry = ingest_->retry_after();
-    auto answer = [respond, request_id = request.request_id, pattern = route.pattern,
-                   retry](metering::IngestResult result) {
-      http::Response r;
-      try {
-        const Reply reply = handlers::SamplesReply(result, retry);
-        r.status = reply.status;
-        r.body = ToJson(reply.body) + "\n";
-      } catch (...) {
-        r = ErrorResponseForCurrent(request_id, pattern);
-      }
-      r.route = pattern;
-      respond(std::move(r));
-    };
-    if (ingest_->Submit(principal->host_id, std::move(batch), std::move(answer), handlers::ArrivalOf(request)))
-      return true;
-    out = ErrorResponseFor(DbUnavailable(true, "the ingest queue is full; send the batch again", retry),
-                           request.request_id);
-  } catch (...) {
-    out = ErrorResponseForCurrent(request.request_id, route.pattern);
-  }
-  out.route = route.pattern;
-  respond(std::move(out));
-  return true;
+  FastCall call{request, *principal, route.pattern, respond, heartbeats_, ingest_, clock_};
+  return route.fast_path(call);
 }
 
 void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
@@ -415,8 +370,7 @@ void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
     respond(std::move(refusal));
     return;
   }
-  if (route->pattern == "/v1/agent/heartbeat" && FastHeartbeat(request, *route, respond)) return;
-  if (route->pattern == "/v1/agent/samples" && FastIngest(request, *route, respond)) return;
+  if (route->fast_path && TryFastPath(request, *route, respond)) return;
   if (route->pattern == "/v1/openapi.yaml") {  // static, needs no database
     http::Response r;
     r.content_type = "application/yaml";
@@ -460,7 +414,7 @@ void ApiDispatcher::Submit(const Route* route, std::shared_ptr<http::Request> re
                         [this, route, request, params, respond] { Submit(route, request, params, respond, true); });
       },
       [this, request, respond, route](const DbUnavailable& e) {
-        if (route->pattern == "/v1/agent/heartbeat") NoteRefusedHeartbeat(*request);
+        if (route->heard_when_refused) NoteRefusedHeartbeat(*request);
         auto r = ErrorResponseFor(e, request->request_id);
         r.route = route->pattern;
         respond(std::move(r));

@@ -59,12 +59,9 @@ class ApiDispatcher : public http::Dispatcher {
  private:
   // Who calls, and whether they may call this route: throws ApiError 401/403 otherwise.
   Principal Authorize(Session& conn, const Route& route, const http::Request& request);
-  // A heartbeat that repeats its host's last report, from a cached host token: recorded on the io
-  // thread without the database pool. False: take the full path.
-  bool FastHeartbeat(const http::Request& request, const Route& route, http::Responder& respond);
-  // Sample batches from a host whose token is in the key cache: parsed here and handed to the
-  // ingest committer, which answers when the batch is committed; no database worker is held.
-  bool FastIngest(const http::Request& request, const Route& route, http::Responder& respond);
+  // The route's fast path (Route::fast_path), for a caller whose key is in the key cache and a
+  // JSON body. False: take the usual path.
+  bool TryFastPath(const http::Request& request, const Route& route, http::Responder& respond);
   void NoteRefusedHeartbeat(const http::Request& request);
   // A route with an async_read, from a key in the key cache: the statement is sent on a
   // non-blocking connection and answered on this io thread when PostgreSQL's answer arrives (the

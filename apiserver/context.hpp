@@ -151,4 +151,19 @@ struct AsyncRead {
   Reply (*render)(const Principal& principal, const Params& params, const QueryParams& query, const PgResult& rows);
 };
 
+// A route's path without a database connection (Route::fast_path), on the io thread that parsed
+// the request: an agent's routine calls, thousands a second on a large fleet. The caller is
+// already known (its key in the key cache, its role allowed) and the body is JSON. Returns false,
+// having answered nothing, when the request must take the route's usual handler instead.
+struct FastCall {
+  const http::Request& request;
+  const Principal& principal;
+  const std::string& route;  // the pattern, for the response's metrics label
+  http::Responder& respond;
+  HeartbeatRecorder* heartbeats;
+  metering::Ingestor* ingest;
+  const Clock& clock;
+};
+using FastPath = bool (*)(FastCall& call);
+
 }  // namespace spillway

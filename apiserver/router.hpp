@@ -27,6 +27,12 @@ struct Route {
   // Also has a non-blocking form (context.hpp, AsyncRead), used when the caller's key is in the key
   // cache and a non-blocking connection is idle; otherwise the route runs as above.
   const AsyncRead* async_read = nullptr;
+  // Also has a path that needs no database connection (context.hpp, FastCall), tried first when
+  // the caller's key is in the key cache: heartbeats repeating the last report, sample batches.
+  FastPath fast_path = nullptr;
+  // An agent's heartbeat: refused for want of a connection (the pool full), its host still counts
+  // as heard, so overload never marks a host down (HeartbeatRecorder::RecordAlive).
+  bool heard_when_refused = false;
 };
 
 class Router {

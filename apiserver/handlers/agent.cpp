@@ -26,6 +26,23 @@ Reply RegistrationReply(const Ctx& ctx, int status, const std::string& host_id, 
 
 }  // namespace
 
+bool FastHeartbeat(FastCall& call) {
+  if (!call.heartbeats) return false;
+  HeartbeatReport report;
+  try {
+    report = protocol::ParseHeartbeat(ParseJsonBody(call.request.body));
+  } catch (const std::exception&) {
+    return false;  // the full path says what is wrong with it
+  }
+  std::int64_t version = 0;
+  if (!call.heartbeats->TryRecord(call.principal.host_id, report, call.clock.Now(), &version)) return false;
+  http::Response r;
+  r.body = ToJson(protocol::ToJson(protocol::HeartbeatAnswer{version})) + "\n";
+  r.route = call.route;
+  call.respond(std::move(r));
+  return true;
+}
+
 Reply RegisterAgent(Ctx& ctx) {
   const Registration reg = protocol::ParseRegistration(ctx.body);
   const std::string& hostname = reg.hostname;

@@ -3,7 +3,9 @@
 
 #include <boost/json.hpp>
 
+#include "apiserver/errors.hpp"
 #include "core/errors.hpp"
+#include "core/json.hpp"
 #include "metering/ingest.hpp"
 #include "protocol/agent.hpp"
 
@@ -36,6 +38,38 @@ Reply IngestSamples(Ctx& ctx) {
   protocol::SampleBatch batch = protocol::ParseSampleBatch(ctx.body);
   return SamplesReply(ctx.ingest->SubmitAndWait(ctx.principal.host_id, std::move(batch), ArrivalOf(ctx.request)),
                       ctx.ingest->retry_after());
+}
+
+bool FastIngest(FastCall& call) {
+  if (!call.ingest) return false;
+  const http::Request& request = call.request;
+  http::Response out;
+  try {
+    protocol::SampleBatch batch = protocol::ParseSampleBatch(ParseJsonBody(request.body));
+    const Millis retry = call.ingest->retry_after();
+    auto answer = [respond = call.respond, request_id = request.request_id, pattern = call.route,
+                   retry](metering::IngestResult result) {
+      http::Response r;
+      try {
+        const Reply reply = SamplesReply(result, retry);
+        r.status = reply.status;
+        r.body = ToJson(reply.body) + "\n";
+      } catch (...) {
+        r = ErrorResponseForCurrent(request_id, pattern);
+      }
+      r.route = pattern;
+      respond(std::move(r));
+    };
+    if (call.ingest->Submit(call.principal.host_id, std::move(batch), std::move(answer), ArrivalOf(request)))
+      return true;
+    out = ErrorResponseFor(DbUnavailable(true, "the ingest queue is full; send the batch again", retry),
+                           request.request_id);
+  } catch (...) {
+    out = ErrorResponseForCurrent(request.request_id, call.route);
+  }
+  out.route = call.route;
+  call.respond(std::move(out));
+  return true;
 }
 
 }  // namespace spillway::handlers
