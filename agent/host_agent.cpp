@@ -342,36 +342,6 @@ void HostAgent::SampleLoop() {
   }
 }
 
-namespace {
-// What a 422 says can be repaired, when that was all that was wrong with the batch: samples naming
-// an instance that did not hold their GPU (error.unheld_sample_indexes) and samples covering GPU
-// time the server already holds (error.overlapping_sample_indexes). Both empty otherwise, or when
-// the answer is not understood.
-struct Repairs {
-  std::vector<std::size_t> unheld, overlapping;
-  bool empty() const { return unheld.empty() && overlapping.empty(); }
-};
-Repairs RepairsOf(const std::string& body, std::size_t batch_size) {
-  Repairs out;
-  try {
-    const auto v = boost::json::parse(body);
-    const auto& error = v.at("error").as_object();
-    for (auto [name, into] : {std::pair{"unheld_sample_indexes", &out.unheld},
-                              std::pair{"overlapping_sample_indexes", &out.overlapping}}) {
-      const auto* list = error.if_contains(name);
-      if (!list) continue;
-      for (const auto& i : list->as_array()) {
-        const std::int64_t k = i.as_int64();
-        if (k < 0 || static_cast<std::size_t>(k) >= batch_size) return {};
-        into->push_back(static_cast<std::size_t>(k));
-      }
-    }
-  } catch (const std::exception&) {
-    return {};
-  }
-  return out;
-}
-}  // namespace
 
 void HostAgent::ShipLoop() {
   std::unique_ptr<HttpClient> client;
@@ -415,19 +385,12 @@ void HostAgent::ShipLoop() {
         // samples of GPU time the server already holds (sent before under another batch number: a
         // restored state directory, say). The server stored nothing; the batch goes again, same
         // batch_seq, with the first unattributed and the second left out.
-        if (auto repairs = RepairsOf(r.body, batch->samples.size()); !repairs.empty()) {
-          for (const std::size_t i : repairs.unheld) batch->samples[i].instance_id.reset();
-          std::sort(repairs.overlapping.begin(), repairs.overlapping.end());
-          repairs.overlapping.erase(std::unique(repairs.overlapping.begin(), repairs.overlapping.end()),
-                                    repairs.overlapping.end());
-          for (auto it = repairs.overlapping.rbegin(); it != repairs.overlapping.rend(); ++it)
-            batch->samples.erase(batch->samples.begin() + static_cast<std::ptrdiff_t>(*it));
-          samples_unattributed_ += static_cast<std::int64_t>(repairs.unheld.size());
-          samples_already_stored_ += static_cast<std::int64_t>(repairs.overlapping.size());
+        if (const auto repaired = protocol::RepairSampleBatch(*batch, r.body); repaired.any()) {
+          samples_unattributed_ += repaired.unattributed;
+          samples_already_stored_ += repaired.left_out;
           log::Warn("batch refused for samples the server cannot take as they are: sent again repaired",
                     {{"hostname", options_.hostname}, {"batch_seq", batch->batch_seq},
-                     {"unattributed", static_cast<std::int64_t>(repairs.unheld.size())},
-                     {"left_out", static_cast<std::int64_t>(repairs.overlapping.size())}, {"body", r.body}});
+                     {"unattributed", repaired.unattributed}, {"left_out", repaired.left_out}, {"body", r.body}});
           r = send();
         }
       }

@@ -281,4 +281,30 @@ SamplesAnswer ParseSamplesAnswer(const json::value& v) {
   return {Int(o, "accepted"), o.at("duplicate").as_bool()};
 }
 
+SampleRepairs RepairSampleBatch(SampleBatch& batch, const std::string& error_body) {
+  std::vector<std::size_t> unheld, overlapping;
+  try {
+    const auto v = json::parse(error_body);
+    const auto& error = v.at("error").as_object();
+    for (auto [name, into] : {std::pair{"unheld_sample_indexes", &unheld},
+                              std::pair{"overlapping_sample_indexes", &overlapping}}) {
+      const auto* list = error.if_contains(name);
+      if (!list) continue;
+      for (const auto& i : list->as_array()) {
+        const std::int64_t k = i.as_int64();
+        if (k < 0 || static_cast<std::size_t>(k) >= batch.samples.size()) return {};
+        into->push_back(static_cast<std::size_t>(k));
+      }
+    }
+  } catch (const std::exception&) {
+    return {};
+  }
+  for (const std::size_t i : unheld) batch.samples[i].instance_id.reset();
+  std::sort(overlapping.begin(), overlapping.end());
+  overlapping.erase(std::unique(overlapping.begin(), overlapping.end()), overlapping.end());
+  for (auto it = overlapping.rbegin(); it != overlapping.rend(); ++it)
+    batch.samples.erase(batch.samples.begin() + static_cast<std::ptrdiff_t>(*it));
+  return {static_cast<std::int64_t>(unheld.size()), static_cast<std::int64_t>(overlapping.size())};
+}
+
 }  // namespace spillway::protocol

@@ -146,6 +146,15 @@ struct SampleError : std::runtime_error {
   std::vector<std::size_t> unheld, overlapping;
 };
 
+// The agent's side of such a 422: when `error_body` lists only repairable samples, repairs `batch`
+// in place (the unheld ones lose their instance, the overlapping ones are left out) and says how
+// many of each; otherwise changes nothing and returns none (the batch cannot be sent again).
+struct SampleRepairs {
+  std::int64_t unattributed = 0, left_out = 0;
+  bool any() const { return unattributed + left_out > 0; }
+};
+SampleRepairs RepairSampleBatch(SampleBatch& batch, const std::string& error_body);
+
 // Readers of what the server answers (the agent's side): throw std::exception on a malformed reply.
 Registered ParseRegistered(const boost::json::value& v);
 WorkloadSpec ParseWorkloadSpec(const boost::json::value& v);

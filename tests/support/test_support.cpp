@@ -337,6 +337,7 @@ int RunCommand(const std::vector<std::string>& argv, const std::map<std::string,
 
 std::string ApiServerBinary() { return SPILLWAY_APISERVER_BIN; }
 std::string AgentBinary() { return SPILLWAY_AGENT_BIN; }
+std::string FleetSimBinary() { return SPILLWAY_FLEET_SIM_BIN; }
 
 bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;

@@ -122,6 +122,7 @@ class ApiServer {
 
 std::string ApiServerBinary();
 std::string AgentBinary();
+std::string FleetSimBinary();  // spillway-fleet-sim: many simulated hosts in one process
 // A key file for secrets.key_file (mode 0600), one per test binary, removed when it exits: every
 // apiserver a test starts seals env values with it (ApiServer sets SPILLWAY_SECRETS_KEY_FILE).
 const std::string& TestSecretsKeyFile();
