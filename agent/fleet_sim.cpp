@@ -303,20 +303,23 @@ class Sim {
   bool sampling() const { return sampling_; }
   std::mt19937_64& rng() { return rng_; }
 
-  void Record(Kind kind, const Reply& r, std::int64_t us) {
+  // `started`: when the call was sent. Only calls sent inside the steady window count towards its
+  // latencies (one sent before it may have waited on the window's own start).
+  void Record(Kind kind, const Reply& r, Steady::time_point started) {
+    const std::int64_t us = SinceUs(started);
     auto& k = kinds_[kind];
     ++k.calls;
     if (r.status == 0) ++k.unanswered;
     else if (r.status == 503) ++k.unavailable;
     else if (r.status >= 200 && r.status < 300) ++k.ok;
     else ++k.other;
-    if (measuring_ && r.status != 0) k.latency_us.push_back(static_cast<std::uint32_t>(std::min<std::int64_t>(us, UINT32_MAX)));
+    if (measuring_ && started >= window_start_ && r.status != 0) k.latency_us.push_back(static_cast<std::uint32_t>(std::min<std::int64_t>(us, UINT32_MAX)));
   }
   void Registered() { ++registered_; }
   void Heard() { ++heard_; }
-  void SamplesStored(std::int64_t accepted, std::int64_t lag_ms) {
+  void SamplesStored(std::int64_t accepted, std::int64_t lag_ms, Steady::time_point sent) {
     samples_acked_ += accepted;
-    if (measuring_) ingest_lag_ms_.push_back(static_cast<std::uint32_t>(std::max<std::int64_t>(0, lag_ms)));
+    if (measuring_ && sent >= window_start_) ingest_lag_ms_.push_back(static_cast<std::uint32_t>(std::max<std::int64_t>(0, lag_ms)));
   }
   void Refused422() { ++refused_batches_; }
   void Fatal(const std::string& why) {
@@ -443,7 +446,7 @@ milliseconds Host::RetryDelay(const Reply& r) {
 awaitable<Reply> Host::Call(Conn& conn, Kind kind, const std::string& request, milliseconds timeout) {
   const auto t0 = Steady::now();
   Reply r = co_await conn.Call(sim_.Api(api_), request, timeout);
-  sim_.Record(kind, r, SinceUs(t0));
+  sim_.Record(kind, r, t0);
   // Its apiserver is gone (a replica killed): the next call goes to the next one.
   if (r.status == 0 && sim_.api_count() > 1 && r.error.rfind("connect", 0) == 0) ++api_;
   co_return r;
@@ -614,16 +617,20 @@ awaitable<void> Host::Ship() {
       return Request("POST", "/v1/agent/samples", token, boost::json::serialize(protocol::ToJson(batch)));
     };
     ++shipping_;
+    const auto sent = Steady::now();
     Reply r = co_await ShortCall(kSamples, build, milliseconds(30000));
     --shipping_;
     if (r.status == 422 && protocol::RepairSampleBatch(batch, r.body).any()) continue;
     if (r.status == 200) {
+      // Stored now, or before: a duplicate is a batch sent again whose first copy was stored but
+      // not acknowledged (its apiserver killed mid-answer, say), so its samples count once, here.
       std::int64_t accepted = 0;
       try {
-        accepted = protocol::ParseSamplesAnswer(boost::json::parse(r.body)).accepted;
+        const auto answer = protocol::ParseSamplesAnswer(boost::json::parse(r.body));
+        accepted = answer.duplicate ? static_cast<std::int64_t>(batch.samples.size()) : answer.accepted;
       } catch (const std::exception&) {
       }
-      sim_.SamplesStored(accepted, (NowMs() - batch.sampled_through_ms).count());
+      sim_.SamplesStored(accepted, (NowMs() - batch.sampled_through_ms).count(), sent);
       outbox_.pop_front();
       continue;
     }
@@ -692,7 +699,7 @@ awaitable<void> Host::Main() {
 void Sim::Seen(const std::string& id) {
   if (auto it = launched_.find(id); it != launched_.end()) {
     ++launches_seen_;
-    if (measuring_)
+    if (measuring_ && it->second >= window_start_)
       assignment_ms_.push_back(static_cast<std::uint32_t>(
           std::chrono::duration_cast<milliseconds>(Steady::now() - it->second).count()));
     launched_.erase(it);
@@ -710,7 +717,7 @@ awaitable<void> Sim::LaunchOne() {
   const auto t0 = Steady::now();
   const std::string request = Request("POST", "/v1/instances", o_.tenant_key, body, "Idempotency-Key: " + key + "\r\n");
   Reply r = co_await conn->Call(apis_[0], request, milliseconds(30000));
-  Record(kLaunch, r, SinceUs(t0));
+  Record(kLaunch, r, t0);
   tenant_conns_.push_back(std::move(conn));
   if (r.status != 201 && r.status != 200) {
     std::cerr << "fleet-sim: launch: " << r.status << " " << r.body << r.error << "\n";
@@ -726,7 +733,7 @@ awaitable<void> Sim::LaunchOne() {
   live_.insert(id);
   if (auto it = seen_early_.find(id); it != seen_early_.end()) {
     ++launches_seen_;
-    if (measuring_)
+    if (measuring_ && t0 >= window_start_)
       assignment_ms_.push_back(static_cast<std::uint32_t>(std::chrono::duration_cast<milliseconds>(it->second - t0).count()));
     seen_early_.erase(it);
     net::co_spawn(io_, TerminateLater(id), net::detached);
@@ -742,7 +749,7 @@ awaitable<void> Sim::TerminateLater(std::string id) {
   const auto t0 = Steady::now();
   const std::string request = Request("DELETE", "/v1/instances/" + id, o_.tenant_key, "");
   Reply r = co_await conn->Call(apis_[0], request, milliseconds(30000));
-  Record(kTerminate, r, SinceUs(t0));
+  Record(kTerminate, r, t0);
   tenant_conns_.push_back(std::move(conn));
   if (r.status / 100 == 2) live_.erase(id);
 }
@@ -818,11 +825,11 @@ awaitable<void> Sim::Control() {
   std::cout << "fleet-sim: " << (converged ? "converged" : "NOT converged") << " after " << converge_s << " s ("
             << registered_ << " registered, " << heard_ << " heard of " << n << ")" << std::endl;
   if (converged && !stopping_) {
+    wal_before_ = Wal();  // blocks this thread a moment: before the window opens
     for (auto& k : kinds_) k = KindStats{};
     window_start_ = Steady::now();
     self_before_ = SelfCpuUs();
     for (const auto& [name, pid] : o_.watch) proc_before_[name] = SampleProcess(pid, name.rfind("postgres", 0) == 0);
-    wal_before_ = Wal();
     measuring_ = true;
     if (o_.launch_rate > 0 && !o_.tenant_key.empty()) net::co_spawn(io_, Launcher(), net::detached);
     co_await Sleep(o_.steady);
