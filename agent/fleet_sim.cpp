@@ -419,12 +419,7 @@ Host::Host(Sim& sim, int index)
   char name[64];
   std::snprintf(name, sizeof name, "%s-%05d", o.hostname_prefix.c_str(), index);
   hostname_ = name;
-  std::int64_t memory = 0;
-  if (const auto gb = o.gpu_model.find("GB"); gb != std::string::npos) {
-    auto start = gb;
-    while (start > 0 && std::isdigit(static_cast<unsigned char>(o.gpu_model[start - 1]))) --start;
-    if (start < gb) memory = std::stoll(o.gpu_model.substr(start, gb - start)) << 30;
-  }
+  const std::int64_t memory = HostAgent::SimulatedMemory(o.gpu_model);
   for (int g = 0; g < o.gpus_per_host; ++g)
     gpus_.push_back({g, memory, HostAgent::SimulatedUuid(hostname_, g), o.gpu_model});
 }

@@ -87,6 +87,15 @@ std::string HostAgent::SimulatedUuid(const std::string& hostname, int index) {
          h.substr(20, 12);
 }
 
+std::int64_t HostAgent::SimulatedMemory(const std::string& model) {
+  const auto gb = model.find("GB");
+  if (gb == std::string::npos) return 0;
+  auto start = gb;
+  while (start > 0 && std::isdigit(static_cast<unsigned char>(model[start - 1]))) --start;
+  if (start == gb) return 0;
+  return std::stoll(model.substr(start, gb - start)) * (1LL << 30);
+}
+
 void HostAgent::Start() {
   heartbeat_thread_ = std::thread([this] { HeartbeatLoop(); });
   poll_thread_ = std::thread([this] { PollLoop(); });

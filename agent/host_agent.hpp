@@ -64,6 +64,8 @@ class HostAgent {
   void Drain(std::chrono::milliseconds grace);
   // Deterministic GPU UUIDs for simulated hosts, so a restarted agent is recognised as the same host.
   static std::string SimulatedUuid(const std::string& hostname, int index);
+  // A simulated GPU's memory, from its model's name: "H100-80GB" -> 80 GiB; 0 when the name has none.
+  static std::int64_t SimulatedMemory(const std::string& model);
   MeteringStats Metering() const;
 
  private:

@@ -57,15 +57,6 @@ int Usage(const std::string& why) {
   return 2;
 }
 
-// "H100-80GB" -> 80 GiB; 0 when the name carries no size.
-std::int64_t MemoryOf(const std::string& model) {
-  const auto gb = model.find("GB");
-  if (gb == std::string::npos) return 0;
-  auto start = gb;
-  while (start > 0 && std::isdigit(static_cast<unsigned char>(model[start - 1]))) --start;
-  if (start == gb) return 0;
-  return std::stoll(model.substr(start, gb - start)) * (1LL << 30);
-}
 // Prometheus text for every host this process stands for.
 std::string MetricsText(const std::vector<std::unique_ptr<HostAgent>>& agents, const std::vector<std::string>& names) {
   struct Family {
@@ -270,7 +261,7 @@ int main(int argc, char** argv) {
       o.driver_version = "simulated";
       o.cuda_version = flags["--cuda-version"];
       for (int g = 0; g < gpus_per_host; ++g)
-        o.gpus.push_back({g, MemoryOf(model), HostAgent::SimulatedUuid(o.hostname, g), model});
+        o.gpus.push_back({g, HostAgent::SimulatedMemory(model), HostAgent::SimulatedUuid(o.hostname, g), model});
     }
     // One state folder per host: simulated hosts of one process keep theirs apart.
     const std::string state_dir = flags["--state-dir"] + "/" + o.hostname;
