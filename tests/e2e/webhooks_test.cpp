@@ -185,22 +185,27 @@ class WebhooksE2e : public ::testing::Test {
                           *ParseTime(period_ + "-01T00:00:00Z"))
           .host_id;
     });
+    const std::string through = day + "T13:00:00Z";
     Exec("INSERT INTO host_watermarks (host_id, sampled_through, last_batch_seq, last_batch_at, clock_skew_ms, "
-         "folded_through) VALUES ('" + host + "', '" + day + "T13:00:00Z', 1, '" + day + "T13:00:00Z', 0, '" + day +
-         "T13:00:00Z')");
+         "folded_through) VALUES ($1, $2, 1, $2, 0, $2)",
+         host, through);
     for (int i = 0; i < 3; ++i) {
       const std::string t = NewId("ten"), ins = "ins_hook" + std::to_string(i);
       tenants_.push_back(t);
-      Exec("INSERT INTO tenants (id, name, gpu_quota) VALUES ('" + t + "', 'hooked-" + std::to_string(i) + "', 4)");
+      const std::string from = day + "T11:00:00Z", to = day + "T12:00:00Z";
+      Exec("INSERT INTO tenants (id, name, gpu_quota) VALUES ($1, $2, 4)", t, "hooked-" + std::to_string(i));
       Exec("INSERT INTO instances (id, tenant_id, name, instance_type, gpu_model, gpus, region, market, state, host_id, "
-           "started_at, ended_at, end_reason) VALUES ('" + ins + "', '" + t + "', 'job', 'h100.1x', 'H100-80GB', 1, "
-           "'eu-west', 'on_demand', 'terminated', '" + host + "', '" + day + "T11:00:00Z', '" + day + "T12:00:00Z', 'terminated')");
+           "started_at, ended_at, end_reason) VALUES ($1, $2, 'job', 'h100.1x', 'H100-80GB', 1, "
+           "'eu-west', 'on_demand', 'terminated', $3, $4, $5, 'terminated')",
+           ins, t, host, from, to);
       Exec("INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour, gpu_ms) "
-           "VALUES ('" + day + "T11:00:00Z', '" + ins + "', '" + t + "', 'on_demand', 2000000, 3600000)");
-      Exec("INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ('" + t + "', '" + period_ + "', now())");
+           "VALUES ($1, $2, $3, 'on_demand', 2000000, 3600000)",
+           from, ins, t);
+      Exec("INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ($1, $2, now())", t, period_);
     }
   }
-  void Exec(const std::string& sql) { ExecSql(*conn_, sql); }
+  template <class... Params>
+  void Exec(const std::string& sql, const Params&... params) { ExecSql(*conn_, sql, params...); }
   std::string One(const std::string& sql) { return SqlValue(*conn_, sql); }
   HttpResponse Call(const std::string& method, const std::string& path, const std::string& key,
                     const std::string& body = "") {

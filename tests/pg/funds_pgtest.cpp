@@ -12,12 +12,11 @@
 
 using namespace spillway;
 using namespace spillway::billing;
+using spillway::test::T;
 using spillway::test::TestDb;
 using namespace std::chrono_literals;
 
 namespace {
-
-TimeMs T(const char* s) { return *ParseTime(s); }
 
 struct Books {
   TestDb db;
@@ -34,11 +33,13 @@ struct Books {
          "('H100-80GB', 'on_demand', 2000000, '2026-01-01T00:00:00Z')");
     Exec("INSERT INTO storage_prices (effective_from, price_micros_per_gb_month) VALUES ('2026-01-01T00:00:00Z', 100000)");
   }
-  void Exec(const std::string& sql) { test::ExecSql(*conn, sql); }
+  template <class... Params>
+  void Exec(const std::string& sql, const Params&... params) { test::ExecSql(*conn, sql, params...); }
   std::string Text(const std::string& sql) { return test::SqlValue(*conn, sql); }
   void Rated(const char* hour, std::int64_t gpu_ms) {
-    Exec("INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour, gpu_ms) VALUES ('" +
-         std::string(hour) + "', 'ins_f', 'ten_f', 'on_demand', 2000000, " + std::to_string(gpu_ms) + ")");
+    Exec("INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour, gpu_ms) "
+         "VALUES ($1, 'ins_f', 'ten_f', 'on_demand', 2000000, $2)",
+         std::string(hour), gpu_ms);
   }
   Funds Of(const char* now) {
     pqxx::read_transaction tx(*conn);
@@ -60,8 +61,8 @@ TEST(Funds, ABalanceIsCreditLessRatedUsageAndStorageSinceItBecamePrepaid) {
   // A 2-GPU instance running since 09:00; a 100 GB volume; prepaid from 10:20 on the 5th (the
   // usage of 10:00's hour on spends credit; 09:00's does not).
   b.Exec("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id, started_at) "
-         "VALUES ('ins_f', 'ten_f', 'h100.2x', 'H100-80GB', 2, 'r1', 'on_demand', 'running', '" + b.host +
-         "', '2026-11-05T09:00:00Z')");
+         "VALUES ('ins_f', 'ten_f', 'h100.2x', 'H100-80GB', 2, 'r1', 'on_demand', 'running', $1, '2026-11-05T09:00:00Z')",
+         b.host);
   b.Exec("INSERT INTO volumes (id, tenant_id, name, region, size_gb, created_at) VALUES "
          "('vol_f', 'ten_f', 'data', 'r1', 100, '2026-11-05T09:00:00Z')");
   InTransaction(*b.conn, [&](Tx& tx) {
@@ -116,8 +117,8 @@ TEST(Funds, ABalanceIsCreditLessRatedUsageAndStorageSinceItBecamePrepaid) {
 TEST(Funds, AMonthlyLimitWarnsAtEightyPercentStopsAtAHundredOncePerMonthAndRaisingItLifts) {
   Books b;
   b.Exec("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id, started_at) "
-         "VALUES ('ins_f', 'ten_f', 'h100.1x', 'H100-80GB', 1, 'r1', 'on_demand', 'running', '" + b.host +
-         "', '2026-11-05T09:00:00Z')");
+         "VALUES ('ins_f', 'ten_f', 'h100.1x', 'H100-80GB', 1, 'r1', 'on_demand', 'running', $1, '2026-11-05T09:00:00Z')",
+         b.host);
   InTransaction(*b.conn, [&](Tx& tx) { SetMonthlyLimit(tx, "ten_f", 1000, T("2026-11-05T09:00:00Z")); });  // $10
   b.Rated("2026-11-05T09:00:00Z", 14'400'000);  // $8.00: 80 %
   EXPECT_FALSE(b.Evaluate("2026-11-05T10:00:00Z")[0].stop_reason);

@@ -27,12 +27,11 @@
 
 using namespace spillway;
 using namespace spillway::billing;
+using spillway::test::T;
 using spillway::test::TestDb;
 using namespace std::chrono_literals;
 
 namespace {
-
-TimeMs T(const char* s) { return *ParseTime(s); }
 
 BillingSettings Settings() {
   BillingSettings s;

@@ -15,11 +15,11 @@
 
 using namespace spillway;
 using namespace spillway::billing;
+using spillway::test::T;
 using spillway::test::TestDb;
 using namespace std::chrono_literals;
 
 namespace {
-TimeMs T(const char* s) { return *ParseTime(s); }
 
 // Samples of one GPU every 10 s, ending at each 10 s from `first` to `last`, all naming `instance`.
 std::vector<protocol::Sample> Every10s(TimeMs first, TimeMs last, int gpu, const std::string& instance) {

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.hpp"
+
 namespace spillway::test {
 
 // A fresh database built from the migrations, dropped when this goes away. Needs SPILLWAY_TEST_DSN
@@ -70,8 +72,17 @@ HttpResponse Http(int port, const std::string& method, const std::string& target
 
 int FreePort();
 
-// Runs `sql` on `conn` in a transaction of its own and commits it.
+// A fixed time in a test, "2026-11-05T09:00:00Z" (must parse).
+inline TimeMs T(const char* iso) { return *ParseTime(iso); }
+
+// Runs `sql` on `conn` in a transaction of its own and commits it; `params` fill its $1, $2, ...
 void ExecSql(pqxx::connection& conn, const std::string& sql);
+template <class... Params>
+void ExecSql(pqxx::connection& conn, const std::string& sql, const Params&... params) {
+  pqxx::work tx(conn);
+  tx.exec_params(sql, params...);
+  tx.commit();
+}
 // The first column of the first row `sql` answers on `conn`; "" when there is no row or it is NULL.
 std::string SqlValue(pqxx::connection& conn, const std::string& sql);
 
