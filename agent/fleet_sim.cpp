@@ -286,7 +286,7 @@ class Host {
   std::unique_ptr<SimulatedSampler> sampler_;
   std::deque<protocol::SampleBatch> outbox_;
   Steady::time_point next_ship_{};
-  bool kicked_ = false, polling_ = false, heard_ = false, registered_once_ = false;
+  bool kicked_ = false, polling_ = false, heard_ = false;
   int shipping_ = 0;
 };
 
@@ -361,6 +361,8 @@ class Sim {
   awaitable<void> Launcher();
   awaitable<void> LaunchOne();
   awaitable<void> TerminateLater(std::string id);
+  // A launch sent at `sent` seen by its host at `seen`: its latency, then its termination.
+  void LaunchSeen(const std::string& id, Steady::time_point sent, Steady::time_point seen);
   awaitable<void> StatusLines();
   awaitable<void> Sleep(milliseconds d) {
     net::steady_timer t(io_);
@@ -368,11 +370,20 @@ class Sim {
     boost::system::error_code ec;
     co_await t.async_wait(net::redirect_error(use_awaitable, ec));
   }
-  std::unique_ptr<Conn> TakeTenantConn() {
-    if (tenant_conns_.empty()) return std::make_unique<Conn>(io_.get_executor());
-    auto c = std::move(tenant_conns_.back());
-    tenant_conns_.pop_back();
-    return c;
+  // The tenant's call, on an idle connection of its own (a new one when all are busy), recorded.
+  awaitable<Reply> TenantCall(Kind kind, const std::string& request) {
+    std::unique_ptr<Conn> conn;
+    if (tenant_conns_.empty()) {
+      conn = std::make_unique<Conn>(io_.get_executor());
+    } else {
+      conn = std::move(tenant_conns_.back());
+      tenant_conns_.pop_back();
+    }
+    const auto t0 = Steady::now();
+    Reply r = co_await conn->Call(apis_[0], request, milliseconds(30000));
+    Record(kind, r, t0);
+    tenant_conns_.push_back(std::move(conn));
+    co_return r;
   }
   void Stop();
   std::optional<std::int64_t> Wal();
@@ -390,7 +401,6 @@ class Sim {
   std::vector<std::uint32_t> ingest_lag_ms_, assignment_ms_;
   // Launch → seen: when each launch was sent, and what was seen before its answer came.
   std::map<std::string, Steady::time_point> launched_, seen_early_;
-  std::set<std::string> live_;
   std::vector<std::unique_ptr<Conn>> tenant_conns_;
   struct Pool {
     std::vector<std::unique_ptr<Conn>> conns;
@@ -398,7 +408,6 @@ class Sim {
     std::deque<std::shared_ptr<net::steady_timer>> waiters;
   };
   std::deque<Pool> pools_;
-  std::int64_t launches_ok_ = 0, launches_seen_ = 0;
   // The steady window's start and end.
   std::map<std::string, ProcSample> proc_before_, proc_after_;
   std::int64_t self_before_ = 0, self_after_ = 0;
@@ -499,12 +508,9 @@ awaitable<bool> Host::Register() {
     const std::string seed = Sha256Hex(hostname_).substr(0, 16);
     sampler_ = std::make_unique<SimulatedSampler>(std::stoull(seed, nullptr, 16), gpus_,
                                                   [this](int gpu) { return meter_->Busy(gpu); });
+    sim_.Registered();  // the first time
   } else {
     meter_->SetInterval(sample_interval_);
-  }
-  if (!registered_once_) {
-    registered_once_ = true;
-    sim_.Registered();
   }
   co_return true;
 }
@@ -691,47 +697,41 @@ awaitable<void> Host::Main() {
 
 // ---- the fleet, the tenant and the report ---------------------------------------------------
 
+void Sim::LaunchSeen(const std::string& id, Steady::time_point sent, Steady::time_point seen) {
+  if (measuring_ && sent >= window_start_)
+    assignment_ms_.push_back(static_cast<std::uint32_t>(std::chrono::duration_cast<milliseconds>(seen - sent).count()));
+  net::co_spawn(io_, TerminateLater(id), net::detached);
+}
+
 void Sim::Seen(const std::string& id) {
   if (auto it = launched_.find(id); it != launched_.end()) {
-    ++launches_seen_;
-    if (measuring_ && it->second >= window_start_)
-      assignment_ms_.push_back(static_cast<std::uint32_t>(
-          std::chrono::duration_cast<milliseconds>(Steady::now() - it->second).count()));
+    LaunchSeen(id, it->second, Steady::now());
     launched_.erase(it);
-    net::co_spawn(io_, TerminateLater(id), net::detached);
   } else if (o_.launch_rate > 0) {
     seen_early_[id] = Steady::now();
   }
 }
 
 awaitable<void> Sim::LaunchOne() {
-  auto conn = TakeTenantConn();
   const std::string body = "{\"instance_type\":\"" + o_.instance_type + "\",\"region\":\"" + o_.region +
                            "\",\"market\":\"on_demand\"}";
   const std::string key = "fleet-sim-" + std::to_string(rng_());
   const auto t0 = Steady::now();
   const std::string request = Request("POST", "/v1/instances", o_.tenant_key, body, "Idempotency-Key: " + key + "\r\n");
-  Reply r = co_await conn->Call(apis_[0], request, milliseconds(30000));
-  Record(kLaunch, r, t0);
-  tenant_conns_.push_back(std::move(conn));
+  Reply r = co_await TenantCall(kLaunch, request);
   if (r.status != 201 && r.status != 200) {
     std::cerr << "fleet-sim: launch: " << r.status << " " << r.body << r.error << "\n";
     co_return;
   }
-  ++launches_ok_;
   std::string id;
   try {
     id = std::string(boost::json::parse(r.body).at("id").as_string());
   } catch (const std::exception&) {
     co_return;
   }
-  live_.insert(id);
   if (auto it = seen_early_.find(id); it != seen_early_.end()) {
-    ++launches_seen_;
-    if (measuring_ && t0 >= window_start_)
-      assignment_ms_.push_back(static_cast<std::uint32_t>(std::chrono::duration_cast<milliseconds>(it->second - t0).count()));
+    LaunchSeen(id, t0, it->second);
     seen_early_.erase(it);
-    net::co_spawn(io_, TerminateLater(id), net::detached);
   } else {
     launched_[id] = t0;
   }
@@ -740,13 +740,8 @@ awaitable<void> Sim::LaunchOne() {
 awaitable<void> Sim::TerminateLater(std::string id) {
   co_await Sleep(o_.launch_hold);
   if (stopping_) co_return;
-  auto conn = TakeTenantConn();
-  const auto t0 = Steady::now();
   const std::string request = Request("DELETE", "/v1/instances/" + id, o_.tenant_key, "");
-  Reply r = co_await conn->Call(apis_[0], request, milliseconds(30000));
-  Record(kTerminate, r, t0);
-  tenant_conns_.push_back(std::move(conn));
-  if (r.status / 100 == 2) live_.erase(id);
+  co_await TenantCall(kTerminate, request);
 }
 
 awaitable<void> Sim::Launcher() {
@@ -933,11 +928,15 @@ void Sim::Report(double converge_s, bool converged) {
     try {
       pqxx::connection c(o_.pg_dsn);
       pqxx::nontransaction tx(c);
-      const std::string like = tx.quote(o_.hostname_prefix + "-%");
-      const auto down = tx.exec1("SELECT count(*) FILTER (WHERE health = 'down'), count(*) FROM hosts WHERE hostname LIKE " + like);
-      const auto failed = tx.exec1(
-          "SELECT count(*) FROM instances i JOIN hosts h ON h.id = i.host_id WHERE i.state = 'failed' AND h.hostname LIKE " + like);
-      const auto stored = tx.exec1("SELECT count(*) FROM usage_samples s JOIN hosts h ON h.id = s.host_id WHERE h.hostname LIKE " + like);
+      // This run's hosts: named PREFIX-NNNNN.
+      const std::string like = o_.hostname_prefix + "-%";
+      const auto down = tx.exec_params(
+          "SELECT count(*) FILTER (WHERE health = 'down'), count(*) FROM hosts WHERE hostname LIKE $1", like)[0];
+      const auto failed = tx.exec_params(
+          "SELECT count(*) FROM instances i JOIN hosts h ON h.id = i.host_id WHERE i.state = 'failed' AND h.hostname LIKE $1",
+          like)[0];
+      const auto stored = tx.exec_params(
+          "SELECT count(*) FROM usage_samples s JOIN hosts h ON h.id = s.host_id WHERE h.hostname LIKE $1", like)[0];
       const auto hosts_down = down[0].as<std::int64_t>(), failed_n = failed[0].as<std::int64_t>();
       const auto stored_n = stored[0].as<std::int64_t>();
       out << "  hosts down: " << hosts_down << " of " << down[1].as<std::int64_t>() << ", instances failed: " << failed_n
