@@ -58,7 +58,8 @@ class Spend : public ::testing::Test {
     ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2; }, 20s));
   }
   void Exec(const std::string& sql) { ExecSql(*conn_, sql); }
-  std::string One(const std::string& sql) { return SqlValue(*conn_, sql); }
+  template <class... Params>
+  std::string One(const std::string& sql, const Params&... params) { return SqlValue(*conn_, sql, params...); }
   HttpResponse Call(const std::string& method, const std::string& path, const std::string& key,
                     const std::string& body = "") {
     return fleet_->Call(method, path, key, body);
@@ -70,11 +71,11 @@ class Spend : public ::testing::Test {
   // Waits until the instance ended and everything it ran is rated (the tenant's rated total still for
   // three seconds); returns that total in µ$.
   std::int64_t SettledSpend(const std::string& instance) {
-    EXPECT_TRUE(WaitFor([&] { return One("SELECT state FROM instances WHERE id = '" + instance + "'") == "terminated"; }, 30s));
+    EXPECT_TRUE(WaitFor([&] { return One("SELECT state FROM instances WHERE id = $1", instance) == "terminated"; }, 30s));
     std::string last, now;
     for (int still = 0; still < 3;) {
       std::this_thread::sleep_for(1s);
-      now = One("SELECT coalesce(sum(gpu_ms), 0) FROM usage_rated_hourly WHERE tenant_id = '" + tenant_ + "'");
+      now = One("SELECT coalesce(sum(gpu_ms), 0) FROM usage_rated_hourly WHERE tenant_id = $1", tenant_);
       still = now == last ? still + 1 : 0;
       last = now;
     }
@@ -118,7 +119,7 @@ TEST_F(Spend, APrepaidBalanceRunsDownToZeroAndItsInstancesStopWithABoundedOversh
   EXPECT_LE(running.at("runway_seconds").as_int64(), 30);
 
   // Run down: the leader stops it at zero.
-  ASSERT_TRUE(WaitFor([&] { return One("SELECT end_reason FROM instances WHERE id = '" + id + "'") == "insufficient_funds"; }, 90s))
+  ASSERT_TRUE(WaitFor([&] { return One("SELECT end_reason FROM instances WHERE id = $1", id) == "insufficient_funds"; }, 90s))
       << Balance() << server_->process().Stderr().substr(0, 3000);
   const std::int64_t spent = SettledSpend(id);
   const std::int64_t overshoot = spent - 300'000;
@@ -133,7 +134,7 @@ TEST_F(Spend, APrepaidBalanceRunsDownToZeroAndItsInstancesStopWithABoundedOversh
   EXPECT_EQ(Str(after, "burn_per_hour"), "0.000000");
   // Alerts once per crossing: the runway under 20 s, then zero; and the stop.
   EXPECT_EQ(One("SELECT string_agg(type || ':' || coalesce(data->>'threshold', data->>'reason'), ',' ORDER BY seq) "
-                "FROM webhook_events WHERE tenant_id = '" + tenant_ + "'"),
+                "FROM webhook_events WHERE tenant_id = $1", tenant_),
             "balance.low:runway,balance.low:zero,instance.stopped_for_funds:insufficient_funds");
   r = Launch();
   EXPECT_EQ(r.status, 402) << r.body;
@@ -164,7 +165,7 @@ TEST_F(Spend, AMonthlyLimitStopsAtTheLimitWarnsAtEightyPercentAndRaisingItLifts)
   r = Launch();
   ASSERT_EQ(r.status, 201) << r.body;
   const std::string id = Str(Json(r), "id");
-  ASSERT_TRUE(WaitFor([&] { return One("SELECT end_reason FROM instances WHERE id = '" + id + "'") == "spend_limit"; }, 90s))
+  ASSERT_TRUE(WaitFor([&] { return One("SELECT end_reason FROM instances WHERE id = $1", id) == "spend_limit"; }, 90s))
       << Balance();
   const std::int64_t spent = SettledSpend(id);
   const std::int64_t overshoot = spent - 300'000;
@@ -173,7 +174,7 @@ TEST_F(Spend, AMonthlyLimitStopsAtTheLimitWarnsAtEightyPercentAndRaisingItLifts)
               static_cast<double>(overshoot) / 1e6, static_cast<double>(bound) / 1e6);
   EXPECT_LE(overshoot, bound);
   EXPECT_EQ(One("SELECT string_agg(type || ':' || coalesce(data->>'threshold_percent', data->>'reason'), ',' ORDER BY seq) "
-                "FROM webhook_events WHERE tenant_id = '" + tenant_ + "'"),
+                "FROM webhook_events WHERE tenant_id = $1", tenant_),
             "spend_limit.reached:80,spend_limit.reached:100,instance.stopped_for_funds:spend_limit");
   r = Launch();
   ASSERT_EQ(r.status, 402) << r.body;

@@ -206,7 +206,8 @@ class WebhooksE2e : public ::testing::Test {
   }
   template <class... Params>
   void Exec(const std::string& sql, const Params&... params) { ExecSql(*conn_, sql, params...); }
-  std::string One(const std::string& sql) { return SqlValue(*conn_, sql); }
+  template <class... Params>
+  std::string One(const std::string& sql, const Params&... params) { return SqlValue(*conn_, sql, params...); }
   HttpResponse Call(const std::string& method, const std::string& path, const std::string& key,
                     const std::string& body = "") {
     return fleet_->Call(method, path, key, body);
@@ -255,7 +256,7 @@ TEST_F(WebhooksE2e, EveryEventReachesAReceiverExactlyOnceByIdAcrossAKillDuringDe
 
   // The drafts are written; the receiver holds the first delivery; finance closes the month: three
   // invoices finalized, four deliveries (three to finance's endpoint, one to the member's).
-  ASSERT_TRUE(WaitFor([&] { return One("SELECT count(*) FROM invoices WHERE period = '" + period_ + "'") == "3"; }, 30s));
+  ASSERT_TRUE(WaitFor([&] { return One("SELECT count(*) FROM invoices WHERE period = $1", period_) == "3"; }, 30s));
   receiver.Hold();
   r = Call("POST", "/v1/billing/periods/" + period_ + "/close", finance_);
   ASSERT_EQ(r.status, 200) << r.body;
@@ -271,7 +272,7 @@ TEST_F(WebhooksE2e, EveryEventReachesAReceiverExactlyOnceByIdAcrossAKillDuringDe
   ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
 
   // A credit note after the restart: a fifth delivery (and one to the redirecting endpoint).
-  const std::string invoice = One("SELECT id FROM invoices WHERE tenant_id = '" + tenants_[1] + "'");
+  const std::string invoice = One("SELECT id FROM invoices WHERE tenant_id = $1", tenants_[1]);
   r = Call("POST", "/v1/billing/invoices/" + invoice + "/credit-notes", finance_, R"({"amount":"0.50","reason":"goodwill"})");
   ASSERT_EQ(r.status, 201) << r.body;
 
@@ -316,9 +317,9 @@ TEST_F(WebhooksE2e, EveryEventReachesAReceiverExactlyOnceByIdAcrossAKillDuringDe
   EXPECT_EQ(distinct, expected);
   // The redirect was an answer like any other: not delivered, to be tried again, never followed.
   ASSERT_TRUE(WaitFor([&] {
-    return One("SELECT last_status FROM webhook_deliveries WHERE endpoint_id = '" + redirect_hook + "'") == "302";
+    return One("SELECT last_status FROM webhook_deliveries WHERE endpoint_id = $1", redirect_hook) == "302";
   }, 20s));
-  EXPECT_EQ(One("SELECT delivered_at IS NULL FROM webhook_deliveries WHERE endpoint_id = '" + redirect_hook + "'"), "t");
+  EXPECT_EQ(One("SELECT delivered_at IS NULL FROM webhook_deliveries WHERE endpoint_id = $1", redirect_hook), "t");
   // SREs see it.
   EXPECT_TRUE(WaitFor([&] {
     const auto m = Http(server_->admin_port(), "GET", "/metrics").body;

@@ -84,7 +84,14 @@ void ExecSql(pqxx::connection& conn, const std::string& sql, const Params&... pa
   tx.commit();
 }
 // The first column of the first row `sql` answers on `conn`; "" when there is no row or it is NULL.
+// `params` fill its $1, $2, ...
 std::string SqlValue(pqxx::connection& conn, const std::string& sql);
+template <class... Params>
+std::string SqlValue(pqxx::connection& conn, const std::string& sql, const Params&... params) {
+  pqxx::nontransaction tx(conn);
+  const auto r = tx.exec_params(sql, params...);
+  return r.empty() || r[0][0].is_null() ? "" : r[0][0].c_str();
+}
 
 // A child process with extra environment variables; stderr goes to a file (shown on failure).
 class Process {
