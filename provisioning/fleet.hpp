@@ -19,10 +19,11 @@ namespace spillway {
 struct FleetMetrics;
 
 // Lock order, everywhere (deadlocks are bugs): an idempotency key's advisory lock, then the tenant
-// row, then hosts in ascending id, then instances (only under their host's lock, in ascending id
-// where several), then gpu_allocations and the rest. A transaction that needs an instance's host
-// reads the host id first without a lock, locks the host, then the instance, and checks the host
-// did not change. Every writer runs in InTransaction, which retries a lost race.
+// row, then the pool's lock (LockPool), then hosts in ascending id, then instances (only under their
+// host's lock, in ascending id where several), then gpu_allocations and the rest. A transaction
+// that needs an instance's host reads the host id first without a lock, locks the host, then the
+// instance, and checks the host did not change. Every writer runs in InTransaction, which retries
+// a lost race.
 struct SilenceRules {
   Millis timeout{30000};             // fleet.heartbeat_timeout
   std::int64_t brake_percent = 50;   // fleet.silence_brake_percent
@@ -82,6 +83,7 @@ struct PoolState {
   std::vector<HostSlot> hosts;
   std::int64_t total = 0, reserved = 0, on_demand = 0, spot_active = 0, spot_leaving = 0;
   std::int64_t draining_idle = 0;  // free GPUs on draining hosts: counted in total, never offered
+  std::int64_t largest_host = 0;   // the most GPUs any one host here has
   std::int64_t Offerable() const { return total - draining_idle; }
   std::vector<SpotHolder> spot;  // active spot instances, cheapest bid first, then newest
   std::int64_t Spare() const;
@@ -92,9 +94,14 @@ struct PoolState {
 // Every pool that has a host: (region, gpu_model), in order.
 std::vector<std::pair<std::string, std::string>> AllPools(Tx& tx);
 
-// Reads the pool; with lock=true its hosts are locked FOR UPDATE (in id order), which serialises
-// every change to the pool's allocations.
+// Takes the pool's lock (a transaction-scoped advisory lock, after the tenant row and before any
+// host in the lock order). Every change to the pool's allocations, reservation or spot price holds it.
+void LockPool(Tx& tx, const std::string& region, const std::string& gpu_model);
+// Reads the pool; with lock=true it takes the pool's lock and locks its hosts FOR UPDATE (in id
+// order), for the paths that may preempt anywhere in it.
 PoolState LoadPool(Tx& tx, const std::string& region, const std::string& gpu_model, bool lock);
+// The pool's counts only (no hosts, no spot list), in one aggregate: what placement checks first.
+PoolState LoadPoolCounts(Tx& tx, const std::string& region, const std::string& gpu_model);
 
 
 struct PlacementPlan {
@@ -116,6 +123,14 @@ bool HostMeets(const HostSlot& host, const PlacementNeeds& needs);
 // 409 insufficient_capacity saying what would fit when it cannot go anywhere. Nothing is written.
 PlacementPlan PlanPlacement(const PoolState& pool, const PlacementNeeds& needs);
 PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, Market market);
+// Placement on free GPUs without the pool's hosts in memory, under the pool's lock: refuses (409)
+// what the counts already refuse, chooses the best-fit host in SQL and locks only it. nullopt when
+// the launch needs more (spot to preempt, or no host has the GPUs free): plan it with PlanPlacement
+// on LoadPool(lock=true), which also says why nothing fits.
+std::optional<PlacementPlan> PlaceOnFreeGpus(Tx& tx, const PoolState& counts, const PlacementNeeds& needs);
+// A new instance's plan, under the pool's lock from its counts: PlaceOnFreeGpus, else PlanPlacement
+// on the whole pool (its hosts locked). Throws 409 insufficient_capacity as PlanPlacement does.
+PlacementPlan PlanNewInstance(Tx& tx, const PoolState& counts, const PlacementNeeds& needs);
 // Writes the plan for an instance row that already exists.
 void ApplyPlacement(Tx& tx, const FleetContext& fc, const std::string& instance_id,
                     const PlacementPlan& plan);

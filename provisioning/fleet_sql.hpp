@@ -34,6 +34,52 @@ WHERE region = $1 AND gpu_model = $2 AND instance_is_live(state)
 ORDER BY max_price_micros ASC NULLS LAST, created_at DESC, id DESC)sql"};
 inline const Statement kPoolReserved{"pool_reserved",
                               "SELECT internal_reserved_gpus FROM pool_reservations WHERE region = $1 AND gpu_model = $2"};
+// The pool's own lock (the lock order: after the tenant row, before any host): every change to the
+// pool's allocations, reservation or spot price holds it, so placement needs no host locked but the
+// one it chooses.
+inline const Statement kLockPool{"lock_pool",
+                          "SELECT pg_advisory_xact_lock(hashtextextended('pool' || chr(10) || $1 || chr(10) || $2, 0))"};
+// A pool's counts, as LoadPool adds them up from its rows, in one aggregate.
+inline const Statement kPoolCounts{"pool_counts", R"sql(
+WITH h AS (
+  SELECT coalesce(sum(gpu_count) FILTER (WHERE health = 'up' AND state <> 'disabled'), 0) AS total,
+         coalesce(max(gpu_count), 0) AS largest_host
+  FROM hosts WHERE region = $1 AND gpu_model = $2),
+i AS (
+  SELECT coalesce(sum(gpus) FILTER (WHERE market = 'on_demand'), 0) AS on_demand,
+         coalesce(sum(gpus) FILTER (WHERE market <> 'on_demand' AND state = 'preempting'), 0) AS spot_leaving,
+         coalesce(sum(gpus) FILTER (WHERE market <> 'on_demand' AND state <> 'preempting'), 0) AS spot_active
+  FROM instances WHERE region = $1 AND gpu_model = $2 AND instance_is_live(state))
+SELECT h.total, h.largest_host, i.on_demand, i.spot_leaving, i.spot_active,
+       (SELECT count(*) FROM gpus g JOIN hosts d ON d.id = g.host_id
+        WHERE d.region = $1 AND d.gpu_model = $2 AND d.state = 'draining' AND d.health = 'up'
+          AND NOT EXISTS (SELECT 1 FROM gpu_allocations a WHERE a.host_id = g.host_id AND a.gpu_index = g.gpu_index))
+         AS draining_idle,
+       coalesce((SELECT internal_reserved_gpus FROM pool_reservations WHERE region = $1 AND gpu_model = $2), 0) AS reserved
+FROM h, i)sql"};
+// Best fit in SQL: the placeable host with the fewest effectively free GPUs (free, less those promised
+// to pending instances) that still holds $3 of them, $4 ports to map and CUDA ≥ $5 (when given);
+// the lowest id among equals, as PlanPlacement chooses. A host's GPUs are its gpu_count GPU rows.
+inline const Statement kBestFitHost{"pool_best_fit_host", R"sql(
+WITH used AS (SELECT a.host_id, count(*) AS n FROM gpu_allocations a JOIN hosts x ON x.id = a.host_id
+              WHERE x.region = $1 AND x.gpu_model = $2 GROUP BY a.host_id),
+     claimed AS (SELECT host_id, sum(gpus) AS n FROM instances
+                 WHERE region = $1 AND gpu_model = $2 AND state = 'pending' AND host_id IS NOT NULL GROUP BY host_id),
+     mapped AS (SELECT host_id, count(*) AS n FROM instance_ports WHERE released_at IS NULL GROUP BY host_id)
+SELECT h.id FROM hosts h
+  LEFT JOIN used u ON u.host_id = h.id LEFT JOIN claimed c ON c.host_id = h.id LEFT JOIN mapped m ON m.host_id = h.id
+WHERE h.region = $1 AND h.gpu_model = $2 AND h.state = 'active' AND h.health = 'up'
+  AND h.gpu_count - coalesce(u.n, 0) - coalesce(c.n, 0) >= $3
+  AND coalesce(h.port_range_to - h.port_range_from + 1, 0) - coalesce(m.n, 0) >= $4
+  AND ($5::text IS NULL OR string_to_array(h.cuda_version, '.')::int[] >= string_to_array($5::text, '.')::int[])
+ORDER BY h.gpu_count - coalesce(u.n, 0) - coalesce(c.n, 0), h.id
+LIMIT 1)sql"};
+inline const Statement kLockHostState{"lock_host_state", "SELECT state, health FROM hosts WHERE id = $1 FOR NO KEY UPDATE"};
+inline const Statement kHostFreeGpus{"host_free_gpus", R"sql(
+SELECT g.gpu_index FROM gpus g
+WHERE g.host_id = $1
+  AND NOT EXISTS (SELECT 1 FROM gpu_allocations a WHERE a.host_id = g.host_id AND a.gpu_index = g.gpu_index)
+ORDER BY g.gpu_index)sql"};
 inline const Statement kBumpHost{"bump_host", "UPDATE hosts SET assignment_version = assignment_version + 1 WHERE id = $1"};
 inline const Statement kAllocate{"allocate_gpu",
                           "INSERT INTO gpu_allocations (host_id, gpu_index, instance_id) VALUES ($1, $2, $3)"};

@@ -147,8 +147,9 @@ Instance LaunchInstance(Tx& tx, const FleetContext& fc, const LaunchRequest& req
     throw ApiError(422, "validation_failed", "region: unknown region " + req.region);
   CheckLaunchSpec(req.spec);
   const auto authorized_keys = CheckLaunchReferences(tx, req.tenant_id, req.region, req.spec);
-  PoolState pool = LoadPool(tx, req.region, type.gpu_model, /*lock=*/true);
-  if (!pool.Offers(type.gpus))
+  LockPool(tx, req.region, type.gpu_model);
+  const PoolState counts = LoadPoolCounts(tx, req.region, type.gpu_model);
+  if (!counts.Offers(type.gpus))
     throw PlacementRefused(fc, "not_offered",
                            ApiError(422, "instance_type_not_offered",
                                     "no host in " + req.region + " offers " + type.name + " (" +
@@ -161,10 +162,11 @@ Instance LaunchInstance(Tx& tx, const FleetContext& fc, const LaunchRequest& req
                                       "max_price_per_gpu_hour " + FormatMicros(*req.max_price_micros) +
                                           " is below the current spot price " + FormatMicros(*spot)));
   }
+  const PlacementNeeds needs{type.gpus, req.market, req.spec.min_cuda,
+                             static_cast<std::int64_t>(PortsToMap(req.spec).size())};
   PlacementPlan plan;
   try {
-    plan = PlanPlacement(pool, PlacementNeeds{type.gpus, req.market, req.spec.min_cuda,
-                                              static_cast<std::int64_t>(PortsToMap(req.spec).size())});
+    plan = PlanNewInstance(tx, counts, needs);
   } catch (const ApiError& e) {
     throw PlacementRefused(fc, "insufficient_capacity", e);
   }

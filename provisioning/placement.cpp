@@ -53,6 +53,23 @@ std::string NoHostFor(const PoolState& pool, const PlacementNeeds& needs) {
                (short_of_ports == 1 ? " has" : " have") + " them free but too few ports to map";
   return msg + "; " + (instead.empty() ? "none has the GPUs free" : instead);
 }
+
+// What the pool's counts alone refuse: spot beyond the spare capacity, on-demand beyond what the
+// reservation leaves.
+void CheckPoolRoom(const PoolState& pool, const PlacementNeeds& needs) {
+  const std::int64_t gpus = needs.gpus;
+  if (needs.market == Market::kSpot) {
+    if (pool.Spare() < gpus)
+      throw NoCapacity("no spare " + pool.gpu_model + " capacity in " + pool.region + " for " + std::to_string(gpus) +
+                       " spot GPUs (" + std::to_string(pool.Spare()) + " spare)");
+    return;
+  }
+  const std::int64_t limit = pool.Offerable() - pool.reserved;
+  if (pool.on_demand + gpus > limit)
+    throw NoCapacity("the " + pool.gpu_model + " pool in " + pool.region + " has " +
+                     std::to_string(std::max<std::int64_t>(0, limit - pool.on_demand)) +
+                     " GPUs left for on-demand; " + std::to_string(gpus) + " asked");
+}
 }  // namespace
 
 PlacementPlan PlanPlacement(const PoolState& pool, std::int64_t gpus, Market market) {
@@ -70,10 +87,8 @@ PlacementPlan PlanPlacement(const PoolState& pool, const PlacementNeeds& needs) 
   for (const auto& h : pool.hosts)
     if (usable(h) && h.FreeEffective() >= gpus && (!best || h.FreeEffective() < best->FreeEffective())) best = &h;
 
+  CheckPoolRoom(pool, needs);
   if (market == Market::kSpot) {
-    if (pool.Spare() < gpus)
-      throw NoCapacity("no spare " + pool.gpu_model + " capacity in " + pool.region + " for " + std::to_string(gpus) +
-                       " spot GPUs (" + std::to_string(pool.Spare()) + " spare)");
     if (!best)
       throw NoCapacity(constrained ? NoHostFor(pool, needs)
                                    : "no single host in " + pool.region + " has " + std::to_string(gpus) + " free GPUs");
@@ -84,10 +99,6 @@ PlacementPlan PlanPlacement(const PoolState& pool, const PlacementNeeds& needs) 
   }
 
   const std::int64_t limit = pool.Offerable() - pool.reserved;
-  if (pool.on_demand + gpus > limit)
-    throw NoCapacity("the " + pool.gpu_model + " pool in " + pool.region + " has " +
-                     std::to_string(std::max<std::int64_t>(0, limit - pool.on_demand)) +
-                     " GPUs left for on-demand; " + std::to_string(gpus) + " asked");
   std::set<std::string> chosen;
   if (best) {
     plan.state = InstanceState::kProvisioning;
@@ -133,6 +144,39 @@ PlacementPlan PlanPlacement(const PoolState& pool, const PlacementNeeds& needs) 
     excess -= s.gpus;
   }
   return plan;
+}
+
+std::optional<PlacementPlan> PlaceOnFreeGpus(pqxx::transaction_base& tx, const PoolState& counts,
+                                             const PlacementNeeds& needs) {
+  CheckPoolRoom(counts, needs);
+  // On-demand that would eat into the reservation with spot running must preempt: the whole pool.
+  if (needs.market == Market::kOnDemand &&
+      counts.on_demand + needs.gpus + counts.spot_active > counts.Offerable() - counts.reserved)
+    return std::nullopt;
+  const auto best = tx.exec_prepared(kBestFitHost.name, counts.region, counts.gpu_model, needs.gpus, needs.ports,
+                                     Nullable(needs.min_cuda));
+  if (best.empty()) return std::nullopt;
+  PlacementPlan plan;
+  plan.host_id = best[0]["id"].as<std::string>();
+  // Under the pool's lock nothing else allocates here; only the host itself may have gone down or
+  // been drained since the choice, which its lock now settles.
+  const auto host = tx.exec_prepared(kLockHostState.name, plan.host_id);
+  if (host.empty() || host[0]["state"].as<std::string>() != "active" || host[0]["health"].as<std::string>() != "up")
+    return std::nullopt;
+  for (const auto& r : tx.exec_prepared(kHostFreeGpus.name, plan.host_id)) {
+    if (static_cast<std::int64_t>(plan.gpu_indices.size()) == needs.gpus) break;
+    plan.gpu_indices.push_back(r["gpu_index"].as<int>());
+  }
+  if (static_cast<std::int64_t>(plan.gpu_indices.size()) < needs.gpus) return std::nullopt;
+  plan.state = InstanceState::kProvisioning;
+  return plan;
+}
+
+PlacementPlan PlanNewInstance(pqxx::transaction_base& tx, const PoolState& counts, const PlacementNeeds& needs) {
+  // Free GPUs on one host (the usual case) cost the pool's counts and that host; preempting spot,
+  // or saying why nothing fits, needs the whole pool.
+  if (auto quick = PlaceOnFreeGpus(tx, counts, needs)) return std::move(*quick);
+  return PlanPlacement(LoadPool(tx, counts.region, counts.gpu_model, /*lock=*/true), needs);
 }
 
 void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,

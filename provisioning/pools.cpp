@@ -16,11 +16,7 @@
 namespace spillway {
 using namespace fleet_sql;
 
-bool PoolState::Offers(std::int64_t gpus) const {
-  for (const auto& h : hosts)
-    if (h.gpu_count >= gpus) return true;
-  return false;
-}
+bool PoolState::Offers(std::int64_t gpus) const { return largest_host >= gpus; }
 
 std::int64_t PoolState::Spare() const {
   return std::max<std::int64_t>(0, Offerable() - reserved - on_demand - spot_active - spot_leaving);
@@ -33,7 +29,27 @@ std::vector<std::pair<std::string, std::string>> AllPools(pqxx::transaction_base
   return pools;
 }
 
+void LockPool(pqxx::transaction_base& tx, const std::string& region, const std::string& gpu_model) {
+  tx.exec_prepared(kLockPool.name, region, gpu_model);
+}
+
+PoolState LoadPoolCounts(pqxx::transaction_base& tx, const std::string& region, const std::string& gpu_model) {
+  PoolState p;
+  p.region = region;
+  p.gpu_model = gpu_model;
+  const auto r = tx.exec_prepared(kPoolCounts.name, region, gpu_model)[0];
+  p.total = r["total"].as<std::int64_t>();
+  p.largest_host = r["largest_host"].as<std::int64_t>();
+  p.on_demand = r["on_demand"].as<std::int64_t>();
+  p.spot_leaving = r["spot_leaving"].as<std::int64_t>();
+  p.spot_active = r["spot_active"].as<std::int64_t>();
+  p.draining_idle = r["draining_idle"].as<std::int64_t>();
+  p.reserved = r["reserved"].as<std::int64_t>();
+  return p;
+}
+
 PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const std::string& gpu_model, bool lock) {
+  if (lock) LockPool(tx, region, gpu_model);
   PoolState p;
   p.region = region;
   p.gpu_model = gpu_model;
@@ -48,6 +64,7 @@ PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const 
     h.placeable = state == "active" && health == "up";
     h.draining = state == "draining" && health == "up";
     if (health == "up" && state != "disabled") p.total += h.gpu_count;
+    p.largest_host = std::max(p.largest_host, h.gpu_count);
     index[h.id] = p.hosts.size();
     p.hosts.push_back(std::move(h));
   }

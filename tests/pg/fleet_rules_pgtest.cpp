@@ -2,8 +2,12 @@
 // instances, preemption deadlines, placement and the allocation history, without HTTP or sleeps.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "provisioning/fleet.hpp"
 #include "core/db.hpp"
+#include "core/errors.hpp"
 #include "tests/support/test_support.hpp"
 
 using namespace spillway;
@@ -31,17 +35,24 @@ class FleetRules : public ::testing::Test {
       tx.exec_params("INSERT INTO gpus (host_id, gpu_index, uuid, model, memory_bytes) VALUES ($1, $2, $3, 'H100-80GB', 1)",
                      id, g, id + "-" + std::to_string(g));
   }
-  // An instance placed by the real rules (LoadPool, PlanPlacement, ApplyPlacement), then running.
+  // An instance placed by the real rules (as LaunchInstance places: the pool's lock and counts,
+  // then PlanNewInstance and ApplyPlacement), then running.
   std::string Launch(const std::string& id, int gpus, const std::string& market) {
     InTransaction(*conn_, [&](pqxx::work& tx) {
-      tx.exec_params("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state) "
-                     "VALUES ($1, 'ten_t', 'h100.x', 'H100-80GB', $2, 'us-east', $3, 'pending')",
-                     id, gpus, market);
-      const auto pool = LoadPool(tx, "us-east", "H100-80GB", true);
-      ApplyPlacement(tx, fc_, id, PlanPlacement(pool, gpus, *ParseMarket(market)));
+      Place(tx, id, gpus, market);
       RecordHeartbeat(tx, Host(tx, id), "test", {{id, "running"}}, clock_.Now());
     });
     return id;
+  }
+  void Place(pqxx::work& tx, const std::string& id, int gpus, const std::string& market,
+             const std::string& region = "us-east") {
+    LockPool(tx, region, "H100-80GB");
+    const PoolState counts = LoadPoolCounts(tx, region, "H100-80GB");
+    const PlacementPlan plan = PlanNewInstance(tx, counts, PlacementNeeds{gpus, *ParseMarket(market)});
+    tx.exec_params("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state) "
+                   "VALUES ($1, 'ten_t', 'h100.x', 'H100-80GB', $2, $3, $4, 'pending')",
+                   id, gpus, region, market);
+    ApplyPlacement(tx, fc_, id, plan);
   }
   std::string Host(pqxx::transaction_base& tx, const std::string& instance) {
     return tx.exec_params1("SELECT host_id FROM instances WHERE id = $1", instance)[0].as<std::string>();
@@ -194,4 +205,114 @@ TEST_F(FleetRules, ARegistrationStormMarksItsPoolOnceAndTheLeaderPricesItOnce) {
             "1 747000");  // an idle pool: 70 % off $2.49
   EXPECT_EQ(Field("SELECT count(*) FROM pools_to_reprice"), "0");
   EXPECT_EQ(RepriceMarkedPools(*conn_, fc_), 0);  // nothing marked: nothing done
+}
+
+// Placement without the pool in memory (the pool's counts and a best-fit host chosen in SQL) chooses
+// what the whole pool's plan chooses, host and GPUs, for every need: CUDA, ports, claims of pending
+// instances, GPUs in use, draining and down hosts. And the counts are the whole pool's.
+TEST_F(FleetRules, PlacementFromThePoolsCountsChoosesWhatTheWholePoolWould) {
+  InTransaction(*conn_, [&](pqxx::work& tx) {
+    struct H { const char* id; const char* cuda; int ports; const char* state; const char* health; };
+    for (const H& h : {H{"hst_m1", "12.4", 2, "active", "up"}, H{"hst_m2", "12.8", 0, "active", "up"},
+                       H{"hst_m3", "13.0", 3, "active", "up"}, H{"hst_m4", "12.8", 4, "draining", "up"},
+                       H{"hst_m5", "13.0", 4, "active", "down"}, H{"hst_m6", "12.10", 10, "active", "up"},
+                       H{"hst_m7", nullptr, 1, "active", "up"}}) {
+      AddHost(tx, h.id, "eu-mix");
+      tx.exec_params("UPDATE hosts SET cuda_version = $2, state = $3, health = $4, "
+                     "port_range_from = CASE WHEN $5 > 0 THEN 20000 END, port_range_to = CASE WHEN $5 > 0 THEN 19999 + $5 END, "
+                     "down_reason = CASE WHEN $4 = 'down' THEN 'silent' END "
+                     "WHERE id = $1",
+                     h.id, h.cuda ? std::optional<std::string>(h.cuda) : std::nullopt, h.state, h.health, h.ports);
+    }
+    // In use: 5 GPUs and a port on m1, 6 on m2, 1 on m4 (draining), 2 on m6; 4 of m3 claimed by a
+    // pending on-demand instance waiting for spot to leave.
+    auto hold = [&](const std::string& id, const std::string& host, int gpus, const std::string& state, int port) {
+      tx.exec_params("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id) "
+                     "VALUES ($1, 'ten_t', 'h100.x', 'H100-80GB', $2, 'eu-mix', 'on_demand', $3, $4)",
+                     id, gpus, state, host);
+      if (state != "pending")
+        tx.exec_params("INSERT INTO gpu_allocations (host_id, gpu_index, instance_id) "
+                       "SELECT $1, i, $2 FROM generate_series(0, $3 - 1) i", host, id, gpus);
+      if (port)
+        tx.exec_params("INSERT INTO instance_ports (instance_id, internal_port, protocol, host_id, external_port) "
+                       "VALUES ($1, 22, 'tcp', $2, $3)", id, host, port);
+    };
+    hold("ins_m1", "hst_m1", 5, "running", 20000);
+    hold("ins_m2", "hst_m2", 6, "running", 0);
+    hold("ins_m4", "hst_m4", 1, "running", 0);
+    hold("ins_m6", "hst_m6", 2, "running", 0);
+    hold("ins_m3", "hst_m3", 4, "pending", 0);
+  });
+  pqxx::work tx(*conn_);
+  const PoolState whole = LoadPool(tx, "eu-mix", "H100-80GB", false);
+  LockPool(tx, "eu-mix", "H100-80GB");
+  const PoolState counts = LoadPoolCounts(tx, "eu-mix", "H100-80GB");
+  EXPECT_EQ(counts.total, whole.total);
+  EXPECT_EQ(counts.total, 48);  // m5 is down
+  EXPECT_EQ(counts.draining_idle, whole.draining_idle);
+  EXPECT_EQ(counts.draining_idle, 7);
+  EXPECT_EQ(counts.on_demand, whole.on_demand);
+  EXPECT_EQ(counts.largest_host, 8);
+  EXPECT_EQ(counts.Spare(), whole.Spare());
+  int placed = 0;
+  for (int gpus : {1, 2, 3, 4, 5, 6, 8})
+    for (const Market market : {Market::kOnDemand, Market::kSpot})
+      for (const char* cuda : {"", "12.8", "12.10", "13.0"})
+        for (int ports : {0, 1, 2, 3}) {
+          const PlacementNeeds needs{gpus, market, *cuda ? std::optional<std::string>(cuda) : std::nullopt, ports};
+          const std::string what = std::to_string(gpus) + " GPUs, " + ToString(market) + ", CUDA " + cuda + ", " +
+                                   std::to_string(ports) + " ports";
+          std::optional<PlacementPlan> want, got;
+          try {
+            want = PlanPlacement(whole, needs);
+          } catch (const ApiError&) {
+          }
+          try {
+            got = PlaceOnFreeGpus(tx, counts, needs);
+          } catch (const ApiError&) {
+            EXPECT_FALSE(want) << what << ": the counts refused what the whole pool places";
+            continue;
+          }
+          if (!want || want->state != InstanceState::kProvisioning) {
+            EXPECT_FALSE(got) << what << ": placed on " << got->host_id << " where the whole pool cannot place now";
+            continue;
+          }
+          ASSERT_TRUE(got) << what << ": the whole pool places it on " << want->host_id;
+          EXPECT_EQ(got->host_id, want->host_id) << what;
+          EXPECT_EQ(got->gpu_indices, want->gpu_indices) << what;
+          ++placed;
+        }
+  EXPECT_GT(placed, 40);  // the cases are not all refusals
+}
+
+// Launches into one pool from many connections at once never book a GPU twice nor more GPUs than
+// the pool offers on-demand (24, less the 12 the operator reserved): they serialize on the pool's
+// lock, not on every host's row.
+TEST_F(FleetRules, ConcurrentLaunchesIntoOnePoolNeverOverbook) {
+  InTransaction(*conn_, [&](pqxx::work& tx) { SetReservation(tx, fc_, "us-east", "H100-80GB", 12); });
+  constexpr int kThreads = 6, kEach = 6;  // 36 one-GPU launches for 12 GPUs
+  std::atomic<int> placed{0}, refused{0}, other{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      auto conn = OpenSession({db_.dsn(), "spillway-test", 3000ms, 30000ms});
+      for (int i = 0; i < kEach; ++i) {
+        try {
+          InTransaction(*conn, [&](pqxx::work& tx) {
+            Place(tx, "ins_c" + std::to_string(t) + "_" + std::to_string(i), 1, "on_demand");
+          });
+          ++placed;
+        } catch (const ApiError& e) {
+          (e.status == 409 ? refused : other)++;
+        } catch (const std::exception& e) {
+          ADD_FAILURE() << e.what();
+          ++other;
+        }
+      }
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(placed.load(), 12);
+  EXPECT_EQ(refused.load(), 24);
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_EQ(Field("SELECT count(*) || ' ' || count(DISTINCT (host_id, gpu_index)) FROM gpu_allocations"), "12 12");
 }
