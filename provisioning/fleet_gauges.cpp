@@ -20,7 +20,7 @@ void RefreshFleetGauges(Session& conn, const FleetContext& fc) {
   if (!fc.metrics) return;
   pqxx::work tx(conn);
   for (const auto& [region, model] : AllPools(tx)) {
-    const PoolState p = LoadPool(tx, region, model, false);
+    const PoolState p = LoadPoolCounts(tx, region, model);  // each tick: counts, never the pool's rows
     auto set = [&](const char* use, std::int64_t v) {
       fc.metrics->gpus->Add({{"region", region}, {"gpu_model", model}, {"use", use}}).Set(static_cast<double>(v));
     };

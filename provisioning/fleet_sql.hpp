@@ -74,6 +74,12 @@ WHERE h.region = $1 AND h.gpu_model = $2 AND h.state = 'active' AND h.health = '
   AND ($5::text IS NULL OR string_to_array(h.cuda_version, '.')::int[] >= string_to_array($5::text, '.')::int[])
 ORDER BY h.gpu_count - coalesce(u.n, 0) - coalesce(c.n, 0), h.id
 LIMIT 1)sql"};
+// A pool's active spot instances bidding below a price, by host (the lock order) then id.
+inline const Statement kSpotBidsBelow{"pool_spot_bids_below", R"sql(
+SELECT id, host_id FROM instances
+WHERE region = $1 AND gpu_model = $2 AND market = 'spot' AND state IN ('provisioning', 'running')
+  AND max_price_micros < $3
+ORDER BY host_id, id)sql"};
 inline const Statement kLockHostState{"lock_host_state", "SELECT state, health FROM hosts WHERE id = $1 FOR NO KEY UPDATE"};
 inline const Statement kHostFreeGpus{"host_free_gpus", R"sql(
 SELECT g.gpu_index FROM gpus g

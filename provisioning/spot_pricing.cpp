@@ -23,10 +23,12 @@ const Statement kMarkedToReprice{"pools_marked_to_reprice",
 const Statement kTakeRepriceMark{"pool_take_reprice_mark",
                                  "DELETE FROM pools_to_reprice WHERE region = $1 AND gpu_model = $2"};
 
-// One pool's pass, in `tx` (its hosts locked by LoadPool): returns 1 when it wrote a new price.
+// One pool's pass, in `tx` under the pool's lock, from its counts: returns 1 when it wrote a new
+// price. Only the hosts of the spot instances it preempts are locked (in id order).
 int RepricePool(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& reg, const std::string& model) {
   const SpotPolicy& policy = fc.settings.spot;
-  const PoolState pool = LoadPool(tx, reg, model, /*lock=*/true);
+  LockPool(tx, reg, model);
+  const PoolState pool = LoadPoolCounts(tx, reg, model);
   const auto od = OnDemandPriceAt(tx, model, fc.clock.Now());
   if (!od || pool.total == 0) return 0;  // nothing to sell, or no list price to discount
   const auto previous = CurrentSpotPrice(tx, reg, model);
@@ -38,8 +40,14 @@ int RepricePool(pqxx::transaction_base& tx, const FleetContext& fc, const std::s
     RecordSpotPrice(tx, {reg, model, next, *od, spare_ppm, target});
     n = 1;
   }
-  for (const auto& s : pool.spot)
-    if (s.max_price_micros && *s.max_price_micros < next) PreemptSpot(tx, fc, s.id, "price");
+  const auto below = tx.exec_prepared(kSpotBidsBelow.name, reg, model, next);
+  std::string locked;
+  for (const auto& r : below) {
+    const std::string host = r["host_id"].as<std::string>();
+    if (host != locked) LockHost(tx, host);
+    locked = host;
+    PreemptSpot(tx, fc, r["id"].as<std::string>(), "price");
+  }
   return n;
 }
 
