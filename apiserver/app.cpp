@@ -398,6 +398,16 @@ void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
          std::make_shared<std::map<std::string, std::string>>(std::move(params)), std::move(respond), false);
 }
 
+namespace {
+void TrimParked(http::Request& request) {
+  std::string authorization = request.Header("authorization");
+  request.headers.clear();
+  if (!authorization.empty()) request.headers.emplace("authorization", std::move(authorization));
+  std::string().swap(request.body);
+  std::string().swap(request.target);
+}
+}  // namespace
+
 void ApiDispatcher::Submit(const Route* route, std::shared_ptr<http::Request> request,
                            std::shared_ptr<std::map<std::string, std::string>> params, http::Responder respond,
                            bool retry) {
@@ -409,7 +419,9 @@ void ApiDispatcher::Submit(const Route* route, std::shared_ptr<http::Request> re
           return;
         }
         // Nothing changed yet: park the request (holding no connection) until the host's
-        // assignments change or the wait ends, then answer from a fresh read.
+        // assignments change or the wait ends, then answer from a fresh read. What the read needs
+        // again is its path, query and credentials: the rest is let go while it waits.
+        TrimParked(*request);
         notifier_->Wait(out.long_poll_host, std::chrono::milliseconds(out.long_poll_ms),
                         [this, route, request, params, respond] { Submit(route, request, params, respond, true); });
       },

@@ -202,6 +202,13 @@ bool PostHere(std::function<void()> fn) {
   return true;
 }
 
+// A request read whole, with what the session needs of it after it goes to the dispatcher.
+struct Incoming {
+  Request req;
+  bool keep_alive = false;
+  std::chrono::steady_clock::time_point started;
+};
+
 // One io_context per io thread, each run by that thread alone: a connection lives on one of them
 // (round robin at accept), so its handlers are serialised without strands and no two threads
 // contend for one scheduler. Listeners, signals and the drain watcher live on the first.
@@ -255,42 +262,61 @@ struct Runtime::Impl {
       }
       socket.set_option(tcp::no_delay(true), ec);
       auto ex = socket.get_executor();
-      net::co_spawn(ex, Connection(l, std::move(socket)), net::detached);
+      if (l.tls) net::co_spawn(ex, TlsConnection(l, std::move(socket)), net::detached);
+      else net::co_spawn(ex, PlainConnection(l, std::move(socket)), net::detached);
     }
   }
 
-  net::awaitable<void> Connection(Listener& l, tcp::socket socket) {
+  std::shared_ptr<SessionState> OpenSession() {
     auto st = std::make_shared<SessionState>();
-    {
-      std::lock_guard lk(mu);
-      sessions.insert(st);
-    }
-    try {
-      if (l.tls) {
-        beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *l.tls);
-        st->stream = &beast::get_lowest_layer(stream);
-        st->stream->expires_after(l.options.header_timeout);
-        auto [ec] = co_await stream.async_handshake(ssl::stream_base::server, net::as_tuple(net::use_awaitable));
-        if (!ec) {
-          co_await Serve(l, stream, *st);
-          st->stream->expires_after(std::chrono::seconds(2));
-          co_await stream.async_shutdown(net::as_tuple(net::use_awaitable));
-        } else {
-          log::Debug("tls handshake failed", {{"listener", l.options.name}, {"error", ec.message()}});
-        }
-      } else {
-        beast::tcp_stream stream(std::move(socket));
-        st->stream = &stream;
-        co_await Serve(l, stream, *st);
-        beast::error_code ec;
-        stream.socket().shutdown(tcp::socket::shutdown_send, ec);
-      }
-    } catch (const std::exception& e) {
-      log::Error("session failed", {{"listener", l.options.name}, {"error", e.what()}});
-    }
+    std::lock_guard lk(mu);
+    sessions.insert(st);
+    return st;
+  }
+  void CloseSession(const std::shared_ptr<SessionState>& st) {
     st->stream = nullptr;
     std::lock_guard lk(mu);
     sessions.erase(st);
+  }
+  static void SessionFailed(const Listener& l, const std::exception& e) {
+    log::Error("session failed", {{"listener", l.options.name}, {"error", e.what()}});
+  }
+
+  // A plain and a TLS connection are coroutines of their own: a coroutine's frame holds every local
+  // of every branch, and a plain session (10,000 agents' held long polls) should not carry a TLS
+  // stream's.
+  net::awaitable<void> PlainConnection(Listener& l, tcp::socket socket) {
+    auto st = OpenSession();
+    try {
+      beast::tcp_stream stream(std::move(socket));
+      st->stream = &stream;
+      co_await Serve(l, stream, *st);
+      beast::error_code ec;
+      stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    } catch (const std::exception& e) {
+      SessionFailed(l, e);
+    }
+    CloseSession(st);
+  }
+
+  net::awaitable<void> TlsConnection(Listener& l, tcp::socket socket) {
+    auto st = OpenSession();
+    try {
+      beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *l.tls);
+      st->stream = &beast::get_lowest_layer(stream);
+      st->stream->expires_after(l.options.header_timeout);
+      auto [ec] = co_await stream.async_handshake(ssl::stream_base::server, net::as_tuple(net::use_awaitable));
+      if (!ec) {
+        co_await Serve(l, stream, *st);
+        st->stream->expires_after(std::chrono::seconds(2));
+        co_await stream.async_shutdown(net::as_tuple(net::use_awaitable));
+      } else {
+        log::Debug("tls handshake failed", {{"listener", l.options.name}, {"error", ec.message()}});
+      }
+    } catch (const std::exception& e) {
+      SessionFailed(l, e);
+    }
+    CloseSession(st);
   }
 
   template <class Stream>
@@ -305,6 +331,136 @@ struct Runtime::Impl {
     res.body.clear();
     l.dispatcher->Finished(req, res,
                            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  }
+
+  // One request read whole from the connection, or nullptr when the connection is to close (any
+  // answer it needed, such as a 400 or 413, was written). A coroutine of its own so that the parser
+  // and the reading state live in its frame, gone once it returns: a session parked on a long
+  // poll holds only the small frame of Serve.
+  template <class Stream>
+  net::awaitable<std::unique_ptr<Incoming>> ReadRequest(Listener& l, Stream& stream, beast::flat_buffer& buffer,
+                                                        SessionState& st) {
+    auto& tcp_layer = beast::get_lowest_layer(stream);
+    const auto started = std::chrono::steady_clock::now();
+    st.arrived_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
+    bhttp::request_parser<bhttp::string_body> parser;
+    parser.header_limit(16 * 1024);
+    parser.body_limit(l.options.max_body_bytes);
+    Request meta;  // for requests that fail before they are whole
+    auto fail = [&](int status, const char* code, const std::string& message) {
+      if (parser.is_header_done()) meta = ToRequest(parser.get());
+      if (meta.request_id.empty()) meta.request_id = RequestIdFrom("");
+      return ErrorResponse(status, code, message, meta.request_id);
+    };
+
+    // Parse what is buffered synchronously and read only when the parser needs more: a
+    // pipelined or small request costs no extra trip through the scheduler.
+    parser.eager(true);
+    // The header deadline runs from the first read the headers need beyond what is buffered,
+    // the body deadline likewise: a request that arrived whole arms neither timer.
+    beast::error_code hec;
+    std::string framing;  // why the request's framing was refused, if it was
+    bool body_phase = false, header_timer = false, body_timer = false;
+    for (;;) {
+      if (buffer.size() > 0) {
+        const auto used = parser.put(buffer.data(), hec);
+        buffer.consume(used);
+        if (hec == bhttp::error::need_more) {
+          hec = {};
+        } else if (hec || parser.is_done()) {
+          break;
+        }
+        if (parser.is_header_done() && !body_phase) {
+          body_phase = true;
+          if (const std::string why = FramingProblem(parser.get()); !why.empty()) {
+            framing = why;
+            break;
+          }
+          if (beast::iequals(parser.get()[bhttp::field::expect], "100-continue") && !parser.is_done()) {
+            // RFC 9110 §10.1.1: answer at once with the final status when the headers alone decide
+            // it (no route, a key refused); only a request that may proceed is told to send its body.
+            const Request head = ToRequest(parser.get());
+            auto slot = std::make_shared<ResponseSlot>();
+            l.dispatcher->Expect(head, ResponseSlot::ResponderFor(slot));
+            Response verdict;
+            if (auto given = slot->TakeEarly()) verdict = std::move(*given);
+            else verdict = co_await slot->Await();
+            if (verdict.status != 100) {
+              st.busy = true;
+              co_await Write(l, stream, head, std::move(verdict), false, started);
+              co_return nullptr;
+            }
+            bhttp::response<bhttp::empty_body> cont{bhttp::status::continue_, 11};
+            auto [wec, wn] = co_await bhttp::async_write(stream, cont, net::as_tuple(net::use_awaitable));
+            if (wec) co_return nullptr;
+          }
+        }
+        if (used > 0 && buffer.size() > 0) continue;
+      }
+      if (buffer.size() >= buffer.max_size()) {
+        hec = bhttp::error::header_limit;
+        break;
+      }
+      if (!parser.is_header_done() && !header_timer) {
+        header_timer = true;
+        tcp_layer.expires_after(l.options.header_timeout);
+      } else if (parser.is_header_done() && !body_timer) {
+        body_timer = true;
+        tcp_layer.expires_after(l.options.body_timeout);
+      }
+      auto [rec, rn] = co_await stream.async_read_some(
+          buffer.prepare(std::min<size_t>(8192, buffer.max_size() - buffer.size())), net::as_tuple(net::use_awaitable));
+      if (rec) {
+        hec = rec == net::error::eof ? beast::error_code(bhttp::error::end_of_stream) : rec;
+        break;
+      }
+      buffer.commit(rn);
+    }
+    if (!hec && framing.empty() && parser.is_header_done()) framing = FramingProblem(parser.get());
+    if (!framing.empty()) {
+      // Whatever follows in the buffer is not trusted as a request: answer and close.
+      st.busy = true;
+      co_await Write(l, stream, meta, fail(400, "bad_request", framing), false, started);
+      co_return nullptr;
+    }
+    if (hec) {
+      Response err;
+      if (hec == bhttp::error::end_of_stream || hec == net::error::eof ||
+          hec == net::error::connection_reset || hec == net::error::operation_aborted) {
+        co_return nullptr;
+      } else if (hec == beast::error::timeout) {
+        // tcp_stream has already closed the socket: a slow client is cut off without an answer.
+        // It is still counted and logged as a 408.
+        if (parser.is_header_done()) meta = ToRequest(parser.get());
+        if (meta.request_id.empty()) meta.request_id = RequestIdFrom("");
+        l.dispatcher->Finished(meta, ErrorResponse(408, "request_timeout", "request too slow", meta.request_id),
+                               std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+        co_return nullptr;
+      } else if (hec == bhttp::error::body_limit) {
+        const std::string why =
+            "the request body is larger than " + std::to_string(l.options.max_body_bytes) + " bytes";
+        err = fail(413, "payload_too_large", why);
+      } else if (hec == bhttp::error::header_limit) {
+        err = fail(431, "headers_too_large", "the request headers are too large");
+      } else {
+        err = fail(400, "bad_request", "malformed HTTP request");
+      }
+      tcp_layer.expires_after(l.options.body_timeout);
+      st.busy = true;
+      co_await Write(l, stream, meta, std::move(err), false, started);
+      co_return nullptr;
+    }
+
+    st.busy = true;
+    tcp_layer.expires_never();
+    auto in = std::make_unique<Incoming>();
+    in->req = ToRequest(parser.get());
+    in->req.received_ms = st.arrived_ms;
+    in->keep_alive = parser.get().keep_alive();
+    in->started = started;
+    co_return in;
   }
 
   template <class Stream>
@@ -322,140 +478,24 @@ struct Runtime::Impl {
         if (ec) co_return;
         buffer.commit(n);
       }
-      const auto started = std::chrono::steady_clock::now();
-      st.arrived_ms =
-          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-              .count();
-      // In an optional so that a request parked for long (an agent's long poll) gives back its
-      // header and body storage while it waits (see below).
-      std::optional<bhttp::request_parser<bhttp::string_body>> parser_storage;
-      auto& parser = parser_storage.emplace();
-      parser.header_limit(16 * 1024);
-      parser.body_limit(l.options.max_body_bytes);
-      Request meta;  // for requests that fail before they are whole
-      auto fail = [&](int status, const char* code, const std::string& message) {
-        if (parser.is_header_done()) meta = ToRequest(parser.get());
-        if (meta.request_id.empty()) meta.request_id = RequestIdFrom("");
-        return ErrorResponse(status, code, message, meta.request_id);
-      };
-
-      // Parse what is buffered synchronously and read only when the parser needs more: a
-      // pipelined or small request costs no extra trip through the scheduler.
-      parser.eager(true);
-      // The header deadline runs from the first read the headers need beyond what is buffered,
-      // the body deadline likewise: a request that arrived whole arms neither timer.
-      beast::error_code hec;
-      std::string framing;  // why the request's framing was refused, if it was
-      bool body_phase = false, header_timer = false, body_timer = false;
-      for (;;) {
-        if (buffer.size() > 0) {
-          const auto used = parser.put(buffer.data(), hec);
-          buffer.consume(used);
-          if (hec == bhttp::error::need_more) {
-            hec = {};
-          } else if (hec || parser.is_done()) {
-            break;
-          }
-          if (parser.is_header_done() && !body_phase) {
-            body_phase = true;
-            if (const std::string why = FramingProblem(parser.get()); !why.empty()) {
-              framing = why;
-              break;
-            }
-            if (beast::iequals(parser.get()[bhttp::field::expect], "100-continue") && !parser.is_done()) {
-              // RFC 9110 §10.1.1: answer at once with the final status when the headers alone decide
-              // it (no route, a key refused); only a request that may proceed is told to send its body.
-              const Request head = ToRequest(parser.get());
-              auto slot = std::make_shared<ResponseSlot>();
-              l.dispatcher->Expect(head, ResponseSlot::ResponderFor(slot));
-              Response verdict;
-              if (auto given = slot->TakeEarly()) verdict = std::move(*given);
-              else verdict = co_await slot->Await();
-              if (verdict.status != 100) {
-                st.busy = true;
-                co_await Write(l, stream, head, std::move(verdict), false, started);
-                co_return;
-              }
-              bhttp::response<bhttp::empty_body> cont{bhttp::status::continue_, 11};
-              auto [wec, wn] = co_await bhttp::async_write(stream, cont, net::as_tuple(net::use_awaitable));
-              if (wec) co_return;
-            }
-          }
-          if (used > 0 && buffer.size() > 0) continue;
-        }
-        if (buffer.size() >= buffer.max_size()) {
-          hec = bhttp::error::header_limit;
-          break;
-        }
-        if (!parser.is_header_done() && !header_timer) {
-          header_timer = true;
-          tcp_layer.expires_after(l.options.header_timeout);
-        } else if (parser.is_header_done() && !body_timer) {
-          body_timer = true;
-          tcp_layer.expires_after(l.options.body_timeout);
-        }
-        auto [rec, rn] = co_await stream.async_read_some(
-            buffer.prepare(std::min<size_t>(8192, buffer.max_size() - buffer.size())), net::as_tuple(net::use_awaitable));
-        if (rec) {
-          hec = rec == net::error::eof ? beast::error_code(bhttp::error::end_of_stream) : rec;
-          break;
-        }
-        buffer.commit(rn);
-      }
-      if (!hec && framing.empty() && parser.is_header_done()) framing = FramingProblem(parser.get());
-      if (!framing.empty()) {
-        // Whatever follows in the buffer is not trusted as a request: answer and close.
-        st.busy = true;
-        co_await Write(l, stream, meta, fail(400, "bad_request", framing), false, started);
-        co_return;
-      }
-      if (hec) {
-        Response err;
-        if (hec == bhttp::error::end_of_stream || hec == net::error::eof ||
-            hec == net::error::connection_reset || hec == net::error::operation_aborted) {
-          co_return;
-        } else if (hec == beast::error::timeout) {
-          // tcp_stream has already closed the socket: a slow client is cut off without an answer.
-          // It is still counted and logged as a 408.
-          if (parser.is_header_done()) meta = ToRequest(parser.get());
-          if (meta.request_id.empty()) meta.request_id = RequestIdFrom("");
-          l.dispatcher->Finished(meta, ErrorResponse(408, "request_timeout", "request too slow", meta.request_id),
-                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
-          co_return;
-        } else if (hec == bhttp::error::body_limit) {
-          const std::string why =
-              "the request body is larger than " + std::to_string(l.options.max_body_bytes) + " bytes";
-          err = fail(413, "payload_too_large", why);
-        } else if (hec == bhttp::error::header_limit) {
-          err = fail(431, "headers_too_large", "the request headers are too large");
-        } else {
-          err = fail(400, "bad_request", "malformed HTTP request");
-        }
-        tcp_layer.expires_after(l.options.body_timeout);
-        st.busy = true;
-        co_await Write(l, stream, meta, std::move(err), false, started);
-        co_return;
-      }
-
-      st.busy = true;
-      tcp_layer.expires_never();
-      Request req = ToRequest(parser.get());
-      req.received_ms = st.arrived_ms;
-      Request copy;  // what Finished needs once req has gone to the dispatcher
-      copy.method = req.method;
-      copy.path = req.path;
-      copy.request_id = req.request_id;
-      const bool wants_keep_alive = parser.get().keep_alive();
+      std::unique_ptr<Incoming> in = co_await ReadRequest(l, stream, buffer, st);
+      if (!in) co_return;
+      Request copy;  // what Finished needs once the request has gone to the dispatcher
+      copy.method = in->req.method;
+      copy.path = in->req.path;
+      copy.request_id = in->req.request_id;
+      const bool wants_keep_alive = in->keep_alive;
+      const auto started = in->started;
       auto slot = std::make_shared<ResponseSlot>();
-      l.dispatcher->Dispatch(std::move(req), ResponseSlot::ResponderFor(slot));
+      l.dispatcher->Dispatch(std::move(in->req), ResponseSlot::ResponderFor(slot));
+      in.reset();
       Response res;
       if (auto given = slot->TakeEarly()) {
         res = std::move(*given);
       } else {
         // Answered later (a pool worker, or a long poll held up to its wait): what this session
-        // holds meanwhile is what 10,000 agents' held long polls cost, so the parsed request and
-        // an empty read buffer are let go now (the next request allocates them again).
-        parser_storage.reset();
+        // holds meanwhile is what 10,000 agents' held long polls cost, so an empty read buffer is
+        // let go now (the next request allocates it again).
         if (buffer.size() == 0) buffer.shrink_to_fit();
         res = co_await slot->Await();
       }
