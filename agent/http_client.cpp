@@ -12,7 +12,7 @@ namespace net = boost::asio;
 using tcp = net::ip::tcp;
 
 struct HttpClient::Impl {
-  std::string host, port;
+  std::string host, port, user_agent;
   net::io_context ioc;
   std::optional<beast::tcp_stream> stream;
   beast::flat_buffer buffer;
@@ -33,7 +33,8 @@ struct HttpClient::Impl {
   }
 };
 
-HttpClient::HttpClient(const std::string& base_url) : impl_(std::make_unique<Impl>()) {
+HttpClient::HttpClient(const std::string& base_url, std::string user_agent) : impl_(std::make_unique<Impl>()) {
+  impl_->user_agent = user_agent.empty() ? std::string("spillway-agent/" SPILLWAY_VERSION) : std::move(user_agent);
   const std::string prefix = "http://";
   if (base_url.rfind(prefix, 0) != 0)
     throw std::invalid_argument("--api must be an http://HOST:PORT URL (got " + base_url + ")");
@@ -48,7 +49,8 @@ HttpClient::HttpClient(const std::string& base_url) : impl_(std::make_unique<Imp
 HttpClient::~HttpClient() = default;
 
 HttpClient::Result HttpClient::Call(const std::string& method, const std::string& target, const std::string& bearer,
-                                    const std::string& body, std::chrono::milliseconds timeout) {
+                                    const std::string& body, std::chrono::milliseconds timeout,
+                                    const Headers& headers) {
   auto& d = *impl_;
   for (int attempt = 0; attempt < 2; ++attempt) {
     const bool fresh = !d.stream;
@@ -70,7 +72,8 @@ HttpClient::Result HttpClient::Call(const std::string& method, const std::string
     }
     bhttp::request<bhttp::string_body> req{bhttp::string_to_verb(method), target, 11};
     req.set(bhttp::field::host, d.host);
-    req.set(bhttp::field::user_agent, "spillway-agent/" SPILLWAY_VERSION);
+    req.set(bhttp::field::user_agent, d.user_agent);
+    for (const auto& [name, value] : headers) req.set(name, value);
     if (!bearer.empty()) req.set(bhttp::field::authorization, "Bearer " + bearer);
     if (!body.empty()) req.set(bhttp::field::content_type, "application/json");
     req.body() = body;
@@ -87,7 +90,7 @@ HttpClient::Result HttpClient::Call(const std::string& method, const std::string
       throw HttpError(method + " " + target + ": " + ec.message());
     }
     if (!res.keep_alive()) d.stream.reset();
-    return {static_cast<int>(res.result_int()), std::move(res.body())};
+    return {static_cast<int>(res.result_int()), std::move(res.body()), std::string(res[bhttp::field::content_type])};
   }
   throw HttpError(method + " " + target + ": connection failed");
 }

@@ -3,6 +3,8 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace spillway::agent {
 
@@ -11,17 +13,21 @@ struct HttpError : std::runtime_error {
 };
 
 // A keep-alive HTTP/1.1 client for one apiserver, one request at a time, each with a deadline.
-// Network failures throw HttpError; the next call reconnects.
+// Network failures throw HttpError; the next call reconnects. Used by the agent, the fleet
+// simulator and the `spillway` CLI.
 class HttpClient {
  public:
-  explicit HttpClient(const std::string& base_url);  // "http://host:port"
+  // "http://host:port"; `user_agent` names the program ("spillway-agent/0.1.0").
+  explicit HttpClient(const std::string& base_url, std::string user_agent = "");
   ~HttpClient();
   struct Result {
     int status = 0;
     std::string body;
+    std::string content_type;
   };
+  using Headers = std::vector<std::pair<std::string, std::string>>;
   Result Call(const std::string& method, const std::string& target, const std::string& bearer,
-              const std::string& body, std::chrono::milliseconds timeout);
+              const std::string& body, std::chrono::milliseconds timeout, const Headers& headers = {});
 
  private:
   struct Impl;

@@ -67,7 +67,7 @@ spw_build() {
   # Clones in other folders share ccache's hits.
   export CCACHE_BASEDIR="$SPW_ROOT"
   cmake -S "$SPW_ROOT" -B "$SPW_ROOT/build" "${args[@]}" "$@" >/dev/null
-  # SPW_BUILD_TARGETS limits the build (the demo needs only the two daemons).
+  # SPW_BUILD_TARGETS limits the build (the demo needs its daemons, the simulator and the CLI).
   # shellcheck disable=SC2086
   ninja -C "$SPW_ROOT/build" -j "$jobs" ${SPW_BUILD_TARGETS:-}
 }

@@ -1,0 +1,39 @@
+#pragma once
+// Where the `spillway` CLI sends its calls and with which key, as the AWS CLI resolves it:
+// --api / --profile on the command line, then SPILLWAY_API / SPILLWAY_API_KEY, then the profile in
+// ~/.config/spillway/config.toml ([default], [profile NAME]: api_url, key_file).
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+namespace spillway::cli {
+
+struct UsageError : std::runtime_error {  // exit code 2
+  using std::runtime_error::runtime_error;
+};
+
+struct Profile {
+  std::string name = "default";
+  std::string api_url;   // "http://host:port"
+  std::string key_file;  // where the API key is kept (never the key itself)
+};
+
+// $XDG_CONFIG_HOME/spillway/config.toml, or ~/.config/spillway/config.toml.
+std::string ConfigPath(const std::map<std::string, std::string>& env);
+
+// The named profile from the config file; nullopt when the file or the profile is absent. A file that
+// does not parse is a UsageError naming it.
+std::optional<Profile> ReadProfile(const std::string& path, const std::string& name);
+
+// Writes (adds or replaces) one profile, keeping the others; the file is created 0600, its folder 0700.
+void WriteProfile(const std::string& path, const Profile& profile);
+
+struct Target {
+  std::string api_url, api_key;
+};
+// Resolves where to call and with which key; a UsageError says what is missing and how to set it.
+Target Resolve(const std::map<std::string, std::string>& env, const std::string& profile_flag,
+               const std::string& api_flag);
+
+}  // namespace spillway::cli

@@ -1,0 +1,201 @@
+// The `spillway` CLI (issue #22) against a real apiserver and agent: profiles, every command at
+// least once, tables and CSV read back and compared with the API's own answers, a launch waited
+// to running, a refusal printed as a readable error with exit code 1, usage errors with 2.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "fleet_support.hpp"
+#include "tests/support/focus_check.hpp"
+
+namespace spillway::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct CliRun {
+  int rc = -1;
+  std::string out, err;
+};
+
+std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class Cli : public FleetTest {
+ protected:
+  void SetUp() override {
+    StartFleet(1);  // one GPU: a second launch is refused (409)
+    char tmpl[] = "/tmp/spillway-cli-home-XXXXXX";
+    home_ = ::mkdtemp(tmpl);
+    api_ = "http://127.0.0.1:" + std::to_string(server_->port());
+  }
+  void TearDown() override { std::filesystem::remove_all(home_); }
+  // The binary as a user runs it, stdout and stderr apart (piped: not a terminal).
+  CliRun Run(const std::vector<std::string>& args, const std::map<std::string, std::string>& env = {}) {
+    std::string cmd;
+    for (const auto& [k, v] : env) cmd += k + "=" + Quote(v) + " ";
+    cmd += Quote(SPILLWAY_CLI_BIN);
+    for (const auto& a : args) cmd += " " + Quote(a);
+    cmd += " >" + home_ + "/out 2>" + home_ + "/err";
+    CliRun r;
+    r.rc = RunCommand({"/bin/sh", "-c", "HOME=" + Quote(home_) + " " + cmd}, {}, nullptr);
+    r.out = Slurp(home_ + "/out");
+    r.err = Slurp(home_ + "/err");
+    return r;
+  }
+  std::string home_, api_;
+};
+
+TEST_F(Cli, ACustomerConfiguresLaunchesWaitsListsAndTerminates) {
+  auto agent = fleet_->StartAgent("us-east", "H100-80GB", 1, 8);
+  ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("us-east", "H100-80GB", "total_gpus") == 8; }, 20s));
+
+  // configure writes a 0600 profile whose key lives in a 0600 file of its own.
+  auto r = Run({"configure", "--api", api_, "--key", member_});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const std::string config = home_ + "/.config/spillway/config.toml";
+  struct stat st {};
+  ASSERT_EQ(::stat(config.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_NE(Slurp(config).find("[default]"), std::string::npos);
+  EXPECT_EQ(Slurp(config).find(member_), std::string::npos) << "the key is not in the config itself";
+  ASSERT_EQ(::stat((home_ + "/.config/spillway/default.key").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+  // The catalog as CSV, read back.
+  r = Run({"instance-types", "--output", "csv"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  auto rows = ParseCsv(r.out);
+  ASSERT_GE(rows.size(), 2u);
+  EXPECT_EQ(rows[0][0], "name");
+  bool has_type = false;
+  for (const auto& row : rows) has_type = has_type || row[0] == "h100.1x";
+  EXPECT_TRUE(has_type) << r.out;
+
+  // A launch waited to running; piped, so JSON and no progress line.
+  r = Run({"instances", "launch", "--type", "h100.1x", "--region", "us-east", "--name", "cli-one", "--wait",
+           "--timeout", "60s"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto launched = boost::json::parse(r.out);
+  EXPECT_EQ(Str(launched, "state"), "running");
+  EXPECT_EQ(r.err.find('\r'), std::string::npos) << "no progress line when stderr is not a terminal";
+  const std::string id = Str(launched, "id");
+
+  // list: JSON when piped, a table and CSV when asked, each the API's own list.
+  const auto api_list = Json(fleet_->Call("GET", "/v1/instances", member_)).at("data").as_array();
+  ASSERT_EQ(api_list.size(), 1u);
+  r = Run({"instances", "list"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(boost::json::parse(r.out).at("data").as_array(), api_list);
+  r = Run({"instances", "list", "--output", "table"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  std::istringstream table(r.out);
+  std::string header, line;
+  std::getline(table, header);
+  std::getline(table, line);
+  EXPECT_EQ(header.rfind("ID", 0), 0u) << r.out;
+  std::istringstream cells(line);
+  std::vector<std::string> words{std::istream_iterator<std::string>(cells), {}};
+  ASSERT_GE(words.size(), 6u) << line;
+  EXPECT_EQ(words[0], id);
+  EXPECT_EQ(words[1], "cli-one");
+  EXPECT_EQ(words[5], "running");
+  r = Run({"instances", "list", "--output", "csv"});
+  rows = ParseCsv(r.out);
+  ASSERT_EQ(rows.size(), 2u) << r.out;
+  EXPECT_EQ(rows[0][0], "id");
+  EXPECT_EQ(rows[1][0], id);
+  EXPECT_EQ(rows[1][5], Str(api_list[0], "state"));
+  EXPECT_EQ(rows[1][6], Str(api_list[0], "host_id"));
+  r = Run({"instances", "get", id, "--output", "json"});
+  EXPECT_EQ(boost::json::parse(r.out), Json(fleet_->Call("GET", "/v1/instances/" + id, member_)));
+
+  // A refusal: the API's message and request id on stderr, exit 1, nothing on stdout.
+  r = Run({"instances", "launch", "--type", "h100.1x", "--region", "us-east"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("quota"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("HTTP 409"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("request id "), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+
+  // The rest of a customer's nouns answer.
+  for (const std::vector<std::string>& cmd : {std::vector<std::string>{"spot-prices"}, {"ssh-keys", "list"},
+                                              {"volumes", "list"}, {"usage"}, {"invoices", "list"}}) {
+    r = Run(cmd);
+    EXPECT_EQ(r.rc, 0) << cmd[0] << ": " << r.err;
+    EXPECT_NO_THROW(boost::json::parse(r.out)) << cmd[0] << ": " << r.out;
+  }
+
+  r = Run({"instances", "terminate", id, "--wait", "--timeout", "60s"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(Str(boost::json::parse(r.out), "state"), "terminated");
+}
+
+TEST_F(Cli, ProfilesEnvironmentUsageErrorsAndCompletion) {
+  auto agent = fleet_->StartAgent("us-east", "H100-80GB", 1, 8);
+  ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("us-east", "H100-80GB", "total_gpus") == 8; }, 20s));
+  // An operator's profile beside the default; --profile picks it.
+  ASSERT_EQ(Run({"configure", "--api", api_, "--key", member_}).rc, 0);
+  ASSERT_EQ(Run({"configure", "--profile", "ops", "--api", api_, "--key", fleet_->operator_key}).rc, 0);
+  auto r = Run({"--profile", "ops", "capacity", "--output", "csv"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  auto rows = ParseCsv(r.out);
+  ASSERT_EQ(rows.size(), 2u) << r.out;
+  EXPECT_EQ(rows[1][0], "us-east");
+  EXPECT_EQ(rows[1][3], "8");  // total_gpus
+  r = Run({"hosts", "list", "--profile", "ops", "--output", "csv"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  rows = ParseCsv(r.out);
+  ASSERT_EQ(rows.size(), 2u) << r.out;
+  r = Run({"hosts", "get", rows[1][0], "--profile", "ops"});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  // The member may not: 403 from the API, exit 1.
+  r = Run({"capacity"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("HTTP 403"), std::string::npos) << r.err;
+  // SPILLWAY_API and SPILLWAY_API_KEY override the profile.
+  r = Run({"tenants", "list", "--output", "csv"}, {{"SPILLWAY_API_KEY", fleet_->admin}});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  rows = ParseCsv(r.out);
+  EXPECT_GE(rows.size(), 3u) << r.out;  // the operator's tenant and the customer's
+  r = Run({"tenants", "get", tenant_}, {{"SPILLWAY_API_KEY", fleet_->admin}});
+  EXPECT_EQ(Str(boost::json::parse(r.out), "id"), tenant_);
+
+  // Usage errors: exit 2 and nothing sent.
+  EXPECT_EQ(Run({"--profile", "nosuch", "instances", "list"}).rc, 2);
+  EXPECT_EQ(Run({"instances", "launch", "--region", "us-east"}).rc, 2);  // no --type
+  EXPECT_EQ(Run({"instances", "list", "--colour", "red"}).rc, 2);
+  EXPECT_EQ(Run({"instances", "get"}).rc, 2);
+  EXPECT_EQ(Run({"instances", "list", "--output", "yaml"}).rc, 2);
+  EXPECT_EQ(Run({"nosuch"}).rc, 2);
+  EXPECT_EQ(Json(fleet_->Call("GET", "/v1/instances", member_)).at("data").as_array().size(), 0u);
+  // An unreachable API is exit 1.
+  EXPECT_EQ(Run({"instances", "list"}, {{"SPILLWAY_API", "http://127.0.0.1:1"}}).rc, 1);
+
+  // Help for each command, and completion scripts bash accepts.
+  r = Run({"instances", "launch", "--help"});
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_NE(r.out.find("--max-price"), std::string::npos);
+  r = Run({"completion", "bash"});
+  ASSERT_EQ(r.rc, 0);
+  EXPECT_NE(r.out.find("complete -F _spillway spillway"), std::string::npos);
+  std::ofstream(home_ + "/completion.bash") << r.out;
+  EXPECT_EQ(RunCommand({"/bin/bash", "-n", home_ + "/completion.bash"}, {}, nullptr), 0);
+  EXPECT_EQ(Run({"completion", "zsh"}).rc, 0);
+}
+
+}  // namespace
+}  // namespace spillway::test
