@@ -4,7 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -346,6 +348,27 @@ std::vector<Command> Commands() {
                                                       timeout},
                "wait until an instance reaches a state",
                [](Invocation& inv) { return WaitFor(inv, inv.Arg(0), inv.Flag("--state", "running")); }});
+  c.push_back({"instances", "ssh", {"INSTANCE_ID"}, {{"--identity", "FILE", "the private key (ssh -i)"}},
+               "ssh to a running instance (execs ssh with its endpoint)",
+               [](Invocation& inv) {
+                 const auto i = inv.Call("GET", "/v1/instances/" + PathPart(inv.Arg(0)));
+                 const auto* ssh = i.as_object().if_contains("ssh");
+                 if (!ssh || !ssh->is_object()) {
+                   inv.io.err << "error: " << inv.Arg(0) << " has no SSH endpoint (state " << Cell(i, "state")
+                              << "; it needs an SSH key at launch and must be running)\n";
+                   return 1;
+                 }
+                 std::vector<std::string> argv = {"ssh", "-p", Cell(*ssh, "port")};
+                 if (inv.Has("--identity")) argv.insert(argv.end(), {"-i", inv.Flag("--identity")});
+                 argv.push_back(Cell(*ssh, "user") + "@" + Cell(*ssh, "host"));
+                 std::vector<char*> cargv;
+                 for (auto& a : argv) cargv.push_back(a.data());
+                 cargv.push_back(nullptr);
+                 inv.io.out.flush();
+                 ::execvp("ssh", cargv.data());
+                 inv.io.err << "error: cannot run ssh: " << std::strerror(errno) << "\n";
+                 return 1;
+               }});
   c.push_back({"instance-types", "", {}, {}, "the catalog: types, list prices and availability per region",
                [](Invocation& inv) {
                  inv.Rows(inv.Call("GET", "/v1/instance-types").at("data").as_array(),
@@ -475,6 +498,150 @@ std::vector<Command> Commands() {
                }});
   c.push_back({"hosts", "get", {"HOST_ID"}, {}, "one host", [](Invocation& inv) {
                  inv.Object(inv.Call("GET", "/v1/hosts/" + PathPart(inv.Arg(0))));
+                 return 0;
+               }});
+
+  c.push_back({"reservations", "list", {}, {}, "the operator's internal reservation in each pool", [](Invocation& inv) {
+                 inv.Rows(inv.Call("GET", "/v1/capacity").at("data").as_array(),
+                          {{"REGION", "region"}, {"GPU_MODEL", "gpu_model"}, {"TOTAL", "total_gpus"},
+                           {"RESERVED", "internal_reserved_gpus"}, {"SPARE", "spare_gpus"}});
+                 return 0;
+               }});
+  c.push_back({"reservations", "set", {"REGION", "GPU_MODEL"}, {{"--gpus", "N", "GPUs to hold for internal demand"}},
+               "take GPUs back for internal demand (spot instances get notice)",
+               [](Invocation& inv) {
+                 std::int64_t gpus = 0;
+                 try {
+                   gpus = std::stoll(inv.Required("--gpus"));
+                 } catch (const std::logic_error&) {
+                   throw UsageError("--gpus must be a whole number");
+                 }
+                 inv.Object(inv.Call("PUT", "/v1/capacity/pools/" + PathPart(inv.Arg(0)) + "/" + PathPart(inv.Arg(1)),
+                                     json::serialize(json::object{{"internal_reserved_gpus", gpus}})));
+                 return 0;
+               }});
+
+  // Finance.
+  c.push_back({"billing", "prices", {}, {}, "the price book: past, current and scheduled prices", [](Invocation& inv) {
+                 inv.Rows(inv.Call("GET", "/v1/billing/prices").at("data").as_array(),
+                          {{"KIND", "kind"}, {"GPU_MODEL", "gpu_model"}, {"PER_GPU_HOUR", "price_per_gpu_hour"},
+                           {"PER_GB_MONTH", "price_per_gb_month"}, {"EFFECTIVE_FROM", "effective_from"},
+                           {"STATUS", "status"}});
+                 return 0;
+               }});
+  c.push_back({"billing", "set-price", {}, {{"--gpu-model", "MODEL", "the GPU model (or --storage)"},
+                                            {"--storage", "", "the storage price per GB-month"},
+                                            {"--price", "USD", "per GPU-hour (or per GB-month)"},
+                                            {"--effective-from", "TIME", "RFC 3339, in the future"}},
+               "schedule a list price change",
+               [](Invocation& inv) {
+                 json::object body{{"effective_from", inv.Required("--effective-from")}};
+                 if (inv.Has("--storage")) {
+                   body["kind"] = "storage";
+                   body["price_per_gb_month"] = inv.Required("--price");
+                 } else {
+                   body["kind"] = "gpu";
+                   body["gpu_model"] = inv.Required("--gpu-model");
+                   body["price_per_gpu_hour"] = inv.Required("--price");
+                 }
+                 inv.Object(inv.Call("POST", "/v1/billing/prices", json::serialize(body),
+                                     {{"Idempotency-Key", NewId("cli")}}));
+                 return 0;
+               }});
+  c.push_back({"billing", "invoices", {}, {{"--period", "YYYY-MM", "one month"}, {"--status", "STATUS", "draft or finalized"},
+                                           {"--tenant", "TENANT_ID", "one tenant"}},
+               "every tenant's invoices",
+               [](Invocation& inv) {
+                 inv.Rows(inv.List("/v1/billing/invoices" + Query(inv, {{"--period", "period"}, {"--status", "status"},
+                                                                        {"--tenant", "tenant_id"}})),
+                          {{"ID", "id"}, {"TENANT", "tenant_id"}, {"PERIOD", "period"}, {"STATUS", "status"},
+                           {"NUMBER", "number"}, {"TOTAL", "total"}, {"BALANCE", "balance"}});
+                 return 0;
+               }});
+  c.push_back({"billing", "periods", {}, {}, "closed billing periods", [](Invocation& inv) {
+                 inv.Rows(inv.Call("GET", "/v1/billing/periods").at("data").as_array(),
+                          {{"PERIOD", "period"}, {"CLOSED_AT", "closed_at"}, {"INCOMPLETE", "incomplete"},
+                           {"INVOICES", "invoices"}, {"CLOSED_BY", "closed_by"}});
+                 return 0;
+               }});
+  c.push_back({"billing", "close", {"PERIOD"}, {}, "close a month now: number and finalize its invoices",
+               [](Invocation& inv) {
+                 inv.Object(inv.Call("POST", "/v1/billing/periods/" + PathPart(inv.Arg(0)) + "/close"));
+                 return 0;
+               }});
+  c.push_back({"billing", "credit-note", {"INVOICE_ID"}, {{"--amount", "USD", "how much to credit"},
+                                                          {"--reason", "TEXT", "why (printed on the note)"}},
+               "credit part of a finalized invoice",
+               [](Invocation& inv) {
+                 inv.Object(inv.Call("POST", "/v1/billing/invoices/" + PathPart(inv.Arg(0)) + "/credit-notes",
+                                     json::serialize(json::object{{"amount", inv.Required("--amount")},
+                                                                  {"reason", inv.Required("--reason")}}),
+                                     {{"Idempotency-Key", NewId("cli")}}));
+                 return 0;
+               }});
+  c.push_back({"billing", "export", {"FORMAT"}, {{"--period", "YYYY-MM", "the month"},
+                                                 {"--tenant", "TENANT_ID", "one tenant"},
+                                                 {"--out", "FILE", "where to write it (default: stdout)"}},
+               "the month's costs as FOCUS 1.2 CSV (FORMAT: focus)",
+               [](Invocation& inv) {
+                 if (inv.Arg(0) != "focus") throw UsageError("billing export takes focus");
+                 const auto r = inv.Raw("GET", "/v1/billing/exports/focus" +
+                                                   Query(inv, {{"--period", "period"}, {"--tenant", "tenant_id"}}));
+                 if (inv.Flag("--out", "-") == "-") {
+                   inv.io.out << r.body;
+                   return 0;
+                 }
+                 std::ofstream out(inv.Flag("--out"), std::ios::binary | std::ios::trunc);
+                 out << r.body;
+                 if (!out.flush()) throw UsageError("cannot write " + inv.Flag("--out"));
+                 return 0;
+               }});
+  c.push_back({"billing", "revenue", {}, {{"--period", "YYYY-MM", "the month"}},
+               "the spare-capacity revenue report: revenue, spot discount, spare GPU-hours offered and sold",
+               [](Invocation& inv) {
+                 const std::string q = Query(inv, {{"--period", "period"}});
+                 if (inv.format == Format::kCsv) {  // the API's own CSV, as finance imports it
+                   inv.io.out << inv.Raw("GET", "/v1/billing/reports/revenue" + q, "", {{"Accept", "text/csv"}}).body;
+                   return 0;
+                 }
+                 const auto report = inv.Call("GET", "/v1/billing/reports/revenue" + q);
+                 if (inv.format == Format::kJson) {
+                   inv.Object(report);
+                   return 0;
+                 }
+                 inv.Rows(report.at("usage").as_array(),
+                          {{"REGION", "region"}, {"GPU_MODEL", "gpu_model"}, {"MARKET", "market"},
+                           {"GPU_HOURS_SOLD", "gpu_hours_sold"}, {"REVENUE", "revenue"}, {"LIST_VALUE", "list_value"},
+                           {"SPOT_DISCOUNT", "spot_discount_given"}});
+                 inv.io.out << "\n";
+                 inv.Rows(report.at("spare").as_array(),
+                          {{"REGION", "region"}, {"GPU_MODEL", "gpu_model"}, {"SPARE_OFFERED", "spare_gpu_hours_offered"},
+                           {"SPARE_SOLD", "spare_gpu_hours_sold"}, {"SPARE_UNSOLD", "spare_gpu_hours_unsold"}});
+                 inv.io.out << "\ntotals\n";
+                 PrintObject(inv.io.out, report.at("totals").as_object(), Format::kTable);
+                 return 0;
+               }});
+
+  // API keys (a member manages its own tenant's; an admin any tenant's).
+  c.push_back({"keys", "list", {}, {{"--tenant", "TENANT_ID", "the tenant whose keys"}}, "API keys", [](Invocation& inv) {
+                 inv.Rows(inv.List("/v1/tenants/" + PathPart(inv.Required("--tenant")) + "/api-keys"),
+                          {{"ID", "id"}, {"NAME", "name"}, {"ROLE", "role"}, {"CREATED", "created_at"},
+                           {"LAST_USED", "last_used_at"}, {"REVOKED", "revoked_at"}});
+                 return 0;
+               }});
+  c.push_back({"keys", "create", {}, {{"--tenant", "TENANT_ID", "the tenant"}, {"--role", "ROLE", "member, finance, operator or admin"},
+                                      {"--name", "NAME", "what it is for"}},
+               "create an API key (its secret is shown once)",
+               [](Invocation& inv) {
+                 json::object body{{"role", inv.Required("--role")}};
+                 if (inv.Has("--name")) body["name"] = inv.Flag("--name");
+                 inv.Object(inv.Call("POST", "/v1/tenants/" + PathPart(inv.Required("--tenant")) + "/api-keys",
+                                     json::serialize(body)));
+                 return 0;
+               }});
+  c.push_back({"keys", "revoke", {"KEY_ID"}, {{"--tenant", "TENANT_ID", "the tenant"}}, "revoke an API key",
+               [](Invocation& inv) {
+                 inv.Raw("DELETE", "/v1/tenants/" + PathPart(inv.Required("--tenant")) + "/api-keys/" + PathPart(inv.Arg(0)));
                  return 0;
                }});
 

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include "fleet_support.hpp"
@@ -16,24 +17,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct CliRun {
-  int rc = -1;
-  std::string out, err;
-};
-
-std::string Quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 class Cli : public FleetTest {
  protected:
   void SetUp() override {
@@ -43,18 +26,8 @@ class Cli : public FleetTest {
     api_ = "http://127.0.0.1:" + std::to_string(server_->port());
   }
   void TearDown() override { std::filesystem::remove_all(home_); }
-  // The binary as a user runs it, stdout and stderr apart (piped: not a terminal).
   CliRun Run(const std::vector<std::string>& args, const std::map<std::string, std::string>& env = {}) {
-    std::string cmd;
-    for (const auto& [k, v] : env) cmd += k + "=" + Quote(v) + " ";
-    cmd += Quote(SPILLWAY_CLI_BIN);
-    for (const auto& a : args) cmd += " " + Quote(a);
-    cmd += " >" + home_ + "/out 2>" + home_ + "/err";
-    CliRun r;
-    r.rc = RunCommand({"/bin/sh", "-c", "HOME=" + Quote(home_) + " " + cmd}, {}, nullptr);
-    r.out = Slurp(home_ + "/out");
-    r.err = Slurp(home_ + "/err");
-    return r;
+    return RunCli(home_, args, env);
   }
   std::string home_, api_;
 };
@@ -70,8 +43,8 @@ TEST_F(Cli, ACustomerConfiguresLaunchesWaitsListsAndTerminates) {
   struct stat st {};
   ASSERT_EQ(::stat(config.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
-  EXPECT_NE(Slurp(config).find("[default]"), std::string::npos);
-  EXPECT_EQ(Slurp(config).find(member_), std::string::npos) << "the key is not in the config itself";
+  EXPECT_NE(ReadWhole(config).find("[default]"), std::string::npos);
+  EXPECT_EQ(ReadWhole(config).find(member_), std::string::npos) << "the key is not in the config itself";
   ASSERT_EQ(::stat((home_ + "/.config/spillway/default.key").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 
@@ -195,6 +168,78 @@ TEST_F(Cli, ProfilesEnvironmentUsageErrorsAndCompletion) {
   std::ofstream(home_ + "/completion.bash") << r.out;
   EXPECT_EQ(RunCommand({"/bin/bash", "-n", home_ + "/completion.bash"}, {}, nullptr), 0);
   EXPECT_EQ(Run({"completion", "zsh"}).rc, 0);
+}
+
+
+TEST_F(Cli, SshKeysVolumesSshReservationsAndApiKeys) {
+  auto agent = fleet_->StartAgent("us-east", "H100-80GB", 1, 8,
+                                  {"--public-address", "gpu-9.example.test", "--port-range", "22000-22009"});
+  ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("us-east", "H100-80GB", "total_gpus") == 8; }, 20s));
+  const std::map<std::string, std::string> member = {{"SPILLWAY_API", api_}, {"SPILLWAY_API_KEY", member_}};
+  std::ofstream(home_ + "/alice.pub")
+      << "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEqzKrdyTTFE3V4KeapNNRa6weyLwwp99yqnlQ9XqnNG alice@laptop\n";
+  auto r = Run({"ssh-keys", "add", "--name", "alice", "--public-key-file", home_ + "/alice.pub"}, member);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const std::string key_id = Str(boost::json::parse(r.out), "id");
+  r = Run({"ssh-keys", "list", "--output", "csv"}, member);
+  auto rows = ParseCsv(r.out);
+  ASSERT_EQ(rows.size(), 2u) << r.out;
+  EXPECT_EQ(rows[1][0], key_id);
+  EXPECT_EQ(rows[1][1], "alice");
+
+  // ssh: the CLI execs ssh with the instance's endpoint (a stand-in ssh on PATH prints its argv).
+  r = Run({"instances", "launch", "--type", "h100.1x", "--region", "us-east", "--ssh-key", key_id, "--wait"}, member);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto inst = boost::json::parse(r.out);
+  const std::string id = Str(inst, "id");
+  ASSERT_TRUE(inst.at("ssh").is_object()) << inst;
+  ::mkdir((home_ + "/bin").c_str(), 0755);
+  std::ofstream(home_ + "/bin/ssh") << "#!/bin/sh\necho \"ssh $*\"\n";
+  ::chmod((home_ + "/bin/ssh").c_str(), 0755);
+  auto with_ssh = member;
+  with_ssh["PATH"] = home_ + "/bin:/usr/bin:/bin";
+  r = Run({"instances", "ssh", id, "--identity", "/keys/alice"}, with_ssh);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out, "ssh -p " + std::to_string(inst.at("ssh").at("port").as_int64()) +
+                       " -i /keys/alice root@gpu-9.example.test\n");
+  ASSERT_EQ(Run({"instances", "terminate", id, "--wait"}, member).rc, 0);
+  r = Run({"instances", "ssh", id}, with_ssh);
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("no SSH endpoint"), std::string::npos) << r.err;
+  EXPECT_EQ(Run({"ssh-keys", "delete", key_id}, member).rc, 0);
+  EXPECT_EQ(ParseCsv(Run({"ssh-keys", "list", "--output", "csv"}, member).out).size(), 1u);
+
+  r = Run({"volumes", "create", "--name", "data", "--region", "us-east", "--size-gb", "5"}, member);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const std::string volume = Str(boost::json::parse(r.out), "id");
+  rows = ParseCsv(Run({"volumes", "list", "--output", "csv"}, member).out);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[1][0], volume);
+  EXPECT_EQ(Run({"volumes", "delete", volume}, member).rc, 0);
+
+  // An operator takes GPUs back for internal demand.
+  const std::map<std::string, std::string> ops = {{"SPILLWAY_API", api_}, {"SPILLWAY_API_KEY", fleet_->operator_key}};
+  r = Run({"reservations", "set", "us-east", "H100-80GB", "--gpus", "2"}, ops);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  rows = ParseCsv(Run({"reservations", "list", "--output", "csv"}, ops).out);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[1][3], "2");
+  EXPECT_EQ(fleet_->PoolInt("us-east", "H100-80GB", "internal_reserved_gpus"), 2);
+
+  // An admin makes a key for the tenant, lists it, revokes it; the revoked key is refused.
+  const std::map<std::string, std::string> admin = {{"SPILLWAY_API", api_}, {"SPILLWAY_API_KEY", fleet_->admin}};
+  r = Run({"keys", "create", "--tenant", tenant_, "--role", "member", "--name", "ci"}, admin);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto made = boost::json::parse(r.out);
+  rows = ParseCsv(Run({"keys", "list", "--tenant", tenant_, "--output", "csv"}, admin).out);
+  bool listed = false;
+  for (const auto& row : rows) listed = listed || row[0] == Str(made, "id");
+  EXPECT_TRUE(listed);
+  EXPECT_EQ(Run({"instances", "list"}, {{"SPILLWAY_API", api_}, {"SPILLWAY_API_KEY", Str(made, "secret")}}).rc, 0);
+  ASSERT_EQ(Run({"keys", "revoke", Str(made, "id"), "--tenant", tenant_}, admin).rc, 0);
+  r = Run({"instances", "list"}, {{"SPILLWAY_API", api_}, {"SPILLWAY_API_KEY", Str(made, "secret")}});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("HTTP 401"), std::string::npos) << r.err;
 }
 
 }  // namespace

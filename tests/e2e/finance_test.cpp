@@ -11,6 +11,7 @@
 #include <boost/json.hpp>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -61,7 +62,7 @@ class Finance : public ::testing::Test {
     db_ = std::make_unique<TestDb>();
     conn_ = OpenSession({db_->dsn(), "spillway-test", std::chrono::milliseconds(3000), std::chrono::milliseconds(30000)});
     tenant_ = NewId("ten");
-    Exec("INSERT INTO tenants (id, name, gpu_quota) VALUES ('" + tenant_ + "', 'acme', 4)");
+    Exec("INSERT INTO tenants (id, name, gpu_quota) VALUES ($1, 'acme', 4)", tenant_);
     SeedLastMonth();
     auto env = FastFleetEnv();
     env["SPILLWAY_METERING_ROLLUP_INTERVAL"] = "1s";
@@ -88,27 +89,38 @@ class Finance : public ::testing::Test {
                           *ParseTime(last.Label() + "-01T00:00:00Z"))
           .host_id;
     });
+    const std::string t1100 = day15 + "T11:00:00Z", t1200 = day15 + "T12:00:00Z", t1300 = day15 + "T13:00:00Z",
+                      t1305 = day15 + "T13:05:00Z";
     Exec("INSERT INTO host_watermarks (host_id, sampled_through, last_batch_seq, last_batch_at, clock_skew_ms, "
-         "folded_through) VALUES ('" + retired_host_ + "', '" + day15 + "T13:05:00Z', 3, '" + day15 + "T13:05:00Z', 0, '" +
-         day15 + "T13:05:00Z')");
+         "folded_through) VALUES ($1, $2::timestamptz, 3, $2::timestamptz, 0, $2::timestamptz)",
+         retired_host_, t1305);
     Exec("INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) VALUES "
-         "('H100-80GB', 'on_demand', 2000000, '" + last.Label() + "-01T00:00:00Z'), "
-         "('H100-80GB', 'on_demand', 3000000, '" + day15 + "T12:00:00Z')");
+         "('H100-80GB', 'on_demand', 2000000, $1::timestamptz), ('H100-80GB', 'on_demand', 3000000, $2::timestamptz)",
+         last.Label() + "-01T00:00:00Z", t1200);
     Exec("INSERT INTO instances (id, tenant_id, name, instance_type, gpu_model, gpus, region, market, state, host_id, "
-         "started_at, ended_at, end_reason) VALUES ('ins_lastmonth', '" + tenant_ + "', 'train-7b', 'h100.1x', 'H100-80GB', 1, "
-         "'eu-west', 'on_demand', 'terminated', '" + retired_host_ + "', '" + day15 + "T11:00:00Z', '" + day15 +
-         "T13:00:00Z', 'terminated')");
+         "started_at, ended_at, end_reason) VALUES ('ins_lastmonth', $1, 'train-7b', 'h100.1x', 'H100-80GB', 1, "
+         "'eu-west', 'on_demand', 'terminated', $2, $3::timestamptz, $4::timestamptz, 'terminated')",
+         tenant_, retired_host_, t1100, t1300);
     Exec("INSERT INTO gpu_allocation_history (instance_id, host_id, gpu_index, allocated_at, released_at) VALUES "
-         "('ins_lastmonth', '" + retired_host_ + "', 0, '" + day15 + "T11:00:00Z', '" + day15 + "T13:00:00Z')");
-    Exec("SELECT usage_samples_partition('" + day15 + "T00:00:00Z')");
+         "('ins_lastmonth', $1, 0, $2::timestamptz, $3::timestamptz)",
+         retired_host_, t1100, t1300);
+    Exec("SELECT usage_samples_partition($1::timestamptz)", day15 + "T00:00:00Z");
     Exec("INSERT INTO usage_samples (ts, host_id, gpu_index, instance_id, interval_ms, util_pct, mem_used_bytes, power_mw, "
-         "energy_mj) SELECT ts, '" + retired_host_ + "', 0, 'ins_lastmonth', 10000, 90, 1073741824, 600000, 6000000 FROM "
-         "generate_series('" + day15 + "T11:00:10Z'::timestamptz, '" + day15 + "T13:00:00Z', interval '10 seconds') AS ts");
-    Exec("INSERT INTO usage_dirty_hours (hour, marked_at) VALUES ('" + day15 + "T11:00:00Z', now()), ('" + day15 +
-         "T12:00:00Z', now()) ON CONFLICT DO NOTHING");
+         "energy_mj) SELECT ts, $1, 0, 'ins_lastmonth', 10000, 90, 1073741824, 600000, 6000000 FROM "
+         "generate_series($2::timestamptz, $3::timestamptz, interval '10 seconds') AS ts",
+         retired_host_, day15 + "T11:00:10Z", t1300);
+    Exec("INSERT INTO usage_dirty_hours (hour, marked_at) VALUES ($1::timestamptz, now()), ($2::timestamptz, now()) "
+         "ON CONFLICT DO NOTHING",
+         t1100, t1200);
   }
-  void Exec(const std::string& sql) { ExecSql(*conn_, sql); }
-  std::string One(const std::string& sql) { return SqlValue(*conn_, sql); }
+  template <class... Params>
+  void Exec(const std::string& sql, const Params&... params) {
+    ExecSql(*conn_, sql, params...);
+  }
+  template <class... Params>
+  std::string One(const std::string& sql, const Params&... params) {
+    return SqlValue(*conn_, sql, params...);
+  }
   HttpResponse Call(const std::string& method, const std::string& path, const std::string& key,
                     const std::string& body = "", std::map<std::string, std::string> headers = {}) {
     return fleet_->Call(method, path, key, body, std::move(headers));
@@ -223,7 +235,7 @@ TEST_F(Finance, TheFinanceStory) {
   EXPECT_EQ(Str(lines[1], "quantity"), "20.00");
   EXPECT_EQ(Str(lines[1], "amount"), "1.00");
   // The hash is the SHA-256 of the canonical JSON the database keeps, which holds the number.
-  const std::string canonical = One("SELECT canonical FROM invoices WHERE id = '" + id + "'");
+  const std::string canonical = One("SELECT canonical FROM invoices WHERE id = $1", id);
   EXPECT_EQ(Str(inv, "sha256"), Sha256Hex(canonical));
   EXPECT_NE(canonical.find("\"number\":\"SPW-000001\""), std::string::npos);
 
@@ -399,3 +411,84 @@ TEST_F(Finance, TheFinanceStory) {
   }, 30s));
   ASSERT_EQ(Call("DELETE", "/v1/instances/" + running, member_).status, 200);
 }
+
+
+
+// Finance's work from the `spillway` CLI (issue #22): the price book, scheduling a price, every
+// tenant's invoices, closing last month, the closed periods, a credit note, the revenue report and
+// the FOCUS export, each compared with the API's own answer; a member is refused (exit 1).
+TEST_F(Finance, FinanceStaffWorkFromTheCli) {
+  const Month last = MonthOf(MonthOf(SystemClockInstance().Now()).begin - 1ms);
+  const std::string period = last.Label();
+  char tmpl[] = "/tmp/spillway-cli-finance-XXXXXX";
+  const std::string home = ::mkdtemp(tmpl);
+  const std::string api = "http://127.0.0.1:" + std::to_string(server_->port());
+  const std::map<std::string, std::string> as_finance = {{"SPILLWAY_API", api}, {"SPILLWAY_API_KEY", finance_}};
+  const std::map<std::string, std::string> as_member = {{"SPILLWAY_API", api}, {"SPILLWAY_API_KEY", member_}};
+
+  auto r = RunCli(home, {"billing", "prices", "--output", "csv"}, as_finance);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  auto rows = ParseCsv(r.out);
+  ASSERT_GE(rows.size(), 2u) << r.out;
+  EXPECT_EQ(rows[0][0], "kind");
+  EXPECT_EQ(rows.size() - 1, Json(Call("GET", "/v1/billing/prices", finance_)).at("data").as_array().size());
+  r = RunCli(home, {"billing", "set-price", "--gpu-model", "H100-80GB", "--price", "2.750000", "--effective-from",
+                    FormatTime(SystemClockInstance().Now() + 24h)},
+             as_finance);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(Str(boost::json::parse(r.out), "status"), "scheduled") << r.out;
+
+  // Last month's draft appears (rated from the seeded samples), then finance closes the month.
+  std::string id;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        r = RunCli(home, {"billing", "invoices", "--period", period, "--tenant", tenant_, "--output", "csv"}, as_finance);
+        rows = ParseCsv(r.out);
+        if (r.rc != 0 || rows.size() != 2 || rows[1][5] != "5.00") return false;  // no tax profile here
+        id = rows[1][0];
+        return true;
+      },
+      30s))
+      << r.out << r.err;
+  EXPECT_EQ(rows[1][3], "draft");
+  r = RunCli(home, {"billing", "close", period}, as_finance);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(boost::json::parse(r.out).at("invoices").as_int64(), 1);
+  r = RunCli(home, {"billing", "periods", "--output", "csv"}, as_finance);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  rows = ParseCsv(r.out);
+  ASSERT_EQ(rows.size(), 2u) << r.out;
+  EXPECT_EQ(rows[1][0], period);
+
+  // The member reads and downloads it: the CSV is the API's, byte for byte.
+  r = RunCli(home, {"invoices", "get", id}, as_member);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(Str(boost::json::parse(r.out), "number"), "SPW-000001");
+  r = RunCli(home, {"invoices", "download", id, "--format", "csv", "--out", home + "/invoice.csv"}, as_member);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(ReadWhole(home + "/invoice.csv"), Call("GET", "/v1/invoices/" + id, member_, "", {{"Accept", "text/csv"}}).body);
+  r = RunCli(home, {"invoices", "download", id, "--out", home + "/invoice.pdf"}, as_member);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(ReadWhole(home + "/invoice.pdf").rfind("%PDF-", 0), 0u);
+  r = RunCli(home, {"billing", "close", period}, as_member);
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("HTTP 403"), std::string::npos) << r.err;
+
+  r = RunCli(home, {"billing", "credit-note", id, "--amount", "1.50", "--reason", "goodwill"}, as_finance);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(Str(Json(Call("GET", "/v1/invoices/" + id, member_)), "balance"), "3.50");
+
+  r = RunCli(home, {"billing", "revenue", "--period", period, "--output", "csv"}, as_finance);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out, Call("GET", "/v1/billing/reports/revenue?period=" + period, finance_, "", {{"Accept", "text/csv"}}).body);
+  r = RunCli(home, {"billing", "revenue", "--period", period, "--output", "table"}, as_finance);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("H100-80GB"), std::string::npos) << r.out;
+  r = RunCli(home, {"billing", "export", "focus", "--period", period}, as_finance);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out, Call("GET", "/v1/billing/exports/focus?period=" + period, finance_).body);
+  EXPECT_EQ(RunCli(home, {"billing", "export", "xlsx", "--period", period}, as_finance).rc, 2);
+  std::filesystem::remove_all(home);
+}
+
+

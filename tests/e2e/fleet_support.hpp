@@ -5,6 +5,9 @@
 
 #include <boost/json.hpp>
 
+#include <fstream>
+#include <sstream>
+
 #include "core/money.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -98,6 +101,38 @@ class Fleet {
  private:
   ApiServer& server_;
 };
+
+// The `spillway` CLI as a user runs it, with HOME=home, stdout and stderr apart (piped: not a
+// terminal, so JSON by default and no progress lines).
+inline std::string ReadWhole(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+struct CliRun {
+  int rc = -1;
+  std::string out, err;
+};
+inline CliRun RunCli(const std::string& home, const std::vector<std::string>& args,
+                     const std::map<std::string, std::string>& env = {}) {
+  auto quote = [](const std::string& s) {
+    std::string q = "'";
+    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return q + "'";
+  };
+  std::string cmd = "HOME=" + quote(home) + " ";
+  for (const auto& [k, v] : env) cmd += k + "=" + quote(v) + " ";
+  cmd += quote(SPILLWAY_CLI_BIN);
+  for (const auto& a : args) cmd += " " + quote(a);
+  cmd += " >" + home + "/cli.out 2>" + home + "/cli.err";
+  CliRun r;
+  r.rc = RunCommand({"/bin/sh", "-c", cmd}, {}, nullptr);
+  r.out = ReadWhole(home + "/cli.out");
+  r.err = ReadWhole(home + "/cli.err");
+  return r;
+}
 
 // An apiserver with fast controllers on a database of its own, its Fleet, and a customer tenant
 // (quota `quota`) with a member key.
