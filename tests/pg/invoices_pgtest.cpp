@@ -44,7 +44,11 @@ std::int64_t Scalar(pqxx::connection& c, const std::string& sql) {
   return tx.exec(sql)[0][0].as<std::int64_t>();
 }
 std::string Text(pqxx::connection& c, const std::string& sql) { return test::SqlValue(c, sql); }
-void Exec(pqxx::connection& c, const std::string& sql) { test::ExecSql(c, sql); }
+// Values go in as parameters ($1, $2), never into the SQL text.
+template <class... Params>
+void Exec(pqxx::connection& c, const std::string& sql, const Params&... params) {
+  test::ExecSql(c, sql, params...);
+}
 
 // A tenant with instances on one host whose watermark is folded through `through`, and rated usage
 // written as the metering fold writes it (usage_rated_hourly, marked for billing).
@@ -58,27 +62,30 @@ struct Books {
           .host_id;
     });
     Exec(*conn, "INSERT INTO host_watermarks (host_id, sampled_through, last_batch_seq, last_batch_at, clock_skew_ms, "
-                "folded_through) VALUES ('" + host + "', '" + through + "', 0, now(), 0, '" + through + "')");
+                "folded_through) VALUES ($1, $2::timestamptz, 0, now(), 0, $2::timestamptz)",
+         host, std::string(through));
   }
   void Tenant(const std::string& id) {
-    Exec(*conn, "INSERT INTO tenants (id, name, gpu_quota) VALUES ('" + id + "', '" + id + "', 8)");
+    Exec(*conn, "INSERT INTO tenants (id, name, gpu_quota) VALUES ($1, $1, 8)", id);
   }
   void Instance(const std::string& id, const std::string& tenant, const char* from, const char* to,
                 const char* market = "on_demand") {
     Exec(*conn, "INSERT INTO instances (id, tenant_id, name, instance_type, gpu_model, gpus, region, market, state, host_id, "
-                "started_at, ended_at, end_reason) VALUES ('" + id + "', '" + tenant + "', 'job-" + id +
-                    "', 'h100.1x', 'H100-80GB', 1, 'r1', '" + market + "', 'terminated', '" + host + "', '" + from +
-                    "', '" + to + "', 'terminated')");
-    Exec(*conn, "INSERT INTO gpu_allocation_history (instance_id, host_id, gpu_index, allocated_at, released_at) VALUES ('" +
-                    id + "', '" + host + "', 0, '" + from + "', '" + to + "')");
+                "started_at, ended_at, end_reason) VALUES ($1, $2, 'job-' || $1, 'h100.1x', 'H100-80GB', 1, 'r1', $3, "
+                "'terminated', $4, $5::timestamptz, $6::timestamptz, 'terminated')",
+         id, tenant, std::string(market), host, std::string(from), std::string(to));
+    Exec(*conn, "INSERT INTO gpu_allocation_history (instance_id, host_id, gpu_index, allocated_at, released_at) "
+                "VALUES ($1, $2, 0, $3::timestamptz, $4::timestamptz)",
+         id, host, std::string(from), std::string(to));
   }
   void Rated(const std::string& instance, const std::string& tenant, const char* hour, std::int64_t price,
              std::int64_t gpu_ms, const char* market = "on_demand") {
     Exec(*conn, "INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour, gpu_ms) "
-                "VALUES ('" + std::string(hour) + "', '" + instance + "', '" + tenant + "', '" + market + "', " +
-                    std::to_string(price) + ", " + std::to_string(gpu_ms) + ")");
-    Exec(*conn, "INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ('" + tenant + "', to_char('" + hour +
-                    "'::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM'), now()) ON CONFLICT DO NOTHING");
+                "VALUES ($1::timestamptz, $2, $3, $4, $5, $6)",
+         std::string(hour), instance, tenant, std::string(market), price, gpu_ms);
+    Exec(*conn, "INSERT INTO billing_dirty (tenant_id, period, marked_at) "
+                "VALUES ($1, to_char($2::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM'), now()) ON CONFLICT DO NOTHING",
+         tenant, std::string(hour));
   }
   void Draft(const char* now) { DraftInvoices(*conn, T(now), Settings()); }
   PeriodClose Close(const char* month, const char* now) {
@@ -193,17 +200,19 @@ TEST(Invoices, PostgresRefusesAnyChangeToAFinalizedInvoiceItsLinesOrCreditNotes)
   b.Close("2026-11", "2026-12-01T01:00:00Z");
   const std::string id = Text(*b.conn, "SELECT id FROM invoices");
   ASSERT_FALSE(id.empty());
-  for (const std::string& sql : std::vector<std::string>{"UPDATE invoices SET total_cents = 1, subtotal_cents = 1, tax_cents = 0 WHERE id = '" + id + "'",
-        "UPDATE invoices SET status = 'draft', number = NULL WHERE id = '" + id + "'",
-        "DELETE FROM invoices WHERE id = '" + id + "'",
-        "UPDATE invoice_lines SET amount_cents = 0 WHERE invoice_id = '" + id + "'",
-        "DELETE FROM invoice_lines WHERE invoice_id = '" + id + "'",
-        "INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, unit, amount_cents) VALUES ('" + id +
-            "', 99, 'usage', 'x', '1.000000', 'gpu_hour', 100)",
-        "DELETE FROM invoice_usage WHERE invoice_id = '" + id + "'", "TRUNCATE invoices CASCADE",
-        "UPDATE billing_number_series SET last_value = -1"}) {
-    EXPECT_THROW(Exec(*b.conn, sql), pqxx::sql_error) << sql;
+  // Each statement names the finalized invoice as $1 (the last two ignore it).
+  for (const std::string& sql : std::vector<std::string>{"UPDATE invoices SET total_cents = 1, subtotal_cents = 1, tax_cents = 0 WHERE id = $1",
+        "UPDATE invoices SET status = 'draft', number = NULL WHERE id = $1",
+        "DELETE FROM invoices WHERE id = $1",
+        "UPDATE invoice_lines SET amount_cents = 0 WHERE invoice_id = $1",
+        "DELETE FROM invoice_lines WHERE invoice_id = $1",
+        "INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, unit, amount_cents) "
+        "VALUES ($1, 99, 'usage', 'x', '1.000000', 'gpu_hour', 100)",
+        "DELETE FROM invoice_usage WHERE invoice_id = $1"}) {
+    EXPECT_THROW(Exec(*b.conn, sql, id), pqxx::sql_error) << sql;
   }
+  for (const std::string& sql : {"TRUNCATE invoices CASCADE", "UPDATE billing_number_series SET last_value = -1"})
+    EXPECT_THROW(Exec(*b.conn, sql), pqxx::sql_error) << sql;
   InTransaction(*b.conn, [&](Tx& tx) { IssueCreditNote(tx, id, 100, "sla", "test", T("2026-12-02T00:00:00Z")); });
   EXPECT_THROW(Exec(*b.conn, "UPDATE credit_notes SET total_cents = 0"), pqxx::sql_error);
   EXPECT_THROW(Exec(*b.conn, "DELETE FROM credit_notes"), pqxx::sql_error);
@@ -456,11 +465,13 @@ TEST(Invoices, ATenantIsNeverBilledMoreGpuTimeThanItHeldWhateverSamplesArrive) {
                             {"ins_h3", "1", "2026-11-30T22:04:00.500Z", "2026-11-30T22:20:00Z"}};
   for (const char* id : {"ins_h1", "ins_h2", "ins_h3"})
     Exec(*conn, "INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id, "
-                "started_at, ended_at, end_reason) VALUES ('" + std::string(id) + "', 'ten_h', 'h100.1x', 'H100-80GB', 1, "
-                "'r1', 'on_demand', 'terminated', '" + host + "', '2026-11-30T22:00:00Z', '2026-11-30T22:20:00Z', 'terminated')");
+                "started_at, ended_at, end_reason) VALUES ($1, 'ten_h', 'h100.1x', 'H100-80GB', 1, "
+                "'r1', 'on_demand', 'terminated', $2, '2026-11-30T22:00:00Z', '2026-11-30T22:20:00Z', 'terminated')",
+         std::string(id), host);
   for (const auto& h : holds)
-    Exec(*conn, "INSERT INTO gpu_allocation_history (instance_id, host_id, gpu_index, allocated_at, released_at) VALUES ('" +
-                    std::string(h[0]) + "', '" + host + "', " + h[1] + ", '" + h[2] + "', '" + h[3] + "')");
+    Exec(*conn, "INSERT INTO gpu_allocation_history (instance_id, host_id, gpu_index, allocated_at, released_at) "
+                "VALUES ($1, $2, $3::integer, $4::timestamptz, $5::timestamptz)",
+         std::string(h[0]), host, std::string(h[1]), std::string(h[2]), std::string(h[3]));
   prometheus::Registry registry;
   FakeClock clock(T("2026-12-01T00:30:00Z"));
   metering::Ingestor ingest({db.dsn(), "spillway-ingest", 3000ms, 30000ms}, metering::IngestSettings{}, clock, registry);
