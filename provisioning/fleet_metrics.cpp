@@ -27,6 +27,11 @@ FleetMetrics::FleetMetrics(prometheus::Registry& r) {
                     .Name("spillway_spot_price_per_gpu_hour")
                     .Help("Current spot price per GPU-hour in USD, by pool")
                     .Register(r);
+  spot_floor = &BuildGauge()
+                    .Name("spillway_spot_price_floor_per_gpu_hour")
+                    .Help("The lowest the spot price may go per GPU-hour in USD (spot.floor, at most the list price), "
+                          "by pool: a price held here means the pool's spare capacity does not sell")
+                    .Register(r);
   hosts_down = &BuildCounter()
                     .Name("spillway_hosts_marked_down_total")
                     .Help("Hosts marked down for silence, by reason: silent (instances failed) or mass_silence "

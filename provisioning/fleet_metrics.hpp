@@ -27,6 +27,7 @@ struct FleetMetrics {
   prometheus::Gauge* heartbeat_age;                     // spillway_agent_heartbeat_age_seconds
   prometheus::Family<prometheus::Counter>* placement_failures;  // spillway_placement_failures_total{reason}
   prometheus::Family<prometheus::Gauge>* spot_price;    // spillway_spot_price_per_gpu_hour{region,gpu_model}
+  prometheus::Family<prometheus::Gauge>* spot_floor;    // spillway_spot_price_floor_per_gpu_hour{region,gpu_model}
   prometheus::Family<prometheus::Counter>* hosts_down;  // spillway_hosts_marked_down_total{reason}
   prometheus::Family<prometheus::Gauge>* silence_brake; // spillway_fleet_silence_brake{region}
   prometheus::Family<prometheus::Gauge>* hosts;         // spillway_hosts{health,state}
