@@ -211,6 +211,27 @@ std::string ReadFile(const std::string& path) {
 
 std::vector<Command> Commands();
 
+// Execs ssh with the instance's endpoint (instances ssh, ssh).
+int SshTo(Invocation& inv) {
+  const auto i = inv.Call("GET", "/v1/instances/" + PathPart(inv.Arg(0)));
+  const auto* ssh = i.as_object().if_contains("ssh");
+  if (!ssh || !ssh->is_object()) {
+    inv.io.err << "error: " << inv.Arg(0) << " has no SSH endpoint (state " << Cell(i, "state")
+               << "; it needs an SSH key at launch and must be running)\n";
+    return 1;
+  }
+  std::vector<std::string> argv = {"ssh", "-p", Cell(*ssh, "port")};
+  if (inv.Has("--identity")) argv.insert(argv.end(), {"-i", inv.Flag("--identity")});
+  argv.push_back(Cell(*ssh, "user") + "@" + Cell(*ssh, "host"));
+  std::vector<char*> cargv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  inv.io.out.flush();
+  ::execvp("ssh", cargv.data());
+  inv.io.err << "error: cannot run ssh: " << std::strerror(errno) << "\n";
+  return 1;
+}
+
 int Configure(Invocation& inv) {
   Profile p;
   p.name = inv.Flag("--profile", "default");
@@ -349,26 +370,9 @@ std::vector<Command> Commands() {
                "wait until an instance reaches a state",
                [](Invocation& inv) { return WaitFor(inv, inv.Arg(0), inv.Flag("--state", "running")); }});
   c.push_back({"instances", "ssh", {"INSTANCE_ID"}, {{"--identity", "FILE", "the private key (ssh -i)"}},
-               "ssh to a running instance (execs ssh with its endpoint)",
-               [](Invocation& inv) {
-                 const auto i = inv.Call("GET", "/v1/instances/" + PathPart(inv.Arg(0)));
-                 const auto* ssh = i.as_object().if_contains("ssh");
-                 if (!ssh || !ssh->is_object()) {
-                   inv.io.err << "error: " << inv.Arg(0) << " has no SSH endpoint (state " << Cell(i, "state")
-                              << "; it needs an SSH key at launch and must be running)\n";
-                   return 1;
-                 }
-                 std::vector<std::string> argv = {"ssh", "-p", Cell(*ssh, "port")};
-                 if (inv.Has("--identity")) argv.insert(argv.end(), {"-i", inv.Flag("--identity")});
-                 argv.push_back(Cell(*ssh, "user") + "@" + Cell(*ssh, "host"));
-                 std::vector<char*> cargv;
-                 for (auto& a : argv) cargv.push_back(a.data());
-                 cargv.push_back(nullptr);
-                 inv.io.out.flush();
-                 ::execvp("ssh", cargv.data());
-                 inv.io.err << "error: cannot run ssh: " << std::strerror(errno) << "\n";
-                 return 1;
-               }});
+               "ssh to a running instance (execs ssh with its endpoint)", SshTo});
+  c.push_back({"ssh", "", {"INSTANCE_ID"}, {{"--identity", "FILE", "the private key (ssh -i)"}},
+               "the same as instances ssh", SshTo});
   c.push_back({"instance-types", "", {}, {}, "the catalog: types, list prices and availability per region",
                [](Invocation& inv) {
                  inv.Rows(inv.Call("GET", "/v1/instance-types").at("data").as_array(),

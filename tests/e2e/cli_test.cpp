@@ -200,8 +200,26 @@ TEST_F(Cli, SshKeysVolumesSshReservationsAndApiKeys) {
   with_ssh["PATH"] = home_ + "/bin:/usr/bin:/bin";
   r = Run({"instances", "ssh", id, "--identity", "/keys/alice"}, with_ssh);
   ASSERT_EQ(r.rc, 0) << r.err;
-  EXPECT_EQ(r.out, "ssh -p " + std::to_string(inst.at("ssh").at("port").as_int64()) +
-                       " -i /keys/alice root@gpu-9.example.test\n");
+  const std::string port = std::to_string(inst.at("ssh").at("port").as_int64());
+  EXPECT_EQ(r.out, "ssh -p " + port + " -i /keys/alice root@gpu-9.example.test\n");
+  r = Run({"ssh", id}, with_ssh);  // the short form
+  EXPECT_EQ(r.out, "ssh -p " + port + " root@gpu-9.example.test\n") << r.err;
+  // wait: already running, it returns at once with the instance.
+  r = Run({"instances", "wait", id, "--state", "running", "--timeout", "10s"}, member);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(Str(boost::json::parse(r.out), "id"), id);
+  // spot-prices --watch prints again every --interval until stopped.
+  const int watched = RunCommand({"/bin/sh", "-c",
+                                  "SPILLWAY_API=" + api_ + " SPILLWAY_API_KEY=" + member_ + " timeout 3.5 " +
+                                      std::string(SPILLWAY_CLI_BIN) + " spot-prices --watch --interval 1s --output csv >" +
+                                      home_ + "/watch.csv"},
+                                 {}, nullptr);
+  EXPECT_EQ(watched, 124);  // stopped by timeout, not ended by itself
+  const std::string watch = ReadWhole(home_ + "/watch.csv");
+  size_t headers = 0;
+  for (size_t at = watch.find("region,gpu_model"); at != std::string::npos; at = watch.find("region,gpu_model", at + 1))
+    ++headers;
+  EXPECT_GE(headers, 3u) << watch;
   ASSERT_EQ(Run({"instances", "terminate", id, "--wait"}, member).rc, 0);
   r = Run({"instances", "ssh", id}, with_ssh);
   EXPECT_EQ(r.rc, 1);
