@@ -13,7 +13,6 @@
 #include <iostream>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <thread>
 
 #include "agent/http_client.hpp"
@@ -80,6 +79,29 @@ struct Invocation {
     return v;
   }
   const std::string& Arg(size_t i) const { return args.at(i); }
+  // A required flag that is a whole number, all of it.
+  std::int64_t RequiredInt(const std::string& flag) const {
+    const std::string v = Required(flag);
+    size_t used = 0;
+    std::int64_t n = 0;
+    try {
+      n = std::stoll(v, &used);
+    } catch (const std::logic_error&) {
+    }
+    if (used == 0 || used != v.size()) throw UsageError(flag + " must be a whole number (got " + v + ")");
+    return n;
+  }
+  // Writes a downloaded body to `path`, or to stdout when it is "-".
+  void Save(const std::string& body, const std::string& path) {
+    if (path == "-") {
+      io.out << body;
+      return;
+    }
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << body;
+    if (!out.flush()) throw UsageError("cannot write " + path);
+    io.err << "wrote " << path << " (" << body.size() << " bytes)\n";
+  }
 
   // The API, resolved on first use (configure and completion need none).
   agent::HttpClient& Client() {
@@ -201,14 +223,6 @@ int WaitFor(Invocation& inv, const std::string& id, const std::string& want) {
   }
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw UsageError("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 std::vector<Command> Commands();
 
 // Execs ssh with the instance's endpoint (instances ssh, ssh).
@@ -288,6 +302,20 @@ std::string Completion(const std::string& shell) {
   throw UsageError("completion takes bash or zsh");
 }
 
+// GET prefix + the id argument, shown as one object; DELETE the same, showing nothing.
+std::function<int(Invocation&)> ShowOne(std::string prefix) {
+  return [prefix](Invocation& inv) {
+    inv.Object(inv.Call("GET", prefix + PathPart(inv.Arg(0))));
+    return 0;
+  };
+}
+std::function<int(Invocation&)> DeleteOne(std::string prefix) {
+  return [prefix](Invocation& inv) {
+    inv.Raw("DELETE", prefix + PathPart(inv.Arg(0)));
+    return 0;
+  };
+}
+
 std::vector<Command> Commands() {
   std::vector<Command> c;
   const FlagSpec wait{"--wait", "", "wait until it is done, with a progress line on a terminal"};
@@ -312,10 +340,7 @@ std::vector<Command> Commands() {
                           kInstanceColumns);
                  return 0;
                }});
-  c.push_back({"instances", "get", {"INSTANCE_ID"}, {}, "show one instance", [](Invocation& inv) {
-                 inv.Object(inv.Call("GET", "/v1/instances/" + PathPart(inv.Arg(0))));
-                 return 0;
-               }});
+  c.push_back({"instances", "get", {"INSTANCE_ID"}, {}, "show one instance", ShowOne("/v1/instances/")});
   c.push_back({"instances", "launch", {}, {{"--type", "TYPE", "an instance type (spillway instance-types)"},
                                            {"--region", "REGION", "where"},
                                            {"--market", "MARKET", "on_demand (default) or spot"},
@@ -408,16 +433,13 @@ std::vector<Command> Commands() {
   c.push_back({"ssh-keys", "add", {}, {{"--name", "NAME", "its name"}, {"--public-key-file", "FILE", "an OpenSSH public key"}},
                "add an SSH key",
                [](Invocation& inv) {
-                 std::string key = ReadFile(inv.Required("--public-key-file"));
+                 std::string key = ReadText(inv.Required("--public-key-file"));
                  while (!key.empty() && (key.back() == '\n' || key.back() == '\r')) key.pop_back();
                  inv.Object(inv.Call("POST", "/v1/ssh-keys",
                                      json::serialize(json::object{{"name", inv.Required("--name")}, {"public_key", key}})));
                  return 0;
                }});
-  c.push_back({"ssh-keys", "delete", {"SSH_KEY_ID"}, {}, "delete an SSH key", [](Invocation& inv) {
-                 inv.Raw("DELETE", "/v1/ssh-keys/" + PathPart(inv.Arg(0)));
-                 return 0;
-               }});
+  c.push_back({"ssh-keys", "delete", {"SSH_KEY_ID"}, {}, "delete an SSH key", DeleteOne("/v1/ssh-keys/")});
   c.push_back({"volumes", "list", {}, {}, "your volumes", [](Invocation& inv) {
                  inv.Rows(inv.List("/v1/volumes"), {{"ID", "id"}, {"NAME", "name"}, {"REGION", "region"},
                                                     {"SIZE_GB", "size_gb"}, {"ATTACHED_TO", "attached_instance_id"}});
@@ -427,22 +449,14 @@ std::vector<Command> Commands() {
                                          {"--size-gb", "GB", "its size"}},
                "create a volume",
                [](Invocation& inv) {
-                 std::int64_t gb = 0;
-                 try {
-                   gb = std::stoll(inv.Required("--size-gb"));
-                 } catch (const std::logic_error&) {
-                   throw UsageError("--size-gb must be a whole number of GB");
-                 }
+                 const std::int64_t gb = inv.RequiredInt("--size-gb");
                  inv.Object(inv.Call("POST", "/v1/volumes",
                                      json::serialize(json::object{{"name", inv.Required("--name")},
                                                                   {"region", inv.Required("--region")},
                                                                   {"size_gb", gb}})));
                  return 0;
                }});
-  c.push_back({"volumes", "delete", {"VOLUME_ID"}, {}, "delete a volume", [](Invocation& inv) {
-                 inv.Raw("DELETE", "/v1/volumes/" + PathPart(inv.Arg(0)));
-                 return 0;
-               }});
+  c.push_back({"volumes", "delete", {"VOLUME_ID"}, {}, "delete a volume", DeleteOne("/v1/volumes/")});
   c.push_back({"usage", "", {}, {{"--from", "TIME", "RFC 3339 (default: 24 hours ago)"}, {"--to", "TIME", "RFC 3339"},
                                  {"--granularity", "hour|day", "rows per hour or per day"},
                                  {"--tenant", "TENANT_ID", "finance, operators: one tenant's"}},
@@ -461,10 +475,7 @@ std::vector<Command> Commands() {
                                                      {"NUMBER", "number"}, {"TOTAL", "total"}, {"CURRENCY", "currency"}});
                  return 0;
                }});
-  c.push_back({"invoices", "get", {"INVOICE_ID"}, {}, "one invoice, its lines included", [](Invocation& inv) {
-                 inv.Object(inv.Call("GET", "/v1/invoices/" + PathPart(inv.Arg(0))));
-                 return 0;
-               }});
+  c.push_back({"invoices", "get", {"INVOICE_ID"}, {}, "one invoice, its lines included", ShowOne("/v1/invoices/")});
   c.push_back({"invoices", "download", {"INVOICE_ID"}, {{"--format", "pdf|csv", "what to download (default pdf)"},
                                                         {"--out", "FILE", "where to write it (default: INVOICE_ID.pdf|csv)"}},
                "download an invoice as PDF or CSV",
@@ -472,15 +483,7 @@ std::vector<Command> Commands() {
                  const std::string format = inv.Flag("--format", "pdf");
                  if (format != "pdf" && format != "csv") throw UsageError("--format must be pdf or csv");
                  const auto r = inv.Raw("GET", "/v1/invoices/" + PathPart(inv.Arg(0)) + "?format=" + format);
-                 const std::string path = inv.Flag("--out", inv.Arg(0) + "." + format);
-                 if (path == "-") {
-                   inv.io.out << r.body;
-                   return 0;
-                 }
-                 std::ofstream out(path, std::ios::binary | std::ios::trunc);
-                 out << r.body;
-                 if (!out.flush()) throw UsageError("cannot write " + path);
-                 inv.io.err << "wrote " << path << " (" << r.body.size() << " bytes)\n";
+                 inv.Save(r.body, inv.Flag("--out", inv.Arg(0) + "." + format));
                  return 0;
                }});
 
@@ -500,10 +503,7 @@ std::vector<Command> Commands() {
                            {"GPUS", "gpu_count"}, {"STATE", "state"}, {"HEALTH", "health"}, {"HEARTBEAT", "last_heartbeat"}});
                  return 0;
                }});
-  c.push_back({"hosts", "get", {"HOST_ID"}, {}, "one host", [](Invocation& inv) {
-                 inv.Object(inv.Call("GET", "/v1/hosts/" + PathPart(inv.Arg(0))));
-                 return 0;
-               }});
+  c.push_back({"hosts", "get", {"HOST_ID"}, {}, "one host", ShowOne("/v1/hosts/")});
 
   c.push_back({"reservations", "list", {}, {}, "the operator's internal reservation in each pool", [](Invocation& inv) {
                  inv.Rows(inv.Call("GET", "/v1/capacity").at("data").as_array(),
@@ -514,12 +514,7 @@ std::vector<Command> Commands() {
   c.push_back({"reservations", "set", {"REGION", "GPU_MODEL"}, {{"--gpus", "N", "GPUs to hold for internal demand"}},
                "take GPUs back for internal demand (spot instances get notice)",
                [](Invocation& inv) {
-                 std::int64_t gpus = 0;
-                 try {
-                   gpus = std::stoll(inv.Required("--gpus"));
-                 } catch (const std::logic_error&) {
-                   throw UsageError("--gpus must be a whole number");
-                 }
+                 const std::int64_t gpus = inv.RequiredInt("--gpus");
                  inv.Object(inv.Call("PUT", "/v1/capacity/pools/" + PathPart(inv.Arg(0)) + "/" + PathPart(inv.Arg(1)),
                                      json::serialize(json::object{{"internal_reserved_gpus", gpus}})));
                  return 0;
@@ -591,13 +586,7 @@ std::vector<Command> Commands() {
                  if (inv.Arg(0) != "focus") throw UsageError("billing export takes focus");
                  const auto r = inv.Raw("GET", "/v1/billing/exports/focus" +
                                                    Query(inv, {{"--period", "period"}, {"--tenant", "tenant_id"}}));
-                 if (inv.Flag("--out", "-") == "-") {
-                   inv.io.out << r.body;
-                   return 0;
-                 }
-                 std::ofstream out(inv.Flag("--out"), std::ios::binary | std::ios::trunc);
-                 out << r.body;
-                 if (!out.flush()) throw UsageError("cannot write " + inv.Flag("--out"));
+                 inv.Save(r.body, inv.Flag("--out", "-"));
                  return 0;
                }});
   c.push_back({"billing", "revenue", {}, {{"--period", "YYYY-MM", "the month"}},
@@ -655,10 +644,7 @@ std::vector<Command> Commands() {
                                                     {"GPU_QUOTA", "gpu_quota"}, {"CREATED", "created_at"}});
                  return 0;
                }});
-  c.push_back({"tenants", "get", {"TENANT_ID"}, {}, "one tenant", [](Invocation& inv) {
-                 inv.Object(inv.Call("GET", "/v1/tenants/" + PathPart(inv.Arg(0))));
-                 return 0;
-               }});
+  c.push_back({"tenants", "get", {"TENANT_ID"}, {}, "one tenant", ShowOne("/v1/tenants/")});
   return c;
 }
 

@@ -36,6 +36,14 @@ toml::table Load(const std::string& path) {
 
 }  // namespace
 
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw UsageError("cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 std::string ConfigPath(const std::map<std::string, std::string>& env) {
   if (const std::string xdg = Get(env, "XDG_CONFIG_HOME"); !xdg.empty()) return xdg + "/spillway/config.toml";
   const std::string home = Get(env, "HOME");
@@ -91,11 +99,8 @@ Target Resolve(const std::map<std::string, std::string>& env, const std::string&
                                            : p ? p->api_url : "";
   t.api_key = Get(env, "SPILLWAY_API_KEY");
   if (t.api_key.empty() && p && !p->key_file.empty()) {
-    std::ifstream in(p->key_file);
-    if (!in) throw UsageError("profile " + name + ": cannot read key_file " + p->key_file);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    t.api_key = Trimmed(ss.str());
+    if (!std::ifstream(p->key_file)) throw UsageError("profile " + name + ": cannot read key_file " + p->key_file);
+    t.api_key = Trimmed(ReadText(p->key_file));
   }
   if (t.api_url.empty())
     throw UsageError("no API URL: pass --api, set SPILLWAY_API, or run spillway configure");

@@ -13,6 +13,9 @@ struct UsageError : std::runtime_error {  // exit code 2
   using std::runtime_error::runtime_error;
 };
 
+// A file's whole text; a UsageError naming it when it cannot be read.
+std::string ReadText(const std::string& path);
+
 struct Profile {
   std::string name = "default";
   std::string api_url;   // "http://host:port"

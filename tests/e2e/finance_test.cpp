@@ -46,8 +46,7 @@ std::string PdfText(const std::string& pdf, const std::string& name) {
   std::ofstream(base + ".pdf", std::ios::binary) << pdf;
   std::string out;
   EXPECT_EQ(RunCommand({"/usr/bin/pdftotext", "-layout", base + ".pdf", base + ".txt"}, {}, &out), 0) << out;
-  std::ifstream in(base + ".txt");
-  const std::string text(std::istreambuf_iterator<char>(in), {});
+  const std::string text = ReadWhole(base + ".txt");
   std::string words;  // runs of blanks as one space: "Total USD      6.00" -> "Total USD 6.00"
   for (char c : text)
     if (c != ' ' || (!words.empty() && words.back() != ' ')) words += c;

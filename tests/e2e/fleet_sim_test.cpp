@@ -20,12 +20,6 @@ std::map<std::string, std::string> SimEnv() {
   env["SPILLWAY_AGENT_SAMPLE_INTERVAL"] = "1s";
   return env;
 }
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 }  // namespace
 
 TEST(FleetSim, AStormOfHostsConvergesAndEverySampleIsStoredOnce) {
@@ -43,7 +37,7 @@ TEST(FleetSim, AStormOfHostsConvergesAndEverySampleIsStoredOnce) {
                              "--launch-rate", "2", "--launch-hold", "1s", "--pg-dsn", db.dsn(), "--report-json", report},
                             {}, &out);
   EXPECT_EQ(rc, 0) << out << server.process().Stderr();
-  const auto j = boost::json::parse(ReadAll(report));
+  const auto j = boost::json::parse(ReadWhole(report));
   ::unlink(report.c_str());
   EXPECT_TRUE(j.at("converged").as_bool()) << out;
   EXPECT_EQ(j.at("hosts_down").as_int64(), 0) << out;
