@@ -67,6 +67,10 @@ std::int64_t SpotTarget(std::int64_t on_demand_micros, std::int64_t spare_ppm, c
   return (on_demand_micros * keep_ppm + kPpm / 2) / kPpm;
 }
 
+std::int64_t SpotFloor(std::int64_t on_demand_micros, const SpotPolicy& policy) {
+  return std::min(policy.floor_micros, on_demand_micros);
+}
+
 std::int64_t NextSpotPrice(std::optional<std::int64_t> previous_micros, std::int64_t target_micros,
                            std::int64_t on_demand_micros, const SpotPolicy& policy) {
   std::int64_t next = target_micros;
@@ -76,8 +80,7 @@ std::int64_t NextSpotPrice(std::optional<std::int64_t> previous_micros, std::int
     const std::int64_t step = scaled >= 0 ? (scaled + 50) / 100 : -((-scaled + 50) / 100);  // half away from zero
     next = *previous_micros + step;
   }
-  const std::int64_t floor = std::min(policy.floor_micros, on_demand_micros);
-  return std::clamp(next, floor, on_demand_micros);
+  return std::clamp(next, SpotFloor(on_demand_micros, policy), on_demand_micros);
 }
 
 std::int64_t SpareFractionPpm(std::int64_t spare_gpus, std::int64_t total_gpus) {

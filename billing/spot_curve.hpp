@@ -38,6 +38,8 @@ struct SpotPolicy {
 std::int64_t SpotTarget(std::int64_t on_demand_micros, std::int64_t spare_ppm, const SpotCurve& curve);
 // The next published price: the first one is the target itself; later ones move smoothing_percent of
 // the way from the last price towards the target. Always within [floor, on_demand].
+// The lowest a spot price may go: spot.floor, or the list price when that is lower.
+std::int64_t SpotFloor(std::int64_t on_demand_micros, const SpotPolicy& policy);
 std::int64_t NextSpotPrice(std::optional<std::int64_t> previous_micros, std::int64_t target_micros,
                            std::int64_t on_demand_micros, const SpotPolicy& policy);
 // spare / total in ppm (0 when the pool has no GPUs), clamped to 0..1e6.

@@ -1,8 +1,6 @@
 // The fleet's gauges (GPUs per pool and use, instances, hosts, heartbeat age), set each tick.
 #include "provisioning/fleet.hpp"
 
-#include <algorithm>
-
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 
@@ -34,9 +32,9 @@ void RefreshFleetGauges(Session& conn, const FleetContext& fc) {
     if (const auto price = CurrentSpotPrice(tx, region, model))
       fc.metrics->spot_price->Add({{"region", region}, {"gpu_model", model}})
           .Set(static_cast<double>(*price) / static_cast<double>(kPpm));
-    if (const auto od = OnDemandPriceAt(tx, model, fc.clock.Now()))  // NextSpotPrice's floor
+    if (const auto od = OnDemandPriceAt(tx, model, fc.clock.Now()))
       fc.metrics->spot_floor->Add({{"region", region}, {"gpu_model", model}})
-          .Set(static_cast<double>(std::min(fc.settings.spot.floor_micros, *od)) / static_cast<double>(kPpm));
+          .Set(static_cast<double>(SpotFloor(*od, fc.settings.spot)) / static_cast<double>(kPpm));
   }
   for (InstanceState state : kAllInstanceStates)
     for (Market market : {Market::kOnDemand, Market::kSpot})
