@@ -44,7 +44,9 @@ TEST(ExecRuntime, ExitCodesBecomeStoppedOrFailed) {
 
 TEST(ExecRuntime, SeesItsGpusAndIsKilledWhenItIgnoresSigterm) {
   const std::string dir = TempDir();
-  ExecRuntime rt("echo $CUDA_VISIBLE_DEVICES > " + dir + "/gpus; trap '' TERM; sleep 60 & wait; sleep 60", 300ms,
+  // A grace of 2 s: the check 100 ms after SIGTERM must land inside it even on a loaded machine (with
+  // 300 ms, a run where the test waited longer than that to poll saw the SIGKILL already).
+  ExecRuntime rt("echo $CUDA_VISIBLE_DEVICES > " + dir + "/gpus; trap '' TERM; sleep 60 & wait; sleep 60", 2s,
                  dir, spillway::test::AgentBinary());
   rt.Start({"ins_1", {2, 3}});
   EXPECT_EQ(rt.State("ins_1"), "running");
