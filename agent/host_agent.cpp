@@ -383,7 +383,7 @@ void HostAgent::ShipLoop() {
                            std::chrono::seconds(30));
         } catch (const std::exception& e) {
           client.reset();
-          r = {0, e.what()};
+          r = {0, e.what(), {}};
         }
         return r;
       };

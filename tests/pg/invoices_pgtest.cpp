@@ -211,7 +211,7 @@ TEST(Invoices, PostgresRefusesAnyChangeToAFinalizedInvoiceItsLinesOrCreditNotes)
         "DELETE FROM invoice_usage WHERE invoice_id = $1"}) {
     EXPECT_THROW(Exec(*b.conn, sql, id), pqxx::sql_error) << sql;
   }
-  for (const std::string& sql : {"TRUNCATE invoices CASCADE", "UPDATE billing_number_series SET last_value = -1"})
+  for (const char* sql : {"TRUNCATE invoices CASCADE", "UPDATE billing_number_series SET last_value = -1"})
     EXPECT_THROW(Exec(*b.conn, sql), pqxx::sql_error) << sql;
   InTransaction(*b.conn, [&](Tx& tx) { IssueCreditNote(tx, id, 100, "sla", "test", T("2026-12-02T00:00:00Z")); });
   EXPECT_THROW(Exec(*b.conn, "UPDATE credit_notes SET total_cents = 0"), pqxx::sql_error);
