@@ -8,7 +8,9 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "accounts/console_sessions.hpp"
 #include "apiserver/auth/api_keys.hpp"
+#include "apiserver/console.hpp"
 #include "apiserver/errors.hpp"
 #include "metering/ingest.hpp"
 #include "apiserver/idempotency.hpp"
@@ -313,8 +315,13 @@ const Route* ApiDispatcher::Match(const http::Request& request, std::map<std::st
 
 Principal ApiDispatcher::Authorize(Session& conn, const Route& route, const http::Request& request) {
   if (route.roles == kUnauthenticated) return {};
+  const std::string authorization = request.Header("authorization");
+  const std::string session = authorization.empty() ? SessionCookieOf(request.Header("cookie")) : std::string();
   Principal principal =
-      Authenticate(conn, request.Header("authorization"), route.roles & kBootstrap, server_.bootstrap_token, key_cache_);
+      !session.empty()
+          ? AuthenticateSession(conn, session, request.method != "GET" && request.method != "HEAD",
+                                request.Header("x-csrf-token"))
+          : Authenticate(conn, authorization, route.roles & kBootstrap, server_.bootstrap_token, key_cache_);
   if (!(route.roles & principal.role_bit))
     throw ApiError(403, "forbidden",
                    "a key with the " + principal.role + " role may not call " + route.method + " " + route.pattern);
@@ -363,6 +370,10 @@ bool ApiDispatcher::TryFastPath(const http::Request& request, const Route& route
 }
 
 void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
+  if (IsConsolePath(request.path)) {  // static, needs no database
+    respond(ConsoleResponse(request));
+    return;
+  }
   std::map<std::string, std::string> params;
   http::Response refusal;
   const Route* route = Match(request, &params, &refusal);

@@ -4,6 +4,7 @@
 #include "apiserver/handlers/api_keys.hpp"
 #include "apiserver/handlers/audit.hpp"
 #include "apiserver/handlers/billing_prices.hpp"
+#include "apiserver/handlers/console.hpp"
 #include "apiserver/handlers/funds.hpp"
 #include "apiserver/handlers/invoices.hpp"
 #include "apiserver/handlers/agent.hpp"
@@ -28,6 +29,9 @@ std::vector<Route> ApiRoutes() {
   using namespace handlers;
   return {
       {"GET", "/v1/openapi.yaml", kUnauthenticated, NotUsed},
+      {"POST", "/v1/console/sessions", kUnauthenticated, SignIn, Body::kRequired},
+      {"GET", "/v1/console/session", kAnyRole, GetConsoleSession},
+      {"DELETE", "/v1/console/session", kAnyRole, SignOut},
       {"POST", "/v1/tenants", kAdmin, CreateTenant, Body::kRequired},
       {"GET", "/v1/tenants", kAdmin | kFinance, ListTenants},
       {"GET", "/v1/tenants/{id}", kAdmin | kFinance | kMember, GetTenant, Body::kNone, "id", false, /*inline_read=*/true,

@@ -149,6 +149,7 @@ const std::vector<KeySpec>& ConfigSchema() {
       {"webhooks.max_attempts", KeyType::kInt, "25", 1, 1000},
       {"webhooks.ca_file", KeyType::kString, ""},
       {"auth.key_cache_ttl", KeyType::kDuration, "60s"},
+      {"console.session_ttl", KeyType::kDuration, "12h"},
       {"operator.tenant_name", KeyType::kString, "operator"},
       {"log.level", KeyType::kString, "info", 0, 0, {"trace", "debug", "info", "warn", "error"}},
   };

@@ -4,6 +4,7 @@
 
 #include "core/crypto.hpp"
 #include "accounts/api_keys.hpp"
+#include "accounts/console_sessions.hpp"
 #include "core/db.hpp"
 #include "provisioning/hosts.hpp"
 #include "core/errors.hpp"
@@ -102,6 +103,27 @@ Principal Authenticate(Session& conn, const std::string& authorization, bool acc
   KeyCache::Entry key{stored, found->tenant_id, found->role, found->is_operator};
   if (cache) cache->Store(generation, parsed->id, key);
   return KeyPrincipal(parsed->id, std::move(key));
+}
+
+Principal AuthenticateSession(Session& conn, const std::string& cookie, bool state_change,
+                              const std::string& csrf_token) {
+  const auto parsed = ParseSessionCookie(cookie);
+  if (!parsed) throw Unauthenticated("the console session cookie is malformed: sign in again");
+  const std::string presented = Sha256Hex(parsed->secret);
+  Autocommit tx(conn);
+  const auto found = FindSessionCredential(tx, parsed->id);
+  const std::string stored = found ? found->secret_hash : std::string(64, '0');
+  const bool match = ConstantTimeEquals(presented, stored);
+  if (!found || !match || !found->live || found->key_revoked)
+    throw Unauthenticated("the console session has ended (signed out, expired or its key revoked): sign in again");
+  if (!found->tenant_active) throw ApiError(403, "tenant_suspended", "this key's tenant is suspended");
+  // Compared in constant time; the token is the session's own, so a page of another site (which
+  // cannot read it) cannot make a signed-in browser change anything.
+  if (state_change && (csrf_token.empty() || !ConstantTimeEquals(csrf_token, found->csrf_token)))
+    throw ApiError(403, "csrf_failed", "a change made with a console session must carry its X-CSRF-Token header");
+  Principal p = KeyPrincipal(found->key_id, KeyCache::Entry{"", found->tenant_id, found->role, found->is_operator});
+  p.session_id = parsed->id;
+  return p;
 }
 
 }  // namespace spillway

@@ -21,4 +21,12 @@ std::optional<Principal> AuthenticateFromCache(const std::string& authorization,
 Principal Authenticate(Session& conn, const std::string& authorization, bool accepts_bootstrap = false,
                        const std::string& bootstrap_token = "", KeyCache* cache = nullptr);
 
+// A console session's cookie (accounts/console_sessions.hpp) instead of a key, for a request sent
+// without an Authorization header: the principal of the key the session was opened with. 401 for a
+// missing, malformed, unknown, signed-out or expired session, or one whose key was revoked; 403
+// tenant_suspended as for the key. A state change (`state_change`: any method but GET and HEAD) must
+// also carry the session's CSRF token (`csrf_token`, from X-CSRF-Token): 403 csrf_failed without it.
+Principal AuthenticateSession(Session& conn, const std::string& cookie, bool state_change,
+                              const std::string& csrf_token);
+
 }  // namespace spillway

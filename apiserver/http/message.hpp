@@ -17,6 +17,7 @@ struct Request {
   std::map<std::string, std::string> headers;  // lower-case names
   std::string body;
   std::string request_id;
+  bool tls = false;  // arrived on a TLS listener
   std::int64_t received_ms = 0;  // the system clock (ms since the epoch) when its first byte was read; 0: unknown
   std::string Header(const std::string& lower_name) const {
     auto it = headers.find(lower_name);

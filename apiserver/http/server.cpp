@@ -458,6 +458,7 @@ struct Runtime::Impl {
     auto in = std::make_unique<Incoming>();
     in->req = ToRequest(parser.get());
     in->req.received_ms = st.arrived_ms;
+    in->req.tls = l.options.tls;
     in->keep_alive = parser.get().keep_alive();
     in->started = started;
     co_return in;

@@ -193,6 +193,20 @@ TEST(Lifecycle, TlsListenerSpeaksTls12And13Only) {
     HttpConn c(tls_port, TLS1_2_VERSION, TLS1_2_VERSION, strong);
     EXPECT_TRUE(c.ok()) << strong << " was refused";
   }
+  {
+    // The console's session cookie is Secure when it was set over TLS (and only then: the plain
+    // listener's is not, or a browser on plain HTTP could never send it back).
+    const std::string admin = BootstrapAdmin(db.dsn());
+    const std::string body = "{\"api_key\":\"" + admin + "\"}";
+    HttpConn c(tls_port, TLS1_3_VERSION);
+    const auto over_tls = c.Call("POST", "/v1/console/sessions", "", body);
+    ASSERT_EQ(over_tls.status, 201) << over_tls.body;
+    EXPECT_NE(over_tls.Header("set-cookie").find("; HttpOnly; SameSite=Strict; Secure"), std::string::npos)
+        << over_tls.Header("set-cookie");
+    const auto over_plain = Http(server.port(), "POST", "/v1/console/sessions", "", body);
+    ASSERT_EQ(over_plain.status, 201) << over_plain.body;
+    EXPECT_EQ(over_plain.Header("set-cookie").find("Secure"), std::string::npos) << over_plain.Header("set-cookie");
+  }
   HttpConn plain(tls_port);  // plain HTTP on the TLS port gets no answer
   plain.SendRaw("GET /v1/openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\n");
   EXPECT_FALSE(plain.Read(3s));
