@@ -141,6 +141,20 @@ spw_pg_stop() {
 
 # Lints apiserver/openapi.yaml with Redocly CLI (npm @redocly/cli 2.77.0, installed once under
 # build/tools), the recommended rules as redocly.yaml sets them; an error fails the run.
+# The web console's browser tests (tests/browser): Debian's Chromium, driven by playwright-core with
+# axe-core, both from npm at the versions tests/browser/package-lock.json pins (no browser download).
+spw_browser_deps() {
+  command -v npm >/dev/null || spw_install nodejs npm
+  node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' ||
+    spw_die "the console's browser tests need Node.js 20 or newer (found $(node --version))"
+  spw_install chromium
+  local dir="$SPW_ROOT/tests/browser"
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    spw_log "installing the browser tests' packages (npm ci in tests/browser)"
+    (cd "$dir" && npm ci --no-audit --no-fund --silent >/dev/null) || spw_die "npm ci in tests/browser failed"
+  fi
+}
+
 spw_lint_openapi() {
   command -v npm >/dev/null || spw_install nodejs npm
   local tools="$SPW_ROOT/build/tools"

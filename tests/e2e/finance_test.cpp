@@ -491,3 +491,34 @@ TEST_F(Finance, FinanceStaffWorkFromTheCli) {
 }
 
 
+TEST_F(Finance, TheConsoleInARealBrowser) {
+  // The web console as its users meet it, in Debian's Chromium (tests/browser/console.test.mjs, run
+  // with node; ./scripts/test installs both): the member launches and watches the instance run, reads
+  // the usage plot, downloads an invoice CSV equal to the API's; finance closes last month in the
+  // page; a member is refused a finance page; signing out in one tab ends the other's session; axe
+  // finds no serious violation; every page is saved as a screenshot under SPILLWAY_TEST_ARTIFACTS.
+  const std::string script = std::string(SPILLWAY_SOURCE_DIR) + "/tests/browser/console.test.mjs";
+  ASSERT_TRUE(std::filesystem::exists("/usr/bin/chromium")) << "Debian's chromium is not installed (./scripts/test installs it)";
+  ASSERT_TRUE(std::filesystem::exists(std::string(SPILLWAY_SOURCE_DIR) + "/tests/browser/node_modules/playwright-core"))
+      << "run npm ci in tests/browser (./scripts/test does)";
+  auto agent = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2);
+  ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2; }, 20s));
+  const Month last = MonthOf(MonthOf(SystemClockInstance().Now()).begin - 1ms);
+  const char* dir = std::getenv("SPILLWAY_TEST_ARTIFACTS");
+  Process browser({"/usr/bin/node", script},
+                  {{"SPILLWAY_URL", "http://127.0.0.1:" + std::to_string(server_->port())},
+                   {"SPILLWAY_MEMBER_KEY", member_},
+                   {"SPILLWAY_FINANCE_KEY", finance_},
+                   {"SPILLWAY_OPERATOR_KEY", fleet_->operator_key},
+                   {"SPILLWAY_CLOSE_PERIOD", last.Label()},
+                   {"SPILLWAY_OFFER", "h100.1x in eu-north"},
+                   {"SPILLWAY_REGION", "eu-north"},
+                   {"SPILLWAY_ARTIFACTS", std::string(dir ? dir : "/tmp") + "/console"}});
+  const int rc = browser.Wait(std::chrono::seconds(420));
+  const std::string out = browser.Stderr();
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("all passed"), std::string::npos) << out;
+  // What the browser did is what the API holds: last month closed, the launched instance running.
+  EXPECT_EQ(One("SELECT count(*) FROM billing_periods_closed WHERE period = $1", last.Label()), "1");
+  EXPECT_EQ(One("SELECT state FROM instances WHERE name = 'from-the-console'"), "running");
+}
