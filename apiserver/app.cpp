@@ -11,6 +11,7 @@
 #include "accounts/console_sessions.hpp"
 #include "apiserver/auth/api_keys.hpp"
 #include "apiserver/console.hpp"
+#include "apiserver/rate_limit.hpp"
 #include "apiserver/errors.hpp"
 #include "metering/ingest.hpp"
 #include "apiserver/idempotency.hpp"
@@ -93,6 +94,8 @@ ApiDispatcher::ApiDispatcher(const Config& config, const ServerSettings& server,
                    .Name("http_requests_total")
                    .Help("HTTP requests answered, by route pattern, method and status code")
                    .Register(metrics.registry());
+  if (const auto limits = RateLimitSettings::From(config); limits.Any())
+    limiter_ = std::make_unique<RateLimiter>(limits, &metrics.registry());
   durations_ = &prometheus::BuildHistogram()
                     .Name("http_request_duration_seconds")
                     .Help("Time from a request's first byte to its response written, by route pattern")
@@ -325,7 +328,28 @@ Principal ApiDispatcher::Authorize(Session& conn, const Route& route, const http
   if (!(route.roles & principal.role_bit))
     throw ApiError(403, "forbidden",
                    "a key with the " + principal.role + " role may not call " + route.method + " " + route.pattern);
+  if (!request.rate_checked) TakeRateToken(principal, route);
   return principal;
+}
+
+void ApiDispatcher::TakeRateToken(const Principal& principal, const Route& route) {
+  // Agents (host tokens) and the bootstrap token are not limited: a fleet's heartbeats are shed by
+  // the overload rules instead (docs/fleet-scale.md), never refused for their rate.
+  if (!limiter_ || !IsKeyRole(principal.role_bit) || !(route.roles & kAnyRole)) return;
+  const auto refusal = limiter_->Take(principal.key_id, principal.tenant_id);
+  if (!refusal) return;
+  const std::string who = refusal->scope == "key" ? "this API key" : "this key's tenant";
+  ApiError e(429, "rate_limited",
+             who + " made more than " + std::to_string(refusal->rate) + " requests a second (bursts of " +
+                 std::to_string(refusal->burst) + "): retry after " + std::to_string(refusal->retry_after_s) + " s");
+  e.retry_after = std::to_string(refusal->retry_after_s);
+  e.headers = {{"RateLimit-Limit", std::to_string(refusal->burst)},
+               {"RateLimit-Remaining", "0"},
+               {"RateLimit-Reset", std::to_string(refusal->retry_after_s)},
+               {"RateLimit-Policy", std::to_string(refusal->burst) + ";w=" +
+                                        std::to_string((refusal->burst + refusal->rate - 1) / refusal->rate) + ";scope=" +
+                                        refusal->scope}};
+  throw e;
 }
 
 void ApiDispatcher::Expect(const http::Request& head, http::Responder respond) {
@@ -343,6 +367,7 @@ void ApiDispatcher::Expect(const http::Request& head, http::Responder respond) {
     return;
   }
   auto request = std::make_shared<http::Request>(head);
+  request->rate_checked = true;  // the request itself takes the token, once its body has come
   db_.Submit(Database::Job{
       [this, route, request, respond, proceed](Session& conn) mutable {
         http::Response out = proceed;
@@ -380,6 +405,22 @@ void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
   if (!route) {
     respond(std::move(refusal));
     return;
+  }
+  if (limiter_ && key_cache_ && (route->roles & kAnyRole)) {
+    // A key the cache knows is limited here, before any path takes a connection or a worker: a
+    // flood of one tenant's requests is refused on the io thread.
+    if (const auto principal = AuthenticateFromCache(request.Header("authorization"), *key_cache_);
+        principal && (route->roles & principal->role_bit)) {
+      request.rate_checked = true;
+      try {
+        TakeRateToken(*principal, *route);
+      } catch (...) {
+        http::Response r = ErrorResponseForCurrent(request.request_id, route->pattern);
+        r.route = route->pattern;
+        respond(std::move(r));
+        return;
+      }
+    }
   }
   if (route->fast_path && TryFastPath(request, *route, respond)) return;
   if (route->pattern == "/v1/openapi.yaml") {  // static, needs no database

@@ -31,6 +31,7 @@ namespace metering {
 class Ingestor;
 }
 class HeartbeatRecorder;
+class RateLimiter;
 struct FleetMetrics;
 struct FleetSettings;
 
@@ -115,6 +116,9 @@ class ApiDispatcher : public http::Dispatcher {
   std::mutex series_mu_;
   std::unordered_map<std::string, std::pair<prometheus::Counter*, prometheus::Histogram*>> series_;
   const ServerSettings& server_;
+  std::unique_ptr<RateLimiter> limiter_;  // null when [ratelimit] is off
+  // A tenant's key on a limited route: its token, or the 429 to send (ApiError) when none is left.
+  void TakeRateToken(const Principal& principal, const Route& route);
   std::uint64_t id_;  // tells this dispatcher's per-thread pipelines from another's
 };
 

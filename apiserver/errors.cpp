@@ -15,6 +15,7 @@ std::string Seconds(Millis d) { return std::to_string(std::max<std::int64_t>(1, 
 http::Response ErrorResponseFor(const ApiError& e, const std::string& request_id) {
   auto r = http::ErrorResponse(e.status, e.code, e.what(), request_id);
   if (!e.retry_after.empty()) r.headers.emplace_back("Retry-After", e.retry_after);
+  for (const auto& h : e.headers) r.headers.push_back(h);
   if (e.status == 401) r.headers.emplace_back("WWW-Authenticate", "Bearer");
   return r;
 }

@@ -150,6 +150,11 @@ const std::vector<KeySpec>& ConfigSchema() {
       {"webhooks.ca_file", KeyType::kString, ""},
       {"auth.key_cache_ttl", KeyType::kDuration, "60s"},
       {"console.session_ttl", KeyType::kDuration, "12h"},
+      {"ratelimit.enabled", KeyType::kBool, "true"},
+      {"ratelimit.key_rate", KeyType::kInt, "100", 0, 1'000'000},
+      {"ratelimit.key_burst", KeyType::kInt, "200", 0, 1'000'000},
+      {"ratelimit.tenant_rate", KeyType::kInt, "200", 0, 1'000'000},
+      {"ratelimit.tenant_burst", KeyType::kInt, "400", 0, 1'000'000},
       {"operator.tenant_name", KeyType::kString, "operator"},
       {"log.level", KeyType::kString, "info", 0, 0, {"trace", "debug", "info", "warn", "error"}},
   };

@@ -4,6 +4,8 @@
 // each of them to an HTTP status and the one error body.
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/duration.hpp"
 
@@ -16,7 +18,8 @@ struct ApiError : std::runtime_error {
       : std::runtime_error(message), status(status), code(std::move(code)) {}
   int status;
   std::string code;
-  std::string retry_after;  // seconds, for 503s
+  std::string retry_after;  // seconds, for 503s and 429s
+  std::vector<std::pair<std::string, std::string>> headers = {};  // more response headers (429: RateLimit-*)
 };
 
 // A request field that failed validation; the message starts with the field's name (422).

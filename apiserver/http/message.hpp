@@ -18,6 +18,7 @@ struct Request {
   std::string body;
   std::string request_id;
   bool tls = false;  // arrived on a TLS listener
+  bool rate_checked = false;  // the dispatcher already took its rate-limit token (apiserver/rate_limit)
   std::int64_t received_ms = 0;  // the system clock (ms since the epoch) when its first byte was read; 0: unknown
   std::string Header(const std::string& lower_name) const {
     auto it = headers.find(lower_name);
