@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 
 #include <csignal>
+#include <thread>
 #include <iostream>
 
 #include "apiserver/app.hpp"
@@ -223,6 +224,18 @@ int RunServe(const Config& config) {
 
   http::Runtime runtime(server.io_threads);
   runtime.OnDrain([&notifier] { notifier.Stop(); });
+  // A rolling restart: once draining starts (SIGTERM), this replica stops leading at once, so
+  // another takes the periodic steps within its tick instead of after this one's drain. Stopping
+  // waits for a step in progress, so it runs beside the drain, not on the io thread.
+  std::thread handover;
+  runtime.OnDrain([&handover, &steps, &webhook_steps] {
+    if (handover.joinable()) return;
+    handover = std::thread([&steps, &webhook_steps] {
+      steps.Stop();
+      webhook_steps.Stop();
+      log::Info("stopped leading: another replica takes the periodic steps");
+    });
+  });
   ApiDispatcher api(config, server, fleet_settings, db, metrics, clock, &fleet_metrics, &notifier, &key_cache, &heartbeats,
                     &ingest, &*secrets);
   api.SetBilling(&billing);
@@ -240,6 +253,7 @@ int RunServe(const Config& config) {
   webhook_steps.Start();
   log::Info("spillway-apiserver serving", {{"version", SPILLWAY_VERSION}});
   runtime.Run(server.shutdown_timeout);
+  if (handover.joinable()) handover.join();
   webhook_steps.Stop();
   steps.Stop();
   ingest.Stop();

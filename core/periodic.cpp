@@ -46,6 +46,7 @@ void PeriodicSteps::Stop() {
     stopping_ = true;
   }
   cv_.notify_all();
+  std::lock_guard join(join_mu_);  // a second caller waits for the first's join
   if (thread_.joinable()) thread_.join();
 }
 

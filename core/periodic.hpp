@@ -72,6 +72,7 @@ class PeriodicSteps {
   std::condition_variable cv_;
   bool stopping_ = false;
   std::thread thread_;
+  std::mutex join_mu_;  // Stop may be called from two threads (a drain hook and the end of main)
 };
 
 }  // namespace spillway
