@@ -52,14 +52,16 @@ GeneratedKey GenerateApiKey() {
   return k;
 }
 
-std::optional<ParsedKey> ParseApiKey(const std::string& token) {
-  if (token.size() != kTokenPrefix.size() + kIdChars + 1 + kSecretChars) return std::nullopt;
-  if (token.compare(0, kTokenPrefix.size(), kTokenPrefix) != 0) return std::nullopt;
-  if (token[kTokenPrefix.size() + kIdChars] != '_') return std::nullopt;
-  ParsedKey p{"key_" + token.substr(kTokenPrefix.size(), kIdChars), token.substr(token.size() - kSecretChars)};
-  if (!IsValidId(p.id, "key")) return std::nullopt;
+std::optional<ParsedKey> ParseSecretToken(const std::string& token, std::string_view prefix, std::string_view id_prefix) {
+  if (token.size() != prefix.size() + kIdChars + 1 + kSecretChars) return std::nullopt;
+  if (token.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
+  if (token[prefix.size() + kIdChars] != '_') return std::nullopt;
+  ParsedKey p{std::string(id_prefix) + "_" + token.substr(prefix.size(), kIdChars), token.substr(token.size() - kSecretChars)};
+  if (!IsValidId(p.id, id_prefix)) return std::nullopt;
   return p;
 }
+
+std::optional<ParsedKey> ParseApiKey(const std::string& token) { return ParseSecretToken(token, kTokenPrefix, "key"); }
 
 IssuedKey IssueApiKey(Tx& tx, const std::string& tenant_id, const std::string& role, const std::string& name) {
   const auto key = GenerateApiKey();

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/clock.hpp"
@@ -24,6 +25,9 @@ struct ParsedKey {
   std::string secret;
 };
 std::optional<ParsedKey> ParseApiKey(const std::string& token);
+// "<prefix><26 id chars>_<43 secret chars>" (an API key, a console session's cookie) as the id
+// "<id_prefix>_<26 chars>" and the secret; nullopt when it is not one.
+std::optional<ParsedKey> ParseSecretToken(const std::string& token, std::string_view prefix, std::string_view id_prefix);
 
 struct ApiKey {
   std::string id, tenant_id, role;

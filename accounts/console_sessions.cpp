@@ -1,5 +1,6 @@
 #include "accounts/console_sessions.hpp"
 
+#include "accounts/api_keys.hpp"
 #include "core/crypto.hpp"
 #include "core/db.hpp"
 #include "core/ids.hpp"
@@ -9,7 +10,6 @@ namespace spillway {
 namespace {
 
 constexpr std::string_view kCookiePrefix = "sps_";
-constexpr size_t kIdChars = 26, kSecretChars = 43;
 
 const Statement kOpenSession{"open_console_session", R"sql(
 INSERT INTO console_sessions (id, key_id, secret_hash, csrf_token, created_at, expires_at)
@@ -39,12 +39,9 @@ OpenedSession OpenConsoleSession(Tx& tx, const std::string& key_id, Millis ttl) 
 }
 
 std::optional<ParsedSessionCookie> ParseSessionCookie(const std::string& value) {
-  if (value.size() != kCookiePrefix.size() + kIdChars + 1 + kSecretChars) return std::nullopt;
-  if (value.compare(0, kCookiePrefix.size(), kCookiePrefix) != 0) return std::nullopt;
-  if (value[kCookiePrefix.size() + kIdChars] != '_') return std::nullopt;
-  ParsedSessionCookie p{"ses_" + value.substr(kCookiePrefix.size(), kIdChars), value.substr(value.size() - kSecretChars)};
-  if (!IsValidId(p.id, "ses")) return std::nullopt;
-  return p;
+  auto parsed = ParseSecretToken(value, kCookiePrefix, "ses");
+  if (!parsed) return std::nullopt;
+  return ParsedSessionCookie{std::move(parsed->id), std::move(parsed->secret)};
 }
 
 std::string SessionCookieOf(const std::string& cookie_header) {
