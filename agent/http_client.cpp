@@ -1,22 +1,34 @@
 #include "agent/http_client.hpp"
 
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <optional>
 
 namespace spillway::agent {
 namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 namespace net = boost::asio;
+namespace ssl = boost::asio::ssl;
 using tcp = net::ip::tcp;
 
 struct HttpClient::Impl {
   std::string host, port, user_agent;
+  bool tls = false;
   net::io_context ioc;
-  std::optional<beast::tcp_stream> stream;
+  std::optional<ssl::context> tls_ctx;
+  std::optional<beast::tcp_stream> stream;                       // http://
+  std::optional<beast::ssl_stream<beast::tcp_stream>> tls_stream;  // https://
   beast::flat_buffer buffer;
 
+  bool Connected() const { return tls ? tls_stream.has_value() : stream.has_value(); }
+  void Drop() {
+    stream.reset();
+    tls_stream.reset();
+  }
+  beast::tcp_stream& Tcp() { return tls ? beast::get_lowest_layer(*tls_stream) : *stream; }
   // Runs one async operation to completion under the stream's deadline.
   template <class Start>
   beast::error_code RunOp(Start&& start) {
@@ -31,19 +43,42 @@ struct HttpClient::Impl {
     if (!done) result = net::error::operation_aborted;
     return result;
   }
+  // fn(stream) on whichever stream this client speaks.
+  template <class Fn>
+  auto With(Fn&& fn) {
+    return tls ? fn(*tls_stream) : fn(*stream);
+  }
 };
 
-HttpClient::HttpClient(const std::string& base_url, std::string user_agent) : impl_(std::make_unique<Impl>()) {
+HttpClient::HttpClient(const std::string& base_url, std::string user_agent, const std::string& ca_file)
+    : impl_(std::make_unique<Impl>()) {
   impl_->user_agent = user_agent.empty() ? std::string("spillway-agent/" SPILLWAY_VERSION) : std::move(user_agent);
-  const std::string prefix = "http://";
-  if (base_url.rfind(prefix, 0) != 0)
-    throw std::invalid_argument("--api must be an http://HOST:PORT URL (got " + base_url + ")");
-  std::string rest = base_url.substr(prefix.size());
+  std::string rest;
+  if (base_url.rfind("http://", 0) == 0) {
+    rest = base_url.substr(7);
+  } else if (base_url.rfind("https://", 0) == 0) {
+    rest = base_url.substr(8);
+    impl_->tls = true;
+  } else {
+    throw std::invalid_argument("--api must be an http://HOST:PORT or https://HOST:PORT URL (got " + base_url + ")");
+  }
   if (const auto slash = rest.find('/'); slash != std::string::npos) rest = rest.substr(0, slash);
   const auto colon = rest.rfind(':');
   impl_->host = colon == std::string::npos ? rest : rest.substr(0, colon);
-  impl_->port = colon == std::string::npos ? "80" : rest.substr(colon + 1);
+  impl_->port = colon == std::string::npos ? (impl_->tls ? "443" : "80") : rest.substr(colon + 1);
   if (impl_->host.empty()) throw std::invalid_argument("--api has no host: " + base_url);
+  if (impl_->tls) {
+    // The server's certificate must chain to a trusted CA (the system's, or ca_file's) and name the
+    // host: no option turns that off.
+    impl_->tls_ctx.emplace(ssl::context::tls_client);
+    impl_->tls_ctx->set_options(ssl::context::no_sslv2 | ssl::context::no_sslv3 | ssl::context::no_tlsv1 |
+                                ssl::context::no_tlsv1_1);
+    beast::error_code ec;
+    if (ca_file.empty()) impl_->tls_ctx->set_default_verify_paths(ec);
+    else impl_->tls_ctx->load_verify_file(ca_file, ec);
+    if (ec) throw std::invalid_argument("cannot load the CA certificates " + (ca_file.empty() ? std::string("of the system") : ca_file) + ": " + ec.message());
+    impl_->tls_ctx->set_verify_mode(ssl::verify_peer);
+  }
 }
 
 HttpClient::~HttpClient() = default;
@@ -53,19 +88,33 @@ HttpClient::Result HttpClient::Call(const std::string& method, const std::string
                                     const Headers& headers) {
   auto& d = *impl_;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    const bool fresh = !d.stream;
-    if (!d.stream) {
+    const bool fresh = !d.Connected();
+    if (fresh) {
       tcp::resolver resolver(d.ioc);
       beast::error_code ec;
       const auto endpoints = resolver.resolve(d.host, d.port, ec);
       if (ec) throw HttpError("cannot resolve " + d.host + ": " + ec.message());
-      d.stream.emplace(d.ioc);
-      d.stream->expires_after(timeout);
+      if (d.tls) {
+        d.tls_stream.emplace(d.ioc, *d.tls_ctx);
+        d.tls_stream->set_verify_callback(ssl::host_name_verification(d.host));
+        // SNI, so a server with several names picks this one's certificate.
+        if (!SSL_set_tlsext_host_name(d.tls_stream->native_handle(), d.host.c_str())) {
+          d.Drop();
+          throw HttpError("cannot set the TLS server name " + d.host);
+        }
+      } else {
+        d.stream.emplace(d.ioc);
+      }
+      d.Tcp().expires_after(timeout);
       ec = d.RunOp([&](auto handler) {
-        d.stream->async_connect(endpoints, [handler](beast::error_code e, const tcp::endpoint&) mutable { handler(e, 0); });
+        d.Tcp().async_connect(endpoints, [handler](beast::error_code e, const tcp::endpoint&) mutable { handler(e, 0); });
       });
+      if (!ec && d.tls)
+        ec = d.RunOp([&](auto handler) {
+          d.tls_stream->async_handshake(ssl::stream_base::client, [handler](beast::error_code e) mutable { handler(e, 0); });
+        });
       if (ec) {
-        d.stream.reset();
+        d.Drop();
         throw HttpError("cannot connect to " + d.host + ":" + d.port + ": " + ec.message());
       }
       d.buffer.clear();
@@ -79,17 +128,17 @@ HttpClient::Result HttpClient::Call(const std::string& method, const std::string
     req.body() = body;
     req.keep_alive(true);
     req.prepare_payload();
-    d.stream->expires_after(timeout);
-    auto ec = d.RunOp([&](auto handler) { bhttp::async_write(*d.stream, req, handler); });
+    d.Tcp().expires_after(timeout);
+    auto ec = d.RunOp([&](auto handler) { d.With([&](auto& s) { bhttp::async_write(s, req, handler); }); });
     bhttp::response<bhttp::string_body> res;
-    if (!ec) ec = d.RunOp([&](auto handler) { bhttp::async_read(*d.stream, d.buffer, res, handler); });
+    if (!ec) ec = d.RunOp([&](auto handler) { d.With([&](auto& s) { bhttp::async_read(s, d.buffer, res, handler); }); });
     if (ec) {
-      d.stream.reset();
+      d.Drop();
       // A kept-alive connection the server closed meanwhile: retry once on a new one.
       if (!fresh && attempt == 0 && ec != beast::error::timeout) continue;
       throw HttpError(method + " " + target + ": " + ec.message());
     }
-    if (!res.keep_alive()) d.stream.reset();
+    if (!res.keep_alive()) d.Drop();
     return {static_cast<int>(res.result_int()), std::move(res.body()), std::string(res[bhttp::field::content_type])};
   }
   throw HttpError(method + " " + target + ": connection failed");

@@ -12,13 +12,15 @@ struct HttpError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// A keep-alive HTTP/1.1 client for one apiserver, one request at a time, each with a deadline.
+// A keep-alive HTTP/1.1 client (TLS for https://) for one apiserver, one request at a time, each with a deadline.
 // Network failures throw HttpError; the next call reconnects. Used by the agent, the fleet
 // simulator and the `spillway` CLI.
 class HttpClient {
  public:
-  // "http://host:port"; `user_agent` names the program ("spillway-agent/0.1.0").
-  explicit HttpClient(const std::string& base_url, std::string user_agent = "");
+  // "http://host:port" or "https://host:port"; `user_agent` names the program ("spillway-agent/0.1.0").
+  // Over https the server's certificate must chain to the system's CAs, or to those in `ca_file`
+  // (PEM) when given, and name the host.
+  explicit HttpClient(const std::string& base_url, std::string user_agent = "", const std::string& ca_file = "");
   ~HttpClient();
   struct Result {
     int status = 0;

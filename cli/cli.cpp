@@ -53,7 +53,8 @@ struct Command {
 
 const std::vector<FlagSpec> kGlobalFlags = {
     {"--profile", "NAME", "the profile in ~/.config/spillway/config.toml (default: default, or SPILLWAY_PROFILE)"},
-    {"--api", "URL", "the API's URL, such as http://127.0.0.1:8080 (or SPILLWAY_API)"},
+    {"--api", "URL", "the API's URL, such as http://127.0.0.1:8080 or https://api.example:8443 (or SPILLWAY_API)"},
+    {"--ca-file", "PEM", "https: trust these CA certificates instead of the system's (or SPILLWAY_CA_FILE)"},
     {"--output", "FORMAT", "table | json | csv (table on a terminal, json when piped)"},
     {"--help", "", "this help"},
 };
@@ -106,8 +107,8 @@ struct Invocation {
   // The API, resolved on first use (configure and completion need none).
   agent::HttpClient& Client() {
     if (!client_) {
-      target_ = Resolve(io.env, Flag("--profile"), Flag("--api"));
-      client_ = std::make_unique<agent::HttpClient>(target_.api_url, "spillway-cli/" SPILLWAY_VERSION);
+      target_ = Resolve(io.env, Flag("--profile"), Flag("--api"), Flag("--ca-file"));
+      client_ = std::make_unique<agent::HttpClient>(target_.api_url, "spillway-cli/" SPILLWAY_VERSION, target_.ca_file);
     }
     return *client_;
   }
@@ -252,6 +253,7 @@ int Configure(Invocation& inv) {
   const std::string path = ConfigPath(inv.io.env);
   if (auto existing = ReadProfile(path, p.name)) p = *existing;
   p.api_url = inv.Flag("--api", p.api_url);
+  p.ca_file = inv.Flag("--ca-file", p.ca_file);
   if (p.api_url.empty()) throw UsageError("configure needs --api URL");
   if (inv.Has("--key")) {
     // The key goes to a file of its own beside the config (0600), which the profile names.

@@ -59,6 +59,7 @@ std::optional<Profile> ReadProfile(const std::string& path, const std::string& n
   p.name = name;
   p.api_url = (*section)["api_url"].value_or(std::string());
   p.key_file = (*section)["key_file"].value_or(std::string());
+  p.ca_file = (*section)["ca_file"].value_or(std::string());
   return p;
 }
 
@@ -67,6 +68,8 @@ void WriteProfile(const std::string& path, const Profile& profile) {
   toml::table section;
   section.insert_or_assign("api_url", profile.api_url);
   section.insert_or_assign("key_file", profile.key_file);
+  if (!profile.ca_file.empty()) section.insert_or_assign("ca_file", profile.ca_file);
+  else section.erase("ca_file");
   t.insert_or_assign(SectionOf(profile.name), std::move(section));
   const std::filesystem::path file(path);
   std::filesystem::create_directories(file.parent_path());
@@ -85,7 +88,7 @@ void WriteProfile(const std::string& path, const Profile& profile) {
 }
 
 Target Resolve(const std::map<std::string, std::string>& env, const std::string& profile_flag,
-               const std::string& api_flag) {
+               const std::string& api_flag, const std::string& ca_flag) {
   const std::string name = !profile_flag.empty() ? profile_flag
                            : !Get(env, "SPILLWAY_PROFILE").empty() ? Get(env, "SPILLWAY_PROFILE")
                                                                    : "default";
@@ -98,6 +101,8 @@ Target Resolve(const std::map<std::string, std::string>& env, const std::string&
   t.api_url = !api_flag.empty() ? api_flag : !Get(env, "SPILLWAY_API").empty() ? Get(env, "SPILLWAY_API")
                                            : p ? p->api_url : "";
   t.api_key = Get(env, "SPILLWAY_API_KEY");
+  t.ca_file = !ca_flag.empty() ? ca_flag : !Get(env, "SPILLWAY_CA_FILE").empty() ? Get(env, "SPILLWAY_CA_FILE")
+                                        : p ? p->ca_file : "";
   if (t.api_key.empty() && p && !p->key_file.empty()) {
     if (!std::ifstream(p->key_file)) throw UsageError("profile " + name + ": cannot read key_file " + p->key_file);
     t.api_key = Trimmed(ReadText(p->key_file));

@@ -1,7 +1,7 @@
 #pragma once
 // Where the `spillway` CLI sends its calls and with which key, as the AWS CLI resolves it:
 // --api / --profile on the command line, then SPILLWAY_API / SPILLWAY_API_KEY, then the profile in
-// ~/.config/spillway/config.toml ([default], [profile NAME]: api_url, key_file).
+// ~/.config/spillway/config.toml ([default], [profile NAME]: api_url, key_file, ca_file).
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -20,6 +20,7 @@ struct Profile {
   std::string name = "default";
   std::string api_url;   // "http://host:port"
   std::string key_file;  // where the API key is kept (never the key itself)
+  std::string ca_file;   // https: the CA certificates (PEM) to trust instead of the system's
 };
 
 // $XDG_CONFIG_HOME/spillway/config.toml, or ~/.config/spillway/config.toml.
@@ -33,10 +34,11 @@ std::optional<Profile> ReadProfile(const std::string& path, const std::string& n
 void WriteProfile(const std::string& path, const Profile& profile);
 
 struct Target {
-  std::string api_url, api_key;
+  std::string api_url, api_key, ca_file;
 };
-// Resolves where to call and with which key; a UsageError says what is missing and how to set it.
+// Resolves where to call and with which key (and, for https, which CAs: --ca-file, SPILLWAY_CA_FILE,
+// the profile's ca_file, else the system's); a UsageError says what is missing and how to set it.
 Target Resolve(const std::map<std::string, std::string>& env, const std::string& profile_flag,
-               const std::string& api_flag);
+               const std::string& api_flag, const std::string& ca_flag = "");
 
 }  // namespace spillway::cli

@@ -260,5 +260,55 @@ TEST_F(Cli, SshKeysVolumesSshReservationsAndApiKeys) {
   EXPECT_NE(r.err.find("HTTP 401"), std::string::npos) << r.err;
 }
 
+TEST(CliTls, SpeaksHttpsAndTrustsOnlyAVerifiedCertificateForItsHost) {
+  // An apiserver with TLS on (a certificate for "localhost" from a CA of the test's own), as a CLI on
+  // another machine reaches it: https:// with --ca-file (or the profile's ca_file) works; without
+  // the CA, or under a name the certificate does not have, the CLI refuses to talk (exit 1).
+  TestDb db;
+  char tmpl[] = "/tmp/spillway-cli-tls-XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  std::string out;
+  ASSERT_EQ(RunCommand({"/bin/sh", "-c",
+                        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
+                        "-subj /CN=localhost -addext subjectAltName=DNS:localhost -keyout " + dir + "/key.pem -out " +
+                            dir + "/cert.pem"},
+                       {}, &out),
+            0)
+      << out;
+  const int tls_port = FreePort();
+  ApiServer server(db.dsn(), {{"SPILLWAY_TLS_ENABLED", "true"},
+                              {"SPILLWAY_TLS_LISTEN", "127.0.0.1:" + std::to_string(tls_port)},
+                              {"SPILLWAY_TLS_CERT_FILE", dir + "/cert.pem"},
+                              {"SPILLWAY_TLS_KEY_FILE", dir + "/key.pem"}});
+  ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
+  const std::string admin = BootstrapAdmin(db.dsn());
+  const std::string https = "https://localhost:" + std::to_string(tls_port);
+  const std::map<std::string, std::string> as_admin{{"SPILLWAY_API_KEY", admin}};
+
+  auto r = RunCli(dir, {"--api", https, "--ca-file", dir + "/cert.pem", "tenants", "list", "--output", "json"}, as_admin);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("\"operator\""), std::string::npos) << r.out;
+  auto env = as_admin;
+  env["SPILLWAY_CA_FILE"] = dir + "/cert.pem";
+  EXPECT_EQ(RunCli(dir, {"--api", https, "tenants", "list"}, env).rc, 0);
+
+  // The system's CAs do not know this certificate; 127.0.0.1 is not a name it carries.
+  r = RunCli(dir, {"--api", https, "tenants", "list"}, as_admin);
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("certificate verify failed"), std::string::npos) << r.err;
+  r = RunCli(dir, {"--api", "https://127.0.0.1:" + std::to_string(tls_port), "--ca-file", dir + "/cert.pem", "tenants", "list"},
+             as_admin);
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("certificate verify failed"), std::string::npos) << r.err;
+  EXPECT_EQ(RunCli(dir, {"--api", https, "--ca-file", dir + "/none.pem", "tenants", "list"}, as_admin).rc, 2);
+
+  // configure keeps the CA in the profile.
+  ASSERT_EQ(RunCli(dir, {"configure", "--api", https, "--ca-file", dir + "/cert.pem", "--key", admin}).rc, 0);
+  EXPECT_NE(ReadWhole(dir + "/.config/spillway/config.toml").find("ca_file"), std::string::npos);
+  r = RunCli(dir, {"tenants", "list", "--output", "csv"});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace spillway::test
