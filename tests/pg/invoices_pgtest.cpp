@@ -4,10 +4,12 @@
 // price change inside an hour, two closers at once with rollbacks injected, and a tenant never
 // billed more GPU time than it held whatever samples arrive.
 #include <gtest/gtest.h>
+#include <unistd.h>
 #include <prometheus/registry.h>
 
 #include <algorithm>
 #include <atomic>
+#include <fstream>
 #include <random>
 #include <set>
 #include <thread>
@@ -53,10 +55,12 @@ void Exec(pqxx::connection& c, const std::string& sql, const Params&... params) 
 // A tenant with instances on one host whose watermark is folded through `through`, and rated usage
 // written as the metering fold writes it (usage_rated_hourly, marked for billing).
 struct Books {
-  TestDb db;
-  std::unique_ptr<pqxx::connection> conn = OpenSession({db.dsn(), "spillway-test", 3000ms, 30000ms});
+  std::unique_ptr<TestDb> db;  // a database of its own, unless given one
+  std::unique_ptr<pqxx::connection> conn;
   std::string host;
-  explicit Books(const char* through = "2026-12-01T00:10:00Z") {
+  explicit Books(const char* through = "2026-12-01T00:10:00Z", const std::string& dsn = "") {
+    if (dsn.empty()) db = std::make_unique<TestDb>();
+    conn = OpenSession({dsn.empty() ? db->dsn() : dsn, "spillway-test", 3000ms, 30000ms});
     host = InTransaction(*conn, [&](Tx& tx) {
       return RegisterHost(tx, {"gpu-b", "r1", "r1-a", {{0, 80LL << 30, "GPU-b-0", "H100-80GB"}}}, T("2026-10-01T00:00:00Z"))
           .host_id;
@@ -392,7 +396,7 @@ END $$;
 CREATE TRIGGER test_flaky BEFORE UPDATE ON invoices FOR EACH ROW EXECUTE FUNCTION test_flaky();)sql");
   std::atomic<int> rollbacks{0}, closes{0}, noops{0};
   const auto closer = [&] {
-    auto conn = OpenSession({b.db.dsn(), "spillway-test", 3000ms, 30000ms});
+    auto conn = OpenSession({b.db->dsn(), "spillway-test", 3000ms, 30000ms});
     for (int attempt = 0; attempt < 500; ++attempt) {
       try {
         const PeriodClose c = InTransaction(*conn, [&](Tx& tx) {
@@ -529,4 +533,82 @@ LEFT JOIN (SELECT instance_id, sum(gpu_ms) AS billed FROM invoice_usage GROUP BY
   EXPECT_GT(billed_total, 0);
   // And the invoice's usage lines add up to exactly what invoice_usage holds.
   EXPECT_EQ(tx.exec("SELECT count(*) FROM invoices WHERE status = 'finalized'")[0][0].as<int>(), 1);
+}
+
+TEST(Invoices, ARestoreToAPointInTimeHasTheSameInvoicesNumbersAndHashes) {
+  // The backup scheme of docs/backups.md on a cluster of its own: WAL archived by archive_command,
+  // a base backup by pg_basebackup. October is closed before the base backup, November after it;
+  // then the restore target is taken, and after it a credit note is issued. Restored to the target
+  // into a new cluster, the books are October's and November's invoices with the same numbers,
+  // hashes and totals, the credit note is not there, and the next numbers follow on with no gap.
+  test::OwnCluster pg;
+  ASSERT_TRUE(pg.ok());
+  // Where the backups go: a folder of the postgres user's, as the cluster's own are.
+  const std::string work = pg.dir() + "/backups";
+  std::string out;
+  ASSERT_EQ(test::RunCommand({"/bin/sh", "-c", "mkdir -p " + work + (::geteuid() == 0 ? " && chown postgres " + work : "")},
+                             {}, &out),
+            0)
+      << out;
+  const std::string archive = work + "/archive", base = work + "/base", restored = work + "/restored";
+  // Settings go in through a file, so no shell quoting stands between them and postgresql.conf.
+  const auto append_conf = [&](const std::string& data_dir, const std::string& lines) {
+    const std::string tmp = work + "/conf.tmp";
+    std::ofstream(tmp) << lines;
+    return pg.AsPg("cat " + tmp + " >> " + data_dir + "/postgresql.conf") == 0;
+  };
+  ASSERT_EQ(pg.AsPg("mkdir -p " + archive), 0);
+  ASSERT_TRUE(append_conf(pg.dir() + "/data", "wal_level = replica\narchive_mode = on\narchive_command = 'test ! -f " +
+                                                   archive + "/%f && cp %p " + archive + "/%f'\n"));
+  ASSERT_TRUE(pg.Stop() && pg.Start());
+  ASSERT_TRUE(pg.Migrate());
+  Books b("2026-12-01T00:10:00Z", pg.dsn());
+  b.Tenant("ten_r");
+  b.Instance("ins_oct", "ten_r", "2026-10-10T00:00:00Z", "2026-10-10T01:00:00Z");
+  b.Rated("ins_oct", "ten_r", "2026-10-10T00:00:00Z", 2'000'000, 3'600'000);
+  b.Draft("2026-10-20T00:00:00Z");
+  b.Close("2026-10", "2026-11-01T01:00:00Z");
+  ASSERT_EQ(pg.AsPg(pg.bin() + "/pg_basebackup -h " + pg.dir() + "/run -p " + std::to_string(pg.port()) +
+                    " -U postgres -D " + base + " -X none -c fast >/dev/null"),
+            0);
+  b.Instance("ins_nov", "ten_r", "2026-11-10T00:00:00Z", "2026-11-10T02:00:00Z");
+  b.Rated("ins_nov", "ten_r", "2026-11-10T00:00:00Z", 3'000'000, 3'600'000);
+  b.Rated("ins_nov", "ten_r", "2026-11-10T01:00:00Z", 3'000'000, 3'600'000);
+  b.Draft("2026-11-20T00:00:00Z");
+  b.Close("2026-11", "2026-12-01T01:00:00Z");
+  const std::string books_sql =
+      "SELECT string_agg(number || ' ' || tenant_id || ' ' || period || ' ' || total_cents || ' ' || content_sha256, "
+      "E'\\n' ORDER BY number) FROM invoices WHERE status = 'finalized'";
+  const std::string books = Text(*b.conn, books_sql);
+  const std::string target = Text(*b.conn, "SELECT clock_timestamp()::text");
+  std::this_thread::sleep_for(1100ms);
+  const auto nov = b.InvoiceOf("ten_r", "2026-11");
+  ASSERT_TRUE(nov);
+  InTransaction(*b.conn, [&](Tx& tx) { IssueCreditNote(tx, nov->invoice.id, 100, "after the target", "t", T("2026-12-02T00:00:00Z")); });
+  // The segment holding all of it is closed and archived.
+  const std::string segment = Text(*b.conn, "SELECT pg_walfile_name(pg_current_wal_lsn())");
+  Exec(*b.conn, "SELECT pg_switch_wal()");
+  ASSERT_TRUE(test::WaitFor([&] { return Text(*b.conn, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= segment; }, 30s));
+
+  // The restore: the base backup, recovery.signal, WAL from the archive up to the target.
+  const int port = test::FreePort();
+  ASSERT_EQ(pg.AsPg("mkdir -p " + restored + "/run && cp -a " + base + " " + restored + "/data && touch " + restored +
+                    "/data/recovery.signal"),
+            0);
+  ASSERT_TRUE(append_conf(restored + "/data", "restore_command = 'cp " + archive + "/%f %p'\nrecovery_target_time = '" +
+                                                  target + "'\nrecovery_target_action = 'promote'\narchive_mode = off\n"));
+  ASSERT_EQ(pg.AsPg(pg.bin() + "/pg_ctl -D " + restored + "/data -w -t 60 -l " + restored + "/log -o \"-c listen_addresses='' "
+                    "-c unix_socket_directories='" + restored + "/run' -p " + std::to_string(port) + "\" start >/dev/null"),
+            0);
+  pqxx::connection back("host=" + restored + "/run port=" + std::to_string(port) + " user=postgres dbname=postgres");
+  ASSERT_TRUE(test::WaitFor([&] { return Text(back, "SELECT pg_is_in_recovery()::text") == "false"; }, 60s));
+  EXPECT_EQ(Text(back, books_sql), books);
+  EXPECT_NE(books.find("SPW-000002"), std::string::npos) << books;
+  EXPECT_EQ(Scalar(back, "SELECT count(*) FROM credit_notes"), 0);  // after the target
+  EXPECT_EQ(Text(back, "SELECT last_value::text FROM billing_number_series WHERE series = 'invoice'"), "2");
+  // A restored invoice verifies: its hash is that of its canonical JSON.
+  EXPECT_EQ(Scalar(back, "SELECT count(*) FROM invoices WHERE status = 'finalized' "
+                         "AND content_sha256 <> encode(sha256(convert_to(canonical, 'UTF8')), 'hex')"),
+            0);
+  pg.AsPg(pg.bin() + "/pg_ctl -D " + restored + "/data -m fast -w stop >/dev/null");
 }

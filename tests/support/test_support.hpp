@@ -160,9 +160,13 @@ class OwnCluster {
   bool Start();
   bool Stop();
   bool Migrate();
+  const std::string& dir() const { return dir_; }  // data/ (the cluster), run/ (its socket)
+  const std::string& bin() const { return bin_; }  // PostgreSQL's programs
+  int port() const { return port_; }
+  // Runs a shell command as the postgres user (when root), as PostgreSQL's own programs must be.
+  int AsPg(const std::string& cmd);
 
  private:
-  int AsPg(const std::string& cmd);
   std::string bin_, dir_;
   int port_ = 0;
   bool tls_ = false;
