@@ -268,18 +268,9 @@ TEST(CliTls, SpeaksHttpsAndTrustsOnlyAVerifiedCertificateForItsHost) {
   char tmpl[] = "/tmp/spillway-cli-tls-XXXXXX";
   const std::string dir = ::mkdtemp(tmpl);
   std::string out;
-  ASSERT_EQ(RunCommand({"/bin/sh", "-c",
-                        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
-                        "-subj /CN=localhost -addext subjectAltName=DNS:localhost -keyout " + dir + "/key.pem -out " +
-                            dir + "/cert.pem"},
-                       {}, &out),
-            0)
-      << out;
+  ASSERT_TRUE(MakeLocalhostCertificate(dir, &out)) << out;
   const int tls_port = FreePort();
-  ApiServer server(db.dsn(), {{"SPILLWAY_TLS_ENABLED", "true"},
-                              {"SPILLWAY_TLS_LISTEN", "127.0.0.1:" + std::to_string(tls_port)},
-                              {"SPILLWAY_TLS_CERT_FILE", dir + "/cert.pem"},
-                              {"SPILLWAY_TLS_KEY_FILE", dir + "/key.pem"}});
+  ApiServer server(db.dsn(), TlsListenerEnv(dir, tls_port));
   ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
   const std::string admin = BootstrapAdmin(db.dsn());
   const std::string https = "https://localhost:" + std::to_string(tls_port);

@@ -161,17 +161,9 @@ TEST(Lifecycle, TlsListenerSpeaksTls12And13Only) {
   TestDb db;
   const std::string dir = "/tmp/spillway-tls-" + std::to_string(getpid());
   std::string out;
-  ASSERT_EQ(RunCommand({"/bin/sh", "-c",
-                        "mkdir -p " + dir + " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
-                        "-nodes -days 1 -subj /CN=localhost -keyout " + dir + "/key.pem -out " + dir + "/cert.pem"},
-                       {}, &out),
-            0)
-      << out;
+  ASSERT_TRUE(MakeLocalhostCertificate(dir, &out)) << out;
   const int tls_port = FreePort();
-  ApiServer server(db.dsn(), {{"SPILLWAY_TLS_ENABLED", "true"},
-                              {"SPILLWAY_TLS_LISTEN", "127.0.0.1:" + std::to_string(tls_port)},
-                              {"SPILLWAY_TLS_CERT_FILE", dir + "/cert.pem"},
-                              {"SPILLWAY_TLS_KEY_FILE", dir + "/key.pem"}});
+  ApiServer server(db.dsn(), TlsListenerEnv(dir, tls_port));
   ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
   for (int version : {TLS1_2_VERSION, TLS1_3_VERSION}) {
     HttpConn c(tls_port, version);

@@ -335,6 +335,21 @@ int RunCommand(const std::vector<std::string>& argv, const std::map<std::string,
   return rc;
 }
 
+bool MakeLocalhostCertificate(const std::string& dir, std::string* out) {
+  return RunCommand({"/bin/sh", "-c",
+                     "mkdir -p " + dir + " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+                     "-days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost -keyout " + dir +
+                         "/key.pem -out " + dir + "/cert.pem"},
+                    {}, out) == 0;
+}
+
+std::map<std::string, std::string> TlsListenerEnv(const std::string& dir, int port) {
+  return {{"SPILLWAY_TLS_ENABLED", "true"},
+          {"SPILLWAY_TLS_LISTEN", "127.0.0.1:" + std::to_string(port)},
+          {"SPILLWAY_TLS_CERT_FILE", dir + "/cert.pem"},
+          {"SPILLWAY_TLS_KEY_FILE", dir + "/key.pem"}};
+}
+
 std::string ApiServerBinary() { return SPILLWAY_APISERVER_BIN; }
 std::string AgentBinary() { return SPILLWAY_AGENT_BIN; }
 std::string FleetSimBinary() { return SPILLWAY_FLEET_SIM_BIN; }

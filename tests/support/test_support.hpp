@@ -173,6 +173,12 @@ class OwnCluster {
   bool ok_ = false;
 };
 
+// A self-signed certificate for "localhost" (CN and subjectAltName), dir/cert.pem and dir/key.pem,
+// made with the openssl command; false (with its output in *out) when that failed.
+bool MakeLocalhostCertificate(const std::string& dir, std::string* out);
+// The environment that turns on an apiserver's TLS listener on 127.0.0.1:port with that certificate.
+std::map<std::string, std::string> TlsListenerEnv(const std::string& dir, int port);
+
 // Runs `spillway-apiserver bootstrap-admin` against dsn and returns the key it prints.
 std::string BootstrapAdmin(const std::string& dsn);
 
