@@ -91,44 +91,57 @@ TEST_F(RateLimits, OneTenantFloodingLeavesAnotherTenantsLatencyAndAgentsAlone) {
   auto agent = fleet_->StartAgent("eu-north", "H100-80GB", 2, 8);
   ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 16; }, 20s));
 
-  // The quiet tenant: 100 reads at 10 a second (inside its limit), timed.
+  // The quiet tenant: 40 reads at 20 a second (inside its limit), timed; its p99.
   const auto quiet_p99 = [&] {
     HttpConn c(server_->port());
     std::vector<std::chrono::microseconds> took;
-    for (int i = 0; i < 100; ++i) {
+    for (int i = 0; i < 40; ++i) {
       const auto t = std::chrono::steady_clock::now();
       const auto r = c.Call("GET", "/v1/instances", quiet_key);
       took.push_back(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t));
       EXPECT_EQ(r.status, 200) << r.body;  // never refused
-      std::this_thread::sleep_for(100ms);
+      std::this_thread::sleep_for(50ms);
     }
     return P99(took);
   };
-  const auto alone = quiet_p99();
-  // The noisy tenant's script: two keys, each a bounded loop as fast as its connection goes.
-  std::atomic<bool> stop{false};
+  // The noisy tenant's script: two keys, each a loop sending ~500 requests a second (16 times what
+  // its tenant may), for as long as the quiet tenant measures.
   std::atomic<int> noisy_ok{0}, noisy_429{0}, noisy_other{0};
-  std::vector<std::thread> flood;
-  for (const auto& k : noisy_keys)
-    flood.emplace_back([&, k] {
-      HttpConn c(server_->port());
-      for (int i = 0; i < 20000 && !stop; ++i) {
-        const int s = c.Call("GET", "/v1/instances", k).status;
-        (s == 200 ? noisy_ok : s == 429 ? noisy_429 : noisy_other)++;
-      }
-    });
-  const auto flooded = quiet_p99();
-  stop = true;
-  for (auto& t : flood) t.join();
-  std::printf("quiet tenant's p99: %.2f ms alone, %.2f ms while another floods (%.2fx); the flood: %d answered, "
-              "%d refused 429\n",
+  const auto flooding = [&](const auto& measure) {
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> flood;
+    for (const auto& k : noisy_keys)
+      flood.emplace_back([&, k] {
+        HttpConn c(server_->port());
+        for (int i = 0; i < 20000 && !stop; ++i) {
+          const int s = c.Call("GET", "/v1/instances", k).status;
+          (s == 200 ? noisy_ok : s == 429 ? noisy_429 : noisy_other)++;
+          std::this_thread::sleep_for(2ms);
+        }
+      });
+    const auto p99 = measure();
+    stop = true;
+    for (auto& t : flood) t.join();
+    return p99;
+  };
+  // Rounds alone and flooded, alternating, so what else this machine runs weighs on both alike; the
+  // median round of each is compared.
+  std::vector<std::chrono::microseconds> alone_rounds, flooded_rounds;
+  for (int round = 0; round < 3; ++round) {
+    alone_rounds.push_back(quiet_p99());
+    flooded_rounds.push_back(flooding(quiet_p99));
+  }
+  std::sort(alone_rounds.begin(), alone_rounds.end());
+  std::sort(flooded_rounds.begin(), flooded_rounds.end());
+  const auto alone = alone_rounds[1], flooded = flooded_rounds[1];
+  std::printf("quiet tenant's p99 (median of 3 rounds): %.2f ms alone, %.2f ms while another floods (%.2fx); the "
+              "flood: %d answered, %d refused 429\n",
               alone.count() / 1000.0, flooded.count() / 1000.0, double(flooded.count()) / double(alone.count()),
               noisy_ok.load(), noisy_429.load());
-  EXPECT_GT(noisy_429, noisy_ok);  // most of the flood was refused...
-  EXPECT_EQ(noisy_other, 0);       // ...as 429s, nothing else
-  // ...and cheaply: the quiet tenant's p99 stays within twice its own (5 ms of slack: other tests share
-  // these two cores, and a p99 of 100 reads is their slowest but one).
-  EXPECT_LE(flooded.count(), 2 * alone.count() + 5000);
+  EXPECT_GT(noisy_429, 5 * noisy_ok);  // most of the flood was refused...
+  EXPECT_EQ(noisy_other, 0);           // ...as 429s, nothing else
+  // ...and cheaply: the quiet tenant's p99 stays within twice its own (2 ms of slack for timer noise).
+  EXPECT_LE(flooded.count(), 2 * alone.count() + 2000);
   // The agents were never limited: both hosts kept heartbeating and stayed up.
   const auto hosts = Json(fleet_->Call("GET", "/v1/hosts", fleet_->operator_key));
   for (const auto& h : hosts.at("data").as_array()) EXPECT_EQ(Str(h, "health"), "up");
