@@ -149,7 +149,7 @@ bool HostAgent::Register() {
                                     options_.gpus,         options_.driver_version, options_.cuda_version,
                                     options_.public_address, options_.port_range,   options_.simulated};
   try {
-    HttpClient client(options_.api);
+    HttpClient client(options_.api, "", options_.ca_file);
     const auto r = client.Call("POST", "/v1/agent/register", options_.bootstrap_token, boost::json::serialize(protocol::ToJson(body)),
                                std::chrono::seconds(10));
     if (r.status != 200 && r.status != 201) {
@@ -220,7 +220,7 @@ void HostAgent::PollLoop() {
       known = version_;
     }
     try {
-      if (!client) client = std::make_unique<HttpClient>(options_.api);
+      if (!client) client = std::make_unique<HttpClient>(options_.api, "", options_.ca_file);
       const auto r = client->Call("GET", "/v1/agent/assignments?version=" + std::to_string(known) + "&wait=20", token,
                                   "", std::chrono::seconds(30));
       if (r.status == 401) {
@@ -290,7 +290,7 @@ void HostAgent::HeartbeatLoop() {
     }
     if (!due || token.empty()) continue;
     try {
-      if (!client) client = std::make_unique<HttpClient>(options_.api);
+      if (!client) client = std::make_unique<HttpClient>(options_.api, "", options_.ca_file);
       const auto r = client->Call("POST", "/v1/agent/heartbeat", token, boost::json::serialize(protocol::ToJson(report)),
                                   std::chrono::seconds(10));
       if (r.status == 401) {
@@ -378,7 +378,7 @@ void HostAgent::ShipLoop() {
         batch->sent_at_ms = NowMs();
         HttpClient::Result r;
         try {
-          if (!client) client = std::make_unique<HttpClient>(options_.api);
+          if (!client) client = std::make_unique<HttpClient>(options_.api, "", options_.ca_file);
           r = client->Call("POST", "/v1/agent/samples", token, boost::json::serialize(protocol::ToJson(*batch)),
                            std::chrono::seconds(30));
         } catch (const std::exception& e) {

@@ -22,6 +22,7 @@ using GpuInfo = protocol::Gpu;
 
 struct HostOptions {
   std::string api, bootstrap_token, hostname, region, zone;
+  std::string ca_file;  // https: the CA certificates (PEM) to trust instead of the system's
   std::vector<GpuInfo> gpus;
   // What the host offers, sent at registration (see protocol::Registration).
   std::optional<std::string> driver_version, cuda_version, public_address;

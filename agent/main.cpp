@@ -15,6 +15,7 @@
 #include "core/config.hpp"
 #include "agent/admin_server.hpp"
 #include "agent/host_agent.hpp"
+#include "agent/http_client.hpp"
 
 using namespace spillway;
 using namespace spillway::agent;
@@ -27,8 +28,9 @@ constexpr const char* kUsage =
     "                      [--hostname NAME] [--log-level info] [--state-dir DIR] [--drain-on-exit]\n"
     "                      [--sampler simulated|nvml] [--nvml-library PATH] [--spool-max-bytes N]\n"
     "                      [--admin-listen HOST:PORT] [--public-address ADDR] [--port-range FROM-TO]\n"
-    "                      [--cuda-version 12.8] [--volume-root DIR]\n"
-    "  --api              the apiserver, http://HOST:PORT\n"
+    "                      [--cuda-version 12.8] [--volume-root DIR] [--ca-file PEM]\n"
+    "  --api              the apiserver, http://HOST:PORT or https://HOST:PORT\n"
+    "  --ca-file PEM      https: trust these CA certificates instead of the system's\n"
     "  --bootstrap-token  the fleet's bootstrap token (or SPILLWAY_AGENT_BOOTSTRAP_TOKEN)\n"
     "  --runtime          simulated (default): instances boot for --boot-delay, then run;\n"
     "                     exec: runs `sh -c CMD` per instance with CUDA_VISIBLE_DEVICES,\n"
@@ -114,7 +116,7 @@ int main(int argc, char** argv) {
       {"--boot-delay", "2s"}, {"--log-level", "info"}, {"--gpus-per-host", "8"}, {"--simulate-hosts", "0"},
       {"--state-dir", "/var/lib/spillway-agent"}, {"--sampler", "simulated"}, {"--nvml-library", ""},
       {"--spool-max-bytes", "1073741824"}, {"--admin-listen", ""}, {"--port-range", "20000-29999"},
-      {"--cuda-version", "12.8"}, {"--volume-root", ""}};
+      {"--cuda-version", "12.8"}, {"--volume-root", ""}, {"--ca-file", ""}};
   bool drain_on_exit = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -139,7 +141,7 @@ int main(int argc, char** argv) {
         "--api", "--bootstrap-token", "--region", "--zone", "--runtime", "--launcher", "--stop-grace",
         "--simulate-hosts", "--gpu-model", "--gpus-per-host", "--boot-delay", "--hostname", "--log-level",
         "--state-dir", "--sampler", "--nvml-library", "--spool-max-bytes", "--admin-listen", "--public-address", "--port-range",
-        "--cuda-version", "--volume-root"};
+        "--cuda-version", "--volume-root", "--ca-file"};
     if (std::find(kKnown.begin(), kKnown.end(), arg) == kKnown.end()) return Usage("unknown option " + arg);
     flags[arg] = value;
   }
@@ -153,6 +155,11 @@ int main(int argc, char** argv) {
     }
   }
   if (!flags.count("--api")) return Usage("--api is required");
+  try {  // a URL or CA file the client refuses is a usage error now, not a retry loop later
+    HttpClient probe(flags["--api"], "", flags["--ca-file"]);
+  } catch (const std::invalid_argument& e) {
+    return Usage(e.what());
+  }
   std::string token = flags.count("--bootstrap-token") ? flags["--bootstrap-token"] : "";
   if (token.empty())
     if (const char* env = std::getenv("SPILLWAY_AGENT_BOOTSTRAP_TOKEN")) token = env;
@@ -246,6 +253,7 @@ int main(int argc, char** argv) {
   for (int h = 0; h < count; ++h) {
     HostOptions o;
     o.api = flags["--api"];
+    o.ca_file = flags["--ca-file"];
     o.bootstrap_token = token;
     o.region = flags["--region"];
     o.zone = zone;

@@ -1,9 +1,10 @@
 // The web console in a real browser: Debian's Chromium driven by playwright-core (no browser
-// download), against a real apiserver and simulated agent that tests/e2e/console_test.cpp started.
-// Each step is a user's: sign in, launch and watch it run, read the usage plot, download an invoice
-// CSV and compare it with the API's, close a month as finance, be refused a finance page as a
-// member, sign out in one tab and lose the session in the other. axe-core checks every page, and
-// every page is saved as a screenshot (SPILLWAY_ARTIFACTS).
+// download), against a real apiserver and simulated agent that Finance.TheConsoleInARealBrowser
+// (tests/e2e/finance_test.cpp) started. Each step is a user's: sign in, launch and watch it run, read
+// the usage plot, download an invoice CSV and compare it with the API's, close a month and issue a
+// credit note as finance, be refused a finance page as a member, sign out in one tab and lose the
+// session in the other. axe-core checks every page, and every page is saved as a screenshot
+// (SPILLWAY_ARTIFACTS).
 import {chromium} from 'playwright-core';
 import {readFileSync, mkdirSync} from 'node:fs';
 import {createRequire} from 'node:module';
@@ -199,6 +200,14 @@ await step('finance closes a month', async () => {
   check(true, `${period} is listed as closed`);
   await shot(page, 'finance-periods-closed');
   await visit(page, `finance/invoices?period=${period}`, 'finance-invoices', () => page.locator('td', {hasText: 'finalized'}).first().waitFor());
+  await page.locator('td a[href^="#/invoices/"]').first().click();
+  await page.getByLabel('Amount before tax (USD)').fill('1.00');
+  await page.getByLabel('Reason').fill('goodwill');
+  await page.getByRole('button', {name: 'Issue credit note'}).click();
+  await page.locator('td', {hasText: 'SPW-CN-'}).first().waitFor();
+  check(true, 'finance issued a credit note from the invoice page');
+  await audit(page, 'finance-invoice');
+  await shot(page, 'finance-invoice-credit-note');
   await visit(page, 'finance/prices', 'finance-prices', () => page.locator('table').first().waitFor());
   await visit(page, `finance/revenue`, 'finance-revenue', () => page.locator('main .note, main .error').first().waitFor());
   await page.goto(`/console#/finance/revenue`);

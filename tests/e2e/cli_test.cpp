@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <csignal>
+
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -260,17 +262,20 @@ TEST_F(Cli, SshKeysVolumesSshReservationsAndApiKeys) {
   EXPECT_NE(r.err.find("HTTP 401"), std::string::npos) << r.err;
 }
 
-TEST(CliTls, SpeaksHttpsAndTrustsOnlyAVerifiedCertificateForItsHost) {
+TEST(CliTls, TheCliAndTheAgentSpeakHttpsAndTrustOnlyAVerifiedCertificateForItsHost) {
   // An apiserver with TLS on (a certificate for "localhost" from a CA of the test's own), as a CLI on
   // another machine reaches it: https:// with --ca-file (or the profile's ca_file) works; without
-  // the CA, or under a name the certificate does not have, the CLI refuses to talk (exit 1).
+  // the CA, or under a name the certificate does not have, the CLI refuses to talk (exit 1). An
+  // agent given the CA registers and heartbeats over https.
   TestDb db;
   char tmpl[] = "/tmp/spillway-cli-tls-XXXXXX";
   const std::string dir = ::mkdtemp(tmpl);
   std::string out;
   ASSERT_TRUE(MakeLocalhostCertificate(dir, &out)) << out;
   const int tls_port = FreePort();
-  ApiServer server(db.dsn(), TlsListenerEnv(dir, tls_port));
+  auto server_env = TlsListenerEnv(dir, tls_port);
+  server_env["SPILLWAY_AGENT_BOOTSTRAP_TOKEN"] = "test-bootstrap-token";
+  ApiServer server(db.dsn(), server_env);
   ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
   const std::string admin = BootstrapAdmin(db.dsn());
   const std::string https = "https://localhost:" + std::to_string(tls_port);
@@ -298,6 +303,19 @@ TEST(CliTls, SpeaksHttpsAndTrustsOnlyAVerifiedCertificateForItsHost) {
   EXPECT_NE(ReadWhole(dir + "/.config/spillway/config.toml").find("ca_file"), std::string::npos);
   r = RunCli(dir, {"tenants", "list", "--output", "csv"});
   EXPECT_EQ(r.rc, 0) << r.err;
+
+  Process agent({AgentBinary(), "--api", https, "--ca-file", dir + "/cert.pem", "--bootstrap-token", "test-bootstrap-token",
+                 "--region", "tls-east", "--gpu-model", "H100-80GB", "--gpus-per-host", "2", "--simulate-hosts", "1",
+                 "--state-dir", dir + "/agent"},
+                {});
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const auto cap = RunCli(dir, {"capacity", "--output", "csv"});
+        return cap.out.find("tls-east") != std::string::npos;
+      },
+      20s))
+      << agent.Stderr();
+  EXPECT_EQ(agent.Stop(SIGTERM), 0);
   std::filesystem::remove_all(dir);
 }
 

@@ -495,7 +495,7 @@ TEST_F(Finance, TheConsoleInARealBrowser) {
   // The web console as its users meet it, in Debian's Chromium (tests/browser/console.test.mjs, run
   // with node; ./scripts/test installs both): the member launches and watches the instance run, reads
   // the usage plot, downloads an invoice CSV equal to the API's; finance closes last month in the
-  // page; a member is refused a finance page; signing out in one tab ends the other's session; axe
+  // page and issues a credit note; a member is refused a finance page; signing out in one tab ends the other's session; axe
   // finds no serious violation; every page is saved as a screenshot under SPILLWAY_TEST_ARTIFACTS.
   const std::string script = std::string(SPILLWAY_SOURCE_DIR) + "/tests/browser/console.test.mjs";
   ASSERT_TRUE(std::filesystem::exists("/usr/bin/chromium")) << "Debian's chromium is not installed (./scripts/test installs it)";
@@ -521,4 +521,5 @@ TEST_F(Finance, TheConsoleInARealBrowser) {
   // What the browser did is what the API holds: last month closed, the launched instance running.
   EXPECT_EQ(One("SELECT count(*) FROM billing_periods_closed WHERE period = $1", last.Label()), "1");
   EXPECT_EQ(One("SELECT state FROM instances WHERE name = 'from-the-console'"), "running");
+  EXPECT_EQ(One("SELECT count(*) || ' ' || min(reason) FROM credit_notes"), "1 goodwill");
 }
