@@ -165,9 +165,8 @@ ApiDispatcher::ReadPipeline* ApiDispatcher::Pipeline() {
 }
 
 bool ApiDispatcher::StartAsyncRead(http::Request& request, const Route& route,
-                                   std::map<std::string, std::string>& params, http::Responder& respond) {
-  if (!key_cache_) return false;
-  const auto principal = AuthenticateFromCache(request.Header("authorization"), *key_cache_);
+                                   std::map<std::string, std::string>& params, http::Responder& respond,
+                                   const std::optional<Principal>& principal) {
   if (!principal || !(route.roles & principal->role_bit)) return false;  // the full path answers
   std::vector<std::string> values;
   try {
@@ -386,10 +385,10 @@ void ApiDispatcher::Expect(const http::Request& head, http::Responder respond) {
       }});
 }
 
-bool ApiDispatcher::TryFastPath(const http::Request& request, const Route& route, http::Responder& respond) {
-  if (!key_cache_ || !IsJsonContentType(request.Header("content-type"))) return false;
-  const auto principal = AuthenticateFromCache(request.Header("authorization"), *key_cache_);
+bool ApiDispatcher::TryFastPath(const http::Request& request, const Route& route, http::Responder& respond,
+                                const std::optional<Principal>& principal) {
   if (!principal || !(route.roles & principal->role_bit)) return false;
+  if (!IsJsonContentType(request.Header("content-type"))) return false;
   FastCall call{request, *principal, route.pattern, respond, heartbeats_, ingest_, clock_};
   return route.fast_path(call);
 }
@@ -406,11 +405,15 @@ void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
     respond(std::move(refusal));
     return;
   }
-  if (limiter_ && key_cache_ && (route->roles & kAnyRole)) {
+  // The caller, from the key cache alone (no database), looked up once for the paths below that
+  // need it: the rate limit, the fast path, the non-blocking read.
+  std::optional<Principal> cached;
+  if (key_cache_ && (route->fast_path || route->async_read || (limiter_ && (route->roles & kAnyRole))))
+    cached = AuthenticateFromCache(request.Header("authorization"), *key_cache_);
+  if (limiter_ && (route->roles & kAnyRole)) {
     // A key the cache knows is limited here, before any path takes a connection or a worker: a
     // flood of one tenant's requests is refused on the io thread.
-    if (const auto principal = AuthenticateFromCache(request.Header("authorization"), *key_cache_);
-        principal && (route->roles & principal->role_bit)) {
+    if (const auto& principal = cached; principal && (route->roles & principal->role_bit)) {
       request.rate_checked = true;
       try {
         TakeRateToken(*principal, *route);
@@ -422,7 +425,7 @@ void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
       }
     }
   }
-  if (route->fast_path && TryFastPath(request, *route, respond)) return;
+  if (route->fast_path && TryFastPath(request, *route, respond, cached)) return;
   if (route->pattern == "/v1/openapi.yaml") {  // static, needs no database
     http::Response r;
     r.content_type = "application/yaml";
@@ -431,7 +434,7 @@ void ApiDispatcher::Dispatch(http::Request request, http::Responder respond) {
     respond(std::move(r));
     return;
   }
-  if (route->async_read && StartAsyncRead(request, *route, params, respond)) return;
+  if (route->async_read && StartAsyncRead(request, *route, params, respond, cached)) return;
   if (route->inline_read) {
     if (auto conn = db_.TakeInline()) {
       Outcome out = Run(*conn, *route, params, request, false);

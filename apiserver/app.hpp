@@ -1,6 +1,7 @@
 #pragma once
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -62,14 +63,15 @@ class ApiDispatcher : public http::Dispatcher {
   Principal Authorize(Session& conn, const Route& route, const http::Request& request);
   // The route's fast path (Route::fast_path), for a caller whose key is in the key cache and a
   // JSON body. False: take the usual path.
-  bool TryFastPath(const http::Request& request, const Route& route, http::Responder& respond);
+  bool TryFastPath(const http::Request& request, const Route& route, http::Responder& respond,
+                   const std::optional<Principal>& principal);
   void NoteRefusedHeartbeat(const http::Request& request);
   // A route with an async_read, from a key in the key cache: the statement is sent on a
   // non-blocking connection and answered on this io thread when PostgreSQL's answer arrives (the
   // thread serves others meanwhile). False, having used nothing it was given: take the usual path.
   struct PendingRead;
   bool StartAsyncRead(http::Request& request, const Route& route, std::map<std::string, std::string>& params,
-                      http::Responder& respond);
+                      http::Responder& respond, const std::optional<Principal>& principal);
 
  public:
   struct ReadPipeline;  // one per io thread (app.cpp)
