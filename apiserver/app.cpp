@@ -94,8 +94,7 @@ ApiDispatcher::ApiDispatcher(const Config& config, const ServerSettings& server,
                    .Name("http_requests_total")
                    .Help("HTTP requests answered, by route pattern, method and status code")
                    .Register(metrics.registry());
-  if (const auto limits = RateLimitSettings::From(config); limits.Any())
-    limiter_ = std::make_unique<RateLimiter>(limits, &metrics.registry());
+  if (server.rate_limits.Any()) limiter_ = std::make_unique<RateLimiter>(server.rate_limits, &metrics.registry());
   durations_ = &prometheus::BuildHistogram()
                     .Name("http_request_duration_seconds")
                     .Help("Time from a request's first byte to its response written, by route pattern")

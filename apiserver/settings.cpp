@@ -40,6 +40,7 @@ ServerSettings ServerSettings::From(const Config& c) {
   s.key_cache_ttl = c.Duration("auth.key_cache_ttl");
   s.idempotency_ttl = c.Duration("idempotency.ttl");
   if (s.idempotency_ttl.count() <= 0) throw std::invalid_argument("idempotency.ttl: must be positive");
+  s.rate_limits = RateLimitSettings::From(c);
   if (c.Duration("console.session_ttl").count() < 60'000)
     throw std::invalid_argument("console.session_ttl: must be at least 1m");
   s.bootstrap_token = c.String("agent.bootstrap_token");

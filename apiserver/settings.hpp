@@ -1,11 +1,12 @@
 #pragma once
 // The apiserver's own configuration sections ([server], [tls], [auth], [idempotency], [agent],
-// [operator], [controllers]) read and checked once at start into one struct, like the fleet's
-// (FleetSettings) and the database's (DbOptions). Nothing below reads configuration by key.
+// [operator], [controllers], [ratelimit]) read and checked once at start into one struct, like the
+// fleet's (FleetSettings) and the database's (DbOptions). Nothing below reads configuration by key.
 #include <optional>
 #include <string>
 
 #include "apiserver/http/server.hpp"
+#include "apiserver/rate_limit.hpp"
 #include "core/config.hpp"
 #include "core/duration.hpp"
 
@@ -21,6 +22,7 @@ struct ServerSettings {
   std::string bootstrap_token;   // agent.bootstrap_token
   std::string operator_tenant_name;
   Millis controllers_tick{1000};
+  RateLimitSettings rate_limits;  // [ratelimit]; none set: off
 
   // Throws std::invalid_argument naming the key that is wrong ("tls.cert_file: ...").
   static ServerSettings From(const Config& config);

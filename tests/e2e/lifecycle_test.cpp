@@ -62,6 +62,12 @@ TEST(Lifecycle, BadConfigStopsStartupNamingTheKey) {
   EXPECT_NE(out.find("SPILLWAY_SERVER_LISTNE"), std::string::npos) << out;
   EXPECT_EQ(RunCommand({ApiServerBinary(), "serve"}, {{"SPILLWAY_DATABASE_ACQUIRE_TIMEOUT", "soon"}}, &out), 2);
   EXPECT_NE(out.find("database.acquire_timeout"), std::string::npos) << out;
+  // Checked with the other sections at start, before anything connects (it had been read only once
+  // the dispatcher was built, where throwing ended the process without a word).
+  EXPECT_EQ(RunCommand({ApiServerBinary(), "serve"}, {{"SPILLWAY_RATELIMIT_KEY_BURST", "0"}}, &out), 2);
+  EXPECT_NE(out.find("ratelimit.key_burst"), std::string::npos) << out;
+  EXPECT_EQ(RunCommand({ApiServerBinary(), "serve"}, {{"SPILLWAY_CONSOLE_SESSION_TTL", "10s"}}, &out), 2);
+  EXPECT_NE(out.find("console.session_ttl"), std::string::npos) << out;
   const std::string path = "/tmp/spillway-bad-" + std::to_string(getpid()) + ".toml";
   std::ofstream(path) << "[database]\npool = 3\n";
   EXPECT_EQ(RunCommand({ApiServerBinary(), "--config", path, "migrate"}, {}, &out), 2);
