@@ -87,8 +87,13 @@ std::optional<RateLimiter::Refusal> RateLimiter::Take(const std::string& key_id,
   } else if (limited_tenant_) {
     limited_tenant_->Increment();
   }
-  Prune(keys_, krate, kburst, now);
-  Prune(tenants_, trate, tburst, now);
+  // Past kPruneAbove buckets, full ones are let go; at most once a second, so many busy keys (none
+  // full) do not make every request scan them all.
+  if (keys_.size() + tenants_.size() > kPruneAbove && now - pruned_ >= std::chrono::seconds(1)) {
+    pruned_ = now;
+    Prune(keys_, krate, kburst, now);
+    Prune(tenants_, trate, tburst, now);
+  }
   if (buckets_) buckets_->Set(static_cast<double>(keys_.size() + tenants_.size()));
   return refusal;
 }

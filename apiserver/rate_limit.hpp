@@ -51,11 +51,12 @@ class RateLimiter {
     Clock::time_point at;
   };
   static double Refilled(const Bucket& b, double rate, double burst, Clock::time_point now);
-  void Prune(std::unordered_map<std::string, Bucket>& buckets, double rate, double burst, Clock::time_point now);
+  static void Prune(std::unordered_map<std::string, Bucket>& buckets, double rate, double burst, Clock::time_point now);
 
   const RateLimitSettings settings_;
   std::mutex mu_;
   std::unordered_map<std::string, Bucket> keys_, tenants_;
+  Clock::time_point pruned_{};  // when full buckets were last let go (at most once a second)
   prometheus::Counter* limited_key_ = nullptr;
   prometheus::Counter* limited_tenant_ = nullptr;
   prometheus::Gauge* buckets_ = nullptr;
