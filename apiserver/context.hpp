@@ -37,7 +37,10 @@ struct Principal {
   std::string role;
   unsigned role_bit = 0;
   bool is_operator = false;  // the key belongs to the operator's own tenant
-  std::string session_id;    // signed in through a console session (cookie), not the key itself
+  // Signed in through a console session (cookie), not the key itself: the session, its CSRF token
+  // and its end.
+  std::string session_id, session_csrf;
+  TimeMs session_expires_at{};
 };
 
 // A member may name only its own tenant: another tenant is 404, never 403 (a member cannot even

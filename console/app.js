@@ -1,5 +1,5 @@
 // The console: sign-in, the pages each role has, and hash routing (#/instances, #/finance/revenue…).
-import {api, resume, session, signIn, signOut, whenSignedOut} from './api.js';
+import {resume, session, signIn, signOut, whenSignedOut} from './api.js';
 import {clear, errorBox, field, h} from './dom.js';
 import * as customer from './customer.js';
 import * as finance from './finance.js';
@@ -121,4 +121,3 @@ window.addEventListener('hashchange', route);
   route();
 })();
 
-export {api};

@@ -123,6 +123,8 @@ Principal AuthenticateSession(Session& conn, const std::string& cookie, bool sta
     throw ApiError(403, "csrf_failed", "a change made with a console session must carry its X-CSRF-Token header");
   Principal p = KeyPrincipal(found->key_id, KeyCache::Entry{"", found->tenant_id, found->role, found->is_operator});
   p.session_id = parsed->id;
+  p.session_csrf = found->csrf_token;
+  p.session_expires_at = found->expires_at;
   return p;
 }
 
