@@ -69,7 +69,6 @@ void WriteProfile(const std::string& path, const Profile& profile) {
   section.insert_or_assign("api_url", profile.api_url);
   section.insert_or_assign("key_file", profile.key_file);
   if (!profile.ca_file.empty()) section.insert_or_assign("ca_file", profile.ca_file);
-  else section.erase("ca_file");
   t.insert_or_assign(SectionOf(profile.name), std::move(section));
   const std::filesystem::path file(path);
   std::filesystem::create_directories(file.parent_path());
@@ -98,11 +97,13 @@ Target Resolve(const std::map<std::string, std::string>& env, const std::string&
   if (!p && !profile_flag.empty())
     throw UsageError("no profile " + name + " in " + path + " (run: spillway configure --profile " + name + ")");
   Target t;
-  t.api_url = !api_flag.empty() ? api_flag : !Get(env, "SPILLWAY_API").empty() ? Get(env, "SPILLWAY_API")
-                                           : p ? p->api_url : "";
+  // The flag, else the environment variable, else the profile's value.
+  const auto pick = [&](const std::string& flag, const char* var, std::string Profile::*field) {
+    return !flag.empty() ? flag : !Get(env, var).empty() ? Get(env, var) : p ? (*p).*field : std::string();
+  };
+  t.api_url = pick(api_flag, "SPILLWAY_API", &Profile::api_url);
   t.api_key = Get(env, "SPILLWAY_API_KEY");
-  t.ca_file = !ca_flag.empty() ? ca_flag : !Get(env, "SPILLWAY_CA_FILE").empty() ? Get(env, "SPILLWAY_CA_FILE")
-                                        : p ? p->ca_file : "";
+  t.ca_file = pick(ca_flag, "SPILLWAY_CA_FILE", &Profile::ca_file);
   if (t.api_key.empty() && p && !p->key_file.empty()) {
     if (!std::ifstream(p->key_file)) throw UsageError("profile " + name + ": cannot read key_file " + p->key_file);
     t.api_key = Trimmed(ReadText(p->key_file));
