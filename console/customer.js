@@ -1,7 +1,7 @@
 // A customer's pages: instances (list, launch, detail), usage, spot prices, invoices, SSH keys, volumes.
 import {all, api, newIdempotencyKey, session} from './api.js';
 import {timeChart} from './chart.js';
-import {clear, errorBox, field, h, kv, money, stateBadge, table, toast, when} from './dom.js';
+import {clear, errorBox, field, h, kv, money, onSubmit, stateBadge, table, toast, when} from './dom.js';
 
 const LIVE = new Set(['pending', 'provisioning', 'running', 'preempting', 'terminating']);
 
@@ -267,18 +267,25 @@ function creditNoteForm(inv, ctx) {
   const reason = h('input', {name: 'reason', required: true, maxlength: 500});
   const problem = h('div', {});
   const idempotencyKey = newIdempotencyKey();
-  return h('form', {class: 'panel', onsubmit: async e => {
-    e.preventDefault();
-    clear(problem);
-    try {
-      const cn = await api('POST', `/v1/billing/invoices/${encodeURIComponent(inv.id)}/credit-notes`,
-                           {amount: amount.value.trim(), reason: reason.value.trim()}, {'Idempotency-Key': idempotencyKey});
-      toast('Issued ' + cn.number);
-      ctx.refresh();
-    } catch (err) { problem.append(errorBox(err)); }
-  }}, h('h2', {}, 'Issue a credit note'),
+  return h('form', {class: 'panel', onsubmit: onSubmit(problem, ctx.refresh, async () => {
+    const cn = await api('POST', `/v1/billing/invoices/${encodeURIComponent(inv.id)}/credit-notes`,
+                         {amount: amount.value.trim(), reason: reason.value.trim()}, {'Idempotency-Key': idempotencyKey});
+    return 'Issued ' + cn.number;
+  })}, h('h2', {}, 'Issue a credit note'),
   h('div', {class: 'row'}, field('Amount before tax (USD)', amount), field('Reason', reason), h('button', {type: 'submit'}, 'Issue credit note')),
   problem);
+}
+
+// A row's Delete: DELETE path, then the page again; a refusal shows in `problem`.
+function deleteButton(label, path, problem, ctx) {
+  return h('button', {type: 'button', class: 'secondary', 'aria-label': label, onclick: async () => {
+    try {
+      await api('DELETE', path);
+      ctx.refresh();
+    } catch (err) {
+      problem.append(errorBox(err));
+    }
+  }}, 'Delete');
 }
 
 export async function sshKeys(main, _params, ctx) {
@@ -291,20 +298,13 @@ export async function sshKeys(main, _params, ctx) {
     table('Your SSH keys', [
       {title: 'Name', value: k => k.name}, {title: 'Type', value: k => k.type},
       {title: 'Fingerprint', value: k => h('code', {}, k.fingerprint)}, {title: 'Added', value: k => when(k.created_at)},
-      {title: '', value: k => h('button', {type: 'button', class: 'secondary', 'aria-label': `Delete SSH key ${k.name}`, onclick: async () => {
-        try { await api('DELETE', `/v1/ssh-keys/${encodeURIComponent(k.id)}`); ctx.refresh(); } catch (err) { problem.append(errorBox(err)); }
-      }}, 'Delete')},
+      {title: '', value: k => deleteButton(`Delete SSH key ${k.name}`, `/v1/ssh-keys/${encodeURIComponent(k.id)}`, problem, ctx)},
     ], rows, 'No SSH keys yet.'),
     h('h2', {}, 'Add a key'),
-    h('form', {class: 'panel', onsubmit: async e => {
-      e.preventDefault();
-      clear(problem);
-      try {
-        await api('POST', '/v1/ssh-keys', {name: name.value.trim(), public_key: key.value.trim()});
-        toast('SSH key added');
-        ctx.refresh();
-      } catch (err) { problem.append(errorBox(err)); }
-    }}, h('div', {class: 'row'}, field('Name', name), field('Public key (one authorized_keys line)', key)),
+    h('form', {class: 'panel', onsubmit: onSubmit(problem, ctx.refresh, async () => {
+      await api('POST', '/v1/ssh-keys', {name: name.value.trim(), public_key: key.value.trim()});
+      return 'SSH key added';
+    })}, h('div', {class: 'row'}, field('Name', name), field('Public key (one authorized_keys line)', key)),
     h('p', {}, h('button', {type: 'submit'}, 'Add key'))),
     problem);
 }
@@ -322,20 +322,14 @@ export async function volumes(main, _params, ctx) {
       {title: 'Name', value: v => v.name}, {title: 'Region', value: v => v.region}, {title: 'Size (GB)', value: v => v.size_gb, num: true},
       {title: 'State', value: v => v.state + (v.attached_instance_id ? ` to ${v.attached_instance_id}` : '')},
       {title: 'Created', value: v => when(v.created_at)},
-      {title: '', value: v => v.state === 'available' ? h('button', {type: 'button', class: 'secondary', 'aria-label': `Delete volume ${v.name}`, onclick: async () => {
-        try { await api('DELETE', `/v1/volumes/${encodeURIComponent(v.id)}`); ctx.refresh(); } catch (err) { problem.append(errorBox(err)); }
-      }}, 'Delete') : ''},
+      {title: '', value: v => v.state === 'available'
+        ? deleteButton(`Delete volume ${v.name}`, `/v1/volumes/${encodeURIComponent(v.id)}`, problem, ctx) : ''},
     ], rows.filter(v => v.state !== 'deleted'), 'No volumes yet.'),
     h('h2', {}, 'Create a volume'),
-    h('form', {class: 'panel', onsubmit: async e => {
-      e.preventDefault();
-      clear(problem);
-      try {
-        await api('POST', '/v1/volumes', {name: name.value.trim(), region: region.value, size_gb: Number(size.value)});
-        toast('Volume created');
-        ctx.refresh();
-      } catch (err) { problem.append(errorBox(err)); }
-    }}, h('div', {class: 'row'}, field('Name', name), field('Region', region), field('Size (GB)', size),
+    h('form', {class: 'panel', onsubmit: onSubmit(problem, ctx.refresh, async () => {
+      await api('POST', '/v1/volumes', {name: name.value.trim(), region: region.value, size_gb: Number(size.value)});
+      return 'Volume created';
+    })}, h('div', {class: 'row'}, field('Name', name), field('Region', region), field('Size (GB)', size),
       h('button', {type: 'submit'}, 'Create'))),
     problem);
 }

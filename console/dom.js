@@ -73,3 +73,20 @@ export function toast(text) {
   clearTimeout(toast.timer);
   toast.timer = setTimeout(() => t.classList.remove('shown'), 3000);
 }
+
+// A form's submit: fn() sends it and gives a message for the toast, and then the page is drawn
+// again (`refresh`); nothing when fn gives none (the user cancelled). A refusal shows in `problem`.
+export function onSubmit(problem, refresh, fn) {
+  return async e => {
+    e.preventDefault();
+    clear(problem);
+    try {
+      const message = await fn();
+      if (!message) return;
+      toast(message);
+      refresh();
+    } catch (err) {
+      problem.append(errorBox(err));
+    }
+  };
+}

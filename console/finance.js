@@ -1,7 +1,7 @@
 // Finance's pages: every tenant's invoices, closing a month, the price book, the revenue report.
 import {all, api, newIdempotencyKey} from './api.js';
 import {barChart} from './chart.js';
-import {clear, errorBox, field, h, money, table, toast, when} from './dom.js';
+import {clear, errorBox, field, h, money, onSubmit, table, when} from './dom.js';
 import {invoiceTable} from './customer.js';
 
 function lastMonth() {
@@ -46,17 +46,12 @@ export async function periods(main, _params, ctx) {
     ], rows.data, 'No month has been closed yet.'),
     h('h2', {}, 'Close a month'),
     h('p', {class: 'note'}, 'Closing finalizes every draft invoice of the month and numbers it, with no gaps. It is done once.'),
-    h('form', {class: 'panel', onsubmit: async e => {
-      e.preventDefault();
-      clear(problem);
+    h('form', {class: 'panel', onsubmit: onSubmit(problem, ctx.refresh, async () => {
       const p = period.value.trim();
-      if (!confirm(`Close ${p}? Its invoices become final.`)) return;
-      try {
-        const r = await api('POST', `/v1/billing/periods/${encodeURIComponent(p)}/close`, undefined, {'Idempotency-Key': newIdempotencyKey()});
-        toast(`Closed ${r.period || p}`);
-        ctx.refresh();
-      } catch (err) { problem.append(errorBox(err)); }
-    }}, h('div', {class: 'row'}, field('Month (YYYY-MM)', period), h('button', {type: 'submit'}, 'Close month'))),
+      if (!confirm(`Close ${p}? Its invoices become final.`)) return null;
+      const r = await api('POST', `/v1/billing/periods/${encodeURIComponent(p)}/close`, undefined, {'Idempotency-Key': newIdempotencyKey()});
+      return `Closed ${r.period || p}`;
+    })}, h('div', {class: 'row'}, field('Month (YYYY-MM)', period), h('button', {type: 'submit'}, 'Close month'))),
     problem);
 }
 
@@ -77,18 +72,13 @@ export async function prices(main, _params, ctx) {
       {title: 'From', value: p => when(p.effective_from)}, {title: 'Status', value: p => p.status},
     ], book.data),
     h('h2', {}, 'Schedule a price change'),
-    h('form', {class: 'panel', onsubmit: async e => {
-      e.preventDefault();
-      clear(problem);
+    h('form', {class: 'panel', onsubmit: onSubmit(problem, ctx.refresh, async () => {
       const body = {kind: kind.value, effective_from: from.value.trim()};
       if (kind.value === 'gpu') Object.assign(body, {gpu_model: model.value, price_per_gpu_hour: price.value.trim()});
       else body.price_per_gb_month = price.value.trim();
-      try {
-        await api('POST', '/v1/billing/prices', body, {'Idempotency-Key': newIdempotencyKey()});
-        toast('Price scheduled');
-        ctx.refresh();
-      } catch (err) { problem.append(errorBox(err)); }
-    }}, h('div', {class: 'row'}, field('Kind', kind), field('GPU model', model), field('Price (USD)', price),
+      await api('POST', '/v1/billing/prices', body, {'Idempotency-Key': newIdempotencyKey()});
+      return 'Price scheduled';
+    })}, h('div', {class: 'row'}, field('Kind', kind), field('GPU model', model), field('Price (USD)', price),
       field('Effective from (UTC, on the hour)', from), h('button', {type: 'submit'}, 'Schedule'))),
     problem);
 }

@@ -171,6 +171,9 @@ await step('spot prices, SSH keys and volumes', async () => {
   await tab.getByRole('button', {name: 'Add key'}).click();
   await tab.locator('td', {hasText: 'laptop'}).waitFor();
   check(true, 'an SSH key added from the form is listed');
+  await tab.getByRole('button', {name: 'Delete SSH key laptop'}).click();
+  await tab.locator('td', {hasText: 'laptop'}).waitFor({state: 'detached'});
+  check(true, 'and deleted from its row');
   await visit(tab, 'volumes', 'volumes');
   await tab.getByLabel('Name').fill('datasets');
   await tab.getByLabel('Region').selectOption(region);
@@ -209,6 +212,10 @@ await step('finance closes a month', async () => {
   await audit(page, 'finance-invoice');
   await shot(page, 'finance-invoice-credit-note');
   await visit(page, 'finance/prices', 'finance-prices', () => page.locator('table').first().waitFor());
+  await page.getByLabel('Price (USD)').fill('4.250000');
+  await page.getByRole('button', {name: 'Schedule'}).click();
+  await page.locator('td', {hasText: '$4.250000/GPU-hour'}).waitFor();
+  check(true, 'a price change scheduled from the form is in the price book');
   await visit(page, `finance/revenue`, 'finance-revenue', () => page.locator('main .note, main .error').first().waitFor());
   await page.goto(`/console#/finance/revenue`);
   await page.getByLabel('Month (YYYY-MM)').fill(period);
