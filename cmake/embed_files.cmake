@@ -1,8 +1,8 @@
-# Writes OUT: a C++ file defining `const std::vector<EmbeddedFile>& FUNC()` (namespace spillway,
-# apiserver/console.hpp) holding the text files FILES ("|"-separated paths), each named by its path
-# relative to BASE.
+# Writes OUT: a C++ file defining `const std::vector<TYPE>& FUNC()` (namespace spillway, declared in
+# HEADER, where TYPE is a {name, text} aggregate) holding the text files FILES ("|"-separated paths,
+# in that order), each named by its path relative to BASE. Used for the migrations and the console.
 string(REPLACE "|" ";" FILES "${FILES}")
-set(body "#include \"apiserver/console.hpp\"\nnamespace spillway {\nconst std::vector<EmbeddedFile>& ${FUNC}() {\n  static const std::vector<EmbeddedFile> kFiles = {\n")
+set(body "#include \"${HEADER}\"\nnamespace spillway {\nconst std::vector<${TYPE}>& ${FUNC}() {\n  static const std::vector<${TYPE}> kFiles = {\n")
 foreach(f IN LISTS FILES)
   file(RELATIVE_PATH name ${BASE} ${f})
   file(READ ${f} text)
