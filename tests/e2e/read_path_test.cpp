@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <atomic>
 #include <boost/json.hpp>
+#include <map>
+#include <string>
 #include <thread>
 
 #include "tests/e2e/fleet_support.hpp"
@@ -58,6 +60,13 @@ bool AsyncPathReady(ApiServer& server, const Tenant& t) {
   }, 10s);
 }
 
+// SameAnswers reads one key faster than its rate limit's burst refills: these tests measure which
+// path answers, not a tenant to limit (rate_limit_test.cpp covers that).
+std::map<std::string, std::string> Unlimited(std::map<std::string, std::string> env = {}) {
+  env["SPILLWAY_RATELIMIT_ENABLED"] = "false";
+  return env;
+}
+
 // 200 reads of t from 4 connections at once: how many answered 200 with `body`.
 int SameAnswers(int port, const Tenant& t, const std::string& body) {
   std::atomic<int> same{0};
@@ -78,7 +87,7 @@ int SameAnswers(int port, const Tenant& t, const std::string& body) {
 
 TEST(ReadPath, ATenantReadIsAnsweredOnTheIoThreadAsTheWorkerPathWouldAnswerIt) {
   TestDb db;
-  ApiServer server(db.dsn());
+  ApiServer server(db.dsn(), Unlimited());
   ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
   const auto admin = BootstrapAdmin(db.dsn());
   const Tenant a = NewTenant(server.port(), admin, "a"), b = NewTenant(server.port(), admin, "b");
@@ -174,7 +183,7 @@ TEST(ReadPath, OverTlsToPostgresReadsAreAnsweredOnTheIoThread) {
   ASSERT_TRUE(pg.ok());
   std::string out;
   ASSERT_EQ(RunCommand({ApiServerBinary(), "migrate"}, {{"SPILLWAY_DATABASE_URL", pg.tls_dsn()}}, &out), 0) << out;
-  ApiServer server(pg.tls_dsn());
+  ApiServer server(pg.tls_dsn(), Unlimited());
   ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
   const auto admin = BootstrapAdmin(pg.tls_dsn());
   const Tenant a = NewTenant(server.port(), admin, "tls");
@@ -202,7 +211,7 @@ TEST(ReadPath, OverTlsToPostgresReadsAreAnsweredOnTheIoThread) {
 // tenant's instance is 404 to a member.
 TEST(ReadPath, AnInstanceReadIsAnsweredOnTheIoThreadAsTheWorkerPathWouldAnswerIt) {
   TestDb db;
-  ApiServer server(db.dsn(), FastFleetEnv());
+  ApiServer server(db.dsn(), Unlimited(FastFleetEnv()));
   ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
   spillway::test::Fleet fleet(db, server);
   auto agent = fleet.StartAgent("rp", "H100-80GB", 1, 8, {"--public-address", "gpu1.example.net"});
