@@ -14,7 +14,8 @@ SPW_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git curl ca-certificates
   libboost1.81-dev libpqxx-dev prometheus-cpp-dev libtomlplusplus-dev libspdlog-dev libfmt-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev libhpdf-dev poppler-utils
-  postgresql-15 postgresql-client-15 openssl openssh-client prometheus prometheus-alertmanager
+  postgresql-15 postgresql-client-15 postgresql-15-auto-failover pg-auto-failover-cli
+  openssl openssh-client procps prometheus prometheus-alertmanager
 )
 
 # Installs whatever of PACKAGES... is missing; runs apt-get update once first.
