@@ -103,6 +103,25 @@ PoolState LoadPool(Tx& tx, const std::string& region, const std::string& gpu_mod
 // The pool's counts only (no hosts, no spot list), in one aggregate: what placement checks first.
 PoolState LoadPoolCounts(Tx& tx, const std::string& region, const std::string& gpu_model);
 
+// A pool as the read-only pages show it (the catalog, capacity): its counts, its hosts, and its
+// placeable hosts grouped by what they could take. Two aggregates, never a row per host or GPU:
+// at 10,000 hosts the whole pool is 10,000 host rows and 80,000 GPU rows to read and parse.
+struct PoolView {
+  PoolState counts;  // as LoadPoolCounts (no hosts, no spot list)
+  std::int64_t hosts = 0, placeable_hosts = 0;
+  // Placeable hosts with `free` effectively free GPUs (free, less those promised to pending
+  // instances) and `reclaimable` GPUs held by spot instances (under notice or not): `hosts` of them.
+  struct Bucket {
+    std::int64_t free = 0, reclaimable = 0, hosts = 0;
+  };
+  std::vector<Bucket> placeable;
+  // How many instances of `gpus` GPUs fit, each on one host: on free GPUs (what spot gets), and on
+  // free GPUs or those spot holds (what on-demand gets, preempting spot).
+  std::int64_t FitsOnFree(std::int64_t gpus) const;
+  std::int64_t FitsPreemptingSpot(std::int64_t gpus) const;
+};
+PoolView LoadPoolView(Tx& tx, const std::string& region, const std::string& gpu_model);
+
 
 struct PlacementPlan {
   std::optional<InstanceState> state;  // kProvisioning (GPUs allocated now) or kPending (waiting for preempted spot)

@@ -57,6 +57,24 @@ SELECT h.total, h.largest_host, i.on_demand, i.spot_leaving, i.spot_active,
          AS draining_idle,
        coalesce((SELECT internal_reserved_gpus FROM pool_reservations WHERE region = $1 AND gpu_model = $2), 0) AS reserved
 FROM h, i)sql"};
+// A pool's hosts for PoolView: placeable or not, effectively free GPUs (a host's GPUs are its
+// gpu_count GPU rows, so free is gpu_count less its allocations, less what pending instances were
+// promised) and GPUs held by spot, counted per distinct (placeable, free, reclaimable).
+inline const Statement kPoolView{"pool_view", R"sql(
+WITH used AS (SELECT a.host_id, count(*) AS n FROM gpu_allocations a JOIN hosts x ON x.id = a.host_id
+              WHERE x.region = $1 AND x.gpu_model = $2 GROUP BY a.host_id),
+     held AS (SELECT host_id,
+                     coalesce(sum(gpus) FILTER (WHERE state = 'pending'), 0) AS claimed,
+                     coalesce(sum(gpus) FILTER (WHERE market <> 'on_demand'), 0) AS spot
+              FROM instances
+              WHERE region = $1 AND gpu_model = $2 AND instance_is_live(state) AND host_id IS NOT NULL
+              GROUP BY host_id)
+SELECT h.state = 'active' AND h.health = 'up' AS placeable,
+       greatest(0, h.gpu_count - coalesce(u.n, 0) - coalesce(c.claimed, 0)) AS free,
+       coalesce(c.spot, 0) AS reclaimable, count(*) AS hosts
+FROM hosts h LEFT JOIN used u ON u.host_id = h.id LEFT JOIN held c ON c.host_id = h.id
+WHERE h.region = $1 AND h.gpu_model = $2
+GROUP BY 1, 2, 3)sql"};
 // Best fit in SQL: the placeable host with the fewest effectively free GPUs (free, less those promised
 // to pending instances) that still holds $3 of them, $4 ports to map and CUDA ≥ $5 (when given);
 // the lowest id among equals, as PlanPlacement chooses. A host's GPUs are its gpu_count GPU rows.

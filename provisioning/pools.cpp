@@ -48,6 +48,31 @@ PoolState LoadPoolCounts(pqxx::transaction_base& tx, const std::string& region, 
   return p;
 }
 
+PoolView LoadPoolView(pqxx::transaction_base& tx, const std::string& region, const std::string& gpu_model) {
+  PoolView v;
+  v.counts = LoadPoolCounts(tx, region, gpu_model);
+  for (const auto& r : tx.exec_prepared(kPoolView.name, region, gpu_model)) {
+    const std::int64_t hosts = r["hosts"].as<std::int64_t>();
+    v.hosts += hosts;
+    if (!r["placeable"].as<bool>()) continue;
+    v.placeable_hosts += hosts;
+    v.placeable.push_back({r["free"].as<std::int64_t>(), r["reclaimable"].as<std::int64_t>(), hosts});
+  }
+  return v;
+}
+
+std::int64_t PoolView::FitsOnFree(std::int64_t gpus) const {
+  std::int64_t n = 0;
+  for (const auto& b : placeable) n += b.hosts * (b.free / gpus);
+  return n;
+}
+
+std::int64_t PoolView::FitsPreemptingSpot(std::int64_t gpus) const {
+  std::int64_t n = 0;
+  for (const auto& b : placeable) n += b.hosts * ((b.free + b.reclaimable) / gpus);
+  return n;
+}
+
 PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const std::string& gpu_model, bool lock) {
   if (lock) LockPool(tx, region, gpu_model);
   PoolState p;

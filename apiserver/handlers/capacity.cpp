@@ -15,15 +15,14 @@
 namespace spillway::handlers {
 namespace {
 
-boost::json::object PoolJson(Tx& tx, const PoolState& p, TimeMs now) {
+boost::json::object PoolJson(Tx& tx, const PoolView& v, TimeMs now) {
+  const PoolState& p = v.counts;
   const auto od = OnDemandPriceAt(tx, p.gpu_model, now);
   const auto spot = CurrentSpotPrice(tx, p.region, p.gpu_model);
-  std::int64_t up_hosts = 0;
-  for (const auto& h : p.hosts) up_hosts += h.placeable;
   return {{"region", p.region},
           {"gpu_model", p.gpu_model},
-          {"hosts", static_cast<std::int64_t>(p.hosts.size())},
-          {"placeable_hosts", up_hosts},
+          {"hosts", v.hosts},
+          {"placeable_hosts", v.placeable_hosts},
           {"total_gpus", p.total},
           {"internal_reserved_gpus", p.reserved},
           {"on_demand_gpus", p.on_demand},
@@ -41,7 +40,7 @@ Reply GetCapacity(Ctx& ctx) {
   return ctx.ReadSnapshot([&](Tx& tx) {
     boost::json::array data;
     for (const auto& [region, model] : AllPools(tx))
-      data.push_back(PoolJson(tx, LoadPool(tx, region, model, false), ctx.clock.Now()));
+      data.push_back(PoolJson(tx, LoadPoolView(tx, region, model), ctx.clock.Now()));
     return Reply{200, boost::json::object{{"data", std::move(data)}}};
   });
 }
@@ -57,7 +56,7 @@ Reply SetPoolCapacity(Ctx& ctx) {
   auto json = ctx.Write([&](Tx& tx) {
     SetReservation(tx, fc, region, model, *reserved);
     RecordAudit(tx, ctx.AuditOf("", "capacity.reserve", region + "/" + model + "=" + std::to_string(*reserved)));
-    return PoolJson(tx, LoadPool(tx, region, model, false), ctx.clock.Now());
+    return PoolJson(tx, LoadPoolView(tx, region, model), ctx.clock.Now());
   });
   // Less spare capacity moves the spot price now rather than at the next reprice.
   Reprice(ctx.conn, fc, region, model);

@@ -19,22 +19,6 @@ namespace {
 // How many instances of `gpus` GPUs fit, each on one host: spot on free GPUs only; on-demand also
 // on GPUs it may take back from spot instances. Only hosts that take work now (active and up)
 // count: draining and down hosts offer nothing.
-struct Fits {
-  std::int64_t spot = 0, on_demand = 0;
-};
-Fits FitsPerHost(const PoolState& p, std::int64_t gpus) {
-  Fits f;
-  std::map<std::string, std::int64_t> spot_on;
-  for (const auto& s : p.spot) spot_on[s.host_id] += s.gpus;
-  for (const auto& h : p.hosts) {
-    if (!h.placeable) continue;
-    const std::int64_t free = std::max<std::int64_t>(0, h.FreeEffective());
-    f.spot += free / gpus;
-    f.on_demand += (free + h.leaving + spot_on[h.id]) / gpus;
-  }
-  return f;
-}
-
 boost::json::object PriceJson(const SpotPricePoint& point) {
   const auto& p = point.price;
   return {{"region", p.region},
@@ -50,23 +34,23 @@ boost::json::object PriceJson(const SpotPricePoint& point) {
 
 Reply ListInstanceTypes(Ctx& ctx) {
   return ctx.ReadSnapshot([&](Tx& tx) {
-    std::map<std::string, std::vector<PoolState>> by_model;
-    for (const auto& [region, model] : AllPools(tx)) by_model[model].push_back(LoadPool(tx, region, model, false));
+    std::map<std::string, std::vector<PoolView>> by_model;
+    for (const auto& [region, model] : AllPools(tx)) by_model[model].push_back(LoadPoolView(tx, region, model));
     boost::json::array data;
     for (const auto& t : ctx.config.instance_types()) {
       const auto od = OnDemandPriceAt(tx, t.gpu_model, ctx.clock.Now());
       const auto next = NextPrice(tx, t.gpu_model, ctx.clock.Now());
       boost::json::array regions;
-      for (const auto& p : by_model[t.gpu_model]) {
+      for (const auto& v : by_model[t.gpu_model]) {
+        const PoolState& p = v.counts;
         if (!p.Offers(t.gpus)) continue;  // no host here could ever hold it
-        const Fits fits = FitsPerHost(p, t.gpus);
         const auto spot = CurrentSpotPrice(tx, p.region, t.gpu_model);
         const std::int64_t od_room = std::max<std::int64_t>(0, p.Offerable() - p.reserved - p.on_demand);
         regions.push_back({{"region", p.region},
                            {"spot_price_per_gpu_hour", JsonMicros(spot)},
                            {"free_gpus", p.Spare()},
-                           {"available_on_demand", std::min(fits.on_demand, od_room / t.gpus)},
-                           {"available_spot", std::min(fits.spot, p.Spare() / t.gpus)}});
+                           {"available_on_demand", std::min(v.FitsPreemptingSpot(t.gpus), od_room / t.gpus)},
+                           {"available_spot", std::min(v.FitsOnFree(t.gpus), p.Spare() / t.gpus)}});
       }
       data.push_back({{"name", t.name},
                       {"gpu_model", t.gpu_model},

@@ -2,7 +2,9 @@
 // instances, preemption deadlines, placement and the allocation history, without HTTP or sleeps.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <map>
 #include <thread>
 
 #include "provisioning/fleet.hpp"
@@ -283,6 +285,74 @@ TEST_F(FleetRules, PlacementFromThePoolsCountsChoosesWhatTheWholePoolWould) {
           ++placed;
         }
   EXPECT_GT(placed, 40);  // the cases are not all refusals
+}
+
+// The read-only pages' view of a pool (the catalog's fits, capacity's hosts) from two aggregates is
+// what the whole pool in memory says, host by host: free GPUs, claims of pending instances, spot
+// holding GPUs (under notice or not), draining, disabled and down hosts.
+TEST_F(FleetRules, APoolsViewFromAggregatesIsWhatTheWholePoolSays) {
+  InTransaction(*conn_, [&](pqxx::work& tx) {
+    struct H { const char* id; const char* state; const char* health; };
+    for (const H& h : {H{"hst_v1", "active", "up"}, H{"hst_v2", "active", "up"}, H{"hst_v3", "active", "up"},
+                       H{"hst_v4", "draining", "up"}, H{"hst_v5", "active", "down"}, H{"hst_v6", "disabled", "up"},
+                       H{"hst_v7", "active", "up"}}) {
+      AddHost(tx, h.id, "eu-view");
+      tx.exec_params("UPDATE hosts SET state = $2, health = $3, down_reason = CASE WHEN $3 = 'down' THEN 'silent' END "
+                     "WHERE id = $1",
+                     h.id, h.state, h.health);
+    }
+    auto hold = [&](const std::string& id, const std::string& host, int gpus, const std::string& market,
+                    const std::string& state) {
+      tx.exec_params("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id) "
+                     "VALUES ($1, 'ten_t', 'h100.x', 'H100-80GB', $2, 'eu-view', $3, $4, $5)",
+                     id, gpus, market, state, host);
+      if (state != "pending")
+        tx.exec_params("INSERT INTO gpu_allocations (host_id, gpu_index, instance_id) "
+                       "SELECT $1, i + coalesce((SELECT max(gpu_index) + 1 FROM gpu_allocations WHERE host_id = $1), 0), $2 "
+                       "FROM generate_series(0, $3 - 1) i",
+                       host, id, gpus);
+    };
+    hold("ins_v1a", "hst_v1", 3, "on_demand", "running");
+    hold("ins_v1b", "hst_v1", 2, "spot", "running");
+    hold("ins_v2a", "hst_v2", 4, "spot", "preempting");
+    hold("ins_v2b", "hst_v2", 2, "spot", "provisioning");
+    hold("ins_v3a", "hst_v3", 6, "on_demand", "pending");  // waiting for the spot below to leave
+    hold("ins_v3b", "hst_v3", 5, "spot", "preempting");
+    hold("ins_v4a", "hst_v4", 1, "on_demand", "running");
+    hold("ins_v6a", "hst_v6", 2, "spot", "running");
+    hold("ins_v7a", "hst_v7", 8, "on_demand", "running");
+  });
+  pqxx::work tx(*conn_);
+  const PoolState whole = LoadPool(tx, "eu-view", "H100-80GB", false);
+  const PoolView view = LoadPoolView(tx, "eu-view", "H100-80GB");
+  EXPECT_EQ(view.hosts, static_cast<std::int64_t>(whole.hosts.size()));
+  std::int64_t placeable = 0;
+  for (const auto& h : whole.hosts) placeable += h.placeable;
+  EXPECT_EQ(view.placeable_hosts, placeable);
+  EXPECT_EQ(view.placeable_hosts, 4);
+  EXPECT_EQ(view.counts.total, whole.total);
+  EXPECT_EQ(view.counts.on_demand, whole.on_demand);
+  EXPECT_EQ(view.counts.spot_active, whole.spot_active);
+  EXPECT_EQ(view.counts.spot_leaving, whole.spot_leaving);
+  EXPECT_EQ(view.counts.Spare(), whole.Spare());
+  // Host by host, as the whole pool counts: free (less claims) alone, or with what spot holds.
+  std::map<std::string, std::int64_t> spot_on;
+  for (const auto& s : whole.spot) spot_on[s.host_id] += s.gpus;
+  for (int gpus : {1, 2, 3, 4, 5, 6, 8}) {
+    std::int64_t on_free = 0, preempting = 0;
+    for (const auto& h : whole.hosts) {
+      if (!h.placeable) continue;
+      const std::int64_t free = std::max<std::int64_t>(0, h.FreeEffective());
+      on_free += free / gpus;
+      preempting += (free + h.leaving + spot_on[h.id]) / gpus;
+    }
+    EXPECT_EQ(view.FitsOnFree(gpus), on_free) << gpus << " GPUs";
+    EXPECT_EQ(view.FitsPreemptingSpot(gpus), preempting) << gpus << " GPUs";
+  }
+  // v1: 3 free, 2 held by spot; v2: 2 free, 6 held by spot; v3: 5 held by spot and the other 3
+  // promised to the pending instance (which needs 6); v7: none free. v4-v6 take nothing new.
+  EXPECT_EQ(view.FitsOnFree(2), 1 + 1);
+  EXPECT_EQ(view.FitsPreemptingSpot(4), 1 + 2 + 1);
 }
 
 // Launches into one pool from many connections at once never book a GPU twice nor more GPUs than
