@@ -87,6 +87,19 @@ class Fleet {
     return WaitFor([&] { return Str(Instance(key, id), "state") == state; }, timeout);
   }
 
+  // Until the instance's metering coverage (GET /v1/usage) reaches `at_least`; the last seen in *seen.
+  bool WaitCoverage(const std::string& key, const std::string& id, double at_least, std::chrono::milliseconds timeout,
+                    double* seen) {
+    return WaitFor(
+        [&] {
+          const auto u = Json(Call("GET", "/v1/usage?instance_id=" + id, key));
+          for (const auto& i : u.at("instances").as_array())
+            if (Str(i, "instance_id") == id && i.at("coverage").is_number()) *seen = i.at("coverage").to_number<double>();
+          return *seen >= at_least;
+        },
+        timeout);
+  }
+
   // Instances outlive their agents: at the end, whatever the exec runtimes left running goes too.
   ~Fleet() {
     RunCommand({"/bin/sh", "-c",

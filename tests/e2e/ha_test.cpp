@@ -299,15 +299,7 @@ TEST(HighAvailability, KillingThePrimaryLosesNothingAcknowledgedAndWritesResumeB
   // GPU (the agent spooled through the failover and sent the rest after).
   EXPECT_EQ(SqlValue(c, "SELECT count(*) - count(DISTINCT (host_id, gpu_index, ts)) FROM usage_samples"), "0");
   double coverage = 0;
-  EXPECT_TRUE(WaitFor(
-      [&] {
-        const auto u = Json(fleet.Call("GET", "/v1/usage?instance_id=" + steady, key));
-        for (const auto& i : u.at("instances").as_array())
-          if (Str(i, "instance_id") == steady && i.at("coverage").is_number()) coverage = i.at("coverage").to_number<double>();
-        return coverage >= 0.99;
-      },
-      60s))
-      << "coverage " << coverage;
+  EXPECT_TRUE(fleet.WaitCoverage(key, steady, 0.99, 60s, &coverage)) << "coverage " << coverage;
   // No host was marked down, and the agent and the apiserver ran throughout.
   EXPECT_EQ(SqlValue(c, "SELECT count(*) FROM hosts WHERE health = 'down'"), "0");
   EXPECT_TRUE(agent->Running());

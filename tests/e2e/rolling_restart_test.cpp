@@ -142,13 +142,5 @@ TEST(RollingRestart, TwoReplicasRestartedInTurnUnderLoadDropNothing) {
   // GPU (the agent spooled through its replica's restart and sent the rest after).
   EXPECT_EQ(SqlValue(*conn, "SELECT count(*) - count(DISTINCT (host_id, gpu_index, ts)) FROM usage_samples"), "0");
   double coverage = 0;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        const auto u = Json(fleet.Call("GET", "/v1/usage?instance_id=" + steady, key));
-        for (const auto& i : u.at("instances").as_array())
-          if (Str(i, "instance_id") == steady && i.at("coverage").is_number()) coverage = i.at("coverage").to_number<double>();
-        return coverage >= 0.99;
-      },
-      30s))
-      << "coverage " << coverage;
+  ASSERT_TRUE(fleet.WaitCoverage(key, steady, 0.99, 30s, &coverage)) << "coverage " << coverage;
 }
