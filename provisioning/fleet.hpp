@@ -116,7 +116,8 @@ struct PoolView {
   };
   std::vector<Bucket> placeable;
   // How many instances of `gpus` GPUs fit, each on one host: on free GPUs (what spot gets), and on
-  // free GPUs or those spot holds (what on-demand gets, preempting spot).
+  // free GPUs or those spot holds (what on-demand gets, preempting spot). Only hosts that take work
+  // now (active and up) count: draining and down hosts offer nothing.
   std::int64_t FitsOnFree(std::int64_t gpus) const;
   std::int64_t FitsPreemptingSpot(std::int64_t gpus) const;
 };

@@ -16,9 +16,6 @@
 namespace spillway::handlers {
 namespace {
 
-// How many instances of `gpus` GPUs fit, each on one host: spot on free GPUs only; on-demand also
-// on GPUs it may take back from spot instances. Only hosts that take work now (active and up)
-// count: draining and down hosts offer nothing.
 boost::json::object PriceJson(const SpotPricePoint& point) {
   const auto& p = point.price;
   return {{"region", p.region},
