@@ -68,17 +68,20 @@ class Conn {
       sock_.close(ignored);
     });
     Reply out;
-    for (int attempt = 0; attempt < 2; ++attempt) {
+    for (int attempt = 0; attempt < 2 && !closed_; ++attempt) {
       const bool reused = sock_.is_open() && to == peer_;
       out = co_await Once(to, request);
       if (out.status != 0 || !reused || timed_out_) break;
     }
     if (timed_out_) out = Reply{0, "", "timed out", std::nullopt};
+    else if (closed_ && out.status == 0) out.error = "closed";
     ++gen_;
     timer_.cancel();
     co_return out;
   }
+  // For good: a call in flight ends without being sent again on a new connection (the run is over).
   void Close() {
+    closed_ = true;
     boost::system::error_code ignored;
     sock_.close(ignored);
   }
@@ -145,6 +148,7 @@ class Conn {
   std::string buf_;
   std::uint64_t gen_ = 0;
   bool timed_out_ = false;
+  bool closed_ = false;
 };
 
 std::string Request(const char* method, const std::string& target, const std::string& bearer,
