@@ -487,6 +487,12 @@ void ApiDispatcher::Submit(const Route* route, std::shared_ptr<http::Request> re
       }});
 }
 
+bool ApiDispatcher::MayHold(const http::Request& request) const {
+  if (request.method != "GET") return false;
+  const auto wait = request.query.find("wait");
+  return wait != request.query.end() && !wait->second.empty() && wait->second != "0";
+}
+
 void ApiDispatcher::NoteRefusedHeartbeat(const http::Request& request) {
   if (!heartbeats_) return;
   // A refused heartbeat never counts against its host: the host is alive if its token checks out,

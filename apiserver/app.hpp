@@ -54,6 +54,8 @@ class ApiDispatcher : public http::Dispatcher {
   // 100 only once the route exists and the key may call it.
   void Expect(const http::Request& head, http::Responder respond) override;
   void Finished(const http::Request& request, const http::Response& response, double seconds) override;
+  // An agent's long poll: GET with a wait (GET /v1/agent/hosts/{id}/assignments?version=&wait=).
+  bool MayHold(const http::Request& request) const override;
   // Billing's settings and metrics, for its routes (a close through the API is counted as the
   // leader's are). Set before serving.
   void SetBilling(Billing* billing) { billing_ = billing; }

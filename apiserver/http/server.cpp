@@ -10,6 +10,7 @@
 #include <set>
 #include <stdexcept>
 #include <thread>
+#include <type_traits>
 
 #include "apiserver/http/beast.hpp"
 #include "core/log.hpp"
@@ -209,6 +210,23 @@ struct Incoming {
   std::chrono::steady_clock::time_point started;
 };
 
+// A request the dispatcher holds (a long poll), as its connection leaves its coroutine: where its
+// answer will land, and what writing it needs.
+struct Held {
+  std::shared_ptr<ResponseSlot> slot;
+  Request sent;  // method, path and request id only
+  bool keep_alive = false;
+  std::chrono::steady_clock::time_point started;
+};
+
+// A held request's answer, for the coroutine that takes its connection back.
+struct Answer {
+  Request sent;
+  Response response;
+  bool keep_alive = false;
+  std::chrono::steady_clock::time_point started;
+};
+
 // One io_context per io thread, each run by that thread alone: a connection lives on one of them
 // (round robin at accept), so its handlers are serialised without strands and no two threads
 // contend for one scheduler. Listeners, signals and the drain watcher live on the first.
@@ -263,7 +281,7 @@ struct Runtime::Impl {
       socket.set_option(tcp::no_delay(true), ec);
       auto ex = socket.get_executor();
       if (l.tls) net::co_spawn(ex, TlsConnection(l, std::move(socket)), net::detached);
-      else net::co_spawn(ex, PlainConnection(l, std::move(socket)), net::detached);
+      else net::co_spawn(ex, PlainConnection(l, std::move(socket), OpenSession(), nullptr), net::detached);
     }
   }
 
@@ -285,18 +303,76 @@ struct Runtime::Impl {
   // A plain and a TLS connection are coroutines of their own: a coroutine's frame holds every local
   // of every branch, and a plain session (10,000 agents' held long polls) should not carry a TLS
   // stream's.
-  net::awaitable<void> PlainConnection(Listener& l, tcp::socket socket) {
-    auto st = OpenSession();
+  net::awaitable<void> PlainConnection(Listener& l, tcp::socket socket, std::shared_ptr<SessionState> st,
+                                       std::unique_ptr<Answer> first) {
+    std::unique_ptr<Held> held;
     try {
+      beast::error_code nec;
+      socket.non_blocking(true, nec);  // Serve's reads of what has already arrived never wait
       beast::tcp_stream stream(std::move(socket));
       st->stream = &stream;
-      co_await Serve(l, stream, *st);
+      bool open = true;
+      if (first) {  // a held request's answer, back from its parking
+        open = first->keep_alive && !draining;
+        co_await Write(l, stream, first->sent, std::move(first->response), open, first->started);
+        first.reset();
+      }
+      if (open) held = co_await Serve(l, stream, *st);
+      if (held) {
+        st->stream = nullptr;
+        Park(l, stream.release_socket(), std::move(st), std::move(*held));
+        co_return;
+      }
       beast::error_code ec;
       stream.socket().shutdown(tcp::socket::shutdown_send, ec);
     } catch (const std::exception& e) {
       SessionFailed(l, e);
     }
     CloseSession(st);
+  }
+
+  // A held request's connection waits as this record, not as a suspended coroutine: 10,000 agents'
+  // long polls are 10,000 of them. Its answer starts a new coroutine on the connection's io thread,
+  // which writes it and serves the connection on.
+  struct Parked {
+    Listener* listener;
+    tcp::socket socket;
+    std::shared_ptr<SessionState> st;
+    std::string method, path, request_id;
+    bool keep_alive;
+    std::chrono::steady_clock::time_point started;
+  };
+
+  void Park(Listener& l, tcp::socket socket, std::shared_ptr<SessionState> st, Held held) {
+    auto parked = std::make_shared<Parked>(Parked{&l, std::move(socket), std::move(st), std::move(held.sent.method),
+                                                  std::move(held.sent.path), std::move(held.sent.request_id),
+                                                  held.keep_alive, held.started});
+    std::function<void(Response)> resume = [this, parked](Response response) {
+      auto ex = parked->socket.get_executor();
+      net::post(ex, [this, parked, ex, response = std::move(response)]() mutable {
+        auto first = std::make_unique<Answer>();
+        first->sent.method = std::move(parked->method);
+        first->sent.path = std::move(parked->path);
+        first->sent.request_id = std::move(parked->request_id);
+        first->response = std::move(response);
+        first->keep_alive = parked->keep_alive;
+        first->started = parked->started;
+        net::co_spawn(ex,
+                      PlainConnection(*parked->listener, std::move(parked->socket), std::move(parked->st),
+                                      std::move(first)),
+                      net::detached);
+      });
+    };
+    ResponseSlot& slot = *held.slot;
+    std::unique_lock lk(slot.mu);
+    if (slot.early) {  // answered while the connection was being parked
+      Response r = std::move(*slot.early);
+      slot.early.reset();
+      lk.unlock();
+      resume(std::move(r));
+      return;
+    }
+    slot.resume = std::move(resume);
   }
 
   net::awaitable<void> TlsConnection(Listener& l, tcp::socket socket) {
@@ -307,7 +383,7 @@ struct Runtime::Impl {
       st->stream->expires_after(l.options.header_timeout);
       auto [ec] = co_await stream.async_handshake(ssl::stream_base::server, net::as_tuple(net::use_awaitable));
       if (!ec) {
-        co_await Serve(l, stream, *st);
+        co_await Serve(l, stream, *st);  // a TLS connection is never parked: it returns no Held
         st->stream->expires_after(std::chrono::seconds(2));
         co_await stream.async_shutdown(net::as_tuple(net::use_awaitable));
       } else {
@@ -464,45 +540,66 @@ struct Runtime::Impl {
     co_return in;
   }
 
+  // Serves requests until the connection is to close (returns nullptr) or, on a plain connection,
+  // a request the dispatcher may hold long (a long poll) is not answered at once: then it returns
+  // what the answer needs, and the caller parks the connection (Park).
   template <class Stream>
-  net::awaitable<void> Serve(Listener& l, Stream& stream, SessionState& st) {
+  net::awaitable<std::unique_ptr<Held>> Serve(Listener& l, Stream& stream, SessionState& st) {
+    constexpr bool kParkable = std::is_same_v<Stream, beast::tcp_stream>;
     auto& tcp_layer = beast::get_lowest_layer(stream);
     beast::flat_buffer buffer(l.options.max_body_bytes + 64 * 1024);
     for (;;) {
       st.busy = false;
-      if (draining) co_return;
+      if (draining) co_return nullptr;
       if (buffer.size() == 0) {
         // Idle between requests: wait for the first byte under the idle timeout, so the header
         // deadline below measures only how long the request itself takes to arrive.
         tcp_layer.expires_after(l.options.idle_timeout);
-        auto [ec, n] = co_await stream.async_read_some(buffer.prepare(8192), net::as_tuple(net::use_awaitable));
-        if (ec) co_return;
-        buffer.commit(n);
+        if constexpr (kParkable) {
+          // A plain connection waits for that byte alone, holding no read buffer (as nginx does):
+          // thousands of idle keep-alive connections then cost their sockets, not 8 KiB each. What
+          // else has arrived is then taken without waiting (the socket is non-blocking).
+          char first = 0;
+          auto [ec, n] = co_await stream.async_read_some(net::buffer(&first, 1), net::as_tuple(net::use_awaitable));
+          if (ec || n != 1) co_return nullptr;
+          auto room = buffer.prepare(8192);
+          *static_cast<char*>(room.data()) = first;
+          beast::error_code rec;
+          const size_t more = stream.socket().read_some(net::buffer(room + 1), rec);
+          buffer.commit(1 + (rec ? 0 : more));  // would_block: ReadRequest reads the rest
+        } else {
+          auto [ec, n] = co_await stream.async_read_some(buffer.prepare(8192), net::as_tuple(net::use_awaitable));
+          if (ec) co_return nullptr;
+          buffer.commit(n);
+        }
       }
       std::unique_ptr<Incoming> in = co_await ReadRequest(l, stream, buffer, st);
-      if (!in) co_return;
+      if (!in) co_return nullptr;
       Request copy;  // what Finished needs once the request has gone to the dispatcher
       copy.method = in->req.method;
       copy.path = in->req.path;
       copy.request_id = in->req.request_id;
       const bool wants_keep_alive = in->keep_alive;
       const auto started = in->started;
+      const bool may_hold = kParkable && l.dispatcher->MayHold(in->req);
       auto slot = std::make_shared<ResponseSlot>();
       l.dispatcher->Dispatch(std::move(in->req), ResponseSlot::ResponderFor(slot));
       in.reset();
       Response res;
       if (auto given = slot->TakeEarly()) {
         res = std::move(*given);
+      } else if (may_hold && buffer.size() == 0) {
+        // Held (a long poll): nothing of this coroutine is needed while it waits.
+        co_return std::make_unique<Held>(Held{std::move(slot), std::move(copy), wants_keep_alive, started});
       } else {
-        // Answered later (a pool worker, or a long poll held up to its wait): what this session
-        // holds meanwhile is what 10,000 agents' held long polls cost, so an empty read buffer is
-        // let go now (the next request allocates it again).
+        // Answered later by a pool worker: an empty read buffer is let go meanwhile (the next
+        // request allocates it again).
         if (buffer.size() == 0) buffer.shrink_to_fit();
         res = co_await slot->Await();
       }
       const bool keep_alive = wants_keep_alive && !draining;
       co_await Write(l, stream, copy, std::move(res), keep_alive, started);
-      if (!keep_alive) co_return;
+      if (!keep_alive) co_return nullptr;
     }
   }
 };

@@ -101,6 +101,58 @@ TEST_F(AgentProtocol, AssignmentsLongPollWakesOnChangeAndHeartbeatsMoveInstances
   EXPECT_EQ(a.at("instances").as_array().size(), 0u);  // absent: it must not run
 }
 
+// A held long poll leaves its connection's coroutine while it waits (the transport parks the socket
+// as a small record) and an idle keep-alive connection waits for its next request's first byte with
+// no read buffer. Neither may show on the wire: the connection stays open and in order throughout.
+TEST_F(AgentProtocol, AHeldPollKeepsItsConnectionInOrderForWhatFollows) {
+  const std::string token = Str(Json(Call("POST", "/v1/agent/register", kBootstrap, HostBody("gpu-1", "GPU-a"))), "host_token");
+  HttpConn c(fleet_->port());
+  ASSERT_TRUE(c.ok());
+  auto r = c.Call("GET", "/v1/agent/assignments?version=-1&wait=20", token);  // answered at once, though it may be held
+  ASSERT_EQ(r.status, 200) << r.body;
+  const std::int64_t version = Json(r).at("version").as_int64();
+  const std::string poll = "/v1/agent/assignments?version=" + std::to_string(version);
+
+  // Held for its whole wait, then answered on the same connection, which serves on.
+  const auto t0 = std::chrono::steady_clock::now();
+  r = c.Call("GET", poll + "&wait=1", token);
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 900ms);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_NE(r.Header("connection"), "close");
+  EXPECT_EQ(c.Call("POST", "/v1/agent/heartbeat", token, R"({"instances":[]})").status, 200);
+
+  // Held, then woken by a launch: the answer comes back on this connection.
+  auto woken = std::async(std::launch::async, [&] { return c.Call("GET", poll + "&wait=20", token); });
+  std::this_thread::sleep_for(300ms);
+  ASSERT_EQ(Call("POST", "/v1/instances", member_, R"({"instance_type":"h100.1x","region":"eu-north","market":"on_demand"})").status, 201);
+  ASSERT_EQ(woken.wait_for(10s), std::future_status::ready);
+  r = woken.get();
+  ASSERT_EQ(r.status, 200) << r.body;
+  const std::int64_t changed = Json(r).at("version").as_int64();
+  EXPECT_GT(changed, version);
+
+  // A poll with a request pipelined behind it: both answered, in order, the poll after its wait.
+  const std::string head = "Host: x\r\nAuthorization: Bearer " + token + "\r\n";
+  c.SendRaw("GET /v1/agent/assignments?version=" + std::to_string(changed) + "&wait=1 HTTP/1.1\r\n" + head +
+            "X-Request-Id: held-1\r\n\r\n" + "GET /v1/agent/assignments?version=-1 HTTP/1.1\r\n" + head +
+            "X-Request-Id: after-1\r\n\r\n");
+  auto first = c.Read(), second = c.Read();
+  ASSERT_TRUE(first && second);
+  EXPECT_EQ(first->Header("x-request-id"), "held-1");
+  EXPECT_EQ(second->Header("x-request-id"), "after-1");
+  EXPECT_EQ(first->status, 200);
+  EXPECT_EQ(second->status, 200);
+
+  // An idle connection's next request arriving a byte, then the rest, later: read whole.
+  c.SendRaw("G");
+  std::this_thread::sleep_for(200ms);
+  c.SendRaw("ET /v1/agent/assignments?version=-1 HTTP/1.1\r\n" + head + "X-Request-Id: split-1\r\n\r\n");
+  auto split = c.Read();
+  ASSERT_TRUE(split);
+  EXPECT_EQ(split->status, 200) << split->body;
+  EXPECT_EQ(split->Header("x-request-id"), "split-1");
+}
+
 TEST_F(AgentProtocol, AnInstanceTheHostStopsReportingIsFailedAfterTheGrace) {
   const auto reg = Json(Call("POST", "/v1/agent/register", kBootstrap, HostBody("gpu-1", "GPU-a")));
   const std::string token = Str(reg, "host_token");

@@ -45,6 +45,7 @@ class Fleet {
                     const std::string& body = "", std::map<std::string, std::string> headers = {}) {
     return Http(server_.port(), method, path, key, body, std::move(headers));
   }
+  int port() const { return server_.port(); }
   std::string NewTenant(const std::string& name, int quota) {
     const auto r = Call("POST", "/v1/tenants", admin,
                         "{\"name\":\"" + name + "\",\"gpu_quota\":" + std::to_string(quota) + "}");
