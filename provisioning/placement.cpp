@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "billing/prices.hpp"
@@ -207,22 +208,35 @@ int PlacePending(Session& conn, const FleetContext& fc) {
     const std::int64_t gpus = row["gpus"].as<std::int64_t>();
     PlacementNeeds needs{gpus, ParseMarket(row["market"].as<std::string>()).value_or(Market::kOnDemand),
                          TextFrom(row["min_cuda"]), row["ports"].as<std::int64_t>()};
-    PoolState pool = LoadPool(tx, region, model, /*lock=*/true);
-    if (StateOf(tx.exec_prepared(kLockInstanceState.name, id)[0]["state"]) != InstanceState::kPending) return 0;
-    PlacementPlan plan;
     const std::string host = TextFrom(row["host_id"]).value_or("");
-    for (auto& h : pool.hosts) {
-      if (h.id != host) continue;
-      h.claimed -= gpus;  // its own claim
-      if (h.placeable && static_cast<std::int64_t>(h.free.size()) >= gpus && h.free_ports >= needs.ports) {
+    // A pending instance waits on the host it claimed (for GPUs that spot under notice will give
+    // back): the pool's lock and that host settle it. Only when its host went away is it planned
+    // again against the whole pool. Locks in the documented order: pool, host, instance.
+    LockPool(tx, region, model);
+    const auto host_row = host.empty() ? pqxx::result() : tx.exec_prepared(kLockHostState.name, host);
+    const bool placeable = !host_row.empty() && host_row[0]["state"].as<std::string>() == "active" &&
+                           host_row[0]["health"].as<std::string>() == "up";
+    std::optional<PoolState> pool;  // its host went away while it waited: plan again, anywhere in the pool
+    if (!host_row.empty() && !placeable) pool = LoadPool(tx, region, model, /*lock=*/true);
+    if (StateOf(tx.exec_prepared(kLockInstanceState.name, id)[0]["state"]) != InstanceState::kPending) return 0;
+    if (host_row.empty()) return 0;  // nothing claimed for it (or its host is gone): it waits
+    PlacementPlan plan;
+    if (placeable) {
+      std::vector<int> free;
+      for (const auto& r : tx.exec_prepared(kHostFreeGpus.name, host)) free.push_back(r["gpu_index"].as<int>());
+      const std::int64_t free_ports = tx.exec_prepared(kHostFreePorts.name, host)[0]["free_ports"].as<std::int64_t>();
+      if (static_cast<std::int64_t>(free.size()) >= gpus && free_ports >= needs.ports) {
         plan.state = InstanceState::kProvisioning;
-        plan.host_id = h.id;
-        plan.gpu_indices.assign(h.free.begin(), h.free.begin() + gpus);
-      } else if (!h.placeable) {
-        // Its host went away while it waited: plan again, anywhere in the pool.
-        pool.on_demand -= gpus;
+        plan.host_id = host;
+        plan.gpu_indices.assign(free.begin(), free.begin() + gpus);
+      }
+    } else {
+      for (auto& h : pool->hosts) {
+        if (h.id != host) continue;
+        h.claimed -= gpus;  // its own claim
+        pool->on_demand -= gpus;
         try {
-          plan = PlanPlacement(pool, needs);
+          plan = PlanPlacement(*pool, needs);
         } catch (const ApiError&) {
           plan = PlacementPlan{};
         }

@@ -355,6 +355,46 @@ TEST_F(FleetRules, APoolsViewFromAggregatesIsWhatTheWholePoolSays) {
   EXPECT_EQ(view.FitsPreemptingSpot(4), 1 + 2 + 1);
 }
 
+// A pending on-demand instance waits on the host it claimed: placed there, on the GPUs spot gave
+// back, once enough are free; planned again elsewhere in the pool once that host went away.
+TEST_F(FleetRules, APendingInstanceGoesToItsClaimedHostOrElsewhereOnceThatHostIsGone) {
+  InTransaction(*conn_, [&](pqxx::work& tx) {
+    for (const char* h : {"hst_p1", "hst_p2"}) AddHost(tx, h, "eu-pend");
+    tx.exec("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id) "
+            "VALUES ('ins_spot', 'ten_t', 'h100.x', 'H100-80GB', 5, 'eu-pend', 'spot', 'preempting', 'hst_p1'), "
+            "       ('ins_wait', 'ten_t', 'h100.x', 'H100-80GB', 6, 'eu-pend', 'on_demand', 'pending', 'hst_p1')");
+    tx.exec("INSERT INTO gpu_allocations (host_id, gpu_index, instance_id) "
+            "SELECT 'hst_p1', i, 'ins_spot' FROM generate_series(0, 4) i");
+  });
+  auto instance = [&](const std::string& id) {
+    pqxx::work tx(*conn_);
+    const auto r = tx.exec_params1(
+        "SELECT state, coalesce(host_id, '') AS host, (SELECT coalesce(string_agg(gpu_index::text, ',' ORDER BY gpu_index), '') "
+        "FROM gpu_allocations a WHERE a.instance_id = i.id) AS gpus FROM instances i WHERE id = $1",
+        id);
+    return r["state"].as<std::string>() + " " + r["host"].as<std::string>() + " " + r["gpus"].as<std::string>();
+  };
+  // 3 GPUs free of the 6 it needs: it waits, and takes nothing elsewhere meanwhile.
+  EXPECT_EQ(PlacePending(*conn_, fc_), 0);
+  EXPECT_EQ(instance("ins_wait"), "pending hst_p1 ");
+  // The spot instance leaves: its host takes it, on the lowest free GPUs.
+  InTransaction(*conn_, [&](pqxx::work& tx) {
+    tx.exec("DELETE FROM gpu_allocations WHERE instance_id = 'ins_spot'");
+    tx.exec("UPDATE instances SET state = 'terminated', end_reason = 'preempted', ended_at = now() WHERE id = 'ins_spot'");
+  });
+  EXPECT_EQ(PlacePending(*conn_, fc_), 1);
+  EXPECT_EQ(instance("ins_wait"), "provisioning hst_p1 0,1,2,3,4,5");
+
+  // Another waits on hst_p1 (2 GPUs, free there), but hst_p1 goes down first: hst_p2 takes it.
+  InTransaction(*conn_, [&](pqxx::work& tx) {
+    tx.exec("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id) "
+            "VALUES ('ins_moved', 'ten_t', 'h100.x', 'H100-80GB', 2, 'eu-pend', 'on_demand', 'pending', 'hst_p1')");
+    tx.exec("UPDATE hosts SET health = 'down', down_since = now(), down_reason = 'silent' WHERE id = 'hst_p1'");
+  });
+  EXPECT_EQ(PlacePending(*conn_, fc_), 1);
+  EXPECT_EQ(instance("ins_moved"), "provisioning hst_p2 0,1");
+}
+
 // Launches into one pool from many connections at once never book a GPU twice nor more GPUs than
 // the pool offers on-demand (24, less the 12 the operator reserved): they serialize on the pool's
 // lock, not on every host's row.
