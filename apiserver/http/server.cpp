@@ -559,6 +559,7 @@ struct Runtime::Impl {
           // A plain connection waits for that byte alone, holding no read buffer (as nginx does):
           // thousands of idle keep-alive connections then cost their sockets, not 8 KiB each. What
           // else has arrived is then taken without waiting (the socket is non-blocking).
+          buffer.shrink_to_fit();
           char first = 0;
           auto [ec, n] = co_await stream.async_read_some(net::buffer(&first, 1), net::as_tuple(net::use_awaitable));
           if (ec || n != 1) co_return nullptr;
