@@ -99,10 +99,9 @@ WHERE region = $1 AND gpu_model = $2 AND market = 'spot' AND state IN ('provisio
   AND max_price_micros < $3
 ORDER BY host_id, id)sql"};
 inline const Statement kLockHostState{"lock_host_state", "SELECT state, health FROM hosts WHERE id = $1 FOR NO KEY UPDATE"};
-inline const Statement kHostFreePorts{"host_free_ports",
-                                     "SELECT coalesce(port_range_to - port_range_from + 1, 0) - (SELECT count(*) "
-                                     "FROM instance_ports p WHERE p.host_id = hosts.id AND p.released_at IS NULL) "
-                                     "AS free_ports FROM hosts WHERE id = $1"};
+// One host as the pool's rows show it (state, health, free ports), locked as kLockHostState locks it.
+inline const Statement kLockHostSlot{"lock_host_slot",
+                                    "SELECT " SPW_POOL_HOST_COLUMNS "FROM hosts WHERE id = $1 FOR NO KEY UPDATE"};
 inline const Statement kHostFreeGpus{"host_free_gpus", R"sql(
 SELECT g.gpu_index FROM gpus g
 WHERE g.host_id = $1

@@ -213,7 +213,7 @@ int PlacePending(Session& conn, const FleetContext& fc) {
     // back): the pool's lock and that host settle it. Only when its host went away is it planned
     // again against the whole pool. Locks in the documented order: pool, host, instance.
     LockPool(tx, region, model);
-    const auto host_row = host.empty() ? pqxx::result() : tx.exec_prepared(kLockHostState.name, host);
+    const auto host_row = host.empty() ? pqxx::result() : tx.exec_prepared(kLockHostSlot.name, host);
     const bool placeable = !host_row.empty() && host_row[0]["state"].as<std::string>() == "active" &&
                            host_row[0]["health"].as<std::string>() == "up";
     std::optional<PoolState> pool;  // its host went away while it waited: plan again, anywhere in the pool
@@ -224,7 +224,7 @@ int PlacePending(Session& conn, const FleetContext& fc) {
     if (placeable) {
       std::vector<int> free;
       for (const auto& r : tx.exec_prepared(kHostFreeGpus.name, host)) free.push_back(r["gpu_index"].as<int>());
-      const std::int64_t free_ports = tx.exec_prepared(kHostFreePorts.name, host)[0]["free_ports"].as<std::int64_t>();
+      const std::int64_t free_ports = host_row[0]["free_ports"].as<std::int64_t>();
       if (static_cast<std::int64_t>(free.size()) >= gpus && free_ports >= needs.ports) {
         plan.state = InstanceState::kProvisioning;
         plan.host_id = host;
