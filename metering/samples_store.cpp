@@ -89,7 +89,11 @@ std::set<HostSeq> CommittedBatches(Tx& tx, const std::vector<HostSeq>& batches) 
     seqs.push_back(s);
   }
   std::set<HostSeq> out;
-  for (const auto& r : tx.exec_prepared(kCommittedBatches.name, TextArrayLiteral(hosts), Int64ArrayLiteral(seqs)))
+  // Planned for each call, not prepared: ingest_batches grows by a thousand rows a second from
+  // empty, and a plan cached while it was small (a hash join over a sequential scan) stays cached
+  // as it grows. Measured at 10,000 hosts: 3.5 ms a call and a third of a core of PostgreSQL, against
+  // 0.1 ms for the index probes planned fresh.
+  for (const auto& r : tx.exec_params(kCommittedBatches.sql, TextArrayLiteral(hosts), Int64ArrayLiteral(seqs)))
     out.emplace(r["host_id"].as<std::string>(), r["batch_seq"].as<std::int64_t>());
   return out;
 }

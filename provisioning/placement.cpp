@@ -154,7 +154,7 @@ std::optional<PlacementPlan> PlaceOnFreeGpus(pqxx::transaction_base& tx, const P
   if (needs.market == Market::kOnDemand &&
       counts.on_demand + needs.gpus + counts.spot_active > counts.Offerable() - counts.reserved)
     return std::nullopt;
-  const auto best = tx.exec_prepared(kBestFitHost.name, counts.region, counts.gpu_model, needs.gpus, needs.ports,
+  const auto best = tx.exec_params(kBestFitHost.sql, counts.region, counts.gpu_model, needs.gpus, needs.ports,
                                      Nullable(needs.min_cuda));
   if (best.empty()) return std::nullopt;
   PlacementPlan plan;

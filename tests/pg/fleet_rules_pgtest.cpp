@@ -29,11 +29,11 @@ class FleetRules : public ::testing::Test {
     for (const char* h : {"hst_a", "hst_b", "hst_c"}) AddHost(tx, h, "us-east");
     tx.commit();
   }
-  void AddHost(pqxx::work& tx, const std::string& id, const std::string& region) {
+  void AddHost(pqxx::work& tx, const std::string& id, const std::string& region, int gpus = 8) {
     tx.exec_params("INSERT INTO hosts (id, hostname, region, zone, gpu_model, gpu_count, token_hash, last_heartbeat) "
-                   "VALUES ($1, $1, $2, 'a', 'H100-80GB', 8, 'x', $3::timestamptz)",
-                   id, region, FormatTime(kT0));
-    for (int g = 0; g < 8; ++g)
+                   "VALUES ($1, $1, $2, 'a', 'H100-80GB', $4, 'x', $3::timestamptz)",
+                   id, region, FormatTime(kT0), gpus);
+    for (int g = 0; g < gpus; ++g)
       tx.exec_params("INSERT INTO gpus (host_id, gpu_index, uuid, model, memory_bytes) VALUES ($1, $2, $3, 'H100-80GB', 1)",
                      id, g, id + "-" + std::to_string(g));
   }
@@ -211,15 +211,18 @@ TEST_F(FleetRules, ARegistrationStormMarksItsPoolOnceAndTheLeaderPricesItOnce) {
 
 // Placement without the pool in memory (the pool's counts and a best-fit host chosen in SQL) chooses
 // what the whole pool's plan chooses, host and GPUs, for every need: CUDA, ports, claims of pending
-// instances, GPUs in use, draining and down hosts. And the counts are the whole pool's.
+// instances, GPUs in use, draining and down hosts, and hosts with nothing on them of 4 and 8 GPUs
+// (which best fit takes from an index rather than weighing each). And the counts are the whole pool's.
 TEST_F(FleetRules, PlacementFromThePoolsCountsChoosesWhatTheWholePoolWould) {
   InTransaction(*conn_, [&](pqxx::work& tx) {
-    struct H { const char* id; const char* cuda; int ports; const char* state; const char* health; };
+    struct H { const char* id; const char* cuda; int ports; const char* state; const char* health; int gpus = 8; };
     for (const H& h : {H{"hst_m1", "12.4", 2, "active", "up"}, H{"hst_m2", "12.8", 0, "active", "up"},
                        H{"hst_m3", "13.0", 3, "active", "up"}, H{"hst_m4", "12.8", 4, "draining", "up"},
                        H{"hst_m5", "13.0", 4, "active", "down"}, H{"hst_m6", "12.10", 10, "active", "up"},
-                       H{"hst_m7", nullptr, 1, "active", "up"}}) {
-      AddHost(tx, h.id, "eu-mix");
+                       H{"hst_m7", nullptr, 1, "active", "up"}, H{"hst_m8", "12.8", 2, "active", "up", 4},
+                       H{"hst_m0", "12.4", 0, "active", "up", 4}, H{"hst_m9", "13.0", 4, "active", "up"},
+                       H{"hst_ma", "13.0", 1, "active", "down", 4}}) {
+      AddHost(tx, h.id, "eu-mix", h.gpus);
       tx.exec_params("UPDATE hosts SET cuda_version = $2, state = $3, health = $4, "
                      "port_range_from = CASE WHEN $5 > 0 THEN 20000 END, port_range_to = CASE WHEN $5 > 0 THEN 19999 + $5 END, "
                      "down_reason = CASE WHEN $4 = 'down' THEN 'silent' END "
@@ -250,7 +253,7 @@ TEST_F(FleetRules, PlacementFromThePoolsCountsChoosesWhatTheWholePoolWould) {
   LockPool(tx, "eu-mix", "H100-80GB");
   const PoolState counts = LoadPoolCounts(tx, "eu-mix", "H100-80GB");
   EXPECT_EQ(counts.total, whole.total);
-  EXPECT_EQ(counts.total, 48);  // m5 is down
+  EXPECT_EQ(counts.total, 64);  // m5 and ma are down
   EXPECT_EQ(counts.draining_idle, whole.draining_idle);
   EXPECT_EQ(counts.draining_idle, 7);
   EXPECT_EQ(counts.on_demand, whole.on_demand);
