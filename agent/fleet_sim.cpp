@@ -192,8 +192,11 @@ Percentiles PercentilesOf(std::vector<T> v, double scale) {
 // CPU ticks (user + system) and RSS of a process, from /proc; with its children when asked.
 struct ProcSample {
   std::int64_t ticks = 0, rss_kb = 0;
+  bool alive = false;
 };
-std::int64_t TicksOf(int pid, int* ppid = nullptr) {
+// A process's own CPU ticks; with `reaped`, also those of its children that have exited and been
+// waited for (PostgreSQL's backends, once a replica that held them is gone).
+std::int64_t TicksOf(int pid, int* ppid = nullptr, bool reaped = false) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
   std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   const auto paren = s.rfind(')');
@@ -202,7 +205,8 @@ std::int64_t TicksOf(int pid, int* ppid = nullptr) {
   std::vector<std::string> f{std::istream_iterator<std::string>(rest), std::istream_iterator<std::string>()};
   if (f.size() < 13) return 0;
   if (ppid) *ppid = std::stoi(f[1]);
-  return std::stoll(f[11]) + std::stoll(f[12]);  // utime, stime (fields 14 and 15)
+  const std::int64_t own = std::stoll(f[11]) + std::stoll(f[12]);  // utime, stime (fields 14 and 15)
+  return reaped && f.size() >= 15 ? own + std::stoll(f[13]) + std::stoll(f[14]) : own;  // cutime, cstime
 }
 std::int64_t RssKb(int pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -212,7 +216,8 @@ std::int64_t RssKb(int pid) {
   return 0;
 }
 ProcSample SampleProcess(int pid, bool with_children) {
-  ProcSample s{TicksOf(pid), RssKb(pid)};
+  ProcSample s{TicksOf(pid, nullptr, with_children), RssKb(pid)};
+  s.alive = s.rss_kb > 0;  // a process killed in the window has no /proc entry, or no memory as a zombie
   if (!with_children) return s;
   if (DIR* d = ::opendir("/proc")) {
     while (dirent* e = ::readdir(d)) {
@@ -848,7 +853,8 @@ awaitable<void> Sim::Control() {
     co_await Sleep(o_.close_and_wait);
     std::cout << "after closing every connection and " << o_.close_and_wait.count() / 1000 << " s:";
     for (const auto& [name, pid] : o_.watch)
-      if (name.rfind("postgres", 0) != 0) std::cout << " " << name << " RSS " << RssKb(pid) / 1024.0 << " MiB";
+      if (name.rfind("postgres", 0) != 0 && RssKb(pid) > 0)
+        std::cout << " " << name << " RSS " << RssKb(pid) / 1024.0 << " MiB";
     std::cout << std::endl;
   }
   io_.stop();
@@ -911,6 +917,11 @@ void Sim::Report(double converge_s, bool converged) {
   out << "  cores: fleet-sim " << self_cores;
   procs["fleet-sim"] = {{"cores", self_cores}};
   for (const auto& [name, pid] : o_.watch) {
+    if (!proc_after_[name].alive) {  // killed in the window: its CPU time went with it
+      out << ", " << name << " gone";
+      procs[name] = {{"gone", true}};
+      continue;
+    }
     const double cores = static_cast<double>(proc_after_[name].ticks - proc_before_[name].ticks) / hz / window;
     out << ", " << name << " " << cores;
     boost::json::object p{{"cores", cores}};
@@ -919,7 +930,7 @@ void Sim::Report(double converge_s, bool converged) {
   }
   out << "\n";
   for (const auto& [name, pid] : o_.watch)
-    if (name.rfind("postgres", 0) != 0)
+    if (name.rfind("postgres", 0) != 0 && proc_after_[name].alive)
       out << "  " << name << " RSS " << static_cast<double>(proc_after_[name].rss_kb) / 1024.0 << " MiB\n";
   j["processes"] = std::move(procs);
   if (wal_before_ && wal_after_) {
