@@ -182,7 +182,7 @@ PlacementPlan PlanNewInstance(pqxx::transaction_base& tx, const PoolState& count
 
 void ApplyPlacement(pqxx::transaction_base& tx, const FleetContext& fc, const std::string& instance_id,
                     const PlacementPlan& plan) {
-  for (int idx : plan.gpu_indices) tx.exec_prepared(kAllocate.name, plan.host_id, idx, instance_id);
+  tx.exec_prepared(kAllocate.name, plan.host_id, IntArrayLiteral(plan.gpu_indices), instance_id);
   // Placed counts as reported: the grace before an unreported instance is failed runs from here, on
   // the clock the grace is judged by.
   tx.exec_prepared(kSetPlaced.name, instance_id, ToString(*plan.state), plan.host_id, IntArrayLiteral(plan.gpu_indices),
