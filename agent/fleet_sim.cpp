@@ -853,8 +853,8 @@ awaitable<void> Sim::Control() {
     co_await Sleep(o_.close_and_wait);
     std::cout << "after closing every connection and " << o_.close_and_wait.count() / 1000 << " s:";
     for (const auto& [name, pid] : o_.watch)
-      if (name.rfind("postgres", 0) != 0 && RssKb(pid) > 0)
-        std::cout << " " << name << " RSS " << RssKb(pid) / 1024.0 << " MiB";
+      if (const auto kb = RssKb(pid); name.rfind("postgres", 0) != 0 && kb > 0)
+        std::cout << " " << name << " RSS " << kb / 1024.0 << " MiB";
     std::cout << std::endl;
   }
   io_.stop();

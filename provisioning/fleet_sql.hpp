@@ -124,6 +124,11 @@ SELECT id, host_id FROM instances
 WHERE region = $1 AND gpu_model = $2 AND market = 'spot' AND state IN ('provisioning', 'running')
   AND max_price_micros < $3
 ORDER BY host_id, id)sql"};
+// Whether a host takes new instances, from its state and health columns (the pool's rows, and a
+// host locked by kLockHostState or kLockHostSlot); hosts_placeable indexes the same hosts.
+inline bool Placeable(const std::string& state, const std::string& health) {
+  return state == "active" && health == "up";
+}
 inline const Statement kLockHostState{"lock_host_state", "SELECT state, health FROM hosts WHERE id = $1 FOR NO KEY UPDATE"};
 // One host as the pool's rows show it (state, health, free ports), locked as kLockHostState locks it.
 inline const Statement kLockHostSlot{"lock_host_slot",

@@ -147,6 +147,18 @@ PlacementPlan PlanPlacement(const PoolState& pool, const PlacementNeeds& needs) 
   return plan;
 }
 
+// A locked host row (kLockHostState, kLockHostSlot) that takes new instances.
+bool Placeable(const pqxx::row& host) {
+  return fleet_sql::Placeable(host["state"].as<std::string>(), host["health"].as<std::string>());
+}
+
+// A host's free GPU indices, lowest first. Under the pool's lock nothing else allocates them.
+std::vector<int> FreeGpuIndices(pqxx::transaction_base& tx, const std::string& host_id) {
+  std::vector<int> free;
+  for (const auto& r : tx.exec_prepared(kHostFreeGpus.name, host_id)) free.push_back(r["gpu_index"].as<int>());
+  return free;
+}
+
 std::optional<PlacementPlan> PlaceOnFreeGpus(pqxx::transaction_base& tx, const PoolState& counts,
                                              const PlacementNeeds& needs) {
   CheckPoolRoom(counts, needs);
@@ -162,13 +174,10 @@ std::optional<PlacementPlan> PlaceOnFreeGpus(pqxx::transaction_base& tx, const P
   // Under the pool's lock nothing else allocates here; only the host itself may have gone down or
   // been drained since the choice, which its lock now settles.
   const auto host = tx.exec_prepared(kLockHostState.name, plan.host_id);
-  if (host.empty() || host[0]["state"].as<std::string>() != "active" || host[0]["health"].as<std::string>() != "up")
-    return std::nullopt;
-  for (const auto& r : tx.exec_prepared(kHostFreeGpus.name, plan.host_id)) {
-    if (static_cast<std::int64_t>(plan.gpu_indices.size()) == needs.gpus) break;
-    plan.gpu_indices.push_back(r["gpu_index"].as<int>());
-  }
-  if (static_cast<std::int64_t>(plan.gpu_indices.size()) < needs.gpus) return std::nullopt;
+  if (host.empty() || !Placeable(host[0])) return std::nullopt;
+  const std::vector<int> free = FreeGpuIndices(tx, plan.host_id);
+  if (static_cast<std::int64_t>(free.size()) < needs.gpus) return std::nullopt;
+  plan.gpu_indices.assign(free.begin(), free.begin() + needs.gpus);
   plan.state = InstanceState::kProvisioning;
   return plan;
 }
@@ -214,16 +223,14 @@ int PlacePending(Session& conn, const FleetContext& fc) {
     // again against the whole pool. Locks in the documented order: pool, host, instance.
     LockPool(tx, region, model);
     const auto host_row = host.empty() ? pqxx::result() : tx.exec_prepared(kLockHostSlot.name, host);
-    const bool placeable = !host_row.empty() && host_row[0]["state"].as<std::string>() == "active" &&
-                           host_row[0]["health"].as<std::string>() == "up";
+    const bool placeable = !host_row.empty() && Placeable(host_row[0]);
     std::optional<PoolState> pool;  // its host went away while it waited: plan again, anywhere in the pool
     if (!host_row.empty() && !placeable) pool = LoadPool(tx, region, model, /*lock=*/true);
     if (StateOf(tx.exec_prepared(kLockInstanceState.name, id)[0]["state"]) != InstanceState::kPending) return 0;
     if (host_row.empty()) return 0;  // nothing claimed for it (or its host is gone): it waits
     PlacementPlan plan;
     if (placeable) {
-      std::vector<int> free;
-      for (const auto& r : tx.exec_prepared(kHostFreeGpus.name, host)) free.push_back(r["gpu_index"].as<int>());
+      const std::vector<int> free = FreeGpuIndices(tx, host);
       const std::int64_t free_ports = host_row[0]["free_ports"].as<std::int64_t>();
       if (static_cast<std::int64_t>(free.size()) >= gpus && free_ports >= needs.ports) {
         plan.state = InstanceState::kProvisioning;

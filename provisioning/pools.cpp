@@ -86,7 +86,7 @@ PoolState LoadPool(pqxx::transaction_base& tx, const std::string& region, const 
     h.cuda_version = r["cuda_version"].as<std::string>();
     h.free_ports = r["free_ports"].as<std::int64_t>();
     const std::string state = r["state"].as<std::string>(), health = r["health"].as<std::string>();
-    h.placeable = state == "active" && health == "up";
+    h.placeable = Placeable(state, health);
     h.draining = state == "draining" && health == "up";
     if (health == "up" && state != "disabled") p.total += h.gpu_count;
     p.largest_host = std::max(p.largest_host, h.gpu_count);
