@@ -194,6 +194,7 @@ int RunServe(const Config& config) {
 
   const auto ingest_settings = metering::IngestSettings::From(config);
   metering::Ingestor ingest(db_options.Session("spillway-ingest"), ingest_settings, clock, metrics.registry());
+  metrics.Add(ingest.clock_skew());
   steps.Add({"metering_partitions", std::chrono::hours(1),
              [&ingest](pqxx::connection& c, const StepContext& s) { ingest.CreatePartitionsAhead(c, s.now); }});
   steps.Add({"metering_rollup", ingest_settings.rollup_interval,

@@ -10,6 +10,8 @@
 #include <prometheus/text_serializer.h>
 #include <sstream>
 
+#include "core/long_lived.hpp"
+
 namespace spillway {
 namespace {
 
@@ -66,6 +68,10 @@ std::vector<prometheus::MetricFamily> ProcessMetrics() {
     fds -= 3;  // ".", ".." and the directory's own descriptor
   }
   out.push_back(Family("process_open_fds", "Number of open file descriptors.", MetricType::Gauge, fds));
+  out.push_back(Family("spillway_long_lived_memory_bytes",
+                       "Bytes of per-host caches and per-descriptor records, kept apart from the common heap "
+                       "(core/long_lived.hpp)",
+                       MetricType::Gauge, static_cast<double>(LongLivedMemoryInUse())));
   rlimit rl{};
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
     out.push_back(Family("process_max_fds", "Maximum number of open file descriptors.", MetricType::Gauge,
@@ -74,6 +80,41 @@ std::vector<prometheus::MetricFamily> ProcessMetrics() {
 }
 
 }  // namespace
+
+LabeledGauge::LabeledGauge(std::string name, std::string help, std::string label)
+    : name_(std::move(name)), help_(std::move(help)), label_(std::move(label)), series_(&LongLivedMemory()) {}
+
+void LabeledGauge::Set(std::string_view label_value, double value) {
+  std::lock_guard lk(mu_);
+  if (const auto it = series_.find(label_value); it != series_.end()) it->second = value;
+  else series_.emplace(std::pmr::string(label_value, series_.get_allocator().resource()), value);
+}
+
+void LabeledGauge::Remove(std::string_view label_value) {
+  std::lock_guard lk(mu_);
+  if (const auto it = series_.find(label_value); it != series_.end()) series_.erase(it);
+}
+
+size_t LabeledGauge::Size() const {
+  std::lock_guard lk(mu_);
+  return series_.size();
+}
+
+prometheus::MetricFamily LabeledGauge::Collect() const {
+  prometheus::MetricFamily f;
+  f.name = name_;
+  f.help = help_;
+  f.type = prometheus::MetricType::Gauge;
+  std::lock_guard lk(mu_);
+  f.metric.reserve(series_.size());
+  for (const auto& [value_of_label, value] : series_) {
+    prometheus::ClientMetric m;
+    m.label.push_back({label_, std::string(value_of_label)});
+    m.gauge.value = value;
+    f.metric.push_back(std::move(m));
+  }
+  return f;
+}
 
 Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   prometheus::BuildGauge()
@@ -86,8 +127,18 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
 
 Metrics::~Metrics() = default;
 
+void Metrics::Add(std::weak_ptr<const LabeledGauge> gauge) {
+  std::lock_guard lk(mu_);
+  labeled_.push_back(std::move(gauge));
+}
+
 std::string Metrics::Render() const {
   auto families = registry_->Collect();
+  {
+    std::lock_guard lk(mu_);
+    for (const auto& weak : labeled_)
+      if (const auto gauge = weak.lock()) families.push_back(gauge->Collect());
+  }
   for (auto& f : ProcessMetrics()) families.push_back(std::move(f));
   return prometheus::TextSerializer().Serialize(families);
 }

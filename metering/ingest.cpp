@@ -175,11 +175,11 @@ Ingestor::Ingestor(SessionOptions session, IngestSettings settings, const Clock&
                          "is folded (1 when nothing ran; set by the leader)")
                    .Register(registry)
                    .Add({});
-  skew_ = &BuildGauge()
-               .Name("spillway_host_clock_skew_seconds")
-               .Help("A host's clock minus the server's, from its last sample batch (sent_at_ms against the "
-                     "moment the request arrived)")
-               .Register(registry);
+  skew_ = std::make_shared<LabeledGauge>(
+      "spillway_host_clock_skew_seconds",
+      "A host's clock minus the server's, from its last sample batch (sent_at_ms against the moment the request "
+      "arrived)",
+      "host_id");
 }
 
 Ingestor::~Ingestor() { Stop(); }
@@ -404,10 +404,8 @@ bool Ingestor::TryCommit(Committer& c, std::vector<Pending>& group) {
 }
 
 void Ingestor::NoteSkew(const std::string& host_id, std::int64_t skew_ms) {
+  skew_->Set(host_id, static_cast<double>(skew_ms) / 1000.0);
   std::lock_guard lk(skew_mu_);
-  auto& gauge = skew_by_host_[host_id];
-  if (!gauge) gauge = &skew_->Add({{"host_id", host_id}});
-  gauge->Set(static_cast<double>(skew_ms) / 1000.0);
   const bool off = std::llabs(skew_ms) > settings_.rules.skew_tolerance.count();
   if (off && skewed_hosts_.insert(host_id).second)
     log::Warn("host clock is off from the server's beyond metering.clock_skew_tolerance: its samples near now are "

@@ -26,6 +26,7 @@
 #include "core/config.hpp"
 #include "core/db.hpp"
 #include "core/duration.hpp"
+#include "core/metrics.hpp"
 #include "metering/samples_store.hpp"
 #include "protocol/agent.hpp"
 
@@ -104,6 +105,8 @@ class Ingestor {
   IngestResult SubmitAndWait(std::string host_id, protocol::SampleBatch batch, std::optional<TimeMs> arrived = {});
 
   Millis retry_after() const { return settings_.retry_after; }
+  // spillway_host_clock_skew_seconds{host_id}, for Metrics::Add (one series a host: not in the registry).
+  std::weak_ptr<const LabeledGauge> clock_skew() const { return skew_; }
   // Partitions for today and partitions_ahead days (the metering step calls it on the leader).
   void CreatePartitionsAhead(pqxx::connection& conn, TimeMs now) const;
   // Forgets ledger rows older than max_sample_age (plus the tolerance and an hour): a replay of
@@ -157,9 +160,8 @@ class Ingestor {
   prometheus::Gauge* lag_ = nullptr;
   prometheus::Gauge* rollup_lag_ = nullptr;
   prometheus::Gauge* coverage_ = nullptr;
-  prometheus::Family<prometheus::Gauge>* skew_ = nullptr;
+  std::shared_ptr<LabeledGauge> skew_;  // spillway_host_clock_skew_seconds{host_id}
   std::mutex skew_mu_;
-  std::map<std::string, prometheus::Gauge*> skew_by_host_;
   std::set<std::string> skewed_hosts_;  // beyond the tolerance at their last batch (logged once)
   void NoteSkew(const std::string& host_id, std::int64_t skew_ms);
 };

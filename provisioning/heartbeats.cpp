@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "core/errors.hpp"
+#include "core/long_lived.hpp"
 #include "core/sql.hpp"
 #include "core/ids.hpp"
 #include "core/json.hpp"
@@ -40,18 +41,28 @@ SELECT count(*) AS lagging FROM heartbeat_writers
 WHERE (flushed_at < $1::timestamptz OR refused_at >= $1::timestamptz) AND flushed_at >= $2::timestamptz)sql"};
 const Statement kWritersDead{"heartbeat_writers_dead", "DELETE FROM heartbeat_writers WHERE flushed_at < $1::timestamptz"};
 
-bool Same(const std::vector<ReportedInstance>& a, const std::vector<ReportedInstance>& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (a[i].id != b[i].id || a[i].state != b[i].state) return false;
-  return true;
+// A report's instances as one string, each field prefixed by its length, so that two lists encode
+// alike exactly when they are equal.
+template <typename String>
+void EncodeInstances(const std::vector<ReportedInstance>& instances, String& out) {
+  out.clear();
+  for (const auto& r : instances)
+    for (const std::string* field : {&r.id, &r.state}) {
+      out += std::to_string(field->size());
+      out += ':';
+      out += *field;
+    }
 }
 
 }  // namespace
 
 HeartbeatRecorder::HeartbeatRecorder(SessionOptions session, Millis flush_interval, const Clock& clock,
                                      prometheus::Registry& registry)
-    : session_(std::move(session)), flush_interval_(flush_interval), clock_(clock), replica_id_(NewId("rep")) {
+    : session_(std::move(session)),
+      flush_interval_(flush_interval),
+      clock_(clock),
+      replica_id_(NewId("rep")),
+      known_(&LongLivedMemory()) {
   using namespace prometheus;
   auto& heartbeats = BuildCounter()
                          .Name("spillway_heartbeats_recorded_total")
@@ -92,10 +103,12 @@ std::uint64_t HeartbeatRecorder::Generation() const {
 
 bool HeartbeatRecorder::TryRecord(const std::string& host, const HeartbeatReport& report, TimeMs now,
                                   std::int64_t* version) {
+  std::string instances;
+  EncodeInstances(report.instances, instances);
   std::lock_guard lk(mu_);
   if (!listening_ || stopping_) return false;
-  const auto it = known_.find(host);
-  if (it == known_.end() || !Same(it->second.instances, report.instances)) return false;
+  const auto it = known_.find(std::string_view(host));
+  if (it == known_.end() || std::string_view(it->second.instances) != instances) return false;
   Pending& p = pending_[host];
   p.at = std::max(p.at, now);
   p.agent_version = report.agent_version;
@@ -119,9 +132,13 @@ void HeartbeatRecorder::Refused(TimeMs now) { refused_at_ms_ = EpochMs(now); }
 
 void HeartbeatRecorder::Processed(std::uint64_t generation, const std::string& host, const HeartbeatReport& report,
                                   std::int64_t version) {
+  std::pmr::memory_resource* memory = known_.get_allocator().resource();
+  Known known{std::pmr::string(memory), version};
+  EncodeInstances(report.instances, known.instances);
   std::lock_guard lk(mu_);
   if (generation != generation_ || !listening_) return;  // something changed meanwhile: not safe to repeat
-  known_[host] = Known{report.instances, version};
+  if (const auto it = known_.find(std::string_view(host)); it != known_.end()) it->second = std::move(known);
+  else known_.emplace(std::pmr::string(host, memory), std::move(known));
 }
 
 void HeartbeatRecorder::Invalidate(const std::vector<std::string>& hosts, bool all, bool listening) {
@@ -132,7 +149,8 @@ void HeartbeatRecorder::Invalidate(const std::vector<std::string>& hosts, bool a
     known_.clear();
     return;
   }
-  for (const auto& h : hosts) known_.erase(h);
+  for (const auto& h : hosts)
+    if (const auto it = known_.find(std::string_view(h)); it != known_.end()) known_.erase(it);
 }
 
 bool HeartbeatRecorder::Flush(std::map<std::string, Pending>& batch) {

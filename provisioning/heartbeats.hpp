@@ -16,6 +16,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <map>
+#include <memory_resource>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -61,8 +62,10 @@ class HeartbeatRecorder {
   void Invalidate(const std::vector<std::string>& hosts, bool all, bool listening);
 
  private:
+  // What a host last reported, as processed in full: kept in LongLivedMemory (core/long_lived.hpp),
+  // like every per-host cache.
   struct Known {
-    std::vector<ReportedInstance> instances;
+    std::pmr::string instances;  // the report's instances, encoded (EncodeInstances)
     std::int64_t version = 0;
   };
   struct Pending {
@@ -82,7 +85,7 @@ class HeartbeatRecorder {
   bool stopping_ = false, listening_ = false;
   std::uint64_t generation_ = 0;
   std::atomic<std::int64_t> refused_at_ms_{0};
-  std::map<std::string, Known> known_;
+  std::pmr::map<std::pmr::string, Known, std::less<>> known_;
   std::map<std::string, Pending> pending_;
   std::thread thread_;
   std::unique_ptr<pqxx::connection> conn_;  // the flusher's own session

@@ -4,10 +4,12 @@
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
+#include "core/long_lived.hpp"
+
 namespace spillway {
 
 KeyCache::KeyCache(Millis ttl, size_t max_entries, prometheus::Registry* registry)
-    : ttl_(ttl), max_entries_(max_entries) {
+    : ttl_(ttl), max_entries_(max_entries), entries_(&LongLivedMemory()) {
   if (!registry) return;
   using namespace prometheus;
   auto& lookups = BuildCounter()
@@ -38,8 +40,11 @@ std::optional<KeyCache::Entry> KeyCache::Find(const std::string& key_id, Clock::
   {
     std::lock_guard lk(mu_);
     if (listening_) {
-      const auto it = entries_.find(key_id);
-      if (it != entries_.end() && now - it->second.stored < ttl_) found = it->second.entry;
+      const auto it = entries_.find(std::string_view(key_id));
+      if (it != entries_.end() && now - it->second.stored < ttl_) {
+        const Slot& s = it->second;
+        found = Entry{std::string(s.secret_hash), std::string(s.tenant_id), std::string(s.role), s.is_operator};
+      }
     }
   }
   if (auto* c = found ? hits_ : misses_) c->Increment();
@@ -54,27 +59,33 @@ std::uint64_t KeyCache::Generation() const {
 void KeyCache::Store(std::uint64_t generation, const std::string& key_id, Entry entry, Clock::time_point now) {
   std::lock_guard lk(mu_);
   if (!listening_ || ttl_.count() <= 0 || generation != generation_) return;
-  if (entries_.size() >= max_entries_ && !entries_.count(key_id)) {
+  auto it = entries_.find(std::string_view(key_id));
+  if (it == entries_.end() && entries_.size() >= max_entries_) {
     // Full: drop what has expired; if that frees nothing, start over (a full cache is a rare event,
     // and correctness never depends on an entry being here).
     std::erase_if(entries_, [&](const auto& kv) { return now - kv.second.stored >= ttl_; });
     if (entries_.size() >= max_entries_) entries_.clear();
+    it = entries_.end();
   }
-  entries_[key_id] = Slot{std::move(entry), now};
+  std::pmr::memory_resource* memory = entries_.get_allocator().resource();
+  const auto kept = [memory](std::string_view s) { return std::pmr::string(s, memory); };
+  Slot slot{kept(entry.secret_hash), kept(entry.tenant_id), kept(entry.role), entry.is_operator, now};
+  if (it != entries_.end()) it->second = std::move(slot);
+  else entries_.emplace(kept(key_id), std::move(slot));
   Changed();
 }
 
 void KeyCache::InvalidateKey(const std::string& key_id) {
   std::lock_guard lk(mu_);
   ++generation_;
-  entries_.erase(key_id);
+  if (const auto it = entries_.find(std::string_view(key_id)); it != entries_.end()) entries_.erase(it);
   Changed(true);
 }
 
 void KeyCache::InvalidateTenant(const std::string& tenant_id) {
   std::lock_guard lk(mu_);
   ++generation_;
-  std::erase_if(entries_, [&](const auto& kv) { return kv.second.entry.tenant_id == tenant_id; });
+  std::erase_if(entries_, [&](const auto& kv) { return std::string_view(kv.second.tenant_id) == tenant_id; });
   Changed(true);
 }
 

@@ -1,9 +1,11 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <memory_resource>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 
 #include "core/duration.hpp"
@@ -57,9 +59,15 @@ class KeyCache {
   size_t Size() const;
 
  private:
+  // An entry as kept: in LongLivedMemory (core/long_lived.hpp), like every per-host cache.
   struct Slot {
-    Entry entry;
+    std::pmr::string secret_hash, tenant_id, role;
+    bool is_operator = false;
     Clock::time_point stored;
+  };
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
   void Changed(bool invalidation = false);  // under mu_: metrics
 
@@ -68,7 +76,7 @@ class KeyCache {
   mutable std::mutex mu_;
   bool listening_ = false;
   std::uint64_t generation_ = 0;
-  std::unordered_map<std::string, Slot> entries_;
+  std::pmr::unordered_map<std::pmr::string, Slot, Hash, std::equal_to<>> entries_;
   prometheus::Counter* hits_ = nullptr;
   prometheus::Counter* misses_ = nullptr;
   prometheus::Counter* invalidations_ = nullptr;
