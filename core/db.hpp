@@ -28,8 +28,10 @@ namespace spillway {
 struct DbUnavailable;
 class PgAsyncConnection;
 
-// A named, parameterised query, prepared once on every pooled connection. Declare these as
-// namespace-scope constants beside the code that runs them.
+// A named, parameterised query, declared on every pooled connection and prepared there on first use.
+// Declare these as namespace-scope constants beside the code that runs them. A few are run planned on
+// each call instead (exec_params with .sql), where a plan cached while a table was small or empty
+// would be kept after it grew (their comments say so).
 class Statement {
  public:
   Statement(const char* name, const char* sql);

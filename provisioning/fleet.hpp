@@ -218,6 +218,9 @@ int Reprice(Session& conn, const FleetContext& fc, const std::string& region = "
 void MarkPoolToReprice(Tx& tx, const std::string& region, const std::string& gpu_model);
 // The leader's pass over the marked pools, each priced once and its mark taken in the same transaction.
 int RepriceMarkedPools(Session& conn, const FleetContext& fc);
+// The leader's fold of the hosts' capacity changes into each pool's kept total
+// (migrations/0025_keep_pool_capacity.sql), once a tick. Returns the pools whose total it moved.
+std::int64_t FoldPoolCapacity(Session& conn);
 
 // The controllers' periodic steps; each returns how many instances or hosts it changed.
 // `heard_since`: see JudgeSilence.

@@ -39,24 +39,36 @@ inline const Statement kPoolReserved{"pool_reserved",
 // one it chooses.
 inline const Statement kLockPool{"lock_pool",
                           "SELECT pg_advisory_xact_lock(hashtextextended('pool' || chr(10) || $1 || chr(10) || $2, 0))"};
-// A pool's counts, as LoadPool adds them up from its rows, in one aggregate.
+// A pool's counts, as LoadPool adds them up from its rows, without a pass over the pool's hosts:
+// the total is kept as hosts change (pool_capacity plus the changes not yet folded, in one
+// snapshot: migrations/0025_keep_pool_capacity.sql), the largest host is an index's last entry,
+// and only draining hosts and live instances are read.
+// Run planned for each call (exec_params): the changes table is empty most of the time and holds
+// thousands of rows during a registration storm.
 inline const Statement kPoolCounts{"pool_counts", R"sql(
-WITH h AS (
-  SELECT coalesce(sum(gpu_count) FILTER (WHERE health = 'up' AND state <> 'disabled'), 0) AS total,
-         coalesce(max(gpu_count), 0) AS largest_host
-  FROM hosts WHERE region = $1 AND gpu_model = $2),
-i AS (
+WITH i AS (
   SELECT coalesce(sum(gpus) FILTER (WHERE market = 'on_demand'), 0) AS on_demand,
          coalesce(sum(gpus) FILTER (WHERE market <> 'on_demand' AND state = 'preempting'), 0) AS spot_leaving,
          coalesce(sum(gpus) FILTER (WHERE market <> 'on_demand' AND state <> 'preempting'), 0) AS spot_active
   FROM instances WHERE region = $1 AND gpu_model = $2 AND instance_is_live(state))
-SELECT h.total, h.largest_host, i.on_demand, i.spot_leaving, i.spot_active,
+SELECT coalesce((SELECT up_gpus FROM pool_capacity WHERE region = $1 AND gpu_model = $2), 0)
+         + coalesce((SELECT sum(up_gpus) FROM pool_capacity_changes WHERE region = $1 AND gpu_model = $2), 0)::bigint
+         AS total,
+       coalesce((SELECT max(gpu_count) FROM hosts WHERE region = $1 AND gpu_model = $2), 0) AS largest_host,
+       i.on_demand, i.spot_leaving, i.spot_active,
        (SELECT count(*) FROM gpus g JOIN hosts d ON d.id = g.host_id
         WHERE d.region = $1 AND d.gpu_model = $2 AND d.state = 'draining' AND d.health = 'up'
           AND NOT EXISTS (SELECT 1 FROM gpu_allocations a WHERE a.host_id = g.host_id AND a.gpu_index = g.gpu_index))
          AS draining_idle,
        coalesce((SELECT internal_reserved_gpus FROM pool_reservations WHERE region = $1 AND gpu_model = $2), 0) AS reserved
-FROM h, i)sql"};
+FROM i)sql"};
+// The leader's fold: the changes it can see move into pool_capacity, in one transaction. A change
+// committed meanwhile stays for the next fold; a reader sees each change once, folded or not.
+inline const Statement kFoldPoolCapacity{"fold_pool_capacity", R"sql(
+WITH moved AS (DELETE FROM pool_capacity_changes RETURNING region, gpu_model, up_gpus)
+INSERT INTO pool_capacity AS c (region, gpu_model, up_gpus)
+SELECT region, gpu_model, sum(up_gpus) FROM moved GROUP BY region, gpu_model
+ON CONFLICT (region, gpu_model) DO UPDATE SET up_gpus = c.up_gpus + EXCLUDED.up_gpus)sql"};
 // A pool's hosts for PoolView: placeable or not, effectively free GPUs (a host's GPUs are its
 // gpu_count GPU rows, so free is gpu_count less its allocations, less what pending instances were
 // promised) and GPUs held by spot, counted per distinct (placeable, free, reclaimable).

@@ -15,6 +15,8 @@ void RegisterFleetSteps(PeriodicSteps& steps, const FleetContext& fc) {
   // Pools whose capacity changed (registrations), priced once per tick however many changed it.
   steps.Add({"reprice_marked_pools", tick,
              [f](pqxx::connection& c, const StepContext&) { RepriceMarkedPools(c, *f); }});
+  // The pools' kept totals take in the hosts' capacity changes (pool_counts reads either way).
+  steps.Add({"fold_pool_capacity", tick, [](pqxx::connection& c, const StepContext&) { FoldPoolCapacity(c); }});
   steps.Add({"finish_preemptions", tick, [f](pqxx::connection& c, const StepContext&) { FinishPreemptions(c, *f); }});
   // Heartbeats are written in batches by every replica: while one lags (its database writes fail,
   // or it is starved), what it heard is not in `hosts` yet, and nobody is judged on that time.

@@ -37,7 +37,7 @@ PoolState LoadPoolCounts(pqxx::transaction_base& tx, const std::string& region, 
   PoolState p;
   p.region = region;
   p.gpu_model = gpu_model;
-  const auto r = tx.exec_prepared(kPoolCounts.name, region, gpu_model)[0];
+  const auto r = tx.exec_params(kPoolCounts.sql, region, gpu_model)[0];
   p.total = r["total"].as<std::int64_t>();
   p.largest_host = r["largest_host"].as<std::int64_t>();
   p.on_demand = r["on_demand"].as<std::int64_t>();
@@ -46,6 +46,10 @@ PoolState LoadPoolCounts(pqxx::transaction_base& tx, const std::string& region, 
   p.draining_idle = r["draining_idle"].as<std::int64_t>();
   p.reserved = r["reserved"].as<std::int64_t>();
   return p;
+}
+
+std::int64_t FoldPoolCapacity(Session& conn) {
+  return InTransaction(conn, [](pqxx::work& tx) { return tx.exec_prepared(kFoldPoolCapacity.name).affected_rows(); });
 }
 
 PoolView LoadPoolView(pqxx::transaction_base& tx, const std::string& region, const std::string& gpu_model) {

@@ -209,6 +209,69 @@ TEST_F(FleetRules, ARegistrationStormMarksItsPoolOnceAndTheLeaderPricesItOnce) {
   EXPECT_EQ(RepriceMarkedPools(*conn_, fc_), 0);  // nothing marked: nothing done
 }
 
+// A pool's total is kept as its hosts change (migrations/0025_keep_pool_capacity.sql), not added up
+// from every host at each launch. Whatever changes a host (registering, going down and up, draining,
+// disabling, growing, moving pools, leaving) and whether or not the leader has folded the changes
+// yet, the kept total is the sum over the hosts, and the fold leaves nothing behind.
+TEST_F(FleetRules, APoolsKeptTotalIsTheSumOverItsHostsFoldedOrNot) {
+  const auto sum_over_hosts = [&](const std::string& region) {
+    return std::stoll(Field("SELECT coalesce(sum(gpu_count) FILTER (WHERE health = 'up' AND state <> 'disabled'), 0) "
+                            "FROM hosts WHERE region = $1 AND gpu_model = 'H100-80GB'",
+                            region));
+  };
+  const auto kept = [&](const std::string& region) {
+    pqxx::work tx(*conn_);
+    return LoadPoolCounts(tx, region, "H100-80GB").total;
+  };
+  const auto check = [&](const std::string& what) {
+    for (const char* region : {"us-east", "eu-keep"}) {
+      EXPECT_EQ(kept(region), sum_over_hosts(region)) << what << " in " << region << ", before the fold";
+    }
+    FoldPoolCapacity(*conn_);
+    EXPECT_EQ(Field("SELECT count(*) FROM pool_capacity_changes"), "0") << what;
+    for (const char* region : {"us-east", "eu-keep"}) {
+      EXPECT_EQ(kept(region), sum_over_hosts(region)) << what << " in " << region << ", after the fold";
+    }
+  };
+  check("three hosts");
+  EXPECT_EQ(kept("us-east"), 24);
+  InTransaction(*conn_, [&](pqxx::work& tx) {
+    for (int i = 0; i < 5; ++i) AddHost(tx, "hst_k" + std::to_string(i), "eu-keep", 4);
+  });
+  EXPECT_EQ(kept("eu-keep"), 20);
+  check("five hosts registered");
+  const std::vector<std::pair<std::string, std::string>> changes = {
+      {"a host down", "UPDATE hosts SET health = 'down', down_reason = 'silent' WHERE id = 'hst_k0'"},
+      {"heartbeats that change nothing", "UPDATE hosts SET health = 'up', last_heartbeat = now() WHERE id <> 'hst_k0'"},
+      {"it comes back", "UPDATE hosts SET health = 'up', down_reason = NULL WHERE id = 'hst_k0'"},
+      {"draining (still counted)", "UPDATE hosts SET state = 'draining' WHERE id = 'hst_k1'"},
+      {"disabled", "UPDATE hosts SET state = 'disabled' WHERE id IN ('hst_k1', 'hst_a')"},
+      {"disabled and down, then enabled", "UPDATE hosts SET health = 'down', down_reason = 'silent', state = 'active' "
+                                          "WHERE id = 'hst_k2'"},
+      {"more GPUs", "UPDATE hosts SET gpu_count = 8 WHERE id = 'hst_k3'"},
+      {"moved to another pool", "UPDATE hosts SET region = 'us-east' WHERE id = 'hst_k4'"},
+      {"gone", "DELETE FROM gpus WHERE host_id = 'hst_b'; DELETE FROM hosts WHERE id = 'hst_b'"},
+  };
+  for (const auto& [what, sql] : changes) {
+    InTransaction(*conn_, [&](pqxx::work& tx) { tx.exec(sql); });
+    check(what);
+  }
+  EXPECT_EQ(kept("eu-keep"), 4 + 8);  // k0 back up, k3 grown; k1 disabled, k2 down, k4 moved
+  EXPECT_EQ(kept("us-east"), 8 + 4);  // hst_c and k4; hst_a disabled, hst_b gone
+  // A change not yet committed when the leader folds is folded by the next pass, never lost.
+  {
+    pqxx::work open(*conn_);
+    open.exec("UPDATE hosts SET state = 'active' WHERE id = 'hst_a'");
+    auto other = OpenSession({db_.dsn(), "spillway-test", 3000ms, 30000ms});
+    FoldPoolCapacity(*other);
+    open.commit();
+    EXPECT_EQ(kept("us-east"), 8 + 4 + 8);
+    FoldPoolCapacity(*other);
+    EXPECT_EQ(kept("us-east"), 8 + 4 + 8);
+    EXPECT_EQ(Field("SELECT count(*) FROM pool_capacity_changes"), "0");
+  }
+}
+
 // Placement without the pool in memory (the pool's counts and a best-fit host chosen in SQL) chooses
 // what the whole pool's plan chooses, host and GPUs, for every need: CUDA, ports, claims of pending
 // instances, GPUs in use, draining and down hosts, and hosts with nothing on them of 4 and 8 GPUs
