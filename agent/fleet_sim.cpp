@@ -8,6 +8,7 @@
 #include <pqxx/pqxx>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <deque>
 #include <dirent.h>
@@ -15,9 +16,11 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "agent/host_agent.hpp"
 #include "agent/meter.hpp"
@@ -423,6 +426,15 @@ class Sim {
   std::optional<std::int64_t> wal_before_, wal_after_;
   Steady::time_point window_start_, window_end_;
   int exit_code_ = 0;
+  // Hosts seen down at any moment from the storm to the report (the silence step may mark a host
+  // down and its next heartbeat bring it back: the count at the end would not show it). Read from
+  // PostgreSQL every second on a thread of its own, when --pg-dsn is given.
+  void WatchDownHosts();
+  std::thread down_watch_;
+  std::atomic<bool> watching_down_{false};
+  std::mutex down_mu_;
+  std::set<std::string> ever_down_;
+  std::string down_watch_error_;
 };
 
 Host::Host(Sim& sim, int index)
@@ -778,6 +790,25 @@ std::optional<std::int64_t> Sim::Wal() {
   }
 }
 
+void Sim::WatchDownHosts() {
+  try {
+    pqxx::connection c(o_.pg_dsn);
+    const std::string like = o_.hostname_prefix + "-%";
+    while (watching_down_) {
+      {
+        pqxx::nontransaction tx(c);
+        const auto rows = tx.exec_params("SELECT id FROM hosts WHERE health = 'down' AND hostname LIKE $1", like);
+        std::lock_guard lk(down_mu_);
+        for (const auto& r : rows) ever_down_.insert(r[0].as<std::string>());
+      }
+      for (int i = 0; i < 10 && watching_down_; ++i) std::this_thread::sleep_for(milliseconds(100));
+    }
+  } catch (const std::exception& e) {
+    std::lock_guard lk(down_mu_);
+    down_watch_error_ = e.what();
+  }
+}
+
 void Sim::Stop() {
   if (stopping_) return;
   stopping_ = true;
@@ -807,6 +838,10 @@ awaitable<void> Sim::StatusLines() {
 
 awaitable<void> Sim::Control() {
   const auto start = Steady::now();
+  if (!o_.pg_dsn.empty()) {
+    watching_down_ = true;
+    down_watch_ = std::thread([this] { WatchDownHosts(); });
+  }
   const int n = static_cast<int>(hosts_.size());
   int last_heard = -1;
   auto last_print = start;
@@ -847,6 +882,8 @@ awaitable<void> Sim::Control() {
            !std::all_of(hosts_.begin(), hosts_.end(), [](const auto& h) { return h->quiet(); }))
       co_await Sleep(milliseconds(200));
   }
+  watching_down_ = false;
+  if (down_watch_.joinable()) down_watch_.join();
   Report(converge_s, converged);
   Stop();
   if (o_.close_and_wait.count() > 0) {
@@ -954,10 +991,20 @@ void Sim::Report(double converge_s, bool converged) {
           "SELECT count(*) FROM usage_samples s JOIN hosts h ON h.id = s.host_id WHERE h.hostname LIKE $1", like)[0];
       const auto hosts_down = down[0].as<std::int64_t>(), failed_n = failed[0].as<std::int64_t>();
       const auto stored_n = stored[0].as<std::int64_t>();
-      out << "  hosts down: " << hosts_down << " of " << down[1].as<std::int64_t>() << ", instances failed: " << failed_n
+      std::int64_t ever_down = 0;
+      std::string watch_error;
+      {
+        std::lock_guard lk(down_mu_);
+        ever_down = static_cast<std::int64_t>(ever_down_.size());
+        watch_error = down_watch_error_;
+      }
+      out << "  hosts down: " << hosts_down << " of " << down[1].as<std::int64_t>() << " at the end, " << ever_down
+          << " seen down at some moment of the run"
+          << (watch_error.empty() ? "" : " (the watch stopped: " + watch_error + ")") << ", instances failed: " << failed_n
           << "\n  samples stored: " << stored_n << ", acknowledged to hosts: " << samples_acked_
           << (stored_n == samples_acked_ ? " (equal)" : " (DIFFERENT)") << ", batches refused: " << refused_batches_ << "\n";
       j["hosts_down"] = hosts_down;
+      j["hosts_seen_down"] = ever_down;
       j["instances_failed"] = failed_n;
       j["samples_stored"] = stored_n;
       j["samples_acknowledged"] = samples_acked_;
@@ -1006,6 +1053,8 @@ int Sim::Run() {
   if (o_.steady.count() > 0) net::co_spawn(io_, Control(), net::detached);
   else net::co_spawn(io_, StatusLines(), net::detached);
   io_.run();
+  watching_down_ = false;  // stopped before the report (by a signal, say)
+  if (down_watch_.joinable()) down_watch_.join();
   return exit_code_;
 }
 
