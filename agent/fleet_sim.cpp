@@ -430,6 +430,10 @@ class Sim {
   // down and its next heartbeat bring it back: the count at the end would not show it). Read from
   // PostgreSQL every second on a thread of its own, when --pg-dsn is given.
   void WatchDownHosts();
+  void StopWatchingDown() {
+    watching_down_ = false;
+    if (down_watch_.joinable()) down_watch_.join();
+  }
   std::thread down_watch_;
   std::atomic<bool> watching_down_{false};
   std::mutex down_mu_;
@@ -882,8 +886,7 @@ awaitable<void> Sim::Control() {
            !std::all_of(hosts_.begin(), hosts_.end(), [](const auto& h) { return h->quiet(); }))
       co_await Sleep(milliseconds(200));
   }
-  watching_down_ = false;
-  if (down_watch_.joinable()) down_watch_.join();
+  StopWatchingDown();
   Report(converge_s, converged);
   Stop();
   if (o_.close_and_wait.count() > 0) {
@@ -1053,8 +1056,7 @@ int Sim::Run() {
   if (o_.steady.count() > 0) net::co_spawn(io_, Control(), net::detached);
   else net::co_spawn(io_, StatusLines(), net::detached);
   io_.run();
-  watching_down_ = false;  // stopped before the report (by a signal, say)
-  if (down_watch_.joinable()) down_watch_.join();
+  StopWatchingDown();  // when stopped before the report (by a signal, say)
   return exit_code_;
 }
 

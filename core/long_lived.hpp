@@ -1,6 +1,9 @@
 #pragma once
 #include <cstddef>
 #include <memory_resource>
+#include <string>
+#include <string_view>
+#include <utility>
 
 namespace spillway {
 
@@ -19,5 +22,17 @@ std::pmr::memory_resource& LongLivedMemory();
 
 // Bytes handed out by LongLivedMemory and not yet given back (spillway_long_lived_memory_bytes).
 std::size_t LongLivedMemoryInUse();
+
+// For the caches kept there: maps keyed by std::pmr::string with a transparent compare, looked up by
+// any string. Sets `key`'s value, copying the key into the map's memory only when it is new.
+template <typename Map, typename Value>
+void PutKept(Map& map, std::string_view key, Value&& value) {
+  if (const auto it = map.find(key); it != map.end()) it->second = std::forward<Value>(value);
+  else map.emplace(std::pmr::string(key, map.get_allocator().resource()), std::forward<Value>(value));
+}
+template <typename Map>
+void EraseKept(Map& map, std::string_view key) {
+  if (const auto it = map.find(key); it != map.end()) map.erase(it);
+}
 
 }  // namespace spillway

@@ -86,13 +86,12 @@ LabeledGauge::LabeledGauge(std::string name, std::string help, std::string label
 
 void LabeledGauge::Set(std::string_view label_value, double value) {
   std::lock_guard lk(mu_);
-  if (const auto it = series_.find(label_value); it != series_.end()) it->second = value;
-  else series_.emplace(std::pmr::string(label_value, series_.get_allocator().resource()), value);
+  PutKept(series_, label_value, value);
 }
 
 void LabeledGauge::Remove(std::string_view label_value) {
   std::lock_guard lk(mu_);
-  if (const auto it = series_.find(label_value); it != series_.end()) series_.erase(it);
+  EraseKept(series_, label_value);
 }
 
 size_t LabeledGauge::Size() const {

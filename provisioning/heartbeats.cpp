@@ -132,13 +132,11 @@ void HeartbeatRecorder::Refused(TimeMs now) { refused_at_ms_ = EpochMs(now); }
 
 void HeartbeatRecorder::Processed(std::uint64_t generation, const std::string& host, const HeartbeatReport& report,
                                   std::int64_t version) {
-  std::pmr::memory_resource* memory = known_.get_allocator().resource();
-  Known known{std::pmr::string(memory), version};
+  Known known{std::pmr::string(known_.get_allocator().resource()), version};
   EncodeInstances(report.instances, known.instances);
   std::lock_guard lk(mu_);
   if (generation != generation_ || !listening_) return;  // something changed meanwhile: not safe to repeat
-  if (const auto it = known_.find(std::string_view(host)); it != known_.end()) it->second = std::move(known);
-  else known_.emplace(std::pmr::string(host, memory), std::move(known));
+  PutKept(known_, host, std::move(known));
 }
 
 void HeartbeatRecorder::Invalidate(const std::vector<std::string>& hosts, bool all, bool listening) {
@@ -149,8 +147,7 @@ void HeartbeatRecorder::Invalidate(const std::vector<std::string>& hosts, bool a
     known_.clear();
     return;
   }
-  for (const auto& h : hosts)
-    if (const auto it = known_.find(std::string_view(h)); it != known_.end()) known_.erase(it);
+  for (const auto& h : hosts) EraseKept(known_, h);
 }
 
 bool HeartbeatRecorder::Flush(std::map<std::string, Pending>& batch) {

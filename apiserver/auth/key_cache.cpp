@@ -59,26 +59,22 @@ std::uint64_t KeyCache::Generation() const {
 void KeyCache::Store(std::uint64_t generation, const std::string& key_id, Entry entry, Clock::time_point now) {
   std::lock_guard lk(mu_);
   if (!listening_ || ttl_.count() <= 0 || generation != generation_) return;
-  auto it = entries_.find(std::string_view(key_id));
-  if (it == entries_.end() && entries_.size() >= max_entries_) {
+  if (entries_.size() >= max_entries_ && !entries_.contains(std::string_view(key_id))) {
     // Full: drop what has expired; if that frees nothing, start over (a full cache is a rare event,
     // and correctness never depends on an entry being here).
     std::erase_if(entries_, [&](const auto& kv) { return now - kv.second.stored >= ttl_; });
     if (entries_.size() >= max_entries_) entries_.clear();
-    it = entries_.end();
   }
   std::pmr::memory_resource* memory = entries_.get_allocator().resource();
   const auto kept = [memory](std::string_view s) { return std::pmr::string(s, memory); };
-  Slot slot{kept(entry.secret_hash), kept(entry.tenant_id), kept(entry.role), entry.is_operator, now};
-  if (it != entries_.end()) it->second = std::move(slot);
-  else entries_.emplace(kept(key_id), std::move(slot));
+  PutKept(entries_, key_id, Slot{kept(entry.secret_hash), kept(entry.tenant_id), kept(entry.role), entry.is_operator, now});
   Changed();
 }
 
 void KeyCache::InvalidateKey(const std::string& key_id) {
   std::lock_guard lk(mu_);
   ++generation_;
-  if (const auto it = entries_.find(std::string_view(key_id)); it != entries_.end()) entries_.erase(it);
+  EraseKept(entries_, key_id);
   Changed(true);
 }
 
