@@ -5,6 +5,7 @@
 
 
 #include "apiserver/handlers/common.hpp"
+#include "billing/invoice.hpp"
 #include "core/errors.hpp"
 #include "metering/usage.hpp"
 
@@ -14,8 +15,9 @@ namespace {
 constexpr std::int64_t kHourMs = 3'600'000;
 constexpr std::int64_t kDayMs = 24 * kHourMs;
 
-// Six decimals (FormatMicros), rounded half up.
-std::string GpuHours(std::int64_t gpu_ms) { return FormatMicros((gpu_ms * 10 + 18) / 36); }  // ms -> µh
+// Six decimals, rounded half-even as an invoice's quantity is, so a month's usage read here and the
+// invoice's GPU-hours agree to the last place.
+std::string GpuHours(std::int64_t gpu_ms) { return billing::FormatGpuHours(gpu_ms); }
 // A coverage: four decimals, rounded down, so a ratio that is not 1 is never shown as 1; null for
 // nothing to compare with.
 boost::json::value Ratio(std::int64_t part, std::int64_t whole) {

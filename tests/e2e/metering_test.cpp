@@ -167,8 +167,13 @@ TEST_F(Metering, AnInstanceIsMeteredForTheTimeItRanAndIdleGpusToo) {
       10s))
       << usage;
   const auto& mine = usage.at("instances").as_array().at(0);
+  // Six places, rounded half-even as on invoices, in whole numbers: a binary fraction cannot hold a
+  // tie such as 3,087 ms = 0.0008575 h, and printf would round it as it happens to be stored.
+  std::int64_t micro_hours = metered * 10 / 36;
+  if (const std::int64_t rest = metered * 10 % 36; rest > 18 || (rest == 18 && micro_hours % 2 == 1)) ++micro_hours;
   char expected[32];
-  std::snprintf(expected, sizeof expected, "%.6f", static_cast<double>(metered) / 3.6e6);
+  std::snprintf(expected, sizeof expected, "%lld.%06lld", static_cast<long long>(micro_hours / 1'000'000),
+                static_cast<long long>(micro_hours % 1'000'000));
   EXPECT_EQ(Str(mine, "gpu_hours"), expected);
   EXPECT_NEAR(mine.at("coverage").as_double(), 1.0, 0.1) << usage;
   // Against the time it held its GPU (from placement, before it ran): never above 1.
