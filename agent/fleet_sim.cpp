@@ -344,28 +344,41 @@ class Sim {
   // A host saw an instance in its assignments for the first time.
   void Seen(const std::string& id);
   // The shared connections to apiserver `api` (FleetSimOptions::short_connections): one is free
-  // when the call returns, else the caller waits its turn.
-  awaitable<Conn*> AcquireShort(std::size_t api) {
+  // when the call returns, else the caller waits its turn. They stand in for a connection per host,
+  // where nothing waits: so a heartbeat goes before every other waiting call (a host's liveness must
+  // not queue behind the storm's registrations in the simulator, where no real agent would queue),
+  // and a released connection is handed to the next waiter, never taken by a newcomer. How long
+  // each kind waited is reported (Waited).
+  awaitable<Conn*> AcquireShort(std::size_t api, Kind kind) {
     auto& pool = pools_[api % pools_.size()];
-    while (pool.free.empty()) {
-      auto waiter = std::make_shared<net::steady_timer>(io_, Steady::time_point::max());
-      pool.waiters.push_back(waiter);
+    const auto t0 = Steady::now();
+    Conn* c = nullptr;
+    if (!pool.free.empty()) {
+      c = pool.free.back();
+      pool.free.pop_back();
+    } else {
+      auto waiter = std::make_shared<Waiter>(io_);
+      (kind == kHeartbeat ? pool.urgent : pool.waiters).push_back(waiter);
       boost::system::error_code ec;
-      co_await waiter->async_wait(net::redirect_error(use_awaitable, ec));
-      if (stopping_) co_return nullptr;
+      co_await waiter->timer.async_wait(net::redirect_error(use_awaitable, ec));
+      c = waiter->conn;
     }
-    Conn* c = pool.free.back();
-    pool.free.pop_back();
+    if (stopping_) co_return nullptr;  // a connection handed over while stopping is closed anyway
+    Waited(kind, SinceUs(t0));
     co_return c;
   }
   void ReleaseShort(std::size_t api, Conn* c) {
     auto& pool = pools_[api % pools_.size()];
-    pool.free.push_back(c);
-    if (!pool.waiters.empty()) {
-      pool.waiters.front()->cancel();
-      pool.waiters.pop_front();
+    auto& queue = !pool.urgent.empty() ? pool.urgent : pool.waiters;
+    if (queue.empty()) {
+      pool.free.push_back(c);
+      return;
     }
+    queue.front()->conn = c;
+    queue.front()->timer.cancel();
+    queue.pop_front();
   }
+  void Waited(Kind kind, std::int64_t us) { max_wait_us_[kind] = std::max(max_wait_us_[kind], us); }
   bool pooled() const { return !pools_.empty(); }
 
  private:
@@ -409,15 +422,21 @@ class Sim {
   bool stopping_ = false, measuring_ = false, sampling_ = true;
   int registered_ = 0, heard_ = 0;
   KindStats kinds_[kKinds], window_kinds_[kKinds];  // all along; the steady window's
+  std::int64_t max_wait_us_[kKinds] = {};  // the longest a call waited for a shared connection, all run
   std::int64_t samples_acked_ = 0, refused_batches_ = 0;
   std::vector<std::uint32_t> ingest_lag_ms_, assignment_ms_;
   // Launch → seen: when each launch was sent, and what was seen before its answer came.
   std::map<std::string, Steady::time_point> launched_, seen_early_;
   std::vector<std::unique_ptr<Conn>> tenant_conns_;
+  struct Waiter {
+    explicit Waiter(net::io_context& io) : timer(io, Steady::time_point::max()) {}
+    net::steady_timer timer;
+    Conn* conn = nullptr;  // handed over by ReleaseShort
+  };
   struct Pool {
     std::vector<std::unique_ptr<Conn>> conns;
     std::vector<Conn*> free;
-    std::deque<std::shared_ptr<net::steady_timer>> waiters;
+    std::deque<std::shared_ptr<Waiter>> urgent, waiters;  // heartbeats; the rest
   };
   std::deque<Pool> pools_;
   // The steady window's start and end.
@@ -439,6 +458,9 @@ class Sim {
   std::mutex down_mu_;
   std::set<std::string> ever_down_;
   std::string down_watch_error_;
+  // The apiservers' own count of hosts they marked down (--metrics), at the storm's start and at the
+  // report: exact where the watch samples, but lost with a replica killed.
+  std::map<std::string, std::int64_t> marked_down_before_, marked_down_after_;
 };
 
 Host::Host(Sim& sim, int index)
@@ -487,7 +509,7 @@ awaitable<Reply> Host::ShortCall(Kind kind, const std::function<std::string()>& 
     co_return co_await Call(short_, kind, request, timeout);
   }
   const std::size_t api = api_;
-  Conn* conn = co_await sim_.AcquireShort(api);
+  Conn* conn = co_await sim_.AcquireShort(api, kind);
   if (!conn) co_return Reply{0, "", "stopping", std::nullopt};
   const std::string request = build();
   Reply r = co_await Call(*conn, kind, request, timeout);
@@ -782,6 +804,43 @@ awaitable<void> Sim::Launcher() {
   }
 }
 
+// The sum over every label set of counter `name` on `url`'s /metrics (http://HOST:PORT, an
+// apiserver's admin listener); nullopt when it cannot be read (a replica killed, say).
+std::optional<std::int64_t> ScrapeCounter(const std::string& url, const std::string& name) {
+  try {
+    const std::string prefix = "http://";
+    if (url.rfind(prefix, 0) != 0) return std::nullopt;
+    const std::string rest = url.substr(prefix.size());
+    const auto colon = rest.rfind(':');
+    if (colon == std::string::npos) return std::nullopt;
+    net::io_context io;
+    tcp::socket socket(io);
+    net::connect(socket, tcp::resolver(io).resolve(rest.substr(0, colon), rest.substr(colon + 1, rest.find('/', colon) - colon - 1)));
+    net::write(socket, net::buffer(std::string("GET /metrics HTTP/1.1\r\nHost: spillway\r\nConnection: close\r\n\r\n")));
+    std::string answer;
+    boost::system::error_code ec;
+    net::read(socket, net::dynamic_buffer(answer), ec);  // to the end: the server closes
+    if (answer.rfind("HTTP/1.1 200", 0) != 0) return std::nullopt;
+    std::int64_t sum = 0;
+    std::istringstream lines(answer.substr(answer.find("\r\n\r\n") + 4));
+    for (std::string line; std::getline(lines, line);)
+      if (line.rfind(name, 0) == 0 && (line.size() > name.size() && (line[name.size()] == '{' || line[name.size()] == ' ')))
+        sum += static_cast<std::int64_t>(std::stod(line.substr(line.rfind(' ') + 1)));
+    return sum;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+// Hosts marked down by the apiservers given as --metrics: their spillway_hosts_marked_down_total
+// now (each that answers), keyed by URL.
+std::map<std::string, std::int64_t> MarkedDown(const std::vector<std::string>& urls) {
+  std::map<std::string, std::int64_t> out;
+  for (const auto& url : urls)
+    if (const auto n = ScrapeCounter(url, "spillway_hosts_marked_down_total")) out[url] = *n;
+  return out;
+}
+
 std::optional<std::int64_t> Sim::Wal() {
   if (o_.pg_dsn.empty()) return std::nullopt;
   try {
@@ -820,7 +879,8 @@ void Sim::Stop() {
   for (auto& c : tenant_conns_) c->Close();
   for (auto& p : pools_) {
     for (auto& c : p.conns) c->Close();
-    for (auto& w : p.waiters) w->cancel();
+    for (auto* queue : {&p.urgent, &p.waiters})
+      for (auto& w : *queue) w->timer.cancel();
   }
 }
 
@@ -846,6 +906,7 @@ awaitable<void> Sim::Control() {
     watching_down_ = true;
     down_watch_ = std::thread([this] { WatchDownHosts(); });
   }
+  marked_down_before_ = MarkedDown(o_.metrics);
   const int n = static_cast<int>(hosts_.size());
   int last_heard = -1;
   auto last_print = start;
@@ -887,6 +948,7 @@ awaitable<void> Sim::Control() {
       co_await Sleep(milliseconds(200));
   }
   StopWatchingDown();
+  marked_down_after_ = MarkedDown(o_.metrics);
   Report(converge_s, converged);
   Stop();
   if (o_.close_and_wait.count() > 0) {
@@ -914,6 +976,16 @@ void Sim::Report(double converge_s, bool converged) {
   out.precision(1);
   out << "\n== fleet-sim: " << n << " hosts x " << o_.gpus_per_host << " GPUs, " << apis_.size() << " apiserver(s) ==\n";
   out << "storm: " << (converged ? "converged" : "NOT converged") << " in " << converge_s << " s\n";
+  if (pooled()) {  // the simulator's own queue, not the server's: it should stay short for heartbeats
+    boost::json::object waits;
+    out << "  longest wait for a shared connection (whole run):";
+    for (int k : {kHeartbeat, kRegister, kSamples}) {
+      out << " " << kKindNames[k] << " " << static_cast<double>(max_wait_us_[k]) / 1e3 << " ms";
+      waits[kKindNames[k]] = static_cast<double>(max_wait_us_[k]) / 1e3;
+    }
+    out << "\n";
+    j["shared_connection_wait_max_ms"] = std::move(waits);
+  }
   if (window <= 0) {
     std::cout << out.str();
     exit_code_ = converged ? 0 : 1;
@@ -979,6 +1051,20 @@ void Sim::Report(double converge_s, bool converged) {
     j["wal_bytes_per_second"] = wal;
   }
   bool bad = !converged || share503 > 0;
+  if (!o_.metrics.empty()) {
+    std::int64_t marked = 0;
+    std::vector<std::string> unread;
+    for (const auto& url : o_.metrics) {
+      const auto before = marked_down_before_.find(url), after = marked_down_after_.find(url);
+      if (before == marked_down_before_.end() || after == marked_down_after_.end()) unread.push_back(url);
+      else marked += after->second - before->second;
+    }
+    out << "  hosts marked down by the apiservers (spillway_hosts_marked_down_total): " << marked;
+    for (const auto& url : unread) out << " (" << url << " not read)";
+    out << "\n";
+    j["hosts_marked_down"] = marked;
+    bad = bad || marked > 0;
+  }
   if (!o_.pg_dsn.empty()) {
     try {
       pqxx::connection c(o_.pg_dsn);
@@ -1011,7 +1097,7 @@ void Sim::Report(double converge_s, bool converged) {
       j["instances_failed"] = failed_n;
       j["samples_stored"] = stored_n;
       j["samples_acknowledged"] = samples_acked_;
-      bad = bad || hosts_down > 0 || failed_n > 0 || stored_n != samples_acked_ || refused_batches_ > 0;
+      bad = bad || hosts_down > 0 || ever_down > 0 || failed_n > 0 || stored_n != samples_acked_ || refused_batches_ > 0;
     } catch (const std::exception& e) {
       out << "  (PostgreSQL not read: " << e.what() << ")\n";
       bad = true;

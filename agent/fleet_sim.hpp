@@ -50,6 +50,9 @@ struct FleetSimOptions {
   // children are counted with it).
   std::vector<std::pair<std::string, int>> watch;
   std::string pg_dsn;  // for WAL bytes, hosts down, failed instances and stored samples
+  // The apiservers' admin listeners (http://HOST:PORT): the report counts the hosts they marked down
+  // during the run (spillway_hosts_marked_down_total), as exactly as the replicas that survive know.
+  std::vector<std::string> metrics;
   // After the report: close every connection, wait this long, and report the watched processes'
   // memory again (does it come back?). 0: skip.
   std::chrono::milliseconds close_and_wait{0};
@@ -60,7 +63,7 @@ struct FleetSimOptions {
 };
 
 // Runs the fleet; returns the process's exit code (0, or 1 when a measured run did not converge or
-// found hosts down, failed instances or lost samples).
+// found hosts down at any moment, failed instances or lost samples).
 int RunFleetSim(const FleetSimOptions& options);
 
 }  // namespace spillway::agent

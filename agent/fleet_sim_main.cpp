@@ -21,7 +21,7 @@ constexpr const char* kUsage =
     "                          [--short-connections 0]\n"
     "                          [--steady 60s --tenant-key KEY --launch-rate 2 --instance-type h100.1x\n"
     "                           --launch-hold 10s --converge-limit 5m --watch NAME=PID ... --pg-dsn DSN\n"
-    "                           --close-and-wait 10s --report-json FILE]\n"
+    "                           --metrics URL ... --close-and-wait 10s --report-json FILE]\n"
     "  --api              an apiserver (http://HOST:PORT); with several, host i starts on the i-th\n"
     "                     (round robin) and moves to the next when its own cannot be reached\n"
     "  --hosts            how many hosts, each with --gpus-per-host GPUs of --gpu-model, named\n"
@@ -34,12 +34,16 @@ constexpr const char* kUsage =
     "  --ramp             start the hosts over this long (default 0: all at once, a storm)\n"
     "  --steady           measure: once every host is registered and heard (within --converge-limit),\n"
     "                     this long, then print the report and exit (1 if it did not converge, saw\n"
-    "                     503s, or PostgreSQL shows hosts down, failed instances or lost samples)\n"
+    "                     503s, or a host was marked down at any moment, an instance failed or a\n"
+    "                     sample was lost)\n"
     "  --tenant-key       a member key: launches --launch-rate instances a second meanwhile, each\n"
     "                     terminated --launch-hold after its host saw it\n"
     "  --watch NAME=PID   a process whose cores and RSS the report shows (a NAME starting with\n"
     "                     postgres counts the PID's children too: a postmaster)\n"
-    "  --pg-dsn           the database: WAL bytes, hosts down, failed instances, samples stored\n"
+    "  --pg-dsn           the database: WAL bytes, hosts down (at the end, and polled every second\n"
+    "                     from the storm on), failed instances, samples stored\n"
+    "  --metrics URL      an apiserver's admin listener: the hosts it marked down during the run\n"
+    "                     (its spillway_hosts_marked_down_total, read at the start and at the report)\n"
     "  --close-and-wait   after the report, close every connection, wait, show RSS again\n"
     "  Without --steady it runs until SIGINT/SIGTERM, with a status line every --status-every.\n";
 
@@ -59,7 +63,7 @@ int main(int argc, char** argv) {
       "--api",         "--hosts",        "--bootstrap-token", "--gpus-per-host", "--gpu-model",    "--region",
       "--zone",        "--hostname-prefix", "--boot-delay",   "--ramp",          "--status-every", "--steady",
       "--tenant-key",  "--launch-rate",  "--instance-type",   "--launch-hold",   "--converge-limit", "--watch",
-      "--pg-dsn",      "--close-and-wait", "--report-json", "--short-connections"};
+      "--pg-dsn",      "--close-and-wait", "--report-json", "--short-connections", "--metrics"};
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "-h" || arg == "--help") {
@@ -78,6 +82,9 @@ int main(int argc, char** argv) {
     if (std::find(kKnown.begin(), kKnown.end(), arg) == kKnown.end()) return Usage("unknown option " + arg);
     if (arg == "--api") {
       o.apis.push_back(value);
+    } else if (arg == "--metrics") {
+      if (value.rfind("http://", 0) != 0) return Usage("--metrics takes http://HOST:PORT");
+      o.metrics.push_back(value);
     } else if (arg == "--watch") {
       const auto eq = value.find('=');
       int pid = 0;

@@ -34,13 +34,17 @@ TEST(FleetSim, AStormOfHostsConvergesAndEverySampleIsStoredOnce) {
                              "--bootstrap-token", "test-bootstrap-token", "--hosts", "300", "--gpus-per-host", "2",
                              "--region", "storm", "--hostname-prefix", "storm", "--boot-delay", "200ms",
                              "--steady", "6s", "--converge-limit", "60s", "--tenant-key", member,
-                             "--launch-rate", "2", "--launch-hold", "1s", "--pg-dsn", db.dsn(), "--report-json", report},
+                             "--launch-rate", "2", "--launch-hold", "1s", "--pg-dsn", db.dsn(), "--report-json", report,
+                             "--metrics", "http://127.0.0.1:" + std::to_string(server.admin_port())},
                             {}, &out);
   EXPECT_EQ(rc, 0) << out << server.process().Stderr();
   const auto j = boost::json::parse(ReadWhole(report));
   ::unlink(report.c_str());
   EXPECT_TRUE(j.at("converged").as_bool()) << out;
   EXPECT_EQ(j.at("hosts_down").as_int64(), 0) << out;
+  // Not even for a moment: the server's own count, and what the simulator saw polling.
+  EXPECT_EQ(j.at("hosts_marked_down").as_int64(), 0) << out;
+  EXPECT_EQ(j.at("hosts_seen_down").as_int64(), 0) << out;
   EXPECT_EQ(j.at("instances_failed").as_int64(), 0) << out;
   EXPECT_GT(j.at("samples_stored").as_int64(), 300 * 2 * 4) << out;  // every GPU, every second
   EXPECT_EQ(j.at("samples_stored").as_int64(), j.at("samples_acknowledged").as_int64()) << out;
