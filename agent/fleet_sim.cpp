@@ -250,6 +250,7 @@ class Host {
   awaitable<void> Main();
   void CloseAll() {
     short_.Close();
+    ship_.Close();
     poll_.Close();
     wake_.cancel();
     poll_wait_.cancel();
@@ -269,6 +270,7 @@ class Host {
   awaitable<void> Poll();
   awaitable<void> Heartbeat();
   awaitable<void> Ship();
+  awaitable<void> ShipLoop();  // Ship, spawned beside Main
   void Apply(protocol::AssignmentList list);
   bool Advance();  // the simulated runtime: boots finish, notices end
   void ObserveMeter();
@@ -278,9 +280,9 @@ class Host {
   }
   awaitable<void> Sleep(milliseconds d, net::steady_timer& on);
   awaitable<Reply> Call(Conn& conn, Kind kind, const std::string& request, milliseconds timeout);
-  // Registration, heartbeats and samples: on the host's own connection, or a shared one.
+  // Registration, heartbeats and samples: on the host's own connection (`own`), or a shared one.
   // `build` makes the request once a connection is had (a batch's sent_at is then when it is sent).
-  awaitable<Reply> ShortCall(Kind kind, const std::function<std::string()>& build, milliseconds timeout);
+  awaitable<Reply> ShortCall(Conn& own, Kind kind, const std::function<std::string()>& build, milliseconds timeout);
   milliseconds RetryDelay(const Reply& r);
 
   Sim& sim_;
@@ -288,7 +290,9 @@ class Host {
   std::string hostname_;
   std::vector<protocol::Gpu> gpus_;
   std::size_t api_;
-  Conn short_, poll_;
+  // Registration and heartbeats go over short_; samples over ship_, from a loop of their own, as
+  // spillway-agent ships on a thread of its own: a slow batch never holds back a heartbeat.
+  Conn short_, ship_, poll_;
   net::steady_timer wake_, poll_wait_;
   std::string token_;
   milliseconds heartbeat_interval_{5000}, sample_interval_{10000};
@@ -298,7 +302,8 @@ class Host {
   std::unique_ptr<SimulatedSampler> sampler_;
   std::deque<protocol::SampleBatch> outbox_;
   Steady::time_point next_ship_{};
-  bool kicked_ = false, polling_ = false, heard_ = false;
+  Steady::time_point last_heard_from_{};  // this host's registration, or its last heartbeat sent
+  bool kicked_ = false, polling_ = false, heard_ = false, ship_loop_ = false;
   int shipping_ = 0;
 };
 
@@ -379,6 +384,9 @@ class Sim {
     queue.pop_front();
   }
   void Waited(Kind kind, std::int64_t us) { max_wait_us_[kind] = std::max(max_wait_us_[kind], us); }
+  // The longest any host went between calls that tell the server it is alive (registration, then
+  // each heartbeat as it leaves): what must stay under the heartbeat timeout, simulator included.
+  void HeartbeatGap(std::int64_t us) { max_heartbeat_gap_us_ = std::max(max_heartbeat_gap_us_, us); }
   bool pooled() const { return !pools_.empty(); }
 
  private:
@@ -423,6 +431,7 @@ class Sim {
   int registered_ = 0, heard_ = 0;
   KindStats kinds_[kKinds], window_kinds_[kKinds];  // all along; the steady window's
   std::int64_t max_wait_us_[kKinds] = {};  // the longest a call waited for a shared connection, all run
+  std::int64_t max_heartbeat_gap_us_ = 0;
   std::int64_t samples_acked_ = 0, refused_batches_ = 0;
   std::vector<std::uint32_t> ingest_lag_ms_, assignment_ms_;
   // Launch → seen: when each launch was sent, and what was seen before its answer came.
@@ -468,6 +477,7 @@ Host::Host(Sim& sim, int index)
       index_(index),
       api_(static_cast<std::size_t>(index)),
       short_(sim.io().get_executor()),
+      ship_(sim.io().get_executor()),
       poll_(sim.io().get_executor()),
       wake_(sim.io()),
       poll_wait_(sim.io()) {
@@ -503,10 +513,10 @@ awaitable<Reply> Host::Call(Conn& conn, Kind kind, const std::string& request, m
   co_return r;
 }
 
-awaitable<Reply> Host::ShortCall(Kind kind, const std::function<std::string()>& build, milliseconds timeout) {
+awaitable<Reply> Host::ShortCall(Conn& own, Kind kind, const std::function<std::string()>& build, milliseconds timeout) {
   if (!sim_.pooled()) {
     const std::string request = build();
-    co_return co_await Call(short_, kind, request, timeout);
+    co_return co_await Call(own, kind, request, timeout);
   }
   const std::size_t api = api_;
   Conn* conn = co_await sim_.AcquireShort(api, kind);
@@ -524,7 +534,7 @@ awaitable<bool> Host::Register() {
   const std::function<std::string()> build = [&] {
     return Request("POST", "/v1/agent/register", o.bootstrap_token, boost::json::serialize(protocol::ToJson(reg)));
   };
-  Reply r = co_await ShortCall(kRegister, build, milliseconds(30000));
+  Reply r = co_await ShortCall(short_, kRegister, build, milliseconds(30000));
   if (r.status != 200 && r.status != 201) {
     // Refused for what it sent (a bad bootstrap token, a bad field): the run cannot succeed.
     if (r.status >= 400 && r.status < 500 && r.status != 429) sim_.Fatal(hostname_ + ": registration refused: " + std::to_string(r.status) + " " + r.body);
@@ -544,6 +554,7 @@ awaitable<bool> Host::Register() {
     co_return false;
   }
   token_ = reply.host_token;
+  last_heard_from_ = Steady::now();
   heartbeat_interval_ = milliseconds(reply.heartbeat_interval_ms);
   sample_interval_ = milliseconds(std::max<std::int64_t>(100, reply.sample_interval_ms));
   next_seq_ = std::max(next_seq_, reply.next_batch_seq);
@@ -646,9 +657,13 @@ awaitable<void> Host::Heartbeat() {
   for (const auto& [id, i] : instances_) report.instances.push_back({id, i.state});
   const std::string token = token_;
   const std::function<std::string()> build = [&] {
+    // Sent now: how long since the server last heard from this host (its registration or its
+    // previous heartbeat leaving here)?
+    sim_.HeartbeatGap(SinceUs(last_heard_from_));
+    last_heard_from_ = Steady::now();
     return Request("POST", "/v1/agent/heartbeat", token, boost::json::serialize(protocol::ToJson(report)));
   };
-  Reply r = co_await ShortCall(kHeartbeat, build, milliseconds(10000));
+  Reply r = co_await ShortCall(short_, kHeartbeat, build, milliseconds(10000));
   if (r.status == 200 && !heard_) {
     heard_ = true;
     sim_.Heard();
@@ -666,7 +681,7 @@ awaitable<void> Host::Ship() {
     };
     ++shipping_;
     const auto sent = Steady::now();
-    Reply r = co_await ShortCall(kSamples, build, milliseconds(30000));
+    Reply r = co_await ShortCall(ship_, kSamples, build, milliseconds(30000));
     --shipping_;
     if (r.status == 422 && protocol::RepairSampleBatch(batch, r.body).any()) continue;
     if (r.status == 200) {
@@ -692,6 +707,12 @@ awaitable<void> Host::Ship() {
     next_ship_ = Steady::now() + RetryDelay(r);
     break;
   }
+}
+
+awaitable<void> Host::ShipLoop() {
+  co_await Ship();
+  ship_loop_ = false;
+  wake_.cancel();  // Main looks again: a batch sampled meanwhile, or a refusal's retry time
 }
 
 awaitable<void> Host::Main() {
@@ -727,12 +748,12 @@ awaitable<void> Host::Main() {
       if (next_sample < now) next_sample = now + sample_interval_;
       next_ship_ = {};
     }
-    if (!outbox_.empty() && Steady::now() >= next_ship_) {
-      co_await Ship();
-      continue;
+    if (!outbox_.empty() && !ship_loop_ && Steady::now() >= next_ship_) {
+      ship_loop_ = true;
+      net::co_spawn(sim_.io(), ShipLoop(), net::detached);
     }
     auto until = std::min(next_heartbeat, next_sample);
-    if (!outbox_.empty()) until = std::min(until, next_ship_);
+    if (!outbox_.empty() && !ship_loop_) until = std::min(until, next_ship_);
     for (const auto& [id, i] : instances_)
       if (i.state == "starting") until = std::min(until, i.boots_at);
     if (kicked_ || token_.empty()) continue;
@@ -976,6 +997,9 @@ void Sim::Report(double converge_s, bool converged) {
   out.precision(1);
   out << "\n== fleet-sim: " << n << " hosts x " << o_.gpus_per_host << " GPUs, " << apis_.size() << " apiserver(s) ==\n";
   out << "storm: " << (converged ? "converged" : "NOT converged") << " in " << converge_s << " s\n";
+  out << "  longest a host went unheard, registration or heartbeat to the next heartbeat sent (whole run): "
+      << static_cast<double>(max_heartbeat_gap_us_) / 1e6 << " s\n";
+  j["heartbeat_gap_max_seconds"] = static_cast<double>(max_heartbeat_gap_us_) / 1e6;
   if (pooled()) {  // the simulator's own queue, not the server's: it should stay short for heartbeats
     boost::json::object waits;
     out << "  longest wait for a shared connection (whole run):";

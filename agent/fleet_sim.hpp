@@ -4,7 +4,7 @@
 // long-polls its assignments, runs what it is told on a simulated runtime, heartbeats at the
 // interval it was given and at once on a change, and meters its GPUs (the agent's Meter and
 // SimulatedSampler) into sample batches it ships every sample interval, sent again with the same
-// batch_seq until stored. Event-driven on Asio: a host costs two sockets and a few timers, not
+// batch_seq until stored. Event-driven on Asio: a host costs a few sockets and timers, not
 // threads, so 10,000 hosts fit beside the control plane they test.
 //
 // It also measures, from the hosts' side: how long the storm of registrations takes to converge
@@ -29,11 +29,12 @@ struct FleetSimOptions {
   std::string gpu_model = "H100-80GB", region = "sim", zone, hostname_prefix = "sim";
   std::string cuda_version = "12.8";
   std::chrono::milliseconds boot_delay{2000};
-  // Each host's long poll holds a connection of its own. Its other calls (registration, heartbeats,
-  // samples) go over a connection of its own too when short_connections is 0, as spillway-agent's
-  // do; otherwise over a pool of this many per apiserver, shared by every host, as agents behind an
-  // L7 load balancer with upstream keep-alive (nginx's `keepalive`) reach it: 10,000 hosts then
-  // fit under a 20,000-descriptor limit on both sides.
+  // Each host's long poll holds a connection of its own. Its other calls go over connections of its
+  // own too when short_connections is 0 (registration and heartbeats over one, samples over
+  // another, shipped beside them), as spillway-agent's do; otherwise over a pool of this many per
+  // apiserver, shared by every host, as agents behind an L7 load balancer with upstream keep-alive
+  // (nginx's `keepalive`) reach it: 10,000 hosts then fit under a 20,000-descriptor limit on both
+  // sides. In the pool a heartbeat goes before every other waiting call.
   int short_connections = 0;
   // Hosts start over this long (0: all at once, the storm).
   std::chrono::milliseconds ramp{0};

@@ -27,8 +27,8 @@ constexpr const char* kUsage =
     "  --hosts            how many hosts, each with --gpus-per-host GPUs of --gpu-model, named\n"
     "                     PREFIX-00000, PREFIX-00001, ... (a restarted run is the same hosts)\n"
     "  --bootstrap-token  the fleet's bootstrap token (or SPILLWAY_AGENT_BOOTSTRAP_TOKEN)\n"
-    "  --short-connections  0 (default): each host makes its calls other than the long poll over a\n"
-    "                     connection of its own, as spillway-agent does; K: over K connections per\n"
+    "  --short-connections  0 (default): each host makes its calls other than the long poll over\n"
+    "                     connections of its own (one for samples), as spillway-agent does; K: over K per\n"
     "                     apiserver shared by all hosts, as agents behind a load balancer with upstream\n"
     "                     keep-alive do (each host's long poll still holds a connection of its own)\n"
     "  --ramp             start the hosts over this long (default 0: all at once, a storm)\n"
@@ -134,13 +134,13 @@ int main(int argc, char** argv) {
   if (flags.count("--pg-dsn")) o.pg_dsn = flags["--pg-dsn"];
   if (flags.count("--report-json")) o.report_json = flags["--report-json"];
   if (o.launch_rate > 0 && o.tenant_key.empty()) return Usage("--launch-rate needs --tenant-key");
-  // Two sockets a host: ask for the hard limit of descriptors.
+  // Up to three sockets a host: ask for the hard limit of descriptors.
   rlimit nofile{};
   if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
     nofile.rlim_cur = nofile.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &nofile);
   }
-  const int needed = (o.short_connections > 0 ? 1 : 2) * o.hosts + o.short_connections * static_cast<int>(o.apis.size()) + 64;
+  const int needed = (o.short_connections > 0 ? 1 : 3) * o.hosts + o.short_connections * static_cast<int>(o.apis.size()) + 64;
   if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < static_cast<rlim_t>(needed))
     std::cerr << "spillway-fleet-sim: warning: " << o.hosts << " hosts need " << needed
               << " descriptors; the limit is " << nofile.rlim_cur << " (ulimit -n)\n";
