@@ -13,6 +13,7 @@
 #include <deque>
 #include <dirent.h>
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -397,6 +398,8 @@ class Sim {
   // A launch sent at `sent` seen by its host at `seen`: its latency, then its termination.
   void LaunchSeen(const std::string& id, Steady::time_point sent, Steady::time_point seen);
   awaitable<void> StatusLines();
+  // What a thread of its own read (MarkedDown), once it has: the hosts keep running meanwhile.
+  awaitable<std::map<std::string, std::int64_t>> Ready(std::future<std::map<std::string, std::int64_t>> read);
   awaitable<void> Sleep(milliseconds d) {
     net::steady_timer t(io_);
     t.expires_after(d);
@@ -752,7 +755,8 @@ awaitable<void> Host::Main() {
       ship_loop_ = true;
       net::co_spawn(sim_.io(), ShipLoop(), net::detached);
     }
-    auto until = std::min(next_heartbeat, next_sample);
+    // Once sampling stops (the run is draining), the next sample is no reason to wake.
+    auto until = sim_.sampling() ? std::min(next_heartbeat, next_sample) : next_heartbeat;
     if (!outbox_.empty() && !ship_loop_) until = std::min(until, next_ship_);
     for (const auto& [id, i] : instances_)
       if (i.state == "starting") until = std::min(until, i.boots_at);
@@ -834,13 +838,39 @@ std::optional<std::int64_t> ScrapeCounter(const std::string& url, const std::str
     const std::string rest = url.substr(prefix.size());
     const auto colon = rest.rfind(':');
     if (colon == std::string::npos) return std::nullopt;
+    // Within 5 s: a server that stopped answering (SIGSTOP, a hung process) must not hang the report.
     net::io_context io;
     tcp::socket socket(io);
-    net::connect(socket, tcp::resolver(io).resolve(rest.substr(0, colon), rest.substr(colon + 1, rest.find('/', colon) - colon - 1)));
-    net::write(socket, net::buffer(std::string("GET /metrics HTTP/1.1\r\nHost: spillway\r\nConnection: close\r\n\r\n")));
+    const std::string request = "GET /metrics HTTP/1.1\r\nHost: spillway\r\nConnection: close\r\n\r\n";
     std::string answer;
-    boost::system::error_code ec;
-    net::read(socket, net::dynamic_buffer(answer), ec);  // to the end: the server closes
+    bool done = false;
+    net::steady_timer deadline(io, std::chrono::seconds(5));
+    deadline.async_wait([&](const boost::system::error_code& ec) {
+      if (ec) return;  // cancelled: answered in time
+      boost::system::error_code ignored;
+      socket.close(ignored);  // what is pending ends now, with an error
+    });
+    const auto endpoints =
+        tcp::resolver(io).resolve(rest.substr(0, colon), rest.substr(colon + 1, rest.find('/', colon) - colon - 1));
+    net::async_connect(socket, endpoints, [&](const boost::system::error_code& ec, const tcp::endpoint&) {
+      if (ec) {
+        deadline.cancel();
+        return;
+      }
+      net::async_write(socket, net::buffer(request), [&](const boost::system::error_code& ec, std::size_t) {
+        if (ec) {
+          deadline.cancel();
+          return;
+        }
+        // To the end: the server closes.
+        net::async_read(socket, net::dynamic_buffer(answer), [&](const boost::system::error_code& ec, std::size_t) {
+          done = ec == net::error::eof;
+          deadline.cancel();
+        });
+      });
+    });
+    io.run();
+    if (!done) return std::nullopt;
     if (answer.rfind("HTTP/1.1 200", 0) != 0) return std::nullopt;
     std::int64_t sum = 0;
     std::istringstream lines(answer.substr(answer.find("\r\n\r\n") + 4));
@@ -860,6 +890,11 @@ std::map<std::string, std::int64_t> MarkedDown(const std::vector<std::string>& u
   for (const auto& url : urls)
     if (const auto n = ScrapeCounter(url, "spillway_hosts_marked_down_total")) out[url] = *n;
   return out;
+}
+
+awaitable<std::map<std::string, std::int64_t>> Sim::Ready(std::future<std::map<std::string, std::int64_t>> read) {
+  while (read.wait_for(std::chrono::seconds(0)) != std::future_status::ready) co_await Sleep(milliseconds(20));
+  co_return read.get();
 }
 
 std::optional<std::int64_t> Sim::Wal() {
@@ -927,7 +962,8 @@ awaitable<void> Sim::Control() {
     watching_down_ = true;
     down_watch_ = std::thread([this] { WatchDownHosts(); });
   }
-  marked_down_before_ = MarkedDown(o_.metrics);
+  // Read from the storm's start on, beside it (one apiserver that does not answer takes 5 s).
+  auto marked_down_before = std::async(std::launch::async, MarkedDown, o_.metrics);
   const int n = static_cast<int>(hosts_.size());
   int last_heard = -1;
   auto last_print = start;
@@ -969,7 +1005,9 @@ awaitable<void> Sim::Control() {
       co_await Sleep(milliseconds(200));
   }
   StopWatchingDown();
-  marked_down_after_ = MarkedDown(o_.metrics);
+  auto marked_down_after = std::async(std::launch::async, MarkedDown, o_.metrics);
+  marked_down_before_ = co_await Ready(std::move(marked_down_before));
+  marked_down_after_ = co_await Ready(std::move(marked_down_after));
   Report(converge_s, converged);
   Stop();
   if (o_.close_and_wait.count() > 0) {
