@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "agent/host_agent.hpp"
+#include "agent/http_client.hpp"
 #include "agent/meter.hpp"
 #include "agent/sampler.hpp"
 #include "core/crypto.hpp"
@@ -830,50 +831,14 @@ awaitable<void> Sim::Launcher() {
 }
 
 // The sum over every label set of counter `name` on `url`'s /metrics (http://HOST:PORT, an
-// apiserver's admin listener); nullopt when it cannot be read (a replica killed, say).
+// apiserver's admin listener); nullopt when it cannot be read within 5 s (a replica killed, a server
+// that stopped answering).
 std::optional<std::int64_t> ScrapeCounter(const std::string& url, const std::string& name) {
   try {
-    const std::string prefix = "http://";
-    if (url.rfind(prefix, 0) != 0) return std::nullopt;
-    const std::string rest = url.substr(prefix.size());
-    const auto colon = rest.rfind(':');
-    if (colon == std::string::npos) return std::nullopt;
-    // Within 5 s: a server that stopped answering (SIGSTOP, a hung process) must not hang the report.
-    net::io_context io;
-    tcp::socket socket(io);
-    const std::string request = "GET /metrics HTTP/1.1\r\nHost: spillway\r\nConnection: close\r\n\r\n";
-    std::string answer;
-    bool done = false;
-    net::steady_timer deadline(io, std::chrono::seconds(5));
-    deadline.async_wait([&](const boost::system::error_code& ec) {
-      if (ec) return;  // cancelled: answered in time
-      boost::system::error_code ignored;
-      socket.close(ignored);  // what is pending ends now, with an error
-    });
-    const auto endpoints =
-        tcp::resolver(io).resolve(rest.substr(0, colon), rest.substr(colon + 1, rest.find('/', colon) - colon - 1));
-    net::async_connect(socket, endpoints, [&](const boost::system::error_code& ec, const tcp::endpoint&) {
-      if (ec) {
-        deadline.cancel();
-        return;
-      }
-      net::async_write(socket, net::buffer(request), [&](const boost::system::error_code& ec, std::size_t) {
-        if (ec) {
-          deadline.cancel();
-          return;
-        }
-        // To the end: the server closes.
-        net::async_read(socket, net::dynamic_buffer(answer), [&](const boost::system::error_code& ec, std::size_t) {
-          done = ec == net::error::eof;
-          deadline.cancel();
-        });
-      });
-    });
-    io.run();
-    if (!done) return std::nullopt;
-    if (answer.rfind("HTTP/1.1 200", 0) != 0) return std::nullopt;
+    const auto r = HttpClient(url, "spillway-fleet-sim").Call("GET", "/metrics", "", "", std::chrono::seconds(5));
+    if (r.status != 200) return std::nullopt;
     std::int64_t sum = 0;
-    std::istringstream lines(answer.substr(answer.find("\r\n\r\n") + 4));
+    std::istringstream lines(r.body);
     for (std::string line; std::getline(lines, line);)
       if (line.rfind(name, 0) == 0 && (line.size() > name.size() && (line[name.size()] == '{' || line[name.size()] == ' ')))
         sum += static_cast<std::int64_t>(std::stod(line.substr(line.rfind(' ') + 1)));

@@ -43,7 +43,8 @@ constexpr const char* kUsage =
     "  --pg-dsn           the database: WAL bytes, hosts down (at the end, and polled every second\n"
     "                     from the storm on), failed instances, samples stored\n"
     "  --metrics URL      an apiserver's admin listener: the hosts it marked down during the run\n"
-    "                     (its spillway_hosts_marked_down_total, read at the start and at the report)\n"
+    "                     (its spillway_hosts_marked_down_total, read at the start and at the report:\n"
+    "                     every host it serves, not only this run's)\n"
     "  --close-and-wait   after the report, close every connection, wait, show RSS again\n"
     "  Without --steady it runs until SIGINT/SIGTERM, with a status line every --status-every.\n";
 
