@@ -117,12 +117,13 @@ int Billing::CloseDue(Session& conn, TimeMs now) {
 
 int Billing::SpendControls(Session& conn, TimeMs now) {
   const auto verdicts = InTransaction(conn, [&](Tx& tx) { return EvaluateFunds(tx, now, settings_.funds); });
-  std::int64_t sum = 0, min = 0, low = 0;
+  Int128 sum = 0, min = 0;
+  std::int64_t low = 0;
   bool any = false;
   const std::int64_t low_runway = std::chrono::duration_cast<std::chrono::seconds>(settings_.funds.low_balance_runway).count();
   for (const auto& v : verdicts) {
     if (v.funds.mode != "prepaid") continue;
-    const std::int64_t b = v.funds.balance_micros();
+    const Int128 b = v.funds.balance_micros();
     sum += b;
     min = any ? std::min(min, b) : b;
     any = true;
@@ -144,12 +145,13 @@ int Billing::SpendControls(Session& conn, TimeMs now) {
       const bool done = InTransaction(conn, [&](Tx& tx) {
         const auto out = TerminateInstance(tx, id, v.funds.tenant_id, *v.stop_reason, now);
         if (!out || !out->changed) return false;
+        EndBillingNow(tx, id);  // billed up to this decision, whether or not its host can hear it
         RecordAudit(tx, SystemAudit(v.funds.tenant_id, "instance.terminate", id + " " + *v.stop_reason));
         webhooks::Emit(tx, "instance.stopped_for_funds", v.funds.tenant_id,
                        ToJson(boost::json::object{{"instance_id", id},
                                                   {"reason", *v.stop_reason},
-                                                  {"balance", FormatMicros(v.funds.balance_micros())},
-                                                  {"spent_this_month", FormatMicros(v.funds.spent_this_month_micros)}}),
+                                                  {"balance", FormatMicrosWide(v.funds.balance_micros())},
+                                                  {"spent_this_month", FormatMicrosWide(v.funds.spent_this_month_micros)}}),
                        now);
         return true;
       });

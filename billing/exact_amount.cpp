@@ -75,3 +75,46 @@ std::optional<std::int64_t> ParseAmount(std::string_view text) {
 }
 
 }  // namespace spillway::billing
+
+namespace spillway::billing {
+
+std::string FormatMicrosWide(Int128 micros) {
+  const bool negative = micros < 0;
+  unsigned __int128 v = negative ? 0 - static_cast<unsigned __int128>(micros) : static_cast<unsigned __int128>(micros);
+  std::string frac(6, '0');
+  for (int i = 5; i >= 0; --i, v /= 10) frac[static_cast<std::size_t>(i)] = static_cast<char>('0' + v % 10);
+  std::string whole;
+  do {
+    whole.insert(whole.begin(), static_cast<char>('0' + v % 10));
+    v /= 10;
+  } while (v > 0);
+  return (negative ? "-" : "") + whole + "." + frac;
+}
+
+Int128 ParseWide(std::string_view text) {
+  const bool negative = !text.empty() && text[0] == '-';
+  if (negative) text.remove_prefix(1);
+  if (const auto dot = text.find('.'); dot != std::string_view::npos) {
+    // round() leaves "123" or "123.0…": anything past the point must be zeros.
+    if (text.find_first_not_of('0', dot + 1) != std::string_view::npos)
+      throw std::invalid_argument("not an integer: " + std::string(text));
+    text = text.substr(0, dot);
+  }
+  if (text.empty()) throw std::invalid_argument("not an integer");
+  constexpr Int128 kMax = static_cast<Int128>((~static_cast<unsigned __int128>(0)) >> 1);
+  Int128 v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') throw std::invalid_argument("not an integer: " + std::string(text));
+    if (v > (kMax - (c - '0')) / 10) throw std::overflow_error("a sum past 128 bits");
+    v = v * 10 + (c - '0');
+  }
+  return negative ? -v : v;
+}
+
+std::int64_t Clamp64(Int128 v) {
+  if (v > INT64_MAX) return INT64_MAX;
+  if (v < INT64_MIN) return INT64_MIN;
+  return static_cast<std::int64_t>(v);
+}
+
+}  // namespace spillway::billing

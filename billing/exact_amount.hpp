@@ -23,6 +23,11 @@ inline constexpr std::int64_t kMicrosPerCent = 10'000;
 // 7.4e15 cents, well inside 128 and 64 bits.
 inline constexpr std::int64_t kMaxTenantGpus = 1'000'000;
 inline constexpr std::int64_t kMaxPriceMicros = 100'000LL * 1'000'000;
+// The largest amount an API takes for one credit, credit note or monthly limit: $1,000,000,000,000.00
+// (1e14 cents, 1e18 µ$: inside 64 bits in µ$ too). Larger is refused (422 naming the field).
+inline constexpr std::int64_t kMaxAmountCents = 100'000'000'000'000LL;
+// The largest storage price the book takes, per GB-month: $1,000,000.000000.
+inline constexpr std::int64_t kMaxStoragePriceMicros = 1'000'000LL * 1'000'000;
 
 class ExactAmount {
  public:
@@ -55,6 +60,12 @@ class ExactAmount {
 
 // n / d rounded half-even to an integer (d > 0; n of either sign).
 Int128 DivideHalfEven(Int128 n, Int128 d);
+// A 128-bit micro-dollar sum written with six decimals, as FormatMicros writes 64 bits.
+std::string FormatMicrosWide(Int128 micros);
+// A numeric column's text (an integer, as round() leaves it) as 128 bits; std::overflow_error past them.
+Int128 ParseWide(std::string_view text);
+// A 128-bit value clamped into 64 bits (for gauges and runways, never for money that is billed).
+std::int64_t Clamp64(Int128 v);
 // Cents written as dollars: 1234 -> "12.34", -5 -> "-0.05".
 std::string FormatAmount(std::int64_t cents);
 // An amount as an API takes it: "12.34", "12.3", "12" -> cents. nullopt for a sign, more than two

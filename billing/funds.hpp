@@ -14,12 +14,16 @@
 #include "core/clock.hpp"
 #include "core/config.hpp"
 #include "core/db_fwd.hpp"
+#include "billing/exact_amount.hpp"
 
 namespace spillway::billing {
 
 struct FundsSettings {
   Millis low_balance_runway{std::chrono::hours(24)};  // billing.low_balance_runway
   Millis min_launch_runway{std::chrono::hours(1)};    // billing.min_launch_runway
+  // metering.max_sample_age: a hold's unreported time older than this can never be billed, so it is
+  // pending no longer (it is unmetered held time).
+  Millis max_sample_age{std::chrono::hours(168)};
   static FundsSettings From(const Config& config);
 };
 
@@ -27,28 +31,35 @@ struct Funds {
   std::string tenant_id;
   std::string mode = "postpaid";  // postpaid | prepaid
   std::optional<TimeMs> prepaid_since;
-  std::int64_t credits_micros = 0;   // Σ the ledger
-  std::int64_t consumed_micros = 0;  // rated since prepaid_since (prepaid only)
-  std::int64_t balance_micros() const { return credits_micros - consumed_micros; }
+  // Sums are 128 bits: a ledger of maximal credits, or years of usage at the largest tenant-month
+  // billing/exact_amount.hpp is written for, never wraps.
+  Int128 credits_micros = 0;   // Σ the ledger
+  Int128 consumed_micros = 0;  // rated and pending since prepaid_since (prepaid only)
+  Int128 pending_micros = 0;   // of consumed: held GPU time not yet rated, at today's price
+  Int128 balance_micros() const { return credits_micros - consumed_micros; }
   std::int64_t burn_micros_per_hour = 0;  // live instances and volumes, at today's prices
   // Seconds a prepaid balance lasts at the burn rate (0 when it is spent; nullopt when nothing burns,
   // or for a postpaid tenant, which has no balance to run down).
   std::optional<std::int64_t> runway_seconds() const;
   std::optional<std::int64_t> monthly_limit_cents;
-  std::int64_t spent_this_month_micros = 0;  // rated in the current UTC month
+  Int128 spent_this_month_micros = 0;  // rated and pending in the current UTC month
   // The alert state (once per crossing).
   bool low_alerted = false, empty_alerted = false;
   std::optional<std::string> limit_warned_period, limit_reached_period;
 };
 
 // A tenant's funds now (a tenant never set up is postpaid with no limit).
-Funds FundsOf(Tx& tx, const std::string& tenant_id, TimeMs now);
+Funds FundsOf(Tx& tx, const std::string& tenant_id, TimeMs now, const FundsSettings& settings = {});
 
 struct Credit {
   std::string id, tenant_id, reason, created_by;
   std::int64_t amount_cents = 0;
   TimeMs created_at{};
 };
+// The largest sum of one tenant's credits (kMaxAmountCents each): a credit past it is refused.
+inline constexpr std::int64_t kMaxCreditTotalCents = kMaxAmountCents;
+// Adds a credit (1 cent to kMaxAmountCents); InvalidInput ("amount: …") when the tenant's credits
+// would pass kMaxCreditTotalCents.
 Credit AddCredit(Tx& tx, const std::string& tenant_id, std::int64_t amount_cents, const std::string& reason,
                  const std::string& created_by, TimeMs now);
 std::vector<Credit> CreditsOf(Tx& tx, const std::string& tenant_id);

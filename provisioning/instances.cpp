@@ -48,6 +48,10 @@ const Statement kRegionKnown{"region_known", "SELECT EXISTS (SELECT 1 FROM hosts
 const Statement kTenantInstancesToStop{"tenant_instances_to_stop",
                                        "SELECT id FROM instances WHERE tenant_id = $1 AND instance_is_live(state) "
                                        "AND state <> 'terminating' ORDER BY id"};
+// As the gpu_allocations trigger releases a hold: at the database's now (ingest's clock).
+const Statement kEndHolds{"instance_end_holds",
+                          "UPDATE gpu_allocation_history SET released_at = greatest(now(), allocated_at) "
+                          "WHERE instance_id = $1 AND released_at IS NULL"};
 const Statement kSetTerminating{"set_terminating",
                                 "UPDATE instances SET state = 'terminating', end_reason = $2, version = version + 1 "
                                 "WHERE id = $1"};
@@ -201,5 +205,7 @@ std::optional<TerminateOutcome> TerminateInstance(Tx& tx, const std::string& id,
   }
   return TerminateOutcome{*FindInstance(tx, id), changed};
 }
+
+void EndBillingNow(Tx& tx, const std::string& instance_id) { tx.exec_prepared(kEndHolds.name, instance_id); }
 
 }  // namespace spillway

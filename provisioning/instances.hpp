@@ -79,5 +79,10 @@ struct TerminateOutcome {
 // there is none. Follows the lock order: its host, then it.
 std::optional<TerminateOutcome> TerminateInstance(Tx& tx, const std::string& id, const std::string& tenant_id,
                                                   const std::string& end_reason, TimeMs now);
+// Ends what the instance is billed for now (its open GPU holds in gpu_allocation_history), without
+// waiting for its host to confirm the stop: for a stop for funds, whose bound must hold while the
+// host cannot be heard. Its GPUs stay allocated (placement) until the host reports them free, and
+// samples past this are nobody's (ingest attributes only time inside a hold).
+void EndBillingNow(Tx& tx, const std::string& instance_id);
 
 }  // namespace spillway

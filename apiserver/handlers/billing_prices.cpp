@@ -7,6 +7,7 @@
 
 #include "accounts/audit.hpp"
 #include "apiserver/handlers/common.hpp"
+#include "billing/exact_amount.hpp"
 #include "billing/prices.hpp"
 #include "core/errors.hpp"
 #include "core/json.hpp"
@@ -65,8 +66,10 @@ Reply SchedulePrice(Ctx& ctx) {
     throw InvalidInput("kind: must be gpu or storage");
   }
   const auto micros = ParseMicros(ReqString(body, price_field, 32));
-  if (!micros || *micros <= 0)
-    throw InvalidInput(price_field + ": a positive USD amount with at most six decimals, such as \"2.490000\"");
+  const std::int64_t max = kind == "gpu" ? billing::kMaxPriceMicros : billing::kMaxStoragePriceMicros;
+  if (!micros || *micros <= 0 || *micros > max)
+    throw InvalidInput(price_field + ": a positive USD amount with at most six decimals, such as \"2.490000\", of at most " +
+                       FormatMicros(max));
   entry.price_micros = *micros;
   const auto from = ParseTime(ReqString(body, "effective_from", 40));
   if (!from) throw InvalidInput("effective_from: an RFC 3339 time in UTC");

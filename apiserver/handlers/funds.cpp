@@ -20,16 +20,17 @@ boost::json::object FundsJson(const billing::Funds& f, const billing::FundsSetti
   return {{"tenant_id", f.tenant_id},
           {"mode", f.mode},
           {"currency", "USD"},
-          {"credits", FormatMicros(f.credits_micros)},
-          {"consumed", FormatMicros(f.consumed_micros)},
-          {"balance", FormatMicros(f.balance_micros())},
+          {"credits", billing::FormatMicrosWide(f.credits_micros)},
+          {"consumed", billing::FormatMicrosWide(f.consumed_micros)},
+          {"pending", billing::FormatMicrosWide(f.pending_micros)},
+          {"balance", billing::FormatMicrosWide(f.balance_micros())},
           {"prepaid_since", JsonTime(f.prepaid_since)},
           {"burn_per_hour", FormatMicros(f.burn_micros_per_hour)},
           {"runway_seconds", runway ? boost::json::value(*runway) : nullptr},
           {"low_balance_runway_seconds", std::chrono::duration_cast<std::chrono::seconds>(s.low_balance_runway).count()},
           {"min_launch_runway_seconds", std::chrono::duration_cast<std::chrono::seconds>(s.min_launch_runway).count()},
           {"monthly_limit", f.monthly_limit_cents ? boost::json::value(billing::FormatAmount(*f.monthly_limit_cents)) : nullptr},
-          {"spent_this_month", FormatMicros(f.spent_this_month_micros)},
+          {"spent_this_month", billing::FormatMicrosWide(f.spent_this_month_micros)},
           {"as_of", FormatTime(now)}};
 }
 
@@ -50,7 +51,7 @@ Reply GetBalance(Ctx& ctx) {
   const TimeMs now = ctx.clock.Now();
   const auto f = ctx.ReadSnapshot([&](Tx& tx) {
     RequireTenant(tx, tenant);
-    return billing::FundsOf(tx, tenant, now);
+    return billing::FundsOf(tx, tenant, now, Settings(ctx));
   });
   return {200, FundsJson(f, Settings(ctx), now)};
 }
@@ -60,15 +61,16 @@ Reply AddCredit(Ctx& ctx) {
   const auto& body = RequireObject(ctx.body);
   OnlyKeys(body, {"amount", "reason"});
   const auto amount = billing::ParseAmount(ReqString(body, "amount", 32));
-  if (!amount || *amount <= 0)
-    throw InvalidInput("amount: a positive USD amount with at most two decimals, such as \"500.00\"");
+  if (!amount || *amount <= 0 || *amount > billing::kMaxAmountCents)
+    throw InvalidInput("amount: a positive USD amount with at most two decimals, such as \"500.00\", of at most " +
+                       billing::FormatAmount(billing::kMaxAmountCents));
   const std::string reason = ReqString(body, "reason", 500);
   return ctx.Write([&](Tx& tx) {
     RequireTenant(tx, tenant);
     const auto c = billing::AddCredit(tx, tenant, *amount, reason, "key:" + ctx.principal.key_id, ctx.clock.Now());
     RecordAudit(tx, ctx.AuditOf(tenant, "billing.credit", c.id + " " + billing::FormatAmount(c.amount_cents)));
     auto json = CreditJson(c);
-    json["funds"] = FundsJson(billing::FundsOf(tx, tenant, ctx.clock.Now()), Settings(ctx), ctx.clock.Now());
+    json["funds"] = FundsJson(billing::FundsOf(tx, tenant, ctx.clock.Now(), Settings(ctx)), Settings(ctx), ctx.clock.Now());
     return Reply{201, std::move(json)};
   });
 }
@@ -94,7 +96,7 @@ Reply SetPaymentMode(Ctx& ctx) {
     RequireTenant(tx, tenant);
     billing::SetMode(tx, tenant, mode, ctx.clock.Now());
     RecordAudit(tx, ctx.AuditOf(tenant, "billing.mode", mode));
-    return Reply{200, FundsJson(billing::FundsOf(tx, tenant, ctx.clock.Now()), Settings(ctx), ctx.clock.Now())};
+    return Reply{200, FundsJson(billing::FundsOf(tx, tenant, ctx.clock.Now(), Settings(ctx)), Settings(ctx), ctx.clock.Now())};
   });
 }
 
@@ -108,14 +110,15 @@ Reply SetSpendLimit(Ctx& ctx) {
   if (!v->is_null()) {
     if (!v->is_string()) throw InvalidInput("monthly_limit: a USD amount as a string, such as \"500.00\", or null");
     cents = billing::ParseAmount(std::string(v->as_string()));
-    if (!cents || *cents <= 0)
-      throw InvalidInput("monthly_limit: a positive USD amount with at most two decimals, such as \"500.00\", or null");
+    if (!cents || *cents <= 0 || *cents > billing::kMaxAmountCents)
+      throw InvalidInput("monthly_limit: a positive USD amount with at most two decimals, such as \"500.00\", of at most " +
+                         billing::FormatAmount(billing::kMaxAmountCents) + ", or null");
   }
   return ctx.Write([&](Tx& tx) {
     RequireTenant(tx, tenant);
     billing::SetMonthlyLimit(tx, tenant, cents, ctx.clock.Now());
     RecordAudit(tx, ctx.AuditOf(tenant, "billing.spend_limit", cents ? billing::FormatAmount(*cents) : "none"));
-    return Reply{200, FundsJson(billing::FundsOf(tx, tenant, ctx.clock.Now()), Settings(ctx), ctx.clock.Now())};
+    return Reply{200, FundsJson(billing::FundsOf(tx, tenant, ctx.clock.Now(), Settings(ctx)), Settings(ctx), ctx.clock.Now())};
   });
 }
 

@@ -55,9 +55,11 @@ class Fleet {
     const auto r = Call("POST", "/v1/tenants/" + tenant + "/api-keys", admin, "{\"role\":\"" + role + "\"}");
     return Str(Json(r), "secret");
   }
+  // api_port: where the agents reach the apiserver (0: its own port; a PartitionProxy's, say).
   std::unique_ptr<Process> StartAgent(const std::string& region, const std::string& model, int hosts, int gpus,
-                                      std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {AgentBinary(), "--api", "http://127.0.0.1:" + std::to_string(server_.port()),
+                                      std::vector<std::string> extra = {}, int api_port = 0) {
+    std::vector<std::string> argv = {AgentBinary(), "--api",
+                                     "http://127.0.0.1:" + std::to_string(api_port ? api_port : server_.port()),
                                      "--bootstrap-token", "test-bootstrap-token", "--region", region,
                                      "--gpu-model", model, "--gpus-per-host", std::to_string(gpus),
                                      "--simulate-hosts", std::to_string(hosts), "--boot-delay", "300ms",

@@ -8,9 +8,11 @@
 #include <boost/json.hpp>
 
 #include <cstdio>
+#include <sstream>
 
 #include "billing/exact_amount.hpp"
 #include "core/db.hpp"
+#include "core/sql.hpp"
 #include "tests/e2e/fleet_support.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -187,4 +189,167 @@ TEST_F(Spend, AMonthlyLimitStopsAtTheLimitWarnsAtEightyPercentAndRaisingItLifts)
   EXPECT_NE(Http(server_->admin_port(), "GET", "/metrics").body.find(
                 "spillway_instances_stopped_for_funds_total{reason=\"spend_limit\"} 1"),
             std::string::npos);
+}
+
+// A prepaid (or limited) tenant whose host is cut off from the control plane (a loopback proxy that
+// stops moving bytes, as a partition would) while its agent keeps sampling into its spool. Spend
+// controls act on what the instance holds, not only on what was rated: the time since its last
+// rated sample is pending, at today's price, so the balance and the stop move during the cut. The
+// bound on what is billed past zero is the same as for a host that is heard: one sample interval
+// plus one rating interval of burn (docs/architecture.md, "Prepaid balances and spend limits").
+class SpendPartition : public Spend {
+ protected:
+  static constexpr auto kHeartbeatTimeout = 12s;
+  void SetUp() override {
+    db_ = std::make_unique<TestDb>();
+    conn_ = OpenSession({db_->dsn(), "spillway-test", 3000ms, 30000ms});
+    Exec("INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) VALUES ('H100-80GB', "
+         "'on_demand', " + std::to_string(kPriceMicros) + ", '2020-01-01T00:00:00Z')");
+    auto env = FastFleetEnv();
+    env["SPILLWAY_AGENT_SAMPLE_INTERVAL"] = "1s";
+    env["SPILLWAY_METERING_ROLLUP_INTERVAL"] = "1s";
+    env["SPILLWAY_FLEET_HEARTBEAT_TIMEOUT"] = "12s";
+    env["SPILLWAY_FLEET_INSTANCE_REPORT_GRACE"] = "60s";  // as by default: longer than the timeout
+    env["SPILLWAY_BILLING_LOW_BALANCE_RUNWAY"] = "5s";
+    env["SPILLWAY_BILLING_MIN_LAUNCH_RUNWAY"] = "2s";
+    server_ = std::make_unique<ApiServer>(db_->dsn(), env);
+    ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
+    proxy_ = std::make_unique<PartitionProxy>(server_->port());
+    fleet_ = std::make_unique<Fleet>(*db_, *server_);
+    finance_ = fleet_->NewKey(fleet_->operator_tenant, "finance");
+    tenant_ = fleet_->NewTenant("cutoff", 4);
+    member_ = fleet_->NewKey(tenant_, "member");
+    agent_ = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2, {}, proxy_->port());
+    ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2; }, 20s));
+  }
+  void TearDown() override {
+    agent_.reset();  // before the proxy it talks through
+    proxy_.reset();
+  }
+  // spillway_hosts_marked_down_total, all reasons.
+  double MarkedDown() {
+    double n = 0;
+    std::istringstream in(Http(server_->admin_port(), "GET", "/metrics").body);
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("spillway_hosts_marked_down_total", 0) == 0) n += std::stod(line.substr(line.rfind(' ') + 1));
+    return n;
+  }
+  // When an event of `type` was written, in ms since the epoch (0: none).
+  std::int64_t EventAt(const std::string& type) {
+    return std::stoll(One("SELECT coalesce(max(" SPW_EPOCH_MS("created_at") "), 0) FROM webhook_events WHERE "
+                          "tenant_id = $1 AND type = $2",
+                          tenant_, type));
+  }
+  struct Outcome {
+    std::string end_reason;
+    std::int64_t spent = 0, ended_ms = 0, healed_ms = 0;
+    double marked_down = 0;  // hosts marked down meanwhile
+  };
+  // Launches, lets it run `before` and cuts its host off for `cut`; heals; waits until everything it
+  // ran is rated. The cut starts with the instance running and samples flowing.
+  Outcome RunWithCut(std::chrono::seconds before, std::chrono::seconds cut) {
+    Outcome o;
+    auto r = Launch();
+    EXPECT_EQ(r.status, 201) << r.body;
+    if (r.status != 201) return o;
+    const std::string id = Str(Json(r), "id");
+    EXPECT_TRUE(fleet_->WaitState(member_, id, "running"));
+    std::this_thread::sleep_for(before);  // wall time is what is measured: samples flowing, then none
+    proxy_->Cut();
+    const auto cut_at = std::chrono::steady_clock::now();
+    EXPECT_TRUE(WaitFor([&] { return One("SELECT ended_at IS NOT NULL FROM instances WHERE id = $1", id) == "t" ||
+                                     std::chrono::steady_clock::now() - cut_at >= cut; },
+                        cut + 5s));
+    while (std::chrono::steady_clock::now() - cut_at < cut) std::this_thread::sleep_for(100ms);
+    proxy_->Heal();
+    o.healed_ms = EpochMs(SystemClockInstance().Now());
+    EXPECT_TRUE(WaitFor([&] { return One("SELECT ended_at IS NOT NULL FROM instances WHERE id = $1", id) == "t"; }, 30s));
+    o.end_reason = One("SELECT end_reason FROM instances WHERE id = $1", id);
+    o.ended_ms = std::stoll(One("SELECT " SPW_EPOCH_MS("ended_at") " FROM instances WHERE id = $1", id));
+    o.marked_down = MarkedDown();
+    // Everything it held is in: the host's samples are folded past its end, and the total is still.
+    EXPECT_TRUE(WaitFor([&] {
+      return One("SELECT coalesce(bool_and(w.folded_through >= i.ended_at), false) FROM instances i "
+                 "JOIN host_watermarks w ON w.host_id = i.host_id WHERE i.id = $1", id) == "t";
+    }, 60s)) << server_->process().Stderr().substr(0, 3000);
+    std::string last, now;
+    for (int still = 0; still < 3;) {
+      std::this_thread::sleep_for(1s);
+      now = One("SELECT coalesce(sum(gpu_ms), 0) FROM usage_rated_hourly WHERE tenant_id = $1", tenant_);
+      still = now == last ? still + 1 : 0;
+      last = now;
+    }
+    o.spent = Micros(Str(Balance(), "spent_this_month"));
+    EXPECT_EQ(Str(Balance(), "pending"), "0.000000") << "every held second is rated or past";
+    return o;
+  }
+  std::unique_ptr<PartitionProxy> proxy_;
+  const std::int64_t bound_ = kPriceMicros * (kSampleInterval + kRollupInterval).count() / 3600;
+};
+
+TEST_F(SpendPartition, APrepaidBalanceStopsAtZeroWhileItsHostIsCutOffForLongerThanTheHeartbeatTimeout) {
+  ASSERT_EQ(Call("PUT", "/v1/billing/tenants/" + tenant_ + "/mode", finance_, R"({"mode":"prepaid"})").status, 200);
+  // 10 s of burn; the cut starts 3 s in and lasts 25 s: zero comes 7 s into it, the heartbeat
+  // timeout (12 s) 15 s in.
+  ASSERT_EQ(Call("POST", "/v1/billing/tenants/" + tenant_ + "/credits", finance_, R"({"amount":"0.10","reason":"x"})").status, 201);
+  const Outcome o = RunWithCut(3s, 25s);
+  std::printf("prepaid, host cut off for 25 s (heartbeat timeout 12 s): $0.10 of credit; billed past zero: $%.6f; "
+              "bound: $%.6f; ended %s\n",
+              static_cast<double>(o.spent - 100'000) / 1e6, static_cast<double>(bound_) / 1e6, o.end_reason.c_str());
+  EXPECT_EQ(o.end_reason, "insufficient_funds") << "the balance reached zero before the host was declared down";
+  EXPECT_LE(o.spent - 100'000, bound_);
+  EXPECT_GE(o.spent, 80'000) << "it ran on its credit";
+  // The alerts went out at zero, during the cut, not when the backlog landed.
+  const std::int64_t zero_at = EventAt("balance.low"), stopped_at = EventAt("instance.stopped_for_funds");
+  EXPECT_GT(zero_at, 0);
+  EXPECT_LT(zero_at, o.healed_ms);
+  EXPECT_GT(stopped_at, 0);
+  EXPECT_LT(stopped_at, o.healed_ms);
+  EXPECT_EQ(One("SELECT string_agg(type || ':' || coalesce(data->>'threshold', data->>'reason'), ',' ORDER BY seq) "
+                "FROM webhook_events WHERE tenant_id = $1", tenant_),
+            "balance.low:runway,balance.low:zero,instance.stopped_for_funds:insufficient_funds");
+}
+
+TEST_F(SpendPartition, APrepaidBalanceStopsAtZeroWhileItsHostIsCutOffForLessThanTheHeartbeatTimeout) {
+  ASSERT_EQ(Call("PUT", "/v1/billing/tenants/" + tenant_ + "/mode", finance_, R"({"mode":"prepaid"})").status, 200);
+  // 10 s of burn; the cut starts 3 s in and lasts 10 s, under the heartbeat timeout: zero comes 7 s in.
+  ASSERT_EQ(Call("POST", "/v1/billing/tenants/" + tenant_ + "/credits", finance_, R"({"amount":"0.10","reason":"x"})").status, 201);
+  const Outcome o = RunWithCut(3s, 10s);
+  std::printf("prepaid, host cut off for 10 s (heartbeat timeout 12 s): $0.10 of credit; billed past zero: $%.6f; "
+              "bound: $%.6f\n",
+              static_cast<double>(o.spent - 100'000) / 1e6, static_cast<double>(bound_) / 1e6);
+  EXPECT_EQ(o.end_reason, "insufficient_funds");
+  EXPECT_EQ(o.marked_down, 0) << "the host was never declared down";
+  EXPECT_LE(o.spent - 100'000, bound_);
+  EXPECT_GE(o.spent, 80'000);
+  EXPECT_LT(EventAt("instance.stopped_for_funds"), o.healed_ms);
+}
+
+TEST_F(SpendPartition, AMonthlyLimitStopsAtTheLimitWhileItsHostIsCutOff) {
+  ASSERT_EQ(Call("PUT", "/v1/tenants/" + tenant_ + "/spend-limit", member_, R"({"monthly_limit":"0.10"})").status, 200);
+  const Outcome o = RunWithCut(3s, 25s);
+  std::printf("spend limit, host cut off for 25 s (heartbeat timeout 12 s): $0.10 a month; billed past the limit: "
+              "$%.6f; bound: $%.6f\n",
+              static_cast<double>(o.spent - 100'000) / 1e6, static_cast<double>(bound_) / 1e6);
+  EXPECT_EQ(o.end_reason, "spend_limit");
+  EXPECT_LE(o.spent - 100'000, bound_);
+  EXPECT_GE(o.spent, 80'000);
+  EXPECT_LT(EventAt("spend_limit.reached"), o.healed_ms);
+  EXPECT_LT(EventAt("instance.stopped_for_funds"), o.healed_ms);
+}
+
+TEST_F(SpendPartition, AHostDeclaredDownBeforeTheBalanceRanOutEndsItsInstanceHostDownAndItsBacklogIsBilled) {
+  ASSERT_EQ(Call("PUT", "/v1/billing/tenants/" + tenant_ + "/mode", finance_, R"({"mode":"prepaid"})").status, 200);
+  // 40 s of burn; the host is declared down 15 s in: the balance never reaches zero.
+  ASSERT_EQ(Call("POST", "/v1/billing/tenants/" + tenant_ + "/credits", finance_, R"({"amount":"0.40","reason":"x"})").status, 201);
+  const Outcome o = RunWithCut(3s, 20s);
+  std::printf("prepaid, host cut off for 20 s (heartbeat timeout 12 s): $0.40 of credit; spent $%.6f; ended %s\n",
+              static_cast<double>(o.spent) / 1e6, o.end_reason.c_str());
+  EXPECT_EQ(o.end_reason, "host_down");
+  EXPECT_GT(o.marked_down, 0);
+  // Its samples up to the moment it was declared down arrived after the cut and were billed: about
+  // 15 s of its 40, never more than the credit.
+  EXPECT_GE(o.spent, 100'000);
+  EXPECT_LE(o.spent, 400'000);
+  EXPECT_EQ(EventAt("instance.stopped_for_funds"), 0);
 }

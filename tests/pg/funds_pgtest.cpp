@@ -4,6 +4,8 @@
 // condition clears; an empty balance or a reached limit says to stop; a launch is refused with 402.
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "billing/funds.hpp"
 #include "core/db.hpp"
 #include "core/errors.hpp"
@@ -138,4 +140,110 @@ TEST(Funds, AMonthlyLimitWarnsAtEightyPercentStopsAtAHundredOncePerMonthAndRaisi
   // No limit, postpaid: nothing to evaluate.
   InTransaction(*b.conn, [&](Tx& tx) { SetMonthlyLimit(tx, "ten_f", std::nullopt, T("2026-12-01T00:11:00Z")); });
   EXPECT_TRUE(b.Evaluate("2026-12-01T00:12:00Z").empty());
+}
+
+// Spend controls act on what instances hold: a hold's time since the later of its host's
+// folded_through and the instance's last rated sample is pending, at today's price, until its
+// samples arrive (then it is rated instead, never both), or until it is older than
+// metering.max_sample_age. Time the host reported past without a sample was never metered: it is
+// not pending.
+TEST(Funds, HeldTimeWhoseSamplesHaveNotArrivedIsPendingAndCountsOnce) {
+  Books b;
+  b.Exec("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id, started_at) "
+         "VALUES ('ins_f', 'ten_f', 'h100.2x', 'H100-80GB', 2, 'r1', 'on_demand', 'running', $1, '2026-11-05T09:00:00Z')",
+         b.host);
+  b.Exec("INSERT INTO gpu_allocation_history (instance_id, host_id, gpu_index, allocated_at) VALUES "
+         "('ins_f', $1, 0, '2026-11-05T09:00:00Z'), ('ins_f', $1, 1, '2026-11-05T09:00:00Z')",
+         b.host);
+  InTransaction(*b.conn, [&](Tx& tx) {
+    SetMode(tx, "ten_f", "prepaid", T("2026-11-05T09:00:00Z"));
+    AddCredit(tx, "ten_f", 1000, "trial", "test", T("2026-11-05T09:00:00Z"));
+  });
+  // Its samples are in up to 10:00 (the host's watermark, the instance's last sample): 2 GPU-hours.
+  b.Exec("INSERT INTO host_watermarks (host_id, sampled_through, last_batch_seq, last_batch_at, clock_skew_ms, folded_through) "
+         "VALUES ($1, '2026-11-05T10:00:00Z', 1, '2026-11-05T10:00:00Z', 0, '2026-11-05T10:00:00Z')",
+         b.host);
+  b.Exec("INSERT INTO usage_hourly (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_mean, energy_mj, mem_peak_bytes, "
+         "last_sample_at) VALUES ('2026-11-05T09:00:00Z', 'ins_f', 'ten_f', 7200000, 720, 50, 0, 0, '2026-11-05T10:00:00Z')");
+  b.Rated("2026-11-05T09:00:00Z", 7'200'000);  // $4.00
+  // The host falls silent at 10:00: half an hour later, 2 GPUs × 0.5 h × $2.00 are pending.
+  Funds f = b.Of("2026-11-05T10:30:00Z");
+  EXPECT_EQ(f.pending_micros, 2'000'000);
+  EXPECT_EQ(f.consumed_micros, 6'000'000);
+  EXPECT_EQ(f.balance_micros(), 4'000'000);
+  EXPECT_EQ(f.spent_this_month_micros, 6'000'000) << "a spend limit sees it too";
+  // Its backlog lands and is folded: rated now, pending no more; the sum is the same.
+  b.Exec("INSERT INTO usage_hourly (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_mean, energy_mj, mem_peak_bytes, "
+         "last_sample_at) VALUES ('2026-11-05T10:00:00Z', 'ins_f', 'ten_f', 3600000, 360, 50, 0, 0, '2026-11-05T10:30:00Z')");
+  b.Rated("2026-11-05T10:00:00Z", 3'600'000);
+  b.Exec("UPDATE host_watermarks SET sampled_through = '2026-11-05T10:30:00Z', folded_through = '2026-11-05T10:30:00Z'");
+  f = b.Of("2026-11-05T10:30:00Z");
+  EXPECT_EQ(f.pending_micros, 0);
+  EXPECT_EQ(f.consumed_micros, 6'000'000);
+  // Stopped at 10:45 (the holds released) with the host silent again: pending stops at the release.
+  b.Exec("UPDATE gpu_allocation_history SET released_at = '2026-11-05T10:45:00Z'");
+  b.Exec("UPDATE instances SET state = 'terminated', ended_at = '2026-11-05T10:45:00Z', end_reason = 'terminated'");
+  EXPECT_EQ(b.Of("2026-11-05T11:00:00Z").pending_micros, 1'000'000);
+  EXPECT_EQ(b.Of("2026-11-05T12:00:00Z").pending_micros, 1'000'000);
+  // Past metering.max_sample_age those samples could never be billed: nothing is pending.
+  EXPECT_EQ(b.Of("2026-11-12T11:00:00Z").pending_micros, 0);
+  // The host reports past 10:45 with no sample of it (its agent was stopped): never metered, not pending.
+  b.Exec("UPDATE host_watermarks SET folded_through = '2026-11-05T11:00:00Z'");
+  EXPECT_EQ(b.Of("2026-11-05T12:00:00Z").pending_micros, 0);
+  EXPECT_EQ(b.Of("2026-11-05T12:00:00Z").consumed_micros, 6'000'000);
+}
+
+// Money at the documented maxima (billing/exact_amount.hpp): credits up to kMaxAmountCents each and
+// in all, limits up to it, prices up to kMaxPriceMicros and a year of the largest tenant-month. Every
+// sum is exact in 128 bits, and a value past a maximum is InvalidInput naming its field, never a
+// wrapped amount or a database error.
+TEST(Funds, BalancesAndLimitsAreExactAtTheDocumentedMaxima) {
+  Books b;
+  b.Exec("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id, started_at) "
+         "VALUES ('ins_f', 'ten_f', 'h100.1x', 'H100-80GB', 1, 'r1', 'on_demand', 'running', $1, '2025-12-01T00:00:00Z')",
+         b.host);
+  const auto invalid = [&](const std::function<void(Tx&)>& f, const std::string& field) {
+    try {
+      InTransaction(*b.conn, f);
+      ADD_FAILURE() << "accepted a value past " << field << "'s maximum";
+    } catch (const InvalidInput& e) {
+      EXPECT_EQ(std::string(e.what()).rfind(field + ":", 0), 0u) << e.what();
+    }
+  };
+  InTransaction(*b.conn, [&](Tx& tx) { SetMode(tx, "ten_f", "prepaid", T("2025-12-01T00:00:00Z")); });
+  invalid([&](Tx& tx) { AddCredit(tx, "ten_f", kMaxAmountCents + 1, "x", "test", T("2025-12-01T00:00:00Z")); }, "amount");
+  InTransaction(*b.conn, [&](Tx& tx) { AddCredit(tx, "ten_f", kMaxAmountCents, "max", "test", T("2025-12-01T00:00:00Z")); });
+  invalid([&](Tx& tx) { AddCredit(tx, "ten_f", 1, "one more cent", "test", T("2025-12-01T00:00:01Z")); }, "amount");
+  // Limits: past 32 bits of cents is fine (it was a 500), past the maximum is not.
+  InTransaction(*b.conn, [&](Tx& tx) { SetMonthlyLimit(tx, "ten_f", 2'147'483'648LL, T("2025-12-01T00:00:00Z")); });
+  InTransaction(*b.conn, [&](Tx& tx) { SetMonthlyLimit(tx, "ten_f", kMaxAmountCents, T("2025-12-01T00:00:00Z")); });
+  invalid([&](Tx& tx) { SetMonthlyLimit(tx, "ten_f", kMaxAmountCents + 1, T("2025-12-01T00:00:00Z")); }, "monthly_limit");
+  // A year of the largest tenant-month: kMaxTenantGpus for every millisecond of each month at
+  // kMaxPriceMicros (7.4e19 µ$ a month, past 64 bits).
+  Int128 expected = 0, this_month = 0;
+  for (int m = 0; m < 12; ++m) {
+    const Month month = MonthOf(T("2025-12-01T00:00:00Z") + std::chrono::hours(24 * 31) * m);
+    const std::int64_t gpu_ms = kMaxTenantGpus * (EpochMs(month.end) - EpochMs(month.begin));
+    b.Exec("INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour, gpu_ms) "
+           "VALUES ($1::timestamptz, 'ins_f', 'ten_f', 'on_demand', $2, $3)",
+           FormatTime(month.begin), kMaxPriceMicros, gpu_ms);
+    const Int128 micros = DivideHalfEven(static_cast<Int128>(gpu_ms) * kMaxPriceMicros, kMsPerHour);
+    expected += micros;
+    if (month.Label() == "2026-11") this_month = micros;
+  }
+  const Funds f = b.Of("2026-11-15T00:00:00Z");
+  EXPECT_EQ(f.credits_micros, static_cast<Int128>(kMaxAmountCents) * kMicrosPerCent);
+  EXPECT_EQ(f.consumed_micros, expected);
+  EXPECT_EQ(f.balance_micros(), static_cast<Int128>(kMaxAmountCents) * kMicrosPerCent - expected);
+  EXPECT_LT(f.balance_micros(), static_cast<Int128>(INT64_MIN)) << "the sum is past 64 bits, and exact";
+  EXPECT_EQ(f.spent_this_month_micros, this_month);
+  EXPECT_EQ(FormatMicrosWide(f.credits_micros), "1000000000000.000000");
+  EXPECT_EQ(FormatMicrosWide(-f.consumed_micros).substr(0, 1), "-");
+  // Evaluated at those figures: stopped, and the alert says the exact balance.
+  const auto v = b.Evaluate("2026-11-15T00:00:00Z");
+  ASSERT_EQ(v.size(), 1u);
+  EXPECT_EQ(v[0].stop_reason, "insufficient_funds");
+  EXPECT_NE(b.Text("SELECT data->>'balance' FROM webhook_events WHERE type = 'balance.low'"), "");
+  EXPECT_EQ(b.Text("SELECT data->>'balance' FROM webhook_events WHERE type = 'balance.low'"),
+            FormatMicrosWide(f.balance_micros()));
 }

@@ -14,6 +14,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
@@ -499,6 +501,113 @@ bool OwnCluster::Migrate() {
 
 int OwnCluster::AsPg(const std::string& cmd) {
   return ::geteuid() == 0 ? Sh("runuser -u postgres -- sh -c \"" + ShellEscape(cmd) + "\"") : Sh(cmd);
+}
+
+}  // namespace spillway::test
+
+namespace spillway::test {
+
+PartitionProxy::PartitionProxy(int upstream_port) : upstream_port_(upstream_port) {
+  listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+  const int one = 1;
+  ::setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  if (::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(listener_, 128) != 0)
+    throw std::runtime_error("partition proxy: cannot listen");
+  socklen_t len = sizeof a;
+  ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len);
+  port_ = ntohs(a.sin_port);
+  ::fcntl(listener_, F_SETFL, ::fcntl(listener_, F_GETFL) | O_NONBLOCK);
+  thread_ = std::thread([this] { Run(); });
+}
+
+PartitionProxy::~PartitionProxy() {
+  stop_ = true;
+  thread_.join();
+  ::close(listener_);
+}
+
+void PartitionProxy::Cut() { cut_ = true; }
+void PartitionProxy::Heal() { cut_ = false; }
+
+void PartitionProxy::Run() {
+  struct Side {
+    int fd = -1;
+    std::string out;  // bytes waiting to be written to this side
+  };
+  struct Pair {
+    Side client, upstream;
+    bool closed = false;
+  };
+  std::vector<Pair> pairs;
+  const auto close_pair = [](Pair& p) {
+    ::close(p.client.fd);
+    ::close(p.upstream.fd);
+    p.closed = true;
+  };
+  while (!stop_) {
+    if (cut_) {  // a partition: nothing is read, written or connected
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      continue;
+    }
+    std::vector<pollfd> fds{{listener_, POLLIN, 0}};
+    for (auto& p : pairs) {
+      fds.push_back({p.client.fd, static_cast<short>(POLLIN | (p.client.out.empty() ? 0 : POLLOUT)), 0});
+      fds.push_back({p.upstream.fd, static_cast<short>(POLLIN | (p.upstream.out.empty() ? 0 : POLLOUT)), 0});
+    }
+    if (::poll(fds.data(), fds.size(), 20) <= 0) continue;
+    if (cut_) continue;
+    for (std::size_t i = 0; i < pairs.size(); ++i) {
+      Pair& p = pairs[i];
+      Side* sides[2] = {&p.client, &p.upstream};
+      for (int k = 0; k < 2 && !p.closed; ++k) {
+        const short ev = fds[1 + 2 * i + k].revents;
+        Side& self = *sides[k];
+        Side& other = *sides[1 - k];
+        if (ev & (POLLIN | POLLHUP | POLLERR)) {
+          char buf[65536];
+          const ssize_t n = ::read(self.fd, buf, sizeof buf);
+          if (n > 0) {
+            other.out.append(buf, static_cast<std::size_t>(n));
+          } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+            // One side closed: pass on what is waiting for the other, then close both.
+            ::fcntl(other.fd, F_SETFL, ::fcntl(other.fd, F_GETFL) & ~O_NONBLOCK);
+            if (!other.out.empty()) (void)!::write(other.fd, other.out.data(), other.out.size());
+            close_pair(p);
+            break;
+          }
+        }
+        if ((ev & POLLOUT) && !self.out.empty()) {
+          const ssize_t n = ::write(self.fd, self.out.data(), self.out.size());
+          if (n > 0) self.out.erase(0, static_cast<std::size_t>(n));
+        }
+      }
+    }
+    pairs.erase(std::remove_if(pairs.begin(), pairs.end(), [](const Pair& p) { return p.closed; }), pairs.end());
+    if (fds[0].revents & POLLIN) {
+      for (;;) {
+        const int c = ::accept(listener_, nullptr, nullptr);
+        if (c < 0) break;
+        const int u = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = htons(static_cast<std::uint16_t>(upstream_port_));
+        if (::connect(u, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+          ::close(u);
+          ::close(c);
+          continue;
+        }
+        for (int fd : {c, u}) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+        pairs.push_back({{c, {}}, {u, {}}, false});
+      }
+    }
+  }
+  for (auto& p : pairs)
+    if (!p.closed) close_pair(p);
 }
 
 }  // namespace spillway::test

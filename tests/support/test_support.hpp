@@ -3,12 +3,14 @@
 // spillway-apiserver as a child process, and a small HTTP/1.1 client over real sockets.
 #include <pqxx/pqxx>
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/clock.hpp"
@@ -136,6 +138,25 @@ class ApiServer {
   std::map<std::string, std::string> env_;
   int port_, admin_port_;
   std::unique_ptr<Process> process_;
+};
+
+// A TCP proxy on a free loopback port to 127.0.0.1:upstream_port, which a test can cut as a network
+// partition would: while cut it moves no byte either way and connects nothing new (connections
+// wait in its listen queue), so both sides' requests hang rather than fail; healed, everything
+// flows again, bytes held meanwhile included.
+class PartitionProxy {
+ public:
+  explicit PartitionProxy(int upstream_port);
+  ~PartitionProxy();
+  int port() const { return port_; }
+  void Cut();
+  void Heal();
+
+ private:
+  void Run();
+  int upstream_port_, port_ = 0, listener_ = -1;
+  std::atomic<bool> cut_{false}, stop_{false};
+  std::thread thread_;
 };
 
 std::string ApiServerBinary();
