@@ -250,6 +250,7 @@ void HostAgent::PollLoop() {
 void HostAgent::HeartbeatLoop() {
   std::unique_ptr<HttpClient> client;
   std::map<std::string, std::string> last_sent;
+  bool heard = true;  // the last heartbeat was answered
   auto next_due = std::chrono::steady_clock::now();
   while (!stopping_) {
     protocol::Heartbeat report{{}, kAgentVersion};
@@ -297,11 +298,19 @@ void HostAgent::HeartbeatLoop() {
         Invalidate(token);
       } else if (r.status == 200) {
         last_sent = std::move(states);
+        if (!heard) {
+          // Heard again after a failure: the shipper stops backing off and sends its backlog now.
+          std::lock_guard lk(mu_);
+          link_back_ = true;
+          ship_cv_.notify_all();
+        }
+        heard = true;
       } else {
         log::Warn("heartbeat refused", {{"status", r.status}, {"body", r.body}});
       }
     } catch (const std::exception& e) {
       client.reset();
+      heard = false;
       log::Warn("heartbeat: cannot reach the apiserver", {{"error", e.what()}});
     }
     std::lock_guard lk(mu_);
@@ -352,17 +361,30 @@ void HostAgent::SampleLoop() {
 }
 
 
+std::chrono::milliseconds ShipBackoff(std::chrono::milliseconds previous, std::chrono::milliseconds since_success) {
+  using std::chrono::milliseconds;
+  const milliseconds doubled = std::max(milliseconds(500), previous * 2);
+  // At most an eighth of the time since the last batch went through (a 70 s cut retries within
+  // about 9 s of its end), and never more than 30 s.
+  const milliseconds cap = std::clamp(since_success / 8, milliseconds(500), milliseconds(30000));
+  return std::min(doubled, cap);
+}
+
 void HostAgent::ShipLoop() {
   std::unique_ptr<HttpClient> client;
   std::chrono::milliseconds backoff{0};
+  auto last_shipped = std::chrono::steady_clock::now();
   std::mt19937_64 rng(std::random_device{}());
   while (!stopping_) {
     {
       std::unique_lock lk(mu_);
       if (backoff.count() > 0) {
-        // Jittered, so a fleet that lost the apiserver does not come back in step.
+        // Jittered, so a fleet that lost the apiserver does not come back in step. A heartbeat
+        // answered again (the network is back) ends the wait at once.
         std::uniform_int_distribution<std::int64_t> jitter(backoff.count() / 2, backoff.count());
-        ship_cv_.wait_for(lk, std::chrono::milliseconds(jitter(rng)), [&] { return stopping_.load(); });
+        ship_cv_.wait_for(lk, std::chrono::milliseconds(jitter(rng)), [&] { return stopping_ || link_back_; });
+        if (link_back_) backoff = std::chrono::milliseconds(0);
+        link_back_ = false;
       } else {
         ship_cv_.wait_for(lk, sample_interval_, [&] { return stopping_ || ship_kick_; });
       }
@@ -407,6 +429,7 @@ void HostAgent::ShipLoop() {
         spool_->Acknowledge();
         ++batches_shipped_;
         backoff = std::chrono::milliseconds(0);
+        last_shipped = std::chrono::steady_clock::now();
         continue;
       }
       if (r.status == 422 || r.status == 400 || r.status == 413) {
@@ -419,8 +442,8 @@ void HostAgent::ShipLoop() {
       }
       if (r.status == 401) Invalidate(token);
       ++ship_failures_;
-      backoff = std::min<std::chrono::milliseconds>(std::chrono::seconds(30),
-                                                    std::max<std::chrono::milliseconds>(std::chrono::milliseconds(500), backoff * 2));
+      backoff = ShipBackoff(backoff, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         std::chrono::steady_clock::now() - last_shipped));
       log::Warn("sample batch not stored yet: kept in the spool, sent again later",
                 {{"hostname", options_.hostname}, {"batch_seq", batch->batch_seq}, {"status", r.status},
                  {"body", r.body}, {"retry_in_ms", backoff.count()}});

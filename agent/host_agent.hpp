@@ -1,5 +1,6 @@
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -48,6 +49,11 @@ struct MeteringStats {
   std::int64_t samples_unattributed = 0;    // sent again without their instance (see ShipLoop)
   std::int64_t samples_already_stored = 0;  // left out of a batch sent again: that time was stored
 };
+
+// How long the shipper waits after a failed batch: double the last wait (at least 500 ms), but at
+// most an eighth of the time since a batch last went through and at most 30 s, so a host whose
+// network comes back after a cut resumes within seconds, not after a backoff grown during the cut.
+std::chrono::milliseconds ShipBackoff(std::chrono::milliseconds previous, std::chrono::milliseconds since_success);
 
 // One GPU host's side of PROTOCOL.md: registers (again, with a fresh token, when its token stops
 // working), long-polls its assignments and applies them to its runtime, and heartbeats the actual
@@ -115,6 +121,7 @@ class HostAgent {
   std::mutex sample_mu_;                               // one tick at a time (the loop, or Stop's last)
   std::condition_variable ship_cv_;
   bool ship_kick_ = false;
+  bool link_back_ = false;  // a heartbeat was answered after one that was not: ship now
   std::atomic<std::int64_t> batches_shipped_{0}, ship_failures_{0}, sampler_errors_{0}, samples_unattributed_{0},
       samples_already_stored_{0};
   std::thread sample_thread_, ship_thread_;
