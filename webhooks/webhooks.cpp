@@ -35,15 +35,23 @@ const Statement kDropPending{"webhook_drop_pending",
                              "DELETE FROM webhook_deliveries WHERE endpoint_id = $1 AND delivered_at IS NULL"};
 // The body is built from the stored event (jsonb prints the same way every time), so every attempt
 // sends the same bytes.
+// Per endpoint its oldest due deliveries, at most $3 each, of endpoints not in $4 (those with
+// deliveries still in flight): each endpoint is a queue of its own, so one that hangs or fails
+// holds up only its own deliveries. The body is built from the stored event (jsonb prints the same
+// way every time), so every attempt sends the same bytes.
 const Statement kDue{"webhook_due", R"sql(
-SELECT d.event_id, d.endpoint_id, d.attempts, e.url, e.secret_sealed, v.type,
-       json_build_object('id', v.id, 'type', v.type, 'created_at',
-                         to_char(v.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                         'tenant_id', v.tenant_id, 'data', v.data)::text AS body
-FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id JOIN webhook_events v ON v.id = d.event_id
-WHERE d.delivered_at IS NULL AND d.failed_at IS NULL AND d.next_attempt_at <= )sql" SPW_TS(1) R"sql(
-  AND e.deleted_at IS NULL
-ORDER BY d.next_attempt_at, v.seq LIMIT $2)sql"};
+SELECT q.event_id, q.endpoint_id, q.attempts, q.url, q.secret_sealed, q.type, q.body, q.created_ms FROM (
+  SELECT d.event_id, d.endpoint_id, d.attempts, e.url, e.secret_sealed, v.type, d.next_attempt_at, v.seq,
+         json_build_object('id', v.id, 'type', v.type, 'created_at',
+                           to_char(v.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                           'tenant_id', v.tenant_id, 'data', v.data)::text AS body,
+         )sql" SPW_EPOCH_MS("v.created_at") R"sql( AS created_ms,
+         row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, v.seq) AS place
+  FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id JOIN webhook_events v ON v.id = d.event_id
+  WHERE d.delivered_at IS NULL AND d.failed_at IS NULL AND d.next_attempt_at <= )sql" SPW_TS(1) R"sql(
+    AND e.deleted_at IS NULL AND NOT (d.endpoint_id = ANY($4::text[]))) q
+WHERE q.place <= $3
+ORDER BY q.next_attempt_at, q.seq LIMIT $2)sql"};
 const Statement kDelivered{"webhook_delivered", R"sql(
 UPDATE webhook_deliveries SET delivered_at = )sql" SPW_TS(3) R"sql(, attempts = attempts + 1, last_status = $4,
   last_error = NULL
@@ -180,12 +188,13 @@ std::string Signature(const std::string& secret, std::int64_t unix_seconds, cons
   return "t=" + t + ",v1=" + HmacSha256Hex(secret, t + "." + body);
 }
 
-std::vector<Due> DueDeliveries(Tx& tx, TimeMs now, int limit) {
+std::vector<Due> DueDeliveries(Tx& tx, TimeMs now, int limit, int per_endpoint,
+                               const std::vector<std::string>& busy_endpoints) {
   std::vector<Due> out;
-  for (const auto& r : tx.exec_prepared(kDue.name, EpochMs(now), limit))
+  for (const auto& r : tx.exec_prepared(kDue.name, EpochMs(now), limit, per_endpoint, TextArrayLiteral(busy_endpoints)))
     out.push_back({r["event_id"].as<std::string>(), r["endpoint_id"].as<std::string>(), r["type"].as<std::string>(),
                    r["url"].as<std::string>(), r["secret_sealed"].as<std::string>(), r["body"].as<std::string>(),
-                   r["attempts"].as<int>()});
+                   r["attempts"].as<int>(), *TimeFrom(r["created_ms"])});
   return out;
 }
 

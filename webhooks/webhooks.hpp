@@ -65,8 +65,12 @@ std::string Signature(const std::string& secret, std::int64_t unix_seconds, cons
 struct Due {
   std::string event_id, endpoint_id, type, url, secret_sealed, body;
   int attempts = 0;
+  TimeMs event_created_at{};
 };
-std::vector<Due> DueDeliveries(Tx& tx, TimeMs now, int limit);
+// At most `limit` in all and `per_endpoint` of each endpoint (its oldest due), none of the endpoints
+// in `busy_endpoints`: every endpoint is a queue of its own.
+std::vector<Due> DueDeliveries(Tx& tx, TimeMs now, int limit, int per_endpoint,
+                               const std::vector<std::string>& busy_endpoints = {});
 // The outcome of one attempt: delivered (a 2xx), or tried again later, or given up after the last.
 void RecordAttempt(Tx& tx, const Due& d, bool delivered, int status, const std::string& error, TimeMs now,
                    const Settings& settings);
