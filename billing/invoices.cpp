@@ -572,6 +572,11 @@ PeriodClose CloseFrom(const pqxx::row& r) {
   return c;
 }
 
+const Statement kFirstBillable{"billing_first_billable", R"sql(
+SELECT )sql" SPW_EPOCH_MS("(SELECT min(started_at) FROM instances)") R"sql( AS instance_ms,
+       )sql" SPW_EPOCH_MS("(SELECT min(created_at) FROM volumes)") R"sql( AS volume_ms,
+       )sql" SPW_EPOCH_MS("(SELECT min(applied_at) FROM schema_migrations)") R"sql( AS installed_ms)sql"};
+
 }  // namespace
 
 BillingSettings BillingSettings::From(const Config& config) {
@@ -803,6 +808,15 @@ std::vector<Month> PeriodsToClose(Tx& tx, TimeMs now) {
   std::vector<Month> out;
   for (const auto& p : periods) out.push_back(*ParseMonth(p));
   return out;
+}
+
+Month FirstBillableMonth(Tx& tx, TimeMs now) {
+  const auto r = tx.exec_prepared1(kFirstBillable.name);
+  const Month installed = MonthOf(TimeFrom(r["installed_ms"]).value_or(now));
+  Month first = MonthOf(installed.begin - Millis(1));
+  for (const char* column : {"instance_ms", "volume_ms"})
+    if (const auto t = TimeFrom(r[column]); t && *t < first.begin) first = MonthOf(*t);
+  return first;
 }
 
 std::optional<StoredInvoice> FindInvoice(Tx& tx, const std::string& id) {

@@ -94,6 +94,10 @@ std::vector<PeriodClose> ClosedPeriods(Tx& tx);
 // The months the leader should consider closing now, oldest first: ended and not closed.
 std::vector<Month> PeriodsToClose(Tx& tx, TimeMs now);
 
+// The first month Spillway could have billed: the earliest of the first instance's start, the first
+// volume's creation and the month before this database was installed (the first the leader closes).
+Month FirstBillableMonth(Tx& tx, TimeMs now);
+
 // Whether `period` ("2026-11") is closed.
 bool PeriodClosed(Tx& tx, const std::string& period);
 // Up to where (an hour) the volume metering has measured every volume; `fallback` before its first hour.

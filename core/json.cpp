@@ -152,6 +152,11 @@ void OnlyKeys(const boost::json::object& o, std::initializer_list<std::string_vi
   }
 }
 
+void NoNulls(const boost::json::object& o) {
+  for (const auto& kv : o)
+    if (kv.value().is_null()) throw Invalid(kv.key(), "must not be null (leave it out for its default)");
+}
+
 namespace {
 void AppendString(std::string& out, boost::json::string_view s) {
   if (IsValidUtf8(std::string_view(s.data(), s.size()))) {

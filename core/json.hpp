@@ -34,5 +34,7 @@ std::optional<std::int64_t> OptInt(const boost::json::object& o, std::string_vie
                                    std::int64_t max);
 // Rejects members not in `allowed`, so a typo is an error rather than silently ignored.
 void OnlyKeys(const boost::json::object& o, std::initializer_list<std::string_view> allowed);
+// InvalidInput naming the first member that is null: for bodies where no field means "none".
+void NoNulls(const boost::json::object& o);
 
 }  // namespace spillway

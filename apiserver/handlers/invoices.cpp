@@ -128,11 +128,35 @@ Reply Csv(std::string body, const std::string& filename) {
   return r;
 }
 
-std::string PeriodParam(const std::string& text, const char* field) {
-  if (!ParseMonth(text)) throw InvalidInput(std::string(field) + ": a month as YYYY-MM, such as \"2026-11\"");
+// A billing period as a route takes it: a month as YYYY-MM that Spillway could have billed, from
+// the first (billing::FirstBillableMonth) to the current one; any other is 422 naming the field.
+std::string PeriodParam(Ctx& ctx, const std::string& text, const char* field) {
+  const auto month = ParseMonth(text);
+  if (!month) throw InvalidInput(std::string(field) + ": a month as YYYY-MM, such as \"2026-11\"");
+  const TimeMs now = ctx.clock.Now();
+  const Month current = MonthOf(now);
+  if (month->begin > current.begin)
+    throw InvalidInput(std::string(field) + ": " + text + " is after the current month, " + current.Label());
+  const Month first = ctx.Read([&](Tx& tx) { return billing::FirstBillableMonth(tx, now); });
+  if (month->begin < first.begin)
+    throw InvalidInput(std::string(field) + ": " + text + " is before " + first.Label() +
+                       ", the first month anything could have been billed");
   return text;
 }
 
+// The media type of an invoice's canonical JSON: the exact bytes its sha256 is taken over.
+constexpr const char* kCanonicalType = "application/vnd.spillway.invoice.canonical+json";
+
+// ?format= json (the default), csv, pdf or canonical; any other value is 422.
+std::string FormatParam(const Ctx& ctx) {
+  const std::string f = ctx.Query("format");
+  if (!f.empty() && f != "json" && f != "csv" && f != "pdf" && f != "canonical")
+    throw InvalidInput("format: json, csv, pdf or canonical");
+  return f;
+}
+bool WantsCanonical(const Ctx& ctx) {
+  return ctx.request.Header("accept").find(kCanonicalType) != std::string::npos || FormatParam(ctx) == "canonical";
+}
 bool WantsCsv(const Ctx& ctx) {
   return ctx.request.Header("accept").find("text/csv") != std::string::npos || ctx.Query("format") == "csv";
 }
@@ -189,6 +213,17 @@ Reply ListMyInvoices(Ctx& ctx) {
 Reply GetInvoice(Ctx& ctx) {
   const StoredInvoice s = Visible(ctx, ctx.Param("id"));
   const std::string name = s.invoice.number ? *s.invoice.number : s.invoice.id;
+  if (WantsCanonical(ctx)) {
+    // What was hashed at finalization, byte for byte: `sha256sum` of this body is the invoice's sha256.
+    if (s.canonical.empty())
+      throw ApiError(409, "invoice_not_finalized",
+                     "invoice " + s.invoice.id + " is a draft: its canonical JSON and SHA-256 exist once its period closes");
+    Reply r;
+    r.content_type = kCanonicalType;
+    r.raw_body = s.canonical;
+    r.headers.emplace_back("Content-Disposition", "attachment; filename=\"" + name + ".canonical.json\"");
+    return r;
+  }
   if (WantsPdf(ctx)) {
     Reply r;
     r.content_type = "application/pdf";
@@ -208,7 +243,7 @@ Reply ListAllInvoices(Ctx& ctx) {
   billing::InvoiceQuery q;
   q.tenant_id = ctx.Query("tenant_id");
   if (q.tenant_id.empty()) q.tenant_id = ctx.Query("tenant");  // docs/architecture.md's first name for it
-  if (const std::string p = ctx.Query("period"); !p.empty()) q.period = PeriodParam(p, "period");
+  if (const std::string p = ctx.Query("period"); !p.empty()) q.period = PeriodParam(ctx, p, "period");
   q.status = ctx.Query("status");
   if (!q.status.empty() && q.status != "draft" && q.status != "finalized")
     throw InvalidInput("status: draft or finalized");
@@ -216,7 +251,7 @@ Reply ListAllInvoices(Ctx& ctx) {
 }
 
 Reply ExportInvoicesCsv(Ctx& ctx) {
-  const std::string period = PeriodParam(ctx.Query("period"), "period");
+  const std::string period = PeriodParam(ctx, ctx.Query("period"), "period");
   std::string body = kCsvHeader;
   ctx.ReadSnapshot([&](Tx& tx) {
     billing::InvoiceQuery q;
@@ -233,7 +268,7 @@ Reply ExportInvoicesCsv(Ctx& ctx) {
 }
 
 Reply ClosePeriodNow(Ctx& ctx) {
-  const std::string period = PeriodParam(ctx.Param("period"), "period");
+  const std::string period = PeriodParam(ctx, ctx.Param("period"), "period");
   const BillingSettings settings = SettingsOf(ctx);
   const auto start = std::chrono::steady_clock::now();
   PeriodClose c;
@@ -268,8 +303,9 @@ Reply CreateCreditNote(Ctx& ctx) {
   const auto& body = RequireObject(ctx.body);
   OnlyKeys(body, {"amount", "reason"});
   const auto amount = billing::ParseAmount(ReqString(body, "amount", 32));
-  if (!amount || *amount <= 0)
-    throw InvalidInput("amount: a positive USD amount before tax with at most two decimals, such as \"12.50\"");
+  if (!amount || *amount <= 0 || *amount > billing::kMaxAmountCents)
+    throw InvalidInput("amount: a positive USD amount before tax with at most two decimals, such as \"12.50\", of at most " +
+                       FormatAmount(billing::kMaxAmountCents));
   const std::string reason = ReqString(body, "reason", 500);
   const std::string id = ctx.Param("id");
   return ctx.Write([&](Tx& tx) {
@@ -290,6 +326,7 @@ Reply GetBillingProfile(Ctx& ctx) {
 Reply SetBillingProfile(Ctx& ctx) {
   const auto& body = RequireObject(ctx.body);
   OnlyKeys(body, {"legal_name", "address", "tax_id", "email", "tax_rate_bp"});
+  NoNulls(body);  // a profile is replaced whole: leave a field out for its default, never null
   billing::BillingProfile p;
   p.tenant_id = ctx.Param("id");
   p.party.legal_name = OptString(body, "legal_name", 200).value_or("");
@@ -314,7 +351,7 @@ Reply SetBillingProfile(Ctx& ctx) {
 namespace spillway::handlers {
 
 Reply GetRevenueReport(Ctx& ctx) {
-  const std::string period = PeriodParam(ctx.Query("period"), "period");
+  const std::string period = PeriodParam(ctx, ctx.Query("period"), "period");
   const auto month = *ParseMonth(period);
   const auto report = ctx.ReadSnapshot([&](Tx& tx) { return billing::RevenueOf(tx, month, ctx.clock.Now()); });
   const std::int64_t month_ms = EpochMs(month.end) - EpochMs(month.begin);
@@ -380,7 +417,7 @@ Reply GetRevenueReport(Ctx& ctx) {
 namespace {
 
 Reply FocusCsv(Ctx& ctx, const std::string& tenant_id) {
-  const std::string period = PeriodParam(ctx.Query("period"), "period");
+  const std::string period = PeriodParam(ctx, ctx.Query("period"), "period");
   const Month month = *ParseMonth(period);
   const BillingSettings settings = SettingsOf(ctx);
   const TimeMs now = ctx.clock.Now();

@@ -13,6 +13,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <thread>
 
 #include "core/clock.hpp"
@@ -237,6 +239,32 @@ TEST_F(Finance, TheFinanceStory) {
   const std::string canonical = One("SELECT canonical FROM invoices WHERE id = $1", id);
   EXPECT_EQ(Str(inv, "sha256"), Sha256Hex(canonical));
   EXPECT_NE(canonical.find("\"number\":\"SPW-000001\""), std::string::npos);
+  // Those exact bytes are served: the README's recipe checks the hash with sha256sum alone.
+  r = Call("GET", "/v1/invoices/" + id + "?format=canonical", member_);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.body, canonical);
+  EXPECT_EQ(r.Header("content-type"), "application/vnd.spillway.invoice.canonical+json");
+  EXPECT_EQ(Call("GET", "/v1/invoices/" + id, member_, "", {{"Accept", "application/vnd.spillway.invoice.canonical+json"}}).body,
+            canonical);
+  EXPECT_EQ(Call("GET", "/v1/invoices/" + id + "?format=xml", member_).status, 422);
+  {
+    std::ifstream readme(std::string(SPILLWAY_SOURCE_DIR) + "/README.md");
+    std::stringstream text;
+    text << readme.rdbuf();
+    const std::string all = text.str();
+    const auto mark = all.find("<!-- verify-invoice-hash -->\n```sh\n");
+    ASSERT_NE(mark, std::string::npos) << "the README's recipe is gone";
+    const auto from = all.find('\n', all.find("```sh", mark)) + 1;
+    const std::string recipe = all.substr(from, all.find("```", from) - from);
+    const std::map<std::string, std::string> env = {{"API", "http://127.0.0.1:" + std::to_string(server_->port())},
+                                                    {"MEMBER_KEY", member_}, {"INVOICE", id}};
+    std::string out;
+    EXPECT_EQ(RunCommand({"/bin/bash", "-c", "exec 1>&2\n" + recipe}, env, &out), 0) << recipe << out;
+    EXPECT_NE(out.find("-: OK"), std::string::npos) << out;
+    // A hash that is not the invoice's fails it.
+    const std::string wrong = "SHA=" + std::string(64, '0') + "\n" + recipe.substr(recipe.find('\n') + 1);
+    EXPECT_NE(RunCommand({"/bin/bash", "-c", "exec 1>&2\n" + wrong}, env, &out), 0) << out;
+  }
 
   // Its CSV matches its JSON to the cent, and so does finance's export of the month.
   r = Call("GET", "/v1/invoices/" + id, member_, "", {{"Accept", "text/csv"}});
