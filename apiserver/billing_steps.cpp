@@ -10,6 +10,7 @@
 #include "core/db.hpp"
 #include "core/json.hpp"
 #include "core/money.hpp"
+#include "metering/usage.hpp"
 #include "provisioning/instances.hpp"
 #include "webhooks/webhooks.hpp"
 #include "core/log.hpp"
@@ -62,11 +63,22 @@ Billing::Billing(BillingSettings settings, Registry& registry) : settings_(std::
               .Help("Prepaid tenants whose runway is under billing.low_balance_runway (set by the leader)")
               .Register(registry)
               .Add({});
+  unmetered_ = &BuildCounter()
+                    .Name("spillway_unmetered_held_gpu_seconds_total")
+                    .Help("GPU time instances held that no sample ever covered (an agent stopped, a host lost), "
+                          "judged per instance-hour once its host reported past the hour; not billed, by pool")
+                    .Register(registry);
+  held_ = &BuildCounter()
+               .Name("spillway_held_gpu_seconds_total")
+               .Help("GPU time instances held, judged as spillway_unmetered_held_gpu_seconds_total is (its "
+                     "denominator), by pool")
+               .Register(registry);
   for (const char* reason : {"insufficient_funds", "spend_limit"}) stopped_->Add({{"reason", reason}});
   for (const char* stat : {"sum", "min"}) balances_->Add({{"stat", stat}});
   for (const char* status : {"draft", "finalized"}) invoices_->Add({{"status", status}});
   for (const char* market : {"on_demand", "spot", "storage"}) billed_->Add({{"market", market}});
-  for (const char* step : {"billing_drafts", "billing_close", "billing_gauges", "spend_controls", "api_close"})
+  for (const char* step : {"billing_drafts", "billing_close", "billing_gauges", "spend_controls", "api_close",
+                           "billing_unmetered"})
     failures_->Add({{"step", step}});
 }
 
@@ -90,6 +102,8 @@ void Billing::Register(PeriodicSteps& steps, Millis draft_interval) {
   // the rated usage, so an empty one is stopped within a sample and a rating interval.
   steps.Add({"spend_controls", draft_interval,
              counted("spend_controls", [this](pqxx::connection& c, TimeMs now) { SpendControls(c, now); })});
+  steps.Add({"billing_unmetered", std::chrono::minutes(1),
+             counted("billing_unmetered", [this](pqxx::connection& c, TimeMs) { Unmetered(c); })});
   steps.Add({"billing_gauges", std::chrono::seconds(15),
              counted("billing_gauges", [this](pqxx::connection& c, TimeMs now) { Gauges(c, now); })});
 }
@@ -162,6 +176,19 @@ int Billing::SpendControls(Session& conn, TimeMs now) {
     }
   }
   return stopped;
+}
+
+void Billing::Unmetered(Session& conn) {
+  constexpr int kHostsAPass = 2000;  // each host at most 24 hours a pass: a pass stays short
+  for (const auto& j : metering::JudgeUnmeteredHours(conn, kHostsAPass)) {
+    const prometheus::Labels pool{{"region", j.region}, {"gpu_model", j.gpu_model}};
+    held_->Add(pool).Increment(static_cast<double>(j.held_gpu_ms) / 1000);
+    unmetered_->Add(pool).Increment(static_cast<double>(j.unmetered_gpu_ms) / 1000);
+    if (j.unmetered_gpu_ms > 0)
+      log::Info("held GPU time never metered (not billed)",
+                {{"region", j.region}, {"gpu_model", j.gpu_model}, {"unmetered_gpu_seconds", j.unmetered_gpu_ms / 1000},
+                 {"held_gpu_seconds", j.held_gpu_ms / 1000}});
+  }
 }
 
 void Billing::Gauges(Session& conn, TimeMs now) {

@@ -2,7 +2,9 @@
 // Billing's leader-run steps and its metrics (here, not in billing/: Prometheus speaks floating point,
 // and billing/ has none) (docs/architecture.md, "Billing"): billing_drafts keeps
 // every open month's drafts current, billing_close closes each ended month once its usage is in (or
-// billing.close_max_wait after it ended), billing_gauges sets the gauges. A failing step is counted
+// billing.close_max_wait after it ended), billing_gauges sets the gauges, billing_unmetered judges
+// the settled hours' held GPU time against the metered (spillway_unmetered_held_gpu_seconds_total,
+// spillway_held_gpu_seconds_total, per pool). A failing step is counted
 // in spillway_billing_failures_total{step}, never only logged.
 #include <chrono>
 #include <string>
@@ -40,6 +42,8 @@ class Billing {
   // Evaluates prepaid balances and spend limits (alerts once per crossing) and stops the instances
   // of tenants out of funds or over their limit. Returns how many it stopped.
   int SpendControls(Session& conn, TimeMs now);
+  // Judges newly settled hours of held GPU time (metering::JudgeUnmeteredHours) into the counters.
+  void Unmetered(Session& conn);
 
   // What a close did (by the step or through the API), for the metrics.
   void Observe(const PeriodClose& close, double seconds);
@@ -57,6 +61,8 @@ class Billing {
   prometheus::Family<prometheus::Counter>* stopped_;
   prometheus::Family<prometheus::Gauge>* balances_;
   prometheus::Gauge* low_;
+  prometheus::Family<prometheus::Counter>* unmetered_;
+  prometheus::Family<prometheus::Counter>* held_;
 };
 
 }  // namespace spillway

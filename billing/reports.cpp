@@ -25,6 +25,16 @@ const Statement kRevenueStorage{"report_revenue_storage",
                                 "WITH " SPW_STORAGE_SPANS " SELECT v.region, sp.price, sum(" SPW_STORAGE_GB_MS(1, 2)
                                 ")::bigint AS gb_ms" SPW_STORAGE_FROM(1, 2) " GROUP BY v.region, sp.price"};
 
+// Held GPU time never metered per pool, at the on-demand list price in effect at each hour's start.
+const Statement kRevenueUnmetered{"report_revenue_unmetered", R"sql(
+SELECT u.region, u.gpu_model, p.price, sum(u.held_gpu_ms - u.metered_gpu_ms)::bigint AS gpu_ms
+FROM unmetered_hourly u
+LEFT JOIN LATERAL (SELECT price_micros_per_gpu_hour AS price FROM prices
+                   WHERE gpu_model = u.gpu_model AND market = 'on_demand' AND effective_from <= u.hour
+                   ORDER BY effective_from DESC LIMIT 1) p ON true
+WHERE u.hour >= )sql" SPW_TS(1) " AND u.hour < " SPW_TS(2) R"sql(
+GROUP BY u.region, u.gpu_model, p.price)sql"};
+
 }  // namespace
 
 RevenueReport RevenueOf(Tx& tx, const Month& month, TimeMs now) {
@@ -71,6 +81,16 @@ RevenueReport RevenueOf(Tx& tx, const Month& month, TimeMs now) {
     it->second.gb_ms += r["gb_ms"].as<std::int64_t>();
     it->second.amount.Add(r["gb_ms"].as<std::int64_t>(), r["price"].as<std::int64_t>());
   }
+  std::map<std::pair<std::string, std::string>, PoolUnmetered> unmetered;
+  for (const auto& r : tx.exec_prepared(kRevenueUnmetered.name, from, to)) {
+    const std::string region = r["region"].as<std::string>(), model = r["gpu_model"].as<std::string>();
+    PoolUnmetered& u = unmetered[{region, model}];
+    u.region = region, u.gpu_model = model;
+    const std::int64_t ms = r["gpu_ms"].as<std::int64_t>();
+    u.gpu_ms += ms;
+    if (const auto price = IntFrom(r["price"])) u.list.Add(ms, *price);
+  }
+  for (auto& [k, u] : unmetered) out.unmetered.push_back(std::move(u));
   for (auto& [k, l] : lines) out.lines.push_back(std::move(l));
   for (auto& [k, p] : pools) out.pools.push_back(std::move(p));
   for (auto& [k, s] : storage) out.storage.push_back(std::move(s));

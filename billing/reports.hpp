@@ -2,7 +2,9 @@
 // The spare-capacity revenue report (docs/architecture.md, "Billing"): per pool and market, what a
 // month's GPU time sold for, the spot discount given (those GPU-hours at the on-demand list price at
 // each sample's time, less what they were billed), the spare GPU-hours offered as spot against those
-// sold, and storage revenue per region. Every amount exact until it is rounded, once, per figure.
+// sold, storage revenue per region, and the GPU time held but never metered per pool (not billed; its
+// value at the on-demand list price in effect at each hour's start). Every amount exact until it is
+// rounded, once, per figure.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -36,12 +38,20 @@ struct StorageRevenue {
   explicit StorageRevenue(int days) : amount(ExactAmount::Storage(days)) {}
 };
 
+// GPU time instances held that no sample covered (unmetered_hourly), judged once settled.
+struct PoolUnmetered {
+  std::string region, gpu_model;
+  std::int64_t gpu_ms = 0;
+  ExactAmount list = ExactAmount::GpuTime();  // at the on-demand list price: what was given away
+};
+
 struct RevenueReport {
   Month month;
   bool closed = false;  // the month is closed: its figures are final (late usage aside)
   std::vector<RevenueLine> lines;      // by region, model, market
   std::vector<PoolSpare> pools;        // by region, model
   std::vector<StorageRevenue> storage; // by region
+  std::vector<PoolUnmetered> unmetered; // by region, model
 };
 
 // The report of `month` as of `now`: an open month's so far (storage up to the volume metering's

@@ -178,7 +178,57 @@ FROM pool_usage_hourly
 WHERE hour >= $1::timestamptz AND hour < $2::timestamptz AND ($3 = '' OR region = $3) AND ($4 = '' OR gpu_model = $4)
 GROUP BY region, gpu_model, date_trunc($5, hour) ORDER BY 3, 1, 2)sql"};
 
+// Hosts with settled hours not yet judged, from the later of their mark and the hour of their first
+// hold (a host new since the migration), up to 24 hours at a time; each hold overlapping each hour,
+// clipped to it, against the instance-hour's metered GPU-ms.
+#define SPW_HOUR_MS(t) "(extract(epoch FROM " t ") * 1000)::bigint"
+const Statement kJudgeUnmetered{"metering_judge_unmetered", R"sql(
+WITH due AS (
+  SELECT w.host_id,
+         coalesce(m.judged_through,
+                  (SELECT date_trunc('hour', min(a.allocated_at)) FROM gpu_allocation_history a WHERE a.host_id = w.host_id),
+                  date_trunc('hour', w.folded_through)) AS u,
+         date_trunc('hour', w.folded_through) AS f
+  FROM host_watermarks w LEFT JOIN unmetered_watermarks m ON m.host_id = w.host_id
+  WHERE w.folded_through IS NOT NULL AND date_trunc('hour', w.folded_through) > coalesce(m.judged_through, '-infinity')
+  ORDER BY w.host_id LIMIT $1),
+span AS (SELECT host_id, u, least(f, u + interval '24 hours') AS through FROM due),
+hours AS (SELECT s.host_id, h AS hour FROM span s, generate_series(s.u, s.through - interval '1 hour', interval '1 hour') AS h),
+held AS (
+  SELECT hr.hour, a.instance_id,
+         sum()sql" SPW_HOUR_MS("least(coalesce(a.released_at, hr.hour + interval '1 hour'), hr.hour + interval '1 hour')")
+    " - " SPW_HOUR_MS("greatest(a.allocated_at, hr.hour)") R"sql() AS held_ms
+  FROM hours hr JOIN gpu_allocation_history a ON a.host_id = hr.host_id
+   AND coalesce(a.released_at, 'infinity'::timestamptz) > hr.hour AND a.allocated_at < hr.hour + interval '1 hour'
+  GROUP BY hr.hour, a.instance_id),
+judged AS (
+  SELECT h.hour, h.instance_id, i.tenant_id, i.region, i.gpu_model, i.market, h.held_ms,
+         coalesce(u.gpu_ms, 0) AS metered_ms
+  FROM held h JOIN instances i ON i.id = h.instance_id
+  LEFT JOIN usage_hourly u ON u.hour = h.hour AND u.instance_id = h.instance_id
+  WHERE h.held_ms > 0),
+written AS (
+  INSERT INTO unmetered_hourly (hour, instance_id, tenant_id, region, gpu_model, market, held_gpu_ms, metered_gpu_ms)
+  SELECT hour, instance_id, tenant_id, region, gpu_model, market, held_ms, metered_ms FROM judged
+  WHERE metered_ms < held_ms
+  ON CONFLICT (hour, instance_id) DO NOTHING),
+marked AS (
+  INSERT INTO unmetered_watermarks (host_id, judged_through) SELECT host_id, through FROM span
+  ON CONFLICT (host_id) DO UPDATE SET judged_through = EXCLUDED.judged_through)
+SELECT region, gpu_model, sum(held_ms)::bigint AS held_ms, sum(greatest(0, held_ms - metered_ms))::bigint AS unmetered_ms
+FROM judged GROUP BY region, gpu_model ORDER BY region, gpu_model)sql"};
+
 }  // namespace
+
+std::vector<UnmeteredJudged> JudgeUnmeteredHours(Session& conn, int max_hosts) {
+  return InTransaction(conn, [&](Tx& tx) {
+    std::vector<UnmeteredJudged> out;
+    for (const auto& r : tx.exec_prepared(kJudgeUnmetered.name, max_hosts))
+      out.push_back({r["region"].as<std::string>(), r["gpu_model"].as<std::string>(), r["held_ms"].as<std::int64_t>(),
+                     r["unmetered_ms"].as<std::int64_t>()});
+    return out;
+  });
+}
 
 int FoldDirtyHours(pqxx::connection& conn, int max_hours) {
   std::vector<std::string> hosts;

@@ -19,6 +19,17 @@ namespace spillway::metering {
 // rows), then, if none is left, records each host's watermark as folded. Returns hours folded.
 int FoldDirtyHours(pqxx::connection& conn, int max_hours);
 
+// Judges the settled hours of up to max_hosts hosts (at most 24 hours of each), in one transaction:
+// per instance-hour, the GPU time its holds held against what was metered (usage_hourly); an hour
+// with time held and never metered is written to unmetered_hourly. An hour is settled once its
+// host's folded_through is past its end. Returns, per pool, the held and the unmetered GPU-ms judged
+// (for the counters); its cost follows the hours newly settled, not history.
+struct UnmeteredJudged {
+  std::string region, gpu_model;
+  std::int64_t held_gpu_ms = 0, unmetered_gpu_ms = 0;
+};
+std::vector<UnmeteredJudged> JudgeUnmeteredHours(Session& conn, int max_hosts);
+
 // Drops each daily partition of usage_samples that ended `retention` before `now`, once every hour
 // of it is folded (no dirty hour left) and its month is a closed billing period. Returns the names
 // dropped.

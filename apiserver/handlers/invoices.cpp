@@ -360,7 +360,7 @@ Reply GetRevenueReport(Ctx& ctx) {
   if (WantsCsv(ctx)) {
     std::string body =
         "period,region,gpu_model,market,gpu_hours_sold,revenue,list_value,spot_discount_given,"
-        "spare_gpu_hours_offered,spare_gpu_hours_unsold,storage_gb_months,currency\r\n";
+        "spare_gpu_hours_offered,spare_gpu_hours_unsold,storage_gb_months,currency,unmetered_gpu_hours\r\n";
     for (const auto& l : report.lines)
       body += period + "," + CsvField(l.region) + "," + CsvField(l.gpu_model) + "," + l.market + "," + billing::FormatGpuHours(l.gpu_ms) +
               "," + FormatAmount(l.billed.Cents()) + "," + FormatAmount(l.list.Cents()) + "," +
@@ -371,6 +371,10 @@ Reply GetRevenueReport(Ctx& ctx) {
     for (const auto& st : report.storage)
       body += period + "," + CsvField(st.region) + ",,storage,," + FormatAmount(st.amount.Cents()) + ",,,,," +
               gb_months(st.gb_ms) + ",USD\r\n";
+    // Held and never metered: not billed (revenue 0.00); list_value is what it would have cost.
+    for (const auto& u : report.unmetered)
+      body += period + "," + CsvField(u.region) + "," + CsvField(u.gpu_model) + ",unmetered,,0.00," +
+              FormatAmount(u.list.Cents()) + ",,,,,USD," + billing::FormatGpuHours(u.gpu_ms) + "\r\n";
     return Csv(std::move(body), "revenue-" + period + ".csv");
   }
   boost::json::array lines, pools, storage;
@@ -399,17 +403,31 @@ Reply GetRevenueReport(Ctx& ctx) {
     storage_revenue += st.amount.Cents();
     storage.push_back({{"region", st.region}, {"gb_months", gb_months(st.gb_ms)}, {"revenue", FormatAmount(st.amount.Cents())}});
   }
+  boost::json::array unmetered;
+  std::int64_t unmetered_ms = 0, unmetered_list = 0;
+  for (const auto& u : report.unmetered) {
+    unmetered_ms += u.gpu_ms;
+    unmetered_list += u.list.Cents();
+    unmetered.push_back({{"region", u.region},
+                         {"gpu_model", u.gpu_model},
+                         {"unmetered_gpu_hours", billing::FormatGpuHours(u.gpu_ms)},
+                         {"billed", "0.00"},
+                         {"list_value", FormatAmount(u.list.Cents())}});
+  }
   return {200, boost::json::object{{"period", period},
                                    {"currency", "USD"},
                                    {"closed", report.closed},
                                    {"usage", std::move(lines)},
                                    {"spare", std::move(pools)},
                                    {"storage", std::move(storage)},
+                                   {"unmetered", std::move(unmetered)},
                                    {"totals",
                                     {{"gpu_revenue", FormatAmount(revenue)},
                                      {"spot_discount_given", FormatAmount(discount)},
                                      {"storage_revenue", FormatAmount(storage_revenue)},
                                      {"revenue", FormatAmount(revenue + storage_revenue)},
+                                     {"unmetered_gpu_hours", billing::FormatGpuHours(unmetered_ms)},
+                                     {"unmetered_list_value", FormatAmount(unmetered_list)},
                                      {"spare_gpu_hours_offered", billing::FormatGpuHours(offered)},
                                      {"spare_gpu_hours_sold", billing::FormatGpuHours(sold)}}}}};
 }

@@ -3,6 +3,7 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
 
 #include "apiserver/handlers/common.hpp"
 #include "billing/invoice.hpp"
@@ -90,6 +91,10 @@ Reply GetUsage(Ctx& ctx) {
                          {"coverage", Ratio(i.metered_gpu_ms, i.running_gpu_ms)},
                          {"held_gpu_hours", GpuHours(i.held_gpu_ms)},
                          {"held_coverage", Ratio(i.metered_gpu_ms, i.held_gpu_ms)},
+                         // Held with no sample of it, up to complete_through: never billed.
+                         {"held_gpu_seconds", i.held_gpu_ms / 1000},
+                         {"metered_gpu_seconds", i.metered_gpu_ms / 1000},
+                         {"unmetered_gpu_seconds", std::max<std::int64_t>(0, i.held_gpu_ms - i.metered_gpu_ms) / 1000},
                          {"complete_through", JsonTime(i.complete_through)}});
   }
   return {200, boost::json::object{{"tenant_id", tenant},

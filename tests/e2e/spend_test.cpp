@@ -7,6 +7,7 @@
 
 #include <boost/json.hpp>
 
+#include <csignal>
 #include <cstdio>
 #include <sstream>
 
@@ -244,6 +245,7 @@ class SpendPartition : public Spend {
     std::string end_reason;
     std::int64_t spent = 0, ended_ms = 0, healed_ms = 0;
     double marked_down = 0;  // hosts marked down meanwhile
+    double resumed_s = 0;    // from the end of the cut until its backlog was in
   };
   // Launches, lets it run `before` and cuts its host off for `cut`; heals; waits until everything it
   // ran is rated. The cut starts with the instance running and samples flowing.
@@ -263,6 +265,13 @@ class SpendPartition : public Spend {
     while (std::chrono::steady_clock::now() - cut_at < cut) std::this_thread::sleep_for(100ms);
     proxy_->Heal();
     o.healed_ms = EpochMs(SystemClockInstance().Now());
+    // The agent resumes shipping within seconds: its backlog is in past the moment the cut ended.
+    const auto healed = std::chrono::steady_clock::now();
+    EXPECT_TRUE(WaitFor([&] {
+      return One("SELECT coalesce(bool_and(sampled_through >= " SPW_TS(1) "), false) FROM host_watermarks",
+                 o.healed_ms) == "t";
+    }, 30s));
+    o.resumed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - healed).count();
     EXPECT_TRUE(WaitFor([&] { return One("SELECT ended_at IS NOT NULL FROM instances WHERE id = $1", id) == "t"; }, 30s));
     o.end_reason = One("SELECT end_reason FROM instances WHERE id = $1", id);
     o.ended_ms = std::stoll(One("SELECT " SPW_EPOCH_MS("ended_at") " FROM instances WHERE id = $1", id));
@@ -346,10 +355,46 @@ TEST_F(SpendPartition, AHostDeclaredDownBeforeTheBalanceRanOutEndsItsInstanceHos
   std::printf("prepaid, host cut off for 20 s (heartbeat timeout 12 s): $0.40 of credit; spent $%.6f; ended %s\n",
               static_cast<double>(o.spent) / 1e6, o.end_reason.c_str());
   EXPECT_EQ(o.end_reason, "host_down");
+  std::printf("after the 20 s cut the agent's backlog was in %.1f s after the network came back\n", o.resumed_s);
+  EXPECT_LE(o.resumed_s, 5.0) << "the agent resumes shipping within seconds, not after a 30 s backoff";
   EXPECT_GT(o.marked_down, 0);
   // Its samples up to the moment it was declared down arrived after the cut and were billed: about
   // 15 s of its 40, never more than the credit.
   EXPECT_GE(o.spent, 100'000);
   EXPECT_LE(o.spent, 400'000);
   EXPECT_EQ(EventAt("instance.stopped_for_funds"), 0);
+}
+
+// An agent stopped (SIGSTOP) for 8 s samples nothing meanwhile: that GPU time was held, never
+// metered, and is not billed; GET /v1/usage shows it per instance (held, metered, unmetered).
+TEST_F(SpendPartition, HeldTimeNoSampleCoveredIsShownPerInstanceAndNotBilled) {
+  auto r = Launch();
+  ASSERT_EQ(r.status, 201) << r.body;
+  const std::string id = Str(Json(r), "id");
+  ASSERT_TRUE(fleet_->WaitState(member_, id, "running"));
+  std::this_thread::sleep_for(3s);  // wall time is what is measured: sampled, then not
+  ASSERT_EQ(::kill(agent_->pid(), SIGSTOP), 0);
+  std::this_thread::sleep_for(8s);
+  ASSERT_EQ(::kill(agent_->pid(), SIGCONT), 0);
+  std::this_thread::sleep_for(3s);
+  ASSERT_EQ(Call("DELETE", "/v1/instances/" + id, member_).status, 200);
+  ASSERT_TRUE(WaitFor([&] { return One("SELECT ended_at IS NOT NULL FROM instances WHERE id = $1", id) == "t"; }, 30s));
+  ASSERT_TRUE(WaitFor([&] {
+    return One("SELECT coalesce(bool_and(w.folded_through >= i.ended_at), false) FROM instances i "
+               "JOIN host_watermarks w ON w.host_id = i.host_id WHERE i.id = $1", id) == "t";
+  }, 30s));
+  const auto usage = Json(Call("GET", "/v1/usage?instance_id=" + id, member_));
+  const auto& mine = usage.at("instances").as_array().at(0);
+  const std::int64_t held = mine.at("held_gpu_seconds").as_int64(), metered = mine.at("metered_gpu_seconds").as_int64(),
+                     unmetered = mine.at("unmetered_gpu_seconds").as_int64();
+  std::printf("agent stopped 8 s on a 1-GPU instance: held %lld GPU-s, metered %lld, unmetered %lld\n",
+              static_cast<long long>(held), static_cast<long long>(metered), static_cast<long long>(unmetered));
+  // The agent's first tick after it resumes covers up to 3 sample intervals of the gap (agent/meter):
+  // of the 8 s, at least 4 and at most 9 go unmetered.
+  EXPECT_GE(unmetered, 4);
+  EXPECT_LE(unmetered, 9);
+  EXPECT_NEAR(static_cast<double>(held - metered), static_cast<double>(unmetered), 1.0);
+  // Billed: what was metered, nothing more.
+  const std::int64_t spent = Micros(Str(Balance(), "spent_this_month"));
+  EXPECT_NEAR(static_cast<double>(spent), static_cast<double>(metered) * kPriceMicros / 3600, kPriceMicros / 3600.0 * 2);
 }
