@@ -180,12 +180,13 @@ int Billing::SpendControls(Session& conn, TimeMs now) {
 
 void Billing::Unmetered(Session& conn) {
   constexpr int kHostsAPass = 2000;  // each host at most 24 hours a pass: a pass stays short
-  for (const auto& j : metering::JudgeUnmeteredHours(conn, kHostsAPass)) {
+  for (const auto& j : metering::JudgeUnmeteredHours(conn, kHostsAPass, settings_.bill_unmetered_held_time)) {
     const prometheus::Labels pool{{"region", j.region}, {"gpu_model", j.gpu_model}};
     held_->Add(pool).Increment(static_cast<double>(j.held_gpu_ms) / 1000);
     unmetered_->Add(pool).Increment(static_cast<double>(j.unmetered_gpu_ms) / 1000);
     if (j.unmetered_gpu_ms > 0)
-      log::Info("held GPU time never metered (not billed)",
+      log::Info(settings_.bill_unmetered_held_time ? "held GPU time never metered (billed: billing.unmetered_held_time)"
+                                                   : "held GPU time never metered (not billed)",
                 {{"region", j.region}, {"gpu_model", j.gpu_model}, {"unmetered_gpu_seconds", j.unmetered_gpu_ms / 1000},
                  {"held_gpu_seconds", j.held_gpu_ms / 1000}});
   }

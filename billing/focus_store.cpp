@@ -14,9 +14,10 @@ namespace {
 const Statement kTenantNames{"focus_tenant_names", "SELECT id, name FROM tenants WHERE id = ANY($1::text[])"};
 const Statement kHourly{"focus_hourly", R"sql(
 SELECT instance_id, market, )sql" SPW_EPOCH_MS("hour") R"sql( AS hour_ms, price_micros_per_gpu_hour AS price,
-       list_price_micros_per_gpu_hour AS list_price, gpu_ms
+       list_price_micros_per_gpu_hour AS list_price, sum(gpu_ms)::bigint AS gpu_ms
 FROM usage_rated_hourly
-WHERE tenant_id = $1 AND hour >= )sql" SPW_TS(2) " AND hour < " SPW_TS(3) R"sql( AND price_micros_per_gpu_hour IS NOT NULL)sql"};
+WHERE tenant_id = $1 AND hour >= )sql" SPW_TS(2) " AND hour < " SPW_TS(3) R"sql( AND price_micros_per_gpu_hour IS NOT NULL
+GROUP BY instance_id, market, hour, price_micros_per_gpu_hour, list_price_micros_per_gpu_hour)sql"};
 // What finalized invoices billed of a tenant's month, per instance and price, in the order they were
 // numbered (each one's hours follow the hours of those before it).
 const Statement kBilledOf{"focus_billed_of", R"sql(

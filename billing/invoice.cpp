@@ -69,6 +69,9 @@ std::vector<InvoiceLine> UsageLines(const std::vector<RatedUsage>& rows, const s
                     (u.market == "spot" ? "spot" : "on-demand");
     if (u.unpriced_gpu_ms > 0)
       l.description += " (" + FormatGpuHours(u.unpriced_gpu_ms) + " GPU-hours had no price in effect and are not billed)";
+    if (u.unmetered_gpu_ms > 0)
+      l.description += " (" + FormatGpuHours(u.unmetered_gpu_ms) +
+                       " GPU-hours of it were held but never metered, billed at the price in effect at each hour's start)";
     l.instance_id = u.instance_id;
     l.market = u.market;
     l.usage_period = late_from;

@@ -26,15 +26,15 @@ const Statement kLockExclusive{"billing_lock_exclusive", "SELECT pg_advisory_xac
 // A month's rated GPU-ms per tenant, instance and price, for a few tenants (an index scan each) or
 // for every tenant: one pass over the month's rows, as the SQL aggregate finance could run itself.
 const Statement kRatedRowsOf{"billing_rated_rows_of", R"sql(
-SELECT tenant_id, instance_id, market, price_micros_per_gpu_hour AS price, sum(gpu_ms)::bigint AS gpu_ms
+SELECT tenant_id, instance_id, market, price_micros_per_gpu_hour AS price, unmetered, sum(gpu_ms)::bigint AS gpu_ms
 FROM usage_rated_hourly
 WHERE tenant_id = ANY($1::text[]) AND hour >= )sql" SPW_TS(2) " AND hour < " SPW_TS(3) R"sql(
-GROUP BY tenant_id, instance_id, market, price_micros_per_gpu_hour)sql"};
+GROUP BY tenant_id, instance_id, market, price_micros_per_gpu_hour, unmetered)sql"};
 const Statement kRatedRowsAll{"billing_rated_rows_all", R"sql(
-SELECT tenant_id, instance_id, market, price_micros_per_gpu_hour AS price, sum(gpu_ms)::bigint AS gpu_ms
+SELECT tenant_id, instance_id, market, price_micros_per_gpu_hour AS price, unmetered, sum(gpu_ms)::bigint AS gpu_ms
 FROM usage_rated_hourly
 WHERE hour >= )sql" SPW_TS(1) " AND hour < " SPW_TS(2) R"sql(
-GROUP BY tenant_id, instance_id, market, price_micros_per_gpu_hour)sql"};
+GROUP BY tenant_id, instance_id, market, price_micros_per_gpu_hour, unmetered)sql"};
 const Statement kInvoiced{"billing_invoiced_usage", R"sql(
 SELECT instance_id, market, price_micros AS price, sum(gpu_ms)::bigint AS gpu_ms
 FROM invoice_usage WHERE tenant_id = $1 AND usage_period = $2
@@ -276,7 +276,8 @@ MonthRows FetchMonthRows(Tx& tx, const std::vector<std::string>* tenants, const 
     std::string tenant = r["tenant_id"].as<std::string>();
     if (tenants && one_pass && !wanted.count(tenant)) continue;
     m.by_tenant[std::move(tenant)].push_back({r["instance_id"].as<std::string>(), r["market"].as<std::string>(),
-                                              month.begin, r["gpu_ms"].as<std::int64_t>(), IntFrom(r["price"])});
+                                              month.begin, r["gpu_ms"].as<std::int64_t>(), IntFrom(r["price"]),
+                                              r["unmetered"].as<bool>()});
   }
   for (const auto& [t, rows] : m.by_tenant) all.insert(all.end(), rows.begin(), rows.end());
   m.facts = FactsOf(tx, all);
@@ -582,6 +583,7 @@ SELECT )sql" SPW_EPOCH_MS("(SELECT min(started_at) FROM instances)") R"sql( AS i
 BillingSettings BillingSettings::From(const Config& config) {
   BillingSettings s;
   s.close_max_wait = config.Duration("billing.close_max_wait");
+  s.bill_unmetered_held_time = config.String("billing.unmetered_held_time") == "bill";
   s.funds = FundsSettings::From(config);
   s.issuer = {config.String("billing.issuer_name"), config.String("billing.issuer_address"),
               config.String("billing.issuer_tax_id"), config.String("billing.issuer_email")};

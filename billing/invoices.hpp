@@ -18,6 +18,7 @@ namespace spillway::billing {
 
 struct BillingSettings {
   Millis close_max_wait{std::chrono::hours(24)};  // billing.close_max_wait
+  bool bill_unmetered_held_time = false;          // billing.unmetered_held_time = bill
   Party issuer;                                   // billing.issuer_*
   FundsSettings funds;                            // billing.low_balance_runway, min_launch_runway
   static BillingSettings From(const Config& config);

@@ -9,7 +9,7 @@ namespace spillway::billing {
 namespace {
 
 const Statement kRatedUsage{"billing_rated_usage", R"sql(
-SELECT instance_id, market, )sql" SPW_EPOCH_MS("hour") R"sql( AS hour_ms, price_micros_per_gpu_hour, gpu_ms
+SELECT instance_id, market, )sql" SPW_EPOCH_MS("hour") R"sql( AS hour_ms, price_micros_per_gpu_hour, gpu_ms, unmetered
 FROM usage_rated_hourly
 WHERE tenant_id = $1 AND hour >= to_timestamp($2::bigint / 1000.0) AND hour < to_timestamp($3::bigint / 1000.0)
 ORDER BY instance_id, hour)sql"};
@@ -37,6 +37,7 @@ std::vector<UsageLine> RateUsage(const std::vector<RatedUsage>& rows) {
       line.market = r.market;
     }
     line.gpu_ms += r.gpu_ms;
+    if (r.unmetered) line.unmetered_gpu_ms += r.gpu_ms;
     if (r.price_micros) line.amount.Add(r.gpu_ms, *r.price_micros);
     else line.unpriced_gpu_ms += r.gpu_ms;
   }
@@ -49,7 +50,7 @@ std::vector<RatedUsage> RatedUsageOf(Tx& tx, const std::string& tenant_id, TimeM
   std::vector<RatedUsage> out;
   for (const auto& r : tx.exec_prepared(kRatedUsage.name, tenant_id, EpochMs(from), EpochMs(to)))
     out.push_back({r["instance_id"].as<std::string>(), r["market"].as<std::string>(), *TimeFrom(r["hour_ms"]),
-                   r["gpu_ms"].as<std::int64_t>(), IntFrom(r["price_micros_per_gpu_hour"])});
+                   r["gpu_ms"].as<std::int64_t>(), IntFrom(r["price_micros_per_gpu_hour"]), r["unmetered"].as<bool>()});
   return out;
 }
 

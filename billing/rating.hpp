@@ -20,6 +20,7 @@ struct RatedUsage {
   TimeMs hour{};
   std::int64_t gpu_ms = 0;
   std::optional<std::int64_t> price_micros;
+  bool unmetered = false;  // held GPU time no sample covered, billed (billing.unmetered_held_time = bill)
 };
 
 // One instance's usage in the window: its GPU-ms, their exact amount, and GPU-ms no price covered
@@ -28,6 +29,7 @@ struct UsageLine {
   std::string instance_id, market;
   std::int64_t gpu_ms = 0;
   std::int64_t unpriced_gpu_ms = 0;
+  std::int64_t unmetered_gpu_ms = 0;  // of gpu_ms: held, never metered, billed
   ExactAmount amount = ExactAmount::GpuTime();
   // Its GPU-hours with six decimals and its average price per GPU-hour, both rounded half-even
   // (micro-GPU-hours; micro-dollars): what an invoice line shows beside its amount.

@@ -35,6 +35,13 @@ LEFT JOIN LATERAL (SELECT price_micros_per_gpu_hour AS price FROM prices
 WHERE u.hour >= )sql" SPW_TS(1) " AND u.hour < " SPW_TS(2) R"sql(
 GROUP BY u.region, u.gpu_model, p.price)sql"};
 
+// What was billed of it (billing.unmetered_held_time = bill: rated rows marked unmetered).
+const Statement kRevenueUnmeteredBilled{"report_revenue_unmetered_billed", R"sql(
+SELECT i.region, i.gpu_model, r.price_micros_per_gpu_hour AS price, sum(r.gpu_ms)::bigint AS gpu_ms
+FROM usage_rated_hourly r JOIN instances i ON i.id = r.instance_id
+WHERE r.unmetered AND r.hour >= )sql" SPW_TS(1) " AND r.hour < " SPW_TS(2) R"sql(
+GROUP BY i.region, i.gpu_model, r.price_micros_per_gpu_hour)sql"};
+
 }  // namespace
 
 RevenueReport RevenueOf(Tx& tx, const Month& month, TimeMs now) {
@@ -89,6 +96,12 @@ RevenueReport RevenueOf(Tx& tx, const Month& month, TimeMs now) {
     const std::int64_t ms = r["gpu_ms"].as<std::int64_t>();
     u.gpu_ms += ms;
     if (const auto price = IntFrom(r["price"])) u.list.Add(ms, *price);
+  }
+  for (const auto& r : tx.exec_prepared(kRevenueUnmeteredBilled.name, from, to)) {
+    const std::string region = r["region"].as<std::string>(), model = r["gpu_model"].as<std::string>();
+    PoolUnmetered& u = unmetered[{region, model}];
+    u.region = region, u.gpu_model = model;
+    if (const auto price = IntFrom(r["price"])) u.billed.Add(r["gpu_ms"].as<std::int64_t>(), *price);
   }
   for (auto& [k, u] : unmetered) out.unmetered.push_back(std::move(u));
   for (auto& [k, l] : lines) out.lines.push_back(std::move(l));

@@ -42,7 +42,8 @@ struct StorageRevenue {
 struct PoolUnmetered {
   std::string region, gpu_model;
   std::int64_t gpu_ms = 0;
-  ExactAmount list = ExactAmount::GpuTime();  // at the on-demand list price: what was given away
+  ExactAmount list = ExactAmount::GpuTime();    // at the on-demand list price: what it was worth
+  ExactAmount billed = ExactAmount::GpuTime();  // what was billed of it (billing.unmetered_held_time = bill)
 };
 
 struct RevenueReport {

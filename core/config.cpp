@@ -142,6 +142,7 @@ const std::vector<KeySpec>& ConfigSchema() {
       {"billing.issuer_email", KeyType::kString, ""},
       {"billing.low_balance_runway", KeyType::kDuration, "24h"},
       {"billing.min_launch_runway", KeyType::kDuration, "1h"},
+      {"billing.unmetered_held_time", KeyType::kString, "forgive", 0, 0, {"forgive", "bill"}},
       {"webhooks.http_hosts", KeyType::kString, ""},
       {"webhooks.timeout", KeyType::kDuration, "5s"},
       {"webhooks.retry_base", KeyType::kDuration, "10s"},

@@ -37,7 +37,7 @@ GROUP BY s.instance_id, i.tenant_id)sql"};
   " ON CONFLICT (tenant_id, period) DO NOTHING"
 const Statement kClearRatedHour{"rollup_clear_rated_hour",
                                 "WITH gone AS (DELETE FROM usage_rated_hourly WHERE hour = to_timestamp($1::bigint / 1000.0) "
-                                "RETURNING tenant_id) " SPW_MARK_BILLING("gone")};
+                                "AND NOT unmetered RETURNING tenant_id) " SPW_MARK_BILLING("gone")};
 const Statement kMarkRatedHour{"rollup_mark_rated_hour",
                                SPW_MARK_BILLING("usage_rated_hourly WHERE hour = to_timestamp($1::bigint / 1000.0)")};
 // The hour's metered GPU-ms per instance and price in effect at each row's ts (effective_from <= ts):
@@ -212,6 +212,26 @@ written AS (
   SELECT hour, instance_id, tenant_id, region, gpu_model, market, held_ms, metered_ms FROM judged
   WHERE metered_ms < held_ms
   ON CONFLICT (hour, instance_id) DO NOTHING),
+-- billing.unmetered_held_time = bill ($2): rated too, at the price in effect at the hour's start
+-- (the on-demand book's, or the pool's spot price), its month's drafts marked.
+rated AS (
+  INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour,
+                                  list_price_micros_per_gpu_hour, gpu_ms, unmetered)
+  SELECT j.hour, j.instance_id, j.tenant_id, j.market,
+         CASE WHEN j.market = 'spot'
+              THEN (SELECT s.price_micros_per_gpu_hour FROM spot_prices s WHERE s.region = j.region
+                      AND s.gpu_model = j.gpu_model AND s.effective_from <= j.hour ORDER BY s.effective_from DESC LIMIT 1)
+              ELSE (SELECT p.price_micros_per_gpu_hour FROM prices p WHERE p.gpu_model = j.gpu_model
+                      AND p.market = 'on_demand' AND p.effective_from <= j.hour ORDER BY p.effective_from DESC LIMIT 1) END,
+         (SELECT p.price_micros_per_gpu_hour FROM prices p WHERE p.gpu_model = j.gpu_model AND p.market = 'on_demand'
+            AND p.effective_from <= j.hour ORDER BY p.effective_from DESC LIMIT 1),
+         j.held_ms - j.metered_ms, true
+  FROM judged j WHERE $2 AND j.metered_ms < j.held_ms
+  RETURNING tenant_id, hour),
+dirty AS (
+  INSERT INTO billing_dirty (tenant_id, period, marked_at)
+  SELECT DISTINCT tenant_id, to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM'), now() FROM rated
+  ON CONFLICT (tenant_id, period) DO NOTHING),
 marked AS (
   INSERT INTO unmetered_watermarks (host_id, judged_through) SELECT host_id, through FROM span
   ON CONFLICT (host_id) DO UPDATE SET judged_through = EXCLUDED.judged_through)
@@ -220,10 +240,10 @@ FROM judged GROUP BY region, gpu_model ORDER BY region, gpu_model)sql"};
 
 }  // namespace
 
-std::vector<UnmeteredJudged> JudgeUnmeteredHours(Session& conn, int max_hosts) {
+std::vector<UnmeteredJudged> JudgeUnmeteredHours(Session& conn, int max_hosts, bool bill) {
   return InTransaction(conn, [&](Tx& tx) {
     std::vector<UnmeteredJudged> out;
-    for (const auto& r : tx.exec_prepared(kJudgeUnmetered.name, max_hosts))
+    for (const auto& r : tx.exec_prepared(kJudgeUnmetered.name, max_hosts, bill))
       out.push_back({r["region"].as<std::string>(), r["gpu_model"].as<std::string>(), r["held_ms"].as<std::int64_t>(),
                      r["unmetered_ms"].as<std::int64_t>()});
     return out;

@@ -23,12 +23,14 @@ int FoldDirtyHours(pqxx::connection& conn, int max_hours);
 // per instance-hour, the GPU time its holds held against what was metered (usage_hourly); an hour
 // with time held and never metered is written to unmetered_hourly. An hour is settled once its
 // host's folded_through is past its end. Returns, per pool, the held and the unmetered GPU-ms judged
-// (for the counters); its cost follows the hours newly settled, not history.
+// (for the counters); its cost follows the hours newly settled, not history. With `bill`
+// (billing.unmetered_held_time = bill) that time is also rated (usage_rated_hourly, marked unmetered)
+// at the price in effect at the hour's start, and its tenant-month marked for the drafts.
 struct UnmeteredJudged {
   std::string region, gpu_model;
   std::int64_t held_gpu_ms = 0, unmetered_gpu_ms = 0;
 };
-std::vector<UnmeteredJudged> JudgeUnmeteredHours(Session& conn, int max_hosts);
+std::vector<UnmeteredJudged> JudgeUnmeteredHours(Session& conn, int max_hosts, bool bill = false);
 
 // Drops each daily partition of usage_samples that ended `retention` before `now`, once every hour
 // of it is folded (no dirty hour left) and its month is a closed billing period. Returns the names

@@ -371,9 +371,9 @@ Reply GetRevenueReport(Ctx& ctx) {
     for (const auto& st : report.storage)
       body += period + "," + CsvField(st.region) + ",,storage,," + FormatAmount(st.amount.Cents()) + ",,,,," +
               gb_months(st.gb_ms) + ",USD\r\n";
-    // Held and never metered: not billed (revenue 0.00); list_value is what it would have cost.
+    // Held and never metered: billed only with billing.unmetered_held_time = bill; list_value is its worth.
     for (const auto& u : report.unmetered)
-      body += period + "," + CsvField(u.region) + "," + CsvField(u.gpu_model) + ",unmetered,,0.00," +
+      body += period + "," + CsvField(u.region) + "," + CsvField(u.gpu_model) + ",unmetered,," + FormatAmount(u.billed.Cents()) + "," +
               FormatAmount(u.list.Cents()) + ",,,,,USD," + billing::FormatGpuHours(u.gpu_ms) + "\r\n";
     return Csv(std::move(body), "revenue-" + period + ".csv");
   }
@@ -411,7 +411,7 @@ Reply GetRevenueReport(Ctx& ctx) {
     unmetered.push_back({{"region", u.region},
                          {"gpu_model", u.gpu_model},
                          {"unmetered_gpu_hours", billing::FormatGpuHours(u.gpu_ms)},
-                         {"billed", "0.00"},
+                         {"billed", FormatAmount(u.billed.Cents())},
                          {"list_value", FormatAmount(u.list.Cents())}});
   }
   return {200, boost::json::object{{"period", period},

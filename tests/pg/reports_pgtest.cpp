@@ -2,6 +2,7 @@
 // pool with the list price at each row's time, idle GPU time from the pool rollups, storage.
 #include <gtest/gtest.h>
 
+#include "billing/invoices.hpp"
 #include "billing/reports.hpp"
 #include "metering/usage.hpp"
 #include "core/db.hpp"
@@ -83,33 +84,79 @@ TEST(RevenueReport, SoldSpotDiscountSpareOfferedAndStoragePerPoolExactly) {
 // 10:00-12:30 whose agent was stopped 10:40-11:10 has 2 × 30 min never metered. Each instance-hour
 // is judged once its host reported past the hour, once only; the report shows it per pool, not
 // billed, at the list price in effect at each hour's start.
-TEST(RevenueReport, HeldTimeNoSampleCoveredIsJudgedOnceSettledAndReportedPerPool) {
+namespace {
+// An instance on 2 GPUs held 10:00-12:30 on the 5th of November; its agent was stopped 10:40-11:10.
+struct Unmetered {
   TestDb db;
-  auto conn = OpenSession({db.dsn(), "spillway-test", 3000ms, 30000ms});
-  const std::string host = InTransaction(*conn, [&](Tx& tx) {
-    return RegisterHost(tx, {"unm-1", "r1", "r1-a", {{0, 80LL << 30, "GPU-unm-0", "H100-80GB"}, {1, 80LL << 30, "GPU-unm-1", "H100-80GB"}}},
-                        *ParseTime("2026-10-01T00:00:00Z"))
-        .host_id;
-  });
-  const auto exec = [&](const std::string& sql) { test::ExecSql(*conn, sql); };
-  exec("INSERT INTO tenants (id, name, gpu_quota) VALUES ('ten_u', 'u', 8)");
-  exec("INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) VALUES "
-       "('H100-80GB', 'on_demand', 2000000, '2026-01-01'), ('H100-80GB', 'on_demand', 4000000, '2026-11-05T11:00:00Z')");
-  exec("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id, started_at, "
-       "ended_at, end_reason) VALUES ('ins_u', 'ten_u', 'h100.2x', 'H100-80GB', 2, 'r1', 'on_demand', 'terminated', '" + host +
-       "', '2026-11-05T10:00:00Z', '2026-11-05T12:30:00Z', 'terminated')");
-  exec("INSERT INTO gpu_allocation_history (instance_id, host_id, gpu_index, allocated_at, released_at) VALUES "
-       "('ins_u', '" + host + "', 0, '2026-11-05T10:00:00Z', '2026-11-05T12:30:00Z'), "
-       "('ins_u', '" + host + "', 1, '2026-11-05T10:00:00Z', '2026-11-05T12:30:00Z')");
-  // Metered: 10:00 hour 2 × 40 min, 11:00 hour 2 × 50 min, 12:00 hour 2 × 30 min.
-  exec("INSERT INTO usage_hourly (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_mean, energy_mj, mem_peak_bytes, "
-       "last_sample_at) VALUES "
-       "('2026-11-05T10:00:00Z', 'ins_u', 'ten_u', 4800000, 1, 50, 0, 0, '2026-11-05T10:40:00Z'), "
-       "('2026-11-05T11:00:00Z', 'ins_u', 'ten_u', 6000000, 1, 50, 0, 0, '2026-11-05T12:00:00Z'), "
-       "('2026-11-05T12:00:00Z', 'ins_u', 'ten_u', 3600000, 1, 50, 0, 0, '2026-11-05T12:30:00Z')");
+  std::unique_ptr<pqxx::connection> conn = OpenSession({db.dsn(), "spillway-test", 3000ms, 30000ms});
+  std::string host;
+  void Exec(const std::string& sql) { test::ExecSql(*conn, sql); }
+  explicit Unmetered(const std::string& folded_through = "2026-11-05T13:00:00Z") {
+    host = InTransaction(*conn, [&](Tx& tx) {
+      return RegisterHost(tx, {"unm-1", "r1", "r1-a", {{0, 80LL << 30, "GPU-unm-0", "H100-80GB"}, {1, 80LL << 30, "GPU-unm-1", "H100-80GB"}}},
+                          *ParseTime("2026-10-01T00:00:00Z"))
+          .host_id;
+    });
+    Exec("INSERT INTO tenants (id, name, gpu_quota) VALUES ('ten_u', 'u', 8)");
+    Exec("INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) VALUES "
+         "('H100-80GB', 'on_demand', 2000000, '2026-01-01'), ('H100-80GB', 'on_demand', 4000000, '2026-11-05T11:00:00Z')");
+    Exec("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id, started_at, "
+         "ended_at, end_reason) VALUES ('ins_u', 'ten_u', 'h100.2x', 'H100-80GB', 2, 'r1', 'on_demand', 'terminated', '" + host +
+         "', '2026-11-05T10:00:00Z', '2026-11-05T12:30:00Z', 'terminated')");
+    Exec("INSERT INTO gpu_allocation_history (instance_id, host_id, gpu_index, allocated_at, released_at) VALUES "
+         "('ins_u', '" + host + "', 0, '2026-11-05T10:00:00Z', '2026-11-05T12:30:00Z'), "
+         "('ins_u', '" + host + "', 1, '2026-11-05T10:00:00Z', '2026-11-05T12:30:00Z')");
+    // Metered: 10:00 hour 2 × 40 min, 11:00 hour 2 × 50 min, 12:00 hour 2 × 30 min.
+    Exec("INSERT INTO usage_hourly (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_mean, energy_mj, mem_peak_bytes, "
+         "last_sample_at) VALUES "
+         "('2026-11-05T10:00:00Z', 'ins_u', 'ten_u', 4800000, 1, 50, 0, 0, '2026-11-05T10:40:00Z'), "
+         "('2026-11-05T11:00:00Z', 'ins_u', 'ten_u', 6000000, 1, 50, 0, 0, '2026-11-05T12:00:00Z'), "
+         "('2026-11-05T12:00:00Z', 'ins_u', 'ten_u', 3600000, 1, 50, 0, 0, '2026-11-05T12:30:00Z')");
+    Exec("INSERT INTO host_watermarks (host_id, sampled_through, last_batch_seq, last_batch_at, clock_skew_ms, folded_through) "
+         "VALUES ('" + host + "', '" + folded_through + "', 1, '" + folded_through + "', 0, '" + folded_through + "')");
+  }
+};
+}  // namespace
+
+// With billing.unmetered_held_time = bill that time is rated when judged, at the price in effect at
+// each hour's start, and the invoice line says how much of it was never metered; the metering fold
+// refolding the hour leaves it; the report says what was billed of it.
+TEST(RevenueReport, HeldTimeNoSampleCoveredIsBilledWhenTheOperatorSaysSo) {
+  Unmetered u;
+  const auto judged = metering::JudgeUnmeteredHours(*u.conn, 100, /*bill=*/true);
+  ASSERT_EQ(judged.size(), 1u);
+  EXPECT_EQ(judged[0].unmetered_gpu_ms, 3'600'000);
+  EXPECT_EQ(test::SqlValue(*u.conn, "SELECT string_agg(hour || ' ' || price_micros_per_gpu_hour || ' ' || gpu_ms, ', ' "
+                                    "ORDER BY hour) FROM usage_rated_hourly WHERE unmetered"),
+            "2026-11-05 10:00:00+00 2000000 2400000, 2026-11-05 11:00:00+00 4000000 1200000");
+  EXPECT_EQ(test::SqlValue(*u.conn, "SELECT count(*) FROM billing_dirty WHERE tenant_id = 'ten_u' AND period = '2026-11'"), "1");
+  // The fold rewrites the hour's metered rows only.
+  u.Exec("INSERT INTO usage_dirty_hours (hour, marked_at) VALUES ('2026-11-05T10:00:00Z', now()) ON CONFLICT DO NOTHING");
+  metering::FoldDirtyHours(*u.conn, 10);
+  EXPECT_EQ(test::SqlValue(*u.conn, "SELECT count(*) FROM usage_rated_hourly WHERE unmetered"), "2");
+  // The draft bills it on the instance's line, saying so: 40 GPU-min at $2.00 + 20 at $4.00 = $2.67.
+  BillingSettings settings;
+  settings.bill_unmetered_held_time = true;
+  DraftInvoices(*u.conn, *ParseTime("2026-11-05T13:05:00Z"), settings);
+  pqxx::read_transaction tx(*u.conn);
+  InvoiceQuery q;
+  q.tenant_id = "ten_u";
+  const auto invoices = ListInvoices(tx, q);
+  ASSERT_EQ(invoices.size(), 1u);
+  const InvoiceLine& line = invoices[0].invoice.lines.at(0);
+  EXPECT_EQ(line.amount_cents, 267) << line.description;
+  EXPECT_NE(line.description.find("1.000000 GPU-hours of it were held but never metered"), std::string::npos)
+      << line.description;
+  const RevenueReport r = RevenueOf(tx, *ParseMonth("2026-11"), *ParseTime("2026-12-05T00:00:00Z"));
+  ASSERT_EQ(r.unmetered.size(), 1u);
+  EXPECT_EQ(r.unmetered[0].billed.Cents(), 267);
+  EXPECT_EQ(r.unmetered[0].list.Cents(), 267);
+}
+
+TEST(RevenueReport, HeldTimeNoSampleCoveredIsJudgedOnceSettledAndReportedPerPool) {
   // The host has reported up to 11:20: only the 10:00 hour is settled (the host's first hold's hour on).
-  exec("INSERT INTO host_watermarks (host_id, sampled_through, last_batch_seq, last_batch_at, clock_skew_ms, folded_through) "
-       "VALUES ('" + host + "', '2026-11-05T11:20:00Z', 1, '2026-11-05T11:20:00Z', 0, '2026-11-05T11:20:00Z')");
+  Unmetered u("2026-11-05T11:20:00Z");
+  auto& conn = u.conn;
   auto judged = metering::JudgeUnmeteredHours(*conn, 100);
   ASSERT_EQ(judged.size(), 1u);
   EXPECT_EQ(judged[0].region, "r1");
@@ -117,7 +164,7 @@ TEST(RevenueReport, HeldTimeNoSampleCoveredIsJudgedOnceSettledAndReportedPerPool
   EXPECT_EQ(judged[0].unmetered_gpu_ms, 2'400'000);  // 2 × 20 min
   EXPECT_TRUE(metering::JudgeUnmeteredHours(*conn, 100).empty()) << "an hour is judged once";
   // Past the end: the rest settles.
-  exec("UPDATE host_watermarks SET folded_through = '2026-11-05T13:00:00Z'");
+  u.Exec("UPDATE host_watermarks SET folded_through = '2026-11-05T13:00:00Z'");
   judged = metering::JudgeUnmeteredHours(*conn, 100);
   ASSERT_EQ(judged.size(), 1u);
   EXPECT_EQ(judged[0].held_gpu_ms, 7'200'000 + 3'600'000);
@@ -130,4 +177,5 @@ TEST(RevenueReport, HeldTimeNoSampleCoveredIsJudgedOnceSettledAndReportedPerPool
   EXPECT_EQ(r.unmetered[0].gpu_ms, 3'600'000);
   // 40 GPU-minutes at $2.00 and 20 at $4.00 (the list price at each hour's start): $1.333… + $1.333….
   EXPECT_EQ(r.unmetered[0].list.Cents(), 267);
+  EXPECT_EQ(r.unmetered[0].billed.Cents(), 0) << "billing.unmetered_held_time = forgive: none of it billed";
 }
