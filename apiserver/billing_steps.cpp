@@ -102,7 +102,7 @@ void Billing::Register(PeriodicSteps& steps, Millis draft_interval) {
   // the rated usage, so an empty one is stopped within a sample and a rating interval.
   steps.Add({"spend_controls", draft_interval,
              counted("spend_controls", [this](pqxx::connection& c, TimeMs now) { SpendControls(c, now); })});
-  steps.Add({"billing_unmetered", std::chrono::minutes(1),
+  steps.Add({"billing_unmetered", std::chrono::seconds(15),
              counted("billing_unmetered", [this](pqxx::connection& c, TimeMs) { Unmetered(c); })});
   steps.Add({"billing_gauges", std::chrono::seconds(15),
              counted("billing_gauges", [this](pqxx::connection& c, TimeMs now) { Gauges(c, now); })});

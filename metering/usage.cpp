@@ -235,8 +235,12 @@ dirty AS (
 marked AS (
   INSERT INTO unmetered_watermarks (host_id, judged_through) SELECT host_id, through FROM span
   ON CONFLICT (host_id) DO UPDATE SET judged_through = EXCLUDED.judged_through)
-SELECT region, gpu_model, sum(held_ms)::bigint AS held_ms, sum(greatest(0, held_ms - metered_ms))::bigint AS unmetered_ms
-FROM judged GROUP BY region, gpu_model ORDER BY region, gpu_model)sql"};
+-- Every pool, judged or not, so that its counters have a series from the start.
+SELECT p.region, p.gpu_model, coalesce(sum(j.held_ms), 0)::bigint AS held_ms,
+       coalesce(sum(greatest(0, j.held_ms - j.metered_ms)), 0)::bigint AS unmetered_ms
+FROM (SELECT DISTINCT region, gpu_model FROM hosts) p
+LEFT JOIN judged j ON j.region = p.region AND j.gpu_model = p.gpu_model
+GROUP BY p.region, p.gpu_model ORDER BY p.region, p.gpu_model)sql"};
 
 }  // namespace
 

@@ -22,7 +22,7 @@ int FoldDirtyHours(pqxx::connection& conn, int max_hours);
 // Judges the settled hours of up to max_hosts hosts (at most 24 hours of each), in one transaction:
 // per instance-hour, the GPU time its holds held against what was metered (usage_hourly); an hour
 // with time held and never metered is written to unmetered_hourly. An hour is settled once its
-// host's folded_through is past its end. Returns, per pool, the held and the unmetered GPU-ms judged
+// host's folded_through is past its end. Returns, for every pool, the held and the unmetered GPU-ms judged
 // (for the counters); its cost follows the hours newly settled, not history. With `bill`
 // (billing.unmetered_held_time = bill) that time is also rated (usage_rated_hourly, marked unmetered)
 // at the price in effect at the hour's start, and its tenant-month marked for the drafts.

@@ -162,7 +162,9 @@ TEST(RevenueReport, HeldTimeNoSampleCoveredIsJudgedOnceSettledAndReportedPerPool
   EXPECT_EQ(judged[0].region, "r1");
   EXPECT_EQ(judged[0].held_gpu_ms, 7'200'000);
   EXPECT_EQ(judged[0].unmetered_gpu_ms, 2'400'000);  // 2 × 20 min
-  EXPECT_TRUE(metering::JudgeUnmeteredHours(*conn, 100).empty()) << "an hour is judged once";
+  const auto again = metering::JudgeUnmeteredHours(*conn, 100);
+  ASSERT_EQ(again.size(), 1u) << "every pool, judged or not";
+  EXPECT_EQ(again[0].held_gpu_ms, 0) << "an hour is judged once";
   // Past the end: the rest settles.
   u.Exec("UPDATE host_watermarks SET folded_through = '2026-11-05T13:00:00Z'");
   judged = metering::JudgeUnmeteredHours(*conn, 100);
