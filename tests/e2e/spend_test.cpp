@@ -9,6 +9,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <map>
 #include <sstream>
 
 #include "billing/exact_amount.hpp"
@@ -42,6 +43,11 @@ std::int64_t Micros(const std::string& s) {
 class Spend : public ::testing::Test {
  protected:
   void SetUp() override {
+    Start({{"SPILLWAY_BILLING_LOW_BALANCE_RUNWAY", "20s"}, {"SPILLWAY_BILLING_MIN_LAUNCH_RUNWAY", "5s"}}, "thrifty", false);
+  }
+  // The apiserver with `env` over the fast fleet's (samples and rating every second), a tenant, and a
+  // 2-GPU host whose agent reaches the apiserver directly or, `partitionable`, through proxy_.
+  void Start(const std::map<std::string, std::string>& more, const std::string& tenant_name, bool partitionable) {
     db_ = std::make_unique<TestDb>();
     conn_ = OpenSession({db_->dsn(), "spillway-test", 3000ms, 30000ms});
     Exec("INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) VALUES ('H100-80GB', "
@@ -49,16 +55,20 @@ class Spend : public ::testing::Test {
     auto env = FastFleetEnv();
     env["SPILLWAY_AGENT_SAMPLE_INTERVAL"] = "1s";
     env["SPILLWAY_METERING_ROLLUP_INTERVAL"] = "1s";
-    env["SPILLWAY_BILLING_LOW_BALANCE_RUNWAY"] = "20s";
-    env["SPILLWAY_BILLING_MIN_LAUNCH_RUNWAY"] = "5s";
+    for (const auto& [k, v] : more) env[k] = v;
     server_ = std::make_unique<ApiServer>(db_->dsn(), env);
     ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
+    if (partitionable) proxy_ = std::make_unique<PartitionProxy>(server_->port());
     fleet_ = std::make_unique<Fleet>(*db_, *server_);
     finance_ = fleet_->NewKey(fleet_->operator_tenant, "finance");
-    tenant_ = fleet_->NewTenant("thrifty", 4);
+    tenant_ = fleet_->NewTenant(tenant_name, 4);
     member_ = fleet_->NewKey(tenant_, "member");
-    agent_ = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2);
+    agent_ = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2, {}, proxy_ ? proxy_->port() : 0);
     ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2; }, 20s));
+  }
+  void TearDown() override {
+    agent_.reset();  // before the proxy it may talk through
+    proxy_.reset();
   }
   void Exec(const std::string& sql) { ExecSql(*conn_, sql); }
   template <class... Params>
@@ -88,6 +98,7 @@ class Spend : public ::testing::Test {
   std::unique_ptr<pqxx::connection> conn_;
   std::unique_ptr<ApiServer> server_;
   std::unique_ptr<Fleet> fleet_;
+  std::unique_ptr<PartitionProxy> proxy_;  // only where the host can be cut off
   std::unique_ptr<Process> agent_;
   std::string finance_, tenant_, member_;
 };
@@ -200,32 +211,12 @@ TEST_F(Spend, AMonthlyLimitStopsAtTheLimitWarnsAtEightyPercentAndRaisingItLifts)
 // plus one rating interval of burn (docs/architecture.md, "Prepaid balances and spend limits").
 class SpendPartition : public Spend {
  protected:
-  static constexpr auto kHeartbeatTimeout = 12s;
   void SetUp() override {
-    db_ = std::make_unique<TestDb>();
-    conn_ = OpenSession({db_->dsn(), "spillway-test", 3000ms, 30000ms});
-    Exec("INSERT INTO prices (gpu_model, market, price_micros_per_gpu_hour, effective_from) VALUES ('H100-80GB', "
-         "'on_demand', " + std::to_string(kPriceMicros) + ", '2020-01-01T00:00:00Z')");
-    auto env = FastFleetEnv();
-    env["SPILLWAY_AGENT_SAMPLE_INTERVAL"] = "1s";
-    env["SPILLWAY_METERING_ROLLUP_INTERVAL"] = "1s";
-    env["SPILLWAY_FLEET_HEARTBEAT_TIMEOUT"] = "12s";
-    env["SPILLWAY_FLEET_INSTANCE_REPORT_GRACE"] = "60s";  // as by default: longer than the timeout
-    env["SPILLWAY_BILLING_LOW_BALANCE_RUNWAY"] = "5s";
-    env["SPILLWAY_BILLING_MIN_LAUNCH_RUNWAY"] = "2s";
-    server_ = std::make_unique<ApiServer>(db_->dsn(), env);
-    ASSERT_TRUE(server_->WaitReady()) << server_->process().Stderr();
-    proxy_ = std::make_unique<PartitionProxy>(server_->port());
-    fleet_ = std::make_unique<Fleet>(*db_, *server_);
-    finance_ = fleet_->NewKey(fleet_->operator_tenant, "finance");
-    tenant_ = fleet_->NewTenant("cutoff", 4);
-    member_ = fleet_->NewKey(tenant_, "member");
-    agent_ = fleet_->StartAgent("eu-north", "H100-80GB", 1, 2, {}, proxy_->port());
-    ASSERT_TRUE(WaitFor([&] { return fleet_->PoolInt("eu-north", "H100-80GB", "total_gpus") == 2; }, 20s));
-  }
-  void TearDown() override {
-    agent_.reset();  // before the proxy it talks through
-    proxy_.reset();
+    Start({{"SPILLWAY_FLEET_HEARTBEAT_TIMEOUT", "12s"},
+           {"SPILLWAY_FLEET_INSTANCE_REPORT_GRACE", "60s"},  // as by default: longer than the timeout
+           {"SPILLWAY_BILLING_LOW_BALANCE_RUNWAY", "5s"},
+           {"SPILLWAY_BILLING_MIN_LAUNCH_RUNWAY", "2s"}},
+          "cutoff", true);
   }
   // spillway_hosts_marked_down_total, all reasons.
   double MarkedDown() {
@@ -292,7 +283,6 @@ class SpendPartition : public Spend {
     EXPECT_EQ(Str(Balance(), "pending"), "0.000000") << "every held second is rated or past";
     return o;
   }
-  std::unique_ptr<PartitionProxy> proxy_;
   const std::int64_t bound_ = kPriceMicros * (kSampleInterval + kRollupInterval).count() / 3600;
 };
 

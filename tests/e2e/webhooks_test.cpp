@@ -36,6 +36,27 @@ using namespace std::chrono_literals;
 
 namespace {
 
+// Reads one HTTP request from `c` in full (waiting at most `timeout_s` for each read): its bytes in
+// `in`, where its headers end and its body's length. False when the peer closed or went quiet first.
+bool ReadRequest(int c, int timeout_s, std::string& in, std::size_t& header_end, std::size_t& length) {
+  timeval tv{timeout_s, 0};
+  ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[4096];
+  header_end = std::string::npos;
+  length = 0;
+  for (;;) {
+    if (header_end == std::string::npos && (header_end = in.find("\r\n\r\n")) != std::string::npos) {
+      std::string head = in.substr(0, header_end);
+      for (auto& ch : head) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      if (const auto at = head.find("content-length:"); at != std::string::npos) length = std::stoul(head.substr(at + 15));
+    }
+    if (header_end != std::string::npos && in.size() >= header_end + 4 + length) return true;
+    const ssize_t n = ::recv(c, buf, sizeof buf, 0);
+    if (n <= 0) return false;
+    in.append(buf, static_cast<std::size_t>(n));
+  }
+}
+
 // A webhook receiver on 127.0.0.1: records every request it reads in full; answers 200, or 302 on
 // /redirect; while held, it keeps the first request it reads unanswered until released.
 class Receiver {
@@ -92,23 +113,11 @@ class Receiver {
     }
   }
   void Serve(int c) {
-    timeval tv{10, 0};
-    ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     std::string in;
-    char buf[4096];
-    std::size_t header_end = std::string::npos, length = 0;
-    while (true) {
-      if (header_end == std::string::npos && (header_end = in.find("\r\n\r\n")) != std::string::npos) {
-        const auto at = Lower(in.substr(0, header_end)).find("content-length:");
-        if (at != std::string::npos) length = std::stoul(in.substr(at + 15));
-      }
-      if (header_end != std::string::npos && in.size() >= header_end + 4 + length) break;
-      const ssize_t n = ::recv(c, buf, sizeof buf, 0);
-      if (n <= 0) {
-        ::close(c);
-        return;
-      }
-      in.append(buf, static_cast<std::size_t>(n));
+    std::size_t header_end = 0, length = 0;
+    if (!ReadRequest(c, 10, in, header_end, length)) {
+      ::close(c);
+      return;
     }
     Got g;
     g.path = in.substr(in.find(' ') + 1, in.find(' ', in.find(' ') + 1) - in.find(' ') - 1);
@@ -384,24 +393,11 @@ class ModalReceiver {
     }
   }
   void Serve(int c) {
-    timeval tv{5, 0};
-    ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     std::string in;
-    char buf[4096];
-    std::size_t end = std::string::npos, length = 0;
-    for (;;) {
-      if (end == std::string::npos && (end = in.find("\r\n\r\n")) != std::string::npos) {
-        std::string head = in.substr(0, end);
-        for (auto& ch : head) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-        if (const auto at = head.find("content-length:"); at != std::string::npos) length = std::stoul(head.substr(at + 15));
-      }
-      if (end != std::string::npos && in.size() >= end + 4 + length) break;
-      const ssize_t n = ::recv(c, buf, sizeof buf, 0);
-      if (n <= 0) {
-        ::close(c);
-        return;
-      }
-      in.append(buf, static_cast<std::size_t>(n));
+    std::size_t end = 0, length = 0;
+    if (!ReadRequest(c, 5, in, end, length)) {
+      ::close(c);
+      return;
     }
     const Mode mode = mode_;
     std::string head = in.substr(0, end);
