@@ -218,6 +218,14 @@ class SpendPartition : public Spend {
            {"SPILLWAY_BILLING_MIN_LAUNCH_RUNWAY", "2s"}},
           "cutoff", true);
   }
+  // Makes the tenant prepaid with `credit` (USD).
+  void Prepaid(const std::string& credit) {
+    ASSERT_EQ(Call("PUT", "/v1/billing/tenants/" + tenant_ + "/mode", finance_, R"({"mode":"prepaid"})").status, 200);
+    ASSERT_EQ(Call("POST", "/v1/billing/tenants/" + tenant_ + "/credits", finance_,
+                   R"({"amount":")" + credit + R"(","reason":"x"})")
+                  .status,
+              201);
+  }
   // spillway_hosts_marked_down_total, all reasons.
   double MarkedDown() {
     double n = 0;
@@ -287,10 +295,9 @@ class SpendPartition : public Spend {
 };
 
 TEST_F(SpendPartition, APrepaidBalanceStopsAtZeroWhileItsHostIsCutOffForLongerThanTheHeartbeatTimeout) {
-  ASSERT_EQ(Call("PUT", "/v1/billing/tenants/" + tenant_ + "/mode", finance_, R"({"mode":"prepaid"})").status, 200);
   // 10 s of burn; the cut starts 3 s in and lasts 25 s: zero comes 7 s into it, the heartbeat
   // timeout (12 s) 15 s in.
-  ASSERT_EQ(Call("POST", "/v1/billing/tenants/" + tenant_ + "/credits", finance_, R"({"amount":"0.10","reason":"x"})").status, 201);
+  Prepaid("0.10");
   const Outcome o = RunWithCut(3s, 25s);
   std::printf("prepaid, host cut off for 25 s (heartbeat timeout 12 s): $0.10 of credit; billed past zero: $%.6f; "
               "bound: $%.6f; ended %s\n",
@@ -310,9 +317,8 @@ TEST_F(SpendPartition, APrepaidBalanceStopsAtZeroWhileItsHostIsCutOffForLongerTh
 }
 
 TEST_F(SpendPartition, APrepaidBalanceStopsAtZeroWhileItsHostIsCutOffForLessThanTheHeartbeatTimeout) {
-  ASSERT_EQ(Call("PUT", "/v1/billing/tenants/" + tenant_ + "/mode", finance_, R"({"mode":"prepaid"})").status, 200);
   // 10 s of burn; the cut starts 3 s in and lasts 10 s, under the heartbeat timeout: zero comes 7 s in.
-  ASSERT_EQ(Call("POST", "/v1/billing/tenants/" + tenant_ + "/credits", finance_, R"({"amount":"0.10","reason":"x"})").status, 201);
+  Prepaid("0.10");
   const Outcome o = RunWithCut(3s, 10s);
   std::printf("prepaid, host cut off for 10 s (heartbeat timeout 12 s): $0.10 of credit; billed past zero: $%.6f; "
               "bound: $%.6f\n",
@@ -338,9 +344,8 @@ TEST_F(SpendPartition, AMonthlyLimitStopsAtTheLimitWhileItsHostIsCutOff) {
 }
 
 TEST_F(SpendPartition, AHostDeclaredDownBeforeTheBalanceRanOutEndsItsInstanceHostDownAndItsBacklogIsBilled) {
-  ASSERT_EQ(Call("PUT", "/v1/billing/tenants/" + tenant_ + "/mode", finance_, R"({"mode":"prepaid"})").status, 200);
   // 40 s of burn; the host is declared down 15 s in: the balance never reaches zero.
-  ASSERT_EQ(Call("POST", "/v1/billing/tenants/" + tenant_ + "/credits", finance_, R"({"amount":"0.40","reason":"x"})").status, 201);
+  Prepaid("0.40");
   const Outcome o = RunWithCut(3s, 20s);
   std::printf("prepaid, host cut off for 20 s (heartbeat timeout 12 s): $0.40 of credit; spent $%.6f; ended %s\n",
               static_cast<double>(o.spent) / 1e6, o.end_reason.c_str());

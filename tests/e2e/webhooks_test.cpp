@@ -59,33 +59,65 @@ bool ReadRequest(int c, int timeout_s, std::string& in, std::size_t& header_end,
 
 // A webhook receiver on 127.0.0.1: records every request it reads in full; answers 200, or 302 on
 // /redirect; while held, it keeps the first request it reads unanswered until released.
-class Receiver {
+// A server on a free 127.0.0.1 port that runs Serve(connection) on a thread of its own for each
+// connection; a subclass calls Listen() last in its constructor and StopListening() first in its
+// destructor.
+class LoopbackServer {
  public:
-  struct Got {
-    std::string path, id, type, timestamp, signature, body;
-  };
-  Receiver() {
+  int port() const { return port_; }
+
+ protected:
+  virtual ~LoopbackServer() = default;
+  virtual void Serve(int c) = 0;
+  void Listen() {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     const int one = 1;
     ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd_, 64) != 0)
+    if (::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd_, 128) != 0)
       throw std::runtime_error("receiver: cannot listen");
     socklen_t len = sizeof a;
     ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
     port_ = ntohs(a.sin_port);
-    accept_ = std::thread([this] { Accept(); });
+    accept_ = std::thread([this] {
+      while (!stop_) {
+        pollfd p{fd_, POLLIN, 0};
+        if (::poll(&p, 1, 50) <= 0) continue;
+        const int c = ::accept(fd_, nullptr, nullptr);
+        if (c < 0) continue;
+        std::lock_guard lock(handlers_mu_);
+        handlers_.emplace_back([this, c] { Serve(c); });
+      }
+    });
   }
-  ~Receiver() {
+  void StopListening() {
     stop_ = true;
-    Release();
     accept_.join();
     for (auto& t : handlers_) t.join();
     ::close(fd_);
   }
-  int port() const { return port_; }
+  std::atomic<bool> stop_{false};
+
+ private:
+  int fd_ = -1, port_ = 0;
+  std::mutex handlers_mu_;
+  std::vector<std::thread> handlers_;
+  std::thread accept_;
+};
+
+class Receiver : public LoopbackServer {
+ public:
+  struct Got {
+    std::string path, id, type, timestamp, signature, body;
+  };
+  Receiver() { Listen(); }
+  ~Receiver() override {
+    stop_ = true;
+    Release();
+    StopListening();
+  }
   void Hold() { held_ = true; }
   void Release() {
     std::lock_guard lock(mu_);
@@ -102,17 +134,7 @@ class Receiver {
   }
 
  private:
-  void Accept() {
-    while (!stop_) {
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, 100) <= 0) continue;
-      const int c = ::accept(fd_, nullptr, nullptr);
-      if (c < 0) continue;
-      std::lock_guard lock(mu_);
-      handlers_.emplace_back([this, c] { Serve(c); });
-    }
-  }
-  void Serve(int c) {
+  void Serve(int c) override {
     std::string in;
     std::size_t header_end = 0, length = 0;
     if (!ReadRequest(c, 10, in, header_end, length)) {
@@ -156,14 +178,10 @@ class Receiver {
     while (!v.empty() && v[0] == ' ') v.erase(0, 1);
     return v;
   }
-  int fd_ = -1, port_ = 0;
-  std::atomic<bool> stop_{false};
   bool held_ = false, holding_ = false;
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<Got> got_;
-  std::vector<std::thread> handlers_;
-  std::thread accept_;
 };
 
 }  // namespace
@@ -349,32 +367,15 @@ namespace {
 // A receiver whose answer a test switches: 200, 500, or none at all (it reads the request and hangs
 // until the mode changes or the sender gives up). Records each request's path, event id and when
 // it arrived.
-class ModalReceiver {
+class ModalReceiver : public LoopbackServer {
  public:
   enum Mode { kOk, kFail, kHang };
   struct Got {
     std::string path, id;
     TimeMs at;
   };
-  ModalReceiver() {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd_, 128) != 0)
-      throw std::runtime_error("receiver: cannot listen");
-    socklen_t len = sizeof a;
-    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-    accept_ = std::thread([this] { Accept(); });
-  }
-  ~ModalReceiver() {
-    stop_ = true;
-    accept_.join();
-    for (auto& t : handlers_) t.join();
-    ::close(fd_);
-  }
-  int port() const { return port_; }
+  ModalReceiver() { Listen(); }
+  ~ModalReceiver() override { StopListening(); }
   void Set(Mode m) { mode_ = m; }
   std::vector<Got> got() {
     std::lock_guard lock(mu_);
@@ -382,17 +383,7 @@ class ModalReceiver {
   }
 
  private:
-  void Accept() {
-    while (!stop_) {
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, 50) <= 0) continue;
-      const int c = ::accept(fd_, nullptr, nullptr);
-      if (c < 0) continue;
-      std::lock_guard lock(mu_);
-      handlers_.emplace_back([this, c] { Serve(c); });
-    }
-  }
-  void Serve(int c) {
+  void Serve(int c) override {
     std::string in;
     std::size_t end = 0, length = 0;
     if (!ReadRequest(c, 5, in, end, length)) {
@@ -419,13 +410,9 @@ class ModalReceiver {
     ::send(c, reply.data(), reply.size(), MSG_NOSIGNAL);
     ::close(c);
   }
-  int fd_ = -1, port_ = 0;
-  std::atomic<bool> stop_{false};
   std::atomic<Mode> mode_{kOk};
   std::mutex mu_;
   std::vector<Got> got_;
-  std::vector<std::thread> handlers_;
-  std::thread accept_;
 };
 
 }  // namespace
