@@ -85,6 +85,11 @@ class Spend : public ::testing::Test {
   // three seconds); returns that total in µ$.
   std::int64_t SettledSpend(const std::string& instance) {
     EXPECT_TRUE(WaitFor([&] { return One("SELECT state FROM instances WHERE id = $1", instance) == "terminated"; }, 30s));
+    return StillSpend();
+  }
+  // The month's spend in µ$ once the tenant's rated total has been still for three seconds (what
+  // changes is what is measured: polled each second).
+  std::int64_t StillSpend() {
     std::string last, now;
     for (int still = 0; still < 3;) {
       std::this_thread::sleep_for(1s);
@@ -280,14 +285,7 @@ class SpendPartition : public Spend {
       return One("SELECT coalesce(bool_and(w.folded_through >= i.ended_at), false) FROM instances i "
                  "JOIN host_watermarks w ON w.host_id = i.host_id WHERE i.id = $1", id) == "t";
     }, 60s)) << server_->process().Stderr().substr(0, 3000);
-    std::string last, now;
-    for (int still = 0; still < 3;) {
-      std::this_thread::sleep_for(1s);
-      now = One("SELECT coalesce(sum(gpu_ms), 0) FROM usage_rated_hourly WHERE tenant_id = $1", tenant_);
-      still = now == last ? still + 1 : 0;
-      last = now;
-    }
-    o.spent = Micros(Str(Balance(), "spent_this_month"));
+    o.spent = StillSpend();
     EXPECT_EQ(Str(Balance(), "pending"), "0.000000") << "every held second is rated or past";
     return o;
   }
