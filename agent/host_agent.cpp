@@ -384,11 +384,10 @@ void HostAgent::ShipLoop() {
         std::uniform_int_distribution<std::int64_t> jitter(backoff.count() / 2, backoff.count());
         ship_cv_.wait_for(lk, std::chrono::milliseconds(jitter(rng)), [&] { return stopping_ || link_back_; });
         if (link_back_) backoff = std::chrono::milliseconds(0);
-        link_back_ = false;
       } else {
         ship_cv_.wait_for(lk, sample_interval_, [&] { return stopping_ || ship_kick_; });
       }
-      ship_kick_ = false;
+      ship_kick_ = link_back_ = false;  // a wake-up is for the wait it ended, not a later one
     }
     if (stopping_) break;
     const std::string token = Token();

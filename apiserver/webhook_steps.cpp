@@ -132,11 +132,4 @@ int Webhooks::Deliver(Session& conn, TimeMs now) {
   return static_cast<int>(due.size());
 }
 
-void Webhooks::Drain(Session& conn, TimeMs now, Millis timeout) {
-  const auto until = std::chrono::steady_clock::now() + timeout;
-  for (auto& [endpoint, f] : in_flight_)
-    if (f.outcome.valid()) f.outcome.wait_until(until);
-  Record(conn, now);
-}
-
 }  // namespace spillway

@@ -38,8 +38,6 @@ class Webhooks {
   // The step's body (public for tests): records what finished, starts what is due; returns how many
   // deliveries it started.
   int Deliver(Session& conn, TimeMs now);
-  // Waits until no post is in flight (at most `timeout`), then records their outcomes (tests).
-  void Drain(Session& conn, TimeMs now, Millis timeout);
 
  private:
   struct Outcome {
