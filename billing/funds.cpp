@@ -71,7 +71,8 @@ WITH holds AS (
   FROM instances i
   JOIN gpu_allocation_history h ON h.instance_id = i.id
   LEFT JOIN host_watermarks w ON w.host_id = h.host_id
-  LEFT JOIN LATERAL (SELECT max(last_sample_at) AS last_at FROM usage_hourly WHERE instance_id = i.id) u ON true
+  LEFT JOIN LATERAL (SELECT last_sample_at AS last_at FROM usage_hourly WHERE instance_id = i.id
+                     ORDER BY hour DESC LIMIT 1) u ON true
   WHERE i.tenant_id = $1 AND (i.ended_at IS NULL OR i.ended_at > )sql" SPW_TS(2) R"sql( - $3::bigint * interval '1 millisecond')
     AND (h.released_at IS NULL OR h.released_at > )sql" SPW_TS(2) R"sql( - $3::bigint * interval '1 millisecond'))
 SELECT coalesce(round(sum(greatest(0, least(until_ms, $2::bigint) - greatest(from_ms, $4::bigint))::numeric * price)

@@ -814,7 +814,8 @@ std::vector<Month> PeriodsToClose(Tx& tx, TimeMs now) {
 
 Month FirstBillableMonth(Tx& tx, TimeMs now) {
   const auto r = tx.exec_prepared1(kFirstBillable.name);
-  const Month installed = MonthOf(TimeFrom(r["installed_ms"]).value_or(now));
+  // Never after now (a clock behind the installation): so the first is never after the month before now's.
+  const Month installed = MonthOf(std::min(TimeFrom(r["installed_ms"]).value_or(now), now));
   Month first = MonthOf(installed.begin - Millis(1));
   for (const char* column : {"instance_ms", "volume_ms"})
     if (const auto t = TimeFrom(r[column]); t && *t < first.begin) first = MonthOf(*t);

@@ -97,6 +97,7 @@ std::vector<Month> PeriodsToClose(Tx& tx, TimeMs now);
 
 // The first month Spillway could have billed: the earliest of the first instance's start, the first
 // volume's creation and the month before this database was installed (the first the leader closes).
+// Never after the month before `now`'s.
 Month FirstBillableMonth(Tx& tx, TimeMs now);
 
 // Whether `period` ("2026-11") is closed.

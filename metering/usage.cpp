@@ -238,7 +238,8 @@ marked AS (
 -- Every pool, judged or not, so that its counters have a series from the start.
 SELECT p.region, p.gpu_model, coalesce(sum(j.held_ms), 0)::bigint AS held_ms,
        coalesce(sum(greatest(0, j.held_ms - j.metered_ms)), 0)::bigint AS unmetered_ms
-FROM (SELECT DISTINCT region, gpu_model FROM hosts) p
+FROM (SELECT region, gpu_model FROM pool_capacity UNION SELECT region, gpu_model FROM pool_capacity_changes
+      UNION SELECT region, gpu_model FROM judged) p
 LEFT JOIN judged j ON j.region = p.region AND j.gpu_model = p.gpu_model
 GROUP BY p.region, p.gpu_model ORDER BY p.region, p.gpu_model)sql"};
 

@@ -137,6 +137,9 @@ std::string PeriodParam(Ctx& ctx, const std::string& text, const char* field) {
   const Month current = MonthOf(now);
   if (month->begin > current.begin)
     throw InvalidInput(std::string(field) + ": " + text + " is after the current month, " + current.Label());
+  // The first billable month is never after the one before the current (see FirstBillableMonth):
+  // only an earlier period needs the database.
+  if (month->begin >= MonthOf(current.begin - Millis(1)).begin) return text;
   const Month first = ctx.Read([&](Tx& tx) { return billing::FirstBillableMonth(tx, now); });
   if (month->begin < first.begin)
     throw InvalidInput(std::string(field) + ": " + text + " is before " + first.Label() +
