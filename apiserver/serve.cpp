@@ -29,6 +29,7 @@
 #include "core/metrics.hpp"
 #include "core/migrate.hpp"
 #include "core/money.hpp"
+#include "metering/fold.hpp"
 #include "metering/ingest.hpp"
 #include "metering/usage.hpp"
 #include "provisioning/sealed_env.hpp"
@@ -198,7 +199,7 @@ int RunServe(const Config& config) {
   steps.Add({"metering_partitions", std::chrono::hours(1),
              [&ingest](pqxx::connection& c, const StepContext& s) { ingest.CreatePartitionsAhead(c, s.now); }});
   steps.Add({"metering_rollup", ingest_settings.rollup_interval,
-             [](pqxx::connection& c, const StepContext&) { metering::FoldDirtyHours(c, 48); }});
+             [](pqxx::connection& c, const StepContext&) { metering::FoldUsage(c); }});
   steps.Add({"metering_retention", std::chrono::hours(1),
              [retention = ingest_settings.retention](pqxx::connection& c, const StepContext& s) {
                metering::DropExpiredPartitions(c, s.now, retention);

@@ -66,8 +66,12 @@ SELECT coalesce(sum(greatest(0,
 FROM gpu_allocation_history h JOIN instances i ON i.id = h.instance_id
 LEFT JOIN host_watermarks w ON w.host_id = h.host_id
 WHERE i.tenant_id = $1 AND h.allocated_at < )sql" SPW_TS(3) " AND (h.released_at IS NULL OR h.released_at > " SPW_TS(2) ")"};
-const Statement kFoldingIn{"billing_folding_in", "SELECT EXISTS (SELECT 1 FROM usage_dirty_hours WHERE hour >= " SPW_TS(1)
-                                                 " AND hour < " SPW_TS(2) ") AS folding"};
+// Usage of [$1, $2) not yet in the rollups: an hour marked to refold, an unfolded tick with samples
+// in it (ts in ($1, $2]), or a price change not yet applied.
+const Statement kFoldingIn{"billing_folding_in", R"sql(
+SELECT EXISTS (SELECT 1 FROM usage_dirty_hours WHERE hour >= )sql" SPW_TS(1) " AND hour < " SPW_TS(2) R"sql()
+    OR EXISTS (SELECT 1 FROM ingest_ticks WHERE last_ts > )sql" SPW_TS(1) " AND first_ts <= " SPW_TS(2) R"sql()
+    OR EXISTS (SELECT 1 FROM rating_price_changes) AS folding)sql"};
 
 const Statement kProfile{"billing_profile", R"sql(
 SELECT legal_name, address, tax_id, email, tax_rate_bp, )sql" SPW_EPOCH_MS("updated_at") R"sql( AS updated_ms

@@ -318,14 +318,15 @@ bool Ingestor::TryCommit(Committer& c, std::vector<Pending>& group) {
   std::map<GpuKey, std::vector<std::pair<std::int64_t, std::int64_t>>> stored_here;
   const Millis longest = 3 * settings_.rules.sample_interval;
 
-  SampleRows rows;
+  SampleRows rows(NextTick(tx));
   {
     std::size_t n = 0;
     for (const auto& p : group) n += p.batch.samples.size();
     rows.Reserve(n);
   }
   std::vector<LedgerRow> ledger;
-  std::set<std::int64_t> days, hours;
+  std::set<std::int64_t> days;
+  std::optional<TimeMs> first_ts, last_ts;
   std::int64_t samples = 0, unowned_ms = 0;
   for (auto& p : group) {
     const HostSeq key{p.host_id, p.batch.batch_seq};
@@ -368,7 +369,8 @@ bool Ingestor::TryCommit(Committer& c, std::vector<Pending>& group) {
       }
       for (const SamplePiece& piece : CutSample(s.ts_ms, s.interval_ms, s.energy_mj, held, held_until)) {
         days.insert(EpochMs(piece.ts) / kDayMs);
-        hours.insert(HourOfEnd(piece.ts));
+        if (!first_ts || piece.ts < *first_ts) first_ts = piece.ts;
+        if (!last_ts || piece.ts > *last_ts) last_ts = piece.ts;
         if (s.instance_id && !piece.attributed) unowned_ms += piece.interval_ms;
         rows.Add(piece.ts, p.host_id, s.gpu_index, piece.attributed ? s.instance_id : std::nullopt, piece.interval_ms,
                  s.util_pct, s.mem_used_bytes, s.power_mw, piece.energy_mj);
@@ -388,9 +390,9 @@ bool Ingestor::TryCommit(Committer& c, std::vector<Pending>& group) {
   }
   for (std::int64_t day : days)
     if (!c.partitions.count(day)) EnsureDayPartition(tx, FromEpochMs(day * kDayMs));
-  // Before the COPY: a fold of one of these hours running now finishes first, or sees the mark.
-  MarkDirtyHours(tx, std::vector<std::int64_t>(hours.begin(), hours.end()), now);
   CopySamples(tx, rows);
+  // With its samples: the fold takes the tick, and its samples, once this commits.
+  if (first_ts) RecordTick(tx, rows.tick(), *first_ts, *last_ts);
   AdvanceGpuMarks(tx, marks);
   RecordBatches(tx, ledger, now);
   tx.commit();

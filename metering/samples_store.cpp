@@ -63,11 +63,11 @@ ON CONFLICT (host_id) DO UPDATE SET
   last_batch_seq = greatest(w.last_batch_seq, EXCLUDED.last_batch_seq),
   last_batch_at = EXCLUDED.last_batch_at,
   clock_skew_ms = coalesce(EXCLUDED.clock_skew_ms, w.clock_skew_ms))sql"};
-// In ascending order, so concurrent ingests lock the rows in one order.
-const Statement kMarkDirtyHours{"metering_mark_dirty_hours", R"sql(
-INSERT INTO usage_dirty_hours (hour, marked_at)
-SELECT to_timestamp(h / 1000.0), to_timestamp($2::bigint / 1000.0) FROM unnest($1::bigint[]) AS h ORDER BY h
-ON CONFLICT (hour) DO NOTHING)sql"};
+const Statement kNextTick{"metering_next_tick", "SELECT nextval('ingest_tick_seq') AS tick"};
+// A new key: no row lock anyone else takes, whatever else commits meanwhile.
+const Statement kRecordTick{"metering_record_tick",
+                            "INSERT INTO ingest_ticks (tick, started_at, first_ts, last_ts) "
+                            "VALUES ($1, now(), " SPW_TS(2) ", " SPW_TS(3) ")"};
 const Statement kPruneLedger{"metering_prune_ledger", R"sql(
 DELETE FROM ingest_batches WHERE ctid = ANY(ARRAY(
   SELECT ctid FROM ingest_batches WHERE received_at < to_timestamp($1::bigint / 1000.0) LIMIT $2)))sql"};
@@ -183,6 +183,12 @@ void AppendCopyText(std::string& out, const std::string& s) {
 }
 }  // namespace
 
+SampleRows::SampleRows(std::int64_t tick) : tick_(tick) {
+  tick_text_ = '\t';
+  AppendInt(tick_text_, tick);
+  tick_text_ += '\n';
+}
+
 void SampleRows::Add(TimeMs ts, const std::string& host_id, int gpu_index, const std::optional<std::string>& instance_id,
                      std::int64_t interval_ms, int util_pct, std::int64_t mem_used_bytes, std::int64_t power_mw,
                      std::int64_t energy_mj) {
@@ -210,7 +216,7 @@ void SampleRows::Add(TimeMs ts, const std::string& host_id, int gpu_index, const
     text_ += '\t';
     AppendInt(text_, v);
   }
-  text_ += '\n';
+  text_ += tick_text_;
 }
 
 void CopySamples(Tx& tx, SampleRows& rows) {
@@ -220,8 +226,9 @@ void CopySamples(Tx& tx, SampleRows& rows) {
   // (stream_to would format every field again); write_raw_line sends it in one PQputCopyData.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-  static const std::vector<std::string> kColumns = {"ts",       "host_id",        "gpu_index", "instance_id", "interval_ms",
-                                                    "util_pct", "mem_used_bytes", "power_mw",  "energy_mj"};
+  static const std::vector<std::string> kColumns = {"ts",       "host_id",        "gpu_index", "instance_id",
+                                                    "interval_ms", "util_pct", "mem_used_bytes", "power_mw",
+                                                    "energy_mj",   "tick"};
   pqxx::tablewriter writer(tx, "usage_samples", kColumns.begin(), kColumns.end());
   writer.write_raw_line(rows.text_);
   writer.complete();
@@ -269,8 +276,10 @@ void RecordBatches(Tx& tx, const std::vector<LedgerRow>& unordered, TimeMs now) 
                    Int64ArrayLiteral(w_seq), skews, EpochMs(now));
 }
 
-void MarkDirtyHours(Tx& tx, const std::vector<std::int64_t>& hour_starts_ms, TimeMs now) {
-  if (!hour_starts_ms.empty()) tx.exec_prepared(kMarkDirtyHours.name, Int64ArrayLiteral(hour_starts_ms), EpochMs(now));
+std::int64_t NextTick(Tx& tx) { return tx.exec_prepared1(kNextTick.name)["tick"].as<std::int64_t>(); }
+
+void RecordTick(Tx& tx, std::int64_t tick, TimeMs first, TimeMs last) {
+  tx.exec_prepared(kRecordTick.name, tick, EpochMs(first), EpochMs(last));
 }
 
 std::int64_t PruneLedger(Tx& tx, TimeMs before, int limit) {

@@ -65,16 +65,21 @@ void EnsureDayPartition(Tx& tx, TimeMs day);
 // text format (tab-separated, \N for null, escaped), and sent with one COPY by CopySamples.
 class SampleRows {
  public:
-  void Reserve(std::size_t rows) { text_.reserve(rows * 110); }
+  // Every row carries the tick of the commit that stores it (NextTick).
+  explicit SampleRows(std::int64_t tick);
+  void Reserve(std::size_t rows) { text_.reserve(rows * 120); }
   // `instance_id` null: no tenant instance owned the time (never billed).
   void Add(TimeMs ts, const std::string& host_id, int gpu_index, const std::optional<std::string>& instance_id,
            std::int64_t interval_ms, int util_pct, std::int64_t mem_used_bytes, std::int64_t power_mw,
            std::int64_t energy_mj);
   bool empty() const { return text_.empty(); }
+  std::int64_t tick() const { return tick_; }
 
  private:
   friend void CopySamples(Tx& tx, SampleRows& rows);
   std::string text_;
+  std::int64_t tick_ = 0;
+  std::string tick_text_;  // "\t<tick>\n", the end of every row
   // "2026-11-26T17:45:01." of the last row's second: a group's samples share few seconds.
   std::int64_t second_ = INT64_MIN;
   std::string second_text_;
@@ -89,8 +94,10 @@ struct LedgerRow {
 };
 // The ledger rows of the batches committed now, and each host's watermark moved forward.
 void RecordBatches(Tx& tx, const std::vector<LedgerRow>& rows, TimeMs now);
-// Marks the UTC hours (epoch-ms of each hour's start, ascending) as changed, for the rollup step.
-void MarkDirtyHours(Tx& tx, const std::vector<std::int64_t>& hour_starts_ms, TimeMs now);
+// A number for this commit's samples (a tick), and its row in ingest_ticks, which says to the fold
+// that they are not folded yet: `first` and `last` bound their ts. The row commits with them.
+std::int64_t NextTick(Tx& tx);
+void RecordTick(Tx& tx, std::int64_t tick, TimeMs first, TimeMs last);
 // Deletes up to `limit` ledger rows received before `before`; returns how many.
 std::int64_t PruneLedger(Tx& tx, TimeMs before, int limit);
 // One more than the highest batch_seq committed for the host (0 for none).

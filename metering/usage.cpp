@@ -7,95 +7,6 @@
 namespace spillway::metering {
 namespace {
 
-const Statement kDirtyHours{"rollup_dirty_hours",
-                            "SELECT " SPW_EPOCH_MS("hour") " AS hour_ms FROM usage_dirty_hours ORDER BY hour LIMIT $1"};
-const Statement kTakeDirtyHour{"rollup_take_dirty_hour",
-                               "DELETE FROM usage_dirty_hours WHERE hour = to_timestamp($1::bigint / 1000.0) RETURNING hour"};
-const Statement kClearInstanceHour{"rollup_clear_instance_hour",
-                                   "DELETE FROM usage_hourly WHERE hour = to_timestamp($1::bigint / 1000.0)"};
-const Statement kClearPoolHour{"rollup_clear_pool_hour",
-                               "DELETE FROM pool_usage_hourly WHERE hour = to_timestamp($1::bigint / 1000.0)"};
-// A stored sample's GPU-milliseconds go to the instance it names (ingest attributed only its part
-// inside the instance's hold); utilisation is weighted by time. A sample is in the hour that holds
-// its last millisecond (ingest cut samples at the turns of hours): ts in (hour, hour + 1 h].
-#define SPW_IN_HOUR(ts) \
-  "(" ts " > to_timestamp($1::bigint / 1000.0) AND " ts " <= to_timestamp($1::bigint / 1000.0) + interval '1 hour')"
-const Statement kFoldInstanceHour{"rollup_fold_instance_hour", R"sql(
-INSERT INTO usage_hourly (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_mean, energy_mj, mem_peak_bytes,
-                          last_sample_at)
-SELECT to_timestamp($1::bigint / 1000.0), s.instance_id, i.tenant_id, sum(s.interval_ms), count(*),
-       sum(s.util_pct::double precision * s.interval_ms) / sum(s.interval_ms), sum(s.energy_mj), max(s.mem_used_bytes),
-       max(s.ts)
-FROM usage_samples s JOIN instances i ON i.id = s.instance_id
-WHERE )sql" SPW_IN_HOUR("s.ts") R"sql( AND s.instance_id IS NOT NULL
-GROUP BY s.instance_id, i.tenant_id)sql"};
-// Billing redrafts each tenant-month whose rated usage the fold rewrote (billing_dirty): the tenants
-// of the hour's rows before (cleared) and after (folded).
-#define SPW_MARK_BILLING(tenants)                                                                      \
-  "INSERT INTO billing_dirty (tenant_id, period, marked_at) SELECT DISTINCT tenant_id, "               \
-  "to_char(to_timestamp($1::bigint / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM'), now() FROM " tenants \
-  " ON CONFLICT (tenant_id, period) DO NOTHING"
-const Statement kClearRatedHour{"rollup_clear_rated_hour",
-                                "WITH gone AS (DELETE FROM usage_rated_hourly WHERE hour = to_timestamp($1::bigint / 1000.0) "
-                                "AND NOT unmetered RETURNING tenant_id) " SPW_MARK_BILLING("gone")};
-const Statement kMarkRatedHour{"rollup_mark_rated_hour",
-                               SPW_MARK_BILLING("usage_rated_hourly WHERE hour = to_timestamp($1::bigint / 1000.0)")};
-// The hour's metered GPU-ms per instance and price in effect at each row's ts (effective_from <= ts):
-// the on-demand book for on-demand instances, the pool's spot history for spot ones; and beside it
-// the list price, the on-demand book's at that ts for both (a spot row's saving is list - price).
-// Each price's span is [effective_from, the next one's): the spans that reach into the hour are the
-// one in effect at its start (one index probe per model or pool) and those that begin inside it.
-const Statement kFoldRatedHour{"rollup_fold_rated_hour", R"sql(
-WITH h AS (SELECT to_timestamp($1::bigint / 1000.0) AS start, to_timestamp($1::bigint / 1000.0) + interval '1 hour' AS stop),
-used AS (SELECT DISTINCT i.market, i.region, i.gpu_model FROM usage_samples s JOIN instances i ON i.id = s.instance_id
-         WHERE )sql" SPW_IN_HOUR("s.ts") R"sql( AND s.instance_id IS NOT NULL),
-models AS (SELECT DISTINCT gpu_model FROM used),
-list_points AS (
-  SELECT m.gpu_model, p.price, p.from_ts FROM models m, h,
-  LATERAL (SELECT price_micros_per_gpu_hour AS price, effective_from AS from_ts FROM prices
-           WHERE gpu_model = m.gpu_model AND market = 'on_demand' AND effective_from <= h.start
-           ORDER BY effective_from DESC LIMIT 1) p
-  UNION ALL
-  SELECT m.gpu_model, p.price_micros_per_gpu_hour, p.effective_from FROM models m, h, prices p
-  WHERE p.gpu_model = m.gpu_model AND p.market = 'on_demand' AND p.effective_from > h.start AND p.effective_from <= h.stop),
-list_spans AS (
-  SELECT gpu_model, price, from_ts,
-         coalesce(lead(from_ts) OVER (PARTITION BY gpu_model ORDER BY from_ts), 'infinity') AS to_ts
-  FROM list_points),
-points AS (
-  SELECT u.market, u.region, u.gpu_model, l.price, l.from_ts FROM used u JOIN list_points l ON l.gpu_model = u.gpu_model
-  WHERE u.market = 'on_demand'
-  UNION ALL
-  SELECT u.market, u.region, u.gpu_model, p.price, p.from_ts FROM used u, h,
-  LATERAL (SELECT price_micros_per_gpu_hour AS price, effective_from AS from_ts FROM spot_prices
-           WHERE u.market = 'spot' AND region = u.region AND gpu_model = u.gpu_model AND effective_from <= h.start
-           ORDER BY effective_from DESC LIMIT 1) p
-  UNION ALL
-  SELECT u.market, u.region, u.gpu_model, p.price_micros_per_gpu_hour, p.effective_from FROM used u, h, spot_prices p
-  WHERE u.market = 'spot' AND p.region = u.region AND p.gpu_model = u.gpu_model
-    AND p.effective_from > h.start AND p.effective_from <= h.stop),
-spans AS (
-  SELECT market, region, gpu_model, price, from_ts,
-         coalesce(lead(from_ts) OVER (PARTITION BY market, region, gpu_model ORDER BY from_ts), 'infinity') AS to_ts
-  FROM points)
-INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour,
-                                list_price_micros_per_gpu_hour, gpu_ms)
-SELECT (SELECT start FROM h), s.instance_id, i.tenant_id, i.market, sp.price, ls.price, sum(s.interval_ms)
-FROM usage_samples s JOIN instances i ON i.id = s.instance_id
-LEFT JOIN spans sp ON sp.market = i.market AND sp.region = i.region AND sp.gpu_model = i.gpu_model
-                  AND s.ts >= sp.from_ts AND s.ts < sp.to_ts
-LEFT JOIN list_spans ls ON ls.gpu_model = i.gpu_model AND s.ts >= ls.from_ts AND s.ts < ls.to_ts
-WHERE )sql" SPW_IN_HOUR("s.ts") R"sql( AND s.instance_id IS NOT NULL
-GROUP BY s.instance_id, i.tenant_id, i.market, sp.price, ls.price)sql"};
-const Statement kFoldPoolHour{"rollup_fold_pool_hour", R"sql(
-INSERT INTO pool_usage_hourly (hour, region, gpu_model, allocated_gpu_ms, idle_gpu_ms, samples, util_pct_mean, energy_mj)
-SELECT to_timestamp($1::bigint / 1000.0), h.region, h.gpu_model,
-       coalesce(sum(s.interval_ms) FILTER (WHERE s.instance_id IS NOT NULL), 0),
-       coalesce(sum(s.interval_ms) FILTER (WHERE s.instance_id IS NULL), 0), count(*),
-       sum(s.util_pct::double precision * s.interval_ms) / sum(s.interval_ms), sum(s.energy_mj)
-FROM usage_samples s JOIN hosts h ON h.id = s.host_id
-WHERE )sql" SPW_IN_HOUR("s.ts") R"sql(
-GROUP BY h.region, h.gpu_model)sql"};
 // Each partition's day, from its name (usage_samples_YYYYMMDD).
 const Statement kPartitions{"retention_partitions", R"sql(
 SELECT c.relname AS name,
@@ -104,22 +15,22 @@ FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'usage_samples'::regclass AND c.relname ~ '^usage_samples_[0-9]{8}$'
 ORDER BY c.relname)sql"};
 // A day's partition holds ts in [day, day + 24 h): samples of the hours from the one before the day
-// (a sample ending at midnight) to its last, and of the month before when the day is a first.
+// (a sample ending at midnight) to its last, and of the month before when the day is a first. It
+// goes once none of those hours is marked to refold and no tick with samples in it is unfolded.
 const Statement kDroppable{"retention_droppable", R"sql(
 SELECT NOT EXISTS (SELECT 1 FROM usage_dirty_hours
                    WHERE hour >= to_timestamp($1::bigint / 1000.0) - interval '1 hour'
                      AND hour < to_timestamp($1::bigint / 1000.0) + interval '24 hours')
+   AND NOT EXISTS (SELECT 1 FROM ingest_ticks
+                   WHERE last_ts >= to_timestamp($1::bigint / 1000.0)
+                     AND first_ts < to_timestamp($1::bigint / 1000.0) + interval '24 hours')
    AND EXISTS (SELECT 1 FROM billing_periods_closed WHERE period = $2)
    AND EXISTS (SELECT 1 FROM billing_periods_closed WHERE period = $3) AS ok)sql"};
 const Statement kDropPartition{"retention_drop_partition", "SELECT usage_samples_drop_partition($1) AS dropped"};
-const Statement kWatermarksNow{"rollup_watermarks_now",
-                               "SELECT host_id, " SPW_EPOCH_MS("sampled_through") " AS through_ms FROM host_watermarks"};
-const Statement kSetFolded{"rollup_set_folded", R"sql(
-UPDATE host_watermarks w SET folded_through = greatest(w.folded_through, to_timestamp(q.through_ms / 1000.0))
-FROM unnest($1::text[], $2::bigint[]) AS q (host_id, through_ms) WHERE w.host_id = q.host_id)sql"};
 const Statement kRollupHealth{"rollup_health", R"sql(
-SELECT coalesce(extract(epoch FROM to_timestamp($1::bigint / 1000.0) - (SELECT min(marked_at) FROM usage_dirty_hours)), 0)
-         AS lag_s,
+SELECT coalesce(extract(epoch FROM to_timestamp($1::bigint / 1000.0) - least(
+           (SELECT min(marked_at) FROM usage_dirty_hours), (SELECT min(started_at) FROM ingest_ticks),
+           (SELECT min(queued_at) FROM rating_price_changes))), 0) AS lag_s,
        (SELECT sum(u.gpu_ms) FROM usage_hourly u WHERE u.hour >= to_timestamp($1::bigint / 1000.0) - interval '24 hours')
          AS metered,
        (SELECT sum(i.gpus::bigint * greatest(0, extract(epoch FROM
@@ -253,42 +164,6 @@ std::vector<UnmeteredJudged> JudgeUnmeteredHours(Session& conn, int max_hosts, b
                      r["unmetered_ms"].as<std::int64_t>()});
     return out;
   });
-}
-
-int FoldDirtyHours(pqxx::connection& conn, int max_hours) {
-  std::vector<std::string> hosts;
-  std::vector<std::int64_t> through;
-  std::vector<std::int64_t> hours;
-  {
-    pqxx::read_transaction tx(conn, "rollup_plan");
-    // Watermarks first: every sample at or before them has committed, and its hour is marked.
-    for (const auto& r : tx.exec_prepared(kWatermarksNow.name)) {
-      hosts.push_back(r["host_id"].as<std::string>());
-      through.push_back(r["through_ms"].as<std::int64_t>());
-    }
-    for (const auto& r : tx.exec_prepared(kDirtyHours.name, max_hours + 1)) hours.push_back(r["hour_ms"].as<std::int64_t>());
-  }
-  const bool all = static_cast<int>(hours.size()) <= max_hours;
-  if (!all) hours.resize(static_cast<std::size_t>(max_hours));
-  int folded = 0;
-  for (const std::int64_t hour : hours) {
-    InTransaction(conn, [&](Tx& tx) {
-      if (tx.exec_prepared(kTakeDirtyHour.name, hour).empty()) return;  // another leader folded it
-      tx.exec_prepared(kClearInstanceHour.name, hour);
-      tx.exec_prepared(kClearPoolHour.name, hour);
-      tx.exec_prepared(kClearRatedHour.name, hour);
-      tx.exec_prepared(kFoldInstanceHour.name, hour);
-      tx.exec_prepared(kFoldRatedHour.name, hour);
-      tx.exec_prepared(kMarkRatedHour.name, hour);
-      tx.exec_prepared(kFoldPoolHour.name, hour);
-    });
-    ++folded;
-  }
-  if (all && !hosts.empty())
-    InTransaction(conn, [&](Tx& tx) {
-      tx.exec_prepared(kSetFolded.name, TextArrayLiteral(hosts), Int64ArrayLiteral(through));
-    });
-  return folded;
 }
 
 std::vector<std::string> DropExpiredPartitions(pqxx::connection& conn, TimeMs now, Millis retention) {

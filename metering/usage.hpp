@@ -1,6 +1,6 @@
 #pragma once
-// Rollups and what is read from them: the hourly fold of usage_samples (a leader step), a
-// tenant's usage with metering coverage, and the fleet's pool utilisation.
+// What is read from the rollups (metering/fold folds them): a tenant's usage with metering
+// coverage, the fleet's pool utilisation, the unmetered-time judge and sample retention.
 #include <pqxx/pqxx>
 
 #include <cstdint>
@@ -13,11 +13,6 @@
 #include "core/duration.hpp"
 
 namespace spillway::metering {
-
-// Folds up to max_hours changed hours into usage_hourly and pool_usage_hourly, each in a
-// transaction of its own (recomputed from the samples, so folding an hour again gives the same
-// rows), then, if none is left, records each host's watermark as folded. Returns hours folded.
-int FoldDirtyHours(pqxx::connection& conn, int max_hours);
 
 // Judges the settled hours of up to max_hosts hosts (at most 24 hours of each), in one transaction:
 // per instance-hour, the GPU time its holds held against what was metered (usage_hourly); an hour
@@ -33,7 +28,8 @@ struct UnmeteredJudged {
 std::vector<UnmeteredJudged> JudgeUnmeteredHours(Session& conn, int max_hosts, bool bill = false);
 
 // Drops each daily partition of usage_samples that ended `retention` before `now`, once every hour
-// of it is folded (no dirty hour left) and its month is a closed billing period. Returns the names
+// of it is folded (no hour marked to refold, no unfolded tick in it) and its month is a closed
+// billing period. Returns the names
 // dropped.
 std::vector<std::string> DropExpiredPartitions(pqxx::connection& conn, TimeMs now, Millis retention);
 

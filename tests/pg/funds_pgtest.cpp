@@ -163,8 +163,9 @@ TEST(Funds, HeldTimeWhoseSamplesHaveNotArrivedIsPendingAndCountsOnce) {
   b.Exec("INSERT INTO host_watermarks (host_id, sampled_through, last_batch_seq, last_batch_at, clock_skew_ms, folded_through) "
          "VALUES ($1, '2026-11-05T10:00:00Z', 1, '2026-11-05T10:00:00Z', 0, '2026-11-05T10:00:00Z')",
          b.host);
-  b.Exec("INSERT INTO usage_hourly (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_mean, energy_mj, mem_peak_bytes, "
-         "last_sample_at) VALUES ('2026-11-05T09:00:00Z', 'ins_f', 'ten_f', 7200000, 720, 50, 0, 0, '2026-11-05T10:00:00Z')");
+  b.Exec("INSERT INTO usage_hourly (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_mean, util_pct_ms, energy_mj, "
+         "mem_peak_bytes, last_sample_at) VALUES ('2026-11-05T09:00:00Z', 'ins_f', 'ten_f', 7200000, 720, 50, 360000000, 0, 0, "
+         "'2026-11-05T10:00:00Z')");
   b.Rated("2026-11-05T09:00:00Z", 7'200'000);  // $4.00
   // The host falls silent at 10:00: half an hour later, 2 GPUs × 0.5 h × $2.00 are pending.
   Funds f = b.Of("2026-11-05T10:30:00Z");
@@ -173,8 +174,9 @@ TEST(Funds, HeldTimeWhoseSamplesHaveNotArrivedIsPendingAndCountsOnce) {
   EXPECT_EQ(f.balance_micros(), 4'000'000);
   EXPECT_EQ(f.spent_this_month_micros, 6'000'000) << "a spend limit sees it too";
   // Its backlog lands and is folded: rated now, pending no more; the sum is the same.
-  b.Exec("INSERT INTO usage_hourly (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_mean, energy_mj, mem_peak_bytes, "
-         "last_sample_at) VALUES ('2026-11-05T10:00:00Z', 'ins_f', 'ten_f', 3600000, 360, 50, 0, 0, '2026-11-05T10:30:00Z')");
+  b.Exec("INSERT INTO usage_hourly (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_mean, util_pct_ms, energy_mj, "
+         "mem_peak_bytes, last_sample_at) VALUES ('2026-11-05T10:00:00Z', 'ins_f', 'ten_f', 3600000, 360, 50, 180000000, 0, 0, "
+         "'2026-11-05T10:30:00Z')");
   b.Rated("2026-11-05T10:00:00Z", 3'600'000);
   b.Exec("UPDATE host_watermarks SET sampled_through = '2026-11-05T10:30:00Z', folded_through = '2026-11-05T10:30:00Z'");
   f = b.Of("2026-11-05T10:30:00Z");

@@ -21,6 +21,7 @@
 #include "core/errors.hpp"
 #include "core/money.hpp"
 #include "metering/ingest.hpp"
+#include "metering/fold.hpp"
 #include "metering/usage.hpp"
 #include "provisioning/hosts.hpp"
 #include "provisioning/volumes.hpp"
@@ -512,7 +513,7 @@ TEST(Invoices, ATenantIsNeverBilledMoreGpuTimeThanItHeldWhateverSamplesArrive) {
     }
   }
   ingest.Stop();
-  while (metering::FoldDirtyHours(*conn, 48) > 0) {
+  while (metering::FoldUsage(*conn).work() > 0) {
   }
   DraftInvoices(*conn, T("2026-12-01T00:30:00Z"), Settings());
   InTransaction(*conn, [&](Tx& tx) { ClosePeriod(tx, *ParseMonth("2026-11"), T("2026-12-01T00:30:00Z"), Settings(), "t"); });

@@ -5,6 +5,7 @@
 #include <prometheus/registry.h>
 
 #include "core/db.hpp"
+#include "metering/fold.hpp"
 #include "metering/ingest.hpp"
 #include "metering/samples_store.hpp"
 #include "metering/usage.hpp"
@@ -51,25 +52,25 @@ TEST(MeteringStore, IngestFoldAndPruneOnARealDatabase) {
   EXPECT_EQ(ingest.SubmitAndWait(host, Batch(0, end, 10)).kind, IngestResult::Kind::kAccepted);
   EXPECT_EQ(ingest.SubmitAndWait(host, Batch(0, end, 10)).kind, IngestResult::Kind::kDuplicate);
   EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM usage_samples"), 10);
-  EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM usage_dirty_hours"), 1);
+  EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM ingest_ticks"), 1);  // the duplicate stored nothing
 
-  FoldDirtyHours(*conn, 48);
-  EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM usage_dirty_hours"), 0);
+  EXPECT_EQ(FoldUsage(*conn).ticks, 1);
+  EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM ingest_ticks"), 0);
   const auto idle = [&] { return Scalar(*conn, "SELECT sum(idle_gpu_ms) FROM pool_usage_hourly"); };
   EXPECT_EQ(idle(), 10'000);
   EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM host_watermarks WHERE folded_through IS NOT NULL"), 1);
-  FoldDirtyHours(*conn, 48);  // nothing changed: nothing to do
+  EXPECT_EQ(FoldUsage(*conn).work(), 0);  // nothing changed: nothing to do
   EXPECT_EQ(idle(), 10'000);
-  // A late batch for the same hour marks it again; the fold recomputes it whole.
+  // A late batch for the same hour is a tick of its own; the fold adds it to the hour's rows.
   EXPECT_EQ(ingest.SubmitAndWait(host, Batch(1, end - 20s, 5)).kind, IngestResult::Kind::kAccepted);
-  EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM usage_dirty_hours"), 1);
-  FoldDirtyHours(*conn, 48);
+  EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM ingest_ticks"), 1);
+  EXPECT_EQ(FoldUsage(*conn).ticks, 1);
   EXPECT_EQ(idle(), 15'000);
   {
     pqxx::nontransaction tx(*conn);
     tx.exec("INSERT INTO usage_dirty_hours SELECT hour, now() FROM pool_usage_hourly");  // marked for no reason
   }
-  FoldDirtyHours(*conn, 48);
+  EXPECT_EQ(FoldUsage(*conn).hours_refolded, 1);
   EXPECT_EQ(idle(), 15'000);  // folding again gives the same rows
 
   {  // Registration tells an agent that lost its spool where to go on.
@@ -110,7 +111,7 @@ TEST(MeteringStore, ADayOfSamplesGoesOnlyWhenRetainedFoldedAndInvoiced) {
   // September's day goes; October's waits for its fold; November's is within retention.
   EXPECT_EQ(DropExpiredPartitions(*conn, now, retention), std::vector<std::string>{"usage_samples_20260930"});
   EXPECT_EQ(partitions(), 2);
-  FoldDirtyHours(*conn, 48);
+  FoldUsage(*conn);
   EXPECT_EQ(DropExpiredPartitions(*conn, now, retention), std::vector<std::string>{"usage_samples_20261020"});
   EXPECT_EQ(partitions(), 1);
 }
@@ -231,7 +232,7 @@ TEST(MeteringIntegrity, AnInstanceIsAttributedOnlyWhileItHeldTheGpuAndNoGpuTimeI
   EXPECT_EQ(Scalar(*conn, kOverattributedMs), 0);
 
   // The leader's check agrees, on the rollups.
-  FoldDirtyHours(*conn, 48);
+  FoldUsage(*conn);
   EXPECT_EQ(ingest.CheckAttribution(*conn, NowMs()), 0);
   pqxx::read_transaction tx(*conn);
   EXPECT_TRUE(OverattributedInstances(tx, from - 24h).empty());
@@ -252,7 +253,7 @@ TEST(MeteringIntegrity, TheLeadersCheckFindsAnInstanceAttributedBeyondItsHold) {
                    EpochMs(from) / 3'600'000 * 3'600'000);
     tx.commit();
   }
-  FoldDirtyHours(*conn, 48);
+  FoldUsage(*conn);
   prometheus::Registry registry;
   Ingestor ingest({db.dsn(), "spillway-ingest", 3000ms, 30000ms}, IngestSettings{}, SystemClockInstance(), registry);
   EXPECT_EQ(ingest.CheckAttribution(*conn, NowMs()), 2000);
@@ -284,7 +285,7 @@ TEST(MeteringIntegrity, UsageComparesMeteredTimeWithHeldTimeAndNeverShowsMoreTha
   for (TimeMs ts = from + 12'000ms; ts <= from + 62'000ms; ts += 10'000ms) samples.push_back(Named(ts, 10'000));
   ASSERT_EQ(ingest.SubmitAndWait(h.host, One(0, samples)).kind, IngestResult::Kind::kAccepted);
   ingest.Stop();
-  FoldDirtyHours(*conn, 48);
+  FoldUsage(*conn);
   pqxx::read_transaction tx(*conn);
   const auto usage = TenantUsage(tx, {"ten_a", "", from - 1800s, from + 1800s, false}, NowMs());
   ASSERT_EQ(usage.instances.size(), 1u);

@@ -9,6 +9,7 @@
 #include "core/db.hpp"
 #include "core/money.hpp"
 #include "metering/ingest.hpp"
+#include "metering/fold.hpp"
 #include "metering/usage.hpp"
 #include "provisioning/hosts.hpp"
 #include "tests/support/test_support.hpp"
@@ -90,7 +91,7 @@ TEST(Rating, EachSampleIsPricedAtItsOwnTimeAndEachLineIsExactToTheCent) {
   send(last);
   send(Every10s(T("2026-11-30T22:00:10Z"), T("2026-11-30T23:00:00Z"), 1, "ins_sp"));
   ingest.Stop();
-  while (metering::FoldDirtyHours(*conn, 48) > 0) {
+  while (metering::FoldUsage(*conn).work() > 0) {
   }
 
   pqxx::read_transaction tx(*conn);

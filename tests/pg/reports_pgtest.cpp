@@ -4,6 +4,7 @@
 
 #include "billing/invoices.hpp"
 #include "billing/reports.hpp"
+#include "metering/fold.hpp"
 #include "metering/usage.hpp"
 #include "core/db.hpp"
 #include "core/money.hpp"
@@ -40,8 +41,8 @@ TEST(RevenueReport, SoldSpotDiscountSpareOfferedAndStoragePerPoolExactly) {
             "('2026-11-01T11:00:00Z', 'ins_sp', 'ten_r', 'spot', 1200000, 3000000, 1800000), "
             "('2026-12-01T00:00:00Z', 'ins_sp', 'ten_r', 'spot', 1200000, 3000000, 3600000)");  // another month
     tx.exec("INSERT INTO pool_usage_hourly (hour, region, gpu_model, allocated_gpu_ms, idle_gpu_ms, samples, util_pct_mean, "
-            "energy_mj) VALUES ('2026-11-01T10:00:00Z', 'r1', 'H100-80GB', 10800000, 3600000, 10, 50, 0), "
-            "('2026-11-01T11:00:00Z', 'r1', 'H100-80GB', 3600000, 10800000, 10, 50, 0)");
+            "util_pct_ms, energy_mj) VALUES ('2026-11-01T10:00:00Z', 'r1', 'H100-80GB', 10800000, 3600000, 10, 50, 720000000, 0), "
+            "('2026-11-01T11:00:00Z', 'r1', 'H100-80GB', 3600000, 10800000, 10, 50, 720000000, 0)");
     // 300 GB for the whole of November (30 days) at $0.10 per GB-month: $30.00.
     tx.exec("INSERT INTO storage_prices (effective_from, price_micros_per_gb_month) VALUES ('2026-01-01', 100000)");
     tx.exec("INSERT INTO volumes (id, tenant_id, name, region, size_gb, created_at) VALUES "
@@ -107,11 +108,11 @@ struct Unmetered {
          "('ins_u', '" + host + "', 0, '2026-11-05T10:00:00Z', '2026-11-05T12:30:00Z'), "
          "('ins_u', '" + host + "', 1, '2026-11-05T10:00:00Z', '2026-11-05T12:30:00Z')");
     // Metered: 10:00 hour 2 × 40 min, 11:00 hour 2 × 50 min, 12:00 hour 2 × 30 min.
-    Exec("INSERT INTO usage_hourly (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_mean, energy_mj, mem_peak_bytes, "
-         "last_sample_at) VALUES "
-         "('2026-11-05T10:00:00Z', 'ins_u', 'ten_u', 4800000, 1, 50, 0, 0, '2026-11-05T10:40:00Z'), "
-         "('2026-11-05T11:00:00Z', 'ins_u', 'ten_u', 6000000, 1, 50, 0, 0, '2026-11-05T12:00:00Z'), "
-         "('2026-11-05T12:00:00Z', 'ins_u', 'ten_u', 3600000, 1, 50, 0, 0, '2026-11-05T12:30:00Z')");
+    Exec("INSERT INTO usage_hourly (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_mean, util_pct_ms, energy_mj, "
+         "mem_peak_bytes, last_sample_at) VALUES "
+         "('2026-11-05T10:00:00Z', 'ins_u', 'ten_u', 4800000, 1, 50, 240000000, 0, 0, '2026-11-05T10:40:00Z'), "
+         "('2026-11-05T11:00:00Z', 'ins_u', 'ten_u', 6000000, 1, 50, 300000000, 0, 0, '2026-11-05T12:00:00Z'), "
+         "('2026-11-05T12:00:00Z', 'ins_u', 'ten_u', 3600000, 1, 50, 180000000, 0, 0, '2026-11-05T12:30:00Z')");
     Exec("INSERT INTO host_watermarks (host_id, sampled_through, last_batch_seq, last_batch_at, clock_skew_ms, folded_through) "
          "VALUES ('" + host + "', '" + folded_through + "', 1, '" + folded_through + "', 0, '" + folded_through + "')");
   }
@@ -132,7 +133,7 @@ TEST(RevenueReport, HeldTimeNoSampleCoveredIsBilledWhenTheOperatorSaysSo) {
   EXPECT_EQ(test::SqlValue(*u.conn, "SELECT count(*) FROM billing_dirty WHERE tenant_id = 'ten_u' AND period = '2026-11'"), "1");
   // The fold rewrites the hour's metered rows only.
   u.Exec("INSERT INTO usage_dirty_hours (hour, marked_at) VALUES ('2026-11-05T10:00:00Z', now()) ON CONFLICT DO NOTHING");
-  metering::FoldDirtyHours(*u.conn, 10);
+  metering::FoldUsage(*u.conn);
   EXPECT_EQ(test::SqlValue(*u.conn, "SELECT count(*) FROM usage_rated_hourly WHERE unmetered"), "2");
   // The draft bills it on the instance's line, saying so: 40 GPU-min at $2.00 + 20 at $4.00 = $2.67.
   BillingSettings settings;

@@ -1,0 +1,248 @@
+#include "metering/fold.hpp"
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/db.hpp"
+#include "core/sql.hpp"
+
+namespace spillway::metering {
+namespace {
+
+// The hour a sample is in: the one that holds its last millisecond (ingest cut samples at the turns
+// of hours), ts in (hour, hour + 1 h].
+#define SPW_HOUR_OF(ts) "date_trunc('hour', " ts " - interval '1 microsecond')"
+// A stored sample already in the rollups: stored before ticks, or its tick taken by a fold.
+#define SPW_FOLDED(s) "(" s ".tick IS NULL OR NOT EXISTS (SELECT 1 FROM ingest_ticks t WHERE t.tick = " s ".tick))"
+#define SPW_SAMPLE_COLUMNS "s.ts, s.host_id, s.instance_id, s.interval_ms, s.util_pct, s.mem_used_bytes, s.energy_mj"
+// The samples a statement folds (the CTE `src`): a pass's ticks ($1..$2, $3 the ticks), an hour
+// marked to refold ($1, its start in ms), or some instances' hour ($1, $2 their ids); the last two
+// read only what is folded already, so that a tick not taken yet is added once, when it is.
+#define SPW_SRC_TICKS                                                                      \
+  "SELECT " SPW_SAMPLE_COLUMNS " FROM usage_samples s "                                    \
+  "WHERE s.tick BETWEEN $1::bigint AND $2::bigint AND s.tick = ANY($3::bigint[])"
+#define SPW_IN_HOUR(ts) "(" ts " > " SPW_TS(1) " AND " ts " <= " SPW_TS(1) " + interval '1 hour')"
+#define SPW_SRC_HOUR \
+  "SELECT " SPW_SAMPLE_COLUMNS " FROM usage_samples s WHERE " SPW_IN_HOUR("s.ts") " AND " SPW_FOLDED("s")
+#define SPW_SRC_INSTANCE_HOUR                                                                             \
+  "SELECT " SPW_SAMPLE_COLUMNS " FROM usage_samples s WHERE " SPW_IN_HOUR("s.ts") " AND " SPW_FOLDED("s") \
+  " AND s.instance_id = ANY($2::text[])"
+
+// Per instance and hour: GPU-ms, samples, utilisation as an exact sum (its mean that over the
+// time), energy, the highest memory use and the last sample's end. Added to the hour's row.
+const char* const kAddInstanceHours = R"sql(
+inst AS (
+  INSERT INTO usage_hourly AS u (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_ms, util_pct_mean, energy_mj,
+                                 mem_peak_bytes, last_sample_at)
+  SELECT )sql" SPW_HOUR_OF("s.ts") R"sql(, s.instance_id, i.tenant_id, sum(s.interval_ms), count(*),
+         sum(s.util_pct::bigint * s.interval_ms), sum(s.util_pct::bigint * s.interval_ms)::double precision / sum(s.interval_ms),
+         sum(s.energy_mj), max(s.mem_used_bytes), max(s.ts)
+  FROM src s JOIN instances i ON i.id = s.instance_id
+  GROUP BY 1, s.instance_id, i.tenant_id
+  ON CONFLICT (hour, instance_id) DO UPDATE SET
+    gpu_ms = u.gpu_ms + EXCLUDED.gpu_ms, samples = u.samples + EXCLUDED.samples,
+    util_pct_ms = u.util_pct_ms + EXCLUDED.util_pct_ms,
+    util_pct_mean = (u.util_pct_ms + EXCLUDED.util_pct_ms)::double precision / (u.gpu_ms + EXCLUDED.gpu_ms),
+    energy_mj = u.energy_mj + EXCLUDED.energy_mj, mem_peak_bytes = greatest(u.mem_peak_bytes, EXCLUDED.mem_peak_bytes),
+    last_sample_at = greatest(u.last_sample_at, EXCLUDED.last_sample_at)))sql";
+// Per pool and hour: GPU-ms held by instances and idle (what the spot market sells).
+const char* const kAddPoolHours = R"sql(
+pool AS (
+  INSERT INTO pool_usage_hourly AS p (hour, region, gpu_model, allocated_gpu_ms, idle_gpu_ms, samples, util_pct_ms,
+                                      util_pct_mean, energy_mj)
+  SELECT )sql" SPW_HOUR_OF("s.ts") R"sql(, h.region, h.gpu_model,
+         coalesce(sum(s.interval_ms) FILTER (WHERE s.instance_id IS NOT NULL), 0),
+         coalesce(sum(s.interval_ms) FILTER (WHERE s.instance_id IS NULL), 0), count(*),
+         sum(s.util_pct::bigint * s.interval_ms), sum(s.util_pct::bigint * s.interval_ms)::double precision / sum(s.interval_ms),
+         sum(s.energy_mj)
+  FROM src s JOIN hosts h ON h.id = s.host_id
+  GROUP BY 1, h.region, h.gpu_model
+  ON CONFLICT (hour, region, gpu_model) DO UPDATE SET
+    allocated_gpu_ms = p.allocated_gpu_ms + EXCLUDED.allocated_gpu_ms, idle_gpu_ms = p.idle_gpu_ms + EXCLUDED.idle_gpu_ms,
+    samples = p.samples + EXCLUDED.samples, util_pct_ms = p.util_pct_ms + EXCLUDED.util_pct_ms,
+    util_pct_mean = (p.util_pct_ms + EXCLUDED.util_pct_ms)::double precision
+                    / (p.allocated_gpu_ms + p.idle_gpu_ms + EXCLUDED.allocated_gpu_ms + EXCLUDED.idle_gpu_ms),
+    energy_mj = p.energy_mj + EXCLUDED.energy_mj))sql";
+// Rating: each attributed sample's GPU-ms at the price in effect at its ts (effective_from <= ts):
+// the on-demand book's for on-demand instances, the pool's spot history for spot ones; and beside it
+// the list price, the on-demand book's at that ts for both (a spot row's saving is list - price).
+// Each price's span is [effective_from, the next one's): the spans that reach into the samples'
+// time are the one in effect at their first (one index probe per model or pool) and those that
+// begin up to their last. Added to the instance-hour's row for the same prices; the tenant-months
+// changed are marked for the drafts (billing_dirty).
+const char* const kRate = R"sql(
+att AS (SELECT s.ts, s.instance_id, s.interval_ms, i.tenant_id, i.market, i.region, i.gpu_model
+        FROM src s JOIN instances i ON i.id = s.instance_id),
+used AS (SELECT market, region, gpu_model, min(ts) AS lo, max(ts) AS hi FROM att GROUP BY market, region, gpu_model),
+models AS (SELECT gpu_model, min(lo) AS lo, max(hi) AS hi FROM used GROUP BY gpu_model),
+list_points AS (
+  SELECT m.gpu_model, p.price, p.from_ts FROM models m,
+  LATERAL (SELECT price_micros_per_gpu_hour AS price, effective_from AS from_ts FROM prices
+           WHERE gpu_model = m.gpu_model AND market = 'on_demand' AND effective_from <= m.lo
+           ORDER BY effective_from DESC LIMIT 1) p
+  UNION ALL
+  SELECT m.gpu_model, p.price_micros_per_gpu_hour, p.effective_from FROM models m JOIN prices p
+    ON p.gpu_model = m.gpu_model AND p.market = 'on_demand' AND p.effective_from > m.lo AND p.effective_from <= m.hi),
+list_spans AS (
+  SELECT gpu_model, price, from_ts,
+         coalesce(lead(from_ts) OVER (PARTITION BY gpu_model ORDER BY from_ts), 'infinity') AS to_ts
+  FROM list_points),
+points AS (
+  SELECT u.market, u.region, u.gpu_model, l.price, l.from_ts FROM used u JOIN list_points l ON l.gpu_model = u.gpu_model
+  WHERE u.market = 'on_demand'
+  UNION ALL
+  SELECT u.market, u.region, u.gpu_model, p.price, p.from_ts FROM used u,
+  LATERAL (SELECT price_micros_per_gpu_hour AS price, effective_from AS from_ts FROM spot_prices
+           WHERE u.market = 'spot' AND region = u.region AND gpu_model = u.gpu_model AND effective_from <= u.lo
+           ORDER BY effective_from DESC LIMIT 1) p
+  UNION ALL
+  SELECT u.market, u.region, u.gpu_model, p.price_micros_per_gpu_hour, p.effective_from FROM used u JOIN spot_prices p
+    ON u.market = 'spot' AND p.region = u.region AND p.gpu_model = u.gpu_model
+   AND p.effective_from > u.lo AND p.effective_from <= u.hi),
+spans AS (
+  SELECT market, region, gpu_model, price, from_ts,
+         coalesce(lead(from_ts) OVER (PARTITION BY market, region, gpu_model ORDER BY from_ts), 'infinity') AS to_ts
+  FROM points),
+rated AS (
+  INSERT INTO usage_rated_hourly AS r (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour,
+                                       list_price_micros_per_gpu_hour, gpu_ms)
+  SELECT )sql" SPW_HOUR_OF("a.ts") R"sql(, a.instance_id, a.tenant_id, a.market, sp.price, ls.price, sum(a.interval_ms)
+  FROM att a
+  LEFT JOIN spans sp ON sp.market = a.market AND sp.region = a.region AND sp.gpu_model = a.gpu_model
+                    AND a.ts >= sp.from_ts AND a.ts < sp.to_ts
+  LEFT JOIN list_spans ls ON ls.gpu_model = a.gpu_model AND a.ts >= ls.from_ts AND a.ts < ls.to_ts
+  GROUP BY 1, a.instance_id, a.tenant_id, a.market, sp.price, ls.price
+  ON CONFLICT (hour, instance_id, price_micros_per_gpu_hour, list_price_micros_per_gpu_hour, unmetered)
+  DO UPDATE SET gpu_ms = r.gpu_ms + EXCLUDED.gpu_ms
+  RETURNING tenant_id, hour)
+)sql";
+#define SPW_MARK_BILLING(rows)                                                                               \
+  "INSERT INTO billing_dirty (tenant_id, period, marked_at) SELECT DISTINCT tenant_id, "                     \
+  "to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM'), now() FROM " rows " ON CONFLICT (tenant_id, period) DO NOTHING"
+std::string Fold(const char* src) {
+  return std::string("WITH src AS MATERIALIZED (") + src + "), " + kAddInstanceHours + ", " + kAddPoolHours + ", " + kRate +
+         SPW_MARK_BILLING("rated");
+}
+
+const Statement kTakeDirtyHours{"fold_take_dirty_hours", R"sql(
+DELETE FROM usage_dirty_hours WHERE hour IN (SELECT hour FROM usage_dirty_hours ORDER BY hour LIMIT $1)
+RETURNING )sql" SPW_EPOCH_MS("hour") " AS hour_ms"};
+const Statement kClearHour{"fold_clear_hour", R"sql(
+WITH inst AS (DELETE FROM usage_hourly WHERE hour = )sql" SPW_TS(1) R"sql(),
+pool AS (DELETE FROM pool_usage_hourly WHERE hour = )sql" SPW_TS(1) R"sql(),
+gone AS (DELETE FROM usage_rated_hourly WHERE hour = )sql" SPW_TS(1) R"sql( AND NOT unmetered RETURNING tenant_id, hour)
+)sql" SPW_MARK_BILLING("gone")};
+const std::string kFoldHourSql = Fold(SPW_SRC_HOUR);
+const Statement kFoldHour{"fold_hour", kFoldHourSql.c_str()};
+
+// Queued price changes, taken; the instance-hours whose folded samples reach past one: an hour
+// that ends at or after it, whose last sample does, of an instance the price applies to.
+const Statement kTakePriceChanges{"fold_take_price_changes", R"sql(
+WITH q AS (DELETE FROM rating_price_changes RETURNING market, region, gpu_model, effective_from)
+SELECT DISTINCT )sql" SPW_EPOCH_MS("u.hour") R"sql( AS hour_ms, u.instance_id
+FROM q JOIN usage_hourly u ON u.hour >= q.effective_from - interval '1 hour' AND u.last_sample_at >= q.effective_from
+JOIN instances i ON i.id = u.instance_id AND i.gpu_model = q.gpu_model
+ AND (q.market = 'on_demand' OR (i.market = 'spot' AND i.region = q.region))
+ORDER BY 1, 2)sql"};
+const Statement kClearRated{"fold_clear_rated", R"sql(
+WITH gone AS (DELETE FROM usage_rated_hourly WHERE hour = )sql" SPW_TS(1) R"sql( AND instance_id = ANY($2::text[])
+              AND NOT unmetered RETURNING tenant_id, hour)
+)sql" SPW_MARK_BILLING("gone")};
+const std::string kRerateSql =
+    std::string("WITH src AS MATERIALIZED (" SPW_SRC_INSTANCE_HOUR "), ") + kRate + SPW_MARK_BILLING("rated");
+const Statement kRerate{"fold_rerate", kRerateSql.c_str()};
+
+// Ticks in commit-independent order: a tick not committed yet is not seen, and is taken later.
+const Statement kTakeTicks{"fold_take_ticks", R"sql(
+WITH taken AS (DELETE FROM ingest_ticks WHERE tick IN (SELECT tick FROM ingest_ticks ORDER BY tick LIMIT $1) RETURNING tick)
+SELECT count(*) AS n, coalesce(min(tick), 0) AS lo, coalesce(max(tick), 0) AS hi,
+       coalesce(array_agg(tick), '{}')::text AS ticks FROM taken)sql"};
+const std::string kFoldTicksSql = Fold(SPW_SRC_TICKS);
+const Statement kFoldTicks{"fold_ticks", kFoldTicksSql.c_str()};
+
+const Statement kWatermarksNow{"fold_watermarks_now",
+                               "SELECT host_id, " SPW_EPOCH_MS("sampled_through") " AS through_ms FROM host_watermarks"};
+// Ingest upserts host_watermarks rows in its own transactions: rows it holds now are skipped
+// (moved by the next pass), so the fold never waits on ingest and no lock cycle can form.
+const Statement kSetFolded{"fold_set_folded", R"sql(
+WITH q AS (SELECT host_id, to_timestamp(through_ms / 1000.0) AS through
+           FROM unnest($1::text[], $2::bigint[]) AS q (host_id, through_ms)),
+locked AS (SELECT w.host_id FROM host_watermarks w JOIN q ON q.host_id = w.host_id
+           WHERE w.folded_through IS NULL OR w.folded_through < q.through
+           FOR UPDATE OF w SKIP LOCKED)
+UPDATE host_watermarks w SET folded_through = greatest(w.folded_through, q.through)
+FROM q JOIN locked l ON l.host_id = q.host_id WHERE w.host_id = q.host_id)sql"};
+
+const Statement kMarkEveryHour{"fold_mark_every_hour", R"sql(
+INSERT INTO usage_dirty_hours (hour, marked_at)
+SELECT hour, now() FROM (SELECT hour FROM usage_hourly UNION SELECT hour FROM pool_usage_hourly
+                         UNION SELECT hour FROM usage_rated_hourly
+                         UNION SELECT )sql" SPW_HOUR_OF("ts") R"sql( FROM usage_samples) h
+ON CONFLICT (hour) DO NOTHING)sql"};
+
+}  // namespace
+
+FoldPass FoldUsage(Session& conn, const FoldLimits& limits) {
+  FoldPass pass;
+  std::vector<std::string> hosts;
+  std::vector<std::int64_t> through;
+  {
+    // Watermarks first: every sample at or before them has committed, and its tick is either
+    // folded or in ingest_ticks now; if this pass takes all of those, they are all folded.
+    pqxx::read_transaction tx(conn, "fold_plan");
+    for (const auto& r : tx.exec_prepared(kWatermarksNow.name)) {
+      hosts.push_back(r["host_id"].as<std::string>());
+      through.push_back(r["through_ms"].as<std::int64_t>());
+    }
+  }
+  bool left = false;
+  // Marked hours and price changes first, each refold reading only samples already folded; then
+  // ticks, added on top. A tick taken meanwhile by nobody else is added once either way.
+  InTransaction(conn, [&](Tx& tx) {
+    pass.hours_refolded = 0;
+    pass.instance_hours_rerated = 0;
+    for (const auto& r : tx.exec_prepared(kTakeDirtyHours.name, limits.max_hours)) {
+      const std::int64_t hour = r["hour_ms"].as<std::int64_t>();
+      tx.exec_prepared(kClearHour.name, hour);
+      tx.exec_prepared(kFoldHour.name, hour);
+      ++pass.hours_refolded;
+    }
+    left = pass.hours_refolded == limits.max_hours;  // perhaps more
+    std::map<std::int64_t, std::vector<std::string>> rerate;
+    for (const auto& r : tx.exec_prepared(kTakePriceChanges.name))
+      rerate[r["hour_ms"].as<std::int64_t>()].push_back(r["instance_id"].as<std::string>());
+    for (const auto& [hour, instances] : rerate) {
+      const std::string ids = TextArrayLiteral(instances);
+      tx.exec_prepared(kClearRated.name, hour, ids);
+      tx.exec_prepared(kRerate.name, hour, ids);
+      pass.instance_hours_rerated += static_cast<int>(instances.size());
+    }
+  });
+  for (int chunk = 0;; ++chunk) {
+    if (chunk == limits.max_chunks) {
+      left = true;
+      break;
+    }
+    const std::int64_t n = InTransaction(conn, [&](Tx& tx) {
+      const auto t = tx.exec_prepared1(kTakeTicks.name, limits.max_ticks);
+      const std::int64_t taken = t["n"].as<std::int64_t>();
+      if (taken > 0)
+        tx.exec_prepared(kFoldTicks.name, t["lo"].as<std::int64_t>(), t["hi"].as<std::int64_t>(),
+                         t["ticks"].as<std::string>());
+      return taken;
+    });
+    pass.ticks += n;
+    if (n < limits.max_ticks) break;
+  }
+  pass.caught_up = !left;
+  if (pass.caught_up && !hosts.empty())
+    InTransaction(conn, [&](Tx& tx) {
+      tx.exec_prepared(kSetFolded.name, TextArrayLiteral(hosts), Int64ArrayLiteral(through));
+    });
+  return pass;
+}
+
+void MarkEveryHourToRefold(Tx& tx) { tx.exec_prepared(kMarkEveryHour.name); }
+
+}  // namespace spillway::metering
