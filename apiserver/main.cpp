@@ -1,4 +1,4 @@
-// spillway-apiserver [--config FILE] migrate|serve|bootstrap-admin|rotate-secrets|new-secret-key
+// spillway-apiserver [--config FILE] migrate|serve|bootstrap-admin|rotate-secrets|new-secret-key|verify-invoices
 #include <ctime>
 #include <iostream>
 #include <optional>
@@ -20,12 +20,14 @@ constexpr const char* kUsage =
     "  serve            serve the API and admin listeners and run the controllers\n"
     "  bootstrap-admin  print a new admin API key (creating the operator tenant if missing)\n"
     "  rotate-secrets   seal every env value again under the newest key of secrets.key_file\n"
-    "  new-secret-key [ID]  print a new key line for secrets.key_file (ID defaults to the date)\n";
+    "  new-secret-key [ID]  print a new key line for secrets.key_file (ID defaults to the date)\n"
+    "  verify-invoices --period YYYY-MM  recompute every invoice of the month from stored usage and the\n"
+    "                   price history, print each mismatch (exit 1 on any)\n";
 }
 
 int main(int argc, char** argv) {
   std::optional<std::string> config_file;
-  std::string command, key_id;
+  std::string command, key_id, period;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--config" && i + 1 < argc) {
@@ -37,6 +39,10 @@ int main(int argc, char** argv) {
       return 0;
     } else if (command.empty() && arg[0] != '-') {
       command = arg;
+    } else if (command == "verify-invoices" && arg == "--period" && i + 1 < argc) {
+      period = argv[++i];
+    } else if (command == "verify-invoices" && arg.rfind("--period=", 0) == 0) {
+      period = arg.substr(9);
     } else if (command == "new-secret-key" && key_id.empty() && arg[0] != '-') {
       key_id = arg;
     } else {
@@ -59,7 +65,12 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (command != "migrate" && command != "serve" && command != "bootstrap-admin" && command != "rotate-secrets") {
+  if (command == "verify-invoices" && period.empty()) {
+    std::cerr << "spillway-apiserver verify-invoices: --period YYYY-MM is required\n" << kUsage;
+    return 2;
+  }
+  if (command != "migrate" && command != "serve" && command != "bootstrap-admin" && command != "rotate-secrets" &&
+      command != "verify-invoices") {
     std::cerr << (command.empty() ? "spillway-apiserver: no command given\n"
                                   : "spillway-apiserver: unknown command " + command + "\n")
               << kUsage;
@@ -72,6 +83,7 @@ int main(int argc, char** argv) {
     if (command == "migrate") return spillway::RunMigrate(config);
     if (command == "bootstrap-admin") return spillway::RunBootstrapAdmin(config);
     if (command == "rotate-secrets") return spillway::RunRotateSecrets(config);
+    if (command == "verify-invoices") return spillway::RunVerifyInvoices(config, period);
     return spillway::RunServe(config);
   } catch (const spillway::ConfigError& e) {
     std::cerr << "spillway-apiserver: config: " << e.what() << "\n";

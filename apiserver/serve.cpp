@@ -23,6 +23,7 @@
 #include "accounts/tenants.hpp"
 #include "apiserver/auth/key_cache.hpp"
 #include "apiserver/http/server.hpp"
+#include "billing/audit.hpp"
 #include "billing/prices.hpp"
 #include "core/db.hpp"
 #include "core/log.hpp"
@@ -118,6 +119,32 @@ int RunRotateSecrets(const Config& config) {
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "spillway-apiserver rotate-secrets: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+int RunVerifyInvoices(const Config& config, const std::string& period) {
+  if (!ParseMonth(period)) {
+    std::cerr << "spillway-apiserver verify-invoices: --period: expected YYYY-MM, got \"" << period << "\"\n";
+    return 2;
+  }
+  auto conn = ConnectOnce(config, "spillway-verify-invoices");
+  if (!conn) return 1;
+  try {
+    if (int rc = RequireCurrentSchema(*conn)) return rc;
+    const bool bill_unmetered = config.String("billing.unmetered_held_time") == "bill";
+    // One snapshot: invoices, their usage and the stored samples as of one moment.
+    Snapshot tx(*conn, "verify_invoices");
+    const billing::AuditReport r = billing::VerifyInvoices(tx, period, bill_unmetered);
+    for (const auto& m : r.mismatches)
+      std::cout << "MISMATCH " << (m.invoice_id.empty() ? "-" : m.invoice_id) << " " << m.tenant_id << " " << m.what
+                << "\n";
+    std::cout << period << ": " << r.invoices << " invoice(s), " << r.lines << " usage line(s), "
+              << r.stored_gpu_ms << " GPU-ms stored, " << r.billed_gpu_ms << " of them on finalized invoices; "
+              << r.mismatches.size() << " mismatch(es)\n";
+    return r.mismatches.empty() ? 0 : 1;
+  } catch (const std::exception& e) {
+    std::cerr << "spillway-apiserver verify-invoices: " << e.what() << "\n";
     return 1;
   }
 }

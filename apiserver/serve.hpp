@@ -1,4 +1,6 @@
 #pragma once
+#include <string>
+
 #include "core/config.hpp"
 
 namespace spillway {
@@ -9,5 +11,8 @@ int RunBootstrapAdmin(const Config& config);
 // Seals every env value again under the newest key of secrets.key_file (rotation).
 int RunRotateSecrets(const Config& config);
 int RunServe(const Config& config);
+// Recomputes every invoice of `period` (YYYY-MM) from stored usage and the price history and prints
+// each mismatch: 0 none, 1 some (or the database failed), 2 bad usage.
+int RunVerifyInvoices(const Config& config, const std::string& period);
 
 }  // namespace spillway

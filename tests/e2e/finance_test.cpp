@@ -266,6 +266,18 @@ TEST_F(Finance, TheFinanceStory) {
     EXPECT_NE(RunCommand({"/bin/bash", "-c", "exec 1>&2\n" + wrong}, env, &out), 0) << out;
   }
 
+  {  // Finance's audit recomputes the closed month from the stored samples: nothing differs.
+    std::string out;
+    EXPECT_EQ(RunCommand({SPILLWAY_APISERVER_BIN, "verify-invoices", "--period", last_period},
+                         {{"SPILLWAY_DATABASE_URL", db_->dsn()}}, &out),
+              0)
+        << out;
+    EXPECT_NE(out.find(last_period + ": 1 invoice(s), 1 usage line(s), 7200000 GPU-ms stored, 7200000 of them on "
+                                      "finalized invoices; 0 mismatch(es)"),
+              std::string::npos)
+        << out;
+  }
+
   // Its CSV matches its JSON to the cent, and so does finance's export of the month.
   r = Call("GET", "/v1/invoices/" + id, member_, "", {{"Accept", "text/csv"}});
   ASSERT_EQ(r.status, 200);
