@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/db.hpp"
+#include "core/log.hpp"
 #include "core/sql.hpp"
 
 namespace spillway::metering {
@@ -29,50 +30,16 @@ namespace {
   "SELECT " SPW_SAMPLE_COLUMNS " FROM usage_samples s WHERE " SPW_IN_HOUR("s.ts") " AND " SPW_FOLDED("s") \
   " AND s.instance_id = ANY($2::text[])"
 
-// Per instance and hour: GPU-ms, samples, utilisation as an exact sum (its mean that over the
-// time), energy, the highest memory use and the last sample's end. Added to the hour's row.
-const char* const kAddInstanceHours = R"sql(
-inst AS (
-  INSERT INTO usage_hourly AS u (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_ms, util_pct_mean, energy_mj,
-                                 mem_peak_bytes, last_sample_at)
-  SELECT )sql" SPW_HOUR_OF("s.ts") R"sql(, s.instance_id, i.tenant_id, sum(s.interval_ms), count(*),
-         sum(s.util_pct::bigint * s.interval_ms), sum(s.util_pct::bigint * s.interval_ms)::double precision / sum(s.interval_ms),
-         sum(s.energy_mj), max(s.mem_used_bytes), max(s.ts)
-  FROM src s JOIN instances i ON i.id = s.instance_id
-  GROUP BY 1, s.instance_id, i.tenant_id
-  ON CONFLICT (hour, instance_id) DO UPDATE SET
-    gpu_ms = u.gpu_ms + EXCLUDED.gpu_ms, samples = u.samples + EXCLUDED.samples,
-    util_pct_ms = u.util_pct_ms + EXCLUDED.util_pct_ms,
-    util_pct_mean = (u.util_pct_ms + EXCLUDED.util_pct_ms)::double precision / (u.gpu_ms + EXCLUDED.gpu_ms),
-    energy_mj = u.energy_mj + EXCLUDED.energy_mj, mem_peak_bytes = greatest(u.mem_peak_bytes, EXCLUDED.mem_peak_bytes),
-    last_sample_at = greatest(u.last_sample_at, EXCLUDED.last_sample_at)))sql";
-// Per pool and hour: GPU-ms held by instances and idle (what the spot market sells).
-const char* const kAddPoolHours = R"sql(
-pool AS (
-  INSERT INTO pool_usage_hourly AS p (hour, region, gpu_model, allocated_gpu_ms, idle_gpu_ms, samples, util_pct_ms,
-                                      util_pct_mean, energy_mj)
-  SELECT )sql" SPW_HOUR_OF("s.ts") R"sql(, h.region, h.gpu_model,
-         coalesce(sum(s.interval_ms) FILTER (WHERE s.instance_id IS NOT NULL), 0),
-         coalesce(sum(s.interval_ms) FILTER (WHERE s.instance_id IS NULL), 0), count(*),
-         sum(s.util_pct::bigint * s.interval_ms), sum(s.util_pct::bigint * s.interval_ms)::double precision / sum(s.interval_ms),
-         sum(s.energy_mj)
-  FROM src s JOIN hosts h ON h.id = s.host_id
-  GROUP BY 1, h.region, h.gpu_model
-  ON CONFLICT (hour, region, gpu_model) DO UPDATE SET
-    allocated_gpu_ms = p.allocated_gpu_ms + EXCLUDED.allocated_gpu_ms, idle_gpu_ms = p.idle_gpu_ms + EXCLUDED.idle_gpu_ms,
-    samples = p.samples + EXCLUDED.samples, util_pct_ms = p.util_pct_ms + EXCLUDED.util_pct_ms,
-    util_pct_mean = (p.util_pct_ms + EXCLUDED.util_pct_ms)::double precision
-                    / (p.allocated_gpu_ms + p.idle_gpu_ms + EXCLUDED.allocated_gpu_ms + EXCLUDED.idle_gpu_ms),
-    energy_mj = p.energy_mj + EXCLUDED.energy_mj))sql";
 // Rating: each attributed sample's GPU-ms at the price in effect at its ts (effective_from <= ts):
 // the on-demand book's for on-demand instances, the pool's spot history for spot ones; and beside it
 // the list price, the on-demand book's at that ts for both (a spot row's saving is list - price).
 // Each price's span is [effective_from, the next one's): the spans that reach into the samples'
 // time are the one in effect at their first (one index probe per model or pool) and those that
-// begin up to their last. Added to the instance-hour's row for the same prices; the tenant-months
-// changed are marked for the drafts (billing_dirty).
-const char* const kRate = R"sql(
-att AS (SELECT s.ts, s.instance_id, s.interval_ms, i.tenant_id, i.market, i.region, i.gpu_model
+// begin up to their last. `groups` is the samples once aggregated per hour, instance and price pair,
+// with every measure the rollups keep: the instance-hours and the rated rows are both sums of it.
+const char* const kGroups = R"sql(
+att AS (SELECT s.ts, s.instance_id, s.interval_ms, s.util_pct, s.mem_used_bytes, s.energy_mj,
+               i.tenant_id, i.market, i.region, i.gpu_model
         FROM src s JOIN instances i ON i.id = s.instance_id),
 used AS (SELECT market, region, gpu_model, min(ts) AS lo, max(ts) AS hi FROM att GROUP BY market, region, gpu_model),
 models AS (SELECT gpu_model, min(lo) AS lo, max(hi) AS hi FROM used GROUP BY gpu_model),
@@ -104,15 +71,55 @@ spans AS (
   SELECT market, region, gpu_model, price, from_ts,
          coalesce(lead(from_ts) OVER (PARTITION BY market, region, gpu_model ORDER BY from_ts), 'infinity') AS to_ts
   FROM points),
-rated AS (
-  INSERT INTO usage_rated_hourly AS r (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour,
-                                       list_price_micros_per_gpu_hour, gpu_ms)
-  SELECT )sql" SPW_HOUR_OF("a.ts") R"sql(, a.instance_id, a.tenant_id, a.market, sp.price, ls.price, sum(a.interval_ms)
+groups AS MATERIALIZED (
+  SELECT )sql" SPW_HOUR_OF("a.ts") R"sql( AS hour, a.instance_id, a.tenant_id, a.market, sp.price, ls.price AS list_price,
+         sum(a.interval_ms) AS gpu_ms, count(*) AS samples, sum(a.util_pct::bigint * a.interval_ms) AS util_pct_ms,
+         sum(a.energy_mj) AS energy_mj, max(a.mem_used_bytes) AS mem_peak_bytes, max(a.ts) AS last_sample_at
   FROM att a
   LEFT JOIN spans sp ON sp.market = a.market AND sp.region = a.region AND sp.gpu_model = a.gpu_model
                     AND a.ts >= sp.from_ts AND a.ts < sp.to_ts
   LEFT JOIN list_spans ls ON ls.gpu_model = a.gpu_model AND a.ts >= ls.from_ts AND a.ts < ls.to_ts
-  GROUP BY 1, a.instance_id, a.tenant_id, a.market, sp.price, ls.price
+  GROUP BY 1, a.instance_id, a.tenant_id, a.market, sp.price, ls.price))sql";
+// Per instance and hour: GPU-ms, samples, utilisation as an exact sum (its mean that over the
+// time), energy, the highest memory use and the last sample's end. Added to the hour's row.
+const char* const kAddInstanceHours = R"sql(
+inst AS (
+  INSERT INTO usage_hourly AS u (hour, instance_id, tenant_id, gpu_ms, samples, util_pct_ms, util_pct_mean, energy_mj,
+                                 mem_peak_bytes, last_sample_at)
+  SELECT hour, instance_id, tenant_id, sum(gpu_ms), sum(samples), sum(util_pct_ms),
+         sum(util_pct_ms)::double precision / sum(gpu_ms), sum(energy_mj), max(mem_peak_bytes), max(last_sample_at)
+  FROM groups GROUP BY hour, instance_id, tenant_id
+  ON CONFLICT (hour, instance_id) DO UPDATE SET
+    gpu_ms = u.gpu_ms + EXCLUDED.gpu_ms, samples = u.samples + EXCLUDED.samples,
+    util_pct_ms = u.util_pct_ms + EXCLUDED.util_pct_ms,
+    util_pct_mean = (u.util_pct_ms + EXCLUDED.util_pct_ms)::double precision / (u.gpu_ms + EXCLUDED.gpu_ms),
+    energy_mj = u.energy_mj + EXCLUDED.energy_mj, mem_peak_bytes = greatest(u.mem_peak_bytes, EXCLUDED.mem_peak_bytes),
+    last_sample_at = greatest(u.last_sample_at, EXCLUDED.last_sample_at)))sql";
+// Per pool and hour: GPU-ms held by instances and idle (what the spot market sells).
+const char* const kAddPoolHours = R"sql(
+pool AS (
+  INSERT INTO pool_usage_hourly AS p (hour, region, gpu_model, allocated_gpu_ms, idle_gpu_ms, samples, util_pct_ms,
+                                      util_pct_mean, energy_mj)
+  SELECT )sql" SPW_HOUR_OF("s.ts") R"sql(, h.region, h.gpu_model,
+         coalesce(sum(s.interval_ms) FILTER (WHERE s.instance_id IS NOT NULL), 0),
+         coalesce(sum(s.interval_ms) FILTER (WHERE s.instance_id IS NULL), 0), count(*),
+         sum(s.util_pct::bigint * s.interval_ms), sum(s.util_pct::bigint * s.interval_ms)::double precision / sum(s.interval_ms),
+         sum(s.energy_mj)
+  FROM src s JOIN hosts h ON h.id = s.host_id
+  GROUP BY 1, h.region, h.gpu_model
+  ON CONFLICT (hour, region, gpu_model) DO UPDATE SET
+    allocated_gpu_ms = p.allocated_gpu_ms + EXCLUDED.allocated_gpu_ms, idle_gpu_ms = p.idle_gpu_ms + EXCLUDED.idle_gpu_ms,
+    samples = p.samples + EXCLUDED.samples, util_pct_ms = p.util_pct_ms + EXCLUDED.util_pct_ms,
+    util_pct_mean = (p.util_pct_ms + EXCLUDED.util_pct_ms)::double precision
+                    / (p.allocated_gpu_ms + p.idle_gpu_ms + EXCLUDED.allocated_gpu_ms + EXCLUDED.idle_gpu_ms),
+    energy_mj = p.energy_mj + EXCLUDED.energy_mj))sql";
+// Added to the instance-hour's row for the same prices; the tenant-months changed are marked for
+// the drafts (billing_dirty).
+const char* const kAddRated = R"sql(
+rated AS (
+  INSERT INTO usage_rated_hourly AS r (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour,
+                                       list_price_micros_per_gpu_hour, gpu_ms)
+  SELECT hour, instance_id, tenant_id, market, price, list_price, gpu_ms FROM groups
   ON CONFLICT (hour, instance_id, price_micros_per_gpu_hour, list_price_micros_per_gpu_hour, unmetered)
   DO UPDATE SET gpu_ms = r.gpu_ms + EXCLUDED.gpu_ms
   RETURNING tenant_id, hour)
@@ -121,8 +128,8 @@ rated AS (
   "INSERT INTO billing_dirty (tenant_id, period, marked_at) SELECT DISTINCT tenant_id, "                     \
   "to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM'), now() FROM " rows " ON CONFLICT (tenant_id, period) DO NOTHING"
 std::string Fold(const char* src) {
-  return std::string("WITH src AS MATERIALIZED (") + src + "), " + kAddInstanceHours + ", " + kAddPoolHours + ", " + kRate +
-         SPW_MARK_BILLING("rated");
+  return std::string("WITH src AS MATERIALIZED (") + src + "), " + kGroups + ", " + kAddInstanceHours + ", " +
+         kAddPoolHours + ", " + kAddRated + SPW_MARK_BILLING("rated");
 }
 
 const Statement kTakeDirtyHours{"fold_take_dirty_hours", R"sql(
@@ -149,17 +156,39 @@ const Statement kClearRated{"fold_clear_rated", R"sql(
 WITH gone AS (DELETE FROM usage_rated_hourly WHERE hour = )sql" SPW_TS(1) R"sql( AND instance_id = ANY($2::text[])
               AND NOT unmetered RETURNING tenant_id, hour)
 )sql" SPW_MARK_BILLING("gone")};
-const std::string kRerateSql =
-    std::string("WITH src AS MATERIALIZED (" SPW_SRC_INSTANCE_HOUR "), ") + kRate + SPW_MARK_BILLING("rated");
+const std::string kRerateSql = std::string("WITH src AS MATERIALIZED (" SPW_SRC_INSTANCE_HOUR "), ") + kGroups + ", " +
+                               kAddRated + SPW_MARK_BILLING("rated");
 const Statement kRerate{"fold_rerate", kRerateSql.c_str()};
 
 // Ticks in commit-independent order: a tick not committed yet is not seen, and is taken later.
+// (The ticks to take are read once, not per row: ingest_ticks' index holds every deleted tick
+// until it is vacuumed.)
 const Statement kTakeTicks{"fold_take_ticks", R"sql(
-WITH taken AS (DELETE FROM ingest_ticks WHERE tick IN (SELECT tick FROM ingest_ticks ORDER BY tick LIMIT $1) RETURNING tick)
+WITH taken AS (DELETE FROM ingest_ticks WHERE tick = ANY(ARRAY(SELECT tick FROM ingest_ticks ORDER BY tick LIMIT $1))
+               RETURNING tick)
 SELECT count(*) AS n, coalesce(min(tick), 0) AS lo, coalesce(max(tick), 0) AS hi,
        coalesce(array_agg(tick), '{}')::text AS ticks FROM taken)sql"};
 const std::string kFoldTicksSql = Fold(SPW_SRC_TICKS);
 const Statement kFoldTicks{"fold_ticks", kFoldTicksSql.c_str()};
+// The tick index's ranges not yet summarized, in the partitions the unfolded ticks wrote to: a BRIN
+// scan reads every unsummarized range, and autovacuum summarizes them only on its rounds, so a pass
+// would read the table's tail since then. Summarized here, its cost is that of the new pages.
+const Statement kSummarizeTicks{"fold_summarize_ticks", R"sql(
+SELECT coalesce(sum(brin_summarize_new_values(i.indexrelid)), 0)::bigint AS ranges
+FROM (SELECT 'usage_samples_' || to_char(min(first_ts) AT TIME ZONE 'UTC', 'YYYYMMDD') AS lo,
+             'usage_samples_' || to_char(max(last_ts) AT TIME ZONE 'UTC', 'YYYYMMDD') AS hi FROM ingest_ticks) t
+JOIN pg_inherits part ON part.inhparent = 'usage_samples'::regclass
+JOIN pg_class p ON p.oid = part.inhrelid AND p.relname BETWEEN t.lo AND t.hi
+JOIN pg_index i ON i.indrelid = p.oid
+JOIN pg_inherits idx ON idx.inhrelid = i.indexrelid AND idx.inhparent = 'usage_samples_tick'::regclass)sql"};
+// The planner never has statistics for the newest ticks (they lie past the histogram of the last
+// analyze), so it guesses a pass's samples are a handful and joins them to instances and hosts by
+// index lookups, one per sample: 4x slower than hashing at 240,000 samples. A pass is bulk work:
+// no nested loops; and no JIT, whose compiling (about 1 s) the disabled joins' costs would trigger.
+const Statement kBulkJoins{"fold_bulk_joins", "SELECT set_config('enable_nestloop', 'off', true), set_config('jit', 'off', true)"};
+const Statement kIndexJoins{"fold_index_joins", "SET LOCAL enable_nestloop = on"};
+// Summarizing takes the lock VACUUM takes: behind a vacuum of the partition, the pass goes on without.
+const Statement kSummarizeLockTimeout{"fold_summarize_lock_timeout", "SET LOCAL lock_timeout = '100ms'"};
 
 const Statement kWatermarksNow{"fold_watermarks_now",
                                "SELECT host_id, " SPW_EPOCH_MS("sampled_through") " AS through_ms FROM host_watermarks"};
@@ -202,6 +231,7 @@ FoldPass FoldUsage(Session& conn, const FoldLimits& limits) {
   InTransaction(conn, [&](Tx& tx) {
     pass.hours_refolded = 0;
     pass.instance_hours_rerated = 0;
+    tx.exec_prepared(kBulkJoins.name);
     for (const auto& r : tx.exec_prepared(kTakeDirtyHours.name, limits.max_hours)) {
       const std::int64_t hour = r["hour_ms"].as<std::int64_t>();
       tx.exec_prepared(kClearHour.name, hour);
@@ -210,8 +240,10 @@ FoldPass FoldUsage(Session& conn, const FoldLimits& limits) {
     }
     left = pass.hours_refolded == limits.max_hours;  // perhaps more
     std::map<std::int64_t, std::vector<std::string>> rerate;
+    tx.exec_prepared(kIndexJoins.name);  // a few changes against the hour's rows: index probes
     for (const auto& r : tx.exec_prepared(kTakePriceChanges.name))
       rerate[r["hour_ms"].as<std::int64_t>()].push_back(r["instance_id"].as<std::string>());
+    tx.exec_prepared(kBulkJoins.name);
     for (const auto& [hour, instances] : rerate) {
       const std::string ids = TextArrayLiteral(instances);
       tx.exec_prepared(kClearRated.name, hour, ids);
@@ -219,12 +251,21 @@ FoldPass FoldUsage(Session& conn, const FoldLimits& limits) {
       pass.instance_hours_rerated += static_cast<int>(instances.size());
     }
   });
+  try {
+    InTransaction(conn, [&](Tx& tx) {
+      tx.exec_prepared(kSummarizeLockTimeout.name);
+      tx.exec_prepared(kSummarizeTicks.name);
+    }, 1);
+  } catch (const std::exception& e) {
+    log::Debug("tick index not summarized before the fold (a vacuum holds it)", {{"error", e.what()}});
+  }
   for (int chunk = 0;; ++chunk) {
     if (chunk == limits.max_chunks) {
       left = true;
       break;
     }
     const std::int64_t n = InTransaction(conn, [&](Tx& tx) {
+      tx.exec_prepared(kBulkJoins.name);
       const auto t = tx.exec_prepared1(kTakeTicks.name, limits.max_ticks);
       const std::int64_t taken = t["n"].as<std::int64_t>();
       if (taken > 0)

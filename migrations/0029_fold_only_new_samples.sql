@@ -32,6 +32,12 @@ ALTER TABLE pool_usage_hourly ADD COLUMN util_pct_ms bigint;
 UPDATE pool_usage_hourly SET util_pct_ms = round(util_pct_mean * (allocated_gpu_ms + idle_gpu_ms))::bigint;
 ALTER TABLE pool_usage_hourly ALTER COLUMN util_pct_ms SET NOT NULL;
 
+-- Every pass updates each running instance's rows of the hour: room on each page for the new
+-- versions keeps those updates HOT (no index entry per update, no bloat through the hour).
+ALTER TABLE usage_hourly SET (fillfactor = 50);
+ALTER TABLE pool_usage_hourly SET (fillfactor = 50);
+ALTER TABLE usage_rated_hourly SET (fillfactor = 50);
+
 -- A rated row per instance-hour and price pair: a pass adds to it.
 CREATE UNIQUE INDEX usage_rated_hourly_key ON usage_rated_hourly
   (hour, instance_id, price_micros_per_gpu_hour, list_price_micros_per_gpu_hour, unmetered) NULLS NOT DISTINCT;

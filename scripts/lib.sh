@@ -54,7 +54,8 @@ spw_bench_bin() {
   if [ $# -gt 0 ]; then spw_install "$@"; fi
   spw_log "building an optimised build in build-bench/"
   cmake -S "$SPW_ROOT" -B "$SPW_ROOT/build-bench" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPILLWAY_TESTS=OFF >/dev/null
-  ninja -C "$SPW_ROOT/build-bench" spillway-apiserver spillway-agent spillway-fleet-sim spillway-ingest-bench spillway-billing-bench >/dev/null
+  ninja -C "$SPW_ROOT/build-bench" spillway-apiserver spillway-agent spillway-fleet-sim spillway-ingest-bench spillway-billing-bench \
+    spillway-fold-bench >/dev/null
   SPW_BENCH_BIN=$SPW_ROOT/build-bench/bin
 }
 
