@@ -62,12 +62,17 @@ SELECT coalesce((SELECT up_gpus FROM pool_capacity WHERE region = $1 AND gpu_mod
          AS draining_idle,
        coalesce((SELECT internal_reserved_gpus FROM pool_reservations WHERE region = $1 AND gpu_model = $2), 0) AS reserved
 FROM i)sql"};
-// The leader's fold: the changes it can see move into pool_capacity, in one transaction. A change
-// committed meanwhile stays for the next fold; a reader sees each change once, folded or not.
+// The fold: the changes it can see move into pool_capacity, in one transaction. A change committed
+// meanwhile stays for the next fold; a reader sees each change once, folded or not. The leader runs
+// it every tick and every replica's heartbeat writer every few seconds (so the changes stay few with
+// no leader); changes another fold holds are skipped, never waited on, and pools are written in
+// one order, so two folds at once cannot deadlock.
 inline const Statement kFoldPoolCapacity{"fold_pool_capacity", R"sql(
-WITH moved AS (DELETE FROM pool_capacity_changes RETURNING region, gpu_model, up_gpus)
+WITH moved AS (DELETE FROM pool_capacity_changes
+               WHERE ctid IN (SELECT ctid FROM pool_capacity_changes FOR UPDATE SKIP LOCKED)
+               RETURNING region, gpu_model, up_gpus)
 INSERT INTO pool_capacity AS c (region, gpu_model, up_gpus)
-SELECT region, gpu_model, sum(up_gpus) FROM moved GROUP BY region, gpu_model
+SELECT region, gpu_model, sum(up_gpus) FROM moved GROUP BY region, gpu_model ORDER BY region, gpu_model
 ON CONFLICT (region, gpu_model) DO UPDATE SET up_gpus = c.up_gpus + EXCLUDED.up_gpus)sql"};
 // A pool's hosts for PoolView: placeable or not, effectively free GPUs (a host's GPUs are its
 // gpu_count GPU rows, so free is gpu_count less its allocations, less what pending instances were

@@ -13,10 +13,13 @@
 #include "core/ids.hpp"
 #include "core/json.hpp"
 #include "core/log.hpp"
+#include "provisioning/fleet.hpp"
 #include "provisioning/words.hpp"
 
 namespace spillway {
 namespace {
+
+constexpr auto kFoldCapacityEvery = std::chrono::seconds(5);
 
 // Hosts first, locked in id order (the lock order), then their instances.
 const Statement kLockHosts{"heartbeat_lock_hosts",
@@ -187,6 +190,7 @@ bool HeartbeatRecorder::Flush(std::map<std::string, Pending>& batch) {
 }
 
 void HeartbeatRecorder::Loop() {
+  auto folded = std::chrono::steady_clock::now();
   for (;;) {
     std::map<std::string, Pending> batch;
     bool stopping;
@@ -209,6 +213,18 @@ void HeartbeatRecorder::Loop() {
       pending_gauge_->Set(static_cast<double>(pending_.size()));
     }
     if (stopping) break;
+    // Pool capacity changes are folded by whoever gets there: with no leader running they would
+    // pile up, and every launch reads them.
+    if (std::chrono::steady_clock::now() - folded >= kFoldCapacityEvery) {
+      folded = std::chrono::steady_clock::now();
+      try {
+        if (!conn_) conn_ = OpenSession(session_);
+        FoldPoolCapacity(*conn_);
+      } catch (const std::exception& e) {
+        log::Warn("pool capacity changes not folded; the next try is in a few seconds", {{"error", e.what()}});
+        conn_.reset();
+      }
+    }
   }
   try {
     if (!conn_) conn_ = OpenSession(session_);

@@ -95,3 +95,30 @@ TEST(FleetSim, HostsMoveToTheOtherReplicaWhenTheirsIsKilled) {
   EXPECT_EQ(a.process().Stderr().find("deadlock"), std::string::npos);
   EXPECT_EQ(sim.Stop(SIGTERM), 0) << sim.Stderr();
 }
+
+// With no replica leading (a session holds the leader's advisory lock, as a leader stuck on a bad
+// connection would), hosts still register and come and go: the capacity changes they append are
+// folded by every replica's heartbeat writer, so they stay few and the pool's count stays right.
+TEST(FleetSim, PoolCapacityChangesStayFewWithNoLeader) {
+  TestDb db;
+  auto lock = db.Connect();
+  pqxx::nontransaction(*lock).exec("SELECT pg_advisory_lock(7308324466018009602)");  // apiserver/serve.cpp kLeaderLock
+  ApiServer server(db.dsn(), SimEnv());
+  ASSERT_TRUE(server.WaitReady()) << server.process().Stderr();
+  Fleet fleet(db, server);
+  Process sim({FleetSimBinary(), "--api", "http://127.0.0.1:" + std::to_string(server.port()), "--bootstrap-token",
+               "test-bootstrap-token", "--hosts", "120", "--gpus-per-host", "2", "--region", "leaderless",
+               "--hostname-prefix", "leaderless", "--status-every", "1s"},
+              {});
+  auto conn = db.Connect();
+  auto value = [&](const std::string& sql) { return std::stoll(SqlValue(*conn, sql)); };
+  ASSERT_TRUE(WaitFor([&] { return fleet.PoolInt("leaderless", "H100-80GB", "total_gpus") == 240; }, 30s)) << sim.Stderr();
+  // 120 registrations appended 120 changes; within a few seconds they are folded by the replica.
+  EXPECT_TRUE(WaitFor([&] { return value("SELECT count(*) FROM pool_capacity_changes") == 0; }, 15s))
+      << value("SELECT count(*) FROM pool_capacity_changes");
+  EXPECT_EQ(value("SELECT up_gpus FROM pool_capacity WHERE region = 'leaderless'"), 240);
+  EXPECT_EQ(fleet.PoolInt("leaderless", "H100-80GB", "total_gpus"), 240);
+  EXPECT_EQ(SqlValue(*conn, "SELECT count(*) FROM spot_prices WHERE region = 'leaderless'"), "0")
+      << "a leader ran after all (it reprices every pool)";
+  EXPECT_EQ(sim.Stop(SIGTERM), 0) << sim.Stderr();
+}
