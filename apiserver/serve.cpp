@@ -33,8 +33,8 @@
 #include "metering/fold.hpp"
 #include "metering/ingest.hpp"
 #include "metering/usage.hpp"
+#include "metering/volume_hours.hpp"
 #include "provisioning/sealed_env.hpp"
-#include "provisioning/volumes.hpp"
 
 namespace spillway {
 namespace {
@@ -232,7 +232,7 @@ int RunServe(const Config& config) {
                metering::DropExpiredPartitions(c, s.now, retention);
              }});
   steps.Add({"metering_volume_hours", std::chrono::minutes(5),
-             [](pqxx::connection& c, const StepContext& s) { MeterVolumeHours(c, s.now); }});
+             [](pqxx::connection& c, const StepContext& s) { metering::MeterVolumeHours(c, s.now); }});
   steps.Add({"metering_prune_ledger", std::chrono::hours(1),
              [&ingest](pqxx::connection& c, const StepContext& s) { ingest.PruneLedger(c, s.now); }});
   steps.Add({"metering_gauges", std::chrono::seconds(15),

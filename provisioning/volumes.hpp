@@ -1,6 +1,5 @@
 #pragma once
-// Volumes (the store and their hourly GB metering): a tenant's storage in a region.
-#include <pqxx/pqxx>
+// Volumes (the store): a tenant's storage in a region. Their hourly GB metering is metering's (metering/volume_hours).
 
 #include <optional>
 #include <string>
@@ -26,9 +25,5 @@ std::vector<Volume> ListVolumes(Tx& tx, const std::string& tenant_id, const std:
 // Deletes a detached volume (its data goes); ApiError 409 volume_attached while an instance holds
 // it. nullopt when the tenant has no such volume.
 std::optional<Volume> DeleteVolume(Tx& tx, const std::string& tenant_id, const std::string& id, TimeMs now);
-
-// Meters every closed hour since the last run: GB-milliseconds per volume and hour (a volume
-// counts from its creation to its deletion). Returns the hours metered.
-int MeterVolumeHours(pqxx::connection& conn, TimeMs now);
 
 }  // namespace spillway

@@ -24,8 +24,8 @@
 #include "metering/ingest.hpp"
 #include "metering/fold.hpp"
 #include "metering/usage.hpp"
+#include "metering/volume_hours.hpp"
 #include "provisioning/hosts.hpp"
-#include "provisioning/volumes.hpp"
 #include "tests/support/focus_check.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -338,7 +338,7 @@ TEST(Invoices, StorageIsPricedPerGbMonthOfItsOwnMonthAcrossAPriceChangeInsideAnH
   Exec(*b.conn, "INSERT INTO volumes (id, tenant_id, name, region, size_gb, created_at, deleted_at) VALUES "
                 "('vol_s', 'ten_s', 'data', 'r1', 100, '2027-02-01T00:00:00Z', '2027-02-11T00:30:00Z')");
   // The leader's volume metering, hour by hour through the month (up to 744 hours a run).
-  while (MeterVolumeHours(*b.conn, T("2027-03-01T00:30:00Z")) > 0) {
+  while (metering::MeterVolumeHours(*b.conn, T("2027-03-01T00:30:00Z")) > 0) {
   }
   const PeriodClose c = b.Close("2027-02", "2027-03-01T01:00:00Z");
   EXPECT_EQ(c.billed.at("storage"), 390) << "storage counts in spillway_billed_micros_total{market=\"storage\"}";

@@ -9,8 +9,8 @@
 #include "metering/ingest.hpp"
 #include "metering/samples_store.hpp"
 #include "metering/usage.hpp"
+#include "metering/volume_hours.hpp"
 #include "provisioning/hosts.hpp"
-#include "provisioning/volumes.hpp"
 #include "tests/support/test_support.hpp"
 
 using namespace spillway;
