@@ -15,18 +15,21 @@
 namespace spillway::billing {
 namespace {
 
+// The price in effect at `at` for row `r`'s market, region and model: the pool's spot history for
+// spot, the on-demand book otherwise.
+#define SPW_PRICE_AT(r, at)                                                                                  \
+  "CASE WHEN " r ".market = 'spot' THEN (SELECT p.price_micros_per_gpu_hour FROM spot_prices p WHERE p.region = " \
+  r ".region AND p.gpu_model = " r ".gpu_model AND p.effective_from <= " at                                      \
+  " ORDER BY p.effective_from DESC LIMIT 1) ELSE (SELECT p.price_micros_per_gpu_hour FROM prices p WHERE "       \
+  "p.gpu_model = " r ".gpu_model AND p.market = 'on_demand' AND p.effective_from <= " at                         \
+  " ORDER BY p.effective_from DESC LIMIT 1) END"
+
 // The month's stored usage, each attributed sample (ts in (begin, end]: the hour rule) priced at the
 // price in effect at its ts, looked up for each sample on its own: the on-demand book's for
 // on-demand instances, the pool's spot history for spot ones. Nothing here reads the rollups.
 const Statement kStoredUsage{"audit_stored_usage", R"sql(
 SELECT i.tenant_id, s.instance_id, i.market,
-       CASE WHEN i.market = 'spot'
-            THEN (SELECT p.price_micros_per_gpu_hour FROM spot_prices p
-                  WHERE p.region = i.region AND p.gpu_model = i.gpu_model AND p.effective_from <= s.ts
-                  ORDER BY p.effective_from DESC LIMIT 1)
-            ELSE (SELECT p.price_micros_per_gpu_hour FROM prices p
-                  WHERE p.gpu_model = i.gpu_model AND p.market = 'on_demand' AND p.effective_from <= s.ts
-                  ORDER BY p.effective_from DESC LIMIT 1) END AS price,
+       )sql" SPW_PRICE_AT("i", "s.ts") R"sql( AS price,
        sum(s.interval_ms)::bigint AS gpu_ms
 FROM usage_samples s JOIN instances i ON i.id = s.instance_id
 WHERE s.ts > )sql" SPW_TS(1) " AND s.ts <= " SPW_TS(2) R"sql(
@@ -35,13 +38,7 @@ GROUP BY 1, 2, 3, 4)sql"};
 // so), at the price in effect at the hour's start.
 const Statement kUnmeteredUsage{"audit_unmetered_usage", R"sql(
 SELECT u.tenant_id, u.instance_id, u.market,
-       CASE WHEN u.market = 'spot'
-            THEN (SELECT p.price_micros_per_gpu_hour FROM spot_prices p
-                  WHERE p.region = u.region AND p.gpu_model = u.gpu_model AND p.effective_from <= u.hour
-                  ORDER BY p.effective_from DESC LIMIT 1)
-            ELSE (SELECT p.price_micros_per_gpu_hour FROM prices p
-                  WHERE p.gpu_model = u.gpu_model AND p.market = 'on_demand' AND p.effective_from <= u.hour
-                  ORDER BY p.effective_from DESC LIMIT 1) END AS price,
+       )sql" SPW_PRICE_AT("u", "u.hour") R"sql( AS price,
        sum(u.held_gpu_ms - u.metered_gpu_ms)::bigint AS gpu_ms
 FROM unmetered_hourly u
 WHERE u.hour >= )sql" SPW_TS(1) " AND u.hour < " SPW_TS(2) R"sql( AND u.held_gpu_ms > u.metered_gpu_ms
