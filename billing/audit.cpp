@@ -5,6 +5,7 @@
 #include <set>
 #include <tuple>
 
+#include "billing/exact_amount.hpp"
 #include "billing/invoice.hpp"
 #include "billing/rating.hpp"
 #include "billing/storage_sql.hpp"
@@ -94,12 +95,7 @@ std::map<std::string, Figures> LinesOf(const std::map<Key, std::int64_t>& usage)
   return out;
 }
 
-// Cents as "$12.34" ("-$0.05").
-std::string Dollars(std::int64_t cents) {
-  const std::int64_t a = cents < 0 ? -cents : cents;
-  const std::string c = std::to_string(a % 100);
-  return std::string(cents < 0 ? "-$" : "$") + std::to_string(a / 100) + "." + (c.size() < 2 ? "0" : "") + c;
-}
+std::string Dollars(std::int64_t cents) { return "$" + FormatAmount(cents); }
 
 std::string Show(const Figures& f) { return f.quantity + " GPU-hours, " + Dollars(f.cents); }
 

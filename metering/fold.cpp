@@ -186,7 +186,7 @@ JOIN pg_inherits idx ON idx.inhrelid = i.indexrelid AND idx.inhparent = 'usage_s
 // index lookups, one per sample: 4x slower than hashing at 240,000 samples. A pass is bulk work:
 // no nested loops; and no JIT, whose compiling (about 1 s) the disabled joins' costs would trigger.
 const Statement kBulkJoins{"fold_bulk_joins", "SELECT set_config('enable_nestloop', 'off', true), set_config('jit', 'off', true)"};
-const Statement kIndexJoins{"fold_index_joins", "SET LOCAL enable_nestloop = on"};
+const Statement kIndexJoins{"fold_index_joins", "SELECT set_config('enable_nestloop', 'on', true)"};
 // Summarizing takes the lock VACUUM takes: behind a vacuum of the partition, the pass goes on without.
 const Statement kSummarizeLockTimeout{"fold_summarize_lock_timeout", "SET LOCAL lock_timeout = '100ms'"};
 

@@ -29,8 +29,7 @@ std::vector<UnmeteredJudged> JudgeUnmeteredHours(Session& conn, int max_hosts, b
 
 // Drops each daily partition of usage_samples that ended `retention` before `now`, once every hour
 // of it is folded (no hour marked to refold, no unfolded tick in it) and its month is a closed
-// billing period. Returns the names
-// dropped.
+// billing period. Returns the names dropped.
 std::vector<std::string> DropExpiredPartitions(pqxx::connection& conn, TimeMs now, Millis retention);
 
 struct RollupHealth {
