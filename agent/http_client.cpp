@@ -6,6 +6,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 #include <optional>
+#include <vector>
 
 namespace spillway::agent {
 namespace beast = boost::beast;
@@ -86,6 +87,17 @@ HttpClient::~HttpClient() = default;
 HttpClient::Result HttpClient::Call(const std::string& method, const std::string& target, const std::string& bearer,
                                     const std::string& body, std::chrono::milliseconds timeout,
                                     const Headers& headers) {
+  return Exchange(method, target, bearer, body, timeout, headers, nullptr);
+}
+
+HttpClient::Result HttpClient::Download(const std::string& method, const std::string& target, const std::string& bearer,
+                                        std::chrono::milliseconds timeout, const Sink& sink, const Headers& headers) {
+  return Exchange(method, target, bearer, "", timeout, headers, &sink);
+}
+
+HttpClient::Result HttpClient::Exchange(const std::string& method, const std::string& target, const std::string& bearer,
+                                        const std::string& body, std::chrono::milliseconds timeout,
+                                        const Headers& headers, const Sink* sink) {
   auto& d = *impl_;
   for (int attempt = 0; attempt < 2; ++attempt) {
     const bool fresh = !d.Connected();
@@ -130,8 +142,44 @@ HttpClient::Result HttpClient::Call(const std::string& method, const std::string
     req.prepare_payload();
     d.Tcp().expires_after(timeout);
     auto ec = d.RunOp([&](auto handler) { d.With([&](auto& s) { bhttp::async_write(s, req, handler); }); });
+    if (sink && !ec) {
+      // The head, then the body through a fixed buffer into the sink, each read under the deadline.
+      bhttp::response_parser<bhttp::buffer_body> parser;
+      parser.body_limit(boost::none);
+      ec = d.RunOp([&](auto handler) { d.With([&](auto& s) { bhttp::async_read_header(s, d.buffer, parser, handler); }); });
+      if (!ec && parser.get().result_int() / 100 == 2) {
+        const bool keep = parser.get().keep_alive();
+        Result out{static_cast<int>(parser.get().result_int()), "",
+                   std::string(parser.get()[bhttp::field::content_type])};
+        std::vector<char> chunk(64 * 1024);
+        while (!parser.is_done()) {
+          parser.get().body().data = chunk.data();
+          parser.get().body().size = chunk.size();
+          d.Tcp().expires_after(timeout);
+          ec = d.RunOp([&](auto handler) { d.With([&](auto& s) { bhttp::async_read(s, d.buffer, parser, handler); }); });
+          if (ec == bhttp::error::need_buffer) ec = {};
+          if (ec) {
+            d.Drop();
+            throw HttpError(method + " " + target + ": the response was cut off: " + ec.message());
+          }
+          (*sink)(std::string_view(chunk.data(), chunk.size() - parser.get().body().size));
+        }
+        if (!keep) d.Drop();
+        return out;
+      }
+      if (!ec) {  // not a success: its (small) body whole, as Call reads it
+        bhttp::response_parser<bhttp::string_body> whole(std::move(parser));
+        ec = d.RunOp([&](auto handler) { d.With([&](auto& s) { bhttp::async_read(s, d.buffer, whole, handler); }); });
+        if (!ec) {
+          if (!whole.get().keep_alive()) d.Drop();
+          return {static_cast<int>(whole.get().result_int()), std::move(whole.get().body()),
+                  std::string(whole.get()[bhttp::field::content_type])};
+        }
+      }
+    }
     bhttp::response<bhttp::string_body> res;
-    if (!ec) ec = d.RunOp([&](auto handler) { d.With([&](auto& s) { bhttp::async_read(s, d.buffer, res, handler); }); });
+    if (!sink && !ec)
+      ec = d.RunOp([&](auto handler) { d.With([&](auto& s) { bhttp::async_read(s, d.buffer, res, handler); }); });
     if (ec) {
       d.Drop();
       // A kept-alive connection the server closed meanwhile: retry once on a new one.

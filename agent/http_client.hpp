@@ -1,8 +1,10 @@
 #pragma once
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -30,8 +32,17 @@ class HttpClient {
   using Headers = std::vector<std::pair<std::string, std::string>>;
   Result Call(const std::string& method, const std::string& target, const std::string& bearer,
               const std::string& body, std::chrono::milliseconds timeout, const Headers& headers = {});
+  // The same, a successful (2xx) response's body handed to `sink` a piece at a time as it arrives
+  // (an export of any size; Result::body stays empty), `timeout` then bounding each wait for more
+  // rather than the whole. Any other response's body is read whole into Result::body, as Call's.
+  // A body cut off before its end throws HttpError (what was handed over is not all of it).
+  using Sink = std::function<void(std::string_view)>;
+  Result Download(const std::string& method, const std::string& target, const std::string& bearer,
+                  std::chrono::milliseconds timeout, const Sink& sink, const Headers& headers = {});
 
  private:
+  Result Exchange(const std::string& method, const std::string& target, const std::string& bearer,
+                  const std::string& body, std::chrono::milliseconds timeout, const Headers& headers, const Sink* sink);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -468,6 +468,10 @@ void ApiDispatcher::Submit(const Route* route, std::shared_ptr<http::Request> re
   db_.Submit(Database::Job{
       [this, route, request, params, respond, retry](Session& conn) {
         Outcome out = Run(conn, *route, *params, *request, retry);
+        if (out.stream_body) {
+          Stream(conn, std::move(out), *request, respond);
+          return;
+        }
         if (out.long_poll_host.empty() || !notifier_) {
           respond(std::move(out.response));
           return;
@@ -485,6 +489,23 @@ void ApiDispatcher::Submit(const Route* route, std::shared_ptr<http::Request> re
         r.route = route->pattern;
         respond(std::move(r));
       }});
+}
+
+void ApiDispatcher::Stream(Session& conn, Outcome out, const http::Request& request, const http::Responder& respond) {
+  const auto stream = out.response.stream;
+  respond(std::move(out.response));
+  try {
+    out.stream_body(conn, *stream);
+    stream->Close(true);
+  } catch (const http::ClientGone&) {
+    log::Info("streamed response abandoned: the client went away",
+              {{"request_id", request.request_id}, {"path", request.path}});
+    stream->Close(false);
+  } catch (const std::exception& e) {
+    log::Error("streamed response failed midway; the connection is cut off",
+               {{"request_id", request.request_id}, {"path", request.path}, {"error", e.what()}});
+    stream->Close(false);
+  }
 }
 
 bool ApiDispatcher::MayHold(const http::Request& request) const {
@@ -534,7 +555,15 @@ ApiDispatcher::Outcome ApiDispatcher::Run(Session& conn, const Route& route,
       outcome.long_poll_ms = reply.long_poll_ms;
       return outcome;
     }
-    out = ResponseOf(std::move(reply));
+    if (reply.stream_body) {
+      outcome.stream_body = std::move(reply.stream_body);
+      out.content_type = std::move(reply.content_type);
+      out.headers = std::move(reply.headers);
+      out.status = reply.status;
+      out.stream = std::make_shared<http::BodyStream>();
+    } else {
+      out = ResponseOf(std::move(reply));
+    }
   } catch (const pqxx::sql_error& e) {
     outcome.statement_timed_out = e.sqlstate() == "57014";  // query_canceled
     out = ErrorResponseForCurrent(request.request_id, route.pattern);

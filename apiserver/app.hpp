@@ -96,9 +96,12 @@ class ApiDispatcher : public http::Dispatcher {
     std::string long_poll_host;  // set: wait for this host's assignments to change, then run again
     std::int64_t long_poll_ms = 0;
     bool statement_timed_out = false;  // PostgreSQL cancelled a statement (statement_timeout)
+    std::function<void(Session&, http::BodyStream&)> stream_body;  // makes response.stream's body
   };
   Outcome Run(Session& conn, const Route& route, const std::map<std::string, std::string>& params,
               const http::Request& request, bool long_poll_retry);
+  // Sends a streamed reply's head, then runs its producer on this worker's connection.
+  void Stream(Session& conn, Outcome out, const http::Request& request, const http::Responder& respond);
   void Submit(const Route* route, std::shared_ptr<http::Request> request,
               std::shared_ptr<std::map<std::string, std::string>> params, http::Responder respond, bool retry);
   const Config& config_;

@@ -25,6 +25,12 @@ void Ctx::RunRead(const std::function<void(Tx&)>& run, bool snapshot) {
   }
 }
 
+void ReadSnapshotOn(Session& conn, const std::function<void(Tx&)>& run) {
+  Snapshot tx(conn);
+  run(tx);
+  tx.commit();
+}
+
 AuditRecord Ctx::AuditOf(const std::string& tenant_id, const std::string& action, const std::string& target) const {
   return AuditRecord{tenant_id, principal.key_id, action, target, request.request_id};
 }

@@ -127,6 +127,9 @@ struct Ctx {
   }
 };
 
+// A repeatable-read snapshot of its own on `conn`, for a streamed reply's producer (Reply::stream_body).
+void ReadSnapshotOn(Session& conn, const std::function<void(Tx&)>& run);
+
 struct Reply {
   int status = 200;
   boost::json::value body;
@@ -138,6 +141,11 @@ struct Reply {
   // A body that is not JSON (CSV, say): sent as is under this content type when it is set.
   std::string content_type = {};
   std::string raw_body = {};
+  // A body made as it is sent (an export of any size; content_type says what it is): run on the
+  // database worker once the head has gone, on the worker's connection, writing to the stream.
+  // The status is sent by then, so whatever can be refused (a bad period, another tenant) is
+  // checked before the reply is returned; what the producer throws cuts the response off.
+  std::function<void(Session&, http::BodyStream&)> stream_body = {};
 };
 
 using Handler = Reply (*)(Ctx&);

@@ -149,8 +149,13 @@ std::string FormatPico(Int128 pico) {
   return out == "-0" ? "0" : out;
 }
 
-FocusExport::FocusExport(const Month& period, std::string issuer_name)
-    : period_(period), issuer_(issuer_name.empty() ? "Spillway" : std::move(issuer_name)) {}
+FocusExport::FocusExport(const Month& period, std::string issuer_name, RowSink sink)
+    : period_(period), issuer_(issuer_name.empty() ? "Spillway" : std::move(issuer_name)), sink_(std::move(sink)) {}
+
+void FocusExport::Emit(const FocusRow& row) {
+  if (sink_) sink_(row);
+  else rows_.push_back(row);
+}
 
 FocusRow FocusExport::Base(const FocusAccount& account, const std::string& invoice_id,
                            const std::optional<std::string>& number, const std::string& status) const {
@@ -173,25 +178,38 @@ FocusRow FocusExport::Base(const FocusAccount& account, const std::string& invoi
 
 void FocusExport::AddInvoice(const StoredInvoice& s, const FocusAccount& account, const HoursOf& hours,
                              const std::vector<VolumeSpan>& volumes, const std::map<std::string, InstanceSku>& skus) {
+  AddInvoice(
+      s, account,
+      [&hours](const std::string& period, const std::string& instance, const std::string& market) {
+        const auto found = hours.find({period, instance, market});
+        return found == hours.end() ? std::vector<HourlyRated>{} : found->second;
+      },
+      volumes, skus);
+}
+
+void FocusExport::AddInvoice(const StoredInvoice& s, const FocusAccount& account, const HoursFor& hours_for,
+                             const std::vector<VolumeSpan>& volumes, const std::map<std::string, InstanceSku>& skus) {
   const Invoice& inv = s.invoice;
   const FocusRow base = Base(account, inv.id, inv.number, inv.status);
   const Month month = *ParseMonth(inv.period);
   const std::int64_t month_ms = DaysInMonth(inv.period) * kMsPerDay;
   Int128 list_pico = 0, contracted_pico = 0;  // the invoice's, for its tax row
 
-  const auto emit = [&](FocusRow row, std::int64_t cents, const Priced& p, TimeMs from, TimeMs to) {
+  // `row` is the line's, its priced and period fields set again for each of its hours (an hour's
+  // row costs no copy of the line's other fields).
+  const auto emit = [&](FocusRow& row, std::int64_t cents, const Priced& p, TimeMs from, TimeMs to) {
     SetBilled(row, cents);
     SetPriced(row, p, row[C::ResourceType] == "Volume" ? "GB-Months" : "GPU-Hours");
     list_pico += p.list_pico();
     contracted_pico += p.contracted_pico();
     row[C::ChargePeriodStart] = FocusTime(from);
     row[C::ChargePeriodEnd] = FocusTime(to);
-    rows_.push_back(std::move(row));
+    Emit(row);
   };
   // A line over its hours: its amount shared by their exact values (quantity × price), each hour
   // priced per unit of `unit_ms`; with no hours left to show (rows since dropped), one row over
   // `whole` at the line's own quantity and price.
-  const auto spread = [&](const FocusRow& row, const InvoiceLine& l, const std::vector<Piece>& pieces,
+  const auto spread = [&](FocusRow& row, const InvoiceLine& l, const std::vector<Piece>& pieces,
                           std::int64_t unit_ms, const Month& whole) {
     if (pieces.empty()) {
       const std::int64_t price = l.unit_price_micros.value_or(0);
@@ -236,9 +254,8 @@ void FocusExport::AddInvoice(const StoredInvoice& s, const FocusAccount& account
                                               : "gpu-hour:" + k.gpu_model + ":on-demand";
       }
       std::vector<Piece> pieces;
-      if (const auto found = hours.find({usage_period, instance, market}); found != hours.end())
-        for (const auto& h : found->second)
-          pieces.push_back({h.hour, h.gpu_ms, h.price_micros, h.list_price_micros.value_or(h.price_micros)});
+      for (const auto& h : hours_for(usage_period, instance, market))
+        pieces.push_back({h.hour, h.gpu_ms, h.price_micros, h.list_price_micros.value_or(h.price_micros)});
       const Month q = *ParseMonth(usage_period);
       spread(row, l, pieces, kMsPerHour, q);
     } else if (l.kind == "storage") {
@@ -279,7 +296,7 @@ void FocusExport::AddInvoice(const StoredInvoice& s, const FocusAccount& account
       row[C::ContractedCost] = FormatPico(DivideHalfEven(contracted_pico * inv.tax_rate_bp, 10'000));
       row[C::ChargePeriodStart] = FocusTime(month.begin);
       row[C::ChargePeriodEnd] = FocusTime(month.end);
-      rows_.push_back(std::move(row));
+      Emit(row);
     }
   }
 }
@@ -300,7 +317,7 @@ void FocusExport::AddCreditNote(const CreditNote& note, const Invoice& credited,
   SetBilled(credit, -note.subtotal_cents);
   credit[C::ListCost] = FormatAmount(-note.subtotal_cents);
   credit[C::ContractedCost] = FormatAmount(-note.subtotal_cents);
-  rows_.push_back(std::move(credit));
+  Emit(credit);
   FocusRow tax = row;
   tax[C::ChargeCategory] = "Tax";
   tax[C::ChargeFrequency] = "One-Time";
@@ -308,26 +325,33 @@ void FocusExport::AddCreditNote(const CreditNote& note, const Invoice& credited,
   SetBilled(tax, -note.tax_cents);
   tax[C::ListCost] = FormatAmount(-note.tax_cents);
   tax[C::ContractedCost] = FormatAmount(-note.tax_cents);
-  rows_.push_back(std::move(tax));
+  Emit(tax);
+}
+
+std::string FocusExport::CsvHeader() {
+  const auto& names = FocusColumnNames();
+  std::string out;
+  for (int c = 0; c < kFocusColumns; ++c) out.append(c ? "," : "").append(names[c]);
+  out += "\r\n";
+  return out;
+}
+
+void FocusExport::AppendCsv(std::string& out, const FocusRow& row) {
+  for (int c = 0; c < kFocusColumns; ++c) {
+    if (c) out += ',';
+    const auto& v = row.values[c];
+    if (!v) continue;
+    const auto col = static_cast<FocusColumn>(c);
+    const bool chosen = col == C::ChargeDescription || col == C::ResourceName || col == C::BillingAccountName ||
+                        col == C::SubAccountName;
+    AppendCsvField(out, *v, chosen);
+  }
+  out += "\r\n";
 }
 
 std::string FocusExport::Csv() const {
-  const auto& names = FocusColumnNames();
-  std::string out;
-  for (int c = 0; c < kFocusColumns; ++c) out += std::string(c ? "," : "") + names[c];
-  out += "\r\n";
-  for (const FocusRow& row : rows_) {
-    for (int c = 0; c < kFocusColumns; ++c) {
-      if (c) out += ',';
-      const auto& v = row.values[c];
-      if (!v) continue;
-      const auto col = static_cast<FocusColumn>(c);
-      const bool chosen = col == C::ChargeDescription || col == C::ResourceName || col == C::BillingAccountName ||
-                          col == C::SubAccountName;
-      out += CsvField(*v, chosen);
-    }
-    out += "\r\n";
-  }
+  std::string out = CsvHeader();
+  for (const FocusRow& row : rows_) AppendCsv(out, row);
   return out;
 }
 

@@ -7,6 +7,7 @@
 // its total.
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -86,12 +87,21 @@ struct FocusAccount {
 
 class FocusExport {
  public:
-  // The export of `period`'s charges, billed by `issuer` (ProviderName, PublisherName, InvoiceIssuerName).
-  FocusExport(const Month& period, std::string issuer_name);
+  // Where rows go as they are made: an export of any size passes through one row at a time.
+  using RowSink = std::function<void(const FocusRow&)>;
+  // The export of `period`'s charges, billed by `issuer` (ProviderName, PublisherName, InvoiceIssuerName),
+  // its rows handed to `sink`, or kept (rows(), Csv()) without one.
+  FocusExport(const Month& period, std::string issuer_name, RowSink sink = {});
 
-  // An invoice of the period: each usage and late-usage line over the hours `hours` gives it (by
-  // (usage period, instance, market)), each storage line over its volume's spans cut into hours, and
-  // the tax line. A line with no hours to show (rated rows since dropped) is one row over its month.
+  // An invoice of the period: each usage and late-usage line over the hours `hours_for` gives it
+  // (asked once per line, in line order, with its usage period, instance and market), each
+  // storage line over its volume's spans cut into hours, and the tax line. A line with no hours
+  // to show (rated rows since dropped) is one row over its month.
+  using HoursFor = std::function<std::vector<HourlyRated>(const std::string& usage_period, const std::string& instance,
+                                                          const std::string& market)>;
+  void AddInvoice(const StoredInvoice& s, const FocusAccount& account, const HoursFor& hours_for,
+                  const std::vector<VolumeSpan>& volumes, const std::map<std::string, InstanceSku>& skus);
+  // The same with every line's hours at hand, by (usage period, instance, market).
   using HoursOf = std::map<std::tuple<std::string, std::string, std::string>, std::vector<HourlyRated>>;
   void AddInvoice(const StoredInvoice& s, const FocusAccount& account, const HoursOf& hours,
                   const std::vector<VolumeSpan>& volumes, const std::map<std::string, InstanceSku>& skus);
@@ -102,12 +112,17 @@ class FocusExport {
   const std::vector<FocusRow>& rows() const { return rows_; }
   // RFC 4180 with a header row; nulls as empty fields; CRLF line ends.
   std::string Csv() const;
+  // The same, a piece at a time: the header line, and one row's line appended to `out`.
+  static std::string CsvHeader();
+  static void AppendCsv(std::string& out, const FocusRow& row);
 
  private:
+  void Emit(const FocusRow& row);
   FocusRow Base(const FocusAccount& account, const std::string& invoice_id, const std::optional<std::string>& number,
                 const std::string& status) const;
   Month period_;
   std::string issuer_;
+  RowSink sink_;
   std::vector<FocusRow> rows_;
 };
 
@@ -117,7 +132,10 @@ std::string FormatPico(Int128 pico);
 
 // The export of `period` read in `tx` (a snapshot) at `now`: every invoice of the period (one
 // tenant's, or every tenant's for ""), each line cut into the hours it billed, and the credit notes
-// issued in it.
+// issued in it, written to `out` as they are read: what is held at once is a page of invoices and
+// a cursor's batch of hourly rows, whatever the month's size.
+void WriteFocus(Tx& tx, const Month& period, const std::string& tenant_id, TimeMs now, FocusExport& out);
+// The same, kept whole (tests, small periods).
 FocusExport ExportFocus(Tx& tx, const Month& period, const std::string& tenant_id, const BillingSettings& settings,
                         TimeMs now);
 

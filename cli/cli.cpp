@@ -104,6 +104,42 @@ struct Invocation {
     io.err << "wrote " << path << " (" << body.size() << " bytes)\n";
   }
 
+  // GET `path` into `out_path` ("-": stdout) as it arrives: an export of any size passes through
+  // without being held. A file is written beside its name and renamed once whole, so a download
+  // cut off midway leaves no file that looks complete.
+  void Download(const std::string& path, const std::string& out_path, const agent::HttpClient::Headers& headers = {}) {
+    auto& c = Client();
+    std::ofstream file;
+    const std::string part = out_path + ".part";
+    if (out_path != "-") {
+      file.open(part, std::ios::binary | std::ios::trunc);
+      if (!file) throw UsageError("cannot write " + part);
+    }
+    std::ostream& sink = out_path == "-" ? io.out : file;
+    std::int64_t bytes = 0;
+    agent::HttpClient::Result r;
+    try {
+      r = c.Download("GET", path, target_.api_key, 60s,
+                     [&](std::string_view piece) {
+                       sink.write(piece.data(), static_cast<std::streamsize>(piece.size()));
+                       bytes += static_cast<std::int64_t>(piece.size());
+                     },
+                     headers);
+    } catch (...) {
+      if (out_path != "-") std::filesystem::remove(part);
+      throw;
+    }
+    if (r.status >= 400 || out_path == "-") {
+      if (out_path != "-") std::filesystem::remove(part);
+      if (r.status >= 400) Fail(r);
+      return;
+    }
+    if (!file.flush()) throw UsageError("cannot write " + part);
+    file.close();
+    std::filesystem::rename(part, out_path);
+    io.err << "wrote " << out_path << " (" << bytes << " bytes)\n";
+  }
+
   // The API, resolved on first use (configure and completion need none).
   agent::HttpClient& Client() {
     if (!client_) {
@@ -116,19 +152,21 @@ struct Invocation {
                          const agent::HttpClient::Headers& headers = {}) {
     auto& c = Client();
     agent::HttpClient::Result r = c.Call(method, path, target_.api_key, body, 60s, headers);
-    if (r.status >= 400) {
-      std::string code = "http_" + std::to_string(r.status), message = r.body, request_id;
-      try {
-        const auto v = json::parse(r.body);
-        const auto& e = v.at("error").as_object();
-        code = std::string(e.at("code").as_string());
-        message = std::string(e.at("message").as_string());
-        if (const auto* id = e.if_contains("request_id"); id && id->is_string()) request_id = std::string(id->as_string());
-      } catch (const std::exception&) {
-      }
-      throw ApiFailure(r.status, code, message, request_id);
-    }
+    if (r.status >= 400) Fail(r);
     return r;
+  }
+  // An error answer as the ApiFailure it says.
+  [[noreturn]] static void Fail(const agent::HttpClient::Result& r) {
+    std::string code = "http_" + std::to_string(r.status), message = r.body, request_id;
+    try {
+      const auto v = json::parse(r.body);
+      const auto& e = v.at("error").as_object();
+      code = std::string(e.at("code").as_string());
+      message = std::string(e.at("message").as_string());
+      if (const auto* id = e.if_contains("request_id"); id && id->is_string()) request_id = std::string(id->as_string());
+    } catch (const std::exception&) {
+    }
+    throw ApiFailure(r.status, code, message, request_id);
   }
   json::value Call(const std::string& method, const std::string& path, const std::string& body = "",
                    const agent::HttpClient::Headers& headers = {}) {
@@ -586,9 +624,8 @@ std::vector<Command> Commands() {
                "the month's costs as FOCUS 1.2 CSV (FORMAT: focus)",
                [](Invocation& inv) {
                  if (inv.Arg(0) != "focus") throw UsageError("billing export takes focus");
-                 const auto r = inv.Raw("GET", "/v1/billing/exports/focus" +
-                                                   Query(inv, {{"--period", "period"}, {"--tenant", "tenant_id"}}));
-                 inv.Save(r.body, inv.Flag("--out", "-"));
+                 inv.Download("/v1/billing/exports/focus" + Query(inv, {{"--period", "period"}, {"--tenant", "tenant_id"}}),
+                              inv.Flag("--out", "-"));
                  return 0;
                }});
   c.push_back({"billing", "revenue", {}, {{"--period", "YYYY-MM", "the month"}},
@@ -596,7 +633,7 @@ std::vector<Command> Commands() {
                [](Invocation& inv) {
                  const std::string q = Query(inv, {{"--period", "period"}});
                  if (inv.format == Format::kCsv) {  // the API's own CSV, as finance imports it
-                   inv.io.out << inv.Raw("GET", "/v1/billing/reports/revenue" + q, "", {{"Accept", "text/csv"}}).body;
+                   inv.Download("/v1/billing/reports/revenue" + q, "-", {{"Accept", "text/csv"}});
                    return 0;
                  }
                  const auto report = inv.Call("GET", "/v1/billing/reports/revenue" + q);

@@ -96,16 +96,32 @@ std::string ScrubUtf8(std::string_view s) {
 }
 
 std::string CsvField(std::string_view v, bool chosen_text) {
-  std::string s(v);
-  if (chosen_text && !s.empty() && (s[0] == '=' || s[0] == '+' || s[0] == '-' || s[0] == '@' || s[0] == '\t' || s[0] == '\r'))
-    s.insert(0, 1, '\'');
-  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
-  std::string out = "\"";
-  for (char c : s) {
+  std::string out;
+  AppendCsvField(out, v, chosen_text);
+  return out;
+}
+
+void AppendCsvField(std::string& out, std::string_view v, bool chosen_text) {
+  const bool guard =
+      chosen_text && !v.empty() && (v[0] == '=' || v[0] == '+' || v[0] == '-' || v[0] == '@' || v[0] == '\t' || v[0] == '\r');
+  bool plain = true;  // (a loop: string_view::find_first_of calls memchr per character)
+  for (const char c : v)
+    if (c == ',' || c == '"' || c == '\r' || c == '\n') {
+      plain = false;
+      break;
+    }
+  if (plain) {
+    if (guard) out += '\'';
+    out.append(v);
+    return;
+  }
+  out += '"';
+  if (guard) out += '\'';
+  for (char c : v) {
     if (c == '"') out += '"';
     out += c;
   }
-  return out + "\"";
+  out += '"';
 }
 
 }  // namespace spillway

@@ -23,5 +23,7 @@ std::string ScrubUtf8(std::string_view s);
 // `chosen_text` (a text a tenant chose, such as an instance's name) one a spreadsheet would read as
 // a formula is prefixed with ' (OWASP's CSV injection advice).
 std::string CsvField(std::string_view v, bool chosen_text = false);
+// The same, appended to `out` (a row of a large export: no string of its own per field).
+void AppendCsvField(std::string& out, std::string_view v, bool chosen_text = false);
 
 }  // namespace spillway

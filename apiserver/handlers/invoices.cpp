@@ -128,6 +128,21 @@ Reply Csv(std::string body, const std::string& filename) {
   return r;
 }
 
+// A CSV export written as it is read, in its own snapshot: `write` appends text to the writer (and
+// calls Step() as it goes), which sends it in chunks; never held whole, and stopped at the next
+// chunk once the client is gone.
+Reply StreamedCsv(const std::string& filename, std::function<void(Tx&, http::BodyWriter&)> write) {
+  Reply r;
+  r.content_type = "text/csv; charset=utf-8";
+  r.headers.emplace_back("Content-Disposition", "attachment; filename=\"" + filename + "\"");
+  r.stream_body = [write = std::move(write)](Session& conn, http::BodyStream& stream) {
+    http::BodyWriter out(stream);
+    ReadSnapshotOn(conn, [&](Tx& tx) { write(tx, out); });
+    out.Flush();
+  };
+  return r;
+}
+
 // A billing period as a route takes it: a month as YYYY-MM that Spillway could have billed, from
 // the first (billing::FirstBillableMonth) to the current one; any other is 422 naming the field.
 std::string PeriodParam(Ctx& ctx, const std::string& text, const char* field) {
@@ -255,19 +270,21 @@ Reply ListAllInvoices(Ctx& ctx) {
 
 Reply ExportInvoicesCsv(Ctx& ctx) {
   const std::string period = PeriodParam(ctx, ctx.Query("period"), "period");
-  std::string body = kCsvHeader;
-  ctx.ReadSnapshot([&](Tx& tx) {
+  return StreamedCsv("invoices-" + period + ".csv", [period](Tx& tx, http::BodyWriter& out) {
+    out.text() += kCsvHeader;
     billing::InvoiceQuery q;
     q.period = period;
-    q.limit = 1000;
-    for (;;) {
+    q.limit = 100;
+    for (;;) {  // a page at a time
       const auto page = billing::ListInvoices(tx, q);
-      for (const auto& s : page) AppendCsv(body, s);
+      for (const auto& s : page) {
+        AppendCsv(out.text(), s);
+        out.Step();
+      }
       if (static_cast<int>(page.size()) < q.limit) break;
       q.after = page.back().invoice.period + "/" + page.back().invoice.id;
     }
   });
-  return Csv(std::move(body), "invoices-" + period + ".csv");
 }
 
 Reply ClosePeriodNow(Ctx& ctx) {
@@ -356,30 +373,36 @@ namespace spillway::handlers {
 Reply GetRevenueReport(Ctx& ctx) {
   const std::string period = PeriodParam(ctx, ctx.Query("period"), "period");
   const auto month = *ParseMonth(period);
-  const auto report = ctx.ReadSnapshot([&](Tx& tx) { return billing::RevenueOf(tx, month, ctx.clock.Now()); });
   const std::int64_t month_ms = EpochMs(month.end) - EpochMs(month.begin);
-  const auto gb_months = [&](std::int64_t gb_ms) { return billing::FormatInUnits(gb_ms, month_ms); };
-  std::int64_t revenue = 0, discount = 0, storage_revenue = 0, offered = 0, sold = 0;
+  const auto gb_months = [month_ms](std::int64_t gb_ms) { return billing::FormatInUnits(gb_ms, month_ms); };
   if (WantsCsv(ctx)) {
-    std::string body =
-        "period,region,gpu_model,market,gpu_hours_sold,revenue,list_value,spot_discount_given,"
-        "spare_gpu_hours_offered,spare_gpu_hours_unsold,storage_gb_months,currency,unmetered_gpu_hours\r\n";
-    for (const auto& l : report.lines)
-      body += period + "," + CsvField(l.region) + "," + CsvField(l.gpu_model) + "," + l.market + "," + billing::FormatGpuHours(l.gpu_ms) +
-              "," + FormatAmount(l.billed.Cents()) + "," + FormatAmount(l.list.Cents()) + "," +
-              FormatAmount(l.discount_cents()) + ",,,,USD\r\n";
-    for (const auto& p : report.pools)
-      body += period + "," + CsvField(p.region) + "," + CsvField(p.gpu_model) + ",spare,,,,," + billing::FormatGpuHours(p.offered_gpu_ms()) +
-              "," + billing::FormatGpuHours(p.idle_gpu_ms) + ",,USD\r\n";
-    for (const auto& st : report.storage)
-      body += period + "," + CsvField(st.region) + ",,storage,," + FormatAmount(st.amount.Cents()) + ",,,,," +
-              gb_months(st.gb_ms) + ",USD\r\n";
-    // Held and never metered: billed only with billing.unmetered_held_time = bill; list_value is its worth.
-    for (const auto& u : report.unmetered)
-      body += period + "," + CsvField(u.region) + "," + CsvField(u.gpu_model) + ",unmetered,," + FormatAmount(u.billed.Cents()) + "," +
-              FormatAmount(u.list.Cents()) + ",,,,,USD," + billing::FormatGpuHours(u.gpu_ms) + "\r\n";
-    return Csv(std::move(body), "revenue-" + period + ".csv");
+    const TimeMs now = ctx.clock.Now();
+    // Its rows are the report's aggregates (per region, model and market), read in the stream's
+    // own snapshot.
+    return StreamedCsv("revenue-" + period + ".csv", [=](Tx& tx, http::BodyWriter& out) {
+      const auto report = billing::RevenueOf(tx, month, now);
+      std::string& body = out.text();
+      body +=
+          "period,region,gpu_model,market,gpu_hours_sold,revenue,list_value,spot_discount_given,"
+          "spare_gpu_hours_offered,spare_gpu_hours_unsold,storage_gb_months,currency,unmetered_gpu_hours\r\n";
+      for (const auto& l : report.lines)
+        body += period + "," + CsvField(l.region) + "," + CsvField(l.gpu_model) + "," + l.market + "," + billing::FormatGpuHours(l.gpu_ms) +
+                "," + FormatAmount(l.billed.Cents()) + "," + FormatAmount(l.list.Cents()) + "," +
+                FormatAmount(l.discount_cents()) + ",,,,USD\r\n";
+      for (const auto& p : report.pools)
+        body += period + "," + CsvField(p.region) + "," + CsvField(p.gpu_model) + ",spare,,,,," + billing::FormatGpuHours(p.offered_gpu_ms()) +
+                "," + billing::FormatGpuHours(p.idle_gpu_ms) + ",,USD\r\n";
+      for (const auto& st : report.storage)
+        body += period + "," + CsvField(st.region) + ",,storage,," + FormatAmount(st.amount.Cents()) + ",,,,," +
+                gb_months(st.gb_ms) + ",USD\r\n";
+      // Held and never metered: billed only with billing.unmetered_held_time = bill; list_value is its worth.
+      for (const auto& u : report.unmetered)
+        body += period + "," + CsvField(u.region) + "," + CsvField(u.gpu_model) + ",unmetered,," + FormatAmount(u.billed.Cents()) + "," +
+                FormatAmount(u.list.Cents()) + ",,,,,USD," + billing::FormatGpuHours(u.gpu_ms) + "\r\n";
+    });
   }
+  const auto report = ctx.ReadSnapshot([&](Tx& tx) { return billing::RevenueOf(tx, month, ctx.clock.Now()); });
+  std::int64_t revenue = 0, discount = 0, storage_revenue = 0, offered = 0, sold = 0;
   boost::json::array lines, pools, storage;
   for (const auto& l : report.lines) {
     revenue += l.billed.Cents();
@@ -442,9 +465,15 @@ Reply FocusCsv(Ctx& ctx, const std::string& tenant_id) {
   const Month month = *ParseMonth(period);
   const BillingSettings settings = SettingsOf(ctx);
   const TimeMs now = ctx.clock.Now();
-  std::string body =
-      ctx.ReadSnapshot([&](Tx& tx) { return billing::ExportFocus(tx, month, tenant_id, settings, now).Csv(); });
-  return Csv(std::move(body), "focus-" + (tenant_id.empty() ? "" : tenant_id + "-") + period + ".csv");
+  return StreamedCsv("focus-" + (tenant_id.empty() ? "" : tenant_id + "-") + period + ".csv",
+                     [=](Tx& tx, http::BodyWriter& out) {
+                       out.text() += billing::FocusExport::CsvHeader();
+                       billing::FocusExport focus(month, settings.issuer.legal_name, [&out](const billing::FocusRow& row) {
+                         billing::FocusExport::AppendCsv(out.text(), row);
+                         out.Step();
+                       });
+                       billing::WriteFocus(tx, month, tenant_id, now, focus);
+                     });
 }
 
 }  // namespace

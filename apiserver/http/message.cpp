@@ -12,6 +12,77 @@
 
 namespace spillway::http {
 
+bool BodyStream::Write(std::string chunk) {
+  std::function<void()> ready;
+  {
+    std::unique_lock lk(mu_);
+    room_.wait(lk, [&] { return abandoned_ || queued_bytes_ < limit_; });
+    if (abandoned_) return false;
+    if (chunk.empty()) return true;
+    queued_bytes_ += chunk.size();
+    queued_.push_back(std::move(chunk));
+    ready = std::move(ready_);
+    ready_ = nullptr;
+  }
+  if (ready) ready();
+  return true;
+}
+
+void BodyStream::Close(bool complete) {
+  std::function<void()> ready;
+  {
+    std::lock_guard lk(mu_);
+    if (closed_) return;
+    closed_ = true;
+    complete_ = complete;
+    ready = std::move(ready_);
+    ready_ = nullptr;
+  }
+  if (ready) ready();
+}
+
+BodyStream::Taken BodyStream::Take() {
+  Taken t;
+  {
+    std::lock_guard lk(mu_);
+    t.bytes.reserve(queued_bytes_);
+    for (auto& c : queued_) t.bytes += c;
+    queued_.clear();
+    queued_bytes_ = 0;
+    t.ended = closed_;
+    t.complete = complete_;
+  }
+  room_.notify_all();
+  return t;
+}
+
+void BodyStream::OnReady(std::function<void()> ready) {
+  {
+    std::lock_guard lk(mu_);
+    if (queued_.empty() && !closed_) {
+      ready_ = std::move(ready);
+      return;
+    }
+  }
+  ready();
+}
+
+void BodyStream::Abandon() {
+  {
+    std::lock_guard lk(mu_);
+    abandoned_ = true;
+    queued_.clear();
+    queued_bytes_ = 0;
+    ready_ = nullptr;
+  }
+  room_.notify_all();
+}
+
+bool BodyStream::abandoned() const {
+  std::lock_guard lk(mu_);
+  return abandoned_;
+}
+
 Response ErrorResponse(int status, const std::string& code, const std::string& message,
                        const std::string& request_id, const std::vector<std::pair<std::string, std::int64_t>>& numbers,
                        const std::vector<std::pair<std::string, std::vector<std::int64_t>>>& lists) {

@@ -64,6 +64,7 @@ Request ToRequest(const bhttp::request<bhttp::string_body>& in) {
     slot = slot.empty() ? std::string(f.value()) : slot + ", " + std::string(f.value());
   }
   r.body = in.body();
+  r.version = static_cast<int>(in.version());
   r.request_id = RequestIdFrom(r.Header("x-request-id"));
   return r;
 }
@@ -113,10 +114,16 @@ std::string Serialize(const Response& res, const std::string& request_id, bool k
   h.append("\r\nServer: spillway\r\nContent-Type: ").append(res.content_type);
   h.append("\r\nX-Request-Id: ").append(request_id);
   for (const auto& [k, v] : res.headers) h.append("\r\n").append(k).append(": ").append(v);
-  if (!no_body) h.append("\r\nContent-Length: ").append(std::to_string(res.body.size()));
+  // A streamed body's length is not known: chunks frame it (HTTP/1.1), or the connection's close
+  // ends it (an HTTP/1.0 client, which is then never kept alive).
+  if (res.stream) {
+    if (keep_alive) h.append("\r\nTransfer-Encoding: chunked");
+  } else if (!no_body) {
+    h.append("\r\nContent-Length: ").append(std::to_string(res.body.size()));
+  }
   if (!keep_alive) h.append("\r\nConnection: close");
   h.append("\r\n\r\n");
-  if (!no_body && !head) h.append(res.body);
+  if (!no_body && !head && !res.stream) h.append(res.body);
   return h;
 }
 
@@ -314,7 +321,7 @@ struct Runtime::Impl {
       bool open = true;
       if (first) {  // a held request's answer, back from its parking
         open = first->keep_alive && !draining;
-        co_await Write(l, stream, first->sent, std::move(first->response), open, first->started);
+        open = co_await Write(l, stream, first->sent, std::move(first->response), open, first->started);
         first.reset();
       }
       if (open) held = co_await Serve(l, stream, *st);
@@ -395,18 +402,79 @@ struct Runtime::Impl {
     CloseSession(st);
   }
 
+  // Writes a response; false when the connection is to close after it (a streamed body cut off, or
+  // one an HTTP/1.0 client reads to the connection's end).
   template <class Stream>
-  net::awaitable<void> Write(Listener& l, Stream& stream, const Request& req, Response res, bool keep_alive,
+  net::awaitable<bool> Write(Listener& l, Stream& stream, const Request& req, Response res, bool keep_alive,
                              std::chrono::steady_clock::time_point started) {
-    // The whole response in one buffer and one send: cheaper than Beast's serializer, whose
-    // many-buffer sequence costs more than the copy. Header values come from our own code (the
-    // request id is checked by RequestIdFrom), so no field needs escaping.
-    const std::string out = Serialize(res, req.request_id, keep_alive, req.method == "HEAD");
-    beast::get_lowest_layer(stream).expires_after(l.options.body_timeout);
-    co_await net::async_write(stream, net::buffer(out), net::as_tuple(net::use_awaitable));
-    res.body.clear();
+    bool go_on = keep_alive;
+    if (res.stream) {
+      go_on = co_await WriteStreamed(l, stream, req, res, keep_alive && req.version >= 11);
+    } else {
+      // The whole response in one buffer and one send: cheaper than Beast's serializer, whose
+      // many-buffer sequence costs more than the copy. Header values come from our own code (the
+      // request id is checked by RequestIdFrom), so no field needs escaping.
+      const std::string out = Serialize(res, req.request_id, keep_alive, req.method == "HEAD");
+      beast::get_lowest_layer(stream).expires_after(l.options.body_timeout);
+      co_await net::async_write(stream, net::buffer(out), net::as_tuple(net::use_awaitable));
+      res.body.clear();
+    }
     l.dispatcher->Finished(req, res,
                            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+    co_return go_on;
+  }
+
+  // Resumes the session once `body` has something to send (or has ended).
+  static auto BodyReady(BodyStream& body) {
+    return net::async_initiate<decltype(net::use_awaitable), void()>(
+        [p = &body](auto handler) {
+          auto ex = net::get_associated_executor(handler);
+          auto h = std::make_shared<decltype(handler)>(std::move(handler));
+          p->OnReady([h, ex] { net::post(ex, [h]() mutable { (*h)(); }); });
+        },
+        net::use_awaitable);
+  }
+
+  // The head at once, then each chunk as the producer makes it, each send under the body timeout: a
+  // client that stops reading, or goes, abandons the stream and its producer stops. Only a body
+  // the producer closed whole gets its last chunk; one that failed midway is cut off with the
+  // connection.
+  template <class Stream>
+  net::awaitable<bool> WriteStreamed(Listener& l, Stream& stream, const Request& req, Response& res, bool chunked) {
+    auto body = res.stream;
+    auto& tcp_layer = beast::get_lowest_layer(stream);
+    std::string out = Serialize(res, req.request_id, chunked, req.method == "HEAD");
+    if (req.method == "HEAD") body->Abandon();
+    for (bool first = true;; first = false) {
+      BodyStream::Taken taken;
+      if (!first && !body->abandoned()) {
+        co_await BodyReady(*body);
+        taken = body->Take();
+      }
+      if (!taken.bytes.empty()) {
+        if (chunked) {
+          char size[24];
+          std::snprintf(size, sizeof size, "%zx\r\n", taken.bytes.size());
+          out.append(size).append(taken.bytes).append("\r\n");
+        } else {
+          out.append(taken.bytes);
+        }
+        std::string().swap(taken.bytes);
+      }
+      const bool whole = taken.ended && taken.complete;
+      if (whole && chunked) out.append("0\r\n\r\n");
+      if (!out.empty()) {
+        tcp_layer.expires_after(l.options.body_timeout);
+        auto [ec, n] = co_await net::async_write(stream, net::buffer(out), net::as_tuple(net::use_awaitable));
+        std::string().swap(out);
+        if (ec) {
+          body->Abandon();
+          co_return false;
+        }
+      }
+      if (body->abandoned()) co_return chunked;  // HEAD: the head was all of it
+      if (taken.ended) co_return whole && chunked;
+    }
   }
 
   // One request read whole from the connection, or nullptr when the connection is to close (any
@@ -580,6 +648,7 @@ struct Runtime::Impl {
       copy.method = in->req.method;
       copy.path = in->req.path;
       copy.request_id = in->req.request_id;
+      copy.version = in->req.version;
       const bool wants_keep_alive = in->keep_alive;
       const auto started = in->started;
       const bool may_hold = kParkable && l.dispatcher->MayHold(in->req);
@@ -599,8 +668,7 @@ struct Runtime::Impl {
         res = co_await slot->Await();
       }
       const bool keep_alive = wants_keep_alive && !draining;
-      co_await Write(l, stream, copy, std::move(res), keep_alive, started);
-      if (!keep_alive) co_return nullptr;
+      if (!co_await Write(l, stream, copy, std::move(res), keep_alive, started)) co_return nullptr;
     }
   }
 };

@@ -526,6 +526,15 @@ TEST_F(Finance, FinanceStaffWorkFromTheCli) {
   r = RunCli(home, {"billing", "export", "focus", "--period", period}, as_finance);
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_EQ(r.out, Call("GET", "/v1/billing/exports/focus?period=" + period, finance_).body);
+  // To a file: streamed into it, renamed once whole; a refused export leaves no file behind.
+  r = RunCli(home, {"billing", "export", "focus", "--period", period, "--out", home + "/focus.csv"}, as_finance);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(ReadWhole(home + "/focus.csv"), Call("GET", "/v1/billing/exports/focus?period=" + period, finance_).body);
+  EXPECT_FALSE(std::filesystem::exists(home + "/focus.csv.part"));
+  r = RunCli(home, {"billing", "export", "focus", "--period", "2026-13", "--out", home + "/bad.csv"}, as_finance);
+  EXPECT_NE(r.rc, 0);
+  EXPECT_FALSE(std::filesystem::exists(home + "/bad.csv"));
+  EXPECT_FALSE(std::filesystem::exists(home + "/bad.csv.part"));
   EXPECT_EQ(RunCli(home, {"billing", "export", "xlsx", "--period", period}, as_finance).rc, 2);
   std::filesystem::remove_all(home);
 }

@@ -164,6 +164,27 @@ std::optional<HttpResponse> HttpConn::Read(std::chrono::milliseconds timeout, bo
   }
   buffer_.erase(0, header_end + 4);
   if (head_request) return r;  // a response to HEAD has no body, whatever its Content-Length says
+  const auto more = [&] {
+    const int n = ReadSome(buf, sizeof buf, remaining());
+    if (n <= 0) return false;
+    buffer_.append(buf, static_cast<size_t>(n));
+    return true;
+  };
+  if (r.headers["transfer-encoding"] == "chunked") {
+    // Chunks until the last (size 0) one: a body cut off before it (the server failed midway, or
+    // the connection closed) is no response at all, as a real client would see it.
+    for (;;) {
+      size_t eol;
+      while ((eol = buffer_.find("\r\n")) == std::string::npos)
+        if (!more()) return std::nullopt;
+      const size_t size = std::stoul(buffer_.substr(0, eol), nullptr, 16);
+      while (buffer_.size() < eol + 2 + size + 2)
+        if (!more()) return std::nullopt;
+      r.body.append(buffer_, eol + 2, size);
+      buffer_.erase(0, eol + 2 + size + 2);
+      if (size == 0) return r;
+    }
+  }
   while (buffer_.size() < content_length) {
     const int n = ReadSome(buf, sizeof buf, remaining());
     if (n <= 0) return std::nullopt;
