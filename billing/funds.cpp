@@ -36,12 +36,26 @@ const Statement kCredits{"funds_credits",
                          "SELECT coalesce(sum(amount_cents), 0)::text AS cents FROM credit_ledger WHERE tenant_id = $1"};
 // Serializes credits to one tenant (the total is checked against its ceiling).
 const Statement kLockTenant{"funds_lock_tenant", "SELECT id FROM tenants WHERE id = $1 FOR UPDATE"};
-// What a tenant's rated GPU time and metered storage cost from the hour of $2 on, in µ$.
+// What a tenant's rated GPU time and metered storage cost from the hour of $2 on, in µ$. GPU time:
+// the months that start at or after that hour from their kept sums (usage_rated_monthly), and the
+// hours before the first of them, of the month $2 falls in, from the hourly rows: a prepaid balance
+// costs one row per instance and price of each month since, not every hour since, and a month's
+// spend (from its first hour) reads its sums alone.
+#define SPW_SINCE_HOUR "date_trunc('hour', " SPW_TS(2) ")"
+#define SPW_FIRST_WHOLE_MONTH                                                                            \
+  "(CASE WHEN " SPW_SINCE_HOUR " = date_trunc('month', " SPW_TS(2) " AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' " \
+  "THEN " SPW_SINCE_HOUR " ELSE (date_trunc('month', " SPW_TS(2) " AT TIME ZONE 'UTC') + interval '1 month') "   \
+  "AT TIME ZONE 'UTC' END)"
 const Statement kRatedSince{"funds_rated_since", R"sql(
-SELECT coalesce((SELECT round(sum(gpu_ms::numeric * price_micros_per_gpu_hour) / 3600000)
-                 FROM usage_rated_hourly
-                 WHERE tenant_id = $1 AND hour >= date_trunc('hour', )sql" SPW_TS(2) R"sql()
-                   AND price_micros_per_gpu_hour IS NOT NULL), 0)::text AS gpu_micros,
+SELECT coalesce((SELECT round(sum(gpu_ms::numeric * price) / 3600000)
+                 FROM (SELECT gpu_ms, price_micros_per_gpu_hour AS price FROM usage_rated_monthly
+                       WHERE tenant_id = $1 AND price_micros_per_gpu_hour IS NOT NULL
+                         AND period >= to_char()sql" SPW_FIRST_WHOLE_MONTH R"sql( AT TIME ZONE 'UTC', 'YYYY-MM')
+                       UNION ALL
+                       SELECT gpu_ms, price_micros_per_gpu_hour FROM usage_rated_hourly
+                       WHERE tenant_id = $1 AND price_micros_per_gpu_hour IS NOT NULL
+                         AND hour >= )sql" SPW_SINCE_HOUR R"sql( AND hour < )sql" SPW_FIRST_WHOLE_MONTH R"sql() g), 0)::text
+         AS gpu_micros,
        coalesce((SELECT round(sum(u.gb_ms::numeric * )sql" SPW_STORAGE_PRICE_AT("u.hour") " / " SPW_MONTH_MS("u.hour") R"sql())
                  FROM volume_usage_hourly u
                  WHERE u.tenant_id = $1 AND u.hour >= date_trunc('hour', )sql" SPW_TS(2) R"sql()), 0)::text AS storage_micros)sql"};

@@ -23,18 +23,17 @@ constexpr std::int64_t kBillingLock = 7308324466018009711LL;
 const Statement kLockShared{"billing_lock_shared", "SELECT pg_advisory_xact_lock_shared($1::bigint)"};
 const Statement kLockExclusive{"billing_lock_exclusive", "SELECT pg_advisory_xact_lock($1::bigint)"};
 
-// A month's rated GPU-ms per tenant, instance and price, for a few tenants (an index scan each) or
-// for every tenant: one pass over the month's rows, as the SQL aggregate finance could run itself.
+// A month's rated GPU-ms per tenant, instance and price, for a few tenants or for every tenant:
+// the month's sums as the rated hours' triggers keep them (usage_rated_monthly), one row per
+// instance and price whatever the day of the month.
 const Statement kRatedRowsOf{"billing_rated_rows_of", R"sql(
-SELECT tenant_id, instance_id, market, price_micros_per_gpu_hour AS price, unmetered, sum(gpu_ms)::bigint AS gpu_ms
-FROM usage_rated_hourly
-WHERE tenant_id = ANY($1::text[]) AND hour >= )sql" SPW_TS(2) " AND hour < " SPW_TS(3) R"sql(
-GROUP BY tenant_id, instance_id, market, price_micros_per_gpu_hour, unmetered)sql"};
+SELECT tenant_id, instance_id, market, price_micros_per_gpu_hour AS price, unmetered, gpu_ms
+FROM usage_rated_monthly
+WHERE tenant_id = ANY($1::text[]) AND period = $2 AND gpu_ms <> 0)sql"};
 const Statement kRatedRowsAll{"billing_rated_rows_all", R"sql(
-SELECT tenant_id, instance_id, market, price_micros_per_gpu_hour AS price, unmetered, sum(gpu_ms)::bigint AS gpu_ms
-FROM usage_rated_hourly
-WHERE hour >= )sql" SPW_TS(1) " AND hour < " SPW_TS(2) R"sql(
-GROUP BY tenant_id, instance_id, market, price_micros_per_gpu_hour, unmetered)sql"};
+SELECT tenant_id, instance_id, market, price_micros_per_gpu_hour AS price, unmetered, gpu_ms
+FROM usage_rated_monthly
+WHERE period = $1 AND gpu_ms <> 0)sql"};
 const Statement kInvoiced{"billing_invoiced_usage", R"sql(
 SELECT instance_id, market, price_micros AS price, sum(gpu_ms)::bigint AS gpu_ms
 FROM invoice_usage WHERE tenant_id = $1 AND usage_period = $2
@@ -273,8 +272,8 @@ MonthRows FetchMonthRows(Tx& tx, const std::vector<std::string>* tenants, const 
   const std::set<std::string> wanted = tenants ? std::set<std::string>(tenants->begin(), tenants->end())
                                                : std::set<std::string>{};
   const pqxx::result result =
-      one_pass ? tx.exec_prepared(kRatedRowsAll.name, EpochMs(month.begin), EpochMs(month.end))
-               : tx.exec_prepared(kRatedRowsOf.name, TextArrayLiteral(*tenants), EpochMs(month.begin), EpochMs(month.end));
+      one_pass ? tx.exec_prepared(kRatedRowsAll.name, month.Label())
+               : tx.exec_prepared(kRatedRowsOf.name, TextArrayLiteral(*tenants), month.Label());
   std::vector<RatedUsage> all;
   for (const auto& r : result) {
     std::string tenant = r["tenant_id"].as<std::string>();

@@ -113,23 +113,19 @@ pool AS (
     util_pct_mean = (p.util_pct_ms + EXCLUDED.util_pct_ms)::double precision
                     / (p.allocated_gpu_ms + p.idle_gpu_ms + EXCLUDED.allocated_gpu_ms + EXCLUDED.idle_gpu_ms),
     energy_mj = p.energy_mj + EXCLUDED.energy_mj))sql";
-// Added to the instance-hour's row for the same prices; the tenant-months changed are marked for
-// the drafts (billing_dirty).
+// Added to the instance-hour's row for the same prices. (The tenant-months changed are marked for
+// their drafts by usage_rated_hourly's triggers, which keep the month sums: migration 0030.)
 const char* const kAddRated = R"sql(
 rated AS (
   INSERT INTO usage_rated_hourly AS r (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour,
                                        list_price_micros_per_gpu_hour, gpu_ms)
   SELECT hour, instance_id, tenant_id, market, price, list_price, gpu_ms FROM groups
   ON CONFLICT (hour, instance_id, price_micros_per_gpu_hour, list_price_micros_per_gpu_hour, unmetered)
-  DO UPDATE SET gpu_ms = r.gpu_ms + EXCLUDED.gpu_ms
-  RETURNING tenant_id, hour)
+  DO UPDATE SET gpu_ms = r.gpu_ms + EXCLUDED.gpu_ms)
 )sql";
-#define SPW_MARK_BILLING(rows)                                                                               \
-  "INSERT INTO billing_dirty (tenant_id, period, marked_at) SELECT DISTINCT tenant_id, "                     \
-  "to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM'), now() FROM " rows " ON CONFLICT (tenant_id, period) DO NOTHING"
 std::string Fold(const char* src) {
   return std::string("WITH src AS MATERIALIZED (") + src + "), " + kGroups + ", " + kAddInstanceHours + ", " +
-         kAddPoolHours + ", " + kAddRated + SPW_MARK_BILLING("rated");
+         kAddPoolHours + ", " + kAddRated + "SELECT 1";
 }
 
 const Statement kTakeDirtyHours{"fold_take_dirty_hours", R"sql(
@@ -138,8 +134,8 @@ RETURNING )sql" SPW_EPOCH_MS("hour") " AS hour_ms"};
 const Statement kClearHour{"fold_clear_hour", R"sql(
 WITH inst AS (DELETE FROM usage_hourly WHERE hour = )sql" SPW_TS(1) R"sql(),
 pool AS (DELETE FROM pool_usage_hourly WHERE hour = )sql" SPW_TS(1) R"sql(),
-gone AS (DELETE FROM usage_rated_hourly WHERE hour = )sql" SPW_TS(1) R"sql( AND NOT unmetered RETURNING tenant_id, hour)
-)sql" SPW_MARK_BILLING("gone")};
+gone AS (DELETE FROM usage_rated_hourly WHERE hour = )sql" SPW_TS(1) R"sql( AND NOT unmetered)
+SELECT 1)sql"};
 const std::string kFoldHourSql = Fold(SPW_SRC_HOUR);
 const Statement kFoldHour{"fold_hour", kFoldHourSql.c_str()};
 
@@ -153,11 +149,9 @@ JOIN instances i ON i.id = u.instance_id AND i.gpu_model = q.gpu_model
  AND (q.market = 'on_demand' OR (i.market = 'spot' AND i.region = q.region))
 ORDER BY 1, 2)sql"};
 const Statement kClearRated{"fold_clear_rated", R"sql(
-WITH gone AS (DELETE FROM usage_rated_hourly WHERE hour = )sql" SPW_TS(1) R"sql( AND instance_id = ANY($2::text[])
-              AND NOT unmetered RETURNING tenant_id, hour)
-)sql" SPW_MARK_BILLING("gone")};
+DELETE FROM usage_rated_hourly WHERE hour = )sql" SPW_TS(1) R"sql( AND instance_id = ANY($2::text[]) AND NOT unmetered)sql"};
 const std::string kRerateSql = std::string("WITH src AS MATERIALIZED (" SPW_SRC_INSTANCE_HOUR "), ") + kGroups + ", " +
-                               kAddRated + SPW_MARK_BILLING("rated");
+                               kAddRated + "SELECT 1";
 const Statement kRerate{"fold_rerate", kRerateSql.c_str()};
 
 // Ticks in commit-independent order: a tick not committed yet is not seen, and is taken later.

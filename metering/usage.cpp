@@ -124,7 +124,8 @@ written AS (
   WHERE metered_ms < held_ms
   ON CONFLICT (hour, instance_id) DO NOTHING),
 -- billing.unmetered_held_time = bill ($2): rated too, at the price in effect at the hour's start
--- (the on-demand book's, or the pool's spot price), its month's drafts marked.
+-- (the on-demand book's, or the pool's spot price); usage_rated_hourly's triggers mark its month's
+-- drafts.
 rated AS (
   INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour,
                                   list_price_micros_per_gpu_hour, gpu_ms, unmetered)
@@ -137,12 +138,7 @@ rated AS (
          (SELECT p.price_micros_per_gpu_hour FROM prices p WHERE p.gpu_model = j.gpu_model AND p.market = 'on_demand'
             AND p.effective_from <= j.hour ORDER BY p.effective_from DESC LIMIT 1),
          j.held_ms - j.metered_ms, true
-  FROM judged j WHERE $2 AND j.metered_ms < j.held_ms
-  RETURNING tenant_id, hour),
-dirty AS (
-  INSERT INTO billing_dirty (tenant_id, period, marked_at)
-  SELECT DISTINCT tenant_id, to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM'), now() FROM rated
-  ON CONFLICT (tenant_id, period) DO NOTHING),
+  FROM judged j WHERE $2 AND j.metered_ms < j.held_ms),
 marked AS (
   INSERT INTO unmetered_watermarks (host_id, judged_through) SELECT host_id, through FROM span
   ON CONFLICT (host_id) DO UPDATE SET judged_through = EXCLUDED.judged_through)

@@ -155,7 +155,8 @@ TEST(HighAvailability, KillingThePrimaryLosesNothingAcknowledgedAndWritesResumeB
             "SELECT h, 'ins_ha_books', 'ten_ha_books', 'on_demand', 2000000, 3600000 FROM generate_series("
             "date_trunc('month', now()) - interval '10 days', date_trunc('month', now()) - interval '9 days 1 hour', "
             "interval '1 hour') AS h");
-    tx.exec_params("INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ('ten_ha_books', $1, now())",
+    tx.exec_params("INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ('ten_ha_books', $1, now()) "
+                   "ON CONFLICT DO NOTHING",
                    last_month);
     tx.commit();
   }

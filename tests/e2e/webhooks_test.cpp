@@ -231,7 +231,8 @@ class WebhooksE2e : public ::testing::Test {
       Exec("INSERT INTO usage_rated_hourly (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour, gpu_ms) "
            "VALUES ($1, $2, $3, 'on_demand', 2000000, 3600000)",
            from, ins, t);
-      Exec("INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ($1, $2, now())", t, period_);
+      Exec("INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ($1, $2, now()) ON CONFLICT DO NOTHING", t,
+           period_);
     }
   }
   template <class... Params>

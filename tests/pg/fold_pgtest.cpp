@@ -50,6 +50,15 @@ const char* const kRatedRows =
     "unmetered FROM usage_rated_hourly ORDER BY hour, instance_id, price_micros_per_gpu_hour NULLS FIRST, "
     "list_price_micros_per_gpu_hour NULLS FIRST";
 
+// The month sums as kept by usage_rated_hourly's triggers, and as the hourly rows add up now.
+const char* const kMonthlyKept =
+    "SELECT tenant_id, period, instance_id, market, price_micros_per_gpu_hour, unmetered, gpu_ms "
+    "FROM usage_rated_monthly WHERE gpu_ms <> 0 ORDER BY 1, 2, 3, 4, 5 NULLS FIRST, 6";
+const char* const kMonthlyOfHours =
+    "SELECT tenant_id, to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM'), instance_id, market, price_micros_per_gpu_hour, "
+    "unmetered, sum(gpu_ms)::bigint FROM usage_rated_hourly GROUP BY 1, 2, 3, 4, 5, 6 HAVING sum(gpu_ms) <> 0 "
+    "ORDER BY 1, 2, 3, 4, 5 NULLS FIRST, 6";
+
 void ExpectSameRows(const std::vector<std::string>& incremental, const std::vector<std::string>& refolded,
                     const char* table, std::uint32_t seed) {
   EXPECT_EQ(incremental.size(), refolded.size()) << table << " (seed " << seed << ")";
@@ -219,6 +228,8 @@ void RunHistory(std::uint32_t seed) {
   EXPECT_EQ(Scalar(*conn, "SELECT count(*) FROM billing_dirty WHERE period IN ('2026-11', '2026-12')"), 4);
 
   const auto instance = Rows(*conn, kInstanceRows), pool = Rows(*conn, kPoolRows), rated = Rows(*conn, kRatedRows);
+  // Every change to the rated hours (added to, re-rated, refolded) is in the month sums.
+  ExpectSameRows(Rows(*conn, kMonthlyKept), Rows(*conn, kMonthlyOfHours), "usage_rated_monthly", seed);
   {
     pqxx::work tx(*conn);
     metering::MarkEveryHourToRefold(tx);
@@ -229,6 +240,7 @@ void RunHistory(std::uint32_t seed) {
   ExpectSameRows(instance, Rows(*conn, kInstanceRows), "usage_hourly", seed);
   ExpectSameRows(pool, Rows(*conn, kPoolRows), "pool_usage_hourly", seed);
   ExpectSameRows(rated, Rows(*conn, kRatedRows), "usage_rated_hourly", seed);
+  ExpectSameRows(Rows(*conn, kMonthlyKept), Rows(*conn, kMonthlyOfHours), "usage_rated_monthly after a refold", seed);
   testing::Test::RecordProperty("price_changes_" + std::to_string(seed), static_cast<int>(price_changes));
   testing::Test::RecordProperty("hours_marked_" + std::to_string(seed), static_cast<int>(marked));
 }

@@ -116,6 +116,51 @@ TEST(Funds, ABalanceIsCreditLessRatedUsageAndStorageSinceItBecamePrepaid) {
   EXPECT_THROW(b.Exec("TRUNCATE credit_ledger"), pqxx::sql_error);
 }
 
+// A balance prepaid since an earlier month: that month's hours from the prepaid hour on, then each
+// whole month after it (read from the month sums the rated hours keep), none of the months before;
+// a month's spend is its own hours alone. Each figure is checked against the rated hours added up.
+TEST(Funds, ABalanceFromAnEarlierMonthCountsItsHoursFromThePrepaidHourAndEveryMonthAfter) {
+  Books b;
+  b.Exec("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id, started_at, "
+         "ended_at, end_reason) VALUES ('ins_f', 'ten_f', 'h100.2x', 'H100-80GB', 2, 'r1', 'on_demand', 'terminated', $1, "
+         "'2026-09-30T20:00:00Z', '2026-12-02T00:00:00Z', 'terminated')",
+         b.host);
+  InTransaction(*b.conn, [&](Tx& tx) {
+    SetMode(tx, "ten_f", "prepaid", T("2026-10-15T10:20:00Z"));
+    AddCredit(tx, "ten_f", 100'000, "prepaid", "test", T("2026-10-15T10:20:00Z"));
+  });
+  b.Rated("2026-09-30T23:00:00Z", 3'600'000);   // September: never
+  b.Rated("2026-10-01T00:00:00Z", 3'600'000);   // October before the prepaid hour: not
+  b.Rated("2026-10-15T09:00:00Z", 3'600'000);   // the hour before: not
+  b.Rated("2026-10-15T10:00:00Z", 1'800'000);   // the prepaid hour: $1.00
+  b.Rated("2026-10-31T23:00:00Z", 7'200'000);   // $4.00
+  b.Rated("2026-11-01T00:00:00Z", 7'200'000);   // $4.00
+  b.Rated("2026-11-30T23:00:00Z", 3'600'001);   // $2.000000556 (rounded once, on the sum)
+  b.Rated("2026-12-01T05:00:00Z", 3'600'000);   // $2.00
+  const auto rated_micros = [&](const char* from, const char* to) {
+    return std::stoll(b.Text(std::string("SELECT coalesce(round(sum(gpu_ms::numeric * price_micros_per_gpu_hour) / 3600000), 0) "
+                                         "FROM usage_rated_hourly WHERE hour >= date_trunc('hour', '") + from +
+                             "'::timestamptz) AND hour < '" + to + "'"));
+  };
+  Funds f = b.Of("2026-12-01T06:00:00Z");
+  EXPECT_EQ(f.consumed_micros - f.pending_micros, 13'000'001);
+  EXPECT_EQ(f.consumed_micros - f.pending_micros, rated_micros("2026-10-15T10:20:00Z", "2027-01-01T00:00:00Z"));
+  EXPECT_EQ(f.pending_micros, 0);  // no GPU held: nothing pending
+  EXPECT_EQ(f.spent_this_month_micros, 2'000'000);
+  EXPECT_EQ(f.spent_this_month_micros, rated_micros("2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z"));
+  // A late hour of October, re-rated November hours, an hour refolded away: the sums follow.
+  b.Rated("2026-10-20T03:00:00Z", 3'600'000);
+  b.Exec("UPDATE usage_rated_hourly SET price_micros_per_gpu_hour = 3000000 WHERE hour = '2026-11-01T00:00:00Z'");
+  b.Exec("DELETE FROM usage_rated_hourly WHERE hour = '2026-11-30T23:00:00Z'");
+  f = b.Of("2026-12-01T06:00:00Z");
+  EXPECT_EQ(f.consumed_micros - f.pending_micros, rated_micros("2026-10-15T10:20:00Z", "2027-01-01T00:00:00Z"));
+  EXPECT_EQ(f.consumed_micros - f.pending_micros, 1'000'000 + 4'000'000 + 2'000'000 + 6'000'000 + 2'000'000);
+  EXPECT_EQ(b.Text("SELECT string_agg(period || ':' || price_micros_per_gpu_hour || ':' || gpu_ms, ',' ORDER BY period, "
+                   "price_micros_per_gpu_hour) FROM usage_rated_monthly WHERE gpu_ms <> 0"),
+            "2026-09:2000000:3600000,2026-10:2000000:19800000,2026-11:3000000:7200000,2026-12:2000000:3600000");
+  EXPECT_THROW(b.Exec("TRUNCATE usage_rated_hourly"), pqxx::sql_error);
+}
+
 TEST(Funds, AMonthlyLimitWarnsAtEightyPercentStopsAtAHundredOncePerMonthAndRaisingItLifts) {
   Books b;
   b.Exec("INSERT INTO instances (id, tenant_id, instance_type, gpu_model, gpus, region, market, state, host_id, started_at) "

@@ -280,7 +280,8 @@ TEST(Invoices, LateUsageIsBilledOnTheNextDraftAtItsOwnPricesAndNothingFinalizedC
   const auto closed = b.InvoiceOf("ten_late", "2026-12");
   EXPECT_EQ(closed->invoice.number, "SPW-000002");
   EXPECT_EQ(FormatAmount(closed->invoice.total_cents), "5.50");
-  Exec(*b.conn, "INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ('ten_late', '2026-11', now())");
+  Exec(*b.conn, "INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ('ten_late', '2026-11', now()) "
+                "ON CONFLICT DO NOTHING");
   b.Draft("2027-01-02T00:00:00Z");
   EXPECT_FALSE(b.InvoiceOf("ten_late", "2027-01")) << "nothing new is late: no invoice";
   EXPECT_EQ(Scalar(*b.conn, "SELECT sum(gpu_ms) FROM invoice_usage WHERE usage_period = '2026-11'"), 7'200'000);
@@ -309,7 +310,8 @@ TEST(Invoices, DraftsFollowUsageAndTaxAndNothingBilledIsNoInvoice) {
   EXPECT_EQ(first->invoice.lines[0].unit_price_micros, 2'490'000);
   EXPECT_EQ(first->invoice.lines[0].description, "h100.1x (H100-80GB) ins_d \"job-ins_d\", on-demand");
   // Unchanged usage: the draft is not rewritten.
-  Exec(*b.conn, "INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ('ten_d', '2026-11', now())");
+  Exec(*b.conn, "INSERT INTO billing_dirty (tenant_id, period, marked_at) VALUES ('ten_d', '2026-11', now()) "
+                "ON CONFLICT DO NOTHING");
   b.Draft("2026-11-05T01:06:00Z");
   EXPECT_EQ(b.InvoiceOf("ten_d", "2026-11")->updated_at, first->updated_at);
   // The next hour arrives, and a tax rate is set: the draft follows both.
