@@ -9,8 +9,8 @@
 
 #include "apiserver/app.hpp"
 #include "apiserver/settings.hpp"
-#include "apiserver/billing_steps.hpp"
-#include "apiserver/webhook_steps.hpp"
+#include "apiserver/billing_metrics.hpp"
+#include "webhooks/delivery.hpp"
 #include "apiserver/idempotency.hpp"
 #include "provisioning/fleet_steps.hpp"
 #include "provisioning/heartbeats.hpp"

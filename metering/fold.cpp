@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "billing/rating_sql.hpp"
 #include "core/db.hpp"
 #include "core/log.hpp"
 #include "core/sql.hpp"
@@ -30,47 +31,14 @@ namespace {
   "SELECT " SPW_SAMPLE_COLUMNS " FROM usage_samples s WHERE " SPW_IN_HOUR("s.ts") " AND " SPW_FOLDED("s") \
   " AND s.instance_id = ANY($2::text[])"
 
-// Rating: each attributed sample's GPU-ms at the price in effect at its ts (effective_from <= ts):
-// the on-demand book's for on-demand instances, the pool's spot history for spot ones; and beside it
-// the list price, the on-demand book's at that ts for both (a spot row's saving is list - price).
-// Each price's span is [effective_from, the next one's): the spans that reach into the samples'
-// time are the one in effect at their first (one index probe per model or pool) and those that
-// begin up to their last. `groups` is the samples once aggregated per hour, instance and price pair,
-// with every measure the rollups keep: the instance-hours and the rated rows are both sums of it.
-const char* const kGroups = R"sql(
+// Each attributed sample (`att`) with its prices (billing's spans, billing/rating_sql.hpp); `groups`
+// is the samples once aggregated per hour, instance and price pair, with every measure the rollups
+// keep: the instance-hours and the rated rows are both sums of it.
+const std::string kGroups = std::string(R"sql(
 att AS (SELECT s.ts, s.instance_id, s.interval_ms, s.util_pct, s.mem_used_bytes, s.energy_mj,
                i.tenant_id, i.market, i.region, i.gpu_model
         FROM src s JOIN instances i ON i.id = s.instance_id),
-used AS (SELECT market, region, gpu_model, min(ts) AS lo, max(ts) AS hi FROM att GROUP BY market, region, gpu_model),
-models AS (SELECT gpu_model, min(lo) AS lo, max(hi) AS hi FROM used GROUP BY gpu_model),
-list_points AS (
-  SELECT m.gpu_model, p.price, p.from_ts FROM models m,
-  LATERAL (SELECT price_micros_per_gpu_hour AS price, effective_from AS from_ts FROM prices
-           WHERE gpu_model = m.gpu_model AND market = 'on_demand' AND effective_from <= m.lo
-           ORDER BY effective_from DESC LIMIT 1) p
-  UNION ALL
-  SELECT m.gpu_model, p.price_micros_per_gpu_hour, p.effective_from FROM models m JOIN prices p
-    ON p.gpu_model = m.gpu_model AND p.market = 'on_demand' AND p.effective_from > m.lo AND p.effective_from <= m.hi),
-list_spans AS (
-  SELECT gpu_model, price, from_ts,
-         coalesce(lead(from_ts) OVER (PARTITION BY gpu_model ORDER BY from_ts), 'infinity') AS to_ts
-  FROM list_points),
-points AS (
-  SELECT u.market, u.region, u.gpu_model, l.price, l.from_ts FROM used u JOIN list_points l ON l.gpu_model = u.gpu_model
-  WHERE u.market = 'on_demand'
-  UNION ALL
-  SELECT u.market, u.region, u.gpu_model, p.price, p.from_ts FROM used u,
-  LATERAL (SELECT price_micros_per_gpu_hour AS price, effective_from AS from_ts FROM spot_prices
-           WHERE u.market = 'spot' AND region = u.region AND gpu_model = u.gpu_model AND effective_from <= u.lo
-           ORDER BY effective_from DESC LIMIT 1) p
-  UNION ALL
-  SELECT u.market, u.region, u.gpu_model, p.price_micros_per_gpu_hour, p.effective_from FROM used u JOIN spot_prices p
-    ON u.market = 'spot' AND p.region = u.region AND p.gpu_model = u.gpu_model
-   AND p.effective_from > u.lo AND p.effective_from <= u.hi),
-spans AS (
-  SELECT market, region, gpu_model, price, from_ts,
-         coalesce(lead(from_ts) OVER (PARTITION BY market, region, gpu_model ORDER BY from_ts), 'infinity') AS to_ts
-  FROM points),
+)sql") + billing::kPriceSpansSql + R"sql(,
 groups AS MATERIALIZED (
   SELECT )sql" SPW_HOUR_OF("a.ts") R"sql( AS hour, a.instance_id, a.tenant_id, a.market, sp.price, ls.price AS list_price,
          sum(a.interval_ms) AS gpu_ms, count(*) AS samples, sum(a.util_pct::bigint * a.interval_ms) AS util_pct_ms,
@@ -113,19 +81,12 @@ pool AS (
     util_pct_mean = (p.util_pct_ms + EXCLUDED.util_pct_ms)::double precision
                     / (p.allocated_gpu_ms + p.idle_gpu_ms + EXCLUDED.allocated_gpu_ms + EXCLUDED.idle_gpu_ms),
     energy_mj = p.energy_mj + EXCLUDED.energy_mj))sql";
-// Added to the instance-hour's row for the same prices. (The tenant-months changed are marked for
-// their drafts by usage_rated_hourly's triggers, which keep the month sums: migration 0030.)
-const char* const kAddRated = R"sql(
-rated AS (
-  INSERT INTO usage_rated_hourly AS r (hour, instance_id, tenant_id, market, price_micros_per_gpu_hour,
-                                       list_price_micros_per_gpu_hour, gpu_ms)
-  SELECT hour, instance_id, tenant_id, market, price, list_price, gpu_ms FROM groups
-  ON CONFLICT (hour, instance_id, price_micros_per_gpu_hour, list_price_micros_per_gpu_hour, unmetered)
-  DO UPDATE SET gpu_ms = r.gpu_ms + EXCLUDED.gpu_ms)
-)sql";
+// The rated rows, as billing writes them (the tenant-months changed are marked for their drafts by
+// usage_rated_hourly's triggers, which keep the month sums: migration 0030).
+const char* const kAddRated = billing::kAddRatedSql;
 std::string Fold(const char* src) {
   return std::string("WITH src AS MATERIALIZED (") + src + "), " + kGroups + ", " + kAddInstanceHours + ", " +
-         kAddPoolHours + ", " + kAddRated + "SELECT 1";
+         kAddPoolHours + ", " + kAddRated + "\nSELECT 1";
 }
 
 const Statement kTakeDirtyHours{"fold_take_dirty_hours", R"sql(
@@ -151,7 +112,7 @@ ORDER BY 1, 2)sql"};
 const Statement kClearRated{"fold_clear_rated", R"sql(
 DELETE FROM usage_rated_hourly WHERE hour = )sql" SPW_TS(1) R"sql( AND instance_id = ANY($2::text[]) AND NOT unmetered)sql"};
 const std::string kRerateSql = std::string("WITH src AS MATERIALIZED (" SPW_SRC_INSTANCE_HOUR "), ") + kGroups + ", " +
-                               kAddRated + "SELECT 1";
+                               kAddRated + "\nSELECT 1";
 const Statement kRerate{"fold_rerate", kRerateSql.c_str()};
 
 // Ticks in commit-independent order: a tick not committed yet is not seen, and is taken later.

@@ -7,7 +7,7 @@
 
 #include "accounts/audit.hpp"
 #include "accounts/tenants.hpp"
-#include "apiserver/billing_steps.hpp"
+#include "apiserver/billing_metrics.hpp"
 #include "apiserver/handlers/common.hpp"
 #include "billing/exact_amount.hpp"
 #include "billing/focus.hpp"

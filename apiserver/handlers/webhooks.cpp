@@ -8,7 +8,7 @@
 #include "accounts/audit.hpp"
 #include "accounts/tenants.hpp"
 #include "apiserver/handlers/common.hpp"
-#include "apiserver/webhook_steps.hpp"
+#include "webhooks/delivery.hpp"
 #include "core/errors.hpp"
 #include "core/ids.hpp"
 #include "core/json.hpp"

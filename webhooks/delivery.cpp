@@ -1,4 +1,4 @@
-#include "apiserver/webhook_steps.hpp"
+#include "webhooks/delivery.hpp"
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
