@@ -16,7 +16,7 @@ bool BodyStream::Write(std::string chunk) {
   std::function<void()> ready;
   {
     std::unique_lock lk(mu_);
-    room_.wait(lk, [&] { return abandoned_ || queued_bytes_ < limit_; });
+    if (!room_.wait_for(lk, kStall, [&] { return abandoned_ || queued_bytes_ < limit_; })) abandoned_ = true;
     if (abandoned_) return false;
     if (chunk.empty()) return true;
     queued_bytes_ += chunk.size();

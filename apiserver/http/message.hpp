@@ -1,5 +1,6 @@
 #pragma once
 // Plain request/response types: what the transport hands to the rest of the server. No Beast here.
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -41,8 +42,11 @@ struct Request {
 class BodyStream {
  public:
   explicit BodyStream(std::size_t limit = 256 * 1024) : limit_(limit) {}
-  // Producer. Queues `chunk` (an empty one is skipped); false once the reader is gone.
+  // Producer. Queues `chunk` (an empty one is skipped); false once the reader is gone, or when the
+  // queue has not moved for kStall (a reader that went without saying: the producer, a database
+  // worker, is never held for good).
   bool Write(std::string chunk);
+  static constexpr std::chrono::seconds kStall{300};
   // Producer, once: the body is whole (`complete`), or it failed midway and the transport is to
   // close the connection without the last chunk, so that the client sees a cut-off transfer
   // rather than a short file it might take for all of it.

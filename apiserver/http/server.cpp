@@ -442,6 +442,12 @@ struct Runtime::Impl {
   template <class Stream>
   net::awaitable<bool> WriteStreamed(Listener& l, Stream& stream, const Request& req, Response& res, bool chunked) {
     auto body = res.stream;
+    // However this ends (the client gone, the server stopping with the session mid-body), the
+    // producer is told: abandoning a stream the producer closed whole changes nothing.
+    struct Abandon {
+      std::shared_ptr<BodyStream> body;
+      ~Abandon() { body->Abandon(); }
+    } abandon_on_exit{body};
     auto& tcp_layer = beast::get_lowest_layer(stream);
     std::string out = Serialize(res, req.request_id, chunked, req.method == "HEAD");
     if (req.method == "HEAD") body->Abandon();
