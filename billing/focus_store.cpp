@@ -14,15 +14,18 @@ namespace spillway::billing {
 namespace {
 
 const Statement kTenantNames{"focus_tenant_names", "SELECT id, name FROM tenants WHERE id = ANY($1::text[])"};
-// One instance's priced rows of a tenant-month: what a line asks for when its instance comes out
-// of order (the cursor below serves lines in the order invoices write them).
-const Statement kHourlyOf{"focus_hourly_of", R"sql(
-SELECT instance_id, market, )sql" SPW_EPOCH_MS("hour") R"sql( AS hour_ms, price_micros_per_gpu_hour AS price,
-       list_price_micros_per_gpu_hour AS list_price, sum(gpu_ms)::bigint AS gpu_ms
-FROM usage_rated_hourly
-WHERE tenant_id = $1 AND instance_id = $4 AND hour >= )sql" SPW_TS(2) " AND hour < " SPW_TS(3) R"sql(
-  AND price_micros_per_gpu_hour IS NOT NULL
-GROUP BY instance_id, market, hour, price_micros_per_gpu_hour, list_price_micros_per_gpu_hour)sql"};
+// A tenant-month's priced hourly rows, written once for both readers: the cursor below (its
+// tenant and month given as literals: a cursor takes no parameters) and kHourlyOf.
+#define SPW_FOCUS_HOURLY_SELECT                                                                              \
+  "SELECT instance_id, market, " SPW_EPOCH_MS("hour") " AS hour_ms, price_micros_per_gpu_hour AS price, "    \
+  "list_price_micros_per_gpu_hour AS list_price, sum(gpu_ms)::bigint AS gpu_ms FROM usage_rated_hourly "     \
+  "WHERE price_micros_per_gpu_hour IS NOT NULL AND "
+#define SPW_FOCUS_HOURLY_GROUP \
+  " GROUP BY instance_id, market, hour, price_micros_per_gpu_hour, list_price_micros_per_gpu_hour"
+// One instance's rows: what a line asks for when its instance comes out of order (the cursor
+// serves lines in the order invoices write them).
+const Statement kHourlyOf{"focus_hourly_of", SPW_FOCUS_HOURLY_SELECT "tenant_id = $1 AND instance_id = $4 AND hour >= "
+                                             SPW_TS(2) " AND hour < " SPW_TS(3) SPW_FOCUS_HOURLY_GROUP};
 // What finalized invoices billed of a tenant's month, per instance and price, in the order they were
 // numbered (each one's hours follow the hours of those before it).
 const Statement kBilledOf{"focus_billed_of", R"sql(
@@ -118,13 +121,10 @@ class MonthUsage {
   void Open() {
     cursor_ = std::make_unique<pqxx::icursorstream>(
         tx_,
-        "SELECT instance_id, market, " SPW_EPOCH_MS("hour") " AS hour_ms, price_micros_per_gpu_hour AS price, "
-        "list_price_micros_per_gpu_hour AS list_price, sum(gpu_ms)::bigint AS gpu_ms FROM usage_rated_hourly "
-        "WHERE tenant_id = " + tx_.quote(tenant_) + " AND hour >= to_timestamp(" + std::to_string(EpochMs(month_.begin)) +
-            " / 1000.0) AND hour < to_timestamp(" + std::to_string(EpochMs(month_.end)) + " / 1000.0) " +
-            "AND price_micros_per_gpu_hour IS NOT NULL "
-            "GROUP BY instance_id, market, hour, price_micros_per_gpu_hour, list_price_micros_per_gpu_hour "
-            "ORDER BY instance_id COLLATE \"C\", hour",
+        SPW_FOCUS_HOURLY_SELECT "tenant_id = " + tx_.quote(tenant_) + " AND hour >= to_timestamp(" +
+            std::to_string(EpochMs(month_.begin)) + " / 1000.0) AND hour < to_timestamp(" +
+            std::to_string(EpochMs(month_.end)) + " / 1000.0)" SPW_FOCUS_HOURLY_GROUP
+            " ORDER BY instance_id COLLATE \"C\", hour",
         "focus_hours", 10'000);
   }
 
